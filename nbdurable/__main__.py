@@ -1,0 +1,5 @@
+"""``python -m nbdurable``: the same as the ``nbdurable`` command."""
+
+from nbdurable.cli import main
+
+main()

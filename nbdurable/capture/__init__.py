@@ -1,0 +1,1 @@
+"""State capture: which names a cell touched, and how its namespace changed."""

@@ -1,0 +1,206 @@
+"""The state delta of a step: which variables a cell bound, rebound, mutated or deleted.
+
+The tracker remembers, for every variable it has recorded, the identity of its object (``id``), the
+object's content key (the serializer's hash, which doubles as the mutation fingerprint) and its
+*instance* label: variables that share one object share an instance, so ``b = a`` restores as
+``b is a``. After a cell, only the candidate names (see ``names.py``) are examined:
+
+- a name no longer in the namespace that was recorded: deleted;
+- an object with a new identity: rebound (checked for aliasing with other recorded names);
+- the same identity: unchanged if immutable and not assigned by the cell, otherwise the content key
+  is recomputed (buffers are hashed directly) and a new key means an in-place mutation, which is
+  recorded for every name that shares the object.
+
+Nothing here writes anything: ``compute_delta`` returns the changes, the runtime persists them, and
+``accept`` makes them the new reference once they are durable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import itertools
+import re
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nbdurable.capture.names import CellNames, reachable_globals
+from nbdurable.serialization import Serialized, serialize
+
+DEFAULT_SECRET_PATTERNS = ("*_KEY", "*TOKEN*", "*SECRET*", "*PASSWORD*")
+
+# IPython's own history and shell variables: never state of the user's.
+_IPYTHON_NAMES = frozenset({"In", "Out", "_oh", "_ih", "_dh", "exit", "quit", "get_ipython", "_sh"})
+_HISTORY_NAME = re.compile(r"^(_+|_i+|_i\d+|_\d+)$")
+
+# Objects of these types cannot change without being rebound: identity alone tells if they changed.
+_IMMUTABLE_TYPES: tuple[type, ...] = (
+    int, float, complex, str, bytes, bool, type(None), range, types.ModuleType,
+    types.FunctionType, types.BuiltinFunctionType,
+)  # fmt: skip
+
+
+@dataclass
+class Binding:
+    """What the tracker last recorded for one variable."""
+
+    obj_id: int
+    key: str
+    instance: str
+    immutable: bool
+
+
+@dataclass
+class Change:
+    """One entry of a step's state delta."""
+
+    name: str
+    op: str  # "set" | "del"
+    serialized: Serialized | None = None
+    instance: str | None = None
+    obj_id: int = 0
+    immutable: bool = False
+    inert: bool = False  # nothing worth restoring (a closed file): resume neither loads nor rebuilds it
+
+
+class SecretRules:
+    """Names whose values are never written to disk: declared ones and configurable patterns."""
+
+    def __init__(self, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS, excluded: Iterable[str] = ()) -> None:
+        self.patterns = [p.upper() for p in patterns]
+        self.excluded = set(excluded)
+
+    def is_secret(self, name: str) -> bool:
+        """True when the variable must not be stored."""
+        upper = name.upper()
+        return name in self.excluded or any(fnmatch.fnmatchcase(upper, p) for p in self.patterns)
+
+
+def is_shell_name(name: str) -> bool:
+    """IPython history/shell variables and dunders: never recorded."""
+    return name in _IPYTHON_NAMES or bool(_HISTORY_NAME.match(name)) or (name.startswith("__") and name.endswith("__"))
+
+
+class NamespaceTracker:
+    """Computes state deltas of a namespace, looking only at what each cell touched."""
+
+    def __init__(
+        self,
+        namespace: dict[str, Any],
+        *,
+        secrets: SecretRules | None = None,
+        hidden: Callable[[str], bool] = lambda name: False,
+        instance_prefix: str = "i",
+    ) -> None:
+        self.namespace = namespace
+        self.secrets = secrets or SecretRules()
+        self._hidden = hidden
+        self.bindings: dict[str, Binding] = {}
+        self.instance_prefix = instance_prefix
+        self._counter = itertools.count(1)
+
+    def ignored(self, name: str) -> bool:
+        """Names that are not user state."""
+        return is_shell_name(name) or self._hidden(name)
+
+    def snapshot_keys(self) -> set[str]:
+        """The namespace's names, for the rare cell that needs a full scan (``import *``, ``%run``)."""
+        return set(self.namespace)
+
+    def candidates(self, names: CellNames, before: set[str] | None = None) -> tuple[set[str], set[str]]:
+        """(names the cell may have assigned or deleted, names it only read)."""
+        stored = set(names.stored) | reachable_globals(names.loaded, self.namespace)
+        if names.needs_full_scan and before is not None:
+            after = set(self.namespace)
+            stored |= after - before
+            stored |= {n for n in before - after if n in self.bindings}
+        loaded = set(names.loaded) - stored
+        return stored, loaded
+
+    def compute_delta(self, names: CellNames, *, before: set[str] | None = None, no_state: bool = False) -> list[Change]:
+        """The changes a cell made to the namespace, by the rules in the module docstring."""
+        stored, loaded = self.candidates(names, before)
+        changes: dict[str, Change] = {}
+        by_instance: dict[str, Serialized] = {}
+        for name in sorted(stored | loaded):
+            if self.ignored(name) or name in changes:
+                continue
+            change = self._examine(name, assigned=name in stored, no_state=no_state, by_instance=by_instance)
+            if change is not None:
+                changes[name] = change
+                if change.op == "set" and name in self.bindings and change.obj_id == self.bindings[name].obj_id:
+                    self._propagate_mutation(change, changes)
+        return list(changes.values())
+
+    def _examine(self, name: str, *, assigned: bool, no_state: bool, by_instance: dict[str, Serialized]) -> Change | None:
+        binding = self.bindings.get(name)
+        if name not in self.namespace:
+            return Change(name, "del") if binding is not None else None
+        obj = self.namespace[name]
+        immutable = isinstance(obj, _IMMUTABLE_TYPES)
+        same_object = binding is not None and binding.obj_id == id(obj)
+        if same_object and immutable and not assigned:
+            return None
+        instance = binding.instance if same_object and binding else self._alias_instance(name, obj)
+        serialized = self._serialize(name, obj, no_state=no_state, instance=instance, by_instance=by_instance)
+        if same_object and binding is not None and binding.key == serialized.key:
+            return None
+        return Change(name, "set", serialized, instance, id(obj), immutable, inert=_is_inert(obj))
+
+    def _serialize(self, name: str, obj: Any, *, no_state: bool, instance: str, by_instance: dict[str, Serialized]) -> Serialized:
+        if instance in by_instance:
+            return by_instance[instance]
+        if _is_inert(obj):
+            result = Serialized.unrestorable(obj, "a closed file: nothing to restore")
+        elif self.secrets.is_secret(name):
+            result = Serialized.unrestorable(obj, "secret: never written to disk (matches the secret patterns or %durable exclude)")
+        elif no_state:
+            result = Serialized.unrestorable(obj, "not stored: the cell is marked %%durable --no-state")
+        else:
+            result = serialize(obj, namespace=self.namespace)
+        by_instance[instance] = result
+        return result
+
+    def _alias_instance(self, name: str, obj: Any) -> str:
+        """The instance label of another recorded variable bound to this very object, else a new one."""
+        for other, binding in self.bindings.items():
+            if other != name and binding.obj_id == id(obj) and self.namespace.get(other) is obj:
+                return binding.instance
+        return f"{self.instance_prefix}{next(self._counter)}"
+
+    def _propagate_mutation(self, change: Change, changes: dict[str, Change]) -> None:
+        """An object mutated in place changes every variable that shares it."""
+        for other, binding in self.bindings.items():
+            if other in changes or binding.instance != change.instance:
+                continue
+            if self.namespace.get(other) is not None and id(self.namespace[other]) == change.obj_id:
+                changes[other] = Change(
+                    other, "set", change.serialized, change.instance, change.obj_id, change.immutable, change.inert
+                )
+
+    def accept(self, changes: Iterable[Change]) -> None:
+        """Make durable changes the new reference for later comparisons."""
+        for change in changes:
+            if change.op == "del":
+                self.bindings.pop(change.name, None)
+            elif change.serialized is not None and change.instance is not None:
+                self.bindings[change.name] = Binding(change.obj_id, change.serialized.key, change.instance, change.immutable)
+
+    def adopt(self, name: str, obj: Any, *, key: str, instance: str) -> None:
+        """Record a restored variable as known, so an untouched restored object is never re-stored."""
+        self.bindings[name] = Binding(id(obj), key, instance, isinstance(obj, _IMMUTABLE_TYPES))
+
+    def forget(self, name: str) -> None:
+        """Drop a variable from the reference (it was deleted by a restore)."""
+        self.bindings.pop(name, None)
+
+    def reset(self) -> None:
+        """Forget everything: the next touch of each variable records it again (a fresh run)."""
+        self.bindings.clear()
+
+
+def _is_inert(obj: Any) -> bool:
+    """Objects with no state worth restoring or rebuilding: a closed file (``with open(...) as f``)."""
+    return isinstance(obj, io.IOBase) and obj.closed

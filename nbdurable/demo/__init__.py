@@ -1,0 +1,147 @@
+"""``nbdurable demo``: run a notebook, kill its kernel mid-cell, run it again, and show what resumed.
+
+The bundled ``demo.ipynb`` is a small pipeline (load, features, train, evaluate). The first run is
+killed with SIGKILL while the evaluation cell runs; the second run of the same notebook restores the
+finished cells from the store instead of executing them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import DeadKernelError
+
+from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
+
+DEMO_NOTEBOOK = Path(__file__).with_name("demo.ipynb")
+KILL_CELL_MARKER = "the kernel dies here"
+
+
+@dataclass
+class CellReport:
+    """How one code cell ran."""
+
+    index: int
+    first_line: str
+    seconds: float
+    how: str  # "executed" | "restored" | "control" (a %-magic cell, not a step)
+
+
+@dataclass
+class DemoReport:
+    """Both runs of the demo."""
+
+    workdir: Path
+    first: list[CellReport] = field(default_factory=list)
+    second: list[CellReport] = field(default_factory=list)
+    first_seconds: float = 0.0
+    second_seconds: float = 0.0
+
+
+def _first_line(cell: Any) -> str:
+    lines = [line for line in cell.source.splitlines() if line.strip()]
+    return (lines[0] if lines else "")[:60]
+
+
+def _how(cell: Any) -> str:
+    if cell.source.lstrip().startswith("%"):
+        return "control"
+    notices = [o.get("metadata", {}).get(NOTICE_METADATA_KEY, {}).get("notice") for o in cell.get("outputs", [])]
+    return "restored" if "restored" in notices else "executed"
+
+
+class _Timer:
+    """Collects per-cell timings from nbclient's hooks and kills the kernel on cue."""
+
+    def __init__(self, echo: Callable[[str], None], kill_index: int | None, kill_after: float) -> None:
+        self.echo = echo
+        self.kill_index = kill_index
+        self.kill_after = kill_after
+        self.client: NotebookClient | None = None
+        self.reports: list[CellReport] = []
+        self._started: dict[int, float] = {}
+
+    def on_start(self, cell: Any, cell_index: int) -> None:
+        self._started[cell_index] = time.perf_counter()
+        if cell_index == self.kill_index:
+            threading.Timer(self.kill_after, self._kill).start()
+
+    def on_executed(self, cell: Any, cell_index: int, execute_reply: Any = None) -> None:
+        seconds = time.perf_counter() - self._started.get(cell_index, time.perf_counter())
+        report = CellReport(cell_index, _first_line(cell), seconds, _how(cell))
+        self.reports.append(report)
+        self.echo(f"  cell {cell_index:>2}  {report.how:<9} {seconds:6.2f} s   {report.first_line}")
+
+    def _kill(self) -> None:
+        assert self.client is not None and self.client.km is not None
+        pid = self.client.km.provisioner.process.pid  # type: ignore[union-attr]
+        self.echo(f"  cell {self.kill_index:>2}  KILLED    (SIGKILL to kernel pid {pid})")
+        os.kill(pid, signal.SIGKILL)
+
+
+def _execute(path: Path, timer: _Timer) -> float:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        on_cell_start=timer.on_start,
+        on_cell_executed=timer.on_executed,
+    )
+    timer.client = client
+    started = time.perf_counter()
+    try:
+        client.execute()
+    except DeadKernelError:
+        pass
+    finally:
+        nbformat.write(nb, path.with_suffix(".out.ipynb"))
+    return time.perf_counter() - started
+
+
+def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print) -> DemoReport:
+    """Run the demo in ``workdir`` (a new temporary directory by default)."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="nbdurable-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    notebook = workdir / "demo.ipynb"
+    shutil.copyfile(DEMO_NOTEBOOK, notebook)
+    nb = nbformat.read(notebook, as_version=4)
+    kill_index = next(i for i, c in enumerate(nb.cells) if KILL_CELL_MARKER in c.source)
+    os.environ["NBDURABLE_NOTEBOOK"] = str(notebook.resolve())
+    os.environ["NBDURABLE_STORE"] = str(workdir / ".nbdurable")
+    report = DemoReport(workdir)
+    echo(f"nbdurable demo in {workdir}\n\nRun 1: executing {notebook.name}; the kernel is killed during cell {kill_index}.")
+    first = _Timer(echo, kill_index, kill_after=1.0)
+    report.first_seconds = _execute(notebook, first)
+    report.first = first.reports
+    echo("\nRun 2: the same notebook again, in a new kernel.")
+    second = _Timer(echo, None, 0.0)
+    report.second_seconds = _execute(notebook, second)
+    report.second = second.reports
+    return report
+
+
+def summarize(report: DemoReport) -> str:
+    """The closing lines of the demo."""
+    restored = [r for r in report.second if r.how == "restored"]
+    executed = [r for r in report.second if r.how == "executed"]
+    original = sum(r.seconds for r in report.first if r.index in {x.index for x in restored})
+    return (
+        f"\nResumed: {len(restored)} cells restored in {sum(r.seconds for r in restored):.2f} s "
+        f"(they took {original:.2f} s to compute), {len(executed)} executed.\n"
+        f"Run 1 took {report.first_seconds:.1f} s before the kill; run 2 took {report.second_seconds:.1f} s, kernel start included.\n"
+        f"Output notebook: {report.workdir / 'demo.out.ipynb'}\n"
+        f"History: NBDURABLE_STORE={report.workdir / '.nbdurable'} nbdurable runs"
+    )

@@ -1,0 +1,94 @@
+"""The one error hierarchy of nbdurable.
+
+Every error says what happened (the message) and what to do next (the hint).
+Errors survive pickling with their hint, so a recorded error re-raises faithfully,
+and IPython shows them as a short message rather than a traceback into our internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NbdurableError(Exception):
+    """Base of every error nbdurable raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  What to do: {self.hint}"
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.message, self.hint, self.__dict__.copy()))
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback through nbdurable's internals."""
+        return [f"{type(self).__name__}: {line}" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
+
+
+def _rebuild_error(cls: type[NbdurableError], message: str, hint: str | None, state: dict[str, Any]) -> NbdurableError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    err.message, err.hint = message, hint
+    return err
+
+
+class StoreError(NbdurableError):
+    """Something in the store (journals, objects, catalog) is missing, damaged or unreadable."""
+
+
+class StoreFormatError(StoreError):
+    """The directory is not a store, or it was written by a newer or unknown format version."""
+
+
+class CorruptJournalError(StoreError):
+    """A journal record that is not the last one fails its checksum or does not parse."""
+
+
+class ObjectNotFoundError(StoreError):
+    """A journal record refers to an object file that does not exist."""
+
+
+class CorruptObjectError(StoreError):
+    """An object file exists but its content cannot be read back."""
+
+
+class CatalogLockedError(StoreError):
+    """The DuckDB catalog stayed locked by other processes for longer than the retry budget."""
+
+
+class LeaseHeldError(NbdurableError):
+    """Another live process is driving this run."""
+
+
+class RunNotFoundError(NbdurableError):
+    """No run with this id exists in the store."""
+
+
+class RestoreError(NbdurableError):
+    """A recorded variable could not be brought back into the namespace."""
+
+
+class OptionsError(NbdurableError):
+    """Bad options to a magic, the CLI or the configuration."""
+
+
+__all__ = [
+    "NbdurableError",
+    "StoreError",
+    "StoreFormatError",
+    "CorruptJournalError",
+    "ObjectNotFoundError",
+    "CorruptObjectError",
+    "CatalogLockedError",
+    "LeaseHeldError",
+    "RunNotFoundError",
+    "RestoreError",
+    "OptionsError",
+]

@@ -1,0 +1,40 @@
+"""Which notebook a kernel is running, as far as the frontend tells us.
+
+In order: ``NBDURABLE_NOTEBOOK`` (set by nbdurable's headless engine), Jupyter server's
+``JPY_SESSION_NAME``, VS Code's ``__vsc_ipynb_file__`` in the user namespace. Without any of them the
+session is unnamed until ``%durable attach NAME``; an unnamed session is resumable only by run id.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def notebook_identity(value: str, base: Path | None = None) -> str:
+    """A notebook's identity: the absolute path of an existing .ipynb file, else the name as given."""
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = (base or Path.cwd()) / candidate
+    if candidate.suffix == ".ipynb" or candidate.exists():
+        return str(candidate.resolve())
+    return value
+
+
+def detect_notebook(user_ns: dict[str, Any]) -> str | None:
+    """The notebook identity the environment gives, or None."""
+    for value in (os.environ.get("NBDURABLE_NOTEBOOK"), os.environ.get("JPY_SESSION_NAME"), user_ns.get("__vsc_ipynb_file__")):
+        if value:
+            return notebook_identity(str(value))
+    return None
+
+
+def default_store_path(notebook: str | None) -> Path:
+    """``NBDURABLE_STORE``, else ``.nbdurable`` beside the notebook, else in the working directory."""
+    env = os.environ.get("NBDURABLE_STORE")
+    if env:
+        return Path(env).expanduser()
+    if notebook and Path(notebook).is_absolute():
+        return Path(notebook).parent / ".nbdurable"
+    return Path.cwd() / ".nbdurable"

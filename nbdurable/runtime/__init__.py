@@ -1,0 +1,1 @@
+"""The runtime: runs, steps, checkpoints, replay plans and events. It knows nothing of IPython."""

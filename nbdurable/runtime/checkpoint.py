@@ -1,0 +1,127 @@
+"""Turning state deltas into durable variable references, and references back into objects.
+
+Small payloads are inlined in the step's journal record (one fdatasync commits them with the step);
+larger ones become content-addressed object files written before the record that refers to them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import xxhash
+
+from nbdurable.capture.namespace import Change
+from nbdurable.errors import NbdurableError, RestoreError
+from nbdurable.serialization import deserialize
+from nbdurable.store import Store
+from nbdurable.store.records import VarRef
+
+DEFAULT_INLINE_MAX = 32 * 1024
+OUTPUT_INLINE_MAX = 256 * 1024
+PAYLOAD_FORMATS = ("pickle", "ndarray", "parquet")
+
+
+def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int = DEFAULT_INLINE_MAX) -> list[VarRef]:
+    """Write the payloads of a delta (objects first) and return the variable references to journal."""
+    refs: list[VarRef] = []
+    inlined: dict[str, str] = {}
+    for change in changes:
+        if change.op == "del" or change.serialized is None:
+            refs.append({"name": change.name, "op": "del"})
+            continue
+        s = change.serialized
+        ref: VarRef = {
+            "name": change.name,
+            "op": "set",
+            "object": s.key,
+            "format": s.format,
+            "format_version": s.format_version,
+            "type": s.type_name,
+            "size": s.size,
+            "instance": change.instance,
+            "module": s.module,
+            "reason": s.reason,
+        }
+        if change.inert:
+            ref["inert"] = True
+        if s.has_payload:
+            if s.size <= inline_max:
+                if s.key not in inlined:
+                    inlined[s.key] = base64.b64encode(s.to_bytes()).decode("ascii")
+                ref["inline"] = inlined[s.key]
+            else:
+                ref["size"] = store.write_object(s.key, s.write)
+        refs.append(ref)
+    return refs
+
+
+class ObjectLoader:
+    """Loads variable references, giving one Python object per (instance, content) so aliases stay aliases."""
+
+    def __init__(self, store: Store, namespace: dict[str, Any]) -> None:
+        self.store = store
+        self.namespace = namespace
+        self._cache: dict[tuple[str | None, str | None], Any] = {}
+
+    def load(self, ref: VarRef, *, step_label: str) -> Any:
+        """The object a reference describes. Raises RestoreError naming the variable and its step."""
+        if ref.get("format") == "unrestorable":
+            raise RestoreError(
+                f"Variable `{ref['name']}` ({ref.get('type')}) from {step_label} was not stored: {ref.get('reason')}.",
+                hint="its cell is re-executed on resume; mark that cell `%%durable --always` if it must always run.",
+            )
+        cache_key = (ref.get("instance"), ref.get("object") or ref.get("module"))
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        try:
+            obj = deserialize(
+                str(ref.get("format")),
+                self._payload(ref),
+                format_version=int(ref.get("format_version") or 1),
+                module=ref.get("module"),
+                namespace=self.namespace,
+            )
+        except NbdurableError as exc:
+            raise type(exc)(
+                f"Cannot restore variable `{ref['name']}` ({ref.get('type')}) from {step_label}: {exc.message}",
+                hint=exc.hint or "run `nbdurable check` on the store; `%durable new` starts a fresh run.",
+            ) from exc
+        self._cache[cache_key] = obj
+        return obj
+
+    def _payload(self, ref: VarRef) -> bytearray | None:
+        if ref.get("inline") is not None:
+            return bytearray(base64.b64decode(str(ref["inline"])))
+        if ref.get("object") and ref.get("format") in PAYLOAD_FORMATS:
+            return self.store.read_object(str(ref["object"]))
+        return None
+
+
+def persist_outputs(store: Store, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outputs as journaled: small ones inline, big ones (images, large HTML) as object files."""
+    kept: list[dict[str, Any]] = []
+    for output in outputs:
+        if output.get("output_type") == "object":
+            kept.append(output)
+            continue
+        data = json.dumps(output, separators=(",", ":")).encode()
+        if len(data) <= OUTPUT_INLINE_MAX:
+            kept.append(output)
+            continue
+        key = xxhash.xxh3_128_hexdigest(b"output:" + data)
+        store.write_object(key, lambda f, data=data: f.write(data))
+        kept.append({"output_type": "object", "object": key})
+    return kept
+
+
+def load_outputs(store: Store, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outputs as nbformat dicts, with big ones read back from their object files."""
+    loaded: list[dict[str, Any]] = []
+    for output in outputs:
+        if output.get("output_type") == "object":
+            output = json.loads(bytes(store.read_object(str(output["object"]))))
+        loaded.append(output)
+    return loaded

@@ -1,0 +1,162 @@
+"""What a resumed run can restore: the replay plan built from an earlier run's journal.
+
+A plan is the ordered list of an earlier run's steps that completed (or were themselves restored).
+Steps are matched in order by the hash of their normalized source (and their name, if they have
+one): the first cell that is new, changed, failed or unfinished ends the replay, and from there on
+everything executes normally.
+
+Rules that make the plan safe:
+- a step that never ended (the crash happened inside it) ends the plan;
+- a failed or interrupted step that changed no variable is skipped (the user fixed and re-ran it);
+  one that did change variables ends the plan, since its partial effects are part of the state;
+- a run that resumed another and never diverged from it continues that run's plan, so a resume that
+  was itself interrupted half-way loses nothing (``resumed_from`` chains are followed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbdurable.store import Store
+from nbdurable.store.records import VarRef
+
+
+@dataclass
+class PlannedStep:
+    """One restorable step of an earlier run."""
+
+    run_id: str
+    ordinal: int
+    source: str
+    source_hash: str
+    name: str | None
+    options: dict[str, Any]
+    duration: float
+    variables: list[VarRef]
+    outputs: list[dict[str, Any]]
+    origin: dict[str, Any]  # {"run_id", "ordinal"} where the step really executed
+
+    @property
+    def label(self) -> str:
+        """How messages name this step."""
+        name = f" `{self.name}`" if self.name else ""
+        return f"step {self.origin['ordinal']}{name} of run {self.origin['run_id']}"
+
+    def execution_reason(self) -> str | None:
+        """Why this step must be executed again instead of restored, or None if it can be restored."""
+        if self.options.get("always"):
+            return "the cell is marked %%durable --always"
+        for ref in self.variables:
+            if ref.get("op") == "set" and ref.get("format") == "unrestorable" and not ref.get("inert"):
+                return f"variable `{ref['name']}` ({ref.get('type')}) was not stored ({ref.get('reason')})"
+        return None
+
+    def matches(self, source_hash: str, name: str | None) -> bool:
+        """Whether a cell about to run is this step."""
+        return self.source_hash == source_hash and (self.name or None) == (name or None)
+
+
+@dataclass
+class ReplayPlan:
+    """The steps a new run may restore instead of executing, consumed in order."""
+
+    run_id: str
+    steps: list[PlannedStep] = field(default_factory=list)
+    cursor: int = 0
+    armed: bool = True
+    namespace_restored: bool = False  # `%durable resume` already applied every step
+
+    @classmethod
+    def from_run(cls, store: Store, run_id: str) -> ReplayPlan:
+        """The plan for resuming ``run_id`` (follows ``resumed_from`` chains)."""
+        records = store.read_journal(run_id)
+        steps = _completed_prefix(run_id, records)
+        parent = next((r.get("resumed_from") for r in records if r.get("t") == "run"), None)
+        if parent and store.journal_exists(parent):
+            inherited = cls.from_run(store, parent).steps
+            if len(steps) < len(inherited) and all(
+                mine.source_hash == theirs.source_hash for mine, theirs in zip(steps, inherited)
+            ):
+                steps = steps + inherited[len(steps):]
+        return cls(run_id, steps)
+
+    def peek(self) -> PlannedStep | None:
+        """The next step to match, if replay is still armed."""
+        if self.armed and self.cursor < len(self.steps):
+            return self.steps[self.cursor]
+        return None
+
+    def advance(self) -> None:
+        """The peeked step was consumed."""
+        self.cursor += 1
+
+    def disarm(self) -> None:
+        """A cell diverged from the plan: from here on, everything executes."""
+        self.armed = False
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every planned step was consumed or replay was disarmed."""
+        return not self.armed or self.cursor >= len(self.steps)
+
+
+def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[PlannedStep]:
+    starts: dict[int, dict[str, Any]] = {}
+    ends: dict[int, dict[str, Any]] = {}
+    for record in records:
+        if record.get("parent") is not None:
+            continue  # explicit steps inside a cell restore with their cell
+        if record.get("t") == "step_start":
+            starts[record["ordinal"]] = record
+        elif record.get("t") == "step_end":
+            ends[record["ordinal"]] = record
+    plan: list[PlannedStep] = []
+    for ordinal in sorted(starts):
+        end = ends.get(ordinal)
+        if end is None:
+            break
+        if end["status"] in ("failed", "interrupted"):
+            if any(ref.get("op") in ("set", "del") for ref in end.get("variables", [])):
+                break
+            continue
+        plan.append(_planned(run_id, starts[ordinal], end))
+    return plan
+
+
+def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> PlannedStep:
+    origin = end.get("restored_from") or {"run_id": run_id, "ordinal": start["ordinal"]}
+    return PlannedStep(
+        run_id=run_id,
+        ordinal=start["ordinal"],
+        source=start.get("source", ""),
+        source_hash=start["source_hash"],
+        name=start.get("name"),
+        options=start.get("options") or {},
+        duration=float(end.get("duration") or 0.0),
+        variables=list(end.get("variables") or []),
+        outputs=list(end.get("outputs") or []),
+        origin={"run_id": origin["run_id"], "ordinal": origin["ordinal"]},
+    )
+
+
+RESUMABLE_STATUSES = ("failed", "crashed", "cancelled", "suspended")
+
+
+def find_resumable(store: Store, notebook: str | None) -> tuple[str | None, str | None]:
+    """The newest run of ``notebook`` that did not finish, and a note for the user when relevant.
+
+    Runs that recorded no step are passed over (a session opened and closed without running a cell).
+    A run that is still live in another process is not resumed: the note says so."""
+    if not notebook:
+        return None, None
+    runs = store.catalog().runs(notebook=notebook, limit=50)
+    for row in runs.itertuples(index=False):
+        if not row.steps_total:
+            continue
+        if row.status == "running":
+            return None, f"run {row.run_id} of this notebook is live in another process; this session starts a new run."
+        if row.status in RESUMABLE_STATUSES:
+            return str(row.run_id), None
+        return None, None
+    return None, None

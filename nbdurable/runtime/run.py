@@ -1,0 +1,220 @@
+"""A run: one execution of a notebook, recorded step by step in its own journal.
+
+The process that creates a ``DurableRun`` holds the run's lease until ``finish``. Each step is a
+``step_start`` record (buffered, no sync) and a ``step_end`` commit record, written after the step's
+object files and fdatasync'ed, so a step is either durable with all it refers to, or absent.
+The runtime knows nothing of IPython: the kernel extension and the headless engine drive it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nbdurable.capture.namespace import Change
+from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
+from nbdurable.runtime.events import EventBus, RuntimeEvent
+from nbdurable.runtime.replay import PlannedStep
+from nbdurable.store import Store
+from nbdurable.store.records import (
+    StepStatus,
+    VarRef,
+    run_end_record,
+    run_record,
+    step_end_record,
+    step_start_record,
+)
+
+
+def new_run_id() -> str:
+    """A sortable, readable run id: UTC time to the millisecond plus random bits."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class StepHandle:
+    """A step in progress."""
+
+    ordinal: int
+    source: str
+    source_hash: str
+    name: str | None
+    options: dict[str, Any]
+    started_at: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class RunStats:
+    """What a run did so far, for `%durable status` and the CLI."""
+
+    executed: int = 0
+    restored: int = 0
+    failed: int = 0
+    time_saved: float = 0.0
+    last_status: str | None = None
+
+
+def _environment() -> dict[str, Any]:
+    from nbdurable import __version__
+
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "nbdurable": __version__,
+        "executable": sys.executable,
+    }
+
+
+class DurableRun:
+    """Records one run of a notebook into a store. Not thread-safe: one executing thread drives it."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        notebook: str | None,
+        notebook_path: str | None = None,
+        kind: Literal["interactive", "headless"] = "interactive",
+        params: dict[str, Any] | None = None,
+        resumed_from: str | None = None,
+        root_run: str | None = None,
+        events: EventBus | None = None,
+        inline_max: int = DEFAULT_INLINE_MAX,
+    ) -> None:
+        self.store = store
+        self.run_id = new_run_id()
+        self.notebook = notebook
+        self.resumed_from = resumed_from
+        self.events = events or EventBus()
+        self.inline_max = inline_max
+        self.stats = RunStats()
+        self.status = "running"
+        self._ordinal = 0
+        self._lease = store.acquire_lease(self.run_id)
+        self._journal = store.new_journal(self.run_id)
+        record = run_record(
+            self.run_id,
+            notebook=notebook,
+            notebook_path=notebook_path,
+            kind=kind,
+            params=params,
+            resumed_from=resumed_from,
+            root_run=root_run,
+            environment=_environment(),
+        )
+        self._journal.append(record, sync=True)
+        self.events.emit(RuntimeEvent("run_started", self.run_id, {"notebook": notebook, "resumed_from": resumed_from}))
+
+    @property
+    def steps_recorded(self) -> int:
+        """How many top-level steps this run has begun."""
+        return self._ordinal
+
+    def begin_step(
+        self, *, source: str, source_hash: str, name: str | None = None, options: dict[str, Any] | None = None
+    ) -> StepHandle:
+        """Start the next step of the run."""
+        self._ordinal += 1
+        step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}))
+        self._journal.append(
+            step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options)
+        )
+        self.events.emit(RuntimeEvent("step_started", self.run_id, {"ordinal": step.ordinal, "name": name}))
+        return step
+
+    def end_step(
+        self,
+        step: StepHandle,
+        *,
+        status: StepStatus,
+        changes: Iterable[Change] = (),
+        outputs: list[dict[str, Any]] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> list[VarRef]:
+        """Commit an executed step: objects first, then the fdatasync'ed commit record."""
+        refs = persist_changes(self.store, changes, inline_max=self.inline_max)
+        ended = time.time()
+        self._commit(step, status, refs, outputs or [], error, duration=time.perf_counter() - step.t0, ended=ended)
+        if status == "completed":
+            self.stats.executed += 1
+        else:
+            self.stats.failed += 1
+        return refs
+
+    def record_restored(self, step: StepHandle, planned: PlannedStep) -> float:
+        """Commit a step restored from an earlier run; returns the time it saved."""
+        restore_time = time.perf_counter() - step.t0
+        self._commit(
+            step,
+            "restored",
+            planned.variables,
+            planned.outputs,
+            None,
+            duration=planned.duration,
+            ended=time.time(),
+            restored_from=planned.origin,
+        )
+        saved = max(0.0, planned.duration - restore_time)
+        self.stats.restored += 1
+        self.stats.time_saved += saved
+        return saved
+
+    def _commit(
+        self,
+        step: StepHandle,
+        status: StepStatus,
+        refs: list[VarRef],
+        outputs: list[dict[str, Any]],
+        error: dict[str, Any] | None,
+        *,
+        duration: float,
+        ended: float,
+        restored_from: dict[str, Any] | None = None,
+    ) -> None:
+        record = step_end_record(
+            step.ordinal,
+            status=status,
+            started_at=step.started_at,
+            ended_at=ended,
+            duration=duration,
+            variables=refs,
+            outputs=persist_outputs(self.store, outputs),
+            error=error,
+            restored_from=restored_from,
+        )
+        self._journal.append(record, sync=True)
+        self.stats.last_status = status
+        self.events.emit(
+            RuntimeEvent(
+                "step_finished",
+                self.run_id,
+                {"ordinal": step.ordinal, "name": step.name, "status": status, "duration": duration},
+            )
+        )
+
+    def finish(self, status: str) -> None:
+        """Write the final record and release the lease. Idempotent."""
+        if self.status != "running":
+            return
+        self._journal.append(run_end_record(status), sync=True)
+        self._journal.close()
+        self._lease.release()
+        self.status = status
+        self.events.emit(RuntimeEvent("run_finished", self.run_id, {"status": status}))
+
+    def abandon(self) -> None:
+        """Release resources without a final record (the run will read as crashed)."""
+        self._journal.close()
+        self._lease.release()
+        self.status = "crashed"

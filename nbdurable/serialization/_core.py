@@ -1,0 +1,210 @@
+"""What every format shares: the ``Serialized`` result, content keys, payload headers, and writing.
+
+Payloads of our own formats (``pickle``, ``ndarray``) start with a header::
+
+    magic (4 bytes) | JSON length (uint32, little endian) | JSON | zero padding to a 64-byte boundary
+
+so the data that follows starts 64-byte aligned (good for SIMD loads and for reading it back in place).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Union
+
+import xxhash
+
+from nbdurable.errors import CorruptObjectError, StoreFormatError
+
+FORMAT_VERSION = 1
+ALIGN = 64
+FORMATS = ("pickle", "ndarray", "parquet", "module", "unrestorable")
+
+# Anything exposing the buffer protocol that ``f.write`` and ``xxh3.update`` accept.
+Chunk = Union[bytes, bytearray, memoryview]
+Payload = Union[bytes, bytearray, memoryview]
+
+_LENGTH = struct.Struct("<I")
+_PAD = bytes(ALIGN)
+_UPGRADE_HINT = "upgrade nbdurable (pip install -U nbdurable) and resume again."
+_CORRUPT_HINT = "the object file is damaged; re-run the cell that produced it, or start a fresh run."
+
+
+class Serialized:
+    """One object turned into a content key plus a payload that ``write()`` produces on demand.
+
+    Creating it only hashes (for arrays and DataFrames the data is hashed in place, never copied), so it
+    is cheap enough to serve as the mutation fingerprint: compare ``key`` to know whether an object
+    changed. ``write()`` encodes the object *as it is then*, so call it before the object can change again.
+    """
+
+    __slots__ = ("key", "format", "format_version", "type_name", "size", "module", "reason")
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        format: str,
+        type_name: str,
+        size: int = 0,
+        module: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.key = key
+        self.format = format
+        self.format_version = FORMAT_VERSION
+        self.type_name = type_name
+        self.size = size
+        self.module = module
+        self.reason = reason
+
+    @classmethod
+    def unrestorable(cls, obj: object, reason: str) -> Serialized:
+        """A marker for an object that is not stored (cannot be pickled, a secret...), with the reason.
+
+        Keyed by identity: stable while the object lives, different for another object of the same type.
+        """
+        type_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        key = text_key("unrestorable", f"unrestorable:{type_name}:{id(obj)}")
+        return Serialized(key=key, format="unrestorable", type_name=type_name, reason=reason)
+
+    @property
+    def has_payload(self) -> bool:
+        """Whether there are bytes to store (False for modules and unrestorable objects)."""
+        return False
+
+    def write(self, f: BinaryIO) -> int:
+        """Write the payload to ``f`` (an unbuffered binary file); return the number of bytes written."""
+        return 0
+
+    def to_bytes(self) -> bytes:
+        """The payload in memory (for small objects inlined in the journal)."""
+        return b""
+
+    def __repr__(self) -> str:
+        extra = f" module={self.module!r}" if self.module else ""
+        extra += f" reason={self.reason!r}" if self.reason else ""
+        return f"<Serialized {self.format} {self.type_name} key={self.key} size={self.size}{extra}>"
+
+
+class ChunkedSerialized(Serialized):
+    """A payload that is a list of ready buffers (header, pickle bytes, array memory...)."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, *, chunks: Sequence[Chunk], **fields: Any) -> None:
+        super().__init__(size=sum(memoryview(c).nbytes for c in chunks), **fields)
+        self._chunks = list(chunks)
+
+    @property
+    def has_payload(self) -> bool:
+        return True
+
+    def write(self, f: BinaryIO) -> int:
+        return sum(write_all(f, chunk) for chunk in self._chunks)
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+def write_all(f: BinaryIO, data: Chunk) -> int:
+    """Write all of ``data``: a raw file's write() is one write(2), which may write less (2 GiB cap)."""
+    view = memoryview(data)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    total, done = view.nbytes, 0
+    while done < total:
+        n = f.write(view[done:])
+        if not n:  # None (non-blocking file) or 0: retrying would spin forever
+            raise OSError(f"write() wrote nothing after {done} of {total} bytes")
+        done += n
+    return total
+
+
+def new_hasher(fmt: str) -> Any:
+    """An xxh3-128 hasher seeded with the format, so equal bytes in different formats never collide."""
+    h = xxhash.xxh3_128()
+    h.update(f"nbdurable:{fmt}:{FORMAT_VERSION}\0".encode())
+    return h
+
+
+def text_key(fmt: str, text: str) -> str:
+    """The key of a payload-less object (a module name, an unrestorable object's identity)."""
+    h = new_hasher(fmt)
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return str(h.hexdigest())
+
+
+def pad_to(offset: int) -> int:
+    """Number of zero bytes that bring ``offset`` up to the next 64-byte boundary."""
+    return -offset % ALIGN
+
+
+def padding(offset: int) -> bytes:
+    return _PAD[: pad_to(offset)]
+
+
+def encode_header(magic: bytes, meta: dict[str, Any]) -> bytes:
+    """Magic, JSON length and JSON (keys sorted: the header is hashed, it must be deterministic), padded."""
+    body = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    head = magic + _LENGTH.pack(len(body)) + body
+    return head + padding(len(head))
+
+
+def decode_header(payload: memoryview, magic: bytes, fmt: str) -> tuple[dict[str, Any], int]:
+    """Parse and check a header; return its JSON and the offset where the data starts."""
+    fixed = len(magic) + _LENGTH.size
+    if payload.nbytes < fixed:
+        raise corrupt(fmt, f"payload is truncated: {payload.nbytes} bytes, shorter than a header")
+    found = bytes(payload[: len(magic)])
+    if found != magic:
+        raise corrupt(fmt, f"bad magic bytes {found!r} (expected {magic!r}): not an nbdurable {fmt} payload")
+    (length,) = _LENGTH.unpack(payload[len(magic) : fixed])
+    if fixed + length > payload.nbytes:
+        raise corrupt(fmt, f"payload is truncated inside its header ({payload.nbytes} bytes, header needs {fixed + length})")
+    try:
+        meta = json.loads(bytes(payload[fixed : fixed + length]))
+    except ValueError as exc:
+        raise corrupt(fmt, f"header is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt or not isinstance(meta.get("version"), int):
+        raise corrupt(fmt, f"header does not describe a {fmt} payload: {meta!r:.200}")
+    check_version(fmt, meta["version"])
+    return meta, fixed + length + pad_to(fixed + length)
+
+
+def check_version(fmt: str, version: int) -> None:
+    """Refuse payloads written by a newer nbdurable rather than misreading them."""
+    if version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"this {fmt} object was written by a newer nbdurable (format version {version}; "
+            f"this one reads up to {FORMAT_VERSION})",
+            hint=_UPGRADE_HINT,
+        )
+    if version < 1:
+        raise StoreFormatError(f"this {fmt} object has an invalid format version {version}", hint=_CORRUPT_HINT)
+
+
+def unknown_format(fmt: str) -> StoreFormatError:
+    return StoreFormatError(
+        f"unknown object format {fmt!r}: it was probably written by a newer nbdurable", hint=_UPGRADE_HINT
+    )
+
+
+def corrupt(fmt: str, what: str) -> CorruptObjectError:
+    return CorruptObjectError(f"cannot read {fmt} object: {what}", hint=_CORRUPT_HINT)
+
+
+def writable(payload: Payload) -> bytearray | memoryview:
+    """The payload as something writable to build objects on (a copy only if it is read-only).
+
+    Restored arrays are views into the payload; a read-only one (``bytes``) would give read-only arrays
+    where the user had writable ones, so it is copied once. The store passes a bytearray: no copy.
+    """
+    if isinstance(payload, bytearray):
+        return payload
+    view = memoryview(payload)
+    if not view.readonly:
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return bytearray(view)

@@ -1,0 +1,223 @@
+"""The ``pickle`` format: cloudpickle, protocol 5, big buffers out-of-band and 64-byte aligned.
+
+Payload: header (``buffers`` lists the out-of-band buffer lengths, ``pickle`` the pickle's length), the
+pickle bytes, then each buffer at a 64-byte-aligned offset. Buffers are hashed and written straight from
+the objects' memory, and restored as views of the payload, so a dict of big arrays costs no copies.
+
+Functions defined in the notebook (their ``__globals__`` *is* the namespace) are not pickled with a copy
+of their globals, as cloudpickle would do: they are rebuilt on top of the namespace being restored, so
+after a resume they read and write the live namespace, like the originals did.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import pickle
+import platform
+import sys
+import types
+from typing import Any
+
+import cloudpickle
+
+from nbdurable.errors import RestoreError, StoreFormatError
+from nbdurable.serialization._core import (
+    Chunk,
+    ChunkedSerialized,
+    Payload,
+    corrupt,
+    decode_header,
+    encode_header,
+    new_hasher,
+    padding,
+    pad_to,
+    writable,
+)
+
+MAGIC = b"NBDP"
+FORMAT = "pickle"
+PROTOCOL = 5
+# Smaller buffers go in-band: padding and a header entry would cost more than the copy they save.
+INBAND_MAX = 16 * 1024
+
+# The namespace that functions defined in the notebook get as globals while a payload is being loaded.
+_LOAD_NAMESPACE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "nbdurable_load_namespace", default=None
+)
+
+
+def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | None) -> ChunkedSerialized:
+    """Pickle ``obj`` (raises whatever pickling raises: the caller records it as unrestorable)."""
+    data, buffers = _dump(obj, namespace)
+    lengths = [b.nbytes for b in buffers]
+    header = encode_header(
+        MAGIC,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "protocol": PROTOCOL,
+            "cloudpickle": cloudpickle.__version__,
+            "python": platform.python_version(),
+            "pickle": data.nbytes,
+            "buffers": lengths,
+        },
+    )
+    h = new_hasher(FORMAT)
+    h.update(repr([data.nbytes, *lengths]).encode())  # where one part ends and the next begins
+    chunks: list[Chunk] = [header, data]
+    offset = len(header) + data.nbytes
+    h.update(data)
+    for buf in buffers:
+        chunks.append(padding(offset))
+        offset += pad_to(offset) + buf.nbytes
+        chunks.append(buf)
+        h.update(buf)
+    return ChunkedSerialized(chunks=chunks, key=h.hexdigest(), format=FORMAT, type_name=type_name)
+
+
+def _dump(obj: object, namespace: dict[str, Any] | None) -> tuple[memoryview, list[memoryview]]:
+    """The pickle bytes and the out-of-band buffers (views of the objects' own memory)."""
+    buffers: list[memoryview] = []
+
+    def take_buffer(buf: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: let the pickler keep it in-band
+            return True
+        if raw.nbytes < INBAND_MAX:
+            return True
+        buffers.append(raw)
+        return False  # false means out-of-band
+
+    out = io.BytesIO()
+    NotebookPickler(out, namespace=namespace, buffer_callback=take_buffer).dump(obj)
+    return out.getbuffer(), buffers
+
+
+class NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, except for notebook functions (rebuilt on the live namespace) and open files."""
+
+    def __init__(self, file: io.BytesIO, *, namespace: dict[str, Any] | None, buffer_callback: Any) -> None:
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
+        self._namespace = namespace
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType and self._namespace is not None and obj.__globals__ is self._namespace:
+            return _reduce_notebook_function(obj)
+        if _is_open_file(obj):
+            # cloudpickle would pickle a read-mode file as a StringIO of its content: a different object.
+            raise TypeError(f"cannot pickle open file {getattr(obj, 'name', '?')!r} ({type(obj).__name__})")
+        return super().reducer_override(obj)
+
+
+def _is_open_file(obj: Any) -> bool:
+    if not isinstance(obj, io.IOBase) or isinstance(obj, (io.BytesIO, io.StringIO)):
+        return False
+    # The standard streams are pickled by reference (as sys.stdout...), which restores them correctly.
+    return not any(obj is s for s in (sys.stdout, sys.stderr, sys.stdin, sys.__stdout__, sys.__stderr__, sys.__stdin__))
+
+
+class _EmptyCell:
+    """Marks a closure cell that had no value yet (pickled by reference, so it survives the trip)."""
+
+    def __reduce__(self) -> str:
+        return "EMPTY_CELL"
+
+
+EMPTY_CELL = _EmptyCell()
+
+
+def _reduce_notebook_function(func: types.FunctionType) -> tuple[Any, ...]:
+    """Reduce to (skeleton, state): the function is memoized before its state is pickled, so a function
+    that refers to itself (recursion through a closure cell, its own ``__dict__``) pickles fine."""
+    closure = func.__closure__ or ()
+    state = {
+        "defaults": func.__defaults__,
+        "kwdefaults": func.__kwdefaults__,
+        "dict": func.__dict__,
+        "qualname": func.__qualname__,
+        "module": func.__module__,
+        "annotations": func.__annotations__,
+        "doc": func.__doc__,
+        "cells": tuple(_cell_value(cell) for cell in closure),
+    }
+    return (make_notebook_function, (func.__code__, func.__name__, len(closure)), state, None, None, set_function_state)
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # the variable was not assigned yet when the function was saved
+        return EMPTY_CELL
+
+
+def make_notebook_function(code: types.CodeType, name: str, ncells: int) -> types.FunctionType:
+    """Rebuild a notebook function on the namespace being restored (its cells are filled afterwards)."""
+    namespace = _LOAD_NAMESPACE.get()
+    if namespace is None:  # loaded outside deserialize(): give it a namespace of its own
+        namespace = {}
+    closure = tuple(types.CellType() for _ in range(ncells)) if ncells else None
+    return types.FunctionType(code, namespace, name, None, closure)
+
+
+def set_function_state(func: types.FunctionType, state: dict[str, Any]) -> types.FunctionType:
+    """Give a rebuilt function its defaults, attributes and closure contents."""
+    func.__defaults__ = state["defaults"]
+    func.__kwdefaults__ = state["kwdefaults"]
+    func.__dict__.update(state["dict"])
+    func.__qualname__ = state["qualname"]
+    func.__module__ = state["module"]
+    func.__annotations__ = state["annotations"]
+    func.__doc__ = state["doc"]
+    for cell, value in zip(func.__closure__ or (), state["cells"]):
+        if value is not EMPTY_CELL:
+            cell.cell_contents = value
+    return func
+
+
+def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> object:
+    """Unpickle, with out-of-band buffers as views of the payload and notebook functions on ``namespace``."""
+    meta, offset = decode_header(memoryview(payload), MAGIC, FORMAT)
+    if int(meta.get("protocol", PROTOCOL)) > pickle.HIGHEST_PROTOCOL:
+        raise StoreFormatError(
+            f"this object was pickled with protocol {meta['protocol']}, which Python {platform.python_version()} "
+            "cannot read",
+            hint=f"resume with the Python version that saved it ({meta.get('python', 'newer')}).",
+        )
+    size, lengths = meta.get("pickle"), meta.get("buffers")
+    if not isinstance(size, int) or not isinstance(lengths, list) or not all(isinstance(n, int) for n in lengths):
+        raise corrupt(FORMAT, "header lacks valid 'pickle' and 'buffers' lengths")
+    buffer = memoryview(writable(payload) if lengths else payload)
+    spans, end = [(offset, size)], offset + size
+    for length in lengths:
+        end += pad_to(end)
+        spans.append((end, length))
+        end += length
+    if end != buffer.nbytes:
+        raise corrupt(FORMAT, f"payload is {buffer.nbytes} bytes but its header describes {end} (truncated or padded)")
+    data, *buffers = [buffer[start : start + length] for start, length in spans]
+    token = _LOAD_NAMESPACE.set(namespace if namespace is not None else {})
+    try:
+        return _loads(data, buffers)
+    finally:
+        _LOAD_NAMESPACE.reset(token)
+
+
+def _loads(data: memoryview, buffers: list[memoryview]) -> object:
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except ImportError as exc:  # incl. ModuleNotFoundError: a package the object needs is missing
+        missing = exc.name or str(exc)
+        raise RestoreError(
+            f"the object needs module {missing!r}, which cannot be imported here ({exc})",
+            hint=f"install the package that provides it (pip install {missing.split('.')[0]}) and resume again.",
+        ) from exc
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise corrupt(FORMAT, f"pickle data is damaged ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - any error raised by a class's own unpickling code
+        raise RestoreError(
+            f"unpickling failed with {type(exc).__name__}: {exc}",
+            hint="the object's class or its package probably changed since it was saved: "
+            "install the version used then, or re-run the cell that created it.",
+        ) from exc

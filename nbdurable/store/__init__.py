@@ -1,0 +1,133 @@
+"""The store: the only code that touches journals, object files, leases and the DuckDB catalog.
+
+A store is a directory::
+
+    FORMAT              {"format": 1, "created_by": "nbdurable"}
+    journals/<run>.jsonl    one append-only journal per run (the truth)
+    objects/<ab>/<cdef..>   content-addressed object files
+    leases/<run>.lease      one writer per run (flock + heartbeat)
+    tmp/                    temporary files, renamed into objects/
+    catalog.duckdb          derived from the journals; can always be rebuilt
+    catalog.lock            queue (flock) of the processes that want the catalog
+
+The store knows nothing of IPython or of the runtime. Everything a shared backend (PostgreSQL, fsspec)
+would replace sits behind ``Store``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+from ..errors import StoreFormatError
+from . import records
+from .catalog import Catalog
+from .journal import JournalsMixin, JournalWriter, fsync_dir, read_records
+from .lease import Lease, LeasesMixin
+from .objects import ObjectsMixin
+
+_SUBDIRS = ("journals", "objects", "leases", "tmp")
+_FORMAT_FILE = "FORMAT"
+_FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
+
+
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin):
+    """A store directory. Create or open one with ``Store.open(path)``."""
+
+    FORMAT_VERSION = 1
+
+    def __init__(self, path: pathlib.Path) -> None:
+        """Use ``Store.open``: it checks and creates the layout."""
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Store:
+        """Open a store directory; with ``create=True`` (default) create it (mode 0o700) if missing or empty.
+
+        Raises StoreFormatError if it is missing (``create=False``), is a non-empty directory without a FORMAT
+        file, has an unreadable FORMAT, or was written by a newer nbdurable.
+        """
+        root = pathlib.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        if not root.exists():
+            if not create:
+                raise StoreFormatError(f"no nbdurable store at {root}", hint="check the path (or NBDURABLE_STORE); open it with create=True to make one")
+            _make_root(root)
+        elif not root.is_dir():
+            raise StoreFormatError(f"{root} is a file, not an nbdurable store directory", hint="point NBDURABLE_STORE at a directory")
+        format_file = root / _FORMAT_FILE
+        if not format_file.exists():
+            _initialize(root, create)
+        _check_format(format_file, cls.FORMAT_VERSION)
+        for sub in _SUBDIRS:  # a store opened while another process was still creating it
+            (root / sub).mkdir(mode=0o700, exist_ok=True)
+        store = cls(root)
+        store._sweep_tmp()
+        return store
+
+    def catalog(self) -> Catalog:
+        """The DuckDB catalog of this store (cheap: it opens the database only per operation)."""
+        return Catalog(self)
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Store) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+def _make_root(root: pathlib.Path) -> None:
+    try:
+        root.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        return  # created concurrently by another process: it sets the mode
+    os.chmod(root, 0o700)  # mkdir's mode is filtered by the umask; pickled variables are private to the user
+
+
+def _initialize(root: pathlib.Path, create: bool) -> None:
+    """Make an empty directory a store: FORMAT first (atomically), then the subdirectories."""
+    foreign = [name for name in os.listdir(root) if not name.startswith(_FORMAT_TMP_PREFIX)]
+    if (root / _FORMAT_FILE).exists():
+        return  # initialized concurrently by another process
+    if foreign:
+        raise StoreFormatError(
+            f"{root} is not an nbdurable store: it is a non-empty directory without a FORMAT file",
+            hint="use another directory for the store (NBDURABLE_STORE), or empty this one",
+        )
+    if not create:
+        raise StoreFormatError(f"{root} is an empty directory, not an nbdurable store", hint="open it with create=True to make it a store")
+    content = json.dumps({"format": Store.FORMAT_VERSION, "created_by": "nbdurable"}).encode() + b"\n"
+    tmp = root / f"{_FORMAT_TMP_PREFIX}{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / _FORMAT_FILE)  # concurrent creators write the same content: last rename wins
+    fsync_dir(root)
+
+
+def _check_format(format_file: pathlib.Path, supported: int) -> None:
+    try:
+        info: Any = json.loads(format_file.read_bytes())
+        version = info["format"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise TypeError(version)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreFormatError(
+            f"the store's FORMAT file {format_file} is unreadable ({type(exc).__name__}: {exc})",
+            hint='if this is an nbdurable store, restore FORMAT to {"format": 1, "created_by": "nbdurable"}',
+        ) from exc
+    if version > supported:
+        raise StoreFormatError(
+            f"the store {format_file.parent} was written by a newer nbdurable (format {version}; this one reads format {supported})",
+            hint="upgrade with pip install -U nbdurable",
+        )
+    if version < 1:
+        raise StoreFormatError(f"the store {format_file.parent} has an unknown format {version}", hint="check that this directory is an nbdurable store")
+
+
+__all__ = ["Store", "JournalWriter", "Lease", "Catalog", "records", "read_records"]

@@ -1,0 +1,185 @@
+"""Objects: content-addressed files ``objects/<key[:2]>/<key[2:]>``, written atomically.
+
+An object is written to a temporary file in ``tmp/`` (same file system), fsync'ed and renamed into place,
+so a reader sees either nothing or the whole object. Big payloads are written by the caller straight from
+memoryviews into an unbuffered file: no copy on the way to the disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pathlib
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+from ..errors import CorruptObjectError, ObjectNotFoundError
+from .journal import fsync_dir, io_error
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
+
+_KEY_RE = re.compile(r"[0-9a-f]{32}")
+_FANOUT_RE = re.compile(r"[0-9a-f]{2}")
+TMP_MAX_AGE_S = 24 * 3600  # temp files older than this are left over from a crashed writer
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is 32 lowercase hex characters, else raise ValueError."""
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        raise ValueError(f"invalid object key {key!r}: expected 32 lowercase hex characters (an xxh3-128 digest)")
+    return key
+
+
+class _WholeWriteFile(io.FileIO):
+    """An unbuffered file whose ``write`` writes everything it is given.
+
+    A raw ``FileIO.write`` is one write(2) call, which Linux caps at 2 GiB - 4 KiB: a caller writing a
+    4 GiB memoryview in one call would silently lose the rest. This loops over the same buffer (no copy).
+    """
+
+    def write(self, b: Buffer, /) -> int:
+        with memoryview(b) as view, view.cast("B") as data:
+            total = len(data)
+            done = super().write(data) or 0
+            while done < total:
+                done += super().write(data[done:]) or 0
+            return total
+
+
+def _unlink_quiet(path: str | pathlib.Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class ObjectsMixin:
+    """The object half of ``Store``."""
+
+    path: pathlib.Path
+
+    def object_path(self, key: str) -> pathlib.Path:
+        """Where an object's file lives (for DuckDB's read_parquet; it may not exist)."""
+        check_key(key)
+        return self.path / "objects" / key[:2] / key[2:]
+
+    def has_object(self, key: str) -> bool:
+        """True if the object's file exists."""
+        return self.object_path(key).is_file()
+
+    def object_size(self, key: str) -> int:
+        """Size in bytes of an object; ObjectNotFoundError if it is missing."""
+        try:
+            return self.object_path(key).stat().st_size
+        except FileNotFoundError:
+            raise self._not_found(key) from None
+
+    def write_object(self, key: str, write: Callable[[BinaryIO], int | None]) -> int:
+        """Store an object unless it exists; return its size.
+
+        ``write(f)`` writes the payload into ``f``, an unbuffered binary file (pass big memoryviews straight
+        to ``f.write``: they reach the disk without a copy). The file is fsync'ed and renamed into place. On
+        any exception the temporary file is removed and the exception re-raised (disk full -> StoreError).
+        """
+        final = self.object_path(key)
+        try:
+            return final.stat().st_size  # content-addressed: same key, same bytes
+        except FileNotFoundError:
+            pass
+        tmp_dir = self.path / "tmp"
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=key + ".", suffix=".tmp", dir=tmp_dir)
+        except OSError as exc:
+            raise io_error(exc, f"creating a temporary file for object {key}", tmp_dir) from exc
+        try:
+            with _WholeWriteFile(fd, "wb", closefd=True) as f:
+                write(cast(BinaryIO, f))
+                size = os.fstat(fd).st_size
+                os.fsync(fd)
+            self._place(tmp, final)
+        except BaseException as exc:
+            _unlink_quiet(tmp)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise io_error(exc, f"writing object {key}", final) from exc
+            raise
+        return size
+
+    def _place(self, tmp: str, final: pathlib.Path) -> None:
+        """Rename a synced temp file into place, making (and syncing) its fan-out directory as needed."""
+        fanout = final.parent
+        try:
+            os.mkdir(fanout, 0o700)
+            fsync_dir(fanout.parent)  # a new fan-out directory must itself survive a crash
+        except FileExistsError:
+            pass
+        os.rename(tmp, final)
+        fsync_dir(fanout)
+
+    def read_object(self, key: str) -> bytearray:
+        """The whole content of an object, read into one preallocated bytearray (no extra copies)."""
+        path = self.object_path(key)
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise self._not_found(key) from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            buf = bytearray(size)
+            got = 0
+            with memoryview(buf) as view:
+                while got < size:  # one read(2) returns at most 2 GiB - 4 KiB
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+        if got != size:
+            raise CorruptObjectError(
+                f"object {key} shrank while being read ({got} of {size} bytes)",
+                hint="another process may be rewriting the store; retry, and run `nbdurable check` if it persists",
+            )
+        return buf
+
+    def object_keys(self) -> Iterator[str]:
+        """Keys of all objects in the store, in no particular order."""
+        root = self.path / "objects"
+        with os.scandir(root) as fanouts:
+            prefixes = [e.name for e in fanouts if _FANOUT_RE.fullmatch(e.name) and e.is_dir()]
+        for prefix in prefixes:
+            try:
+                names = os.listdir(root / prefix)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                key = prefix + name
+                if _KEY_RE.fullmatch(key):
+                    yield key
+
+    def delete_object(self, key: str) -> None:
+        """Delete an object's file. Deleting a missing object is not an error (idempotent, for GC)."""
+        _unlink_quiet(self.object_path(key))
+
+    def _sweep_tmp(self) -> None:
+        """Remove temporary files left by writers that crashed long ago (never a write in progress)."""
+        cutoff = time.time() - TMP_MAX_AGE_S
+        try:
+            with os.scandir(self.path / "tmp") as entries:
+                old = [e.path for e in entries if e.is_file() and e.stat().st_mtime < cutoff]
+        except OSError:
+            return
+        for path in old:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _not_found(self, key: str) -> ObjectNotFoundError:
+        return ObjectNotFoundError(
+            f"object {key} is missing from the store {self.path}",
+            hint="it may have been garbage-collected or the store copied partially; "
+            "run `nbdurable check`, and re-execute the step that produced it",
+        )

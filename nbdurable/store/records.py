@@ -1,0 +1,144 @@
+"""The journal's record schema: the one place that says what a record holds.
+
+A run's journal is a sequence of JSON records. The journal writer adds ``seq`` (1, 2, 3… per journal) and
+``ts`` (unix seconds) to every record. The runtime builds records with the functions below; the catalog
+ingests them. Record types:
+
+``run``        first record of every journal: who runs what.
+``step_start`` a step (a cell, or later an explicit step) begins.
+``step_end``   a step ends: its status, timings, state delta (``variables``), ``outputs`` and ``error``.
+               This is the commit record; the journal is fdatasync'ed after it.
+``run_end``    the run finished with a final status.
+``superseded`` a later run resumed this one (``by``): this run is no longer unfinished.
+
+A variable reference (``VarRef``) in ``step_end.variables``::
+
+    {"name": "df", "op": "set" | "del",
+     "object": "<32 hex: xxh3-128 content key>" | None,   # None for del; no file for module/unrestorable
+     "format": "pickle" | "ndarray" | "parquet" | "module" | "unrestorable" | None,
+     "format_version": 1,
+     "type": "pandas.core.frame.DataFrame", "size": 1234,
+     "instance": "<run>:<seq>:<n>",     # identity group: refs with the same instance restore as one object
+     "inline": "<base64>" | None,       # small objects live in the record itself, not in a file
+     "module": "numpy" | None,          # for format "module"
+     "reason": "..." | None,            # for format "unrestorable"
+     "inert": true}                     # optional: nothing to restore or rebuild (a closed file)
+
+An output (``step_end.outputs``) is an nbformat v4 output dict (``stream``, ``display_data``,
+``execute_result``, ``error``), or ``{"output_type": "object", "object": key}`` for a large one stored
+as an object file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+JOURNAL_FORMAT = 1
+
+STEP_STATUSES = ("completed", "failed", "interrupted", "restored")
+RUN_STATUSES = ("running", "completed", "failed", "suspended", "cancelled", "crashed")
+FINAL_RUN_STATUSES = ("completed", "failed", "suspended", "cancelled")
+
+StepStatus = Literal["completed", "failed", "interrupted", "restored"]
+
+
+class VarRef(TypedDict, total=False):
+    name: str
+    op: Literal["set", "del"]
+    object: str | None
+    format: str | None
+    format_version: int
+    type: str | None
+    size: int
+    instance: str | None
+    inline: str | None
+    module: str | None
+    reason: str | None
+    inert: bool
+
+
+def run_record(
+    run_id: str,
+    *,
+    notebook: str | None,
+    notebook_path: str | None,
+    kind: Literal["interactive", "headless"],
+    params: dict[str, Any] | None = None,
+    resumed_from: str | None = None,
+    root_run: str | None = None,
+    environment: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The first record of a run's journal."""
+    return {
+        "t": "run",
+        "format": JOURNAL_FORMAT,
+        "run_id": run_id,
+        "notebook": notebook,
+        "notebook_path": notebook_path,
+        "kind": kind,
+        "params": params or {},
+        "resumed_from": resumed_from,
+        "root_run": root_run or run_id,
+        "environment": environment or {},
+    }
+
+
+def step_start_record(
+    ordinal: int,
+    *,
+    source: str,
+    source_hash: str,
+    name: str | None = None,
+    options: dict[str, Any] | None = None,
+    parent: int | None = None,
+) -> dict[str, Any]:
+    """A step begins. ``parent`` is the ordinal of the enclosing cell step for explicit steps."""
+    return {
+        "t": "step_start",
+        "ordinal": ordinal,
+        "name": name,
+        "source": source,
+        "source_hash": source_hash,
+        "options": options or {},
+        "parent": parent,
+    }
+
+
+def step_end_record(
+    ordinal: int,
+    *,
+    status: StepStatus,
+    started_at: float,
+    ended_at: float,
+    duration: float,
+    variables: list[VarRef],
+    outputs: list[dict[str, Any]],
+    error: dict[str, Any] | None = None,
+    restored_from: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A step's commit record. For a restored step, ``duration`` is the original execution time
+    (the time saved is ``duration`` minus the restore time ``ended_at - started_at``)."""
+    return {
+        "t": "step_end",
+        "ordinal": ordinal,
+        "status": status,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "duration": duration,
+        "variables": variables,
+        "outputs": outputs,
+        "error": error,
+        "restored_from": restored_from,
+    }
+
+
+def run_end_record(status: str) -> dict[str, Any]:
+    """The run's final record."""
+    if status not in FINAL_RUN_STATUSES:
+        raise ValueError(f"not a final run status: {status!r}")
+    return {"t": "run_end", "status": status}
+
+
+def superseded_record(by: str) -> dict[str, Any]:
+    """Appended to a finished-but-unfinished run's journal when a later run resumes it."""
+    return {"t": "superseded", "by": by}

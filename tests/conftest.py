@@ -1,0 +1,54 @@
+"""Shared fixtures: a store directory per test, and sessions run in fresh IPython processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Session:
+    """What a shell session in a subprocess did."""
+
+    returncode: int
+    cells: list[dict[str, Any]]
+    probes: dict[str, str]
+    stdout: str
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -9
+
+
+def run_session(store: Path, cells: list[str], *, notebook: str | None = "nb", probes: dict[str, str] | None = None,
+                cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> Session:
+    """Run cells in a fresh process with a real IPython shell and nbdurable loaded."""
+    spec_path = store.parent / f"spec-{os.getpid()}-{len(list(store.parent.glob('spec-*')))}.json"
+    out_path = spec_path.with_suffix(".out.json")
+    spec_path.write_text(json.dumps({"cells": cells, "probes": probes or {}}))
+    full_env = {**os.environ, "NBDURABLE_STORE": str(store), **(env or {})}
+    full_env.pop("NBDURABLE_NOTEBOOK", None)
+    full_env.pop("JPY_SESSION_NAME", None)
+    if notebook:
+        full_env["NBDURABLE_NOTEBOOK"] = notebook
+    proc = subprocess.run([sys.executable, str(HERE / "shell_driver.py"), str(spec_path), str(out_path)],
+                          env=full_env, cwd=cwd or store.parent, timeout=timeout, capture_output=True, text=True)
+    data = json.loads(out_path.read_text()) if out_path.exists() else {"cells": [], "probes": {}, "stdout": ""}
+    if proc.returncode not in (0, -9):
+        raise AssertionError(f"shell driver failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return Session(proc.returncode, data["cells"], data["probes"], data["stdout"] + proc.stderr)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """A fresh store location (created on first use by nbdurable)."""
+    return tmp_path / "store"

@@ -1,0 +1,169 @@
+"""Object files: atomic, content-addressed, written without extra copies."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from collections.abc import Callable
+from typing import BinaryIO
+
+import pytest
+import xxhash
+
+from nbdurable.errors import ObjectNotFoundError, StoreError
+from nbdurable.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> Store:
+    return Store.open(tmp_path / "store")
+
+
+def _key(data: bytes | bytearray | memoryview) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], int]:
+    return lambda f: f.write(data)
+
+
+def test_write_read_round_trip(store: Store) -> None:
+    data = b"hello object"
+    key = _key(data)
+    assert not store.has_object(key)
+    assert store.write_object(key, lambda f: f.write(data)) == len(data)
+    assert store.has_object(key) and store.object_size(key) == len(data)
+    got = store.read_object(key)
+    assert isinstance(got, bytearray) and got == data
+    path = store.object_path(key)
+    assert path == store.path / "objects" / key[:2] / key[2:] and path.is_file()
+    assert list(store.object_keys()) == [key]
+    assert os.listdir(store.path / "tmp") == []  # renamed into place, nothing left behind
+
+
+def test_existing_object_is_not_rewritten(store: Store) -> None:
+    key = _key(b"abc")
+    store.write_object(key, lambda f: f.write(b"abc"))
+    calls = []
+
+    def writer(f: BinaryIO) -> None:
+        calls.append(1)
+        f.write(b"abc")
+
+    assert store.write_object(key, writer) == 3
+    assert calls == []
+
+
+def test_empty_object(store: Store) -> None:
+    key = _key(b"")
+    assert store.write_object(key, lambda f: None) == 0
+    assert store.read_object(key) == bytearray()
+
+
+def test_big_object_from_memoryview_parts(store: Store) -> None:
+    part = os.urandom(1 << 20)
+    big = bytearray(part) * 64  # 64 MiB
+    view = memoryview(big)
+    key = _key(big)
+
+    def writer(f: BinaryIO) -> int:
+        total = 0
+        for off in range(0, len(view), 16 << 20):
+            total += f.write(view[off : off + (16 << 20)])  # straight from memory, 16 MiB at a time
+        return total
+
+    assert store.write_object(key, writer) == len(big)
+    got = store.read_object(key)
+    assert len(got) == len(big) and got == big
+
+
+def test_writer_gets_unbuffered_file(store: Store) -> None:
+    seen = []
+
+    def writer(f: BinaryIO) -> None:
+        seen.append(f)
+        f.write(memoryview(b"xyz"))
+
+    store.write_object(_key(b"xyz"), writer)
+    import io
+
+    assert isinstance(seen[0], io.FileIO)  # raw: a big memoryview is not copied into a buffer
+
+
+def test_missing_object(store: Store) -> None:
+    key = "0" * 32
+    with pytest.raises(ObjectNotFoundError, match=key) as exc:
+        store.read_object(key)
+    assert exc.value.hint
+    with pytest.raises(ObjectNotFoundError):
+        store.object_size(key)
+    store.delete_object(key)  # deleting a missing object is fine
+
+
+def test_failing_writer_leaves_nothing(store: Store) -> None:
+    key = _key(b"never")
+
+    def writer(f: BinaryIO) -> None:
+        f.write(b"partial payload")
+        raise RuntimeError("pickling failed")
+
+    with pytest.raises(RuntimeError, match="pickling failed"):
+        store.write_object(key, writer)
+    assert not store.has_object(key)
+    assert os.listdir(store.path / "tmp") == []
+
+
+def test_disk_full_becomes_store_error(store: Store) -> None:
+    key = _key(b"full")
+
+    def writer(f: BinaryIO) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StoreError, match="disk full") as exc:
+        store.write_object(key, writer)
+    assert isinstance(exc.value.__cause__, OSError) and exc.value.hint
+    assert os.listdir(store.path / "tmp") == [] and not store.has_object(key)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_real_enospc_from_dev_full(store: Store) -> None:
+    # /dev/full fails every write with ENOSPC: the writer hits a real kernel error, not a simulated one.
+    def writer(f: BinaryIO) -> None:
+        with open("/dev/full", "wb", buffering=0) as full:
+            full.write(b"x")
+
+    with pytest.raises(StoreError, match="disk full"):
+        store.write_object(_key(b"devfull"), writer)
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "G" * 32, "A" * 32, "0" * 31, "0" * 33, "../" + "0" * 29])
+def test_bad_keys(store: Store, bad: str) -> None:
+    for call in (store.has_object, store.read_object, store.object_size, store.object_path, store.delete_object):
+        with pytest.raises(ValueError):
+            call(bad)
+    with pytest.raises(ValueError):
+        store.write_object(bad, lambda f: None)
+
+
+def test_delete_and_keys(store: Store) -> None:
+    keys = set()
+    for i in range(20):
+        data = b"obj%d" % i
+        keys.add(_key(data))
+        store.write_object(_key(data), _writer(data))
+    (store.path / "objects" / "zz").mkdir()  # junk is ignored
+    assert set(store.object_keys()) == keys
+    victim = sorted(keys)[0]
+    store.delete_object(victim)
+    assert not store.has_object(victim) and set(store.object_keys()) == keys - {victim}
+
+
+def test_stale_temp_files_swept_on_open(store: Store) -> None:
+    old = store.path / "tmp" / "dead.tmp"
+    new = store.path / "tmp" / "inflight.tmp"
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    Store.open(store.path)
+    assert not old.exists() and new.exists()
