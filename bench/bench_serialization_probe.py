@@ -9,7 +9,7 @@ A scratch measurement, not the benchmark suite. For a big float64 array and a bi
            on a machine that kept running).
 
 Every restore ends by touching one byte per 4 KiB page of the restored data, so a lazily loaded variant
-(``mmap``) pays for its reads like the others. Compared in the same run on the same disk: raw
+(payload ``mmap``'ed copy-on-write instead of read into a bytearray) pays for its reads like the others. Compared in the same run on the same disk: raw
 write+fsync of the object's own bytes and raw readinto of them (the baseline), dill.dump/dill.load of a
 dict holding the object, our pickle path for such a dict, and for the DataFrame an Arrow IPC file.
 
@@ -146,6 +146,7 @@ def save_ipc(frame: pd.DataFrame) -> Callable[[pathlib.Path], tuple[float, float
 
 RESTORERS: dict[str, Callable[[pathlib.Path, str], Any]] = {
     "raw": lambda path, fmt: read_file(path),
+    "raw-mmap": lambda path, fmt: map_file(path),
     "ours": lambda path, fmt: deserialize(fmt, read_file(path)),
     "ours-mmap": lambda path, fmt: deserialize(fmt, map_file(path)),
     "dill": lambda path, fmt: dill.load(open(path, "rb")),
@@ -162,6 +163,8 @@ def touch(obj: Any) -> int:
     if isinstance(obj, np.ndarray):
         flat = obj.reshape(-1).view(np.uint8)
         return int(flat[::PAGE].sum())
+    if isinstance(obj, memoryview):  # a mapped file
+        return int(np.frombuffer(obj, dtype=np.uint8)[::PAGE].sum())
     if isinstance(obj, (bytes, bytearray)):
         return 0  # just read into memory: resident
     return 0
@@ -249,6 +252,7 @@ def run_array(args: argparse.Namespace, path: pathlib.Path) -> None:
     arr = np.random.default_rng(0).random(int(args.array_gib * GiB) // 8)
     ways = [
         Way("raw bytes (baseline)", save_raw([arr.data.cast("B")]), "raw"),
+        Way("raw bytes, restored by mmap", save_raw([arr.data.cast("B")]), "raw-mmap"),
         Way("nbdurable ndarray", save_ours(arr), "ours"),
         Way("nbdurable ndarray, payload mmap'ed", save_ours(arr), "ours-mmap"),
         Way("nbdurable pickle {'x': arr}", save_ours({"x": arr}), "ours"),
@@ -263,6 +267,7 @@ def run_frame(args: argparse.Namespace, path: pathlib.Path) -> None:
     assert serialize(frame).format == "parquet"
     ways = [
         Way("raw bytes (baseline)", save_raw(column_views(frame)), "raw"),
+        Way("raw bytes, restored by mmap", save_raw(column_views(frame)), "raw-mmap"),
         Way("nbdurable parquet", save_ours(frame), "ours"),
         Way("nbdurable parquet, payload mmap'ed", save_ours(frame), "ours-mmap"),
         Way("nbdurable pickle {'x': df}", save_ours({"x": frame}), "ours"),

@@ -29,19 +29,26 @@ class Session:
         return self.returncode == -9
 
 
-def run_session(store: Path, cells: list[str], *, notebook: str | None = "nb", probes: dict[str, str] | None = None,
-                cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> Session:
-    """Run cells in a fresh process with a real IPython shell and nbdurable loaded."""
-    spec_path = store.parent / f"spec-{os.getpid()}-{len(list(store.parent.glob('spec-*')))}.json"
+def run_session(store: Path | None, cells: list[str], *, notebook: str | None = "nb", probes: dict[str, str] | None = None,
+                cwd: Path | None = None, env: dict[str, str] | None = None, config: dict[str, Any] | None = None,
+                workdir: Path | None = None, timeout: float = 120) -> Session:
+    """Run cells in a fresh process with a real IPython shell and nbdurable loaded.
+
+    ``store=None`` leaves NBDURABLE_STORE unset (the default location or ``config`` decides)."""
+    base = workdir or (store.parent if store else Path.cwd())
+    spec_path = base / f"spec-{os.getpid()}-{len(list(base.glob('spec-*')))}.json"
     out_path = spec_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps({"cells": cells, "probes": probes or {}}))
-    full_env = {**os.environ, "NBDURABLE_STORE": str(store), **(env or {})}
-    full_env.pop("NBDURABLE_NOTEBOOK", None)
-    full_env.pop("JPY_SESSION_NAME", None)
+    spec_path.write_text(json.dumps({"cells": cells, "probes": probes or {}, "config": config or {}}))
+    full_env = {**os.environ, **(env or {})}
+    for name in ("NBDURABLE_STORE", "NBDURABLE_NOTEBOOK", "JPY_SESSION_NAME"):
+        if name not in (env or {}):
+            full_env.pop(name, None)
+    if store is not None:
+        full_env["NBDURABLE_STORE"] = str(store)
     if notebook:
         full_env["NBDURABLE_NOTEBOOK"] = notebook
     proc = subprocess.run([sys.executable, str(HERE / "shell_driver.py"), str(spec_path), str(out_path)],
-                          env=full_env, cwd=cwd or store.parent, timeout=timeout, capture_output=True, text=True)
+                          env=full_env, cwd=cwd or base, timeout=timeout, capture_output=True, text=True)
     data = json.loads(out_path.read_text()) if out_path.exists() else {"cells": [], "probes": {}, "stdout": ""}
     if proc.returncode not in (0, -9):
         raise AssertionError(f"shell driver failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

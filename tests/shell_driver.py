@@ -20,7 +20,9 @@ def main() -> None:
     out_path = sys.argv[2]
     from IPython.core.interactiveshell import InteractiveShell
 
-    shell = InteractiveShell.instance()
+    from traitlets.config import Config
+
+    shell = InteractiveShell.instance(config=Config(spec.get("config", {})))
     results: dict = {"cells": [], "probes": {}, "stdout": ""}
     buffer = io.StringIO()
 

@@ -6,6 +6,7 @@ import collections
 import io
 import json
 import math
+import mmap
 import os
 import pathlib
 import re
@@ -193,6 +194,26 @@ def test_big_ndarray_restores_zero_copy_from_a_real_file(tmp_path: pathlib.Path)
     assert np.frombuffer(payload, dtype=np.float64)[-len(arr)] == -1.0
 
 
+@pytest.mark.parametrize(
+    "obj", [np.arange(100_000.0), {"a": np.arange(100_000.0)}, pd.DataFrame({"a": np.arange(100_000.0)})], ids=["ndarray", "pickle", "parquet"]
+)
+def test_payload_can_be_a_copy_on_write_mmap(tmp_path: pathlib.Path, obj: Any) -> None:
+    """A store may map object files instead of reading them: restoring is then lazy and copy-free."""
+    s = serialize(obj)
+    path = tmp_path / "obj"
+    with open(path, "wb", buffering=0) as f:
+        s.write(f)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    back = restore(s.format, memoryview(mapped))
+    arr = back if isinstance(back, np.ndarray) else back["a"] if isinstance(back, dict) else back["a"].to_numpy()
+    np.testing.assert_array_equal(arr, np.arange(100_000.0))
+    if s.format != "parquet":
+        assert arr.flags.writeable and np.shares_memory(arr, np.frombuffer(mapped, dtype=np.uint8))
+        arr[0] = 42.0  # copy-on-write: the file is untouched
+    assert path.read_bytes() == s.to_bytes()
+
+
 def test_read_only_payload_gives_writable_arrays() -> None:
     arr = np.arange(10)
     back = restore("ndarray", bytes(payload_of(serialize(arr))))
@@ -312,10 +333,14 @@ PARQUET_FRAMES = {
     "many categories": pd.DataFrame(
         {"c": pd.Categorical.from_codes(np.arange(50_000)[::-1] % 40_000, categories=[f"cat{i:06d}" for i in range(50_000)][::-1])}
     ),
-    "nullable index": pd.DataFrame({"a": np.arange(N)}, index=pd.Index(pd.array([3, 1, None, 4, 5, 9, 2], dtype="Int64"), name="n")),
+    "timedelta and uint8 index levels": pd.DataFrame(
+        {"a": np.arange(N)}, index=pd.MultiIndex.from_arrays([pd.to_timedelta(np.arange(N), unit="s"), np.arange(N, dtype=np.uint8)])
+    ),
     "MultiIndex with datetime level": pd.DataFrame(
         {"a": np.arange(N)},
-        index=pd.MultiIndex.from_arrays([pd.date_range("2024", periods=N, tz="UTC"), list("abcabca")], names=["when", None]),
+        index=pd.MultiIndex.from_arrays(
+            [pd.DatetimeIndex(pd.date_range("2024", periods=N, tz="UTC"), freq=None), list("abcabca")], names=["when", None]
+        ),
     ),
 }
 
@@ -392,6 +417,14 @@ PICKLED_FRAMES: dict[str, Callable[[], pd.DataFrame]] = {
     "arrow list": lambda: pd.DataFrame({"l": pd.array([[1], None], dtype=pd.ArrowDtype(pa.list_(pa.int64())))}),
     "TimedeltaIndex with freq": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.timedelta_range("1D", periods=2, freq="h")),
     "categorical index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.CategoricalIndex(["x", "y"])),
+    "MultiIndex level with freq": lambda: pd.DataFrame(
+        {"a": [1, 2]}, index=pd.MultiIndex.from_arrays([pd.date_range("2024", periods=2, freq="D"), ["x", "y"]])
+    ),
+    "nullable index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index(pd.array([3, None], dtype="Int64"))),
+    "NA-string index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index(pd.array(["x", None], dtype="string[pyarrow]"))),
+    "arrow index level": lambda: pd.DataFrame(
+        {"a": [1, 2]}, index=pd.MultiIndex.from_arrays([pd.array([1, 2], dtype="int64[pyarrow]"), ["x", "y"]])
+    ),
 }
 
 
@@ -541,6 +574,7 @@ def test_function_and_instance_restore_in_another_process(tmp_path: pathlib.Path
         ns = {{"__name__": "__main__"}}
         exec(textwrap.dedent('''
             import math
+import mmap
             total = 0
             class Account:
                 def __init__(self, owner, balance):
@@ -708,6 +742,16 @@ def test_equal_values_in_different_formats_have_different_keys() -> None:
     keys = {serialize(v).key for v in values}
     assert len(keys) == len(values)
     assert serialize(np).key != serialize(np.arange(0)).key
+
+
+def test_dataframe_key_is_the_same_for_interleaved_and_separate_columns() -> None:
+    data = np.random.default_rng(0).random((100_000, 3))
+    interleaved = pd.DataFrame(data, columns=["a", "b", "c"])  # columns are strided views of one block
+    separate = pd.DataFrame({name: data[:, i].copy() for i, name in enumerate("abc")})
+    key = serialize(interleaved).key
+    assert key == serialize(separate).key
+    interleaved.iloc[99_999, 1] = -1.0
+    assert serialize(interleaved).key != key
 
 
 def test_same_bytes_different_layout_different_keys() -> None:

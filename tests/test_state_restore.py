@@ -81,10 +81,10 @@ def test_del_is_restored_as_deleted(store_dir: Path) -> None:
 
 
 def test_aliasing_survives_restore(store_dir: Path) -> None:
-    cells = ["a = [1, 2]", "b = a", "c = [1, 2]", "a.append(3)"]
-    probes = {"alias": "b is a", "not_alias": "c is a", "b": "b", "c": "c"}
+    cells = ["a = [1, 2]", "b = a", "c = [1, 2]", "a.append(3)", "import numpy as np\nw = np.zeros(2)\nbest = w"]
+    probes = {"alias": "b is a", "not_alias": "c is a", "b": "b", "c": "c", "same_cell": "best is w"}
     second = crash_then_resume(store_dir, cells, probes, extra=["a.append(4)"])
-    assert second.probes == {"alias": "True", "not_alias": "False", "b": "[1, 2, 3, 4]", "c": "[1, 2]"}
+    assert second.probes == {"alias": "True", "not_alias": "False", "b": "[1, 2, 3, 4]", "c": "[1, 2]", "same_cell": "True"}
 
 
 def test_in_place_mutations(store_dir: Path) -> None:

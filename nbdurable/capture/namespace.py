@@ -124,17 +124,20 @@ class NamespaceTracker:
         stored, loaded = self.candidates(names, before)
         changes: dict[str, Change] = {}
         by_instance: dict[str, Serialized] = {}
+        seen: dict[int, str] = {}  # id -> instance of objects examined in this cell (`a = []; b = a`)
         for name in sorted(stored | loaded):
             if self.ignored(name) or name in changes:
                 continue
-            change = self._examine(name, assigned=name in stored, no_state=no_state, by_instance=by_instance)
+            change = self._examine(name, assigned=name in stored, no_state=no_state, by_instance=by_instance, seen=seen)
             if change is not None:
                 changes[name] = change
                 if change.op == "set" and name in self.bindings and change.obj_id == self.bindings[name].obj_id:
                     self._propagate_mutation(change, changes)
         return list(changes.values())
 
-    def _examine(self, name: str, *, assigned: bool, no_state: bool, by_instance: dict[str, Serialized]) -> Change | None:
+    def _examine(
+        self, name: str, *, assigned: bool, no_state: bool, by_instance: dict[str, Serialized], seen: dict[int, str]
+    ) -> Change | None:
         binding = self.bindings.get(name)
         if name not in self.namespace:
             return Change(name, "del") if binding is not None else None
@@ -143,7 +146,11 @@ class NamespaceTracker:
         same_object = binding is not None and binding.obj_id == id(obj)
         if same_object and immutable and not assigned:
             return None
-        instance = binding.instance if same_object and binding else self._alias_instance(name, obj)
+        if same_object and binding is not None:
+            instance = binding.instance
+        else:
+            instance = seen.get(id(obj)) or self._alias_instance(name, obj)
+        seen[id(obj)] = instance
         serialized = self._serialize(name, obj, no_state=no_state, instance=instance, by_instance=by_instance)
         if same_object and binding is not None and binding.key == serialized.key:
             return None

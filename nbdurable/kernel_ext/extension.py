@@ -271,8 +271,16 @@ class Durable(Configurable):
         error = result.error_before_exec or result.error_in_exec
         if decision.kind == "restore":
             self._commit_restored(step, decision, error)
-        else:
-            self._commit_executed(step, cell, code or cell.body, error)
+            return
+        self._commit_executed(step, cell, code or cell.body, error)
+        if decision.kind == "reexecute" and error is not None and decision.step is not None:
+            show_notice(
+                self.shell,
+                f"✗ nbdurable: this cell was re-executed to rebuild what {decision.step.label} could not store "
+                f"({decision.reason}) and it failed. Fix the cell, or mark it `%%durable --always` so it is "
+                "expected to run on every resume; `%durable new` starts over.",
+                "reexecution_failed",
+            )
 
     def _commit_restored(self, step: StepHandle, decision: Decision, error: BaseException | None) -> None:
         assert self.run is not None and decision.step is not None

@@ -153,6 +153,12 @@ def encode_header(magic: bytes, meta: dict[str, Any]) -> bytes:
     return head + padding(len(head))
 
 
+def byte_view(payload: Payload) -> memoryview:
+    """The payload as a flat view of bytes, whatever buffer it came in (bytes, bytearray, mmap...)."""
+    view = memoryview(payload)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+
+
 def decode_header(payload: memoryview, magic: bytes, fmt: str) -> tuple[dict[str, Any], int]:
     """Parse and check a header; return its JSON and the offset where the data starts."""
     fixed = len(magic) + _LENGTH.size
@@ -204,7 +210,5 @@ def writable(payload: Payload) -> bytearray | memoryview:
     """
     if isinstance(payload, bytearray):
         return payload
-    view = memoryview(payload)
-    if not view.readonly:
-        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    return bytearray(view)
+    view = byte_view(payload)
+    return bytearray(view) if view.readonly else view

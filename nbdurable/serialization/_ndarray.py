@@ -13,6 +13,7 @@ import numpy as np
 
 from nbdurable.serialization._core import (
     ChunkedSerialized,
+    byte_view,
     Payload,
     corrupt,
     decode_header,
@@ -75,14 +76,14 @@ def raw_memory(arr: np.ndarray[Any, Any]) -> tuple[memoryview, str]:
 
 def deserialize_ndarray(payload: Payload) -> np.ndarray[Any, Any]:
     """The array, as a view of the payload buffer (writable unless it had to be copied from bytes)."""
-    meta, offset = decode_header(memoryview(payload), MAGIC, FORMAT)
+    meta, offset = decode_header(byte_view(payload), MAGIC, FORMAT)
     dtype = _dtype(meta.get("dtype"))
     shape, order = _shape(meta.get("shape")), meta.get("order")
     if order not in ("C", "F"):
         raise corrupt(FORMAT, f"unknown memory order {order!r} in header")
     count = math.prod(shape)
     expected = offset + count * dtype.itemsize
-    size = memoryview(payload).nbytes
+    size = byte_view(payload).nbytes
     if size != expected:
         raise corrupt(FORMAT, f"payload is {size} bytes but its header describes {expected} (truncated or padded)")
     if count == 0:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from nbdurable.errors import RestoreError, StoreError
 from nbdurable.serialization._core import (
     FORMAT_VERSION,
+    byte_view,
     Payload,
     Serialized,
     check_version,
@@ -35,6 +36,7 @@ from nbdurable.serialization._ndarray import raw_memory
 FORMAT = "parquet"
 META_KEY = b"nbdurable"  # our own entry in the Parquet key-value metadata (the file stays plain Parquet)
 _U64 = struct.Struct("<Q")
+_HASH_CHUNK = 4 << 20  # bytes copied at a time to hash a strided column
 
 WRITE_OPTIONS: dict[str, Any] = {
     "compression": "none",  # this disk is faster than any codec (design.md, decision 2)
@@ -183,6 +185,13 @@ def _plain_dtype(dtype: Any) -> bool:
     return False  # object, complex, bytes, void...
 
 
+def _plain_index_dtype(dtype: Any) -> bool:
+    """Fewer dtypes round-trip in an index: pyarrow turns nullable, Arrow and NA-string levels into numpy."""
+    if isinstance(dtype, pd.StringDtype):
+        return bool(dtype.storage == "pyarrow" and dtype.na_value is not pd.NA)  # the default "str"
+    return isinstance(dtype, (np.dtype, pd.DatetimeTZDtype)) and _plain_dtype(dtype)
+
+
 def _plain_arrow_type(t: pa.DataType) -> bool:
     # Not pa.string(): it comes back as pandas' StringDtype, not ArrowDtype(string). Not decimals: object.
     return bool(
@@ -213,8 +222,9 @@ def _index_plan(index: pd.Index, labels: set[str]) -> tuple[bool, str | None]:
     if isinstance(index, pd.RangeIndex):
         return True, None
     if isinstance(index, pd.MultiIndex):
-        return all(_plain_dtype(level.dtype) for level in index.levels), None
-    if isinstance(index.dtype, pd.CategoricalDtype) or not _plain_dtype(index.dtype):
+        # A level's frequency is not restored (only a flat DatetimeIndex's is): pickle those.
+        return all(_plain_index_dtype(lv.dtype) and getattr(lv, "freq", None) is None for lv in index.levels), None
+    if not _plain_index_dtype(index.dtype):
         return False, None
     freq = getattr(index, "freq", None)
     if freq is None:
@@ -293,9 +303,15 @@ def _hash_values(h: Any, values: pd.Series | pd.Index) -> None:
 
 
 def _hash_ndarray(h: Any, arr: np.ndarray[Any, Any]) -> None:
-    data, _ = raw_memory(arr)
-    h.update(_U64.pack(data.nbytes))
-    h.update(data)
+    h.update(_U64.pack(arr.nbytes))
+    if arr.flags.c_contiguous or arr.ndim != 1:
+        h.update(raw_memory(arr)[0])
+        return
+    # A strided column (a DataFrame built from a 2-D C array keeps its columns interleaved): hash it in
+    # contiguous pieces, so the copy stays small; the hash is the same as over one contiguous copy.
+    step = max(1, _HASH_CHUNK // max(1, arr.itemsize))
+    for start in range(0, len(arr), step):
+        h.update(raw_memory(np.ascontiguousarray(arr[start : start + step]))[0])
 
 
 def _hash_arrow(h: Any, arr: pa.Array | pa.ChunkedArray) -> None:
@@ -316,15 +332,17 @@ def _hash_arrow(h: Any, arr: pa.Array | pa.ChunkedArray) -> None:
 
 def deserialize_frame(payload: Payload) -> pd.DataFrame:
     """Read the Parquet payload in place (no copy of the payload) and convert it to pandas."""
-    view = memoryview(payload)
+    view = byte_view(payload)
     if view.nbytes < 12 or bytes(view[:4]) != b"PAR1" or bytes(view[-4:]) != b"PAR1":
         raise corrupt(FORMAT, f"not a Parquet file (no PAR1 magic at both ends of {view.nbytes} bytes; truncated?)")
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(pa.py_buffer(payload)))
+        parquet = pq.ParquetFile(pa.BufferReader(pa.py_buffer(view)))  # a view: no copy
         ours = json.loads((parquet.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise corrupt(FORMAT, f"unreadable Parquet footer ({exc})") from exc
-    check_version(FORMAT, int(ours.get("version", 1)))
+    if not isinstance(ours, dict) or not isinstance(ours.get("version", 1), int):
+        raise corrupt(FORMAT, f"unreadable nbdurable metadata {ours!r:.200}")
+    check_version(FORMAT, ours.get("version", 1))
     try:
         table = parquet.read(use_threads=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -340,7 +358,16 @@ def deserialize_frame(payload: Payload) -> pd.DataFrame:
             hint="install the pandas and pyarrow versions the run used, or re-run the cell that created it.",
         ) from exc
     del table
+    _own_categorical_codes(frame)
     return _restore_freq(frame, ours.get("index_freq"))
+
+
+def _own_categorical_codes(frame: pd.DataFrame) -> None:
+    """Copy categorical codes: without nulls they are read-only views of Arrow's dictionary indices, and
+    `df.iloc[0, j] = "a"` would fail. Codes are small ints, the copy is cheap."""
+    for label, dtype in zip(list(frame.columns), list(frame.dtypes)):
+        if isinstance(dtype, pd.CategoricalDtype):
+            frame[label] = frame[label].copy(deep=True)
 
 
 def _restore_freq(frame: pd.DataFrame, freq: str | None) -> pd.DataFrame:

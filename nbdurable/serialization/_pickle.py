@@ -24,6 +24,7 @@ import cloudpickle
 from nbdurable.errors import RestoreError, StoreFormatError
 from nbdurable.serialization._core import (
     Chunk,
+    byte_view,
     ChunkedSerialized,
     Payload,
     corrupt,
@@ -178,17 +179,17 @@ def set_function_state(func: types.FunctionType, state: dict[str, Any]) -> types
 
 def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> object:
     """Unpickle, with out-of-band buffers as views of the payload and notebook functions on ``namespace``."""
-    meta, offset = decode_header(memoryview(payload), MAGIC, FORMAT)
-    if int(meta.get("protocol", PROTOCOL)) > pickle.HIGHEST_PROTOCOL:
-        raise StoreFormatError(
-            f"this object was pickled with protocol {meta['protocol']}, which Python {platform.python_version()} "
-            "cannot read",
-            hint=f"resume with the Python version that saved it ({meta.get('python', 'newer')}).",
-        )
-    size, lengths = meta.get("pickle"), meta.get("buffers")
+    meta, offset = decode_header(byte_view(payload), MAGIC, FORMAT)
+    protocol, size, lengths = meta.get("protocol"), meta.get("pickle"), meta.get("buffers")
     if not isinstance(size, int) or not isinstance(lengths, list) or not all(isinstance(n, int) for n in lengths):
         raise corrupt(FORMAT, "header lacks valid 'pickle' and 'buffers' lengths")
-    buffer = memoryview(writable(payload) if lengths else payload)
+    if not isinstance(protocol, int) or protocol > pickle.HIGHEST_PROTOCOL:
+        raise StoreFormatError(
+            f"this object was pickled with protocol {protocol!r}, which Python {platform.python_version()} cannot read",
+            hint=f"resume with the Python version that saved it ({meta.get('python', 'a newer one')}).",
+        )
+    # Out-of-band buffers become the restored arrays' memory: it must be writable (copied if not).
+    buffer = byte_view(writable(payload) if lengths else payload)
     spans, end = [(offset, size)], offset + size
     for length in lengths:
         end += pad_to(end)

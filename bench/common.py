@@ -1,0 +1,82 @@
+"""What every benchmark shares: timing helpers, result rows, and the table printed at the end.
+
+Machines are shared and noisy: each figure is a median of repeated runs, and each is compared with
+a baseline measured in the same run, so the ratio is what to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Figure:
+    """One line of the results table."""
+
+    name: str
+    value: float
+    baseline_name: str
+    baseline: float
+    unit: str
+    target: str
+    ok: bool
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("nan")
+
+
+def median_of(fn: Callable[[], float], repeats: int) -> float:
+    """Median of ``repeats`` measurements returned by ``fn``."""
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes once."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_child(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> list[dict]:
+    """Run ``python -m bench.<module>`` in a fresh process; it prints one JSON list of figures."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.{module} failed:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def emit(figures: list[Figure]) -> None:
+    """A child benchmark's output: one JSON line."""
+    print(json.dumps([asdict(f) for f in figures]))
+
+
+def print_table(figures: list[Figure]) -> None:
+    """The suite's table: figure, nbdurable, baseline, ratio, target, verdict."""
+    header = f"{'figure':<46} {'nbdurable':>12} {'baseline':>24} {'ratio':>7}  {'target':<28} ok"
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        value = f"{f.value:.3f} {f.unit}"
+        base = f"{f.baseline:.3f} {f.unit} {f.baseline_name}"
+        print(f"{f.name:<46} {value:>12} {base:>24} {f.ratio:>7.2f}  {f.target:<28} {'yes' if f.ok else 'NO'}")
+        if f.note:
+            print(f"{'':<46} {f.note}")
