@@ -41,7 +41,7 @@ import pyarrow as pa
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nbdurable.serialization import _ndarray, _parquet, _pickle, deserialize, serialize  # noqa: E402, F401
+from nbdurable.serialization import _ndarray, _parquet, _pickle, deserialize, serialize  # noqa: F401
 
 GiB = 2**30
 PAGE = 4096
@@ -100,9 +100,15 @@ def clock(fn: Callable[[], Any]) -> tuple[Any, float]:
 # ---------------------------------------------------------------- saving (this process)
 
 
-def save_raw(views: list[memoryview]) -> Callable[[pathlib.Path], tuple[float, float, str]]:
+def save_raw(
+    views: list[memoryview],
+) -> Callable[[pathlib.Path], tuple[float, float, str]]:
     def save(path: pathlib.Path) -> tuple[float, float, str]:
-        return 0.0, clock(lambda: write_file(path, lambda f: write_views(f, views)))[1], ""
+        return (
+            0.0,
+            clock(lambda: write_file(path, lambda f: write_views(f, views)))[1],
+            "",
+        )
 
     return save
 
@@ -144,12 +150,18 @@ def save_ipc(frame: pd.DataFrame) -> Callable[[pathlib.Path], tuple[float, float
 
 # ---------------------------------------------------------------- restoring (a fresh process)
 
+
+def load_dill(path: pathlib.Path) -> Any:
+    with open(path, "rb") as f:
+        return dill.load(f)
+
+
 RESTORERS: dict[str, Callable[[pathlib.Path, str], Any]] = {
     "raw": lambda path, fmt: read_file(path),
     "raw-mmap": lambda path, fmt: map_file(path),
     "ours": lambda path, fmt: deserialize(fmt, read_file(path)),
     "ours-mmap": lambda path, fmt: deserialize(fmt, map_file(path)),
-    "dill": lambda path, fmt: dill.load(open(path, "rb")),
+    "dill": lambda path, fmt: load_dill(path),
     "ipc": lambda path, fmt: pa.ipc.open_file(pa.py_buffer(read_file(path))).read_all().to_pandas(self_destruct=True),
 }
 
@@ -182,7 +194,10 @@ def restore_in_child(way: str, path: pathlib.Path, fmt: str, *, cold: bool) -> f
     if cold:
         evict(path)
     out = subprocess.run(
-        [sys.executable, __file__, "--child", way, str(path), fmt], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", way, str(path), fmt],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return float(result["restore"] + result["touch"])
@@ -192,7 +207,12 @@ def restore_in_child(way: str, path: pathlib.Path, fmt: str, *, cold: bool) -> f
 
 
 class Way:
-    def __init__(self, name: str, save: Callable[[pathlib.Path], tuple[float, float, str]], restorer: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        save: Callable[[pathlib.Path], tuple[float, float, str]],
+        restorer: str,
+    ) -> None:
         self.name, self.save, self.restorer = name, save, restorer
 
 
@@ -209,7 +229,16 @@ def measure_all(ways: list[Way], path: pathlib.Path, reps: int, nbytes: int) -> 
             cold = restore_in_child(way.restorer, path, fmt, cold=True)
             warm = restore_in_child(way.restorer, path, fmt, cold=False)
             path.unlink()
-            rows[way.name].append({"hash": t_hash, "write": t_write, "save": t_hash + t_write, "cold": cold, "warm": warm, "size": size})
+            rows[way.name].append(
+                {
+                    "hash": t_hash,
+                    "write": t_write,
+                    "save": t_hash + t_write,
+                    "cold": cold,
+                    "warm": warm,
+                    "size": size,
+                }
+            )
     results = []
     for way in ways:
         result: dict[str, Any] = {k: statistics.median(r[k] for r in rows[way.name]) for k in rows[way.name][0]}
@@ -226,11 +255,11 @@ def report(title: str, results: list[dict[str, Any]]) -> None:
           "| restore cold s | GB/s | vs raw | vs dill | restore warm s | vs raw | vs dill |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        gbs = lambda t: r["nbytes"] / t / 1e9  # noqa: E731 - the object's bytes per second
+        gb = r["nbytes"] / 1e9  # the object's bytes, whatever the file's size
         print(
-            f"| {r['name']} | {r['size'] / 1e6:.0f} | {r['hash']:.3f} | {r['write']:.3f} | {gbs(r['save']):.2f} "
+            f"| {r['name']} | {r['size'] / 1e6:.0f} | {r['hash']:.3f} | {r['write']:.3f} | {gb / r['save']:.2f} "
             f"| {base['save'] / r['save']:.0%} | {dill_row['save'] / r['save']:.1f}x "
-            f"| {r['cold']:.3f} | {gbs(r['cold']):.2f} | {base['cold'] / r['cold']:.0%} | {dill_row['cold'] / r['cold']:.1f}x "
+            f"| {r['cold']:.3f} | {gb / r['cold']:.2f} | {base['cold'] / r['cold']:.0%} | {dill_row['cold'] / r['cold']:.1f}x "
             f"| {r['warm']:.3f} | {base['warm'] / r['warm']:.0%} | {dill_row['warm'] / r['warm']:.1f}x |"
         )
     sys.stdout.flush()
@@ -258,7 +287,10 @@ def run_array(args: argparse.Namespace, path: pathlib.Path) -> None:
         Way("nbdurable pickle {'x': arr}", save_ours({"x": arr}), "ours"),
         Way("dill.dump/load {'x': arr}", save_dill(arr), "dill"),
     ]
-    report(f"float64 ndarray, {arr.nbytes / 1e9:.2f} GB", measure_all(ways, path, args.reps, arr.nbytes))
+    report(
+        f"float64 ndarray, {arr.nbytes / 1e9:.2f} GB",
+        measure_all(ways, path, args.reps, arr.nbytes),
+    )
 
 
 def run_frame(args: argparse.Namespace, path: pathlib.Path) -> None:
@@ -301,13 +333,20 @@ def run_tune(args: argparse.Namespace, path: pathlib.Path) -> None:
     chosen = dict(_parquet.WRITE_OPTIONS)
     defaults = {"write_statistics": True, "row_group_size": None, "max_rows_per_page": None, "write_batch_size": None,
                 "data_page_size": None}  # fmt: skip
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "chosen": {},
-        "pyarrow defaults (snappy, statistics, 20 Ki rows/page)": {"compression": "snappy", **defaults},
+        "pyarrow defaults (snappy, statistics, 20 Ki rows/page)": {
+            "compression": "snappy",
+            **defaults,
+        },
         "no compression, otherwise defaults": defaults,
         "chosen + statistics": {"write_statistics": True},
         "chosen, 1 row group": {"row_group_size": args.rows},
-        "chosen, 1 Mi rows/page": {"max_rows_per_page": 1 << 20, "write_batch_size": 1 << 20, "data_page_size": 1 << 30},
+        "chosen, 1 Mi rows/page": {
+            "max_rows_per_page": 1 << 20,
+            "write_batch_size": 1 << 20,
+            "data_page_size": 1 << 30,
+        },
         "chosen, data page v2": {"data_page_version": "2.0"},
     }
     ways = [Way("raw bytes (baseline)", save_raw(column_views(frame)), "raw")]
@@ -315,7 +354,10 @@ def run_tune(args: argparse.Namespace, path: pathlib.Path) -> None:
         options = {k: v for k, v in {**chosen, **change}.items() if v is not None}
         ways.append(Way(name, with_options(save_ours(frame), options), "ours"))
     ways.append(Way("dill.dump/load {'x': df}", save_dill(frame), "dill"))
-    report("Parquet write options (same DataFrame)", measure_all(ways, path, args.reps, nbytes))
+    report(
+        "Parquet write options (same DataFrame)",
+        measure_all(ways, path, args.reps, nbytes),
+    )
 
 
 def main() -> None:

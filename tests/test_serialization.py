@@ -50,11 +50,22 @@ def restore(fmt: str, payload: Any, **kwargs: Any) -> Any:
     return deserialize(fmt, payload, **kwargs)
 
 
-def roundtrip(obj: Any, *, namespace: dict[str, Any] | None = None, restore_into: dict[str, Any] | None = None) -> Any:
+def roundtrip(
+    obj: Any,
+    *,
+    namespace: dict[str, Any] | None = None,
+    restore_into: dict[str, Any] | None = None,
+) -> Any:
     s = serialize(obj, namespace=namespace)
     assert re.fullmatch(r"[0-9a-f]{32}", s.key)
     assert s.format_version == FORMAT_VERSION
-    return deserialize(s.format, payload_of(s), format_version=s.format_version, module=s.module, namespace=restore_into)
+    return deserialize(
+        s.format,
+        payload_of(s),
+        format_version=s.format_version,
+        module=s.module,
+        namespace=restore_into,
+    )
 
 
 def base_buffer(arr: np.ndarray[Any, Any]) -> object:
@@ -72,7 +83,7 @@ def backed_by(arr: np.ndarray[Any, Any], payload: bytearray) -> bool:
 def notebook(source: str) -> dict[str, Any]:
     """A namespace like IPython's user namespace, with ``source`` executed in it."""
     ns: dict[str, Any] = {"__name__": "__main__"}
-    exec(textwrap.dedent(source), ns)
+    exec(textwrap.dedent(source), ns)  # noqa: S102 - running notebook code is the point
     return ns
 
 
@@ -97,7 +108,21 @@ class ShortWriteFile(io.RawIOBase):
 
 @pytest.mark.parametrize(
     "obj",
-    [0, -7, 2**100, 1.5, -0.0, math.inf, "héllo ✓", "", b"\x00bytes\xff", None, True, False, 3 + 4j],
+    [
+        0,
+        -7,
+        2**100,
+        1.5,
+        -0.0,
+        math.inf,
+        "héllo ✓",
+        "",
+        b"\x00bytes\xff",
+        None,
+        True,
+        False,
+        3 + 4j,
+    ],
     ids=repr,
 )
 def test_scalars_round_trip(obj: Any) -> None:
@@ -140,7 +165,10 @@ ARRAYS = {
     "empty": np.empty((0, 3)),
     "structured": np.array(
         [(1, (2.5, b"ab"), [1, 2]), (3, (4.5, b"cd"), [3, 4])],
-        dtype=np.dtype([("i", "<i4"), ("s", [("f", "<f8"), ("b", "S2")]), ("v", "<i2", (2,))], align=True),
+        dtype=np.dtype(
+            [("i", "<i4"), ("s", [("f", "<f8"), ("b", "S2")]), ("v", "<i2", (2,))],
+            align=True,
+        ),
     ),
     "bool": np.array([[True, False], [False, True]]),
     "datetime64": np.array(["2024-01-01T10:00", "2024-02-29T23:59"], dtype="datetime64[ns]"),
@@ -179,7 +207,9 @@ def test_ndarray_data_is_64_byte_aligned_in_the_payload() -> None:
     assert (len(payload) - 24) % 64 == 0
 
 
-def test_big_ndarray_restores_zero_copy_from_a_real_file(tmp_path: pathlib.Path) -> None:
+def test_big_ndarray_restores_zero_copy_from_a_real_file(
+    tmp_path: pathlib.Path,
+) -> None:
     arr = np.arange(100 * 2**20 // 8, dtype=np.float64)  # 100 MiB
     s = serialize(arr)
     path = tmp_path / "obj"
@@ -195,7 +225,13 @@ def test_big_ndarray_restores_zero_copy_from_a_real_file(tmp_path: pathlib.Path)
 
 
 @pytest.mark.parametrize(
-    "obj", [np.arange(100_000.0), {"a": np.arange(100_000.0)}, pd.DataFrame({"a": np.arange(100_000.0)})], ids=["ndarray", "pickle", "parquet"]
+    "obj",
+    [
+        np.arange(100_000.0),
+        {"a": np.arange(100_000.0)},
+        pd.DataFrame({"a": np.arange(100_000.0)}),
+    ],
+    ids=["ndarray", "pickle", "parquet"],
 )
 def test_payload_can_be_a_copy_on_write_mmap(tmp_path: pathlib.Path, obj: Any) -> None:
     """A store may map object files instead of reading them: restoring is then lazy and copy-free."""
@@ -247,12 +283,19 @@ def test_ndarray_subclasses_and_pointer_dtypes_are_pickled(arr: Any) -> None:
 
 
 def test_pickled_big_buffers_are_out_of_band_and_restored_zero_copy() -> None:
-    obj = {"a": np.arange(2**20, dtype=np.float64), "b": np.ones((512, 512), dtype=np.float32), "tiny": np.arange(3)}
+    obj = {
+        "a": np.arange(2**20, dtype=np.float64),
+        "b": np.ones((512, 512), dtype=np.float32),
+        "tiny": np.arange(3),
+    }
     s = serialize(obj)
     assert s.format == "pickle"
     payload = payload_of(s)
     header = json.loads(payload[8 : 8 + int.from_bytes(payload[4:8], "little")])
-    assert header["protocol"] == 5 and sorted(header["buffers"]) == [512 * 512 * 4, 2**20 * 8]
+    assert header["protocol"] == 5 and sorted(header["buffers"]) == [
+        512 * 512 * 4,
+        2**20 * 8,
+    ]
     back = restore("pickle", payload)
     for name in ("a", "b"):
         np.testing.assert_array_equal(back[name], obj[name])
@@ -274,7 +317,9 @@ PARQUET_FRAMES = {
     "int float bool": pd.DataFrame({"i": np.arange(N), "f": np.linspace(0, 1, N), "b": np.arange(N) % 2 == 0}),
     "small ints and float32": pd.DataFrame({"u8": np.arange(N, dtype=np.uint8), "f4": np.ones(N, np.float32)}),
     "str with missing": pd.DataFrame({"s": ["a", None, "ccc", "", "é", "f", "g"]}),
-    "string[pyarrow] with NA": pd.DataFrame({"s": pd.array(["a", None, "c", "d", "e", "f", "g"], dtype="string[pyarrow]")}),
+    "string[pyarrow] with NA": pd.DataFrame(
+        {"s": pd.array(["a", None, "c", "d", "e", "f", "g"], dtype="string[pyarrow]")}
+    ),
     "datetime and timedelta": pd.DataFrame(
         {
             "ns": pd.date_range("2024-01-01", periods=N, freq="h", unit="ns"),
@@ -284,7 +329,13 @@ PARQUET_FRAMES = {
         }
     ),
     "category": pd.DataFrame(
-        {"c": pd.Categorical(["b", "a", None, "b", "c", "a", "b"], categories=["c", "b", "a", "unused"], ordered=True)}
+        {
+            "c": pd.Categorical(
+                ["b", "a", None, "b", "c", "a", "b"],
+                categories=["c", "b", "a", "unused"],
+                ordered=True,
+            )
+        }
     ),
     "nullable": pd.DataFrame(
         {
@@ -294,21 +345,43 @@ PARQUET_FRAMES = {
         }
     ),
     "arrow int": pd.DataFrame({"a": pd.array([1, None, 3, 4, 5, 6, 7], dtype="int64[pyarrow]")}),
-    "range index with step and name": pd.DataFrame({"a": np.arange(N)}, index=pd.RangeIndex(10, 10 + 3 * N, 3, name="r")),
+    "range index with step and name": pd.DataFrame(
+        {"a": np.arange(N)}, index=pd.RangeIndex(10, 10 + 3 * N, 3, name="r")
+    ),
     "named str index": pd.DataFrame({"a": np.arange(N)}, index=pd.Index(list("abcdefg"), name="key")),
     "unsorted int index": pd.DataFrame({"a": np.arange(N)}, index=[5, 3, 1, 2, 0, 9, 9]),
-    "DatetimeIndex with freq": pd.DataFrame({"a": np.arange(N)}, index=pd.date_range("2024-01-01", periods=N, freq="D", name="day")),
-    "tz DatetimeIndex with freq": pd.DataFrame({"a": np.arange(N)}, index=pd.date_range("2024-03-30", periods=N, freq="6h", tz="Europe/Paris")),
-    "DatetimeIndex no freq": pd.DataFrame({"a": np.arange(N)}, index=pd.DatetimeIndex(["2024-01-0%d" % d for d in (3, 1, 2, 5, 4, 7, 6)])),
+    "DatetimeIndex with freq": pd.DataFrame(
+        {"a": np.arange(N)},
+        index=pd.date_range("2024-01-01", periods=N, freq="D", name="day"),
+    ),
+    "tz DatetimeIndex with freq": pd.DataFrame(
+        {"a": np.arange(N)},
+        index=pd.date_range("2024-03-30", periods=N, freq="6h", tz="Europe/Paris"),
+    ),
+    "DatetimeIndex no freq": pd.DataFrame(
+        {"a": np.arange(N)},
+        index=pd.DatetimeIndex([f"2024-01-0{d}" for d in (3, 1, 2, 5, 4, 7, 6)]),
+    ),
     "MultiIndex": pd.DataFrame(
-        {"a": np.arange(N)}, index=pd.MultiIndex.from_arrays([list("aabbccd"), np.arange(N) % 2], names=["x", "y"])
+        {"a": np.arange(N)},
+        index=pd.MultiIndex.from_arrays([list("aabbccd"), np.arange(N) % 2], names=["x", "y"]),
     ),
     "columns name": pd.DataFrame({"a": np.arange(N), "b": np.arange(N)}).rename_axis(columns="fields"),
     "no rows": pd.DataFrame({"a": np.arange(0), "s": pd.Series([], dtype="str")}),
     "NaN and signed zero": pd.DataFrame({"f": [1.0, np.nan, -0.0, np.inf, -np.inf, 2.0, 3.0]}),
     "NaT": pd.DataFrame(
         {
-            "t": pd.to_datetime(["2024-01-01", None, "2024-01-03", None, "2024-01-05", "2024-01-06", "2024-01-07"]),
+            "t": pd.to_datetime(
+                [
+                    "2024-01-01",
+                    None,
+                    "2024-01-03",
+                    None,
+                    "2024-01-05",
+                    "2024-01-06",
+                    "2024-01-07",
+                ]
+            ),
             "d": pd.to_timedelta([1, None, 3, 4, 5, 6, 7], unit="h"),
         }
     ),
@@ -322,24 +395,40 @@ PARQUET_FRAMES = {
     ),
     "arrow types": pd.DataFrame(
         {
-            "ls": pd.array(["a", None, "c", "d", "e", "f", "g"], dtype=pd.ArrowDtype(pa.large_string())),
+            "ls": pd.array(
+                ["a", None, "c", "d", "e", "f", "g"],
+                dtype=pd.ArrowDtype(pa.large_string()),
+            ),
             "ts": pd.array([1, None, 3, 4, 5, 6, 7], dtype=pd.ArrowDtype(pa.timestamp("s"))),
             "date": pd.array([1, None, 3, 4, 5, 6, 7], dtype=pd.ArrowDtype(pa.date32())),
             "bool": pd.array([True, None, False, True, True, False, True], dtype="bool[pyarrow]"),
-            "bin": pd.array([b"x", None, b"", b"yy", b"z", b"w", b"v"], dtype=pd.ArrowDtype(pa.binary())),
+            "bin": pd.array(
+                [b"x", None, b"", b"yy", b"z", b"w", b"v"],
+                dtype=pd.ArrowDtype(pa.binary()),
+            ),
             "f32": pd.array([1.5, None, 3, 4, 5, 6, 7], dtype="float32[pyarrow]"),
         }
     ),
     "many categories": pd.DataFrame(
-        {"c": pd.Categorical.from_codes(np.arange(50_000)[::-1] % 40_000, categories=[f"cat{i:06d}" for i in range(50_000)][::-1])}
+        {
+            "c": pd.Categorical.from_codes(
+                np.arange(50_000)[::-1] % 40_000,
+                categories=[f"cat{i:06d}" for i in range(50_000)][::-1],
+            )
+        }
     ),
     "timedelta and uint8 index levels": pd.DataFrame(
-        {"a": np.arange(N)}, index=pd.MultiIndex.from_arrays([pd.to_timedelta(np.arange(N), unit="s"), np.arange(N, dtype=np.uint8)])
+        {"a": np.arange(N)},
+        index=pd.MultiIndex.from_arrays([pd.to_timedelta(np.arange(N), unit="s"), np.arange(N, dtype=np.uint8)]),
     ),
     "MultiIndex with datetime level": pd.DataFrame(
         {"a": np.arange(N)},
         index=pd.MultiIndex.from_arrays(
-            [pd.DatetimeIndex(pd.date_range("2024", periods=N, tz="UTC"), freq=None), list("abcabca")], names=["when", None]
+            [
+                pd.DatetimeIndex(pd.date_range("2024", periods=N, tz="UTC"), freq=None),
+                list("abcabca"),
+            ],
+            names=["when", None],
         ),
     ),
 }
@@ -360,8 +449,13 @@ def test_dataframes_round_trip_exactly_as_parquet(name: str) -> None:
             back.iloc[0, j] = back.iloc[1, j]
 
 
-def test_parquet_payload_is_a_plain_parquet_file_duckdb_reads(tmp_path: pathlib.Path) -> None:
-    df = pd.DataFrame({"x": np.arange(1000), "s": ["v%d" % i for i in range(1000)]}, index=pd.RangeIndex(1000, name="i"))
+def test_parquet_payload_is_a_plain_parquet_file_duckdb_reads(
+    tmp_path: pathlib.Path,
+) -> None:
+    df = pd.DataFrame(
+        {"x": np.arange(1000), "s": [f"v{i}" for i in range(1000)]},
+        index=pd.RangeIndex(1000, name="i"),
+    )
     s = serialize(df)
     path = tmp_path / "obj.parquet"
     with open(path, "wb", buffering=0) as f:
@@ -371,7 +465,9 @@ def test_parquet_payload_is_a_plain_parquet_file_duckdb_reads(tmp_path: pathlib.
     assert data[:4] == data[-4:] == b"PAR1"
     assert pq.read_table(pa.BufferReader(data)).num_rows == 1000
     duckdb = pytest.importorskip("duckdb")
-    assert duckdb.sql(f"select count(*), sum(x), max(s) from read_parquet('{path}')").fetchall() == [(1000, 499500, "v999")]
+    assert duckdb.sql(f"select count(*), sum(x), max(s) from read_parquet('{path}')").fetchall() == [
+        (1000, 499500, "v999")
+    ]
 
 
 def test_big_dataframe_survives_short_writes() -> None:
@@ -406,7 +502,12 @@ PICKLED_FRAMES: dict[str, Callable[[], pd.DataFrame]] = {
     "python strings": lambda: pd.DataFrame({"s": pd.array(["a", None], dtype="string[python]")}),
     "index named like a column": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index([5, 6], name="a")),
     "custom business day freq": lambda: pd.DataFrame(
-        {"a": [1, 2]}, index=pd.date_range("2024-01-01", periods=2, freq=pd.offsets.CustomBusinessDay(holidays=["2024-01-02"]))
+        {"a": [1, 2]},
+        index=pd.date_range(
+            "2024-01-01",
+            periods=2,
+            freq=pd.offsets.CustomBusinessDay(holidays=["2024-01-02"]),
+        ),
     ),
     "no columns": lambda: pd.DataFrame(index=range(3)),
     "complex": lambda: pd.DataFrame({"z": [1 + 1j, 2]}),
@@ -415,15 +516,21 @@ PICKLED_FRAMES: dict[str, Callable[[], pd.DataFrame]] = {
     "arrow string": lambda: pd.DataFrame({"s": pd.array(["a", None], dtype=pd.ArrowDtype(pa.string()))}),
     "arrow decimal": lambda: pd.DataFrame({"d": pd.array([None, None], dtype=pd.ArrowDtype(pa.decimal128(10, 2)))}),
     "arrow list": lambda: pd.DataFrame({"l": pd.array([[1], None], dtype=pd.ArrowDtype(pa.list_(pa.int64())))}),
-    "TimedeltaIndex with freq": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.timedelta_range("1D", periods=2, freq="h")),
+    "TimedeltaIndex with freq": lambda: pd.DataFrame(
+        {"a": [1, 2]}, index=pd.timedelta_range("1D", periods=2, freq="h")
+    ),
     "categorical index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.CategoricalIndex(["x", "y"])),
     "MultiIndex level with freq": lambda: pd.DataFrame(
-        {"a": [1, 2]}, index=pd.MultiIndex.from_arrays([pd.date_range("2024", periods=2, freq="D"), ["x", "y"]])
+        {"a": [1, 2]},
+        index=pd.MultiIndex.from_arrays([pd.date_range("2024", periods=2, freq="D"), ["x", "y"]]),
     ),
     "nullable index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index(pd.array([3, None], dtype="Int64"))),
-    "NA-string index": lambda: pd.DataFrame({"a": [1, 2]}, index=pd.Index(pd.array(["x", None], dtype="string[pyarrow]"))),
+    "NA-string index": lambda: pd.DataFrame(
+        {"a": [1, 2]}, index=pd.Index(pd.array(["x", None], dtype="string[pyarrow]"))
+    ),
     "arrow index level": lambda: pd.DataFrame(
-        {"a": [1, 2]}, index=pd.MultiIndex.from_arrays([pd.array([1, 2], dtype="int64[pyarrow]"), ["x", "y"]])
+        {"a": [1, 2]},
+        index=pd.MultiIndex.from_arrays([pd.array([1, 2], dtype="int64[pyarrow]"), ["x", "y"]]),
     ),
 }
 
@@ -564,7 +671,9 @@ def test_instance_with_slots_round_trips() -> None:
     assert not hasattr(pair, "__dict__")
 
 
-def test_function_and_instance_restore_in_another_process(tmp_path: pathlib.Path) -> None:
+def test_function_and_instance_restore_in_another_process(
+    tmp_path: pathlib.Path,
+) -> None:
     """Saved by a fresh interpreter, restored here: nothing of the notebook exists in this process."""
     path = tmp_path / "payload"
     script = textwrap.dedent(
@@ -574,7 +683,6 @@ def test_function_and_instance_restore_in_another_process(tmp_path: pathlib.Path
         ns = {{"__name__": "__main__"}}
         exec(textwrap.dedent('''
             import math
-import mmap
             total = 0
             class Account:
                 def __init__(self, owner, balance):
@@ -594,7 +702,10 @@ import mmap
             s.write(f)
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
     # What the restorer does: the notebook's other variables (the module, the total) are restored too.
     new: dict[str, Any] = {"__name__": "__main__", "total": 100, "math": math}
@@ -639,7 +750,14 @@ def test_plain_objects_do_not_import_numpy_or_pandas() -> None:
         "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow') if m in sys.modules))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -656,8 +774,8 @@ def _generator() -> Any:
         (lambda tmp: _generator(), "generator"),
         (lambda tmp: sqlite3.connect(":memory:"), "sqlite3.Connection"),
         (lambda tmp: threading.Lock(), "lock"),
-        (lambda tmp: open(tmp / "w.txt", "w"), "open file"),
-        (lambda tmp: open(tmp / "w.txt", "rb"), "open file"),
+        (lambda tmp: open(tmp / "w.txt", "w"), "open file"),  # noqa: SIM115 - closed by the test
+        (lambda tmp: open(tmp / "w.txt", "rb"), "open file"),  # noqa: SIM115
         (lambda tmp: {"nested": [_generator()]}, "generator"),
     ],
     ids=["generator", "sqlite3", "lock", "file-w", "file-rb", "nested"],
@@ -696,7 +814,11 @@ def _df() -> pd.DataFrame:
 
 
 def test_equal_content_gives_equal_keys() -> None:
-    for make in (lambda: {"a": [1, 2, {3}]}, lambda: np.arange(1000.0).reshape(10, 100), _df):
+    for make in (
+        lambda: {"a": [1, 2, {3}]},
+        lambda: np.arange(1000.0).reshape(10, 100),
+        _df,
+    ):
         assert serialize(make()).key == serialize(make()).key
 
 
@@ -712,18 +834,33 @@ def _set_label(df: pd.DataFrame) -> None:
 MUTATIONS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
     "dict in place": (lambda: {"a": [1]}, lambda o: o["a"].append(2)),
     "array element": (lambda: np.zeros(1000), lambda o: o.__setitem__(999, 1.0)),
-    "F-order array element": (lambda: np.zeros((30, 40), order="F"), lambda o: o.__setitem__((29, 0), 1.0)),
-    "array in a dict": (lambda: {"a": np.zeros(100_000)}, lambda o: o["a"].__setitem__(5, 1.0)),
+    "F-order array element": (
+        lambda: np.zeros((30, 40), order="F"),
+        lambda o: o.__setitem__((29, 0), 1.0),
+    ),
+    "array in a dict": (
+        lambda: {"a": np.zeros(100_000)},
+        lambda o: o["a"].__setitem__(5, 1.0),
+    ),
     "df float cell": (_df, lambda o: o.loc.__setitem__((14, "f"), 4.5)),
     "df str cell": (_df, lambda o: o.loc.__setitem__((14, "s"), "E")),
     "df Int64 to NA": (_df, lambda o: o.loc.__setitem__((10, "I"), pd.NA)),
     "df category value": (_df, lambda o: o.loc.__setitem__((10, "c"), "z")),
-    "df tz value": (_df, lambda o: o.loc.__setitem__((12, "tz"), pd.Timestamp("2000", tz="UTC"))),
-    "df index value": (_df, lambda o: setattr(o, "index", pd.Index([10, 11, 12, 13, 15], name="k"))),
+    "df tz value": (
+        _df,
+        lambda o: o.loc.__setitem__((12, "tz"), pd.Timestamp("2000", tz="UTC")),
+    ),
+    "df index value": (
+        _df,
+        lambda o: setattr(o, "index", pd.Index([10, 11, 12, 13, 15], name="k")),
+    ),
     "df index name": (_df, _set_index_name),
     "df column label": (_df, _set_label),
     "df dtype": (_df, lambda o: o.__setitem__("f", o["f"].astype("float32"))),
-    "df category order": (_df, lambda o: o.__setitem__("c", o["c"].cat.reorder_categories(["z", "y", "x"]))),
+    "df category order": (
+        _df,
+        lambda o: o.__setitem__("c", o["c"].cat.reorder_categories(["z", "y", "x"])),
+    ),
     "df new column": (_df, lambda o: o.__setitem__("new", 1)),
 }
 
@@ -738,7 +875,12 @@ def test_mutated_content_gives_a_different_key(name: str) -> None:
 
 
 def test_equal_values_in_different_formats_have_different_keys() -> None:
-    values = [np.arange(3), [0, 1, 2], pd.DataFrame({"a": np.arange(3)}), pd.DataFrame({"a": pd.Series([0, 1, 2], dtype=object)})]
+    values = [
+        np.arange(3),
+        [0, 1, 2],
+        pd.DataFrame({"a": np.arange(3)}),
+        pd.DataFrame({"a": pd.Series([0, 1, 2], dtype=object)}),
+    ]
     keys = {serialize(v).key for v in values}
     assert len(keys) == len(values)
     assert serialize(np).key != serialize(np.arange(0)).key
@@ -746,7 +888,7 @@ def test_equal_values_in_different_formats_have_different_keys() -> None:
 
 def test_dataframe_key_is_the_same_for_interleaved_and_separate_columns() -> None:
     data = np.random.default_rng(0).random((100_000, 3))
-    interleaved = pd.DataFrame(data, columns=["a", "b", "c"])  # columns are strided views of one block
+    interleaved = pd.DataFrame(data, columns=["a", "b", "c"], copy=False)  # columns: strided views of `data`
     separate = pd.DataFrame({name: data[:, i].copy() for i, name in enumerate("abc")})
     key = serialize(interleaved).key
     assert key == serialize(separate).key
@@ -790,7 +932,11 @@ def test_unknown_format_is_refused() -> None:
         restore("zarr", b"")
 
 
-@pytest.mark.parametrize("obj", [{"a": np.arange(10_000)}, np.arange(10), pd.DataFrame({"a": [1, 2]})], ids=["pickle", "ndarray", "parquet"])
+@pytest.mark.parametrize(
+    "obj",
+    [{"a": np.arange(10_000)}, np.arange(10), pd.DataFrame({"a": [1, 2]})],
+    ids=["pickle", "ndarray", "parquet"],
+)
 def test_truncated_payloads_are_corrupt(obj: Any) -> None:
     s = serialize(obj)
     payload = payload_of(s)
@@ -802,7 +948,11 @@ def test_truncated_payloads_are_corrupt(obj: Any) -> None:
 
 @pytest.mark.parametrize("fmt", ["pickle", "ndarray", "parquet"])
 def test_bad_magic_is_corrupt(fmt: str) -> None:
-    obj = {"pickle": {"a": 1}, "ndarray": np.arange(3), "parquet": pd.DataFrame({"a": [1]})}[fmt]
+    obj = {
+        "pickle": {"a": 1},
+        "ndarray": np.arange(3),
+        "parquet": pd.DataFrame({"a": [1]}),
+    }[fmt]
     payload = payload_of(serialize(obj))
     payload[:4] = b"XXXX"
     with pytest.raises(CorruptObjectError, match="magic"):

@@ -298,3 +298,18 @@ def test_one_open_writer_per_journal_in_process(store: Store) -> None:
 
     gc.collect()
     store.append_journal("r1").close()
+
+
+def test_group_commit_flushes_in_the_background_and_close_waits(tmp_path) -> None:
+    from nbdurable.store import Store
+
+    store = Store.open(tmp_path / "store")
+    writer = store.new_journal("r1")
+    for i in range(50):
+        writer.append({"t": "step_end", "ordinal": i})
+        writer.sync_soon()
+    flusher = writer._flusher
+    assert flusher is not None and flusher.is_alive()
+    writer.close()
+    assert not flusher.is_alive(), "close must stop and join the flusher before closing the descriptor"
+    assert [r["ordinal"] for r in store.read_journal("r1")] == list(range(50))

@@ -167,3 +167,20 @@ def test_stale_temp_files_swept_on_open(store: Store) -> None:
     os.utime(old, (0, 0))
     Store.open(store.path)
     assert not old.exists() and new.exists()
+
+
+def test_big_objects_are_mapped_copy_on_write_and_survive_deletion(tmp_path) -> None:
+    from nbdurable.store import Store
+    from nbdurable.store.objects import MMAP_THRESHOLD
+
+    store = Store.open(tmp_path / "store")
+    data = bytes(range(256)) * (MMAP_THRESHOLD // 256 + 1)
+    key = "ab" * 16
+    store.write_object(key, lambda f: f.write(data))
+    view = store.read_object(key)
+    assert isinstance(view, memoryview) and not view.readonly
+    assert view.tobytes() == data
+    view[0] = 255  # a private copy-on-write page: the object file is unchanged
+    store.delete_object(key)  # a mapped file may be deleted (gc) while a kernel still uses it
+    assert view[1] == 1 and view[0] == 255
+    assert not store.has_object(key)

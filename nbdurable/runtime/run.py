@@ -1,8 +1,10 @@
 """A run: one execution of a notebook, recorded step by step in its own journal.
 
 The process that creates a ``DurableRun`` holds the run's lease until ``finish``. Each step is a
-``step_start`` record (buffered, no sync) and a ``step_end`` commit record, written after the step's
-object files and fdatasync'ed, so a step is either durable with all it refers to, or absent.
+``step_start`` record and a ``step_end`` commit record, written after the step's object files are
+fsync'ed, so a commit never refers to an object that is not on disk. The commit record is in the page
+cache before the cell returns (a killed kernel loses nothing) and fdatasync'ed right after by the
+journal's flusher (group commit); ``finish`` syncs synchronously.
 The runtime knows nothing of IPython: the kernel extension and the headless engine drive it.
 """
 
@@ -193,7 +195,8 @@ class DurableRun:
             error=error,
             restored_from=restored_from,
         )
-        self._journal.append(record, sync=True)
+        self._journal.append(record)
+        self._journal.sync_soon()
         self.stats.last_status = status
         self.events.emit(
             RuntimeEvent(

@@ -27,7 +27,6 @@ from nbdurable.errors import RestoreError
 from nbdurable.serialization._core import (
     FORMAT_VERSION,
     FORMATS,
-    Payload,
     Serialized,
     check_version,
     corrupt,
@@ -35,7 +34,9 @@ from nbdurable.serialization._core import (
     unknown_format,
 )
 
-__all__ = ["FORMAT_VERSION", "FORMATS", "Serialized", "serialize", "deserialize"]
+_PANDAS_MODULES = ("pandas", "pandas.core.frame")  # pandas 3 says "pandas", pandas 2 the defining module
+
+__all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "deserialize", "serialize"]
 
 
 def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serialized:
@@ -55,7 +56,7 @@ def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serial
 
         if _ndarray.eligible(obj):  # type: ignore[arg-type]
             return _ndarray.serialize_ndarray(obj, type_name)  # type: ignore[arg-type]
-    elif cls.__qualname__ == "DataFrame" and cls.__module__ in ("pandas", "pandas.core.frame"):
+    elif cls.__qualname__ == "DataFrame" and cls.__module__ in _PANDAS_MODULES:
         serialized = _serialize_frame(obj, type_name)
         if serialized is not None:
             return serialized
@@ -72,8 +73,9 @@ def deserialize(
 ) -> object:
     """Bring back an object from its format and payload.
 
-    Pass the payload as a ``bytearray`` (what the store reads): arrays and big buffers are then restored
-    as views of it, without a copy, and writable. A read-only payload (``bytes``) is copied once.
+    Pass the payload as a ``bytearray`` (what the store reads) or any writable buffer, e.g. a memoryview
+    of a file mapped with ``mmap.ACCESS_COPY``: arrays and big buffers are then restored as views of it,
+    without a copy, and writable. A read-only payload (``bytes``) is copied once.
     ``namespace`` becomes the globals of the notebook functions restored (pass the namespace being
     restored into). Raises StoreFormatError (unknown or newer format), CorruptObjectError (damaged
     payload) or RestoreError (cannot be restored here: missing package, unrestorable object).
@@ -107,9 +109,16 @@ def _serialize_module(obj: types.ModuleType, type_name: str) -> Serialized:
     name = obj.__name__
     if sys.modules.get(name) is not obj:
         return _unrestorable(
-            obj, type_name, f"module {name!r} was created at run time, not imported: it cannot be imported back"
+            obj,
+            type_name,
+            f"module {name!r} was created at run time, not imported: it cannot be imported back",
         )
-    return Serialized(key=text_key("module", f"module:{name}"), format="module", type_name=type_name, module=name)
+    return Serialized(
+        key=text_key("module", f"module:{name}"),
+        format="module",
+        type_name=type_name,
+        module=name,
+    )
 
 
 def _serialize_frame(obj: object, type_name: str) -> Serialized | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import xxhash
 
@@ -23,8 +23,8 @@ ALIGN = 64
 FORMATS = ("pickle", "ndarray", "parquet", "module", "unrestorable")
 
 # Anything exposing the buffer protocol that ``f.write`` and ``xxh3.update`` accept.
-Chunk = Union[bytes, bytearray, memoryview]
-Payload = Union[bytes, bytearray, memoryview]
+Chunk = bytes | bytearray | memoryview
+Payload = bytes | bytearray | memoryview
 
 _LENGTH = struct.Struct("<I")
 _PAD = bytes(ALIGN)
@@ -40,7 +40,15 @@ class Serialized:
     changed. ``write()`` encodes the object *as it is then*, so call it before the object can change again.
     """
 
-    __slots__ = ("key", "format", "format_version", "type_name", "size", "module", "reason")
+    __slots__ = (
+        "format",
+        "format_version",
+        "key",
+        "module",
+        "reason",
+        "size",
+        "type_name",
+    )
 
     def __init__(
         self,
@@ -166,10 +174,16 @@ def decode_header(payload: memoryview, magic: bytes, fmt: str) -> tuple[dict[str
         raise corrupt(fmt, f"payload is truncated: {payload.nbytes} bytes, shorter than a header")
     found = bytes(payload[: len(magic)])
     if found != magic:
-        raise corrupt(fmt, f"bad magic bytes {found!r} (expected {magic!r}): not an nbdurable {fmt} payload")
+        raise corrupt(
+            fmt,
+            f"bad magic bytes {found!r} (expected {magic!r}): not an nbdurable {fmt} payload",
+        )
     (length,) = _LENGTH.unpack(payload[len(magic) : fixed])
     if fixed + length > payload.nbytes:
-        raise corrupt(fmt, f"payload is truncated inside its header ({payload.nbytes} bytes, header needs {fixed + length})")
+        raise corrupt(
+            fmt,
+            f"payload is truncated inside its header ({payload.nbytes} bytes, header needs {fixed + length})",
+        )
     try:
         meta = json.loads(bytes(payload[fixed : fixed + length]))
     except ValueError as exc:
@@ -189,12 +203,16 @@ def check_version(fmt: str, version: int) -> None:
             hint=_UPGRADE_HINT,
         )
     if version < 1:
-        raise StoreFormatError(f"this {fmt} object has an invalid format version {version}", hint=_CORRUPT_HINT)
+        raise StoreFormatError(
+            f"this {fmt} object has an invalid format version {version}",
+            hint=_CORRUPT_HINT,
+        )
 
 
 def unknown_format(fmt: str) -> StoreFormatError:
     return StoreFormatError(
-        f"unknown object format {fmt!r}: it was probably written by a newer nbdurable", hint=_UPGRADE_HINT
+        f"unknown object format {fmt!r}: it was probably written by a newer nbdurable",
+        hint=_UPGRADE_HINT,
     )
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from nbdurable.serialization._core import (
     ChunkedSerialized,
-    byte_view,
     Payload,
+    byte_view,
     corrupt,
     decode_header,
     encode_header,
@@ -68,7 +68,10 @@ def raw_memory(arr: np.ndarray[Any, Any]) -> tuple[memoryview, str]:
     if arr.flags.c_contiguous:
         flat, order = arr.reshape(-1), "C"
     elif arr.flags.f_contiguous:
-        flat, order = arr.T.reshape(-1), "F"  # the transpose of an F array is C-contiguous: same memory
+        flat, order = (
+            arr.T.reshape(-1),
+            "F",
+        )  # the transpose of an F array is C-contiguous: same memory
     else:
         flat, order = np.ascontiguousarray(arr).reshape(-1), "C"
     return flat.view(np.uint8).data, order  # .data: the memoryview of a 1-D uint8 array, format 'B'
@@ -85,7 +88,10 @@ def deserialize_ndarray(payload: Payload) -> np.ndarray[Any, Any]:
     expected = offset + count * dtype.itemsize
     size = byte_view(payload).nbytes
     if size != expected:
-        raise corrupt(FORMAT, f"payload is {size} bytes but its header describes {expected} (truncated or padded)")
+        raise corrupt(
+            FORMAT,
+            f"payload is {size} bytes but its header describes {expected} (truncated or padded)",
+        )
     if count == 0:
         return np.empty(shape, dtype=dtype, order=order)
     flat = np.frombuffer(writable(payload), dtype=dtype, count=count, offset=offset)

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 from nbdurable.errors import RestoreError, StoreError
 from nbdurable.serialization._core import (
     FORMAT_VERSION,
-    byte_view,
     Payload,
     Serialized,
+    byte_view,
     check_version,
     corrupt,
     new_hasher,
@@ -39,10 +39,10 @@ _U64 = struct.Struct("<Q")
 _HASH_CHUNK = 4 << 20  # bytes copied at a time to hash a strided column
 
 WRITE_OPTIONS: dict[str, Any] = {
-    "compression": "none",  # this disk is faster than any codec (design.md, decision 2)
-    "write_statistics": False,  # min/max cost ~35% of encoding time; row-group skipping is not worth it
-    "row_group_size": 1 << 20,  # a few row groups still let DuckDB scan a big file in parallel
-    "max_rows_per_page": 1 << 17,  # measured fastest: 2.5x faster than the 20 Ki-row default
+    "compression": "none",  # this disk is faster than any codec (design.md, decision 2); snappy halved save speed
+    "write_statistics": False,  # ~0.03 s per 500 MB (~5% of a save); DuckDB then just cannot skip row groups
+    "row_group_size": 1 << 20,  # several row groups still let DuckDB scan a big file in parallel
+    "max_rows_per_page": 1 << 17,  # encodes 2-3x faster than the 20 Ki-row default (measured)
     "write_batch_size": 1 << 17,
     "data_page_size": 8 << 20,  # caps pages of long strings; numeric pages are bounded by rows
     "dictionary_pagesize_limit": 1 << 30,  # a categorical's dictionary must never fall back to plain
@@ -50,7 +50,10 @@ WRITE_OPTIONS: dict[str, Any] = {
 }
 
 # Older pyarrow versions lack some options (max_rows_per_page is recent): drop what this one does not know.
-_KNOWN = set(inspect.signature(pq.ParquetWriter.__init__).parameters) | {"row_group_size", "data_page_size"}
+_KNOWN = set(inspect.signature(pq.ParquetWriter.__init__).parameters) | {
+    "row_group_size",
+    "data_page_size",
+}
 WRITE_OPTIONS = {name: value for name, value in WRITE_OPTIONS.items() if name in _KNOWN}
 
 _DATETIME_UNITS = frozenset({"ms", "us", "ns"})  # Parquet has no seconds: datetime64[s] would come back [ms]
@@ -245,8 +248,8 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
     """Fingerprint the DataFrame in place: its description, then every column's and the index's data."""
     h = new_hasher(FORMAT)
     h.update(_describe(frame).encode())
-    for _, column in frame.items():
-        _hash_values(h, column)
+    for label in frame.columns:  # labels are unique (plan checked)
+        _hash_values(h, frame[label])
     index = frame.index
     if isinstance(index, pd.MultiIndex):
         for level, codes in zip(index.levels, index.codes):
@@ -268,7 +271,13 @@ def _describe(frame: pd.DataFrame) -> str:
     """Everything but the data: labels, dtypes, the index's kind, name, range or frequency."""
     index = frame.index
     if isinstance(index, pd.RangeIndex):
-        index_desc: list[Any] = ["range", index.start, index.stop, index.step, index.name]
+        index_desc: list[Any] = [
+            "range",
+            index.start,
+            index.stop,
+            index.step,
+            index.name,
+        ]
     else:
         freq = getattr(index, "freq", None)
         index_desc = [
@@ -278,7 +287,11 @@ def _describe(frame: pd.DataFrame) -> str:
             freq.freqstr if freq is not None else None,
         ]
     columns = [[label, _dtype_desc(dtype)] for label, dtype in zip(frame.columns, frame.dtypes)]
-    desc = {"shape": list(frame.shape), "columns": columns, "labels": [str(frame.columns.dtype), frame.columns.name]}
+    desc = {
+        "shape": list(frame.shape),
+        "columns": columns,
+        "labels": [str(frame.columns.dtype), frame.columns.name],
+    }
     return json.dumps({**desc, "index": index_desc}, default=str)
 
 
@@ -334,7 +347,10 @@ def deserialize_frame(payload: Payload) -> pd.DataFrame:
     """Read the Parquet payload in place (no copy of the payload) and convert it to pandas."""
     view = byte_view(payload)
     if view.nbytes < 12 or bytes(view[:4]) != b"PAR1" or bytes(view[-4:]) != b"PAR1":
-        raise corrupt(FORMAT, f"not a Parquet file (no PAR1 magic at both ends of {view.nbytes} bytes; truncated?)")
+        raise corrupt(
+            FORMAT,
+            f"not a Parquet file (no PAR1 magic at both ends of {view.nbytes} bytes; truncated?)",
+        )
     try:
         parquet = pq.ParquetFile(pa.BufferReader(pa.py_buffer(view)))  # a view: no copy
         ours = json.loads((parquet.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
@@ -352,7 +368,7 @@ def deserialize_frame(payload: Payload) -> pd.DataFrame:
         # pandas then fails on `df.iloc[0, 0] = x` ("assignment destination is read-only"). Consolidating
         # copies, measured at ~0.1 s per 500 MB. self_destruct frees Arrow memory column by column.
         frame = table.to_pandas(self_destruct=True)
-    except Exception as exc:  # noqa: BLE001 - pandas metadata naming a dtype this pandas lacks, etc.
+    except Exception as exc:
         raise RestoreError(
             f"the Parquet data could not be converted to pandas ({type(exc).__name__}: {exc})",
             hint="install the pandas and pyarrow versions the run used, or re-run the cell that created it.",
@@ -380,6 +396,9 @@ def _restore_freq(frame: pd.DataFrame, freq: str | None) -> pd.DataFrame:
         return frame
     index = frame.index
     if not isinstance(index, pd.DatetimeIndex) or len(index) == 0:
-        raise corrupt(FORMAT, f"metadata gives index frequency {freq!r} but the index is {type(index).__name__}")
+        raise corrupt(
+            FORMAT,
+            f"metadata gives index frequency {freq!r} but the index is {type(index).__name__}",
+        )
     frame.index = pd.date_range(start=index[0], periods=len(index), freq=freq, name=index.name, unit=index.unit)
     return frame

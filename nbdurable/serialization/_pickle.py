@@ -24,15 +24,15 @@ import cloudpickle
 from nbdurable.errors import RestoreError, StoreFormatError
 from nbdurable.serialization._core import (
     Chunk,
-    byte_view,
     ChunkedSerialized,
     Payload,
+    byte_view,
     corrupt,
     decode_header,
     encode_header,
     new_hasher,
-    padding,
     pad_to,
+    padding,
     writable,
 )
 
@@ -99,7 +99,13 @@ def _dump(obj: object, namespace: dict[str, Any] | None) -> tuple[memoryview, li
 class NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, except for notebook functions (rebuilt on the live namespace) and open files."""
 
-    def __init__(self, file: io.BytesIO, *, namespace: dict[str, Any] | None, buffer_callback: Any) -> None:
+    def __init__(
+        self,
+        file: io.BytesIO,
+        *,
+        namespace: dict[str, Any] | None,
+        buffer_callback: Any,
+    ) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self._namespace = namespace
 
@@ -116,7 +122,17 @@ def _is_open_file(obj: Any) -> bool:
     if not isinstance(obj, io.IOBase) or isinstance(obj, (io.BytesIO, io.StringIO)):
         return False
     # The standard streams are pickled by reference (as sys.stdout...), which restores them correctly.
-    return not any(obj is s for s in (sys.stdout, sys.stderr, sys.stdin, sys.__stdout__, sys.__stderr__, sys.__stdin__))
+    return not any(
+        obj is s
+        for s in (
+            sys.stdout,
+            sys.stderr,
+            sys.stdin,
+            sys.__stdout__,
+            sys.__stderr__,
+            sys.__stdin__,
+        )
+    )
 
 
 class _EmptyCell:
@@ -143,7 +159,14 @@ def _reduce_notebook_function(func: types.FunctionType) -> tuple[Any, ...]:
         "doc": func.__doc__,
         "cells": tuple(_cell_value(cell) for cell in closure),
     }
-    return (make_notebook_function, (func.__code__, func.__name__, len(closure)), state, None, None, set_function_state)
+    return (
+        make_notebook_function,
+        (func.__code__, func.__name__, len(closure)),
+        state,
+        None,
+        None,
+        set_function_state,
+    )
 
 
 def _cell_value(cell: types.CellType) -> Any:
@@ -180,7 +203,11 @@ def set_function_state(func: types.FunctionType, state: dict[str, Any]) -> types
 def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> object:
     """Unpickle, with out-of-band buffers as views of the payload and notebook functions on ``namespace``."""
     meta, offset = decode_header(byte_view(payload), MAGIC, FORMAT)
-    protocol, size, lengths = meta.get("protocol"), meta.get("pickle"), meta.get("buffers")
+    protocol, size, lengths = (
+        meta.get("protocol"),
+        meta.get("pickle"),
+        meta.get("buffers"),
+    )
     if not isinstance(size, int) or not isinstance(lengths, list) or not all(isinstance(n, int) for n in lengths):
         raise corrupt(FORMAT, "header lacks valid 'pickle' and 'buffers' lengths")
     if not isinstance(protocol, int) or protocol > pickle.HIGHEST_PROTOCOL:
@@ -196,7 +223,10 @@ def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> ob
         spans.append((end, length))
         end += length
     if end != buffer.nbytes:
-        raise corrupt(FORMAT, f"payload is {buffer.nbytes} bytes but its header describes {end} (truncated or padded)")
+        raise corrupt(
+            FORMAT,
+            f"payload is {buffer.nbytes} bytes but its header describes {end} (truncated or padded)",
+        )
     data, *buffers = [buffer[start : start + length] for start, length in spans]
     token = _LOAD_NAMESPACE.set(namespace if namespace is not None else {})
     try:
@@ -216,7 +246,7 @@ def _loads(data: memoryview, buffers: list[memoryview]) -> object:
         ) from exc
     except (pickle.UnpicklingError, EOFError) as exc:
         raise corrupt(FORMAT, f"pickle data is damaged ({type(exc).__name__}: {exc})") from exc
-    except Exception as exc:  # noqa: BLE001 - any error raised by a class's own unpickling code
+    except Exception as exc:
         raise RestoreError(
             f"unpickling failed with {type(exc).__name__}: {exc}",
             hint="the object's class or its package probably changed since it was saved: "

@@ -176,6 +176,33 @@ def _claim(path: pathlib.Path, run_id: str) -> None:
         )
 
 
+class _Flusher(threading.Thread):
+    """fdatasyncs one journal whenever woken; stopped (and joined) before its descriptor is closed."""
+
+    def __init__(self, fd: int, run_id: str) -> None:
+        super().__init__(name=f"nbdurable-journal-flush-{run_id}", daemon=True)
+        self.fd = fd
+        self.wake = threading.Event()
+        self.error: OSError | None = None
+        self._stopping = False
+
+    def run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self._stopping:
+                return
+            try:
+                _fdatasync(self.fd)
+            except OSError as exc:  # reported to the writer's next caller
+                self.error = exc
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        self.join()
+
+
 class JournalWriter:
     """Appends records to one run's journal. One line = one ``os.write`` on an ``O_APPEND`` descriptor."""
 
@@ -186,6 +213,7 @@ class JournalWriter:
         self._seq = last_seq
         self._size = size  # bytes of valid content: a failed write is truncated back to it
         self._lock = threading.Lock()  # seq numbering and the write must not interleave across threads
+        self._flusher: _Flusher | None = None
         _open_writers[str(path)] = self
 
     @property
@@ -211,11 +239,37 @@ class JournalWriter:
                 if not had_ts:
                     del record["ts"]
                 raise
+            self._raise_flush_error()
             self._write(line)
             if sync:
                 self._datasync()
             self._seq = seq
             return seq
+
+    def sync_soon(self) -> None:
+        """Group commit: fdatasync everything appended so far on a background flusher thread.
+
+        The record is already in the page cache, so a process crash (kill -9, OOM) loses nothing; the
+        flusher makes it survive a power loss a moment later, off the caller's critical path. (A
+        synchronous fdatasync per step queues behind IPython's own history-database fsyncs and tripled
+        the cost of a trivial cell.) A failed background sync is raised by the next append or sync."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            if self._flusher is None:
+                self._flusher = _Flusher(self._fd, self.run_id)
+                self._flusher.start()
+            self._flusher.wake.set()
+
+    def _raise_flush_error(self) -> None:
+        if self._flusher is not None and self._flusher.error is not None:
+            exc, self._flusher.error = self._flusher.error, None
+            raise io_error(exc, f"syncing the journal of run {self.run_id}", self.path) from exc
+
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
 
     def _write(self, line: bytes) -> None:
         try:
@@ -241,11 +295,14 @@ class JournalWriter:
         """fdatasync the journal: every record appended so far survives a crash or power loss."""
         with self._lock:
             if self._fd >= 0:
+                self._raise_flush_error()
                 self._datasync()
 
     def close(self) -> None:
-        """Close the journal (idempotent). Does not sync: append the last record with ``sync=True``."""
+        """Close the journal (idempotent). Waits for a background sync in progress; does not sync
+        itself: append the last record with ``sync=True``."""
         with self._lock:
+            self._stop_flusher()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -256,7 +313,9 @@ class JournalWriter:
         return self._fd < 0
 
     def __del__(self) -> None:
-        # A writer dropped without close() must not leak its descriptor.
+        # A writer dropped without close() must not leak its descriptor (nor sync a reused one).
+        if getattr(self, "_flusher", None) is not None:
+            self._stop_flusher()
         if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import mmap
 import os
 import pathlib
 import re
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 _KEY_RE = re.compile(r"[0-9a-f]{32}")
 _FANOUT_RE = re.compile(r"[0-9a-f]{2}")
+MMAP_THRESHOLD = 4 * 2**20  # objects at least this big are memory-mapped by read_object
 TMP_MAX_AGE_S = 24 * 3600  # temp files older than this are left over from a crashed writer
 
 
@@ -120,8 +122,11 @@ class ObjectsMixin:
         os.rename(tmp, final)
         fsync_dir(fanout)
 
-    def read_object(self, key: str) -> bytearray:
-        """The whole content of an object, read into one preallocated bytearray (no extra copies)."""
+    def read_object(self, key: str) -> bytearray | memoryview:
+        """The whole content of an object, writable: small ones read into a bytearray; big ones
+        memory-mapped copy-on-write, so a restored array is a view of the page cache (no zero-fill of
+        fresh memory, no copy) and is read lazily. Safe because object files are only ever renamed
+        into place or deleted (a deleted file stays mapped), never truncated or rewritten."""
         path = self.object_path(key)
         try:
             f = open(path, "rb", buffering=0)
@@ -129,6 +134,8 @@ class ObjectsMixin:
             raise self._not_found(key) from None
         with f:
             size = os.fstat(f.fileno()).st_size
+            if size >= MMAP_THRESHOLD:
+                return memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY))
             buf = bytearray(size)
             got = 0
             with memoryview(buf) as view:
