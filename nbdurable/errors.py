@@ -59,6 +59,10 @@ class CorruptObjectError(StoreError):
     """An object file exists but its content cannot be read back."""
 
 
+class ChangedDuringWriteError(StoreError):
+    """An object changed while its payload was being written in the background: not stored."""
+
+
 class CatalogLockedError(StoreError):
     """The DuckDB catalog stayed locked by other processes for longer than the retry budget."""
 
@@ -87,6 +91,7 @@ __all__ = [
     "ObjectNotFoundError",
     "CorruptObjectError",
     "CatalogLockedError",
+    "ChangedDuringWriteError",
     "LeaseHeldError",
     "RunNotFoundError",
     "RestoreError",

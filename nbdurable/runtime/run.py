@@ -4,7 +4,8 @@ The process that creates a ``DurableRun`` holds the run's lease until ``finish``
 ``step_start`` record and a ``step_end`` commit record, written after the step's object files are
 fsync'ed, so a commit never refers to an object that is not on disk. The commit record is in the page
 cache before the cell returns (a killed kernel loses nothing) and fdatasync'ed right after by the
-journal's flusher (group commit); ``finish`` syncs synchronously.
+journal's flusher (group commit); ``finish`` syncs synchronously. Steps with big payloads commit in
+the background, in order (``committer.py``).
 The runtime knows nothing of IPython: the kernel extension and the headless engine drive it.
 """
 
@@ -18,10 +19,12 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from nbdurable.capture.namespace import Change
+from nbdurable.errors import ChangedDuringWriteError
+from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
 from nbdurable.runtime.events import EventBus, RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep
@@ -103,6 +106,7 @@ class DurableRun:
         self.stats = RunStats()
         self.status = "running"
         self._ordinal = 0
+        self._committer = Committer(self.run_id)
         self._lease = store.acquire_lease(self.run_id)
         self._journal = store.new_journal(self.run_id)
         record = run_record(
@@ -143,34 +147,79 @@ class DurableRun:
         changes: Iterable[Change] = (),
         outputs: list[dict[str, Any]] | None = None,
         error: dict[str, Any] | None = None,
-    ) -> list[VarRef]:
-        """Commit an executed step: objects first, then the fdatasync'ed commit record."""
-        refs = persist_changes(self.store, changes, inline_max=self.inline_max)
-        ended = time.time()
-        self._commit(step, status, refs, outputs or [], error, duration=time.perf_counter() - step.t0, ended=ended)
+    ) -> None:
+        """Commit an executed step: its object files first, then its commit record.
+
+        A step with a big payload is snapshotted and committed in the background (``committer.py``);
+        ``wait_durable`` waits for it. An error of an earlier background commit is raised here."""
+        changes = list(changes)
+        duration, ended = time.perf_counter() - step.t0, time.time()
+        big = sum(c.serialized.size for c in changes if c.serialized is not None and c.serialized.has_payload
+                  and c.serialized.size > self.inline_max)
         if status == "completed":
             self.stats.executed += 1
         else:
             self.stats.failed += 1
-        return refs
+        self.stats.last_status = status
+
+        def commit(changes: list[Change] = changes) -> None:
+            try:
+                refs = persist_changes(self.store, changes, inline_max=self.inline_max)
+            except ChangedDuringWriteError as exc:
+                self._commit_not_durable(step, changes, outputs or [], exc, duration=duration, ended=ended)
+                return
+            self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended)
+
+        if self._committer.can_defer(big):
+            snapshots = [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c for c in changes]
+            self._committer.defer(lambda: commit(snapshots))
+        else:
+            self._committer.run(commit)
+        self._emit_finished(step, status, duration)
 
     def record_restored(self, step: StepHandle, planned: PlannedStep) -> float:
         """Commit a step restored from an earlier run; returns the time it saved."""
         restore_time = time.perf_counter() - step.t0
-        self._commit(
-            step,
-            "restored",
-            planned.variables,
-            planned.outputs,
-            None,
-            duration=planned.duration,
-            ended=time.time(),
-            restored_from=planned.origin,
-        )
+        ended = time.time()
+        self._committer.run(
+            lambda: self._commit(
+                step, "restored", planned.variables, planned.outputs, None,
+                duration=planned.duration, ended=ended, restored_from=planned.origin,
+            )
+        )  # fmt: skip
         saved = max(0.0, planned.duration - restore_time)
         self.stats.restored += 1
         self.stats.time_saved += saved
+        self.stats.last_status = "restored"
+        self._emit_finished(step, "restored", planned.duration)
         return saved
+
+    def _commit_not_durable(
+        self, step: StepHandle, changes: list[Change], outputs: list[dict[str, Any]], exc: ChangedDuringWriteError,
+        *, duration: float, ended: float,
+    ) -> None:
+        """A big object changed before the background commit could write it: record the step as failed
+        with its variables unsaved, so a resume re-executes it (nothing torn is ever restored)."""
+        refs: list[VarRef] = [
+            {"name": c.name, "op": "set", "format": "unrestorable", "reason": f"not saved: {exc.message}"} for c in changes
+        ]
+        error = {"ename": type(exc).__name__, "evalue": exc.message}
+        self._commit(step, "failed", refs, outputs, error, duration=duration, ended=ended)
+        print(f"nbdurable: step {step.ordinal} is not durable: {exc.message}; it will re-execute on resume.", file=sys.stderr)
+
+    def wait_durable(self) -> None:
+        """Wait until every step committed so far is on disk (background commits included)."""
+        self._committer.drain()
+        self._journal.sync()
+
+    def _emit_finished(self, step: StepHandle, status: str, duration: float) -> None:
+        self.events.emit(
+            RuntimeEvent(
+                "step_finished",
+                self.run_id,
+                {"ordinal": step.ordinal, "name": step.name, "status": status, "duration": duration},
+            )
+        )
 
     def _commit(
         self,
@@ -197,20 +246,15 @@ class DurableRun:
         )
         self._journal.append(record)
         self._journal.sync_soon()
-        self.stats.last_status = status
-        self.events.emit(
-            RuntimeEvent(
-                "step_finished",
-                self.run_id,
-                {"ordinal": step.ordinal, "name": step.name, "status": status, "duration": duration},
-            )
-        )
 
     def finish(self, status: str) -> None:
         """Write the final record and release the lease. Idempotent."""
         if self.status != "running":
             return
-        self._journal.append(run_end_record(status), sync=True)
+        try:
+            self._committer.close()
+        finally:
+            self._journal.append(run_end_record(status), sync=True)
         self._journal.close()
         self._lease.release()
         self.status = status
@@ -218,6 +262,7 @@ class DurableRun:
 
     def abandon(self) -> None:
         """Release resources without a final record (the run will read as crashed)."""
+        self._committer.close()
         self._journal.close()
         self._lease.release()
         self.status = "crashed"

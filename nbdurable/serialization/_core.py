@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import xxhash
 
-from nbdurable.errors import CorruptObjectError, StoreFormatError
+from nbdurable.errors import ChangedDuringWriteError, CorruptObjectError, StoreFormatError
 
 FORMAT_VERSION = 1
 ALIGN = 64
@@ -91,6 +91,11 @@ class Serialized:
         """The payload in memory (for small objects inlined in the journal)."""
         return b""
 
+    def snapshot(self) -> Serialized:
+        """A Serialized whose ``write()`` no longer depends on memory the notebook may change next,
+        so the payload can be written in the background while cells go on running."""
+        return self
+
     def __repr__(self) -> str:
         extra = f" module={self.module!r}" if self.module else ""
         extra += f" reason={self.reason!r}" if self.reason else ""
@@ -98,13 +103,21 @@ class Serialized:
 
 
 class ChunkedSerialized(Serialized):
-    """A payload that is a list of ready buffers (header, pickle bytes, array memory...)."""
+    """A payload that is a list of ready buffers (header, pickle bytes, array memory...).
 
-    __slots__ = ("_chunks",)
+    ``hash_prefix`` and ``hashed`` say how ``key`` was computed: ``new_hasher(format)`` fed the prefix,
+    then the chunks at the ``hashed`` indices in order. ``deferred()`` uses that to prove, while
+    writing, that the bytes written are the bytes the key names."""
 
-    def __init__(self, *, chunks: Sequence[Chunk], **fields: Any) -> None:
+    __slots__ = ("_chunks", "hash_prefix", "hashed")
+
+    def __init__(
+        self, *, chunks: Sequence[Chunk], hash_prefix: bytes = b"", hashed: Sequence[int] = (), **fields: Any
+    ) -> None:
         super().__init__(size=sum(memoryview(c).nbytes for c in chunks), **fields)
         self._chunks = list(chunks)
+        self.hash_prefix = hash_prefix
+        self.hashed = tuple(hashed)
 
     @property
     def has_payload(self) -> bool:
@@ -115,6 +128,61 @@ class ChunkedSerialized(Serialized):
 
     def to_bytes(self) -> bytes:
         return b"".join(self._chunks)
+
+    def snapshot(self) -> Serialized:
+        # Copying live memory into fresh memory is slow where first-touch page faults are (VMs):
+        # the payload is instead written from live memory and verified against the key.
+        return _VerifiedWrite(self) if self.hashed else self
+
+
+BOUNCE_BYTES = 8 * 2**20
+
+
+class _VerifiedWrite(Serialized):
+    """Writes a ChunkedSerialized from live memory through a small bounce buffer, hashing exactly
+    the bytes written; raises ChangedDuringWriteError unless they hash to the key (no torn object
+    is ever stored under a key that does not describe it)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: ChunkedSerialized) -> None:
+        super().__init__(key=inner.key, format=inner.format, type_name=inner.type_name, size=inner.size)
+        self.format_version, self.module, self.reason = inner.format_version, inner.module, inner.reason
+        self._inner = inner
+
+    @property
+    def has_payload(self) -> bool:
+        return True
+
+    def write(self, f: BinaryIO) -> int:
+        inner = self._inner
+        h = new_hasher(inner.format)
+        h.update(inner.hash_prefix)
+        bounce = bytearray(min(BOUNCE_BYTES, max((memoryview(c).nbytes for c in inner._chunks), default=0)))
+        total = 0
+        for index, chunk in enumerate(inner._chunks):
+            hashed = index in inner.hashed
+            if isinstance(chunk, bytes):
+                total += write_all(f, chunk)
+                if hashed:
+                    h.update(chunk)
+                continue
+            view = memoryview(chunk).cast("B") if memoryview(chunk).format != "B" else memoryview(chunk)
+            for start in range(0, view.nbytes, len(bounce)):
+                piece = memoryview(bounce)[: min(len(bounce), view.nbytes - start)]
+                piece[:] = view[start : start + len(piece)]
+                if hashed:
+                    h.update(piece)
+                total += write_all(f, piece)
+        if h.hexdigest() != self.key:
+            raise ChangedDuringWriteError(
+                f"a {self.type_name} changed while it was being saved in the background",
+                hint="its step is recorded as not durable and re-executes on resume",
+            )
+        return total
+
+    def to_bytes(self) -> bytes:
+        return self._inner.to_bytes()
 
 
 def write_all(f: BinaryIO, data: Chunk) -> int:

@@ -88,10 +88,26 @@ class ParquetSerialized(Serialized):
         self.size = sink.written  # until now it was the in-memory size
         return sink.written
 
+    def snapshot(self) -> Serialized:
+        # Under pandas copy-on-write a shallow copy is a snapshot: a later change to the notebook's
+        # DataFrame copies the blocks it touches. Without copy-on-write, copy the data.
+        deep = not _copy_on_write()
+        copy = ParquetSerialized(self._frame.copy(deep=deep), self._plan, key=self.key, format=self.format,
+                                 type_name=self.type_name, size=self.size)
+        copy.format_version = self.format_version
+        return copy
+
     def to_bytes(self) -> bytes:
         out = _BytesSink()
         self.write(out)  # type: ignore[arg-type]
         return b"".join(out.parts)
+
+
+def _copy_on_write() -> bool:
+    """pandas >= 3 always copies on write; pandas 2 only when the option is on."""
+    if int(pd.__version__.split(".")[0]) >= 3:
+        return True
+    return bool(pd.get_option("mode.copy_on_write") is True)
 
 
 class _Sink:

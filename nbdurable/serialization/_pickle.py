@@ -65,16 +65,21 @@ def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | No
         },
     )
     h = new_hasher(FORMAT)
-    h.update(repr([data.nbytes, *lengths]).encode())  # where one part ends and the next begins
+    prefix = repr([data.nbytes, *lengths]).encode()  # where one part ends and the next begins
+    h.update(prefix)
     chunks: list[Chunk] = [header, data]
+    hashed = [1]
     offset = len(header) + data.nbytes
     h.update(data)
     for buf in buffers:
         chunks.append(padding(offset))
         offset += pad_to(offset) + buf.nbytes
+        hashed.append(len(chunks))
         chunks.append(buf)
         h.update(buf)
-    return ChunkedSerialized(chunks=chunks, key=h.hexdigest(), format=FORMAT, type_name=type_name)
+    return ChunkedSerialized(
+        chunks=chunks, hash_prefix=prefix, hashed=hashed, key=h.hexdigest(), format=FORMAT, type_name=type_name
+    )
 
 
 def _dump(obj: object, namespace: dict[str, Any] | None) -> tuple[memoryview, list[memoryview]]:

@@ -1,0 +1,64 @@
+"""Big objects commit in the background: a step is durable once its commit record is written, a
+change during the write is detected (never stored torn), and crashes in between resume correctly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from conftest import run_session
+from nbdurable.capture.namespace import Change
+from nbdurable.runtime.checkpoint import ObjectLoader
+from nbdurable.runtime.replay import ReplayPlan
+from nbdurable.runtime.run import DurableRun
+from nbdurable.serialization import serialize
+from nbdurable.store import Store
+
+
+def commit_big(store: Store, arr: np.ndarray, mutate: bool) -> DurableRun:
+    run = DurableRun(store, notebook="bg")
+    step = run.begin_step(source="arr = big()", source_hash="a" * 32)
+    run.end_step(step, status="completed", changes=[Change("arr", "set", serialize(arr), "i1")])
+    if mutate:
+        arr[-1] = -1.0  # the writer is still far from the end of the array
+    run.wait_durable()
+    run.finish("completed")
+    return run
+
+
+def step_end(store: Store, run: DurableRun) -> dict:
+    return next(r for r in store.read_journal(run.run_id) if r["t"] == "step_end")
+
+
+def test_unchanged_big_object_commits_in_the_background(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    arr = np.arange(2**25, dtype="float64")  # 256 MiB
+    run = commit_big(store, arr, mutate=False)
+    record = step_end(store, run)
+    assert record["status"] == "completed"
+    restored = ObjectLoader(store, {}).load(record["variables"][0], step_label="test")
+    assert np.array_equal(restored, arr)
+    assert len(ReplayPlan.from_run(store, run.run_id).steps) == 1
+
+
+def test_change_during_background_write_is_never_stored_torn(tmp_path: Path, capfd) -> None:
+    store = Store.open(tmp_path / "store")
+    arr = np.arange(2**25, dtype="float64")
+    run = commit_big(store, arr, mutate=True)
+    record = step_end(store, run)
+    assert record["status"] == "failed" and record["error"]["ename"] == "ChangedDuringWriteError"
+    assert record["variables"][0]["format"] == "unrestorable"
+    assert ReplayPlan.from_run(store, run.run_id).steps == [], "resume must re-execute the step"
+    assert list(store.object_keys()) == [], "no object is stored under a key that does not describe it"
+    assert "not durable" in capfd.readouterr().err
+
+
+def test_kill_right_after_a_big_cell_resumes_correctly(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    cells = ["import numpy as np\nbig = np.arange(2**25, dtype='float64')", "big[0] = 7.0", "total = float(big.sum())"]
+    first = run_session(store, [*cells[:2], "import os; os.kill(os.getpid(), 9)"])
+    assert first.killed
+    second = run_session(store, cells, probes={"total": "total", "first": "float(big[0])"})
+    expected = float(np.arange(2**25, dtype="float64").sum()) + 7.0
+    assert second.probes == {"total": repr(expected), "first": "7.0"}
