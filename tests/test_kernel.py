@@ -57,7 +57,7 @@ def test_kernel_killed_mid_cell_resumes_with_outputs(tmp_path: Path) -> None:
 
 def test_installed_kernelspec_loads_the_extension(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "nbdurable.cli", "install-kernel", "--prefix", str(prefix), "--name", "nbd-test"], check=True)
+    subprocess.run([sys.executable, "-m", "nbdurable", "install-kernel", "--prefix", str(prefix), "--name", "nbd-test"], check=True)
     spec_dir = prefix / "share" / "jupyter" / "kernels"
     spec = json.loads((spec_dir / "nbd-test" / "kernel.json").read_text())
     assert spec["display_name"] == "Python 3 (nbdurable)" and "nbdurable" in spec["argv"]

@@ -30,6 +30,7 @@ from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
 from nbdurable.runtime.run import DurableRun, StepHandle
 from nbdurable.store import Store
+from nbdurable.store.records import StepStatus
 
 HANDLE_NAME = "__nbdurable__"
 RESTORE_CODE = f"{HANDLE_NAME}._restore_step()\n"
@@ -296,7 +297,9 @@ class Durable(Configurable):
         if error is not None:
             self.capture.record_error(error)
         outputs = self.capture.stop()
-        status = "completed" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        status: StepStatus = (
+            "completed" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        )
         try:
             changes = self.tracker.compute_delta(analyze_code(code), before=self._keys_before, no_state=cell.options.no_state)
             self.run.end_step(step, status=status, changes=changes, outputs=outputs, error=_error_record(error))

@@ -57,7 +57,7 @@ class DurableMagics(Magics):
 
         nbdurable applies the options when the cell runs; this body only runs when that did not happen."""
         parse_cell_options(line)  # reports bad options with the usage
-        return self.shell.run_cell(cell, store_history=False)
+        return self.ext.shell.run_cell(cell, store_history=False)
 
     def help(self, line: str) -> None:
         """List the subcommands."""

@@ -91,8 +91,8 @@ class OutputCapture:
         self.outputs = []
         self.active = True
         self._saved_streams = (sys.stdout, sys.stderr)
-        sys.stdout = _Tee(sys.stdout, self, "stdout")  # type: ignore[assignment]
-        sys.stderr = _Tee(sys.stderr, self, "stderr")  # type: ignore[assignment]
+        sys.stdout = _Tee(sys.stdout, self, "stdout")
+        sys.stderr = _Tee(sys.stderr, self, "stderr")
 
     def stop(self) -> list[dict[str, Any]]:
         """Stop collecting; returns the step's outputs."""
@@ -125,10 +125,10 @@ class OutputCapture:
                 if output.get("transient", {}).get("display_id") == display_id:
                     output["data"], output["metadata"] = dict(data), dict(metadata)
             return
-        output: dict[str, Any] = {"output_type": "display_data", "data": dict(data), "metadata": dict(metadata)}
+        shown: dict[str, Any] = {"output_type": "display_data", "data": dict(data), "metadata": dict(metadata)}
         if display_id:
-            output["transient"] = {"display_id": display_id}
-        self.outputs.append(output)
+            shown["transient"] = {"display_id": display_id}
+        self.outputs.append(shown)
 
     def record_error(self, exc: BaseException) -> dict[str, Any]:
         """The error output of a failed step, with IPython's formatted traceback."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
 
 import xxhash
 
@@ -92,7 +92,7 @@ class ObjectLoader:
         self._cache[cache_key] = obj
         return obj
 
-    def _payload(self, ref: VarRef) -> bytearray | None:
+    def _payload(self, ref: VarRef) -> bytearray | memoryview | None:
         if ref.get("inline") is not None:
             return bytearray(base64.b64decode(str(ref["inline"])))
         if ref.get("object") and ref.get("format") in PAYLOAD_FORMATS:
@@ -112,9 +112,13 @@ def persist_outputs(store: Store, outputs: list[dict[str, Any]]) -> list[dict[st
             kept.append(output)
             continue
         key = xxhash.xxh3_128_hexdigest(b"output:" + data)
-        store.write_object(key, lambda f, data=data: f.write(data))
+        store.write_object(key, _writer(data))
         kept.append({"output_type": "object", "object": key})
     return kept
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], int | None]:
+    return lambda f: f.write(data)
 
 
 def load_outputs(store: Store, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

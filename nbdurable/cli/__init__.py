@@ -99,5 +99,12 @@ def demo(workdir: str | None) -> None:
         sys.exit(EXIT_FAILED)
 
 
+def _register_commands() -> None:
+    """Commands defined in the package's other modules attach themselves to ``main``."""
+    from nbdurable.cli import maintenance  # noqa: F401
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
