@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from nbdurable.errors import NbdurableError, RunNotFoundError
+from nbdurable.errors import NbdurableError, OptionsError, RunNotFoundError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -36,7 +36,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except RunNotFoundError as exc:
+        except (RunNotFoundError, OptionsError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         except NbdurableError as exc:
@@ -101,7 +101,7 @@ def demo(workdir: str | None) -> None:
 
 def _register_commands() -> None:
     """Commands defined in the package's other modules attach themselves to ``main``."""
-    from nbdurable.cli import maintenance  # noqa: F401
+    from nbdurable.cli import maintenance, run  # noqa: F401
 
 
 _register_commands()

@@ -10,11 +10,13 @@ the names the cell touched and commits the step to the run's journal.
 from __future__ import annotations
 
 import atexit
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from traitlets import Bool, Integer, List, Unicode
 from traitlets.config import Configurable
@@ -33,6 +35,9 @@ from nbdurable.store import Store
 from nbdurable.store.records import StepStatus
 
 HANDLE_NAME = "__nbdurable__"
+ENV_KIND = "NBDURABLE_KIND"  # "headless" when a runner drives the kernel
+ENV_PARAMS = "NBDURABLE_PARAMS"  # the run's parameters, JSON
+ENV_RESUME = "NBDURABLE_RESUME"  # set by a runner: the run to resume ("" = start fresh)
 RESTORE_CODE = f"{HANDLE_NAME}._restore_step()\n"
 REPLAY_CODE = f"{HANDLE_NAME}._replay_outputs()\n"
 
@@ -66,6 +71,8 @@ class Durable(Configurable):
         self.tracker = NamespaceTracker(shell.user_ns, secrets=self.secrets, hidden=self._is_hidden)
         self.capture = OutputCapture(shell)
         self.notebook: str | None = detect_notebook(shell.user_ns)
+        self.kind: Literal["interactive", "headless"] = "headless" if os.environ.get(ENV_KIND) == "headless" else "interactive"
+        self.params: dict[str, Any] = json.loads(os.environ.get(ENV_PARAMS) or "{}")
         self.store_path = self._resolve_store_path()
         self.store_obj = Store.open(self.store_path)
         self.run: DurableRun | None = None
@@ -103,7 +110,11 @@ class Durable(Configurable):
         self.capture.install()
         atexit.register(self.close)
         self._registered = True
-        if self.auto_resume and self.notebook:
+        resume = os.environ.get(ENV_RESUME)
+        if resume is not None:  # a headless runner decided already (no catalog lookup in the kernel)
+            if resume:
+                self.arm(ReplayPlan.from_run(self.store_obj, resume))
+        elif self.auto_resume and self.notebook:
             self.arm_latest(announce=True)
 
     def unregister(self) -> None:
@@ -130,10 +141,17 @@ class Durable(Configurable):
             self.run.finish(self._final_status())
         self.run = None
 
+    def finish_headless(self, status: str) -> None:
+        """Called by the headless runner once every cell ran: only it knows the notebook is done."""
+        if self.run is not None and self.run.status == "running":
+            self.run.finish(status)
+
     def _final_status(self) -> str:
         assert self.run is not None
         if self.run.stats.last_status in ("failed", "interrupted"):
             return "failed"
+        if self.kind == "headless":
+            return "cancelled"  # the kernel stopped before the runner saw the last cell: resumable
         if self.plan is not None and not self.plan.exhausted and not self.plan.namespace_restored:
             return "cancelled"  # a resume left half-way: the next session continues it
         return "completed"
@@ -169,7 +187,8 @@ class Durable(Configurable):
                 self.store_obj,
                 notebook=self.notebook,
                 notebook_path=self.notebook if self.notebook and Path(self.notebook).is_absolute() else None,
-                kind="interactive",
+                kind=self.kind,
+                params=self.params,
                 resumed_from=self.plan.run_id if self.plan else None,
                 root_run=self._root_of(self.plan.run_id) if self.plan else None,
                 events=self.events,
@@ -445,7 +464,12 @@ class Durable(Configurable):
         self.apply_step(planned)
         replay_outputs(self.shell, load_outputs(self.store_obj, planned.outputs))
         saved = max(0.0, planned.duration - (time.perf_counter() - started))
-        show_notice(self.shell, f"↻ nbdurable: restored from {planned.label} (saved {saved:.2f} s)", "restored")
+        show_notice(
+            self.shell,
+            f"↻ nbdurable: restored from {planned.label} (saved {saved:.2f} s)",
+            "restored",
+            {"restored_from": planned.origin, "saved": saved, "duration": planned.duration},
+        )
 
     def _replay_outputs(self) -> None:
         """Body of a cell whose state `%durable resume` already restored: show its outputs only."""

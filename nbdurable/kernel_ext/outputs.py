@@ -159,6 +159,7 @@ def replay_outputs(shell: Any, outputs: list[dict[str, Any]]) -> None:
             hook.finish_displayhook()
 
 
-def show_notice(shell: Any, text: str, kind: str) -> None:
-    """A one-line notice (restored, re-executed…), marked in its metadata so tools can tell it apart."""
-    shell.display_pub.publish(data={"text/plain": text}, metadata={NOTICE_METADATA_KEY: {"notice": kind}})
+def show_notice(shell: Any, text: str, kind: str, details: dict[str, Any] | None = None) -> None:
+    """A one-line notice (restored, re-executed…), marked in its metadata so tools can tell it apart
+    (the headless runner moves it into the cell's metadata)."""
+    shell.display_pub.publish(data={"text/plain": text}, metadata={NOTICE_METADATA_KEY: {"notice": kind, **(details or {})}})

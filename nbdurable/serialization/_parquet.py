@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -375,6 +376,15 @@ def deserialize_frame(payload: Payload) -> pd.DataFrame:
     if not isinstance(ours, dict) or not isinstance(ours.get("version", 1), int):
         raise corrupt(FORMAT, f"unreadable nbdurable metadata {ours!r:.200}")
     check_version(FORMAT, ours.get("version", 1))
+    frame = _read_columns_in_place(parquet)
+    if frame is None:
+        frame = _read_through_arrow(parquet)
+    _own_categorical_codes(frame)
+    return _restore_freq(frame, ours.get("index_freq"))
+
+
+def _read_through_arrow(parquet: pq.ParquetFile) -> pd.DataFrame:
+    """The general path: the whole table into Arrow memory, then pyarrow's conversion to pandas."""
     try:
         table = parquet.read(use_threads=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -383,15 +393,180 @@ def deserialize_frame(payload: Payload) -> pd.DataFrame:
         # Not split_blocks=True: its zero-copy columns are read-only numpy views of Arrow memory, and
         # pandas then fails on `df.iloc[0, 0] = x` ("assignment destination is read-only"). Consolidating
         # copies, measured at ~0.1 s per 500 MB. self_destruct frees Arrow memory column by column.
-        frame = table.to_pandas(self_destruct=True)
+        return table.to_pandas(self_destruct=True)
     except Exception as exc:
-        raise RestoreError(
-            f"the Parquet data could not be converted to pandas ({type(exc).__name__}: {exc})",
-            hint="install the pandas and pyarrow versions the run used, or re-run the cell that created it.",
-        ) from exc
+        raise _conversion_error(exc) from exc
+
+
+def _conversion_error(exc: Exception) -> RestoreError:
+    return RestoreError(
+        f"the Parquet data could not be converted to pandas ({type(exc).__name__}: {exc})",
+        hint="install the pandas and pyarrow versions the run used, or re-run the cell that created it.",
+    )
+
+
+# The fast path, for the numpy columns of fixed width (ints, floats, naive datetimes, timedeltas). The general path
+# decodes every column into fresh Arrow memory, then pandas copies it again into fresh 2-D blocks: twice
+# the data in newly faulted-in pages, which is what restoring a big frame costs (bench/checkpoint.py).
+# Here the blocks are allocated first, at their final shape, and the file is decoded one row group at a
+# time (the next one decoded in a thread while this one is copied), so the Arrow memory is one row group,
+# reused, and each value is copied once into memory that then belongs to the DataFrame (numpy owns it:
+# writable, no view of Arrow or of the payload). pyarrow still builds everything else - the index, the
+# column labels, the other columns - from a table whose numpy columns are zero-copy views of those blocks;
+# the result's read-only views are then swapped for the writable blocks themselves.
+
+try:
+    from pandas.api.internals import create_dataframe_from_blocks as _from_blocks  # pandas >= 3
+except ImportError:  # pragma: no cover - pandas 2 takes the general path
+    _from_blocks = None
+
+_INTEGER_KINDS = frozenset("iu")  # Arrow turns these into float64 when they have nulls
+
+
+def _numpy_dtype(field: pa.Field, numpy_type: str | None) -> np.dtype[Any] | None:
+    """The numpy dtype pandas gets for this column, if it is one the fast path reads; else None.
+
+    pandas' own record of the column's dtype (``numpy_type`` in the pandas metadata) must agree, which
+    leaves out nullable and Arrow-backed dtypes stored with the same Arrow types (Int64, float[pyarrow]).
+    """
+    t = field.type  # not bools: Arrow packs them in bits, so they cannot be zero-copy views of a block
+    if pa.types.is_integer(t) or (pa.types.is_floating(t) and not pa.types.is_float16(t)):
+        dtype = np.dtype(t.to_pandas_dtype())
+    elif pa.types.is_timestamp(t) and t.tz is None:
+        dtype = np.dtype(f"datetime64[{t.unit}]")
+    elif pa.types.is_duration(t):
+        dtype = np.dtype(f"timedelta64[{t.unit}]")
+    else:
+        return None
+    return dtype if numpy_type == str(dtype) else None
+
+
+class _Fallback(Exception):
+    """Data the fast path does not convert like pyarrow would: take the general path."""
+
+
+def _read_columns_in_place(parquet: pq.ParquetFile) -> pd.DataFrame | None:
+    """The DataFrame, its numpy columns decoded straight into their final blocks; None if not applicable."""
+    if _from_blocks is None:
+        return None
+    schema = parquet.schema_arrow
+    rows = parquet.metadata.num_rows
+    meta = schema.pandas_metadata or {}
+    index_fields = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    numpy_types = {c.get("field_name"): c.get("numpy_type") for c in meta.get("columns", []) if isinstance(c, dict)}
+    by_dtype: dict[np.dtype[Any], list[int]] = {}
+    for j, field in enumerate(schema):
+        dtype = None if field.name in index_fields else _numpy_dtype(field, numpy_types.get(field.name))
+        if dtype is not None:
+            by_dtype.setdefault(dtype, []).append(j)
+    if rows == 0 or not by_dtype:
+        return None
+    blocks = {dtype: np.empty((len(fields), rows), dtype) for dtype, fields in by_dtype.items()}
+    columns = {j: blocks[dtype][r] for dtype, fields in by_dtype.items() for r, j in enumerate(fields)}
+    others: dict[int, list[pa.Array]] = {j: [] for j in range(len(schema)) if j not in columns}
+    try:
+        _decode_row_groups(parquet, rows, columns, others)
+    except _Fallback:
+        return None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise corrupt(FORMAT, f"unreadable Parquet data ({exc})") from exc
+    arrays = [
+        pa.Array.from_buffers(field.type, rows, [None, pa.py_buffer(columns[j])])
+        if j in columns
+        else pa.chunked_array(others.pop(j), field.type)
+        for j, field in enumerate(schema)
+    ]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    del arrays
+    try:
+        # split_blocks: no consolidation, so the numpy columns stay zero-copy views of our blocks.
+        frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    except Exception as exc:
+        raise _conversion_error(exc) from exc
     del table
-    _own_categorical_codes(frame)
-    return _restore_freq(frame, ours.get("index_freq"))
+    return _swap_in_blocks(frame, blocks, by_dtype, columns)
+
+
+def _decode_row_groups(
+    parquet: pq.ParquetFile,
+    rows: int,
+    columns: dict[int, np.ndarray[Any, Any]],
+    others: dict[int, list[pa.Array]],
+) -> None:
+    """Decode row group after row group (the next one in a thread), copying the numpy columns into place."""
+    count = parquet.metadata.num_row_groups
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbdurable-parquet") as pool:
+        pending = pool.submit(parquet.read_row_group, 0, use_threads=True)
+        start = 0
+        try:
+            for i in range(count):
+                group = pending.result()
+                if i + 1 < count:
+                    pending = pool.submit(parquet.read_row_group, i + 1, use_threads=True)
+                if start + group.num_rows > rows:
+                    raise corrupt(FORMAT, f"row groups hold more than the {rows} rows the footer declares")
+                for j, dest in columns.items():
+                    _copy_column(group.column(j), dest[start : start + group.num_rows])
+                for j, chunks in others.items():
+                    chunks.extend(group.column(j).chunks)
+                start += group.num_rows
+                del group
+        finally:
+            pending.cancel()
+    if start != rows:
+        raise corrupt(FORMAT, f"row groups hold {start} rows, the footer declares {rows}")
+
+
+def _copy_column(column: pa.ChunkedArray, dest: np.ndarray[Any, Any]) -> None:
+    start = 0
+    for chunk in column.chunks:
+        n = len(chunk)
+        if chunk.null_count == 0:
+            values = np.frombuffer(chunk.buffers()[1], dest.dtype, count=n, offset=chunk.offset * dest.itemsize)
+        else:
+            if chunk.null_count and dest.dtype.kind in _INTEGER_KINDS:
+                raise _Fallback  # not written by us: pyarrow would make these floats or objects
+            values = chunk.to_numpy(zero_copy_only=False)  # nulls become NaN / NaT, as in to_pandas
+            if values.dtype != dest.dtype:
+                raise _Fallback
+        np.copyto(dest[start : start + n], values)
+        start += n
+    if start != len(dest):
+        raise corrupt(FORMAT, f"a column holds {start} values in a row group of {len(dest)} rows")
+
+
+def _swap_in_blocks(
+    frame: pd.DataFrame,
+    blocks: dict[np.dtype[Any], np.ndarray[Any, Any]],
+    by_dtype: dict[np.dtype[Any], list[int]],
+    columns: dict[int, np.ndarray[Any, Any]],
+) -> pd.DataFrame:
+    """The same frame, with our writable blocks where pyarrow's result has read-only views of them."""
+    address = {columns[j].ctypes.data: j for j in columns}
+    placed: dict[int, int] = {}  # field -> position in the frame
+    kept: list[tuple[Any, np.ndarray[Any, Any]]] = []
+    for block in frame._mgr.blocks:
+        values = block.values
+        backing = values if isinstance(values, np.ndarray) else getattr(values, "_ndarray", None)
+        locs = block.mgr_locs.as_array
+        if isinstance(backing, np.ndarray) and backing.ndim == 2 and len(locs) == 1:
+            j = address.get(backing.__array_interface__["data"][0])
+            if j is not None and backing.shape == (1, len(columns[j])) and backing.dtype == columns[j].dtype:
+                placed[j] = int(locs[0])
+                continue
+        if isinstance(backing, np.ndarray) and not backing.flags.writeable:
+            values = values.copy()  # some other zero-copy column: make it the frame's own
+        kept.append((values, locs))
+    for dtype, fields in by_dtype.items():
+        if all(j in placed for j in fields):
+            kept.append((blocks[dtype], np.array([placed[j] for j in fields], dtype=np.intp)))
+        else:  # pyarrow copied some column itself (not expected): place those we have one by one
+            kept.extend(
+                (blocks[dtype][r : r + 1], np.array([placed[j]], dtype=np.intp))
+                for r, j in enumerate(fields)
+                if j in placed
+            )
+    return _from_blocks(kept, frame.index, frame.columns)
 
 
 def _own_categorical_codes(frame: pd.DataFrame) -> None:

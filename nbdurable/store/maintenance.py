@@ -1,0 +1,428 @@
+"""Store maintenance: verify (``check_store``), repair (``repair_store``), delete unneeded objects (``collect_garbage``).
+
+Repairs never delete user data (a journal corrupt mid-file is kept aside as ``<run>.jsonl.corrupt-<time>``) and
+hold the run's lease, so a live run is never touched. The catalog is derived data: missing, it is rebuilt, not
+damage. GC spares object files modified in the last ``GC_MIN_AGE_S`` s (a live run writes an object before its
+commit record), but a live run reuses an old object already stored as is: collect while no notebook runs to be
+sure. Collected runs are listed in ``gc.json``: their missing objects are not damage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import duckdb
+
+from ..errors import CatalogLockedError, CorruptJournalError, LeaseHeldError, StoreError
+from .catalog import CATALOG_FILE
+from .journal import _checked_body, fsync_dir, io_error, read_records
+
+if TYPE_CHECKING:
+    from . import Store
+
+GC_MIN_AGE_S = 600.0  # object files younger than this may belong to a commit in progress
+GC_FILE = "gc.json"  # {"collected_runs": [...]}: runs whose objects garbage collection may have deleted
+FILE_FORMATS = ("pickle", "ndarray", "parquet")
+_MAGIC = {"pickle": b"NBDP", "ndarray": b"NBDA"}
+_PARQUET_MAGIC = b"PAR1"
+_NOT_OBJECT = "checksum matches but the content is not a JSON object"
+_ASIDE = ".corrupt-"
+_OBJECT_HINTS = {
+    "missing": "copy it back from a backup of the store if you have one; else that step cannot be restored: "
+    "run the notebook afresh (`%durable new`)",
+    "damaged": "copy a good version back from a backup, or delete the file and run the notebook afresh (`%durable new`)",
+}
+
+
+@dataclass
+class JournalScan:
+    """One journal as found: its valid records up to the first bad line, and how it ends."""
+
+    run_id: str
+    path: pathlib.Path
+    records: list[dict[str, Any]]
+    good_end: int  # byte offset just after the last valid record
+    size: int
+    bad_line: int | None = None  # first bad line with more data after it: damage
+    bad_why: str = ""
+
+    @property
+    def torn(self) -> bool:
+        """True if the journal ends with a torn write (harmless; the next writer truncates it)."""
+        return self.bad_line is None and self.good_end < self.size
+
+    def first(self, kind: str) -> dict[str, Any]:
+        """The first record of type ``kind`` (``run``, ``run_end``...), {} if there is none."""
+        return next((r for r in self.records if r.get("t") == kind), {})
+
+
+def scan_journal(store: Store, run_id: str) -> JournalScan:
+    """Read a journal without raising for damage: a corrupt line ends the records and is noted."""
+    path = store.journal_path(run_id)
+    try:
+        size = path.stat().st_size
+        try:  # the fast reader first; line by line only for a damaged journal
+            records, end, _torn = read_records(path)
+        except CorruptJournalError:
+            return _scan_lines(run_id, path, path.read_bytes())
+    except OSError as exc:
+        raise io_error(exc, f"reading the journal of run {run_id}", path) from exc
+    return JournalScan(run_id, path, records, end, max(size, end))
+
+
+def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The record of one journal line (without its newline), or None and why the line is bad."""
+    body = _checked_body(line)
+    if body is None:
+        return None, "checksum mismatch" if b"\t" in line else "no checksum"
+    try:
+        record = json.loads(body)
+    except ValueError:
+        record = None
+    return (record, "") if isinstance(record, dict) else (None, _NOT_OBJECT)
+
+
+def _scan_lines(run_id: str, path: pathlib.Path, data: bytes) -> JournalScan:
+    """Read a damaged journal line by line (the rules of ``read_records``: a bad last line is torn)."""
+    scan = JournalScan(run_id, path, [], 0, len(data))
+    lines = data.split(b"\n")
+    partial = lines.pop()
+    for number, line in enumerate(lines, 1):
+        record, why = _decode(line)
+        if record is None:
+            if not (number == len(lines) and not partial and why != _NOT_OBJECT):
+                scan.bad_line, scan.bad_why = number, why
+            return scan
+        scan.records.append(record)
+        scan.good_end += len(line) + 1
+    return scan
+
+
+def _aside_records(store: Store) -> Iterator[dict[str, Any]]:
+    """Every intact record of the damaged journals that repairs kept aside."""
+    for path in (store.path / "journals").glob(f"*{_ASIDE}*"):
+        with contextlib.suppress(OSError):
+            for line in path.read_bytes().split(b"\n"):
+                if (record := _decode(line)[0]) is not None:
+                    yield record
+
+
+@dataclass(frozen=True)
+class ObjectUse:
+    """A place where a journal refers to an object."""
+
+    key: str
+    format: str | None  # None: a big output (JSON) stored as an object file
+    inline: bool
+    run_id: str
+    ordinal: Any
+    what: str  # "variable `df`", "output 2"
+
+    @property
+    def needs_file(self) -> bool:
+        """True if restoring this reference reads the object's file."""
+        return self.format is None or (self.format in FILE_FORMATS and not self.inline)
+
+    def __str__(self) -> str:
+        return f"{self.what} of step {self.ordinal} of run {self.run_id}"
+
+
+def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[ObjectUse]:
+    """The object references in a journal's ``step_end`` records (variables and big outputs)."""
+    for r in records:
+        if r.get("t") != "step_end":
+            continue
+        for v in r.get("variables") or []:
+            if isinstance(v, dict) and isinstance(key := v.get("object"), str):
+                inline = v.get("inline") is not None
+                yield ObjectUse(key, v.get("format"), inline, run_id, r.get("ordinal"), f"variable `{v.get('name')}`")
+        for i, o in enumerate(r.get("outputs") or []):
+            if isinstance(o, dict) and o.get("output_type") == "object" and isinstance(key := o.get("object"), str):
+                yield ObjectUse(key, None, False, run_id, r.get("ordinal"), f"output {i}")
+
+
+def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "damaged"], str] | None:
+    """None if the object file looks whole (cheap: size and magic bytes), else what is wrong with it."""
+    try:
+        with open(store.object_path(use.key), "rb") as f:
+            size, head = os.fstat(f.fileno()).st_size, f.read(4)
+            tail = os.pread(f.fileno(), 4, max(0, size - 4))
+    except ValueError:
+        return "damaged", "has an invalid key (expected 32 hex characters)"
+    except FileNotFoundError:
+        return "missing", "is missing"
+    except OSError as exc:
+        return "damaged", f"cannot be read ({exc.strerror or exc})"
+    magic = _MAGIC.get(str(use.format))
+    if size == 0:
+        return "damaged", "is empty"
+    if magic is not None and head != magic:
+        return "damaged", f"does not start with the {use.format} magic {magic!r} (overwritten or truncated)"
+    if use.format == "parquet" and (size < 12 or head != _PARQUET_MAGIC or tail != _PARQUET_MAGIC):
+        return "damaged", "is not a whole Parquet file (no PAR1 at both ends: truncated?)"
+    if use.format is None and head[:1] != b"{":
+        return "damaged", "is not a JSON output (it does not start with '{')"
+    return None
+
+
+@dataclass
+class CheckReport:
+    """What ``check_store`` found. Object counts are of distinct object files the journals need."""
+
+    journals: list[JournalScan] = field(default_factory=list)
+    damage: list[tuple[str, str]] = field(default_factory=list)  # (what happened, what to do): the check fails
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (what happened, what to do): the check passes
+    referenced: int = 0
+    present: int = 0
+    missing: int = 0
+    damaged: int = 0
+    collected: int = 0  # missing, but only runs collected by gc needed them
+    unreferenced: int = 0  # object files no journal refers to (gc deletes them)
+    catalog_problem: str | None = None  # missing or unreadable: repairable
+
+    @property
+    def repairable(self) -> bool:
+        """True if ``repair_store`` has something to do."""
+        return self.catalog_problem is not None or any(s.torn or s.bad_line for s in self.journals)
+
+
+def check_store(store: Store) -> CheckReport:
+    """Verify the journals, the object files they refer to, and the catalog."""
+    report = CheckReport(journals=[scan_journal(store, run_id) for run_id in store.run_ids()])
+    for scan in report.journals:
+        _check_journal(store, scan, report)
+    _check_objects(store, report)
+    _check_catalog(store, report)
+    return report
+
+
+def _check_journal(store: Store, scan: JournalScan, report: CheckReport) -> None:
+    name = f"journals/{scan.path.name}"
+    if scan.torn:
+        live = " (the run is live: a write may be in progress)" if store.is_live(scan.run_id) else ""
+        report.warnings.append((f"{name}: torn tail (a crash mid-write), harmless{live}: {scan.size - scan.good_end} bytes "
+                                f"after record {len(scan.records)} are ignored", "`nbdurable check --repair` truncates it"))
+    if scan.bad_line is not None:
+        report.damage.append((f"{name} is damaged at line {scan.bad_line} ({scan.bad_why}); the {len(scan.records)} records "
+                              "before it are intact", "`nbdurable check --repair` keeps the original aside and salvages them"))
+
+
+def _check_objects(store: Store, report: CheckReport) -> None:
+    uses: dict[str, list[ObjectUse]] = {}
+    for scan in report.journals:
+        for use in object_uses(scan.run_id, scan.records):
+            uses.setdefault(use.key, []).append(use)
+    collected = read_collected(store)
+    for key, refs in uses.items():
+        if not (needing := [u for u in refs if u.needs_file]):
+            continue
+        report.referenced += 1
+        problem = object_problem(store, needing[0])
+        if problem is None:
+            report.present += 1
+        elif problem[0] == "missing" and all(u.run_id in collected for u in needing):
+            report.collected += 1
+        else:
+            report.missing += problem[0] == "missing"
+            report.damaged += problem[0] == "damaged"
+            more = f" (and {len(needing) - 1} more references)" if len(needing) > 1 else ""
+            what = f"object {key} ({needing[0].format or 'output'}) {problem[1]}: {needing[0]} needs it{more}"
+            report.damage.append((what, _OBJECT_HINTS[problem[0]]))
+    report.unreferenced = sum(1 for key in store.object_keys() if key not in uses)
+
+
+def _check_catalog(store: Store, report: CheckReport) -> None:
+    """The catalog must ingest; missing or unreadable it is noted (repairable); busy, it is skipped."""
+    if not (store.path / CATALOG_FILE).exists():
+        report.catalog_problem = f"{CATALOG_FILE} is missing"
+    else:
+        try:
+            store.catalog().ingest()
+        except CorruptJournalError:
+            pass  # reported with the journals; every other journal was ingested
+        except CatalogLockedError as exc:
+            report.warnings.append((f"catalog not checked: {exc.message}", exc.hint or "retry"))
+        except (StoreError, duckdb.Error) as exc:
+            report.catalog_problem = f"{CATALOG_FILE} is unreadable ({getattr(exc, 'message', exc)})"
+    if report.catalog_problem is not None:
+        report.warnings.append((report.catalog_problem, "it is derived from the journals: `nbdurable check --repair` rebuilds it"))
+
+
+def repair_store(store: Store, report: CheckReport) -> tuple[list[str], list[LeaseHeldError]]:
+    """Truncate torn tails, salvage journals corrupt mid-file, rebuild the catalog if needed. Returns what was
+    done, and the errors of the journals left alone because their run is live."""
+    actions, refused = [], []
+    for scan in report.journals:
+        if scan.torn or scan.bad_line is not None:
+            try:
+                actions.append(_repair_journal(store, scan.run_id))
+            except LeaseHeldError as exc:
+                refused.append(exc)
+    if actions or report.catalog_problem is not None:
+        try:
+            actions.append(f"rebuilt the catalog from the journals ({store.catalog().rebuild()} records)")
+        except CorruptJournalError:
+            actions.append("rebuilt the catalog from every journal but the damaged ones left unrepaired")
+    return actions, refused
+
+
+def _repair_journal(store: Store, run_id: str) -> str:
+    """Repair one journal under its run's lease (LeaseHeldError if a live process drives the run)."""
+    with store.acquire_lease(run_id):
+        scan = scan_journal(store, run_id)  # again, under the lease: it may have changed since the check
+        name = f"journals/{scan.path.name}"
+        if scan.bad_line is not None:
+            return f"{name}: {_salvage(store, scan)}"
+        if scan.torn:
+            store.append_journal(run_id).close()  # truncates the torn tail and syncs
+            return f"{name}: truncated the torn tail ({scan.size - scan.good_end} bytes)"
+        return f"{name}: nothing to repair any more"
+
+
+def _salvage(store: Store, scan: JournalScan) -> str:
+    """Keep the damaged journal aside; put the records before its first bad line in its place."""
+    aside = _keep_aside(scan.path)
+    try:
+        if scan.records:
+            tmp = store.path / "tmp" / f"{scan.path.name}.salvage-{os.getpid()}"
+            _write_synced(tmp, aside.read_bytes()[: scan.good_end])
+            os.replace(tmp, scan.path)
+        else:
+            scan.path.unlink()  # nothing before the first line: the run is gone (its journal kept aside)
+        fsync_dir(scan.path.parent)
+    except OSError as exc:
+        raise io_error(exc, f"salvaging the journal of run {scan.run_id}", scan.path) from exc
+    kept = f"salvaged the {len(scan.records)} records before it" if scan.records else "nothing before it to salvage"
+    return f"line {scan.bad_line} was damaged; original kept as journals/{aside.name}; {kept}"
+
+
+def _keep_aside(path: pathlib.Path) -> pathlib.Path:
+    """Hard-link a journal to ``<name>.corrupt-<UTC time>[-n]`` beside it; returns that path."""
+    stamp, n = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), 0
+    while True:
+        aside = path.with_name(f"{path.name}{_ASIDE}{stamp}{f'-{n}' if n else ''}")
+        with contextlib.suppress(FileExistsError):
+            os.link(path, aside)
+            return aside
+        n += 1
+
+
+def _write_synced(path: pathlib.Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class GcReport:
+    """What ``collect_garbage`` kept and deleted (or would delete, in a dry run)."""
+
+    kept: list[str]
+    collected: list[str]  # runs not kept: their objects may be deleted
+    dry_run: bool
+    deleted: int = 0
+    freed: int = 0  # bytes
+    spared_recent: int = 0  # object files no kept run needs, left because they are too recent
+    pruned: list[str] = field(default_factory=list)  # runs whose journal and lease were deleted
+    refused: list[LeaseHeldError] = field(default_factory=list)
+
+
+def collect_garbage(store: Store, *, keep_last: int = 10, dry_run: bool = False, prune_runs: bool = False,
+                    min_age: float = GC_MIN_AGE_S) -> GcReport:
+    """Delete the object files no kept run needs; with ``prune_runs`` also the other runs' journals.
+
+    Raises CorruptJournalError if a journal is damaged: what its unreadable records need is unknown."""
+    scans = {run_id: scan_journal(store, run_id) for run_id in store.run_ids()}
+    if damaged := [s for s in scans.values() if s.bad_line is not None]:
+        raise CorruptJournalError(f"journal {damaged[0].path} is damaged at line {damaged[0].bad_line}: gc cannot know which "
+                                  "objects it needs", hint="run `nbdurable check --repair` first (it salvages the intact records)")
+    kept = kept_runs(store, scans, keep_last)
+    report = GcReport(sorted(kept), sorted(set(scans) - kept), dry_run)
+    if prune_runs and not dry_run:
+        _prune(store, report)  # journals first: a crash half-way leaves orphans, never dangling references
+    if not dry_run:
+        write_collected(store, (read_collected(store) | set(report.collected)) - set(report.kept))
+    needed = {u.key for run_id in report.kept for u in object_uses(run_id, scans[run_id].records)}
+    needed |= {u.key for u in object_uses("", _aside_records(store))}
+    _delete_objects(store, needed, report, time.time() - min_age)
+    if report.pruned:
+        store.catalog().rebuild()
+    return report
+
+
+def kept_runs(store: Store, scans: dict[str, JournalScan], keep_last: int) -> set[str]:
+    """The N most recent runs of each notebook, live or unfinished runs, and the runs kept runs resumed from."""
+    by_notebook: dict[str | None, list[str]] = {}
+    for run_id in sorted(scans):  # run ids sort by time
+        notebook = scans[run_id].first("run").get("notebook")
+        by_notebook.setdefault(notebook if isinstance(notebook, str) else None, []).append(run_id)
+    kept = {r for ids in by_notebook.values() for r in ids[max(0, len(ids) - keep_last):]} if keep_last > 0 else set()
+    kept |= {r for r, scan in scans.items() if not scan.first("run_end") or store.is_live(r)}
+    todo = list(kept)
+    while todo:
+        parent = scans[todo.pop()].first("run").get("resumed_from")
+        if isinstance(parent, str) and parent in scans and parent not in kept:
+            kept.add(parent)
+            todo.append(parent)
+    return kept
+
+
+def _prune(store: Store, report: GcReport) -> None:
+    """Delete the journal and lease file of each collected run, under its lease (live runs are refused)."""
+    for run_id in report.collected:
+        try:
+            with store.acquire_lease(run_id):
+                store.journal_path(run_id).unlink(missing_ok=True)
+                store._lease_path(run_id).unlink(missing_ok=True)
+        except LeaseHeldError as exc:  # resumed or reopened since the scan: live now, so kept
+            report.refused.append(exc)
+            report.kept.append(run_id)
+            continue
+        except OSError as exc:
+            raise io_error(exc, f"deleting the journal of run {run_id}", store.journal_path(run_id)) from exc
+        report.pruned.append(run_id)
+    report.collected = [r for r in report.collected if r not in report.kept]
+    fsync_dir(store.path / "journals")
+
+
+def _delete_objects(store: Store, needed: set[str], report: GcReport, cutoff: float) -> None:
+    """Delete (in a dry run: count) the object files not ``needed`` last modified before ``cutoff``."""
+    for key in [k for k in store.object_keys() if k not in needed]:
+        try:
+            stat = store.object_path(key).stat()
+        except FileNotFoundError:
+            continue
+        if stat.st_mtime > cutoff:
+            report.spared_recent += 1
+            continue
+        if not report.dry_run:
+            store.delete_object(key)
+        report.deleted += 1
+        report.freed += stat.st_size
+
+
+def read_collected(store: Store) -> set[str]:
+    """The runs whose objects garbage collection may have deleted (``gc.json``; unreadable: none)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        return {r for r in json.loads((store.path / GC_FILE).read_bytes()).get("collected_runs") if isinstance(r, str)}
+    return set()
+
+
+def write_collected(store: Store, runs: set[str]) -> None:
+    """Replace ``gc.json`` atomically, listing only the runs that still have a journal."""
+    existing = [r for r in sorted(runs) if store.journal_exists(r)]
+    tmp = store.path / "tmp" / f"{GC_FILE}.{os.getpid()}"
+    try:
+        _write_synced(tmp, json.dumps({"collected_runs": existing}, indent=0).encode() + b"\n")
+        os.replace(tmp, store.path / GC_FILE)
+        fsync_dir(store.path)
+    except OSError as exc:
+        raise io_error(exc, "writing the list of collected runs", store.path / GC_FILE) from exc

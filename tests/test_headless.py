@@ -1,0 +1,217 @@
+"""Headless resumable runs with real kernels: the CLI and the papermill engine, crashes anywhere.
+
+Every test runs the real ``nbdurable`` command (or ``papermill``) in a subprocess on the notebooks of
+``tests/notebooks/``, kills real processes, and checks the counter files the cells write: a completed
+cell must never execute twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+
+
+def nbd(*args: str, cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
+    return subprocess.run([sys.executable, "-m", "nbdurable", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**base, **(env or {})})
+
+
+def copy_notebook(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copyfile(NOTEBOOKS / name, target)
+    return target
+
+
+def counter(tmp_path: Path) -> list[str]:
+    path = tmp_path / "counter.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def outputs(path: Path) -> list[list[dict[str, Any]]]:
+    """Cell outputs without what legitimately differs between runs (execution counts)."""
+    nb = nbformat.read(path, as_version=4)
+    result = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            result.append([{k: v for k, v in o.items() if k != "execution_count"} for o in cell.outputs])
+    return result
+
+
+def test_self_killing_kernel_resumes_and_output_equals_a_clean_run(tmp_path: Path) -> None:
+    nb = copy_notebook("pipeline.ipynb", tmp_path)
+    first = nbd("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 1 and "crashed" in first.stdout, first.stdout + first.stderr
+    assert counter(tmp_path) == ["setup", "cell1", "cell2", "cell3", "cell4"]
+    partial = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert partial.metadata.nbdurable["status"] == "crashed"
+
+    second = nbd("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "6 restored" in second.stdout  # the parameters cell, papermill's injected cell, setup, cells 1-3
+    assert counter(tmp_path) == ["setup", "cell1", "cell2", "cell3", "cell4", "cell4", "cell5", "cell6"]
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    statuses = [c.metadata.nbdurable["status"] for c in out.cells]
+    assert statuses == ["restored"] * 6 + ["executed"] * 4
+    assert out.cells[2].metadata.nbdurable["restored_from"]["run_id"] == partial.metadata.nbdurable["run_id"]
+
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    shutil.copyfile(nb, clean_dir / nb.name)
+    (clean_dir / "killed-once").touch()
+    clean = nbd("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=clean_dir)
+    assert clean.returncode == 0
+    assert outputs(tmp_path / "out.ipynb") == outputs(clean_dir / "out.ipynb")
+
+
+def test_kernel_killed_from_outside_at_a_random_cell(tmp_path: Path) -> None:
+    nb = copy_notebook("pipeline.ipynb", tmp_path)
+    kill_after = random.Random().randint(1, 5)
+    args = ["run", nb.name, "out.ipynb", "-p", "sleep", "0.4", "--no-progress"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=tmp_path, env=base,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(counter(tmp_path)) < kill_after + 1 and time.time() < deadline:
+        time.sleep(0.02)
+    lease = next((tmp_path / ".nbdurable" / "leases").glob("*.lease"))
+    os.kill(json.loads(lease.read_text())["pid"], signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    killed_at = counter(tmp_path)[-1]
+    second = nbd(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    runs = counter(tmp_path)
+    for label in ["setup"] + [f"cell{i}" for i in range(1, 7)]:
+        assert runs.count(label) == (2 if label == killed_at else 1), (label, killed_at, runs)
+
+
+def test_runner_killed_then_rerun_waits_for_the_orphaned_kernel(tmp_path: Path) -> None:
+    nb = copy_notebook("pipeline.ipynb", tmp_path)
+    args = ["run", nb.name, "out.ipynb", "-p", "sleep", "0.4", "--no-progress"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=tmp_path, env=base,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while len(counter(tmp_path)) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    second = nbd(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    runs = counter(tmp_path)
+    assert all(runs.count(f"cell{i}") in (1, 2) for i in range(1, 7)) and runs.count("setup") == 1
+    assert sum(runs.count(f"cell{i}") == 2 for i in range(1, 7)) <= 1
+
+
+def test_failing_cell_fixed_then_resumed(tmp_path: Path) -> None:
+    nb = copy_notebook("failing.ipynb", tmp_path)
+    first = nbd("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 1 and "input not ready" in first.stderr + first.stdout
+    (tmp_path / "fixed.flag").touch()
+    second = nbd("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert counter(tmp_path) == ["load", "check", "check"]
+    text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "out.ipynb", 4).cells for o in c.outputs)
+    assert "result 45" in text
+
+
+def test_edited_cell_executes_from_the_edit_on(tmp_path: Path) -> None:
+    nb_path = copy_notebook("failing.ipynb", tmp_path)
+    assert nbd("run", nb_path.name, "--no-progress", cwd=tmp_path).returncode == 1
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace("raise ValueError('input not ready')", "pass")
+    nbformat.write(nb, nb_path)
+    second = nbd("run", nb_path.name, "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert counter(tmp_path) == ["load", "check", "check"]
+
+
+def test_parameters_identify_the_run(tmp_path: Path) -> None:
+    nb = copy_notebook("pipeline.ipynb", tmp_path)
+    (tmp_path / "params.yaml").write_text("cells: 6\nsleep: 0.0\n")
+    assert nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path).returncode == 1
+    other = nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "99", "--no-progress", cwd=tmp_path)
+    assert other.returncode == 0 and "0 restored" in other.stdout, "other parameters: an independent run"
+    same = nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path)
+    assert same.returncode == 0 and "resumed run" in same.stdout and "4 restored" in same.stdout
+    fresh = nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--fresh", "--no-progress", cwd=tmp_path)
+    assert fresh.returncode == 0 and "0 restored" in fresh.stdout
+
+
+def test_papermill_engine_resumes(tmp_path: Path) -> None:
+    nb = copy_notebook("pipeline.ipynb", tmp_path)
+    cmd = [sys.executable, "-m", "papermill", "--engine", "durable", nb.name, "out.ipynb", "-p", "kill_at", "3"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    assert first.returncode != 0
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    assert second.returncode == 0, second.stderr
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert [c.metadata.nbdurable["status"] for c in out.cells][:4] == ["restored"] * 4
+    assert out.metadata.nbdurable["resumed_from"] and out.metadata.nbdurable["status"] == "completed"
+    assert counter(tmp_path).count("cell1") == 1 and counter(tmp_path).count("cell3") == 2
+
+
+def test_sys_exit_in_a_cell(tmp_path: Path) -> None:
+    nb = copy_notebook("exits.ipynb", tmp_path)
+    assert nbd("run", nb.name, "--no-progress", cwd=tmp_path).returncode == 1
+    (tmp_path / "go.flag").touch()
+    second = nbd("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0 and "2 restored" in second.stdout, second.stdout + second.stderr
+
+
+def test_kernel_dying_during_startup(tmp_path: Path) -> None:
+    spec = tmp_path / "kernels" / "dies"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)", "{connection_file}"],
+        "display_name": "dies", "language": "python"}))
+    nb = copy_notebook("failing.ipynb", tmp_path)
+    (tmp_path / "fixed.flag").touch()
+    env = {"JUPYTER_PATH": str(tmp_path)}
+    first = nbd("run", nb.name, "--kernel", "dies", "--no-progress", cwd=tmp_path, env=env, timeout=120)
+    assert first.returncode == 1 and "start-up" in first.stderr, first.stdout + first.stderr
+    second = nbd("run", nb.name, "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+
+
+def test_runs_show_resume_and_errors(tmp_path: Path) -> None:
+    nb = copy_notebook("failing.ipynb", tmp_path)
+    nbd("run", nb.name, "--no-progress", cwd=tmp_path)
+    runs = nbd("runs", "--notebook", nb.name, cwd=tmp_path)
+    assert runs.returncode == 0 and "failed" in runs.stdout
+    run_id = runs.stdout.splitlines()[1].split()[0]
+    show = nbd("show", run_id, cwd=tmp_path)
+    assert show.returncode == 0 and "failed" in show.stdout and "completed" in show.stdout
+    (tmp_path / "fixed.flag").touch()
+    resumed = nbd("resume", run_id, "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0 and f"resumed run {run_id}" in resumed.stdout, resumed.stderr
+    assert nbd("show", "20990101T000000000-abcdef", cwd=tmp_path).returncode == 2
+    assert nbd("resume", "20990101T000000000-abcdef", cwd=tmp_path).returncode == 2
+    bad = nbd("run", nb.name, "-p", "not-a-name", "1", cwd=tmp_path)
+    assert bad.returncode == 2 and "not a valid parameter name" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["run", "--help"], ["resume", "--help"], ["show", "--help"], ["runs", "--help"]])
+def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
+    result = nbd(*command, cwd=tmp_path)
+    assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_demo_crashes_and_resumes(tmp_path: Path) -> None:
+    demo = nbd("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "KILLED" in demo.stdout and "Resumed: 4 cells restored" in demo.stdout
