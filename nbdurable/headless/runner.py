@@ -27,7 +27,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbdurable.errors import LeaseHeldError, OptionsError
 from nbdurable.kernel_ext.extension import ENV_KIND, ENV_PARAMS, ENV_RESUME, HANDLE_NAME
 from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
-from nbdurable.runtime.replay import RESUMABLE_STATUSES
+from nbdurable.runtime.replay import find_resumable
 from nbdurable.store import Store
 
 LEASE_WAIT_SECONDS = 15.0  # an orphaned kernel (its runner was killed) exits within ~1 s by itself
@@ -60,23 +60,14 @@ def find_resumable_headless(store: Store, notebook: str, params: dict[str, Any])
     orphaned kernel is about to exit); if it stays live, LeaseHeldError."""
     deadline = time.monotonic() + LEASE_WAIT_SECONDS
     while True:
-        runs = store.catalog().runs(notebook=notebook, limit=200)
-        wanted = params_key(params)
-        for row in runs.itertuples(index=False):
-            if params_key(json.loads(row.params or "{}")) != wanted or not row.steps_total:
-                continue
-            if row.status == "running":
-                if time.monotonic() < deadline:
-                    break  # wait for it below
-                holder = store.lease_holder(str(row.run_id)) or {}
-                raise LeaseHeldError(
-                    f"run {row.run_id} of {notebook} with these parameters is still being driven by process "
-                    f"{holder.get('pid')} on {holder.get('host')}.",
-                    hint="wait for it to finish, or stop it; use --fresh to start an independent run now.",
-                )
-            return str(row.run_id) if row.status in RESUMABLE_STATUSES else None
-        else:
-            return None
+        run_id, live = find_resumable(store, notebook, params)
+        if live is None:
+            return run_id
+        if time.monotonic() >= deadline:
+            raise LeaseHeldError(
+                f"{live} ({notebook}, same parameters).",
+                hint="wait for it to finish, or stop it; use --fresh to start an independent run now.",
+            )
         time.sleep(0.25)
 
 

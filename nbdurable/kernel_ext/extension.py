@@ -162,7 +162,7 @@ class Durable(Configurable):
         """Arm replay of this notebook's latest unfinished run, if there is one."""
         run_id, note = find_resumable(self.store_obj, self.notebook)
         if note and announce:
-            print(f"nbdurable: {note}", file=sys.stderr)
+            print(f"nbdurable: {note}; this session starts a new run.", file=sys.stderr)
         if run_id is None:
             return None
         self.arm(ReplayPlan.from_run(self.store_obj, run_id))

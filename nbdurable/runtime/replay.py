@@ -15,6 +15,7 @@ Rules that make the plan safe:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,20 +144,41 @@ def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> Planned
 RESUMABLE_STATUSES = ("failed", "crashed", "cancelled", "suspended")
 
 
-def find_resumable(store: Store, notebook: str | None) -> tuple[str | None, str | None]:
-    """The newest run of ``notebook`` that did not finish, and a note for the user when relevant.
+def journal_status(store: Store, run_id: str) -> tuple[str, int]:
+    """A run's status and number of top-level steps, from its journal and lease (no catalog)."""
+    records = store.read_journal(run_id)
+    steps = sum(1 for r in records if r.get("t") == "step_start" and r.get("parent") is None)
+    end = next((r for r in reversed(records) if r.get("t") == "run_end"), None)
+    if end is not None:
+        return str(end.get("status")), steps
+    return ("running" if store.is_live(run_id) else "crashed"), steps
 
-    Runs that recorded no step are passed over (a session opened and closed without running a cell).
-    A run that is still live in another process is not resumed: the note says so."""
+
+def find_resumable(
+    store: Store, notebook: str | None, params: dict[str, Any] | None = None
+) -> tuple[str | None, str | None]:
+    """The newest run of ``notebook`` (with these ``params``, if given) that did not finish, and a note.
+
+    Reads journal heads newest first and stops at the first run of the notebook that recorded steps, so
+    neither a kernel nor a runner opens the catalog to decide. A run still live in another process is
+    not resumed: the note says so (and the run id is returned as the second element's subject)."""
     if not notebook:
         return None, None
-    runs = store.catalog().runs(notebook=notebook, limit=50)
-    for row in runs.itertuples(index=False):
-        if not row.steps_total:
+    wanted = _params_key(params) if params is not None else None
+    for run_id in reversed(store.run_ids()):
+        head = store.journal_head(run_id)
+        if head is None or head.get("notebook") != notebook:
             continue
-        if row.status == "running":
-            return None, f"run {row.run_id} of this notebook is live in another process; this session starts a new run."
-        if row.status in RESUMABLE_STATUSES:
-            return str(row.run_id), None
-        return None, None
+        if wanted is not None and _params_key(head.get("params") or {}) != wanted:
+            continue
+        status, steps = journal_status(store, run_id)
+        if not steps:
+            continue
+        if status == "running":
+            return None, f"run {run_id} of this notebook is live in another process"
+        return (run_id if status in RESUMABLE_STATUSES else None), None
     return None, None
+
+
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)

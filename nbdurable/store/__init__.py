@@ -9,6 +9,7 @@ A store is a directory::
     tmp/                    temporary files, renamed into objects/
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog
+    gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
 
 The store knows nothing of IPython or of the runtime. Everything a shared backend (PostgreSQL, fsspec)
 would replace sits behind ``Store``.

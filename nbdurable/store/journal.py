@@ -399,6 +399,17 @@ class JournalsMixin:
         """All valid records of a run's journal (a torn last line is ignored)."""
         return read_records(self._existing_journal(run_id))[0]
 
+    def journal_head(self, run_id: str) -> dict[str, Any] | None:
+        """The first record of a run's journal (its ``run`` record), reading only its first line.
+
+        None if the journal is empty or its first line is not complete and valid yet. Lets a runner
+        choose the run to resume without opening the catalog."""
+        with open(self._existing_journal(run_id), "rb") as f:
+            line = f.readline()
+        body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
+        record = json.loads(body) if body is not None else None
+        return record if isinstance(record, dict) else None
+
     def journal_exists(self, run_id: str) -> bool:
         """True if the run has a journal in this store."""
         return is_run_id(run_id) and self.journal_path(run_id).is_file()

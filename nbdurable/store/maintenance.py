@@ -1,10 +1,11 @@
 """Store maintenance: verify (``check_store``), repair (``repair_store``), delete unneeded objects (``collect_garbage``).
 
-Repairs never delete user data (a journal corrupt mid-file is kept aside as ``<run>.jsonl.corrupt-<time>``) and
-hold the run's lease, so a live run is never touched. The catalog is derived data: missing, it is rebuilt, not
-damage. GC spares object files modified in the last ``GC_MIN_AGE_S`` s (a live run writes an object before its
-commit record), but a live run reuses an old object already stored as is: collect while no notebook runs to be
-sure. Collected runs are listed in ``gc.json``: their missing objects are not damage.
+Repairs never delete user data (a journal corrupt mid-file is kept aside as ``<run>.jsonl.corrupt-<time>``) and hold
+the run's lease: a live run is never touched. The catalog is derived: missing, it is rebuilt, not damage. GC spares
+object files modified in the last ``GC_MIN_AGE_S`` s (a live run writes an object before its commit record, and
+``write_object`` refreshes the mtime of content it finds already stored); only a reuse between gc's check and
+its delete could race, so collect while no notebook runs to be certain. Collected runs are
+listed in ``gc.json``: their missing objects are not damage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import duckdb
 
 from ..errors import CatalogLockedError, CorruptJournalError, LeaseHeldError, StoreError
 from .catalog import CATALOG_FILE
-from .journal import _checked_body, fsync_dir, io_error, read_records
+from .journal import _checked_body, fsync_dir, io_error
 
 if TYPE_CHECKING:
     from . import Store
@@ -31,14 +33,12 @@ GC_MIN_AGE_S = 600.0  # object files younger than this may belong to a commit in
 GC_FILE = "gc.json"  # {"collected_runs": [...]}: runs whose objects garbage collection may have deleted
 FILE_FORMATS = ("pickle", "ndarray", "parquet")
 _MAGIC = {"pickle": b"NBDP", "ndarray": b"NBDA"}
-_PARQUET_MAGIC = b"PAR1"
 _NOT_OBJECT = "checksum matches but the content is not a JSON object"
 _ASIDE = ".corrupt-"
-_OBJECT_HINTS = {
-    "missing": "copy it back from a backup of the store if you have one; else that step cannot be restored: "
-    "run the notebook afresh (`%durable new`)",
-    "damaged": "copy a good version back from a backup, or delete the file and run the notebook afresh (`%durable new`)",
-}
+_KEY_IN_JSON = re.compile(rb'"object":"([0-9a-f]{32})"')
+_OBJECT_HINTS = {"missing": "copy it back from a backup of the store if you have one; else that step cannot be restored: "
+                 "run the notebook afresh (`%durable new`)",
+                 "damaged": "copy a good version back from a backup, or delete it and run the notebook afresh (`%durable new`)"}
 
 
 @dataclass
@@ -67,32 +67,24 @@ def scan_journal(store: Store, run_id: str) -> JournalScan:
     """Read a journal without raising for damage: a corrupt line ends the records and is noted."""
     path = store.journal_path(run_id)
     try:
-        size = path.stat().st_size
-        try:  # the fast reader first; line by line only for a damaged journal
-            records, end, _torn = read_records(path)
-        except CorruptJournalError:
-            return _scan_lines(run_id, path, path.read_bytes())
+        return _scan_lines(run_id, path, path.read_bytes())
     except OSError as exc:
         raise io_error(exc, f"reading the journal of run {run_id}", path) from exc
-    return JournalScan(run_id, path, records, end, max(size, end))
 
 
 def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
     """The record of one journal line (without its newline), or None and why the line is bad."""
-    body = _checked_body(line)
-    if body is None:
+    if (body := _checked_body(line)) is None:
         return None, "checksum mismatch" if b"\t" in line else "no checksum"
-    try:
-        record = json.loads(body)
-    except ValueError:
-        record = None
-    return (record, "") if isinstance(record, dict) else (None, _NOT_OBJECT)
+    with contextlib.suppress(ValueError):
+        if isinstance(record := json.loads(body), dict):
+            return record, ""
+    return None, _NOT_OBJECT
 
 
 def _scan_lines(run_id: str, path: pathlib.Path, data: bytes) -> JournalScan:
-    """Read a damaged journal line by line (the rules of ``read_records``: a bad last line is torn)."""
-    scan = JournalScan(run_id, path, [], 0, len(data))
-    lines = data.split(b"\n")
+    """Read a journal line by line, by the rules of ``read_records`` (a bad last line is a torn write)."""
+    scan, lines = JournalScan(run_id, path, [], 0, len(data)), data.split(b"\n")
     partial = lines.pop()
     for number, line in enumerate(lines, 1):
         record, why = _decode(line)
@@ -105,13 +97,15 @@ def _scan_lines(run_id: str, path: pathlib.Path, data: bytes) -> JournalScan:
     return scan
 
 
-def _aside_records(store: Store) -> Iterator[dict[str, Any]]:
-    """Every intact record of the damaged journals that repairs kept aside."""
+def _aside_keys(store: Store) -> set[str]:
+    """Every object key named in the damaged journals that repairs kept aside, damaged lines included."""
+    keys: set[str] = set()
     for path in (store.path / "journals").glob(f"*{_ASIDE}*"):
-        with contextlib.suppress(OSError):
-            for line in path.read_bytes().split(b"\n"):
-                if (record := _decode(line)[0]) is not None:
-                    yield record
+        try:
+            keys.update(key.decode() for key in _KEY_IN_JSON.findall(path.read_bytes()))
+        except OSError as exc:  # stop: delete nothing rather than what it may need
+            raise io_error(exc, "reading a damaged journal kept aside", path) from exc
+    return keys
 
 
 @dataclass(frozen=True)
@@ -120,18 +114,9 @@ class ObjectUse:
 
     key: str
     format: str | None  # None: a big output (JSON) stored as an object file
-    inline: bool
+    needs_file: bool  # restoring it reads the object's file (not inline, not a module or an unrestorable)
     run_id: str
-    ordinal: Any
-    what: str  # "variable `df`", "output 2"
-
-    @property
-    def needs_file(self) -> bool:
-        """True if restoring this reference reads the object's file."""
-        return self.format is None or (self.format in FILE_FORMATS and not self.inline)
-
-    def __str__(self) -> str:
-        return f"{self.what} of step {self.ordinal} of run {self.run_id}"
+    where: str  # "variable `df` of step 3 of run <id>", "output 2 of step 3 of run <id>"
 
 
 def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[ObjectUse]:
@@ -141,11 +126,12 @@ def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[Obje
             continue
         for v in r.get("variables") or []:
             if isinstance(v, dict) and isinstance(key := v.get("object"), str):
-                inline = v.get("inline") is not None
-                yield ObjectUse(key, v.get("format"), inline, run_id, r.get("ordinal"), f"variable `{v.get('name')}`")
+                where = f"variable `{v.get('name')}` of step {r.get('ordinal')} of run {run_id}"
+                needs_file = v.get("format") in FILE_FORMATS and v.get("inline") is None
+                yield ObjectUse(key, v.get("format"), needs_file, run_id, where)
         for i, o in enumerate(r.get("outputs") or []):
             if isinstance(o, dict) and o.get("output_type") == "object" and isinstance(key := o.get("object"), str):
-                yield ObjectUse(key, None, False, run_id, r.get("ordinal"), f"output {i}")
+                yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}")
 
 
 def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "damaged"], str] | None:
@@ -160,12 +146,11 @@ def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "da
         return "missing", "is missing"
     except OSError as exc:
         return "damaged", f"cannot be read ({exc.strerror or exc})"
-    magic = _MAGIC.get(str(use.format))
     if size == 0:
         return "damaged", "is empty"
-    if magic is not None and head != magic:
+    if (magic := _MAGIC.get(str(use.format))) is not None and head != magic:
         return "damaged", f"does not start with the {use.format} magic {magic!r} (overwritten or truncated)"
-    if use.format == "parquet" and (size < 12 or head != _PARQUET_MAGIC or tail != _PARQUET_MAGIC):
+    if use.format == "parquet" and (size < 12 or head != b"PAR1" or tail != b"PAR1"):
         return "damaged", "is not a whole Parquet file (no PAR1 at both ends: truncated?)"
     if use.format is None and head[:1] != b"{":
         return "damaged", "is not a JSON output (it does not start with '{')"
@@ -186,11 +171,6 @@ class CheckReport:
     collected: int = 0  # missing, but only runs collected by gc needed them
     unreferenced: int = 0  # object files no journal refers to (gc deletes them)
     catalog_problem: str | None = None  # missing or unreadable: repairable
-
-    @property
-    def repairable(self) -> bool:
-        """True if ``repair_store`` has something to do."""
-        return self.catalog_problem is not None or any(s.torn or s.bad_line for s in self.journals)
 
 
 def check_store(store: Store) -> CheckReport:
@@ -233,7 +213,7 @@ def _check_objects(store: Store, report: CheckReport) -> None:
             report.missing += problem[0] == "missing"
             report.damaged += problem[0] == "damaged"
             more = f" (and {len(needing) - 1} more references)" if len(needing) > 1 else ""
-            what = f"object {key} ({needing[0].format or 'output'}) {problem[1]}: {needing[0]} needs it{more}"
+            what = f"object {key} ({needing[0].format or 'output'}) {problem[1]}: {needing[0].where} needs it{more}"
             report.damage.append((what, _OBJECT_HINTS[problem[0]]))
     report.unreferenced = sum(1 for key in store.object_keys() if key not in uses)
 
@@ -244,14 +224,13 @@ def _check_catalog(store: Store, report: CheckReport) -> None:
         report.catalog_problem = f"{CATALOG_FILE} is missing"
     else:
         try:
-            store.catalog().ingest()
-        except CorruptJournalError:
-            pass  # reported with the journals; every other journal was ingested
+            with contextlib.suppress(CorruptJournalError):  # reported with the journals; the others are ingested
+                store.catalog().ingest()
         except CatalogLockedError as exc:
             report.warnings.append((f"catalog not checked: {exc.message}", exc.hint or "retry"))
         except (StoreError, duckdb.Error) as exc:
             report.catalog_problem = f"{CATALOG_FILE} is unreadable ({getattr(exc, 'message', exc)})"
-    if report.catalog_problem is not None:
+    if report.catalog_problem:
         report.warnings.append((report.catalog_problem, "it is derived from the journals: `nbdurable check --repair` rebuilds it"))
 
 
@@ -288,19 +267,16 @@ def _repair_journal(store: Store, run_id: str) -> str:
 
 def _salvage(store: Store, scan: JournalScan) -> str:
     """Keep the damaged journal aside; put the records before its first bad line in its place."""
-    aside = _keep_aside(scan.path)
     try:
-        if scan.records:
-            tmp = store.path / "tmp" / f"{scan.path.name}.salvage-{os.getpid()}"
-            _write_synced(tmp, aside.read_bytes()[: scan.good_end])
-            os.replace(tmp, scan.path)
-        else:
-            scan.path.unlink()  # nothing before the first line: the run is gone (its journal kept aside)
+        aside = _keep_aside(scan.path)
+        tmp = store.path / "tmp" / f"{scan.path.name}.salvage-{os.getpid()}"
+        _write_synced(tmp, aside.read_bytes()[: scan.good_end])
+        os.replace(tmp, scan.path)
         fsync_dir(scan.path.parent)
     except OSError as exc:
         raise io_error(exc, f"salvaging the journal of run {scan.run_id}", scan.path) from exc
-    kept = f"salvaged the {len(scan.records)} records before it" if scan.records else "nothing before it to salvage"
-    return f"line {scan.bad_line} was damaged; original kept as journals/{aside.name}; {kept}"
+    return (f"line {scan.bad_line} was damaged; the original is kept as journals/{aside.name}; "
+            f"salvaged the {len(scan.records)} records before it")
 
 
 def _keep_aside(path: pathlib.Path) -> pathlib.Path:
@@ -337,9 +313,8 @@ class GcReport:
 
 def collect_garbage(store: Store, *, keep_last: int = 10, dry_run: bool = False, prune_runs: bool = False,
                     min_age: float = GC_MIN_AGE_S) -> GcReport:
-    """Delete the object files no kept run needs; with ``prune_runs`` also the other runs' journals.
-
-    Raises CorruptJournalError if a journal is damaged: what its unreadable records need is unknown."""
+    """Delete the object files no kept run needs; with ``prune_runs`` also the other runs' journals. Raises
+    CorruptJournalError if a journal is damaged: what its unreadable records need is unknown."""
     scans = {run_id: scan_journal(store, run_id) for run_id in store.run_ids()}
     if damaged := [s for s in scans.values() if s.bad_line is not None]:
         raise CorruptJournalError(f"journal {damaged[0].path} is damaged at line {damaged[0].bad_line}: gc cannot know which "
@@ -351,7 +326,7 @@ def collect_garbage(store: Store, *, keep_last: int = 10, dry_run: bool = False,
     if not dry_run:
         write_collected(store, (read_collected(store) | set(report.collected)) - set(report.kept))
     needed = {u.key for run_id in report.kept for u in object_uses(run_id, scans[run_id].records)}
-    needed |= {u.key for u in object_uses("", _aside_records(store))}
+    needed |= _aside_keys(store)
     _delete_objects(store, needed, report, time.time() - min_age)
     if report.pruned:
         store.catalog().rebuild()
@@ -382,13 +357,12 @@ def _prune(store: Store, report: GcReport) -> None:
             with store.acquire_lease(run_id):
                 store.journal_path(run_id).unlink(missing_ok=True)
                 store._lease_path(run_id).unlink(missing_ok=True)
+            report.pruned.append(run_id)
         except LeaseHeldError as exc:  # resumed or reopened since the scan: live now, so kept
             report.refused.append(exc)
             report.kept.append(run_id)
-            continue
         except OSError as exc:
             raise io_error(exc, f"deleting the journal of run {run_id}", store.journal_path(run_id)) from exc
-        report.pruned.append(run_id)
     report.collected = [r for r in report.collected if r not in report.kept]
     fsync_dir(store.path / "journals")
 
@@ -396,17 +370,14 @@ def _prune(store: Store, report: GcReport) -> None:
 def _delete_objects(store: Store, needed: set[str], report: GcReport, cutoff: float) -> None:
     """Delete (in a dry run: count) the object files not ``needed`` last modified before ``cutoff``."""
     for key in [k for k in store.object_keys() if k not in needed]:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: nothing to do
             stat = store.object_path(key).stat()
-        except FileNotFoundError:
-            continue
-        if stat.st_mtime > cutoff:
-            report.spared_recent += 1
-            continue
-        if not report.dry_run:
-            store.delete_object(key)
-        report.deleted += 1
-        report.freed += stat.st_size
+            if stat.st_mtime > cutoff:
+                report.spared_recent += 1
+            else:
+                if not report.dry_run:
+                    store.delete_object(key)
+                report.deleted, report.freed = report.deleted + 1, report.freed + stat.st_size
 
 
 def read_collected(store: Store) -> set[str]:

@@ -90,7 +90,9 @@ class ObjectsMixin:
         """
         final = self.object_path(key)
         try:
-            return final.stat().st_size  # content-addressed: same key, same bytes
+            size = final.stat().st_size  # content-addressed: same key, same bytes
+            os.utime(final)  # a fresh reference: gc spares recently touched objects
+            return size
         except FileNotFoundError:
             pass
         tmp_dir = self.path / "tmp"
