@@ -17,6 +17,7 @@ from bench.common import ROOT, Figure, print_table, run_child
 SUITE = {
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
+    "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
 }
 
 
@@ -28,7 +29,8 @@ def main() -> None:
     figures: list[Figure] = []
     for group in args.only or list(SUITE):
         for module, extra in SUITE[group]:
-            quick = {"cell_overhead": ["--rounds", "2", "--cells", "100"], "checkpoint": ["--repeats", "1"]}
+            quick = {"cell_overhead": ["--rounds", "2", "--cells", "100"], "checkpoint": ["--repeats", "1"],
+                     "headless": ["--repeats", "1"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)
             rows = run_child(module, *extra, *(quick.get(module, []) if args.quick else []))
             figures += [Figure(**row) for row in rows]

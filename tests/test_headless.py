@@ -215,3 +215,20 @@ def test_demo_crashes_and_resumes(tmp_path: Path) -> None:
     demo = nbd("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "KILLED" in demo.stdout and "Resumed: 4 cells restored" in demo.stdout
+
+
+def test_ctrl_c_of_the_runner_leaves_a_resumable_run(tmp_path: Path) -> None:
+    nb = copy_notebook("pipeline.ipynb", tmp_path)
+    args = ["run", nb.name, "out.ipynb", "-p", "sleep", "0.4", "--no-progress"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=tmp_path, env=base,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while len(counter(tmp_path)) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    done_before = set(counter(tmp_path))
+    second = nbd(*args, cwd=tmp_path)
+    assert second.returncode == 0 and "resumed run" in second.stdout, second.stdout + second.stderr
+    assert counter(tmp_path).count("setup") == 1 and all(counter(tmp_path).count(c) <= 2 for c in done_before)
