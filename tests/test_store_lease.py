@@ -27,10 +27,13 @@ store = Store.open(sys.argv[1])
 lease = store.acquire_lease(sys.argv[2])
 child = 0
 if len(sys.argv) > 3:  # leave a forked child behind, sleeping, sharing the lease's open file
+    r, w = os.pipe()
     child = os.fork()
-    if child == 0:
+    if child == 0:  # at-fork handlers have run by now: say so, then linger
+        os.write(w, b"x")
         time.sleep(60)
         os._exit(0)
+    os.read(r, 1)
 print("ready", child, flush=True)
 time.sleep(60)
 """

@@ -551,7 +551,7 @@ def _page_copies(
     Raises _Fallback for anything but PLAIN, uncompressed data pages, and for what does not add up."""
     try:
         return _find_pages(view, parquet, j, stored, dest)
-    except (IndexError, ValueError, TypeError, pa.ArrowException) as exc:  # read past the end, bad sizes...
+    except (LookupError, ValueError, TypeError, pa.ArrowException) as exc:  # read past the end, bad sizes...
         raise _Fallback from exc
 
 
@@ -575,7 +575,7 @@ def _find_pages(
         while pos < end:
             header, pos = _thrift_struct(view, pos, _PAGE_HEADER)
             page_end = pos + header[3]
-            if page_end > end:
+            if page_end > end or header[2] != header[3]:  # uncompressed: both sizes are the same
                 raise _Fallback
             count, valid, values_at = _page_layout(view, header, pos, page_end, optional)
             if valid is not None and dest.dtype.kind in "iu":
