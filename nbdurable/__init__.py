@@ -11,19 +11,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from nbdurable.errors import (  # noqa: E402
-    CatalogLockedError,
-    CorruptJournalError,
-    CorruptObjectError,
-    LeaseHeldError,
-    NbdurableError,
-    ObjectNotFoundError,
-    OptionsError,
-    RestoreError,
-    RunNotFoundError,
-    StoreError,
-    StoreFormatError,
-)
+from nbdurable import errors as _errors  # noqa: E402
+from nbdurable.errors import *  # noqa: E402,F403  (the error hierarchy is part of the public API)
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -40,19 +29,4 @@ def unload_ipython_extension(shell: Any) -> None:
     unload(shell)
 
 
-__all__ = [
-    "__version__",
-    "load_ipython_extension",
-    "unload_ipython_extension",
-    "NbdurableError",
-    "StoreError",
-    "StoreFormatError",
-    "CorruptJournalError",
-    "ObjectNotFoundError",
-    "CorruptObjectError",
-    "CatalogLockedError",
-    "LeaseHeldError",
-    "RunNotFoundError",
-    "RestoreError",
-    "OptionsError",
-]
+__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_errors.__all__]

@@ -698,10 +698,12 @@ def _do_copies(copies: list[_Copy]) -> None:
 
 # Parquet page headers are Thrift structs (compact protocol). Only what locates the values is kept:
 # PageHeader {1: type, 2: uncompressed size, 3: compressed size, 5: DataPageHeader {1: num_values,
-# 2: encoding, 3: definition level encoding}, 8: DataPageHeaderV2 {1: num_values, 2: num_nulls,
-# 4: encoding, 5: definition levels byte length, 6: repetition levels byte length}}; the rest is skipped.
+# 2: encoding, 3: definition level encoding, 4: repetition level encoding}, 8: DataPageHeaderV2
+# {1: num_values, 2: num_nulls, 3: num_rows, 4: encoding, 5: definition levels byte length,
+# 6: repetition levels byte length}}, all i32 and required; the rest is skipped. As strict as pyarrow's
+# own reader on what is kept (type and presence), so that a damaged header is not taken for a good one.
 _PAGE_HEADER: dict[int, Any] = {
-    1: "i", 2: "i", 3: "i", 5: {1: "i", 2: "i", 3: "i"}, 8: {1: "i", 2: "i", 4: "i", 5: "i", 6: "i"}
+    1: "i", 2: "i", 3: "i", 5: {1: "i", 2: "i", 3: "i", 4: "i"}, 8: {1: "i", 2: "i", 3: "i", 4: "i", 5: "i", 6: "i"}
 }  # fmt: skip
 _MAX_NESTING = 16
 
@@ -744,13 +746,19 @@ def _thrift_struct(
             raw, pos = _varint(view, pos)
             field = _zigzag(raw)
         want = wanted.get(field)
-        if want == "i" and kind in (4, 5, 6):  # i16, i32, i64
+        if want is None:
+            pos = _thrift_skip(view, pos, kind, depth + 1)
+        elif field in found:
+            raise _Fallback
+        elif want == "i" and kind == 5:  # i32
             raw, pos = _varint(view, pos)
             found[field] = _zigzag(raw)
-        elif isinstance(want, dict) and kind == 12:
+        elif isinstance(want, dict) and kind == 12:  # struct
             found[field], pos = _thrift_struct(view, pos, want, depth + 1)
+            if len(found[field]) != len(want):  # all the fields we keep are required ones
+                raise _Fallback
         else:
-            pos = _thrift_skip(view, pos, kind, depth + 1)
+            raise _Fallback  # a field of the wrong type
 
 
 def _thrift_skip(view: memoryview, pos: int, kind: int, depth: int, in_list: bool = False) -> int:
