@@ -479,6 +479,129 @@ def test_big_dataframe_survives_short_writes() -> None:
     pd.testing.assert_frame_equal(restore("parquet", f.data), df, check_exact=True)
 
 
+def _numeric_frame(n: int) -> pd.DataFrame:
+    """Every numpy dtype the Parquet reader copies in place, with NaN and NaT, next to other columns."""
+    rng = np.random.default_rng(7)
+    f = rng.random(n)
+    f[rng.random(n) < 0.05] = np.nan
+    f[: n // 5] = np.nan  # whole pages of nulls, and pages without any
+    t = pd.Series(pd.date_range("2020", periods=n, freq="ms", unit="ns"))
+    t[rng.random(n) < 0.3] = pd.NaT
+    return pd.DataFrame(
+        {
+            "f": f,
+            "g": rng.random(n),
+            "f32": rng.random(n).astype("float32"),
+            "i8": rng.integers(-128, 127, n).astype("int8"),
+            "u16": rng.integers(0, 65535, n).astype("uint16"),
+            "u32": rng.integers(0, 2**32 - 1, n, dtype="uint64").astype("uint32"),
+            "u64": rng.integers(0, 2**64 - 1, n, dtype="uint64"),
+            "i": np.arange(n),
+            "t": t,
+            "ms": np.arange(n).astype("datetime64[ms]"),
+            "td": np.arange(n).astype("timedelta64[s]"),
+            "s": pd.array(np.where(rng.random(n) < 0.1, None, "abc"), dtype="str"),
+            "b": rng.random(n) < 0.5,
+            "c": pd.Categorical(rng.choice(["x", "y"], n)),
+            "tz": pd.date_range("2020", periods=n, freq="s", tz="UTC"),
+        },
+        index=pd.Index(rng.integers(0, 1000, n), name="k"),
+    )
+
+
+def _assert_mutable(back: pd.DataFrame) -> None:
+    """The restored frame is an ordinary one: every column writable, in place and by assignment."""
+    for j in range(back.shape[1]):
+        back.iloc[0, j] = back.iloc[-1, j]
+    back["g"] += 1
+    back.loc[back.index[:3], "f"] = 5.0
+    back.loc[back.index[1], "t"] = pd.Timestamp("2000-01-01")
+    assert (back["f"].iloc[:3] == 5.0).all() and back["t"].iloc[1] == pd.Timestamp("2000-01-01")
+
+
+def test_big_dataframe_restores_exactly_and_writable_from_a_mapped_file(tmp_path: pathlib.Path) -> None:
+    """Several row groups and pages, restored from a copy-on-write mapping as the store gives it."""
+    df = _numeric_frame(1_100_000)
+    s = serialize(df)
+    assert s.format == "parquet"
+    path = tmp_path / "obj"
+    with open(path, "wb", buffering=0) as f:
+        s.write(f)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 1
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    back = restore("parquet", memoryview(mapped))
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+    pd.testing.assert_frame_equal(back, pq.read_table(path).to_pandas(), check_exact=True)
+    _assert_mutable(back)
+    assert not back.equals(df)
+    assert path.read_bytes() == s.to_bytes()  # the file is untouched
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"data_page_version": "2.0"},
+        {"data_page_version": "2.0", "required": True},
+        {"required": True},
+        {"compression": "snappy"},
+        {"use_dictionary": True},
+        {
+            "row_group_size": 10_000,
+            "data_page_size": 1000,
+            "write_statistics": True,
+            "write_page_checksum": True,
+            "write_page_index": True,
+        },
+    ],
+    ids=["page v2", "page v2 required", "required", "snappy", "dictionary", "small pages, statistics, checksums"],
+)
+def test_parquet_written_with_other_options_restores_exactly(options: dict[str, Any]) -> None:
+    """The reader copies PLAIN pages itself; files laid out otherwise still come back exactly."""
+    df = _numeric_frame(50_000)
+    table = pq.read_table(pa.BufferReader(serialize(df).to_bytes()))  # our schema and metadata
+    options = dict(options)
+    if options.pop("required", False):
+        fields = [field.with_nullable(field.name in ("f", "t", "s")) for field in table.schema]
+        table = pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=table.schema.metadata))
+    out = io.BytesIO()
+    pq.write_table(table, out, store_schema=True, **{"compression": "none", "use_dictionary": ["c"], **options})
+    back = restore("parquet", bytearray(out.getvalue()))
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+    _assert_mutable(back)
+
+
+def test_parquet_int_column_with_nulls_converts_like_pyarrow() -> None:
+    """Not a file we write (numpy ints have no nulls): the result is pyarrow's own conversion."""
+    df = pd.DataFrame({"i": np.arange(1000), "f": np.arange(1000.0)})
+    table = pq.read_table(pa.BufferReader(serialize(df).to_bytes()))
+    ints = pa.array([None if k % 3 == 0 else k for k in range(1000)], pa.int64())
+    table = pa.Table.from_arrays([ints, table.column("f")], schema=table.schema)
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="none", use_dictionary=False, store_schema=True)
+    back = restore("parquet", bytearray(out.getvalue()))
+    pd.testing.assert_frame_equal(back, table.to_pandas(), check_exact=True)
+    assert back["i"].dtype == np.float64
+
+
+def test_damaged_parquet_page_headers_are_corrupt_or_read() -> None:
+    """Bytes changed in page headers: CorruptObjectError, or a frame - never another exception."""
+    n = 300_000
+    df = pd.DataFrame({"f": np.where(np.arange(n) % 7 == 0, np.nan, 1.5), "i": np.arange(n)})
+    data = serialize(df).to_bytes()
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    starts = [meta.row_group(g).column(j).data_page_offset for g in range(meta.num_row_groups) for j in range(2)]
+    outcomes = collections.Counter()
+    for k in range(200):
+        damaged = bytearray(data)
+        damaged[starts[k % len(starts)] + (k * 7) % 40] ^= 1 + (k * 37) % 255
+        try:
+            outcomes["equal" if restore("parquet", damaged).equals(df) else "read"] += 1
+        except CorruptObjectError:
+            outcomes["corrupt"] += 1
+    assert outcomes["corrupt"] > 0
+
+
 class FrameSubclass(pd.DataFrame):  # type: ignore[misc]
     @property
     def _constructor(self) -> type[FrameSubclass]:

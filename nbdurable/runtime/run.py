@@ -181,10 +181,12 @@ class DurableRun:
         """Commit a step restored from an earlier run; returns the time it saved."""
         restore_time = time.perf_counter() - step.t0
         ended = time.time()
+        # The outputs are already in journal form, and the step can be restored again from its source
+        # run, so it needs neither re-encoding nor an immediate flush (``finish`` syncs).
         self._committer.run(
             lambda: self._commit(
                 step, "restored", planned.variables, planned.outputs, None,
-                duration=planned.duration, ended=ended, restored_from=planned.origin,
+                duration=planned.duration, ended=ended, restored_from=planned.origin, journaled=True,
             )
         )  # fmt: skip
         saved = max(0.0, planned.duration - restore_time)
@@ -232,6 +234,7 @@ class DurableRun:
         duration: float,
         ended: float,
         restored_from: dict[str, Any] | None = None,
+        journaled: bool = False,
     ) -> None:
         record = step_end_record(
             step.ordinal,
@@ -240,12 +243,13 @@ class DurableRun:
             ended_at=ended,
             duration=duration,
             variables=refs,
-            outputs=persist_outputs(self.store, outputs),
+            outputs=outputs if journaled else persist_outputs(self.store, outputs),
             error=error,
             restored_from=restored_from,
         )
         self._journal.append(record)
-        self._journal.sync_soon()
+        if not journaled:
+            self._journal.sync_soon()
 
     def finish(self, status: str) -> None:
         """Write the final record and release the lease. Idempotent."""
