@@ -51,7 +51,7 @@ class DurableMagics(Magics):
             )
         return command(rest)
 
-    @cell_magic("durable")
+    @cell_magic("durable")  # type: ignore[arg-type,unused-ignore]  # IPython 9 types the named form as a union
     def durable_cell(self, line: str, cell: str) -> Any:
         """Options for one cell: ``%%durable [--name NAME] [--always] [--no-state]``, then the cell's code.
 
