@@ -232,3 +232,17 @@ def test_ctrl_c_of_the_runner_leaves_a_resumable_run(tmp_path: Path) -> None:
     second = nbd(*args, cwd=tmp_path)
     assert second.returncode == 0 and "resumed run" in second.stdout, second.stdout + second.stderr
     assert counter(tmp_path).count("setup") == 1 and all(counter(tmp_path).count(c) <= 2 for c in done_before)
+
+
+def test_control_cell_splits_the_batch_restore(tmp_path: Path) -> None:
+    nb_path = copy_notebook("pipeline.ipynb", tmp_path)
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells.insert(4, nbformat.v4.new_code_cell("%durable status"))
+    nbformat.write(nb, nb_path)
+    assert nbd("run", nb_path.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path).returncode == 1
+    second = nbd("run", nb_path.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0 and "6 restored" in second.stdout, second.stdout + second.stderr
+    statuses = [c.metadata.nbdurable["status"] for c in nbformat.read(tmp_path / "out.ipynb", 4).cells]
+    # params, injected parameters, setup, cell1, cell2 | the control cell | cell3 | cell4-6, total
+    assert statuses == ["restored"] * 5 + ["control"] + ["restored"] + ["executed"] * 4
+    assert counter(tmp_path).count("cell3") == 1 and counter(tmp_path).count("cell4") == 2

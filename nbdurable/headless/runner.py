@@ -24,10 +24,12 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-from nbdurable.errors import LeaseHeldError, OptionsError
+from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError
+from nbdurable.kernel_ext.cells import classify
+from nbdurable.runtime.checkpoint import load_outputs
 from nbdurable.kernel_ext.extension import ENV_KIND, ENV_PARAMS, ENV_RESUME, HANDLE_NAME
 from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
-from nbdurable.runtime.replay import find_resumable
+from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
 from nbdurable.store import Store
 
 LEASE_WAIT_SECONDS = 15.0  # an orphaned kernel (its runner was killed) exits within ~1 s by itself
@@ -160,8 +162,10 @@ class HeadlessRunner:
         self._t0_wall = time.time()
         try:
             with client.setup_kernel(env=env, cwd=str(self.cwd)):
+                first = self._restore_leading_cells(client)
                 for index, cell in enumerate(self.nb.cells):
-                    client.execute_cell(cell, index)
+                    if index >= first:
+                        client.execute_cell(cell, index)
                 assert client.kc is not None
                 client.wait_for_reply(client.kc.execute(f"{HANDLE_NAME}.finish_headless('completed')", silent=True))
             self.result.status = "completed"
@@ -171,6 +175,67 @@ class HeadlessRunner:
             self.result.status, self.result.error = "crashed", "the kernel died (killed, out of memory, or sys.exit in C code)"
         except RuntimeError as exc:  # nbclient: "Kernel died before replying to kernel_info"
             self.result.status, self.result.error = "crashed", f"the kernel died during start-up: {exc}"
+
+    # ----- leading cells restored in one request ---------------------------------------------
+
+    def _restore_leading_cells(self, client: NotebookClient) -> int:
+        """Restore the cells the resumed run completed with one kernel request; fill their outputs
+        from the journal. Returns the index of the first cell left for normal execution.
+
+        The leading cells that match the plan (same pure classification the kernel applies) are sent
+        as a list of source hashes; the kernel checks each against its own plan and says how many it
+        restored. A control cell, a cell that must re-execute or any disagreement ends the batch: the
+        rest goes cell by cell, through the kernel's usual restore-or-execute decision."""
+        if not self.result.resumed_from:
+            return 0
+        batch = self._restorable_prefix(ReplayPlan.from_run(self.store, self.result.resumed_from))
+        if not batch:
+            return 0
+        assert client.kc is not None
+        started = time.perf_counter()
+        hashes = json.dumps([planned.source_hash for _, planned in batch])
+        reply = client.wait_for_reply(client.kc.execute(
+            f"{HANDLE_NAME}.restore_batch({hashes})", silent=True, store_history=False,
+            user_expressions={"n": f"{HANDLE_NAME}.last_batch"},
+        ))  # fmt: skip
+        content = (reply or {}).get("content", {})
+        done = int(content.get("user_expressions", {}).get("n", {}).get("data", {}).get("text/plain", "0"))
+        share = (time.perf_counter() - started) / max(done, 1)
+        for index, planned in batch[:done]:
+            self._fill_restored(index, planned, share)
+        return batch[done][0] if done < len(batch) else batch[-1][0] + 1
+
+    def _restorable_prefix(self, plan: ReplayPlan) -> list[tuple[int, PlannedStep]]:
+        batch: list[tuple[int, PlannedStep]] = []
+        for index, cell in enumerate(self.nb.cells):
+            if cell.cell_type != "code" or not cell.source.strip():
+                continue  # nbclient never sends these to the kernel
+            try:
+                classified = classify(cell.source.rstrip("\n"))
+            except NbdurableError:
+                break
+            if classified.control or len(batch) >= len(plan.steps):
+                break
+            planned = plan.steps[len(batch)]
+            if not planned.matches(classified.source_hash, classified.options.name) or planned.execution_reason():
+                break
+            batch.append((index, planned))
+        return batch
+
+    def _fill_restored(self, index: int, planned: PlannedStep, seconds: float) -> None:
+        cell = self.nb.cells[index]
+        cell.outputs = [
+            nbformat.from_dict({k: v for k, v in output.items() if k != "transient"})
+            for output in load_outputs(self.store, planned.outputs)
+        ]
+        cell.execution_count = next((o.get("execution_count") for o in cell.outputs if o.get("output_type") == "execute_result"), None)
+        meta = {"status": "restored", "duration": round(seconds, 6), "restored_from": planned.origin}
+        cell.metadata[NOTICE_METADATA_KEY] = meta
+        self.result.restored += 1
+        self.result.time_saved += max(0.0, planned.duration - seconds)
+        self.result.cells.append({"index": index, **meta})
+        if self.on_cell:
+            self.on_cell(index, meta)
 
     # ----- per cell -----------------------------------------------------------------------
 

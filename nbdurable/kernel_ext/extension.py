@@ -85,6 +85,7 @@ class Durable(Configurable):
         self._loader = ObjectLoader(self.store_obj, shell.user_ns)
         self._registered = False
         self._bypass = False
+        self.last_batch = 0  # steps the last restore_batch restored (read back by the runner)
 
     # ----- set-up and tear-down -------------------------------------------------------------
 
@@ -470,6 +471,32 @@ class Durable(Configurable):
             "restored",
             {"restored_from": planned.origin, "saved": saved, "duration": planned.duration},
         )
+
+    def restore_batch(self, source_hashes: list[str]) -> int:
+        """Restore the next planned steps at once, for a headless runner that fills their outputs from
+        the journal itself (one request instead of a round trip per cell). Each hash must be the next
+        planned step's and restorable; restoring stops at the first that is not. Returns how many
+        steps were restored (the runner executes the rest normally)."""
+        restored = self.last_batch = 0
+        for expected in source_hashes:
+            planned = self.plan.peek() if self.plan else None
+            if planned is None or planned.source_hash != expected or planned.name or planned.execution_reason():
+                break
+            run = self.ensure_run()
+            assert self.plan is not None
+            self.plan.advance()
+            step = run.begin_step(
+                source=planned.source, source_hash=planned.source_hash, name=planned.name, options=planned.options
+            )
+            try:
+                self.apply_step(planned)
+            except Exception:
+                run.end_step(step, status="failed", error={"ename": "RestoreError", "evalue": "batch restore failed"})
+                self.plan.disarm()
+                raise
+            run.record_restored(step, planned)
+            restored = self.last_batch = restored + 1
+        return restored
 
     def _replay_outputs(self) -> None:
         """Body of a cell whose state `%durable resume` already restored: show its outputs only."""
