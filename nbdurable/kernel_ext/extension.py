@@ -90,9 +90,7 @@ class Durable(Configurable):
     # ----- set-up and tear-down -------------------------------------------------------------
 
     def _resolve_store_path(self) -> Path:
-        from os import environ
-
-        if environ.get("NBDURABLE_STORE") or not self.store:
+        if os.environ.get("NBDURABLE_STORE") or not self.store:
             return default_store_path(self.notebook)
         return Path(self.store).expanduser()
 
@@ -116,7 +114,10 @@ class Durable(Configurable):
             if resume:
                 self.arm(ReplayPlan.from_run(self.store_obj, resume))
         elif self.auto_resume and self.notebook:
-            self.arm_latest(announce=True)
+            try:
+                self.arm_latest(announce=True)
+            except NbdurableError as exc:  # a damaged store must not keep the notebook from running
+                print(f"nbdurable: not resuming: {exc}\n  Cells are recorded in a new run meanwhile.", file=sys.stderr)
 
     def unregister(self) -> None:
         """Undo every registration and close the run."""
