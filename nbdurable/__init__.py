@@ -15,6 +15,10 @@ from nbdurable import errors as _errors  # noqa: E402
 from nbdurable.errors import *  # noqa: E402,F403  (the error hierarchy is part of the public API)
 
 
+from nbdurable.runtime.policy import RetryPolicy  # noqa: E402
+from nbdurable.runtime.steps import run_step, step  # noqa: E402
+
+
 def load_ipython_extension(shell: Any) -> None:
     """Entry point of ``%load_ext nbdurable``."""
     from nbdurable.kernel_ext import load_ipython_extension as load
@@ -29,4 +33,12 @@ def unload_ipython_extension(shell: Any) -> None:
     unload(shell)
 
 
-__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_errors.__all__]
+__all__ = [
+    "__version__",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    "step",
+    "run_step",
+    "RetryPolicy",
+    *_errors.__all__,
+]

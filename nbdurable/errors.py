@@ -83,6 +83,26 @@ class OptionsError(NbdurableError):
     """Bad options to a magic, the CLI or the configuration."""
 
 
+class NondeterminismError(NbdurableError):
+    """A replayed step call disagrees with the recorded run (another step name, other arguments)."""
+
+
+class NonRetryableError(NbdurableError):
+    """Raise it inside a step to fail at once, without the remaining retries."""
+
+
+class RetryAfter(Exception):  # noqa: N818 - a request, not an error: `raise nbd.RetryAfter(30)`
+    """Raise it inside a step to be retried after ``seconds`` (counts as a failed attempt)."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(seconds, message)
+        self.seconds = float(seconds)
+        self.message = message or f"retry after {seconds} s"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 __all__ = [
     "NbdurableError",
     "StoreError",
@@ -96,4 +116,7 @@ __all__ = [
     "RunNotFoundError",
     "RestoreError",
     "OptionsError",
+    "NondeterminismError",
+    "NonRetryableError",
+    "RetryAfter",
 ]

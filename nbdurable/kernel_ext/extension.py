@@ -31,6 +31,7 @@ from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, ObjectLoader, load_
 from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
 from nbdurable.runtime.run import DurableRun, StepHandle
+from nbdurable.runtime.steps import StepContext, enter_cell
 from nbdurable.store import Store
 from nbdurable.store.records import StepStatus
 
@@ -265,11 +266,21 @@ class Durable(Configurable):
             source=cell.body, source_hash=cell.source_hash, name=cell.options.name, options=cell.options.as_record()
         )
         if decision.kind in ("execute", "diverged", "reexecute"):
+            self._enter_steps(run, cell)
             self._keys_before = None
             code = self._last_code if self._last_code is not None else cell.body
             if analyze_code(code).needs_full_scan:
                 self._keys_before = self.tracker.snapshot_keys()
             self.capture.start()
+
+    def _enter_steps(self, run: DurableRun, cell: Cell) -> None:
+        """Explicit steps called by this cell are its children; a cell that was cut short and runs
+        again unchanged replays the step calls it had completed."""
+        recorded = self.plan.calls_for(cell.source_hash) if self.plan else []
+        if recorded and self.plan is not None:
+            self.plan.pending = None  # replayed once: running the cell again in this session executes it
+        assert self._step is not None
+        enter_cell(StepContext(run, self._step, recorded, self._loader))
 
     def _advance_plan(self, decision: Decision) -> None:
         if self.plan is None or decision.kind == "execute":
@@ -285,6 +296,7 @@ class Durable(Configurable):
         """A cell ran: commit its step."""
         step, decision, cell = self._step, self._mode, self._cell
         code, self._last_code = self._last_code, None
+        enter_cell(None)
         self._step = self._mode = self._cell = None
         if decision is None or cell is None:
             return

@@ -64,6 +64,9 @@ class ReplayPlan:
 
     run_id: str
     steps: list[PlannedStep] = field(default_factory=list)
+    # The explicit-step calls that completed inside the cell where the plan ends (the cell that was
+    # running when the kernel died, or that failed), keyed by that cell's source hash.
+    pending: tuple[str, list[RecordedCall]] | None = None
     cursor: int = 0
     armed: bool = True
     namespace_restored: bool = False  # `%durable resume` already applied every step
@@ -73,6 +76,7 @@ class ReplayPlan:
         """The plan for resuming ``run_id`` (follows ``resumed_from`` chains)."""
         records = store.read_journal(run_id)
         steps = _completed_prefix(run_id, records)
+        pending = _pending_calls(records, len(steps))
         parent = next((r.get("resumed_from") for r in records if r.get("t") == "run"), None)
         if parent and store.journal_exists(parent):
             inherited = cls.from_run(store, parent).steps
@@ -80,7 +84,13 @@ class ReplayPlan:
                 mine.source_hash == theirs.source_hash for mine, theirs in zip(steps, inherited)
             ):
                 steps = steps + inherited[len(steps):]
-        return cls(run_id, steps)
+        return cls(run_id, steps, pending)
+
+    def calls_for(self, source_hash: str) -> list[RecordedCall]:
+        """Recorded explicit-step calls to replay in a cell executing where the plan ends."""
+        if self.pending is None or self.cursor < len(self.steps) or self.pending[0] != source_hash:
+            return []
+        return self.pending[1]
 
     def peek(self) -> PlannedStep | None:
         """The next step to match, if replay is still armed."""
@@ -100,6 +110,38 @@ class ReplayPlan:
     def exhausted(self) -> bool:
         """True once every planned step was consumed or replay was disarmed."""
         return not self.armed or self.cursor >= len(self.steps)
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """A completed explicit-step call of an earlier run: replayed instead of executed."""
+
+    name: str
+    call: int
+    seq: int
+    args: str
+    status: str  # "completed" | "failed"
+    value: VarRef | None  # the ``result`` or ``error`` reference
+
+
+def _pending_calls(records: list[dict[str, Any]], completed: int) -> tuple[str, list[RecordedCall]] | None:
+    """The completed calls inside the last top-level step that is not in the plan, if it follows it."""
+    tops = [r for r in records if r.get("t") == "step_start" and r.get("parent") is None]
+    done = {r["ordinal"] for r in records if r.get("t") == "step_end" and r.get("status") in ("completed", "restored")}
+    later = [r for r in tops if r["ordinal"] not in done]
+    if not later or sum(1 for r in tops if r["ordinal"] in done) != completed:
+        return None  # the plan ended at a divergence that is not simply "the last cell did not finish"
+    cell = later[-1]
+    starts = {r["ordinal"]: r for r in records if r.get("t") == "step_start" and r.get("parent") == cell["ordinal"]}
+    calls = []
+    for r in records:
+        start = starts.get(r.get("ordinal", -1)) if r.get("t") == "step_end" else None
+        if start is not None and r.get("status") in ("completed", "failed"):
+            o = start.get("options") or {}
+            value = (r.get("variables") or [None])[0]
+            calls.append(RecordedCall(str(start.get("name")), int(o.get("call", 0)), int(o.get("seq", 0)),
+                                      str(o.get("args", "")), str(r["status"]), value))
+    return (str(cell["source_hash"]), sorted(calls, key=lambda c: c.seq)) if calls else None
 
 
 def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[PlannedStep]:

@@ -36,6 +36,7 @@ from nbdurable.store.records import (
     run_record,
     step_end_record,
     step_start_record,
+    attempt_record,
 )
 
 
@@ -128,16 +129,36 @@ class DurableRun:
         return self._ordinal
 
     def begin_step(
-        self, *, source: str, source_hash: str, name: str | None = None, options: dict[str, Any] | None = None
+        self, *, source: str, source_hash: str, name: str | None = None, options: dict[str, Any] | None = None,
+        parent: int | None = None,
     ) -> StepHandle:
-        """Start the next step of the run."""
+        """Start the next step of the run (an explicit step inside a cell has its cell as ``parent``)."""
         self._ordinal += 1
         step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}))
         self._journal.append(
-            step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options)
+            step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options,
+                              parent=parent)
         )
-        self.events.emit(RuntimeEvent("step_started", self.run_id, {"ordinal": step.ordinal, "name": name}))
+        self.events.emit(RuntimeEvent("step_started", self.run_id, {"ordinal": step.ordinal, "name": name, "parent": parent}))
         return step
+
+    def record_attempt(self, step: StepHandle, attempt: int, started_at: float, error: dict[str, Any] | None,
+                       next_delay: float | None) -> None:
+        """One attempt of an explicit step ended (journaled as it happens: a crash keeps it)."""
+        self._journal.append(attempt_record(step.ordinal, attempt, started_at=started_at, ended_at=time.time(),
+                                            error=error, next_delay=next_delay))
+
+    def end_child(self, step: StepHandle, status: str, refs: list[VarRef] | None = None, *,
+                  changes: list[Change] | None = None) -> None:
+        """Commit an explicit step: its result (or error) as a variable reference, in step order."""
+        duration, ended = time.perf_counter() - step.t0, time.time()
+
+        def commit() -> None:
+            values = refs if refs is not None else persist_changes(self.store, changes or [], inline_max=self.inline_max)
+            self._commit(step, status, values, [], None, duration=duration, ended=ended)  # type: ignore[arg-type]
+
+        self._committer.run(commit)
+        self._emit_finished(step, status, duration)
 
     def end_step(
         self,

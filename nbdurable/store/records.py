@@ -10,6 +10,12 @@ ingests them. Record types:
                This is the commit record; the journal is fdatasync'ed after it.
 ``run_end``    the run finished with a final status.
 ``superseded`` a later run resumed this one (``by``): this run is no longer unfinished.
+``attempt``    one attempt of an explicit step ended (``error`` None when it succeeded).
+
+An explicit step (``@nbd.step``) is a ``step_start`` with ``parent`` = its cell's ordinal and
+``options`` = ``{"call": N, "seq": S, "args": "<hash>"}`` (its N-th call by that name, the S-th step
+call of the cell, the hash of its arguments), and a ``step_end`` whose ``variables`` hold one reference
+named ``result`` (or ``error``: the exception it finally raised).
 
 A variable reference (``VarRef``) in ``step_end.variables``::
 
@@ -142,3 +148,10 @@ def run_end_record(status: str) -> dict[str, Any]:
 def superseded_record(by: str) -> dict[str, Any]:
     """Appended to a finished-but-unfinished run's journal when a later run resumes it."""
     return {"t": "superseded", "by": by}
+
+
+def attempt_record(ordinal: int, attempt: int, *, started_at: float, ended_at: float,
+                   error: dict[str, Any] | None, next_delay: float | None) -> dict[str, Any]:
+    """One attempt of an explicit step; ``next_delay`` is the wait before the next one, if any."""
+    return {"t": "attempt", "ordinal": ordinal, "attempt": attempt, "started_at": started_at,
+            "ended_at": ended_at, "error": error, "next_delay": next_delay}

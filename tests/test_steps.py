@@ -1,0 +1,160 @@
+"""Explicit durable steps: retry policies with every attempt recorded, replay after a crash, and
+nondeterminism detected. Crash tests run real IPython shells in fresh processes, killed with SIGKILL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import nbdurable as nbd
+from conftest import run_session
+from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter
+from nbdurable.runtime.checkpoint import ObjectLoader
+from nbdurable.runtime.policy import parse_duration
+from nbdurable.runtime.run import DurableRun
+from nbdurable.runtime.steps import StepContext, enter_cell
+from nbdurable.store import Store
+
+
+@pytest.fixture
+def cell(tmp_path: Path):
+    """A real run with one cell step in progress, as the kernel extension sets it up."""
+    store = Store.open(tmp_path / "store")
+    run = DurableRun(store, notebook="steps")
+    step = run.begin_step(source="cell", source_hash="c" * 32)
+    enter_cell(StepContext(run, step, [], ObjectLoader(store, {})))
+    yield store, run
+    enter_cell(None)
+    run.finish("completed")
+
+
+def attempts(store: Store, run: DurableRun) -> list[dict]:
+    run.wait_durable()
+    return [r for r in store.read_journal(run.run_id) if r["t"] == "attempt"]
+
+
+def test_flaky_step_succeeds_on_attempt_3_with_backoff_recorded(cell) -> None:
+    store, run = cell
+    calls = []
+
+    @nbd.step(retry=nbd.RetryPolicy(max_attempts=5, initial_interval="10ms", backoff=2.0, max_interval="1m"))
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) < 3:
+            raise ConnectionError("service unavailable")
+        return x * 2
+
+    assert flaky(21) == 42
+    recorded = attempts(store, run)
+    assert [a["attempt"] for a in recorded] == [1, 2, 3]
+    assert [a["next_delay"] for a in recorded] == [0.01, 0.02, None]
+    assert [a["error"]["ename"] if a["error"] else None for a in recorded] == ["ConnectionError", "ConnectionError", None]
+    end = [r for r in store.read_journal(run.run_id) if r["t"] == "step_end" and r["variables"]][-1]
+    assert end["status"] == "completed" and end["variables"][0]["name"] == "result"
+
+
+def test_non_retryable_errors_stop_at_once(cell) -> None:
+    store, run = cell
+
+    @nbd.step(retry=nbd.RetryPolicy(max_attempts=5, initial_interval=0, non_retryable=(KeyError,)))
+    def fails(kind: str) -> None:
+        raise NonRetryableError("bad input") if kind == "nr" else KeyError(kind)
+
+    with pytest.raises(NonRetryableError):
+        fails("nr")
+    with pytest.raises(KeyError):
+        fails("key")
+    assert [a["attempt"] for a in attempts(store, run)] == [1, 1]
+
+
+def test_retry_after_sets_the_next_delay(cell) -> None:
+    store, run = cell
+    tries = []
+
+    def rate_limited() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RetryAfter(0.05)
+        return "ok"
+
+    assert nbd.run_step("rate-limited", rate_limited, retry=nbd.RetryPolicy(max_attempts=2)) == "ok"
+    assert [a["next_delay"] for a in attempts(store, run)] == [0.05, None]
+
+
+def test_policy_and_duration_validation() -> None:
+    assert parse_duration("1h30m") == 5400 and parse_duration("250ms") == 0.25 and parse_duration(3) == 3.0
+    for bad in ("soon", "-5s", -1, ""):
+        with pytest.raises(OptionsError):
+            parse_duration(bad)
+    with pytest.raises(OptionsError):
+        nbd.RetryPolicy(max_attempts=0)
+    assert nbd.RetryPolicy(initial_interval="1s", backoff=3, max_interval="5s").delay(3) == 5.0
+
+
+def test_steps_outside_a_durable_cell_just_run_with_retries() -> None:
+    enter_cell(None)
+    tries = []
+
+    def once_flaky() -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            raise TimeoutError()
+        return 7
+
+    assert nbd.run_step("plain", once_flaky, retry=nbd.RetryPolicy(max_attempts=2, initial_interval=0)) == 7
+
+
+LOOP_CELLS = [
+    "import os, pathlib\nimport nbdurable as nbd\n",
+    "@nbd.step\ndef work(i):\n"
+    "    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n"
+    "    if i == 30 and not pathlib.Path(MARKER).exists():\n"
+    "        pathlib.Path(MARKER).touch()\n        os.kill(os.getpid(), 9)\n"
+    "    return i * i",
+    "results = [work(i) for i in range(50)]",
+    "total = sum(results)",
+]
+
+
+def test_loop_of_50_steps_killed_at_30_resumes_executing_exactly_20(store_dir: Path, tmp_path: Path) -> None:
+    counter, marker = tmp_path / "count.txt", tmp_path / "killed"
+    cells = [f"COUNTER = {str(counter)!r}\nMARKER = {str(marker)!r}", *LOOP_CELLS]
+    first = run_session(store_dir, cells)
+    assert first.killed
+    assert counter.read_text().split() == [str(i) for i in range(31)]
+    second = run_session(store_dir, cells, probes={"total": "total", "n": "len(results)"})
+    assert second.probes == {"total": str(sum(i * i for i in range(50))), "n": "50"}
+    executed_again = counter.read_text().split()[31:]
+    assert executed_again == [str(i) for i in range(30, 50)], "calls 0..29 replayed, 30..49 executed: exactly 20"
+
+
+def test_replay_with_other_arguments_is_a_nondeterminism_error(store_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    cells = [
+        f"import os, pathlib, random\nimport nbdurable as nbd\nMARKER = {str(marker)!r}",
+        "@nbd.step\ndef fetch(x):\n    return x",
+        "values = [fetch(random.random()) for _ in range(3)]\n"
+        "if not pathlib.Path(MARKER).exists():\n    pathlib.Path(MARKER).touch()\n    os.kill(os.getpid(), 9)",
+    ]
+    assert run_session(store_dir, cells).killed
+    second = run_session(store_dir, cells)
+    error = second.cells[-1]["error"] or ""
+    assert "NondeterminismError" in error and "`fetch` (call 1)" in error and "%durable new" in error
+    assert NondeterminismError.__name__ in error
+
+
+def test_a_call_that_failed_the_cell_executes_again_on_resume(store_dir: Path, tmp_path: Path) -> None:
+    counter, flag = tmp_path / "count.txt", tmp_path / "api-is-up"
+    cells = [
+        f"import pathlib\nimport nbdurable as nbd\nCOUNTER, FLAG = {str(counter)!r}, {str(flag)!r}",
+        "@nbd.step\ndef call_api(i):\n    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n"
+        "    if i == 3 and not pathlib.Path(FLAG).exists():\n        raise ConnectionError('API down')\n    return i",
+        "answers = [call_api(i) for i in range(5)]",
+    ]
+    first = run_session(store_dir, cells)
+    assert "ConnectionError" in (first.cells[-1]["error"] or "")
+    flag.touch()
+    second = run_session(store_dir, cells, probes={"answers": "answers"})
+    assert second.probes == {"answers": "[0, 1, 2, 3, 4]"}
+    assert counter.read_text().split() == ["0", "1", "2", "3", "3", "4"], "0-2 replayed; the failed call 3 runs again"
