@@ -16,7 +16,7 @@ from nbdurable.errors import *  # noqa: E402,F403  (the error hierarchy is part 
 
 
 from nbdurable.runtime.policy import RetryPolicy  # noqa: E402
-from nbdurable.runtime.steps import run_step, step  # noqa: E402
+from nbdurable.runtime.steps import map, run_step, step  # noqa: E402,A004
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -39,6 +39,7 @@ __all__ = [
     "unload_ipython_extension",
     "step",
     "run_step",
+    "map",
     "RetryPolicy",
     *_errors.__all__,
 ]

@@ -158,3 +158,44 @@ def test_a_call_that_failed_the_cell_executes_again_on_resume(store_dir: Path, t
     second = run_session(store_dir, cells, probes={"answers": "answers"})
     assert second.probes == {"answers": "[0, 1, 2, 3, 4]"}
     assert counter.read_text().split() == ["0", "1", "2", "3", "3", "4"], "0-2 replayed; the failed call 3 runs again"
+
+
+def test_async_steps_under_gather_resume(store_dir: Path, tmp_path: Path) -> None:
+    counter, marker = tmp_path / "count.txt", tmp_path / "killed"
+    cells = [
+        f"import asyncio, os, pathlib\nimport nbdurable as nbd\nCOUNTER, MARKER = {str(counter)!r}, {str(marker)!r}",
+        "@nbd.step\nasync def fetch(i):\n    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n"
+        "    if i == 3 and not pathlib.Path(MARKER).exists():\n        pathlib.Path(MARKER).touch()\n        os.kill(os.getpid(), 9)\n"
+        "    return i * 2",
+        "out = await asyncio.gather(*(fetch(i) for i in range(6)))",
+    ]
+    assert run_session(store_dir, cells).killed
+    second = run_session(store_dir, cells, probes={"out": "out"})
+    assert second.probes == {"out": "[0, 2, 4, 6, 8, 10]"}
+    assert counter.read_text().split() == ["0", "1", "2", "3", "3", "4", "5"]
+
+
+def test_map_resumes_only_the_missing_items(store_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    counter, marker = tmp_path / "count.txt", tmp_path / "killed"
+    cells = [
+        f"import os, pathlib, time\nimport nbdurable as nbd\nCOUNTER, MARKER = {str(counter)!r}, {str(marker)!r}",
+        "def work(i):\n    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n    time.sleep(0.02)\n"
+        "    if i == 7 and not pathlib.Path(MARKER).exists():\n        pathlib.Path(MARKER).touch()\n        os.kill(os.getpid(), 9)\n"
+        "    return i + 1",
+        "res = nbd.map(work, range(12), concurrency=3)",
+    ]
+    assert run_session(store_dir, cells).killed
+    started = set(map(int, counter.read_text().split()))
+    journal = next((store_dir / "journals").glob("*.jsonl")).read_text().splitlines()
+    records = [json.loads(line.split("\t")[0]) for line in journal]
+    children = {r["ordinal"]: r["options"]["seq"] - 1 for r in records if r["t"] == "step_start" and r.get("parent")}
+    completed = {children[r["ordinal"]] for r in records if r["t"] == "step_end" and r["ordinal"] in children and r["status"] == "completed"}
+    assert completed and 7 not in completed
+    second = run_session(store_dir, cells, probes={"res": "res"})
+    assert second.probes == {"res": str(list(range(1, 13)))}
+    runs = list(map(int, counter.read_text().split()))
+    for i in range(12):
+        expected = 1 if i in completed or i not in started else 2
+        assert runs.count(i) == expected, (i, runs, completed)

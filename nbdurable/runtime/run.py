@@ -17,6 +17,7 @@ import platform
 import secrets
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -107,6 +108,7 @@ class DurableRun:
         self.stats = RunStats()
         self.status = "running"
         self._ordinal = 0
+        self._ordinal_lock = threading.Lock()
         self._committer = Committer(self.run_id)
         self._lease = store.acquire_lease(self.run_id)
         self._journal = store.new_journal(self.run_id)
@@ -132,13 +134,15 @@ class DurableRun:
         self, *, source: str, source_hash: str, name: str | None = None, options: dict[str, Any] | None = None,
         parent: int | None = None,
     ) -> StepHandle:
-        """Start the next step of the run (an explicit step inside a cell has its cell as ``parent``)."""
-        self._ordinal += 1
-        step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}))
-        self._journal.append(
-            step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options,
-                              parent=parent)
-        )
+        """Start the next step of the run (an explicit step inside a cell has its cell as ``parent``).
+        Thread-safe: ``nbd.map`` begins steps from worker threads."""
+        with self._ordinal_lock:
+            self._ordinal += 1
+            step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}))
+            self._journal.append(
+                step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options,
+                                  parent=parent)
+            )
         self.events.emit(RuntimeEvent("step_started", self.run_id, {"ordinal": step.ordinal, "name": name, "parent": parent}))
         return step
 

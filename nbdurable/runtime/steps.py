@@ -10,14 +10,18 @@ policy, every attempt recorded. Outside a durable cell a step simply runs with i
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nbdurable.capture.namespace import Change
-from nbdurable.errors import NondeterminismError, NonRetryableError, RetryAfter
+from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter
 from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.policy import NO_RETRY, RetryPolicy
 from nbdurable.runtime.replay import RecordedCall
@@ -30,83 +34,139 @@ F = TypeVar("F", bound=Callable[..., Any])
 _current: list[StepContext | None] = [None]
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A step call's place in its cell, reserved in call order (before any work, even in parallel)."""
+
+    name: str
+    call: int
+    seq: int
+    args: str
+    recorded: RecordedCall | None
+
+
 class StepContext:
     """The explicit steps of one executing cell."""
 
-    def __init__(self, run: DurableRun, cell: StepHandle, recorded: list[RecordedCall], loader: ObjectLoader,
-                 replayed_from: str | None = None) -> None:
+    def __init__(self, run: DurableRun, cell: StepHandle, recorded: list[RecordedCall], loader: ObjectLoader) -> None:
         self.run, self.cell, self.loader = run, cell, loader
         # A failed call that was the cell's last one most likely ended the cell: it executes again on
         # resume. One the cell went on past (it handled the error) replays its error, for determinism.
         last = max((c.seq for c in recorded), default=0)
         self.recorded = {c.seq: c for c in recorded if c.status == "completed" or c.seq != last}
-        self.replayed_from = replayed_from
         self.counters: dict[str, int] = {}
         self.seq = 0
+        self._lock = threading.Lock()
 
-    def call(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy) -> Any:
-        """Run (or replay) one step call."""
-        self.seq += 1
-        call = self.counters[name] = self.counters.get(name, 0) + 1
+    def reserve(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Slot:
+        """Give the next call its identity; a recorded call there must agree (NondeterminismError)."""
         args_key = serialize((args, kwargs)).key
-        recorded = self.recorded.get(self.seq)
-        if recorded is not None:
-            return self._replay(recorded, name, call, args_key)
-        child = self.run.begin_step(source="", source_hash=args_key, name=name, parent=self.cell.ordinal,
-                                    options={"call": call, "seq": self.seq, "args": args_key})
-        return _attempts(fn, args, kwargs, policy, on_attempt=lambda n, s, e, d: self.run.record_attempt(child, n, s, e, d),
-                         on_done=lambda status, value: self._commit(child, status, value))
+        with self._lock:
+            self.seq += 1
+            call = self.counters[name] = self.counters.get(name, 0) + 1
+            slot = Slot(name, call, self.seq, args_key, self.recorded.get(self.seq))
+        if slot.recorded is not None:
+            _check_agrees(slot, slot.recorded)
+        return slot
 
-    def _replay(self, recorded: RecordedCall, name: str, call: int, args_key: str) -> Any:
-        where = f"step call {self.seq} of this cell"
-        if (recorded.name, recorded.call) != (name, call):
-            raise NondeterminismError(
-                f"{where} is `{name}` (call {call}), but the recorded run made `{recorded.name}` (call {recorded.call}) there.",
-                hint="steps must be called in the same order as when recorded; to start over after changing "
-                "the order on purpose, run `%durable new` (or `nbdurable run --fresh`).",
-            )
-        if recorded.args != args_key:
-            raise NondeterminismError(
-                f"{where}, `{name}` (call {call}), gets other arguments than in the recorded run.",
-                hint="make the step's inputs deterministic, or run `%durable new` (or `nbdurable run --fresh`) to start over.",
-            )
-        value = self.loader.load(recorded.value, step_label=f"step `{name}` call {call}") if recorded.value else None
-        child = self.run.begin_step(source="", source_hash=args_key, name=name, parent=self.cell.ordinal,
-                                    options={"call": call, "seq": self.seq, "args": args_key})
-        self.run.end_child(child, "restored", [recorded.value] if recorded.value else [])
+    def replay(self, slot: Slot) -> Any:
+        """The recorded result of a call (or its recorded error, raised), recorded in this run too."""
+        recorded = slot.recorded
+        assert recorded is not None
+        value = self.loader.load(recorded.value, step_label=f"step `{slot.name}` call {slot.call}") if recorded.value else None
+        self.run.end_child(self._begin(slot), "restored", [recorded.value] if recorded.value else [])
         if recorded.status == "failed" and isinstance(value, BaseException):
             raise value
         return value
 
-    def _commit(self, child: StepHandle, status: str, value: Any) -> None:
-        label = "error" if status == "failed" else "result"
-        self.run.end_child(child, status, changes=[Change(label, "set", serialize(value), f"{child.ordinal}:{label}")])
+    def attempts(self, slot: Slot, policy: RetryPolicy) -> Attempts:
+        """The bookkeeping of a call that executes: a child step, its attempts, its result."""
+        child = self._begin(slot)
+
+        def finish(status: str, value: Any) -> None:
+            label = "error" if status == "failed" else "result"
+            change = Change(label, "set", serialize(value), f"{child.ordinal}:{label}")
+            self.run.end_child(child, status, changes=[change])
+
+        return Attempts(policy, lambda n, s, e, d: self.run.record_attempt(child, n, s, e, d), finish)
+
+    def _begin(self, slot: Slot) -> StepHandle:
+        return self.run.begin_step(source="", source_hash=slot.args, name=slot.name, parent=self.cell.ordinal,
+                                   options={"call": slot.call, "seq": slot.seq, "args": slot.args})
 
 
-def _attempts(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy, *,
-              on_attempt: Callable[[int, float, dict[str, Any] | None, float | None], None],
-              on_done: Callable[[str, Any], None]) -> Any:
-    """Call ``fn`` until it succeeds or the policy gives up; report each attempt and the outcome."""
-    attempt = 0
+def _check_agrees(slot: Slot, recorded: RecordedCall) -> None:
+    where = f"step call {slot.seq} of this cell"
+    if (recorded.name, recorded.call) != (slot.name, slot.call):
+        raise NondeterminismError(
+            f"{where} is `{slot.name}` (call {slot.call}), but the recorded run made `{recorded.name}` (call {recorded.call}) there.",
+            hint="steps must be called in the same order as when recorded; to start over after changing "
+            "the order on purpose, run `%durable new` (or `nbdurable run --fresh`).",
+        )
+    if recorded.args != slot.args:
+        raise NondeterminismError(
+            f"{where}, `{slot.name}` (call {slot.call}), gets other arguments than in the recorded run.",
+            hint="make the step's inputs deterministic, or run `%durable new` (or `nbdurable run --fresh`) to start over.",
+        )
+
+
+class Attempts:
+    """One call's attempts under a retry policy: what to record and whether to try again."""
+
+    def __init__(self, policy: RetryPolicy,
+                 record: Callable[[int, float, dict[str, Any] | None, float | None], None] = lambda *a: None,
+                 finish: Callable[[str, Any], None] = lambda *a: None) -> None:
+        self.policy, self._record, self._finish = policy, record, finish
+        self.attempt = 0
+        self._started = 0.0
+
+    def start(self) -> None:
+        self.attempt += 1
+        self._started = time.time()
+
+    def failed(self, exc: BaseException) -> float | None:
+        """Record a failed attempt; the delay before the next one, or None (the call fails)."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self._record(self.attempt, self._started, {"ename": type(exc).__name__, "evalue": "interrupted"}, None)
+            return None
+        delay = _retry_delay(exc, self.attempt, self.policy)
+        self._record(self.attempt, self._started, {"ename": type(exc).__name__, "evalue": str(exc)}, delay)
+        if delay is None:
+            self._finish("failed", exc)
+        return delay
+
+    def succeeded(self, result: Any) -> Any:
+        self._record(self.attempt, self._started, None, None)
+        self._finish("completed", result)
+        return result
+
+
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], attempts: Attempts) -> Any:
     while True:
-        attempt += 1
-        started = time.time()
+        attempts.start()
         try:
             result = fn(*args, **kwargs)
-        except (KeyboardInterrupt, SystemExit):
-            on_attempt(attempt, started, {"ename": "KeyboardInterrupt", "evalue": "interrupted"}, None)
-            raise
         except BaseException as exc:
-            delay = _retry_delay(exc, attempt, policy)
-            on_attempt(attempt, started, {"ename": type(exc).__name__, "evalue": str(exc)}, delay)
+            delay = attempts.failed(exc)
             if delay is None:
-                on_done("failed", exc)
                 raise
             time.sleep(delay)
             continue
-        on_attempt(attempt, started, None, None)
-        on_done("completed", result)
-        return result
+        return attempts.succeeded(result)
+
+
+async def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], attempts: Attempts) -> Any:
+    while True:
+        attempts.start()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            delay = attempts.failed(exc)
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+            continue
+        return attempts.succeeded(result)
 
 
 def _retry_delay(exc: BaseException, attempt: int, policy: RetryPolicy) -> float | None:
@@ -118,30 +178,89 @@ def _retry_delay(exc: BaseException, attempt: int, policy: RetryPolicy) -> float
     return exc.seconds if isinstance(exc, RetryAfter) else policy.delay(attempt)
 
 
+def _prepare(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy) -> tuple[Slot | None, Attempts]:
+    context = _current[0]
+    if context is None:
+        return None, Attempts(policy)
+    slot = context.reserve(name, args, kwargs)
+    return slot, (context.attempts(slot, policy) if slot.recorded is None else Attempts(policy))
+
+
 def run_step(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
     """Call ``fn(*args, **kwargs)`` as the durable step ``name`` (see the module docstring)."""
     if inspect.iscoroutinefunction(fn):
         raise TypeError("run_step calls synchronous functions; decorate async ones with @nbd.step and await them")
+    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY)
+    if slot is not None and slot.recorded is not None:
+        return _current_context().replay(slot)
+    return _run(fn, args, kwargs, attempts)
+
+
+async def run_step_async(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
+    """The async twin of ``run_step``: ``asyncio.gather`` of async steps keeps each durable."""
+    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY)
+    if slot is not None and slot.recorded is not None:
+        return _current_context().replay(slot)
+    return await _run_async(fn, args, kwargs, attempts)
+
+
+def _current_context() -> StepContext:
     context = _current[0]
-    policy = retry or NO_RETRY
-    if context is None:
-        return _attempts(fn, args, kwargs, policy, on_attempt=lambda *a: None, on_done=lambda *a: None)
-    return context.call(name, fn, args, kwargs, policy)
+    assert context is not None
+    return context
 
 
 def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | None = None) -> Any:
-    """Decorator: every call of ``fn`` is a durable step (``@nbd.step`` or ``@nbd.step(retry=...)``)."""
+    """Decorator: every call of ``fn`` is a durable step (``@nbd.step`` or ``@nbd.step(retry=...)``).
+
+    Works on ``async def`` functions too (await them, or ``asyncio.gather`` several)."""
 
     def decorate(func: F) -> F:
         step_name = name or func.__qualname__
+        if inspect.iscoroutinefunction(func):
 
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return run_step(step_name, func, *args, retry=retry, **kwargs)
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await run_step_async(step_name, func, *args, retry=retry, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+            wrapper: Any = async_wrapper
+        else:
+
+            @functools.wraps(func)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return run_step(step_name, func, *args, retry=retry, **kwargs)
+
+        wrapper.nbdurable_step = (step_name, retry)
+        return wrapper  # type: ignore[no-any-return]
 
     return decorate(fn) if fn is not None else decorate
+
+
+def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, retry: RetryPolicy | None = None,
+        name: str | None = None) -> list[Any]:
+    """``[fn(item) for item in items]`` with each call a durable step, ``concurrency`` at a time in threads.
+
+    Call positions are reserved in item order before anything runs, so a resume replays exactly the
+    items that completed and runs only the missing ones. Results come back in item order; the first
+    failing item's error is raised once the others finished. ``fn`` may be an ``@nbd.step`` function
+    (its name and retry policy are used)."""
+    if concurrency < 1:
+        raise OptionsError(f"concurrency must be at least 1, not {concurrency}", hint="e.g. nbd.map(fn, items, concurrency=8)")
+    default_name, default_retry = getattr(fn, "nbdurable_step", (None, None))
+    func = getattr(fn, "__wrapped__", fn) if default_name else fn
+    step_name, policy = name or default_name or func.__qualname__, retry or default_retry or NO_RETRY
+    items = list(items)
+    prepared = [_prepare(step_name, (item,), {}, policy) for item in items]
+
+    def one(index: int) -> Any:
+        slot, attempts = prepared[index]
+        if slot is not None and slot.recorded is not None:
+            return _current_context().replay(slot)
+        return _run(func, (items[index],), {}, attempts)
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nbdurable-map") as pool:
+        futures = [pool.submit(one, i) for i in range(len(items))]
+    return [f.result() for f in futures]
 
 
 def enter_cell(context: StepContext | None) -> None:
