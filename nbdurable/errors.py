@@ -91,6 +91,14 @@ class NonRetryableError(NbdurableError):
     """Raise it inside a step to fail at once, without the remaining retries."""
 
 
+class StepTimeoutError(NbdurableError):
+    """An attempt of a step ran longer than its timeout and was interrupted (a failed, retryable attempt)."""
+
+    def __init__(self, message: str = "the step attempt exceeded its timeout and was interrupted", *,
+                 hint: str | None = "raise the step's timeout, or make the call itself time out sooner") -> None:
+        super().__init__(message, hint=hint)
+
+
 class RetryAfter(Exception):  # noqa: N818 - a request, not an error: `raise nbd.RetryAfter(30)`
     """Raise it inside a step to be retried after ``seconds`` (counts as a failed attempt)."""
 
@@ -118,5 +126,6 @@ __all__ = [
     "OptionsError",
     "NondeterminismError",
     "NonRetryableError",
+    "StepTimeoutError",
     "RetryAfter",
 ]

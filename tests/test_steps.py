@@ -199,3 +199,45 @@ def test_map_resumes_only_the_missing_items(store_dir: Path, tmp_path: Path) -> 
     for i in range(12):
         expected = 1 if i in completed or i not in started else 2
         assert runs.count(i) == expected, (i, runs, completed)
+
+
+def test_timeouts_interrupt_attempts_in_the_main_thread_workers_and_async(cell) -> None:
+    import asyncio
+    import time as _time
+
+    from nbdurable.errors import StepTimeoutError
+
+    store, run = cell
+
+    @nbd.step(retry=nbd.RetryPolicy(max_attempts=2, initial_interval=0), timeout="200ms")
+    def hangs() -> None:
+        _time.sleep(30)  # a blocking wait in the main thread: the alarm interrupts it
+
+    started = _time.perf_counter()
+    with pytest.raises(StepTimeoutError):
+        hangs()
+    assert _time.perf_counter() - started < 5
+    assert [a["error"]["ename"] for a in attempts(store, run)] == ["StepTimeoutError", "StepTimeoutError"]
+
+    def spins(i: int) -> int:
+        while True:  # Python code in a worker thread: interrupted at its next bytecode
+            i += 1
+
+    started = _time.perf_counter()
+    with pytest.raises(StepTimeoutError):
+        nbd.map(spins, [1, 2], concurrency=2, timeout=0.2)
+    assert _time.perf_counter() - started < 5
+
+    @nbd.step(timeout=0.1)
+    async def waits() -> None:
+        await asyncio.sleep(30)
+
+    with pytest.raises(StepTimeoutError):
+        asyncio.run(waits())
+
+    @nbd.step(timeout="1s")
+    def quick() -> str:
+        return "done"
+
+    assert quick() == "done"
+    _time.sleep(1.2)  # the cancelled alarm must never fire afterwards

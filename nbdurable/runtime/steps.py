@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nbdurable.capture.namespace import Change
-from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter
+from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter, StepTimeoutError
 from nbdurable.runtime.checkpoint import ObjectLoader
-from nbdurable.runtime.policy import NO_RETRY, RetryPolicy
+from nbdurable.runtime.deadline import deadline
+from nbdurable.runtime.policy import NO_RETRY, Duration, RetryPolicy, parse_duration
 from nbdurable.runtime.replay import RecordedCall
 from nbdurable.runtime.run import DurableRun, StepHandle
 from nbdurable.serialization import serialize
@@ -115,8 +116,8 @@ class Attempts:
 
     def __init__(self, policy: RetryPolicy,
                  record: Callable[[int, float, dict[str, Any] | None, float | None], None] = lambda *a: None,
-                 finish: Callable[[str, Any], None] = lambda *a: None) -> None:
-        self.policy, self._record, self._finish = policy, record, finish
+                 finish: Callable[[str, Any], None] = lambda *a: None, timeout: float | None = None) -> None:
+        self.policy, self._record, self._finish, self.timeout = policy, record, finish, timeout
         self.attempt = 0
         self._started = 0.0
 
@@ -145,7 +146,8 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], 
     while True:
         attempts.start()
         try:
-            result = fn(*args, **kwargs)
+            with deadline(attempts.timeout):
+                result = fn(*args, **kwargs)
         except BaseException as exc:
             delay = attempts.failed(exc)
             if delay is None:
@@ -159,7 +161,7 @@ async def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     while True:
         attempts.start()
         try:
-            result = await fn(*args, **kwargs)
+            result = await _within(fn(*args, **kwargs), attempts.timeout)
         except BaseException as exc:
             delay = attempts.failed(exc)
             if delay is None:
@@ -167,6 +169,15 @@ async def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
             await asyncio.sleep(delay)
             continue
         return attempts.succeeded(result)
+
+
+async def _within(awaitable: Any, timeout: float | None) -> Any:
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise StepTimeoutError(f"the step attempt exceeded its timeout of {timeout:g} s and was cancelled") from None
 
 
 def _retry_delay(exc: BaseException, attempt: int, policy: RetryPolicy) -> float | None:
@@ -178,27 +189,34 @@ def _retry_delay(exc: BaseException, attempt: int, policy: RetryPolicy) -> float
     return exc.seconds if isinstance(exc, RetryAfter) else policy.delay(attempt)
 
 
-def _prepare(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy) -> tuple[Slot | None, Attempts]:
+def _prepare(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy,
+             timeout: Duration | None) -> tuple[Slot | None, Attempts]:
+    seconds = None if timeout is None else parse_duration(timeout)
     context = _current[0]
     if context is None:
-        return None, Attempts(policy)
+        return None, Attempts(policy, timeout=seconds)
     slot = context.reserve(name, args, kwargs)
-    return slot, (context.attempts(slot, policy) if slot.recorded is None else Attempts(policy))
+    attempts = context.attempts(slot, policy) if slot.recorded is None else Attempts(policy)
+    attempts.timeout = seconds
+    return slot, attempts
 
 
-def run_step(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
-    """Call ``fn(*args, **kwargs)`` as the durable step ``name`` (see the module docstring)."""
+def run_step(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None,
+             timeout: Duration | None = None, **kwargs: Any) -> Any:
+    """Call ``fn(*args, **kwargs)`` as the durable step ``name`` (see the module docstring). An attempt
+    running longer than ``timeout`` is interrupted (``deadline.py`` says what can be) and retried."""
     if inspect.iscoroutinefunction(fn):
         raise TypeError("run_step calls synchronous functions; decorate async ones with @nbd.step and await them")
-    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY)
+    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY, timeout)
     if slot is not None and slot.recorded is not None:
         return _current_context().replay(slot)
     return _run(fn, args, kwargs, attempts)
 
 
-async def run_step_async(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
+async def run_step_async(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None,
+                         timeout: Duration | None = None, **kwargs: Any) -> Any:
     """The async twin of ``run_step``: ``asyncio.gather`` of async steps keeps each durable."""
-    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY)
+    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY, timeout)
     if slot is not None and slot.recorded is not None:
         return _current_context().replay(slot)
     return await _run_async(fn, args, kwargs, attempts)
@@ -210,7 +228,8 @@ def _current_context() -> StepContext:
     return context
 
 
-def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | None = None) -> Any:
+def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | None = None,
+         timeout: Duration | None = None) -> Any:
     """Decorator: every call of ``fn`` is a durable step (``@nbd.step`` or ``@nbd.step(retry=...)``).
 
     Works on ``async def`` functions too (await them, or ``asyncio.gather`` several)."""
@@ -221,23 +240,23 @@ def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | N
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await run_step_async(step_name, func, *args, retry=retry, **kwargs)
+                return await run_step_async(step_name, func, *args, retry=retry, timeout=timeout, **kwargs)
 
             wrapper: Any = async_wrapper
         else:
 
             @functools.wraps(func)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                return run_step(step_name, func, *args, retry=retry, **kwargs)
+                return run_step(step_name, func, *args, retry=retry, timeout=timeout, **kwargs)
 
-        wrapper.nbdurable_step = (step_name, retry)
+        wrapper.nbdurable_step = (step_name, retry, timeout)
         return wrapper  # type: ignore[no-any-return]
 
     return decorate(fn) if fn is not None else decorate
 
 
 def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, retry: RetryPolicy | None = None,
-        name: str | None = None) -> list[Any]:
+        name: str | None = None, timeout: Duration | None = None) -> list[Any]:
     """``[fn(item) for item in items]`` with each call a durable step, ``concurrency`` at a time in threads.
 
     Call positions are reserved in item order before anything runs, so a resume replays exactly the
@@ -246,11 +265,11 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, r
     (its name and retry policy are used)."""
     if concurrency < 1:
         raise OptionsError(f"concurrency must be at least 1, not {concurrency}", hint="e.g. nbd.map(fn, items, concurrency=8)")
-    default_name, default_retry = getattr(fn, "nbdurable_step", (None, None))
+    default_name, default_retry, default_timeout = getattr(fn, "nbdurable_step", (None, None, None))
     func = getattr(fn, "__wrapped__", fn) if default_name else fn
     step_name, policy = name or default_name or func.__qualname__, retry or default_retry or NO_RETRY
     items = list(items)
-    prepared = [_prepare(step_name, (item,), {}, policy) for item in items]
+    prepared = [_prepare(step_name, (item,), {}, policy, timeout or default_timeout) for item in items]
 
     def one(index: int) -> Any:
         slot, attempts = prepared[index]
