@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from nbdurable.cli import EXIT_FAILED, EXIT_USAGE, _open_store, main, store_option
+from nbdurable.cli import EXIT_FAILED, _open_store, main, store_option
 from nbdurable.errors import OptionsError, RunNotFoundError
 
 
@@ -127,5 +127,3 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
     )[["ordinal", "status", "duration_s", "from_", "source"]].rename(columns={"from_": "restored from"})
     click.echo(table.to_string(index=False))
 
-
-__all__ = ["run", "resume", "show", "EXIT_USAGE"]

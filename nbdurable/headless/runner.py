@@ -110,6 +110,7 @@ class HeadlessRunner:
         self.start_timeout = start_timeout
         self.on_cell = on_cell
         self.result = RunResult(status="running")
+        self._started_wall = time.time()
         self._last_save = 0.0
         self._cell_started: dict[int, float] = {}
 
@@ -117,7 +118,7 @@ class HeadlessRunner:
 
     def execute(self) -> RunResult:
         """Run every cell; never raises for a failing cell or a dying kernel (see ``result.status``)."""
-        started = time.perf_counter()
+        started, self._started_wall = time.perf_counter(), time.time()
         self.result.resumed_from = self._resume_target()
         for cell in self.nb.cells:
             if cell.cell_type == "code":
@@ -159,7 +160,6 @@ class HeadlessRunner:
         return find_resumable_headless(self.store, self.notebook, self.params)
 
     def _run_client(self, client: NotebookClient, env: dict[str, str]) -> None:
-        self._t0_wall = time.time()
         try:
             with client.setup_kernel(env=env, cwd=str(self.cwd)):
                 first = self._restore_leading_cells(client)
@@ -284,14 +284,11 @@ class HeadlessRunner:
         for run_id in reversed(self.store.run_ids()):
             records = self.store.read_journal(run_id)
             head = records[0] if records else {}
-            if head.get("ts", 0) < self._started_wall():
+            if head.get("ts", 0) < self._started_wall - 1.0:  # older than this execution: not ours
                 return None
             if head.get("notebook") == self.notebook and params_key(head.get("params") or {}) == params_key(self.params):
                 return run_id
         return None
-
-    def _started_wall(self) -> float:
-        return getattr(self, "_t0_wall", time.time()) - 1.0
 
     def _write_output(self) -> None:
         self._last_save = time.monotonic()

@@ -203,7 +203,7 @@ def find_resumable(
 
     Reads journal heads newest first and stops at the first run of the notebook that recorded steps, so
     neither a kernel nor a runner opens the catalog to decide. A run still live in another process is
-    not resumed: the note says so (and the run id is returned as the second element's subject)."""
+    not resumed: the second element is then a note naming it."""
     if not notebook:
         return None, None
     wanted = _params_key(params) if params is not None else None
