@@ -29,7 +29,7 @@ from nbdurable.kernel_ext.cells import classify
 from nbdurable.runtime.checkpoint import load_outputs
 from nbdurable.kernel_ext.extension import ENV_KIND, ENV_PARAMS, ENV_RESUME, HANDLE_NAME
 from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
-from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
+from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable, params_key
 from nbdurable.store import Store
 
 LEASE_WAIT_SECONDS = 15.0  # an orphaned kernel (its runner was killed) exits within ~1 s by itself
@@ -48,11 +48,6 @@ class RunResult:
     seconds: float = 0.0
     error: str | None = None
     cells: list[dict[str, Any]] = field(default_factory=list)
-
-
-def params_key(params: dict[str, Any]) -> str:
-    """Parameters as compared between runs (canonical JSON)."""
-    return json.dumps(params, sort_keys=True, default=str)
 
 
 def find_resumable_headless(store: Store, notebook: str, params: dict[str, Any]) -> str | None:
@@ -282,8 +277,7 @@ class HeadlessRunner:
     def _find_run_id(self) -> str | None:
         """The run this execution recorded: the newest journal of this notebook since we started."""
         for run_id in reversed(self.store.run_ids()):
-            records = self.store.read_journal(run_id)
-            head = records[0] if records else {}
+            head = self.store.journal_head(run_id) or {}
             if head.get("ts", 0) < self._started_wall - 1.0:  # older than this execution: not ours
                 return None
             if head.get("notebook") == self.notebook and params_key(head.get("params") or {}) == params_key(self.params):

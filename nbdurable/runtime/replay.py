@@ -206,12 +206,12 @@ def find_resumable(
     not resumed: the second element is then a note naming it."""
     if not notebook:
         return None, None
-    wanted = _params_key(params) if params is not None else None
+    wanted = params_key(params) if params is not None else None
     for run_id in reversed(store.run_ids()):
         head = store.journal_head(run_id)
         if head is None or head.get("notebook") != notebook:
             continue
-        if wanted is not None and _params_key(head.get("params") or {}) != wanted:
+        if wanted is not None and params_key(head.get("params") or {}) != wanted:
             continue
         status, steps = journal_status(store, run_id)
         if not steps:
@@ -222,5 +222,6 @@ def find_resumable(
     return None, None
 
 
-def _params_key(params: dict[str, Any]) -> str:
+def params_key(params: dict[str, Any]) -> str:
+    """Parameters as compared between runs (canonical JSON)."""
     return json.dumps(params, sort_keys=True, default=str)
