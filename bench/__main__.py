@@ -18,6 +18,7 @@ SUITE = {
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
+    "steps": [("steps", [])],
 }
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     for group in args.only or list(SUITE):
         for module, extra in SUITE[group]:
             quick = {"cell_overhead": ["--rounds", "2", "--cells", "100"], "checkpoint": ["--repeats", "1"],
-                     "headless": ["--repeats", "1"]}
+                     "headless": ["--repeats", "1"], "steps": ["--rounds", "2"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)
             rows = run_child(module, *extra, *(quick.get(module, []) if args.quick else []))
             figures += [Figure(**row) for row in rows]

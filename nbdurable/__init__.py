@@ -17,6 +17,7 @@ from nbdurable.errors import *  # noqa: E402,F403  (the error hierarchy is part 
 
 from nbdurable.runtime.policy import RetryPolicy  # noqa: E402
 from nbdurable.runtime.steps import map, run_step, step  # noqa: E402,A004
+from nbdurable.runtime.waits import send_event, sleep, sleep_until, wait_for_event  # noqa: E402
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -40,6 +41,10 @@ __all__ = [
     "step",
     "run_step",
     "map",
+    "sleep",
+    "sleep_until",
+    "wait_for_event",
+    "send_event",
     "RetryPolicy",
     *_errors.__all__,
 ]

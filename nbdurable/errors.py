@@ -99,6 +99,10 @@ class StepTimeoutError(NbdurableError):
         super().__init__(message, hint=hint)
 
 
+class SuspendedError(NbdurableError):
+    """A headless run suspended itself where a suspension cannot be reported otherwise (papermill)."""
+
+
 class RetryAfter(Exception):  # noqa: N818 - a request, not an error: `raise nbd.RetryAfter(30)`
     """Raise it inside a step to be retried after ``seconds`` (counts as a failed attempt)."""
 
@@ -109,6 +113,37 @@ class RetryAfter(Exception):  # noqa: N818 - a request, not an error: `raise nbd
 
     def __str__(self) -> str:
         return self.message
+
+
+class RunSuspended(BaseException):  # noqa: N818 - a signal, not an error (BaseException: `except Exception` lets it through)
+    """Raised by ``nbd.sleep`` / ``nbd.wait_for_event`` in a headless run whose wait is longer than the
+    suspend threshold: the run commits, ends as ``suspended`` and its process exits; ``nbdurable worker``
+    resumes it when its timer is due or its event arrives."""
+
+    def __init__(self, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None) -> None:
+        super().__init__(wake_at, waiting_for)
+        self.wake_at, self.waiting_for = wake_at, waiting_for
+
+    def __str__(self) -> str:
+        return describe_suspension(self.wake_at, self.waiting_for)
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"⏸ nbdurable: run suspended: {self}. `nbdurable worker` resumes it when it is due."]
+
+
+def describe_suspension(wake_at: float | None, waiting_for: dict[str, Any] | None) -> str:
+    """What a suspended run waits for, in words."""
+    import datetime as dt
+
+    def at(ts: float) -> str:
+        return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+    if waiting_for:
+        match = waiting_for.get("match")
+        text = f"waiting for event {waiting_for.get('name')!r}" + (f" matching {match}" if match else "")
+        timeout_at = waiting_for.get("timeout_at")
+        return text + (f" until {at(timeout_at)}" if timeout_at else "")
+    return f"sleeping until {at(wake_at)}" if wake_at else "suspended"
 
 
 __all__ = [
@@ -127,5 +162,7 @@ __all__ = [
     "NondeterminismError",
     "NonRetryableError",
     "StepTimeoutError",
+    "SuspendedError",
     "RetryAfter",
+    "RunSuspended",
 ]

@@ -1,7 +1,7 @@
 """The ``nbdurable`` command line.
 
 Exit codes: 0 success; 1 a run or check failed; 2 usage error (bad options, unknown run id);
-3 reserved for a run that suspended itself (waiting on a timer or an event).
+3 a run suspended itself (waiting on a timer or an event; `nbdurable worker` resumes it).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def demo(workdir: str | None) -> None:
 
 def _register_commands() -> None:
     """Commands defined in the package's other modules attach themselves to ``main``."""
-    from nbdurable.cli import maintenance, run  # noqa: F401
+    from nbdurable.cli import maintenance, run, worker  # noqa: F401
 
 
 _register_commands()

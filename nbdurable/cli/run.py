@@ -10,8 +10,14 @@ from typing import Any
 
 import click
 
-from nbdurable.cli import EXIT_FAILED, _open_store, main, store_option
+from nbdurable.cli import EXIT_FAILED, EXIT_SUSPENDED, _open_store, main, store_option
 from nbdurable.errors import OptionsError, RunNotFoundError
+
+
+suspend_option = click.option(
+    "--suspend-after", "suspend_after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="Suspend the run (exit code 3) at a durable sleep or event wait longer than this (default 60).",
+)
 
 
 def _run_store(store: str | None, notebook: Path) -> Path:
@@ -20,7 +26,8 @@ def _run_store(store: str | None, notebook: Path) -> Path:
 
 
 def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, store: str | None, cwd: str | None,
-             kernel: str | None, fresh: bool = False, resume_run: str | None = None, progress: bool = True) -> None:
+             kernel: str | None, fresh: bool = False, resume_run: str | None = None, progress: bool = True,
+             suspend_after: float | None = None) -> None:
     from tqdm import tqdm
 
     from nbdurable.headless.params import load_notebook
@@ -40,7 +47,7 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
     runner = HeadlessRunner(
         nb, notebook_path=notebook, store_path=_run_store(store, notebook), params=params,
         output_path=Path(output) if output else None, kernel_name=kernel, cwd=Path(cwd) if cwd else None,
-        fresh=fresh, resume_run=resume_run, on_cell=on_cell,
+        fresh=fresh, resume_run=resume_run, on_cell=on_cell, suspend_after=suspend_after,
     )  # fmt: skip
     try:
         result = runner.execute()
@@ -51,6 +58,10 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
         f"{result.status}: run {result.run_id}{resumed}: {result.executed} executed, {result.restored} restored "
         f"(saved {result.time_saved:.1f} s) in {result.seconds:.1f} s" + (f"; output {output}" if output else "")
     )
+    if result.status == "suspended":
+        click.echo(f"Run {result.run_id} is {result.describe_suspension()}; `nbdurable worker` resumes it when it is due.",
+                   err=True)
+        sys.exit(EXIT_SUSPENDED)
     if result.status != "completed":
         click.echo(f"Error: {result.error}. Run the same command again to resume from there.", err=True)
         sys.exit(EXIT_FAILED)
@@ -68,16 +79,20 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
 @click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory of the kernel (default: the notebook's).")
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@suspend_option
 def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], ...], files: tuple[str, ...],
-        fresh: bool, store: str | None, cwd: str | None, kernel: str | None, progress: bool) -> None:
+        fresh: bool, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
+        suspend_after: float | None) -> None:
     """Run NOTEBOOK headless; write OUTPUT (an .ipynb) if given.
 
-    The same notebook with the same parameters resumes its unfinished (crashed or failed) run: cells it
-    completed are restored, the rest executes. Exit code 0 completed, 1 a cell failed or the kernel died."""
+    The same notebook with the same parameters resumes its unfinished (crashed, failed or suspended) run:
+    cells it completed are restored, the rest executes. Exit code 0 completed, 1 a cell failed or the
+    kernel died, 3 the run suspended itself on a long `nbd.sleep` or `nbd.wait_for_event`
+    (`nbdurable worker` resumes it when it is due)."""
     from nbdurable.headless.params import load_parameters
 
     _execute(notebook, output, load_parameters(parameters, files), store=store, cwd=cwd, kernel=kernel,
-             fresh=fresh, progress=progress)
+             fresh=fresh, progress=progress, suspend_after=suspend_after)
 
 
 @main.command("resume")
@@ -87,8 +102,11 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
 @click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory of the kernel.")
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, kernel: str | None, progress: bool) -> None:
-    """Resume RUN_ID: run its notebook again with its parameters, restoring what it completed."""
+@suspend_option
+def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
+           suspend_after: float | None) -> None:
+    """Resume RUN_ID: run its notebook again with its parameters, restoring what it completed (same exit
+    codes as `run`)."""
     records = _open_store(store).read_journal(run_id)
     head = records[0] if records else {}
     notebook = head.get("notebook_path")
@@ -97,8 +115,9 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
                            hint="interactive sessions resume in Jupyter with `%durable resume RUN_ID`.")
     if any(r.get("t") == "run_end" and r.get("status") == "completed" for r in records):
         raise OptionsError(f"run {run_id} completed: there is nothing to resume.", hint="`nbdurable run NOTEBOOK --fresh` runs it again.")
-    _execute(Path(notebook), output, head.get("params") or {}, store=store or str(_open_store(store).path), cwd=cwd,
-             kernel=kernel, resume_run=run_id, progress=progress)
+    _execute(Path(notebook), output or head.get("output_path"), head.get("params") or {},
+             store=store or str(_open_store(store).path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
+             suspend_after=suspend_after)
 
 
 @main.command("show")

@@ -15,6 +15,7 @@ from typing import Any
 from nbclient.exceptions import DeadKernelError
 from papermill.engines import Engine
 
+from nbdurable.errors import SuspendedError
 from nbdurable.headless.runner import HeadlessRunner
 
 
@@ -41,4 +42,9 @@ class DurableEngine(Engine):  # type: ignore[misc]
         result = runner.execute()
         if result.status == "crashed":
             raise DeadKernelError(f"{result.error}; run the same papermill command again to resume")
+        if result.status == "suspended":
+            raise SuspendedError(
+                f"run {result.run_id} suspended itself ({result.describe_suspension()})",
+                hint="`nbdurable worker` resumes it when it is due (or run the same papermill command again then)",
+            )
         return nb_man.nb

@@ -27,7 +27,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError
 from nbdurable.kernel_ext.cells import classify
 from nbdurable.runtime.checkpoint import load_outputs
-from nbdurable.kernel_ext.extension import ENV_KIND, ENV_PARAMS, ENV_RESUME, HANDLE_NAME
+from nbdurable.kernel_ext.extension import ENV_KIND, ENV_OUTPUT, ENV_PARAMS, ENV_RESUME, ENV_SUSPEND_AFTER, HANDLE_NAME
 from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable, params_key
 from nbdurable.store import Store
@@ -39,7 +39,7 @@ LEASE_WAIT_SECONDS = 15.0  # an orphaned kernel (its runner was killed) exits wi
 class RunResult:
     """How a headless run ended."""
 
-    status: str  # "completed" | "failed" | "crashed"
+    status: str  # "completed" | "failed" | "crashed" | "suspended"
     run_id: str | None = None
     resumed_from: str | None = None
     executed: int = 0
@@ -48,6 +48,14 @@ class RunResult:
     seconds: float = 0.0
     error: str | None = None
     cells: list[dict[str, Any]] = field(default_factory=list)
+    wake_at: float | None = None  # a suspended run: when its timer is due
+    waiting_for: dict[str, Any] | None = None  # a suspended run: the event it waits for
+
+    def describe_suspension(self) -> str:
+        """What a suspended run waits for, in words."""
+        from nbdurable.errors import describe_suspension
+
+        return describe_suspension(self.wake_at, self.waiting_for)
 
 
 def find_resumable_headless(store: Store, notebook: str, params: dict[str, Any]) -> str | None:
@@ -89,6 +97,7 @@ class HeadlessRunner:
         fresh: bool = False,
         resume_run: str | None = None,
         autosave_seconds: float = 10.0,
+        suspend_after: float | None = None,
         start_timeout: float = 60.0,
         on_cell: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> None:
@@ -102,6 +111,7 @@ class HeadlessRunner:
         self.fresh = fresh
         self.resume_run = resume_run
         self.autosave_seconds = autosave_seconds
+        self.suspend_after = suspend_after
         self.start_timeout = start_timeout
         self.on_cell = on_cell
         self.result = RunResult(status="running")
@@ -136,12 +146,18 @@ class HeadlessRunner:
             ENV_KIND: "headless",
             ENV_PARAMS: params_key(self.params),
             ENV_RESUME: self.result.resumed_from or "",
+            ENV_OUTPUT: str(self.output_path.resolve()) if self.output_path else "",
         }
+        if self.suspend_after is not None:
+            env[ENV_SUSPEND_AFTER] = str(self.suspend_after)
         try:
             self._run_client(client, env)
         finally:
             self.result.seconds = time.perf_counter() - started
             self.result.run_id = self._find_run_id()
+            if self.result.status == "suspended" and self.result.run_id:
+                end = self.store.read_journal(self.result.run_id)[-1]
+                self.result.wake_at, self.result.waiting_for = end.get("wake_at"), end.get("waiting_for")
             self._write_output()
         return self.result
 
@@ -165,6 +181,9 @@ class HeadlessRunner:
                 client.wait_for_reply(client.kc.execute(f"{HANDLE_NAME}.finish_headless('completed')", silent=True))
             self.result.status = "completed"
         except CellExecutionError as exc:
+            if exc.ename == "RunSuspended":
+                self.result.status = "suspended"
+                return
             self.result.status, self.result.error = "failed", str(exc).strip().splitlines()[-1] if str(exc).strip() else "a cell failed"
         except DeadKernelError:
             self.result.status, self.result.error = "crashed", "the kernel died (killed, out of memory, or sys.exit in C code)"
@@ -240,8 +259,12 @@ class HeadlessRunner:
     def _on_cell_executed(self, cell: Any, cell_index: int, execute_reply: Any = None) -> None:
         duration = time.perf_counter() - self._cell_started.get(cell_index, time.perf_counter())
         info = self._take_notices(cell)
-        ok = (execute_reply or {}).get("content", {}).get("status", "ok") == "ok"
-        if info.get("notice") == "restored":
+        content = (execute_reply or {}).get("content", {})
+        ok = content.get("status", "ok") == "ok"
+        if content.get("ename") == "RunSuspended":
+            how = "suspended"
+            cell.outputs = [o for o in cell.outputs if o.get("ename") != "RunSuspended"]
+        elif info.get("notice") == "restored":
             how = "restored"
             self.result.restored += 1
             self.result.time_saved += float(info.get("saved", 0.0))

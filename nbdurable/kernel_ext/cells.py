@@ -15,6 +15,7 @@ from functools import lru_cache
 import xxhash
 
 from nbdurable.errors import OptionsError
+from nbdurable.runtime.policy import RetryPolicy, parse_duration
 
 _CONTROL_LINE = re.compile(r"^\s*(%durable\b|%(load|reload|unload)_ext\s+nbdurable\s*$|#|$)")
 _CELL_MAGIC = re.compile(r"^\s*%%durable\b(.*)$")
@@ -40,6 +41,14 @@ def build_cell_parser() -> argparse.ArgumentParser:
         dest="no_state",
         help="record the step but store none of its variables (resume re-executes it if it bound any)",
     )
+    parser.add_argument("--retries", type=int, default=0, metavar="N",
+                        help="re-run the cell up to N times when it raises (N+1 attempts in all, each recorded)")
+    parser.add_argument("--initial-interval", dest="initial_interval", metavar="DURATION",
+                        help='wait before the first retry (default 1s; "500ms", "30s", "5m"…)')
+    parser.add_argument("--backoff", type=float, metavar="FACTOR", help="each wait is this many times the previous (default 2)")
+    parser.add_argument("--max-interval", dest="max_interval", metavar="DURATION", help="longest wait between attempts (default 1m)")
+    parser.add_argument("--timeout", metavar="DURATION",
+                        help="interrupt an attempt running longer than this (a failed attempt, retried if retries remain)")
     return parser
 
 
@@ -53,10 +62,18 @@ class CellOptions:
     name: str | None = None
     always: bool = False
     no_state: bool = False
+    policy: RetryPolicy | None = None  # --retries/--initial-interval/--backoff/--max-interval
+    timeout: float | None = None
 
     def as_record(self) -> dict[str, object]:
         """The options as journaled."""
-        return {"always": self.always, "no_state": self.no_state}
+        record: dict[str, object] = {"always": self.always, "no_state": self.no_state}
+        if self.policy is not None:
+            record["retry"] = {"max_attempts": self.policy.max_attempts, "initial_interval": self.policy.initial_interval,
+                               "backoff": self.policy.backoff, "max_interval": self.policy.max_interval}
+        if self.timeout is not None:
+            record["timeout"] = self.timeout
+        return record
 
 
 def parse_cell_options(line: str) -> CellOptions:
@@ -67,7 +84,17 @@ def parse_cell_options(line: str) -> CellOptions:
         raise OptionsError(f"%%durable: {exc}", hint=_PARSER.format_usage().strip()) from None
     if extra:
         raise OptionsError(f"%%durable: unknown option(s) {' '.join(extra)}", hint=_PARSER.format_usage().strip())
-    return CellOptions(name=args.name, always=args.always, no_state=args.no_state)
+    if args.retries < 0:
+        raise OptionsError(f"%%durable: --retries must be 0 or more, not {args.retries}", hint="e.g. %%durable --retries 3")
+    tuning = {k: v for k in ("initial_interval", "backoff", "max_interval") if (v := getattr(args, k)) is not None}
+    if tuning and not args.retries:
+        raise OptionsError(f"%%durable: --{next(iter(tuning)).replace('_', '-')} needs --retries", hint="e.g. %%durable --retries 3 --initial-interval 5s")
+    try:
+        policy = RetryPolicy(max_attempts=args.retries + 1, **tuning) if args.retries else None
+        timeout = parse_duration(args.timeout) if args.timeout is not None else None
+    except OptionsError as exc:
+        raise OptionsError(f"%%durable: {exc.message}", hint=exc.hint) from None
+    return CellOptions(name=args.name, always=args.always, no_state=args.no_state, policy=policy, timeout=timeout)
 
 
 @dataclass(frozen=True)

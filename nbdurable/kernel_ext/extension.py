@@ -18,20 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from traitlets import Bool, Integer, List, Unicode
+from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
 from nbdurable.capture.names import analyze_code
 from nbdurable.capture.namespace import DEFAULT_SECRET_PATTERNS, NamespaceTracker, SecretRules
-from nbdurable.errors import NbdurableError, RestoreError
+from nbdurable.errors import NbdurableError, RestoreError, RunSuspended
+from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
 from nbdurable.kernel_ext.cells import Cell, classify, source_hash
 from nbdurable.kernel_ext.identity import default_store_path, detect_notebook
-from nbdurable.kernel_ext.outputs import OutputCapture, replay_outputs, show_notice
+from nbdurable.kernel_ext.outputs import OutputCapture, WaitIndicator, replay_outputs, show_notice
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, ObjectLoader, load_outputs
 from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
 from nbdurable.runtime.run import DurableRun, StepHandle
 from nbdurable.runtime.steps import StepContext, enter_cell
+from nbdurable.runtime.waits import use_store
 from nbdurable.store import Store
 from nbdurable.store.records import StepStatus
 
@@ -39,6 +41,8 @@ HANDLE_NAME = "__nbdurable__"
 ENV_KIND = "NBDURABLE_KIND"  # "headless" when a runner drives the kernel
 ENV_PARAMS = "NBDURABLE_PARAMS"  # the run's parameters, JSON
 ENV_RESUME = "NBDURABLE_RESUME"  # set by a runner: the run to resume ("" = start fresh)
+ENV_OUTPUT = "NBDURABLE_OUTPUT"  # set by a runner: where it writes the output notebook (recorded for the worker)
+ENV_SUSPEND_AFTER = "NBDURABLE_SUSPEND_AFTER"  # set by a runner: overrides Durable.suspend_after
 RESTORE_CODE = f"{HANDLE_NAME}._restore_step()\n"
 REPLAY_CODE = f"{HANDLE_NAME}._replay_outputs()\n"
 
@@ -63,6 +67,10 @@ class Durable(Configurable):
     exclude = List(Unicode(), default_value=[], help="Variable names never written to disk.").tag(config=True)
     auto_resume = Bool(True, help="Arm replay of this notebook's unfinished run when the extension loads.").tag(config=True)
     inline_max_bytes = Integer(DEFAULT_INLINE_MAX, help="Objects up to this size live inside the journal record.").tag(config=True)
+    suspend_after = Float(
+        60.0, help="Headless runs: a durable sleep or event wait longer than this many seconds suspends the run "
+        "(it ends `suspended`, its process exits, `nbdurable worker` resumes it). Interactive sessions just wait."
+    ).tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
         super().__init__(parent=shell, **kwargs)
@@ -86,6 +94,10 @@ class Durable(Configurable):
         self._loader = ObjectLoader(self.store_obj, shell.user_ns)
         self._registered = False
         self._bypass = False
+        self._attempts: CellAttempts | None = None  # the executing cell's retry/timeout policy
+        self._policy_pending = False  # its AST is still to be wrapped
+        self._policy_transformer = CellPolicyTransformer(self._take_policy)
+        self.waiting = WaitIndicator(shell)
         self.last_batch = 0  # steps the last restore_batch restored (read back by the runner)
 
     # ----- set-up and tear-down -------------------------------------------------------------
@@ -105,6 +117,8 @@ class Durable(Configurable):
         shell.events.register("post_run_cell", self.post_run_cell)
         shell.input_transformers_cleanup.insert(0, self.transform)
         shell.input_transformers_post.append(self.remember_code)
+        shell.ast_transformers.append(self._policy_transformer)
+        use_store(self.store_obj)
         shell.user_ns[HANDLE_NAME] = self
         shell.user_ns_hidden[HANDLE_NAME] = self
         self.capture.install()
@@ -132,6 +146,9 @@ class Durable(Configurable):
             shell.input_transformers_cleanup.remove(self.transform)
         if self.remember_code in shell.input_transformers_post:
             shell.input_transformers_post.remove(self.remember_code)
+        if self._policy_transformer in shell.ast_transformers:
+            shell.ast_transformers.remove(self._policy_transformer)
+        use_store(None)
         shell.user_ns.pop(HANDLE_NAME, None)
         shell.user_ns_hidden.pop(HANDLE_NAME, None)
         self.capture.uninstall()
@@ -192,6 +209,7 @@ class Durable(Configurable):
                 notebook_path=self.notebook if self.notebook and Path(self.notebook).is_absolute() else None,
                 kind=self.kind,
                 params=self.params,
+                output_path=os.environ.get(ENV_OUTPUT) or None,
                 resumed_from=self.plan.run_id if self.plan else None,
                 root_run=self._root_of(self.plan.run_id) if self.plan else None,
                 events=self.events,
@@ -267,6 +285,11 @@ class Durable(Configurable):
         )
         if decision.kind in ("execute", "diverged", "reexecute"):
             self._enter_steps(run, cell)
+            if cell.options.policy is not None or cell.options.timeout is not None:
+                step = self._step
+                self._attempts = CellAttempts(cell.options.policy, cell.options.timeout,
+                                              lambda n, t, e, d: run.record_attempt(step, n, t, e, d))
+                self._policy_pending = True
             self._keys_before = None
             code = self._last_code if self._last_code is not None else cell.body
             if analyze_code(code).needs_full_scan:
@@ -280,7 +303,15 @@ class Durable(Configurable):
         if recorded and self.plan is not None:
             self.plan.pending = None  # replayed once: running the cell again in this session executes it
         assert self._step is not None
-        enter_cell(StepContext(run, self._step, recorded, self._loader))
+        suspend_after = None
+        if self.kind == "headless":
+            suspend_after = float(os.environ.get(ENV_SUSPEND_AFTER) or self.suspend_after)
+        enter_cell(StepContext(run, self._step, recorded, self._loader, suspend_after=suspend_after, show=self.waiting.show))
+
+    def _take_policy(self) -> bool:
+        """Asked by the AST transformer: wrap this module in the cell's attempts loop? (once per cell)"""
+        pending, self._policy_pending = self._policy_pending, False
+        return pending
 
     def _advance_plan(self, decision: Decision) -> None:
         if self.plan is None or decision.kind == "execute":
@@ -298,11 +329,15 @@ class Durable(Configurable):
         code, self._last_code = self._last_code, None
         enter_cell(None)
         self._step = self._mode = self._cell = None
+        self._attempts, self._policy_pending = None, False
         if decision is None or cell is None:
             return
         if decision.kind == "replay_outputs" or step is None:
             return
         error = result.error_before_exec or result.error_in_exec
+        if isinstance(error, RunSuspended):
+            self._commit_suspended(step, error)
+            return
         if decision.kind == "restore":
             self._commit_restored(step, decision, error)
             return
@@ -324,6 +359,14 @@ class Durable(Configurable):
         if self.plan is not None:
             self.plan.disarm()
         self.run.end_step(step, status="failed", error=_error_record(error))
+
+    def _commit_suspended(self, step: StepHandle, signal: RunSuspended) -> None:
+        """A wait suspended the run: the cell's step ends ``suspended`` with no state (it runs again on
+        resume, its completed step calls replayed); the run ends ``suspended``, durably."""
+        assert self.run is not None
+        self._keys_before = None
+        self.run.end_step(step, status="suspended", outputs=self.capture.stop())
+        self.run.finish("suspended", wake_at=signal.wake_at, waiting_for=signal.waiting_for)
 
     def _commit_executed(self, step: StepHandle, cell: Cell, code: str, error: BaseException | None) -> None:
         assert self.run is not None

@@ -8,6 +8,7 @@ wrappers are instance attributes set on install and removed on uninstall (``%rel
 
 from __future__ import annotations
 
+import secrets
 import sys
 from typing import Any, TextIO
 
@@ -163,3 +164,24 @@ def show_notice(shell: Any, text: str, kind: str, details: dict[str, Any] | None
     """A one-line notice (restored, re-executed…), marked in its metadata so tools can tell it apart
     (the headless runner moves it into the cell's metadata)."""
     shell.display_pub.publish(data={"text/plain": text}, metadata={NOTICE_METADATA_KEY: {"notice": kind, **(details or {})}})
+
+
+class WaitIndicator:
+    """The one-line countdown of a durable wait, updated in place where the frontend can (ipykernel's
+    display ids); a terminal shell prints only its first and last lines. It is a notice: never recorded."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self._display_id: str | None = None
+
+    def show(self, text: str, finished: bool) -> None:
+        pub = self.shell.display_pub
+        updates = type(pub).__module__.startswith("ipykernel")
+        first = self._display_id is None
+        if first:
+            self._display_id = secrets.token_hex(8)
+        if first or updates or finished:
+            pub.publish(data={"text/plain": text}, metadata={NOTICE_METADATA_KEY: {"notice": "waiting"}},
+                        transient={"display_id": self._display_id}, update=not first and updates)
+        if finished:
+            self._display_id = None

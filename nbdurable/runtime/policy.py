@@ -1,6 +1,6 @@
 """Retry policies and durations for explicit steps.
 
-A duration is seconds (int/float), a ``timedelta``, or text: ``"250ms"``, ``"90s"``, ``"15m"``, ``"24h"``,
+A duration is seconds (int/float, or a number as text), a ``timedelta``, or text: ``"250ms"``, ``"90s"``, ``"15m"``, ``"24h"``,
 ``"2d"`` (units may be combined: ``"1h30m"``).
 """
 
@@ -17,6 +17,7 @@ from nbdurable.errors import OptionsError
 Duration = Union[int, float, str, timedelta]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
@@ -26,6 +27,8 @@ def parse_duration(value: Duration) -> float:
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        seconds = float(value)  # a bare number is seconds (as typed on a %%durable line)
     elif isinstance(value, str) and value.strip() and _PART.sub("", value.strip().replace(" ", "")) == "":
         seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.replace(" ", "")))
     else:

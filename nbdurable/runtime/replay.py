@@ -120,8 +120,12 @@ class RecordedCall:
     call: int
     seq: int
     args: str
-    status: str  # "completed" | "failed"
+    status: str  # "completed" | "failed" | "waiting" (a durable wait that began and did not end)
     value: VarRef | None  # the ``result`` or ``error`` reference
+    options: dict[str, Any] = field(default_factory=dict)  # as journaled (a wait's deadline)
+
+
+WAIT_STEPS = ("nbd.sleep", "nbd.wait_for_event")
 
 
 def _pending_calls(records: list[dict[str, Any]], completed: int) -> tuple[str, list[RecordedCall]] | None:
@@ -133,15 +137,22 @@ def _pending_calls(records: list[dict[str, Any]], completed: int) -> tuple[str, 
         return None  # the plan ended at a divergence that is not simply "the last cell did not finish"
     cell = later[-1]
     starts = {r["ordinal"]: r for r in records if r.get("t") == "step_start" and r.get("parent") == cell["ordinal"]}
-    calls = []
+    calls: dict[int, RecordedCall] = {}
     for r in records:
-        start = starts.get(r.get("ordinal", -1)) if r.get("t") == "step_end" else None
-        if start is not None and r.get("status") in ("completed", "failed"):
-            o = start.get("options") or {}
+        start = starts.get(r.get("ordinal", -1))
+        if start is None:
+            continue
+        o = start.get("options") or {}
+        if r.get("t") == "step_start" and start.get("name") in WAIT_STEPS:
+            status, value = "waiting", None  # until its step_end, if there is one
+        elif r.get("t") == "step_end" and r.get("status") in ("completed", "restored", "failed"):
+            status = "failed" if r["status"] == "failed" else "completed"  # a replayed call counts as its original
             value = (r.get("variables") or [None])[0]
-            calls.append(RecordedCall(str(start.get("name")), int(o.get("call", 0)), int(o.get("seq", 0)),
-                                      str(o.get("args", "")), str(r["status"]), value))
-    return (str(cell["source_hash"]), sorted(calls, key=lambda c: c.seq)) if calls else None
+        else:
+            continue
+        calls[r["ordinal"]] = RecordedCall(str(start.get("name")), int(o.get("call", 0)), int(o.get("seq", 0)),
+                                           str(o.get("args", "")), status, value, dict(o))
+    return (str(cell["source_hash"]), sorted(calls.values(), key=lambda c: c.seq)) if calls else None
 
 
 def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[PlannedStep]:
@@ -159,6 +170,8 @@ def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[Planne
         end = ends.get(ordinal)
         if end is None:
             break
+        if end["status"] == "suspended":
+            break  # cut short by a suspension: it runs again, its completed step calls replayed
         if end["status"] in ("failed", "interrupted"):
             if any(ref.get("op") in ("set", "del") for ref in end.get("variables", [])):
                 break
@@ -216,7 +229,7 @@ def find_resumable(
         status, steps = journal_status(store, run_id)
         if not steps:
             continue
-        if status == "running":
+        if status == "running" or (status == "suspended" and store.is_live(run_id)):  # a worker is resuming it
             return None, f"run {run_id} of this notebook is live in another process"
         return (run_id if status in RESUMABLE_STATUSES else None), None
     return None, None

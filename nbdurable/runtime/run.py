@@ -38,6 +38,7 @@ from nbdurable.store.records import (
     step_end_record,
     step_start_record,
     attempt_record,
+    consumed_record,
 )
 
 
@@ -80,6 +81,7 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "nbdurable": __version__,
         "executable": sys.executable,
+        "cwd": os.getcwd(),
     }
 
 
@@ -94,6 +96,7 @@ class DurableRun:
         notebook_path: str | None = None,
         kind: Literal["interactive", "headless"] = "interactive",
         params: dict[str, Any] | None = None,
+        output_path: str | None = None,
         resumed_from: str | None = None,
         root_run: str | None = None,
         events: EventBus | None = None,
@@ -103,6 +106,7 @@ class DurableRun:
         self.run_id = new_run_id()
         self.notebook = notebook
         self.resumed_from = resumed_from
+        self.root_run = root_run or self.run_id
         self.events = events or EventBus()
         self.inline_max = inline_max
         self.stats = RunStats()
@@ -118,11 +122,13 @@ class DurableRun:
             notebook_path=notebook_path,
             kind=kind,
             params=params,
+            output_path=output_path,
             resumed_from=resumed_from,
             root_run=root_run,
             environment=_environment(),
         )
         self._journal.append(record, sync=True)
+        self._wait_scope: tuple[float, set[str]] | None = None
         self.events.emit(RuntimeEvent("run_started", self.run_id, {"notebook": notebook, "resumed_from": resumed_from}))
 
     @property
@@ -151,6 +157,21 @@ class DurableRun:
         """One attempt of an explicit step ended (journaled as it happens: a crash keeps it)."""
         self._journal.append(attempt_record(step.ordinal, attempt, started_at=started_at, ended_at=time.time(),
                                             error=error, next_delay=next_delay))
+
+    def wait_scope(self) -> tuple[float, set[str]]:
+        """What ``wait_for_event`` may return: events sent at or after the start of the run's root run
+        (the run this one resumes, transitively), except those the chain already consumed."""
+        if self._wait_scope is None:
+            from nbdurable.runtime.waits import chain_scope
+
+            started = float((self.store.journal_head(self.run_id) or {}).get("ts", time.time()))
+            self._wait_scope = chain_scope(self.store, self.resumed_from) if self.resumed_from else (started, set())
+        return self._wait_scope
+
+    def consume(self, step: StepHandle, event: dict[str, Any]) -> None:
+        """A wait step took ``event``: journaled before the step commits, so no resume takes it again."""
+        self.wait_scope()[1].add(event["id"])
+        self._journal.append(consumed_record(step.ordinal, event["id"], event["name"]))
 
     def end_child(self, step: StepHandle, status: str, refs: list[VarRef] | None = None, *,
                   changes: list[Change] | None = None) -> None:
@@ -276,14 +297,15 @@ class DurableRun:
         if not journaled:
             self._journal.sync_soon()
 
-    def finish(self, status: str) -> None:
-        """Write the final record and release the lease. Idempotent."""
+    def finish(self, status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None) -> None:
+        """Write the final record and release the lease. Idempotent. A ``suspended`` run says what it
+        waits for (``wake_at``, or ``waiting_for`` an event)."""
         if self.status != "running":
             return
         try:
             self._committer.close()
         finally:
-            self._journal.append(run_end_record(status), sync=True)
+            self._journal.append(run_end_record(status, wake_at=wake_at, waiting_for=waiting_for), sync=True)
         self._journal.close()
         self._lease.release()
         self.status = status

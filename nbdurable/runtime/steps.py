@@ -49,12 +49,17 @@ class Slot:
 class StepContext:
     """The explicit steps of one executing cell."""
 
-    def __init__(self, run: DurableRun, cell: StepHandle, recorded: list[RecordedCall], loader: ObjectLoader) -> None:
+    def __init__(self, run: DurableRun, cell: StepHandle, recorded: list[RecordedCall], loader: ObjectLoader, *,
+                 suspend_after: float | None = None, show: Callable[[str, bool], None] | None = None) -> None:
         self.run, self.cell, self.loader = run, cell, loader
         # A failed call that was the cell's last one most likely ended the cell: it executes again on
         # resume. One the cell went on past (it handled the error) replays its error, for determinism.
+        # A wait that had begun (``waiting``) continues with its recorded deadline.
         last = max((c.seq for c in recorded), default=0)
-        self.recorded = {c.seq: c for c in recorded if c.status == "completed" or c.seq != last}
+        self.recorded = {c.seq: c for c in recorded if c.status != "failed" or c.seq != last}
+        # Waits longer than this suspend the run (headless); None: wait in the process (interactive).
+        self.suspend_after = suspend_after
+        self.show = show  # shows a wait's progress: (text, finished)
         self.counters: dict[str, int] = {}
         self.seq = 0
         self._lock = threading.Lock()
@@ -75,25 +80,27 @@ class StepContext:
         recorded = slot.recorded
         assert recorded is not None
         value = self.loader.load(recorded.value, step_label=f"step `{slot.name}` call {slot.call}") if recorded.value else None
-        self.run.end_child(self._begin(slot), "restored", [recorded.value] if recorded.value else [])
+        status = "failed" if recorded.status == "failed" else "restored"  # a recorded error stays an error
+        self.run.end_child(self.begin(slot), status, [recorded.value] if recorded.value else [])
         if recorded.status == "failed" and isinstance(value, BaseException):
             raise value
         return value
 
     def attempts(self, slot: Slot, policy: RetryPolicy) -> Attempts:
         """The bookkeeping of a call that executes: a child step, its attempts, its result."""
-        child = self._begin(slot)
+        child = self.begin(slot)
+        return Attempts(policy, lambda n, s, e, d: self.run.record_attempt(child, n, s, e, d),
+                        lambda status, value: self.end(child, status, value))
 
-        def finish(status: str, value: Any) -> None:
-            label = "error" if status == "failed" else "result"
-            change = Change(label, "set", serialize(value), f"{child.ordinal}:{label}")
-            self.run.end_child(child, status, changes=[change])
-
-        return Attempts(policy, lambda n, s, e, d: self.run.record_attempt(child, n, s, e, d), finish)
-
-    def _begin(self, slot: Slot) -> StepHandle:
+    def begin(self, slot: Slot, extra: dict[str, Any] | None = None) -> StepHandle:
+        """Journal the start of a call (``extra`` options, e.g. a wait's deadline, are journaled with it)."""
         return self.run.begin_step(source="", source_hash=slot.args, name=slot.name, parent=self.cell.ordinal,
-                                   options={"call": slot.call, "seq": slot.seq, "args": slot.args})
+                                   options={"call": slot.call, "seq": slot.seq, "args": slot.args, **(extra or {})})
+
+    def end(self, child: StepHandle, status: str, value: Any) -> None:
+        """Commit a call with its result (or, ``failed``, the error it raised)."""
+        label = "error" if status == "failed" else "result"
+        self.run.end_child(child, status, changes=[Change(label, "set", serialize(value), f"{child.ordinal}:{label}")])
 
 
 def _check_agrees(slot: Slot, recorded: RecordedCall) -> None:

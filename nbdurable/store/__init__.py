@@ -6,7 +6,8 @@ A store is a directory::
     journals/<run>.jsonl    one append-only journal per run (the truth)
     objects/<ab>/<cdef..>   content-addressed object files
     leases/<run>.lease      one writer per run (flock + heartbeat)
-    tmp/                    temporary files, renamed into objects/
+    tmp/                    temporary files, renamed into objects/ and events/
+    events/<id>.json        events sent with `nbd.send_event` / `nbdurable send` (one file each)
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog
     gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
@@ -26,16 +27,17 @@ from ..errors import StoreFormatError
 from . import records
 if TYPE_CHECKING:
     from .catalog import Catalog
+from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, read_records
 from .lease import Lease, LeasesMixin
 from .objects import ObjectsMixin
 
-_SUBDIRS = ("journals", "objects", "leases", "tmp")
+_SUBDIRS = ("journals", "objects", "leases", "tmp", "events")
 _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
 
-class Store(JournalsMixin, ObjectsMixin, LeasesMixin):
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
     """A store directory. Create or open one with ``Store.open(path)``."""
 
     FORMAT_VERSION = 1

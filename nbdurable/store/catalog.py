@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from . import Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CATALOG_FILE = "catalog.duckdb"
 LOCK_FILE = "catalog.lock"  # queue of the nbdurable processes that want the catalog
 LOCK_TIMEOUT_S = 30.0
@@ -46,7 +46,7 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("run_id", _V), ("notebook", _V), ("notebook_path", _V), ("kind", _V), ("params", _V), ("status", _V),
         ("started_at", _T), ("ended_at", _T), ("pid", _I), ("host", _V), ("resumed_from", _V), ("root_run", _V),
         ("superseded_by", _V), ("steps_total", _I), ("steps_executed", _I), ("steps_restored", _I),
-        ("steps_failed", _I), ("time_saved_s", _F), ("duration_s", _F),
+        ("steps_failed", _I), ("time_saved_s", _F), ("duration_s", _F), ("wake_at", _T), ("waiting_for", _V),
     ],
     "steps": [
         ("run_id", _V), ("ordinal", _I), ("name", _V), ("parent", _I), ("source", _V), ("source_hash", _V),
@@ -63,11 +63,16 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("run_id", _V), ("ordinal", _I), ("idx", _I), ("output_type", _V), ("name", _V), ("mime_types", "VARCHAR[]"),
         ("text", _V), ("data", _V),
     ],
+    "attempts": [
+        ("run_id", _V), ("ordinal", _I), ("attempt", _I), ("started_at", _T), ("ended_at", _T), ("error_ename", _V),
+        ("error_evalue", _V), ("next_delay_s", _F),
+    ],
     "ingest_state": [("run_id", _V), ("byte_offset", _I), ("last_seq", _I)],
 }
 _KEYS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id",), "steps": ("run_id", "ordinal"), "variables": ("run_id", "ordinal", "name"),
-    "objects": ("object",), "outputs": ("run_id", "ordinal", "idx"), "ingest_state": ("run_id",),
+    "objects": ("object",), "outputs": ("run_id", "ordinal", "idx"), "attempts": ("run_id", "ordinal", "attempt"),
+    "ingest_state": ("run_id",),
 }
 _ARROW = {_V: pa.string(), _I: pa.int64(), _F: pa.float64(), _T: pa.timestamp("us"), _B: pa.bool_(), "VARCHAR[]": pa.list_(pa.string())}
 _STEP_END_COLUMNS = (
@@ -109,6 +114,7 @@ class _Batch:
         self.variables: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
         self.outputs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.objects: dict[str, dict[str, Any]] = {}
+        self.attempts: dict[tuple[str, int, int], dict[str, Any]] = {}
         self.state: dict[str, tuple[int, int]] = {}
         self.count = 0
 
@@ -134,7 +140,9 @@ class _Batch:
     def _run_update(self, run_id: str) -> dict[str, Any]:
         if run_id in self.runs:
             return self.runs[run_id]
-        return self.run_updates.setdefault(run_id, {"run_id": run_id, "status": None, "ended_at": None, "superseded_by": None})
+        return self.run_updates.setdefault(
+            run_id, {"run_id": run_id, "status": None, "ended_at": None, "superseded_by": None, "wake_at": None, "waiting_for": None}
+        )
 
     def on_run(self, run_id: str, r: dict[str, Any]) -> None:
         env = r.get("environment") or {}
@@ -146,12 +154,24 @@ class _Batch:
             "started_at": _us(r.get("ts")), "ended_at": None, "pid": pid if isinstance(pid, int) else None,
             "host": env.get("host"), "resumed_from": r.get("resumed_from"), "root_run": r.get("root_run") or run_id,
             "superseded_by": None, "steps_total": 0, "steps_executed": 0, "steps_restored": 0, "steps_failed": 0,
-            "time_saved_s": 0.0, "duration_s": None,
+            "time_saved_s": 0.0, "duration_s": None, "wake_at": None, "waiting_for": None,
         }
 
     def on_run_end(self, run_id: str, r: dict[str, Any]) -> None:
         row = self._run_update(run_id)
         row["status"], row["ended_at"] = r.get("status"), _us(r.get("ts"))
+        waiting = r.get("waiting_for")
+        row["wake_at"], row["waiting_for"] = _us(r.get("wake_at")), json.dumps(waiting, sort_keys=True) if waiting else None
+
+    def on_attempt(self, run_id: str, r: dict[str, Any]) -> None:
+        if not isinstance(r.get("ordinal"), int) or not isinstance(r.get("attempt"), int):
+            return
+        error = r.get("error") or {}
+        self.attempts[(run_id, r["ordinal"], r["attempt"])] = {
+            "run_id": run_id, "ordinal": r["ordinal"], "attempt": r["attempt"], "started_at": _us(r.get("started_at")),
+            "ended_at": _us(r.get("ended_at")), "error_ename": error.get("ename"), "error_evalue": _text(error.get("evalue")),
+            "next_delay_s": r.get("next_delay"),
+        }
 
     def on_superseded(self, run_id: str, r: dict[str, Any]) -> None:
         self._run_update(run_id)["superseded_by"] = r.get("by")
@@ -228,7 +248,7 @@ class _Batch:
 
 _HANDLERS = {
     "run": _Batch.on_run, "run_end": _Batch.on_run_end, "superseded": _Batch.on_superseded,
-    "step_start": _Batch.on_step_start, "step_end": _Batch.on_step_end,
+    "step_start": _Batch.on_step_start, "step_end": _Batch.on_step_end, "attempt": _Batch.on_attempt,
 }
 
 
@@ -296,14 +316,16 @@ def _apply(con: duckdb.DuckDBPyConnection, batch: _Batch) -> None:
         _apply_steps(con, batch)
         _insert(con, "runs", list(batch.runs.values()))
         if batch.run_updates:
-            upd = _arrow("runs", list(batch.run_updates.values()), ("run_id", "status", "ended_at", "superseded_by"))
+            upd = _arrow("runs", list(batch.run_updates.values()), ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for"))
             _run_sql(con, """
                 UPDATE runs SET
                   status = CASE WHEN u.status IS NOT NULL THEN u.status
                                 WHEN runs.status = 'crashed' AND runs.ended_at IS NULL THEN 'running'
                                 ELSE runs.status END,
                   ended_at = coalesce(u.ended_at, runs.ended_at),
-                  superseded_by = coalesce(u.superseded_by, runs.superseded_by)
+                  superseded_by = coalesce(u.superseded_by, runs.superseded_by),
+                  wake_at = CASE WHEN u.status IS NOT NULL THEN u.wake_at ELSE runs.wake_at END,
+                  waiting_for = CASE WHEN u.status IS NOT NULL THEN u.waiting_for ELSE runs.waiting_for END
                 FROM _u u WHERE runs.run_id = u.run_id""", _u=upd)
         if batch.objects:
             cols = ", ".join(name for name, _ in _COLUMNS["objects"])
@@ -317,6 +339,7 @@ def _apply(con: duckdb.DuckDBPyConnection, batch: _Batch) -> None:
                   first_ordinal = CASE WHEN (excluded.first_run, excluded.first_ordinal) < (objects.first_run, objects.first_ordinal)
                                    THEN excluded.first_ordinal ELSE objects.first_ordinal END""",
                      _o=_arrow("objects", list(batch.objects.values())))
+        _insert(con, "attempts", list(batch.attempts.values()))
         _insert(con, "ingest_state", [{"run_id": r, "byte_offset": o, "last_seq": s} for r, (o, s) in batch.state.items()])
         _aggregate(con, sorted({*batch.runs, *batch.run_updates, *(k[0] for k in batch.steps)}))
         con.commit()

@@ -10,12 +10,22 @@ ingests them. Record types:
                This is the commit record; the journal is fdatasync'ed after it.
 ``run_end``    the run finished with a final status.
 ``superseded`` a later run resumed this one (``by``): this run is no longer unfinished.
-``attempt``    one attempt of an explicit step ended (``error`` None when it succeeded).
+``attempt``    one attempt of an explicit step (or of a cell with a retry policy) ended (``error`` None
+               when it succeeded).
+``consumed``   a ``wait_for_event`` step took an event (``event``: its id): no later wait of this run
+               (or of a run resuming it) returns that event again.
 
 An explicit step (``@nbd.step``) is a ``step_start`` with ``parent`` = its cell's ordinal and
 ``options`` = ``{"call": N, "seq": S, "args": "<hash>"}`` (its N-th call by that name, the S-th step
 call of the cell, the hash of its arguments), and a ``step_end`` whose ``variables`` hold one reference
 named ``result`` (or ``error``: the exception it finally raised).
+
+Durable waits are explicit steps named ``nbd.sleep`` and ``nbd.wait_for_event`` whose ``options`` also
+hold ``wake_at`` (unix seconds) or ``event``/``match``/``timeout_at``, written *before* the wait, so a
+run resuming after a crash (or after suspending) waits only for the time that remains. A cell cut short
+by a suspension ends with status ``suspended`` and no variables (it runs again on resume, its completed
+step calls replayed); its run ends with ``run_end`` status ``suspended`` plus ``wake_at`` or
+``waiting_for`` (``{"name", "match", "timeout_at", "after"}``).
 
 A variable reference (``VarRef``) in ``step_end.variables``::
 
@@ -41,11 +51,11 @@ from typing import Any, Literal, TypedDict
 
 JOURNAL_FORMAT = 1
 
-STEP_STATUSES = ("completed", "failed", "interrupted", "restored")
+STEP_STATUSES = ("completed", "failed", "interrupted", "restored", "suspended")
 RUN_STATUSES = ("running", "completed", "failed", "suspended", "cancelled", "crashed")
 FINAL_RUN_STATUSES = ("completed", "failed", "suspended", "cancelled")
 
-StepStatus = Literal["completed", "failed", "interrupted", "restored"]
+StepStatus = Literal["completed", "failed", "interrupted", "restored", "suspended"]
 
 
 class VarRef(TypedDict, total=False):
@@ -70,6 +80,7 @@ def run_record(
     notebook_path: str | None,
     kind: Literal["interactive", "headless"],
     params: dict[str, Any] | None = None,
+    output_path: str | None = None,
     resumed_from: str | None = None,
     root_run: str | None = None,
     environment: dict[str, Any] | None = None,
@@ -83,6 +94,7 @@ def run_record(
         "notebook_path": notebook_path,
         "kind": kind,
         "params": params or {},
+        "output_path": output_path,
         "resumed_from": resumed_from,
         "root_run": root_run or run_id,
         "environment": environment or {},
@@ -138,16 +150,24 @@ def step_end_record(
     }
 
 
-def run_end_record(status: str) -> dict[str, Any]:
-    """The run's final record."""
+def run_end_record(status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's final record; a suspended run says what it waits for (a time, an event)."""
     if status not in FINAL_RUN_STATUSES:
         raise ValueError(f"not a final run status: {status!r}")
-    return {"t": "run_end", "status": status}
+    record: dict[str, Any] = {"t": "run_end", "status": status}
+    if status == "suspended":
+        record.update(wake_at=wake_at, waiting_for=waiting_for)
+    return record
 
 
 def superseded_record(by: str) -> dict[str, Any]:
     """Appended to a finished-but-unfinished run's journal when a later run resumes it."""
     return {"t": "superseded", "by": by}
+
+
+def consumed_record(ordinal: int, event_id: str, name: str) -> dict[str, Any]:
+    """A wait step (``ordinal``) took the event ``event_id``."""
+    return {"t": "consumed", "ordinal": ordinal, "event": event_id, "name": name}
 
 
 def attempt_record(ordinal: int, attempt: int, *, started_at: float, ended_at: float,

@@ -1,0 +1,62 @@
+"""Events and suspended runs from the command line: ``send`` and ``worker``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nbdurable.cli import _open_store, main, store_option
+from nbdurable.cli.run import suspend_option
+from nbdurable.errors import OptionsError
+
+
+@main.command("send")
+@click.argument("name")
+@click.option("--data", default=None, metavar="JSON", help="The event's data, as JSON (e.g. '{\"week\": 47}').")
+@click.option("--data-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read the event's data from this JSON file.")
+@store_option
+def send(name: str, data: str | None, data_file: Path | None, store: str | None) -> None:
+    """Send the event NAME to the runs of the store waiting on it (`nbd.wait_for_event`).
+
+    The event is durable once this returns; a suspended run waiting on it is resumed by
+    `nbdurable worker`. Prints the event id."""
+    if data is not None and data_file is not None:
+        raise OptionsError("give --data or --data-file, not both", hint="nbdurable send report.approved --data '{\"week\": 47}'")
+    text = data_file.read_text() if data_file is not None else data
+    payload: Any = None
+    if text is not None:
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OptionsError(f"the event data is not JSON: {exc}", hint="quote it for the shell: --data '{\"week\": 47}'") from None
+    event = _open_store(store, create=True).send_event(name, payload)
+    click.echo(event["id"])
+
+
+@main.command("worker")
+@store_option
+@click.option("--once", is_flag=True, help="One pass: resume the runs due now, then exit.")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Seconds between passes.")
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N", help="Exit after resuming N runs.")
+@suspend_option
+def worker(store: str | None, once: bool, poll: float, max_runs: int | None, suspend_after: float | None) -> None:
+    """Resume suspended runs when they are due: a `nbd.sleep` whose time came, a `nbd.wait_for_event`
+    whose event arrived or whose wait timed out. Runs them one at a time, like `nbdurable resume`; two
+    workers on one store never resume the same run. Logs what it does to stderr; Ctrl-C stops it."""
+    from nbdurable.headless.worker import Worker
+
+    def log(message: str) -> None:
+        click.echo(f"{dt.datetime.now().isoformat(sep=' ', timespec='seconds')} {message}", err=True)
+
+    runner = Worker(_open_store(store), log=log, suspend_after=suspend_after)
+    try:
+        count = runner.work(once=once, poll=poll, max_runs=max_runs)
+    except KeyboardInterrupt:
+        count = runner.resumed
+    log(f"worker stopped: resumed {count} run(s)")

@@ -1,0 +1,127 @@
+"""The worker: resumes suspended headless runs when they are due.
+
+A run suspended on ``nbd.sleep`` is due once its wake-up time passed; one suspended on
+``nbd.wait_for_event`` once a matching event it has not consumed arrived, or its wait timed out. The
+catalog lists the suspended runs nobody resumed yet; the run's final journal record says what it waits
+for. Before resuming a run the worker takes that run's lease (a suspended run's lease is free), so two
+workers never resume the same run: the second finds it held, and by the time it is free again a run
+that resumes it exists. The resume itself is ``nbdurable resume``: the same notebook, parameters,
+output path and working directory, in a new kernel, restoring what the suspended run completed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbdurable.errors import LeaseHeldError
+from nbdurable.runtime.waits import chain_scope, find_event
+from nbdurable.store import Store
+
+
+@dataclass(frozen=True)
+class DueRun:
+    """A suspended run that is due, and why."""
+
+    run_id: str
+    reason: str
+
+
+def suspended_runs(store: Store) -> list[str]:
+    """Suspended runs that no later run resumed, oldest first."""
+    table = store.catalog().query(
+        "SELECT run_id FROM runs r WHERE status = 'suspended' "
+        "AND NOT EXISTS (SELECT 1 FROM runs s WHERE s.resumed_from = r.run_id) ORDER BY run_id"
+    )
+    return [str(r) for r in table["run_id"]]
+
+
+def why_due(store: Store, run_id: str, now: float) -> str | None:
+    """Why the suspended run ``run_id`` is due now, or None if it still waits."""
+    end = store.read_journal(run_id)[-1]
+    waiting = end.get("waiting_for")
+    if waiting:
+        after, consumed = chain_scope(store, run_id)
+        event = find_event(store, str(waiting.get("name")), waiting.get("match"), after=after, consumed=consumed)
+        if event is not None:
+            return f"event {event['name']!r} arrived ({event['id']})"
+        timeout_at = waiting.get("timeout_at")
+        return "its wait for an event timed out" if timeout_at is not None and timeout_at <= now else None
+    wake_at = end.get("wake_at")
+    return "its timer is due" if wake_at is None or wake_at <= now else None
+
+
+def due_runs(store: Store) -> list[DueRun]:
+    """The suspended runs that are due now."""
+    now = time.time()
+    return [DueRun(run_id, reason) for run_id in suspended_runs(store) if (reason := why_due(store, run_id, now))]
+
+
+def _resumed_by_another(store: Store, run_id: str) -> bool:
+    """True if a run resuming ``run_id`` exists (read from journal heads: fresher than the catalog)."""
+    return any((store.journal_head(other) or {}).get("resumed_from") == run_id for other in store.run_ids() if other > run_id)
+
+
+class Worker:
+    """Resumes due suspended runs of one store, one at a time."""
+
+    def __init__(self, store: Store, *, log: Callable[[str], None], suspend_after: float | None = None) -> None:
+        self.store, self.log, self.suspend_after = store, log, suspend_after
+        self.resumed = 0
+        self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file): logged once
+
+    def work(self, *, once: bool, poll: float, max_runs: int | None) -> int:
+        """Resume due runs until stopped (``once``: one pass); returns how many runs it resumed."""
+        self.log(f"worker started on store {self.store.path}" + (" (one pass)" if once else f" (polling every {poll:g} s)"))
+        while True:
+            for due in due_runs(self.store):
+                if max_runs is not None and self.resumed >= max_runs:
+                    break
+                self.resume(due)
+            if once or (max_runs is not None and self.resumed >= max_runs):
+                return self.resumed
+            time.sleep(poll)
+
+    def resume(self, due: DueRun) -> bool:
+        """Claim the run's lease and resume it; False if another worker has it or it cannot run."""
+        if due.run_id in self._skipped:
+            return False
+        try:
+            lease = self.store.acquire_lease(due.run_id)
+        except LeaseHeldError:
+            self.log(f"run {due.run_id}: another worker is resuming it")
+            return False
+        with lease:
+            if _resumed_by_another(self.store, due.run_id):
+                return False
+            head = self.store.read_journal(due.run_id)[0]
+            notebook = head.get("notebook_path")
+            if not notebook or not Path(notebook).is_file():
+                self.log(f"run {due.run_id}: cannot resume it: its notebook {notebook or '(unnamed)'} is gone")
+                self._skipped.add(due.run_id)
+                return False
+            self.log(f"run {due.run_id}: resuming {notebook} ({due.reason})")
+            result = self._run(due.run_id, Path(notebook), head)
+        self.resumed += 1
+        outcome = result.status + (f": {result.describe_suspension()}" if result.status == "suspended" else "")
+        outcome += f": {result.error}" if result.error and result.status != "suspended" else ""
+        self.log(f"run {due.run_id}: resumed as run {result.run_id}: {outcome} "
+                 f"({result.executed} executed, {result.restored} restored, {result.seconds:.1f} s)")
+        return True
+
+    def _run(self, run_id: str, notebook: Path, head: dict[str, Any]) -> Any:
+        from nbdurable.headless.params import load_notebook
+        from nbdurable.headless.runner import HeadlessRunner
+
+        params = head.get("params") or {}
+        output = head.get("output_path")
+        cwd = (head.get("environment") or {}).get("cwd")
+        runner = HeadlessRunner(
+            load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.path, params=params,
+            output_path=Path(output) if output else None, cwd=Path(cwd) if cwd and Path(cwd).is_dir() else None,
+            resume_run=run_id, suspend_after=self.suspend_after,
+        )  # fmt: skip
+        return runner.execute()

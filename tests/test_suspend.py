@@ -1,0 +1,128 @@
+"""Headless runs that suspend on a durable sleep or an event wait, and the worker that resumes them:
+the real ``nbdurable run``, ``send`` and ``worker`` commands with real kernels, in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+from nbdurable.store import Store
+from test_headless import nbd
+
+COUNT = "import pathlib\ndef count(what):\n    with open('counter.txt', 'a') as f:\n        f.write(what + '\\n')\n"
+
+
+def notebook(tmp_path: Path, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("import nbdurable as nbd\n" + COUNT + "count('setup')"),
+                *(nbformat.v4.new_code_cell(c) for c in cells)]
+    path = tmp_path / "flow.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def counted(tmp_path: Path) -> list[str]:
+    return (tmp_path / "counter.txt").read_text().split()
+
+
+def texts(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return ["".join(o.get("text", "") for o in cell.outputs) for cell in nb.cells]
+
+
+def worker_once(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    done = nbd("worker", "--once", "--store", ".nbdurable", *extra, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def sleep_until_due(tmp_path: Path, run_id: str) -> None:
+    """Sleep until the suspended run's timer (or event timeout) is due."""
+    end = Store.open(tmp_path / ".nbdurable").read_journal(run_id)[-1]
+    due = end["wake_at"] or end["waiting_for"]["timeout_at"]
+    time.sleep(max(0.0, due - time.time()) + 0.1)
+
+
+def suspended(tmp_path: Path) -> list[tuple[str, bool, bool]]:
+    table = Store.open(tmp_path / ".nbdurable").catalog().query(
+        "SELECT run_id, wake_at IS NOT NULL AS timer, waiting_for IS NOT NULL AS event FROM runs WHERE status = 'suspended'")
+    return [tuple(row) for row in table.values.tolist()]
+
+
+def test_a_headless_sleep_suspends_the_run_and_the_worker_resumes_it_when_due(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "r = nbd.run_step('fetch', lambda: count('fetch') or 41)\nnbd.sleep('6s')\nprint('woke', r + 1)",
+                    "count('after')\nprint('done')")
+    first = nbd("run", path.name, "out.ipynb", "--suspend-after", "1", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "is sleeping until" in first.stderr and "`nbdurable worker` resumes it" in first.stderr
+    assert counted(tmp_path) == ["setup", "fetch"]
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.metadata.nbdurable["status"] == "suspended"
+    assert out.cells[1].metadata.nbdurable["status"] == "suspended" and out.cells[1].outputs == []  # no traceback
+    [(run_id, timer, event)] = suspended(tmp_path)
+    assert timer and not event
+
+    early = worker_once(tmp_path)
+    assert "resumed 0 run(s)" in early.stderr and counted(tmp_path) == ["setup", "fetch"]
+    sleep_until_due(tmp_path, run_id)
+    due = worker_once(tmp_path)
+    assert f"run {run_id}: resuming" in due.stderr and "its timer is due" in due.stderr and ": completed" in due.stderr
+    assert counted(tmp_path) == ["setup", "fetch", "after"]  # nothing that completed ran twice
+    assert texts(tmp_path / "out.ipynb")[1:] == ["woke 42\n", "done\n"]  # the run's own output notebook, completed
+    assert nbformat.read(tmp_path / "out.ipynb", as_version=4).metadata.nbdurable["status"] == "completed"
+
+
+def test_a_headless_event_wait_suspends_until_nbdurable_send_and_the_worker(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "approval = nbd.wait_for_event('report.approved', match={'week': 47}, timeout='2d')\n"
+                              "count('approved')\nprint('approved by', approval['by'])")
+    first = nbd("run", path.name, "out.ipynb", "--no-progress", cwd=tmp_path)  # the default threshold: 60 s < 2 days
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "waiting for event 'report.approved' matching {'week': 47}" in first.stderr
+    [(run_id, timer, event)] = suspended(tmp_path)
+    assert event and not timer
+
+    other = nbd("send", "report.approved", "--data", '{"week": 46, "by": "bo"}', "--store", ".nbdurable", cwd=tmp_path)
+    assert other.returncode == 0 and other.stdout.strip()
+    assert "resumed 0 run(s)" in worker_once(tmp_path).stderr  # week 46 does not match
+
+    sent = nbd("send", "report.approved", "--data", '{"week": 47, "by": "ana"}', "--store", ".nbdurable", cwd=tmp_path)
+    due = worker_once(tmp_path)
+    assert f"event 'report.approved' arrived ({sent.stdout.strip()})" in due.stderr and ": completed" in due.stderr
+    assert counted(tmp_path) == ["setup", "approved"]
+    assert texts(tmp_path / "out.ipynb")[1] == "approved by ana\n"
+    assert "resumed 0 run(s)" in worker_once(tmp_path).stderr  # nothing left to do
+
+    bad = nbd("send", "report.approved", "--data", "{week: 47}", "--store", ".nbdurable", cwd=tmp_path)
+    assert bad.returncode == 2 and "the event data is not JSON" in bad.stderr
+
+
+def test_an_event_wait_that_times_out_resumes_with_none(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "approval = nbd.wait_for_event('never.sent', timeout='6s')\n"
+                              "print('timed out' if approval is None else 'approved')")
+    first = nbd("run", path.name, "out.ipynb", "--suspend-after", "1", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "resumed 0 run(s)" in worker_once(tmp_path).stderr
+    [(run_id, _, _)] = suspended(tmp_path)
+    sleep_until_due(tmp_path, run_id)
+    due = worker_once(tmp_path)
+    assert "its wait for an event timed out" in due.stderr and ": completed" in due.stderr
+    assert texts(tmp_path / "out.ipynb")[1] == "timed out\n"
+
+
+def test_two_workers_never_resume_the_same_run(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "nbd.sleep(2)", "import time\ntime.sleep(2)\ncount('resumed')")
+    assert nbd("run", path.name, "--suspend-after", "1", "--no-progress", cwd=tmp_path).returncode == 3
+    [(run_id, _, _)] = suspended(tmp_path)
+    sleep_until_due(tmp_path, run_id)
+    command = [sys.executable, "-m", "nbdurable", "worker", "--once", "--store", ".nbdurable"]
+    workers = [subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [w.communicate(timeout=180)[1] for w in workers]
+    assert sorted("resumed 1 run(s)" in log for log in logs) == [False, True], logs
+    store = Store.open(tmp_path / ".nbdurable")
+    successors = [r for r in store.run_ids() if (store.journal_head(r) or {}).get("resumed_from") == run_id]
+    assert len(successors) == 1 and counted(tmp_path) == ["setup", "resumed"]
