@@ -205,7 +205,8 @@ def test_runs_show_resume_and_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not a valid parameter name" in bad.stderr
 
 
-@pytest.mark.parametrize("command", [["run", "--help"], ["resume", "--help"], ["show", "--help"], ["runs", "--help"]])
+@pytest.mark.parametrize("command", [["run", "--help"], ["resume", "--help"], ["show", "--help"], ["runs", "--help"],
+                                     ["send", "--help"], ["worker", "--help"]])
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     result = nbd(*command, cwd=tmp_path)
     assert result.returncode == 0 and "Usage:" in result.stdout

@@ -273,3 +273,21 @@ def test_gc_keeps_what_kept_runs_need_and_deletes_the_rest(tmp_path: Path) -> No
     assert not (store.path / "leases" / f"{a2}.lease").exists()
     assert sorted(store.catalog().runs()["run_id"]) == sorted(kept)
     assert check(store).returncode == 0
+
+
+def test_a_damaged_event_file_is_damage_and_repair_moves_it_aside(store: Store) -> None:
+    kept = store.send_event("report.approved", {"week": 47})
+    broken = store.send_event("report.approved", {"week": 48})
+    path = store.path / "events" / f"{broken['id']}.json"
+    damaged = path.read_bytes().replace(b"48", b"49")  # the checksum no longer holds
+    path.write_bytes(damaged)
+    with pytest.warns(UserWarning, match="skipping the damaged event file"):
+        assert [e["id"] for e in store.events()] == [kept["id"]]  # a waiting run is not disturbed by it
+
+    proc = check(store)
+    assert proc.returncode == 1 and f"events/{broken['id']}.json is damaged (checksum or format)" in proc.stdout
+    proc = check(store, "--repair")
+    assert f"events/{broken['id']}.json: moved aside as events/{broken['id']}.json.corrupt-" in proc.stdout
+    assert check(store).returncode == 0
+    aside = list((store.path / "events").glob("*.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # never delete user data

@@ -3,6 +3,7 @@ the real ``nbdurable run``, ``send`` and ``worker`` commands with real kernels, 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -85,6 +86,9 @@ def test_a_headless_event_wait_suspends_until_nbdurable_send_and_the_worker(tmp_
     assert "waiting for event 'report.approved' matching {'week': 47}" in first.stderr
     [(run_id, timer, event)] = suspended(tmp_path)
     assert event and not timer
+    shown = nbd("show", run_id, "--store", ".nbdurable", cwd=tmp_path)
+    assert "waiting for event 'report.approved' matching {'week': 47} until" in shown.stdout
+    assert "↳ nbd.wait_for_event" in shown.stdout
 
     other = nbd("send", "report.approved", "--data", '{"week": 46, "by": "bo"}', "--store", ".nbdurable", cwd=tmp_path)
     assert other.returncode == 0 and other.stdout.strip()
@@ -126,3 +130,22 @@ def test_two_workers_never_resume_the_same_run(tmp_path: Path) -> None:
     store = Store.open(tmp_path / ".nbdurable")
     successors = [r for r in store.run_ids() if (store.journal_head(r) or {}).get("resumed_from") == run_id]
     assert len(successors) == 1 and counted(tmp_path) == ["setup", "resumed"]
+
+
+def test_a_polling_worker_resumes_runs_as_they_fall_due_and_stops_after_max_runs(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "nbd.sleep('4s')\ncount('woke')")
+    assert nbd("run", path.name, "--suspend-after", "1", "--no-progress", cwd=tmp_path).returncode == 3
+    begun = time.monotonic()
+    done = nbd("worker", "--poll", "0.5", "--max-runs", "1", "--store", ".nbdurable", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "resumed 1 run(s)" in done.stderr, done.stderr
+    assert time.monotonic() - begun < 60 and counted(tmp_path) == ["setup", "woke"]
+
+
+def test_papermill_reports_a_suspended_run_as_an_error_saying_what_to_do(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "nbd.sleep('1h')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
+    done = subprocess.run([sys.executable, "-m", "papermill", "--engine", "durable", path.name, "out.ipynb"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180, env={**env, "NBDURABLE_SUSPEND_AFTER": "1"})
+    assert done.returncode != 0 and "suspended itself (sleeping until" in done.stderr, done.stderr
+    assert "`nbdurable worker` resumes it" in done.stderr
+    assert [timer for _, timer, _ in suspended(tmp_path)] == [True]

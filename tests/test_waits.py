@@ -4,6 +4,7 @@ killed with SIGKILL where a crash is the point)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -125,3 +126,27 @@ def test_send_event_rejects_bad_names_and_data(store_dir: Path) -> None:
     with pytest.raises(OptionsError, match="must be JSON"):
         nbd.send_event("ok", {"when": object()}, store=store)
     assert nbd.send_event("ok", [1, 2], store=store) and json.loads(json.dumps(store.events()[0]["data"])) == [1, 2]
+
+
+def test_interactive_waits_count_down_in_place_and_are_interruptible(tmp_path: Path) -> None:
+    from kernels import Kernel
+
+    store_dir = tmp_path / "store"
+    kernel = Kernel({"NBDURABLE_STORE": str(store_dir), "NBDURABLE_NOTEBOOK": "waits"}, tmp_path)
+    try:
+        kernel.execute("%load_ext nbdurable")
+        for code, shown in (("import nbdurable as nbd\nnbd.sleep('1m')", "sleeping until"),
+                            ("nbd.wait_for_event('never.sent')", "waiting for event 'never.sent'")):
+            messages: list[dict] = []
+            threading.Timer(2.5, kernel.km.interrupt_kernel).start()
+            begun = time.monotonic()
+            reply = kernel.kc.execute_interactive(code, timeout=60, output_hook=messages.append)
+            assert time.monotonic() - begun < 20 and reply["content"]["ename"] == "KeyboardInterrupt"
+            displays = [m for m in messages if m["msg_type"] in ("display_data", "update_display_data")]
+            assert displays[0]["msg_type"] == "display_data" and shown in displays[0]["content"]["data"]["text/plain"]
+            assert any(m["msg_type"] == "update_display_data" for m in displays)  # refreshed in place, not appended
+    finally:
+        kernel.close()
+    sleep = next(r for r in records(store_dir, "step_start") if r["name"] == "nbd.sleep")
+    assert sleep["options"]["wake_at"] > time.time()  # recorded before the wait: a resume waits only what is left
+    assert not [r for r in records(store_dir, "step_end") if r["ordinal"] == sleep["ordinal"]]  # never ended

@@ -139,10 +139,19 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
     row = runs.iloc[0]
     click.echo(f"run {row.run_id}  {row.status}  {row.notebook}\n  params {row.params}  started {row.started_at}  "
                f"resumed from {row.resumed_from if isinstance(row.resumed_from, str) else '-'}  "
-               f"saved {0.0 if pd.isna(row.time_saved_s) else row.time_saved_s:.1f} s\n")
+               f"saved {0.0 if pd.isna(row.time_saved_s) else row.time_saved_s:.1f} s")
+    if row.status == "suspended":
+        from nbdurable.errors import describe_suspension
+
+        wake_at = None if pd.isna(row.wake_at) else row.wake_at.tz_localize("UTC").timestamp()
+        waiting = json.loads(row.waiting_for) if isinstance(row.waiting_for, str) else None
+        click.echo(f"  {describe_suspension(wake_at, waiting)}: `nbdurable worker` resumes it when it is due")
+    click.echo()
+    first_line = steps["source"].fillna("").map(lambda s: (s.strip().splitlines() or [""])[0][:50])
     table = steps.assign(
-        source=steps["source"].fillna("").map(lambda s: (s.strip().splitlines() or [""])[0][:50]),
+        source=first_line.where(steps["parent"].isna(), "  ↳ " + steps["name"].fillna("")),
         from_=steps["restored_from_run"].fillna("") + steps["restored_from_ordinal"].map(lambda o: "" if pd.isna(o) else f"#{int(o)}"),
     )[["ordinal", "status", "duration_s", "from_", "source"]].rename(columns={"from_": "restored from"})
-    click.echo(table.to_string(index=False))
+    width = int(table["source"].str.len().max() or 0)
+    click.echo(table.to_string(index=False, formatters={"source": f"{{:<{width}}}".format}))
 

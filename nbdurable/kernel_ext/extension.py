@@ -303,6 +303,7 @@ class Durable(Configurable):
         if recorded and self.plan is not None:
             self.plan.pending = None  # replayed once: running the cell again in this session executes it
         assert self._step is not None
+        self.waiting.reset()
         suspend_after = None
         if self.kind == "headless":
             suspend_after = float(os.environ.get(ENV_SUSPEND_AFTER) or self.suspend_after)

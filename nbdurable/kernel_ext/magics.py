@@ -53,7 +53,8 @@ class DurableMagics(Magics):
 
     @cell_magic("durable")  # type: ignore[arg-type,unused-ignore]  # IPython 9 types the named form as a union
     def durable_cell(self, line: str, cell: str) -> Any:
-        """Options for one cell: ``%%durable [--name NAME] [--always] [--no-state]``, then the cell's code.
+        """Options for one cell: ``%%durable [--name NAME] [--always] [--no-state] [--retries N
+        [--initial-interval D] [--backoff F] [--max-interval D]] [--timeout D]``, then the cell's code.
 
         nbdurable applies the options when the cell runs; this body only runs when that did not happen."""
         parse_cell_options(line)  # reports bad options with the usage

@@ -174,6 +174,10 @@ class WaitIndicator:
         self.shell = shell
         self._display_id: str | None = None
 
+    def reset(self) -> None:
+        """A new cell: a wait cut short in the previous one left its line there."""
+        self._display_id = None
+
     def show(self, text: str, finished: bool) -> None:
         pub = self.shell.display_pub
         updates = type(pub).__module__.startswith("ipykernel")

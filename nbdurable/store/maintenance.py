@@ -24,6 +24,7 @@ import duckdb
 
 from ..errors import CatalogLockedError, CorruptJournalError, LeaseHeldError, StoreError
 from .catalog import CATALOG_FILE
+from .events import EVENT_SUFFIX
 from .journal import _checked_body, fsync_dir, io_error
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ class CheckReport:
     collected: int = 0  # missing, but only runs collected by gc needed them
     unreferenced: int = 0  # object files no journal refers to (gc deletes them)
     catalog_problem: str | None = None  # missing or unreadable: repairable
+    damaged_events: list[str] = field(default_factory=list)  # ids of event files that do not read back
 
 
 def check_store(store: Store) -> CheckReport:
@@ -179,8 +181,17 @@ def check_store(store: Store) -> CheckReport:
     for scan in report.journals:
         _check_journal(store, scan, report)
     _check_objects(store, report)
+    _check_events(store, report)
     _check_catalog(store, report)
     return report
+
+
+def _check_events(store: Store, report: CheckReport) -> None:
+    for event_id in store.event_ids():
+        if store.read_event(event_id) is None:
+            report.damaged_events.append(event_id)
+            report.damage.append((f"events/{event_id}{EVENT_SUFFIX} is damaged (checksum or format): no run will receive it",
+                                  "ask its sender to send it again; `nbdurable check --repair` moves the file aside"))
 
 
 def _check_journal(store: Store, scan: JournalScan, report: CheckReport) -> None:
@@ -244,6 +255,12 @@ def repair_store(store: Store, report: CheckReport) -> tuple[list[str], list[Lea
                 actions.append(_repair_journal(store, scan.run_id))
             except LeaseHeldError as exc:
                 refused.append(exc)
+    for event_id in report.damaged_events:
+        path = store.path / "events" / f"{event_id}{EVENT_SUFFIX}"
+        with contextlib.suppress(FileNotFoundError):
+            aside = _keep_aside(path)
+            os.unlink(path)
+            actions.append(f"events/{path.name}: moved aside as events/{aside.name}")
     if actions or report.catalog_problem is not None:
         try:
             actions.append(f"rebuilt the catalog from the journals ({store.catalog().rebuild()} records)")
@@ -280,7 +297,7 @@ def _salvage(store: Store, scan: JournalScan) -> str:
 
 
 def _keep_aside(path: pathlib.Path) -> pathlib.Path:
-    """Hard-link a journal to ``<name>.corrupt-<UTC time>[-n]`` beside it; returns that path."""
+    """Hard-link a damaged file to ``<name>.corrupt-<UTC time>[-n]`` beside it; returns that path."""
     stamp, n = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), 0
     while True:
         aside = path.with_name(f"{path.name}{_ASIDE}{stamp}{f'-{n}' if n else ''}")
