@@ -70,13 +70,16 @@ def emit(figures: list[Figure]) -> None:
 
 
 def print_table(figures: list[Figure]) -> None:
-    """The suite's table: figure, nbdurable, baseline, ratio, target, verdict."""
-    header = f"{'figure':<46} {'nbdurable':>12} {'baseline':>24} {'ratio':>7}  {'target':<28} ok"
+    """The suite's table: figure, nbdurable, baseline, ratio, target, verdict (columns fit their content)."""
+    bases = [f"{f.baseline:.3f} {f.unit} {f.baseline_name}" for f in figures]
+    name_w = max([len("figure"), *(len(f.name) for f in figures)])
+    base_w = max([len("baseline"), *(len(b) for b in bases)])
+    target_w = max([len("target"), *(len(f.target) for f in figures)])
+    header = f"{'figure':<{name_w}} {'nbdurable':>12} {'baseline':>{base_w}} {'ratio':>7}  {'target':<{target_w}} ok"
     print(header)
     print("-" * len(header))
-    for f in figures:
+    for f, base in zip(figures, bases):
         value = f"{f.value:.3f} {f.unit}"
-        base = f"{f.baseline:.3f} {f.unit} {f.baseline_name}"
-        print(f"{f.name:<46} {value:>12} {base:>24} {f.ratio:>7.2f}  {f.target:<28} {'yes' if f.ok else 'NO'}")
+        print(f"{f.name:<{name_w}} {value:>12} {base:>{base_w}} {f.ratio:>7.2f}  {f.target:<{target_w}} {'yes' if f.ok else 'NO'}")
         if f.note:
-            print(f"{'':<46} {f.note}")
+            print(f"{'':<{name_w}} {f.note}")

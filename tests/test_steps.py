@@ -129,6 +129,26 @@ def test_loop_of_50_steps_killed_at_30_resumes_executing_exactly_20(store_dir: P
     assert executed_again == [str(i) for i in range(30, 50)], "calls 0..29 replayed, 30..49 executed: exactly 20"
 
 
+def test_a_resume_killed_again_does_not_rerun_the_calls_it_replayed(store_dir: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "count.txt"
+    cells = [
+        "import os, pathlib\nimport nbdurable as nbd\n"
+        f"COUNTER, MARKS = {str(counter)!r}, {str(tmp_path)!r}",
+        "@nbd.step\ndef work(i):\n"
+        "    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n"
+        "    mark = pathlib.Path(MARKS, f'killed-at-{i}')\n"
+        "    if i in (3, 7) and not mark.exists():\n        mark.touch()\n        os.kill(os.getpid(), 9)\n"
+        "    return i",
+        "results = [work(i) for i in range(10)]",
+    ]
+    assert run_session(store_dir, cells).killed  # at 3
+    assert run_session(store_dir, cells).killed  # at 7: calls 0..2 were replayed, 3..7 executed
+    third = run_session(store_dir, cells, probes={"results": "results"})
+    assert third.probes["results"] == repr(list(range(10)))
+    # 0..3 by the first session, 3..7 by the second (3 died mid-call), 7..9 by the third: nothing else twice.
+    assert counter.read_text().split() == [str(i) for i in [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9]]
+
+
 def test_replay_with_other_arguments_is_a_nondeterminism_error(store_dir: Path, tmp_path: Path) -> None:
     marker = tmp_path / "killed"
     cells = [
