@@ -48,7 +48,7 @@ class StoreFormatError(StoreError):
 
 
 class CorruptJournalError(StoreError):
-    """A journal record that is not the last one fails its checksum or does not parse."""
+    """A journal record that is not the last one fails authentication or does not parse."""
 
 
 class ObjectNotFoundError(StoreError):
@@ -61,6 +61,11 @@ class CorruptObjectError(StoreError):
 
 class ChangedDuringWriteError(StoreError):
     """An object changed while its payload was being written in the background: not stored."""
+
+
+class AuthenticationError(StoreError):
+    """A journal record or object file fails authentication (tampered with, damaged, or written under
+    another user's key), or the key itself is unusable. Nothing it holds is loaded."""
 
 
 class CatalogLockedError(StoreError):
@@ -154,6 +159,7 @@ __all__ = [
     "ObjectNotFoundError",
     "CorruptObjectError",
     "CatalogLockedError",
+    "AuthenticationError",
     "ChangedDuringWriteError",
     "LeaseHeldError",
     "RunNotFoundError",

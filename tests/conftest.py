@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,13 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests' processes (shells, kernels, the CLI) share an authentication key of their own in a
+    temporary config directory, never the user's ``~/.config/nbdurable/key`` (environments given to
+    subprocesses drop NBDURABLE_* variables, so the key is placed through XDG_CONFIG_HOME)."""
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbd-test-config-")
 
 
 @dataclass

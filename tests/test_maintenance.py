@@ -67,7 +67,7 @@ def file_refs(store: Store, run_id: str) -> dict[str, str]:
 
 
 def object_keys_named(data: bytes) -> list[str]:
-    """The object keys in a journal's lines, ignoring the checksums (damaged lines too)."""
+    """The object keys in a journal's lines, ignoring the tags (damaged lines too)."""
     keys = []
     for line in data.split(b"\n"):
         try:
@@ -124,13 +124,13 @@ def test_corrupt_middle_record_is_damage_and_repair_salvages_it(store: Store) ->
     path = store.journal_path(run_id)
     original = path.read_bytes()
     lines = original.split(b"\n")
-    lines[2] = lines[2].replace(b'"ordinal":1', b'"ordinal":7')  # the step_end of step 1: checksum now fails
+    lines[2] = lines[2].replace(b'"ordinal":1', b'"ordinal":7')  # the step_end of step 1: its tag now fails
     damaged = b"\n".join(lines)
     path.write_bytes(damaged)
 
     proc = check(store)
     assert proc.returncode == 1, proc.stdout
-    assert f"journals/{run_id}.jsonl is damaged at line 3 (checksum mismatch); the 2 records before it are intact" in proc.stdout
+    assert f"journals/{run_id}.jsonl is damaged at line 3 (fails authentication); the 2 records before it are intact" in proc.stdout
     assert "Result: damaged" in proc.stdout
     gc = nbdurable("gc", "--store", str(store.path), "--keep-last", "0")  # gc cannot know what the lost lines need
     assert gc.returncode == 1 and "is damaged at line 3" in gc.stderr and "nbdurable check --repair" in gc.stderr
@@ -279,13 +279,13 @@ def test_a_damaged_event_file_is_damage_and_repair_moves_it_aside(store: Store) 
     kept = store.send_event("report.approved", {"week": 47})
     broken = store.send_event("report.approved", {"week": 48})
     path = store.path / "events" / f"{broken['id']}.json"
-    damaged = path.read_bytes().replace(b"48", b"49")  # the checksum no longer holds
+    damaged = path.read_bytes().replace(b"48", b"49")  # its tag no longer authenticates it
     path.write_bytes(damaged)
     with pytest.warns(UserWarning, match="skipping the damaged event file"):
         assert [e["id"] for e in store.events()] == [kept["id"]]  # a waiting run is not disturbed by it
 
     proc = check(store)
-    assert proc.returncode == 1 and f"events/{broken['id']}.json is damaged (checksum or format)" in proc.stdout
+    assert proc.returncode == 1 and f"events/{broken['id']}.json is damaged or not authentic (tag or format)" in proc.stdout
     proc = check(store, "--repair")
     assert f"events/{broken['id']}.json: moved aside as events/{broken['id']}.json.corrupt-" in proc.stdout
     assert check(store).returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from pathlib import Path
 import pickle
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from nbdurable.errors import CorruptJournalError, LeaseHeldError, RunNotFoundError, StoreError, StoreFormatError
 from nbdurable.store import JournalWriter, Store, read_records, records
+from nbdurable.store.auth import line_tag
 from nbdurable.store.journal import encode_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def test_open_creates_layout_private(tmp_path: pathlib.Path) -> None:
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o700
     for sub in ("journals", "objects", "leases", "tmp"):
         assert (store.path / sub).is_dir()
-    assert json.loads((store.path / "FORMAT").read_text()) == {"format": 1, "created_by": "nbdurable"}
+    assert json.loads((store.path / "FORMAT").read_text()) == {"format": 2, "created_by": "nbdurable"}
     assert Store.open(store.path, create=False) == store  # reopening works
 
 
@@ -65,10 +67,17 @@ def test_open_non_store_directory(tmp_path: pathlib.Path) -> None:
 
 
 def test_open_newer_format(store: Store) -> None:
-    (store.path / "FORMAT").write_text(json.dumps({"format": 2, "created_by": "nbdurable"}))
-    with pytest.raises(StoreFormatError, match=r"newer nbdurable \(format 2") as exc:
+    (store.path / "FORMAT").write_text(json.dumps({"format": 3, "created_by": "nbdurable"}))
+    with pytest.raises(StoreFormatError, match=r"newer nbdurable \(format 3") as exc:
         Store.open(store.path)
     assert "pip install -U nbdurable" in str(exc.value)
+
+
+def test_open_a_store_without_authentication(store: Store) -> None:
+    (store.path / "FORMAT").write_text(json.dumps({"format": 1, "created_by": "nbdurable"}))
+    with pytest.raises(StoreFormatError, match="not authenticated") as exc:
+        Store.open(store.path)
+    assert "start a new store" in str(exc.value)
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"created_by": "x"}', '{"format": "1"}', "[]"])
@@ -201,15 +210,29 @@ def test_corrupt_middle_line(store: Store) -> None:
         read_records(path, offset)
 
 
-def test_checksummed_garbage_is_corrupt_even_last(store: Store) -> None:
+def test_authenticated_garbage_is_corrupt_even_last(store: Store) -> None:
     _write_run(store, "r1").close()
     path = store.path / "journals" / "r1.jsonl"
-    import xxhash
-
     body = b"[1,2]"
     with open(path, "ab") as f:
-        f.write(body + b"\t" + xxhash.xxh3_64_hexdigest(body).encode() + b"\n")
+        f.write(body + b"\t" + line_tag(body) + b"\n")
     with pytest.raises(CorruptJournalError, match="line 4"):
+        store.read_journal("r1")
+
+
+def test_a_line_written_under_another_key_is_never_parsed(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Authentication: records forged without the user's key (or written under another user's key) are
+    refused before anything in them is used; mid-file that is damage, as the last line it is a torn tail."""
+    _write_run(store, "r1").close()
+    path = store.path / "journals" / "r1.jsonl"
+    honest = path.read_bytes()
+    monkeypatch.setenv("NBDURABLE_KEY_FILE", str(tmp_path / "attacker-key"))
+    forged = encode_line({"t": "step_end", "ordinal": 1, "status": "completed", "variables": [{"name": "x", "op": "set"}]})
+    monkeypatch.delenv("NBDURABLE_KEY_FILE")
+    path.write_bytes(honest + forged)
+    assert len(store.read_journal("r1")) == 3  # the forged last line is ignored like a torn write
+    path.write_bytes(forged + honest)
+    with pytest.raises(CorruptJournalError, match="line 1: fails authentication"):
         store.read_journal("r1")
 
 

@@ -11,8 +11,9 @@ from typing import BinaryIO
 import pytest
 import xxhash
 
-from nbdurable.errors import ObjectNotFoundError, StoreError
+from nbdurable.errors import AuthenticationError, ObjectNotFoundError, StoreError
 from nbdurable.store import Store
+from nbdurable.store.auth import object_tag
 
 
 @pytest.fixture
@@ -32,9 +33,9 @@ def test_write_read_round_trip(store: Store) -> None:
     data = b"hello object"
     key = _key(data)
     assert not store.has_object(key)
-    assert store.write_object(key, lambda f: f.write(data)) == len(data)
+    assert store.write_object(key, lambda f: f.write(data)) == (len(data), object_tag(data))
     assert store.has_object(key) and store.object_size(key) == len(data)
-    got = store.read_object(key)
+    got = store.read_object(key, object_tag(data))
     assert isinstance(got, bytearray) and got == data
     path = store.object_path(key)
     assert path == store.path / "objects" / key[:2] / key[2:] and path.is_file()
@@ -42,23 +43,21 @@ def test_write_read_round_trip(store: Store) -> None:
     assert os.listdir(store.path / "tmp") == []  # renamed into place, nothing left behind
 
 
-def test_existing_object_is_not_rewritten(store: Store) -> None:
+def test_existing_object_is_not_rewritten_and_its_tag_comes_from_our_bytes(store: Store) -> None:
     key = _key(b"abc")
     store.write_object(key, lambda f: f.write(b"abc"))
-    calls = []
-
-    def writer(f: BinaryIO) -> None:
-        calls.append(1)
-        f.write(b"abc")
-
-    assert store.write_object(key, writer) == 3
-    assert calls == []
+    inode = store.object_path(key).stat().st_ino
+    store.object_path(key).write_bytes(b"evil")  # replaced behind our back (same inode)
+    assert store.write_object(key, _writer(b"abc")) == (4, object_tag(b"abc"))  # not the file's bytes' tag
+    assert store.object_path(key).stat().st_ino == inode and store.object_path(key).read_bytes() == b"evil"
+    with pytest.raises(AuthenticationError, match=f"object {key} fails authentication"):
+        store.read_object(key, object_tag(b"abc"))
 
 
 def test_empty_object(store: Store) -> None:
     key = _key(b"")
-    assert store.write_object(key, lambda f: None) == 0
-    assert store.read_object(key) == bytearray()
+    assert store.write_object(key, lambda f: None) == (0, object_tag(b""))
+    assert store.read_object(key, object_tag(b"")) == bytearray()
 
 
 def test_big_object_from_memoryview_parts(store: Store) -> None:
@@ -73,8 +72,9 @@ def test_big_object_from_memoryview_parts(store: Store) -> None:
             total += f.write(view[off : off + (16 << 20)])  # straight from memory, 16 MiB at a time
         return total
 
-    assert store.write_object(key, writer) == len(big)
-    got = store.read_object(key)
+    size, tag = store.write_object(key, writer)
+    assert size == len(big)
+    got = store.read_object(key, tag)
     assert len(got) == len(big) and got == big
 
 
@@ -94,7 +94,7 @@ def test_writer_gets_unbuffered_file(store: Store) -> None:
 def test_missing_object(store: Store) -> None:
     key = "0" * 32
     with pytest.raises(ObjectNotFoundError, match=key) as exc:
-        store.read_object(key)
+        store.read_object(key, None)
     assert exc.value.hint
     with pytest.raises(ObjectNotFoundError):
         store.object_size(key)
@@ -139,7 +139,8 @@ def test_real_enospc_from_dev_full(store: Store) -> None:
 
 @pytest.mark.parametrize("bad", ["", "abc", "G" * 32, "A" * 32, "0" * 31, "0" * 33, "../" + "0" * 29])
 def test_bad_keys(store: Store, bad: str) -> None:
-    for call in (store.has_object, store.read_object, store.object_size, store.object_path, store.delete_object):
+    for call in (store.has_object, lambda key: store.read_object(key, None), store.object_size, store.object_path,
+                 store.delete_object):
         with pytest.raises(ValueError):
             call(bad)
     with pytest.raises(ValueError):
@@ -176,11 +177,26 @@ def test_big_objects_are_mapped_copy_on_write_and_survive_deletion(tmp_path) -> 
     store = Store.open(tmp_path / "store")
     data = bytes(range(256)) * (MMAP_THRESHOLD // 256 + 1)
     key = "ab" * 16
-    store.write_object(key, lambda f: f.write(data))
-    view = store.read_object(key)
+    _, tag = store.write_object(key, lambda f: f.write(data))
+    view = store.read_object(key, tag)
     assert isinstance(view, memoryview) and not view.readonly
     assert view.tobytes() == data
     view[0] = 255  # a private copy-on-write page: the object file is unchanged
     store.delete_object(key)  # a mapped file may be deleted (gc) while a kernel still uses it
     assert view[1] == 1 and view[0] == 255
     assert not store.has_object(key)
+
+
+def test_the_tag_of_mixed_small_and_big_writes_is_the_tag_of_the_bytes(store: Store) -> None:
+    data = os.urandom(80 * 2**20)  # more than one pipelined slice
+
+    def writer(f: BinaryIO) -> None:
+        scratch = bytearray(data[:1000])
+        f.write(scratch)
+        scratch[:] = b"\0" * 1000  # the caller reuses its buffer once write returns: the tag must not see it
+        f.write(memoryview(data)[1000 : 2**20])
+        f.write(memoryview(data)[2**20 :])
+
+    size, tag = store.write_object(_key(data), writer)
+    assert size == len(data) and tag == object_tag(data)
+    assert store.read_object(_key(data), tag) == data

@@ -18,6 +18,7 @@ from nbdurable.errors import NbdurableError, OptionsError, RunNotFoundError
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SUSPENDED = 3
+RUNS_LIMIT_MAX = 1_000_000  # as `%durable runs --limit`; far more is no listing (and DuckDB refuses past int64)
 
 
 def _store_path(store: str | None) -> Path:
@@ -71,7 +72,8 @@ def install_kernel(user: bool, name: str, prefix: str | None) -> None:
 @store_option
 @click.option("--notebook", default=None, help="Only runs of this notebook (path or attached name).")
 @click.option("--status", type=click.Choice(["running", "completed", "failed", "suspended", "cancelled", "crashed"]), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=RUNS_LIMIT_MAX), default=20, show_default=True,
+              help="How many runs, newest first.")
 def runs(store: str | None, notebook: str | None, status: str | None, limit: int) -> None:
     """List recent runs, newest first."""
     from nbdurable.kernel_ext.identity import notebook_identity

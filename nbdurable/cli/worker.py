@@ -27,13 +27,20 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
     `nbdurable worker`. Prints the event id."""
     if data is not None and data_file is not None:
         raise OptionsError("give --data or --data-file, not both", hint="nbdurable send report.approved --data '{\"week\": 47}'")
-    text = data_file.read_text() if data_file is not None else data
+    try:
+        text = data_file.read_text(encoding="utf-8") if data_file is not None else data
+    except UnicodeDecodeError as exc:
+        raise OptionsError(f"--data-file {data_file} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                           hint="JSON files are UTF-8: save it as UTF-8, or pass the data with --data") from None
     payload: Any = None
     if text is not None:
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as exc:
             raise OptionsError(f"the event data is not JSON: {exc}", hint="quote it for the shell: --data '{\"week\": 47}'") from None
+        except RecursionError:  # the parser recurses once per level of [ or {
+            raise OptionsError("the event data is nested too deeply to be read as JSON",
+                               hint="send flatter data: an event's data is a small document, e.g. {\"week\": 47}") from None
     event = _open_store(store, create=True).send_event(name, payload)
     click.echo(event["id"])
 

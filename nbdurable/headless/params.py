@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,16 +33,26 @@ def load_parameters(pairs: tuple[tuple[str, str], ...], files: tuple[str, ...]) 
     for file in files:
         try:
             loaded = yaml.safe_load(Path(file).read_text())
-        except (OSError, yaml.YAMLError) as exc:
+        except Exception as exc:  # OSError, UnicodeDecodeError, YAMLError, and what PyYAML's constructors raise
+            # for a bad tagged scalar (`!!int ''`: IndexError, `!!timestamp x`: AttributeError, `!!bool x`: KeyError)
             raise OptionsError(f"cannot read parameters file {file}: {exc}", hint="pass a YAML mapping, e.g. `lr: 0.01`") from exc
         if not isinstance(loaded, dict):
             raise OptionsError(f"parameters file {file} is not a mapping", hint="write NAME: VALUE lines")
+        for name in loaded:
+            if not _is_name(name):
+                raise OptionsError(f"parameters file {file}: {name!r} is not a valid parameter name",
+                                   hint="names are Python identifiers (not keywords), e.g. `learning_rate: 0.1`")
         params.update(loaded)
     for name, value in pairs:
-        if not name.isidentifier():
-            raise OptionsError(f"-p {name}: not a valid parameter name", hint="names are Python identifiers, e.g. -p learning_rate 0.1")
+        if not _is_name(name):
+            raise OptionsError(f"-p {name}: not a valid parameter name", hint="names are Python identifiers (not keywords), e.g. -p learning_rate 0.1")
         params[name] = parse_value(value)
     return params
+
+
+def _is_name(name: object) -> bool:
+    """True if ``name = value`` in the injected cell assigns a variable (`class` or `1` would be a SyntaxError)."""
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
 
 
 def load_notebook(path: Path, params: dict[str, Any], kernel_name: str | None) -> nbformat.NotebookNode:

@@ -178,8 +178,12 @@ class HeadlessRunner:
                     if index >= first:
                         client.execute_cell(cell, index)
                 assert client.kc is not None
+                # The output notebook is written before the run is marked completed: a runner killed in
+                # between leaves a resumable run (the next invocation restores every cell and writes it
+                # again), never a completed run without its output notebook.
+                self.result.status, self.result.run_id = "completed", self._find_run_id()
+                self._write_output()
                 client.wait_for_reply(client.kc.execute(f"{HANDLE_NAME}.finish_headless('completed')", silent=True))
-            self.result.status = "completed"
         except CellExecutionError as exc:
             if exc.ename == "RunSuspended":
                 self.result.status = "suspended"

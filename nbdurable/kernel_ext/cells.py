@@ -11,6 +11,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NoReturn
 
 import xxhash
 
@@ -21,9 +22,16 @@ _CONTROL_LINE = re.compile(r"^\s*(%durable\b|%(load|reload|unload)_ext\s+nbdurab
 _CELL_MAGIC = re.compile(r"^\s*%%durable\b(.*)$")
 
 
+class _CellParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse calls error() itself for some mistakes even with exit_on_error=False (an ambiguous
+        # abbreviation: `--n` could be --name or --no-state), and error() exits the process.
+        raise argparse.ArgumentError(None, message)
+
+
 def build_cell_parser() -> argparse.ArgumentParser:
     """The options of the ``%%durable`` cell magic (used by the transformer and the magic's help)."""
-    parser = argparse.ArgumentParser(
+    parser = _CellParser(
         prog="%%durable",
         add_help=False,
         exit_on_error=False,

@@ -9,8 +9,10 @@ the names the cell touched and commits the step to the run's journal.
 
 from __future__ import annotations
 
+import ast
 import atexit
 import json
+import linecache
 import os
 import sys
 import time
@@ -23,7 +25,9 @@ from traitlets.config import Configurable
 
 from nbdurable.capture.names import analyze_code
 from nbdurable.capture.namespace import DEFAULT_SECRET_PATTERNS, NamespaceTracker, SecretRules
-from nbdurable.errors import NbdurableError, RestoreError, RunSuspended
+from nbdurable.errors import (
+    AuthenticationError, CorruptObjectError, NbdurableError, ObjectNotFoundError, RestoreError, RunSuspended, StoreError,
+)
 from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
 from nbdurable.kernel_ext.cells import Cell, classify, source_hash
 from nbdurable.kernel_ext.identity import default_store_path, detect_notebook
@@ -35,6 +39,7 @@ from nbdurable.runtime.run import DurableRun, StepHandle
 from nbdurable.runtime.steps import StepContext, enter_cell
 from nbdurable.runtime.waits import use_store
 from nbdurable.store import Store
+from nbdurable.store.journal import io_error
 from nbdurable.store.records import StepStatus
 
 HANDLE_NAME = "__nbdurable__"
@@ -45,6 +50,8 @@ ENV_OUTPUT = "NBDURABLE_OUTPUT"  # set by a runner: where it writes the output n
 ENV_SUSPEND_AFTER = "NBDURABLE_SUSPEND_AFTER"  # set by a runner: overrides Durable.suspend_after
 RESTORE_CODE = f"{HANDLE_NAME}._restore_step()\n"
 REPLAY_CODE = f"{HANDLE_NAME}._replay_outputs()\n"
+# A recorded object that cannot be loaded (missing, damaged, failing authentication): its cell executes instead.
+UNLOADABLE = (ObjectNotFoundError, CorruptObjectError, AuthenticationError)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,9 @@ class Durable(Configurable):
         self.kind: Literal["interactive", "headless"] = "headless" if os.environ.get(ENV_KIND) == "headless" else "interactive"
         self.params: dict[str, Any] = json.loads(os.environ.get(ENV_PARAMS) or "{}")
         self.store_path = self._resolve_store_path()
-        self.store_obj = Store.open(self.store_path)
+        self.store_obj = _open_store(self.store_path)
         self.run: DurableRun | None = None
+        self._not_durable: str | None = None  # why this session records nothing (the store refused to)
         self.plan: ReplayPlan | None = None
         self._step: StepHandle | None = None
         self._mode: Decision | None = None
@@ -158,7 +166,18 @@ class Durable(Configurable):
     def close(self) -> None:
         """Finish the current run with the status its history implies."""
         if self.run is not None and self.run.status == "running":
-            self.run.finish(self._final_status())
+            status = self._final_status()
+            try:  # a big step committed in the background may have failed (disk full): say so here, once
+                self.run.wait_durable()
+            except NbdurableError as exc:
+                print(f"nbdurable: a cell's state could not be made durable: {exc}\n  The run ends `failed`: "
+                      "the next session resumes it from its last durable step.", file=sys.stderr)
+                status = "failed"
+            try:
+                self.run.finish(status)
+            except NbdurableError as exc:  # at exit or unload: report, release the lease, never raise
+                print(f"nbdurable: could not finish run {self.run.run_id}: {exc}", file=sys.stderr)
+                self.run.abandon()
         self.run = None
 
     def finish_headless(self, status: str) -> None:
@@ -240,7 +259,7 @@ class Durable(Configurable):
 
     def transform(self, lines: list[str]) -> list[str]:
         """IPython cleanup transformer: runs on the raw cell before ``pre_run_cell``; never raises."""
-        if self._bypass:
+        if self._bypass or self._not_durable:
             return lines
         try:
             cell = classify("".join(lines).rstrip("\n"))
@@ -270,7 +289,7 @@ class Durable(Configurable):
             cell = classify(info.raw_cell.rstrip("\n"))
         except NbdurableError:
             cell = Cell(info.raw_cell, False, info.raw_cell, source_hash(info.raw_cell))
-        if cell.control:
+        if cell.control or self._not_durable:
             return
         decision = self.decide(cell)
         self._cell, self._mode = cell, decision
@@ -278,7 +297,11 @@ class Durable(Configurable):
             assert self.plan is not None
             self.plan.advance()
             return
-        run = self.ensure_run()
+        try:
+            run = self.ensure_run()
+        except (StoreError, OSError) as exc:
+            self._stop_recording(exc)  # a cell transformed for a restore executes instead (``_restore_step``)
+            return
         self._advance_plan(decision)
         self._step = run.begin_step(
             source=cell.body, source_hash=cell.source_hash, name=cell.options.name, options=cell.options.as_record()
@@ -313,6 +336,18 @@ class Durable(Configurable):
         """Asked by the AST transformer: wrap this module in the cell's attempts loop? (once per cell)"""
         pending, self._policy_pending = self._policy_pending, False
         return pending
+
+    def _stop_recording(self, exc: BaseException) -> None:
+        """The store refused to record this session (read-only, permissions, disk full): say so once; the
+        notebook runs on, not durably (nothing recorded, nothing restored) until `%durable new`."""
+        self._not_durable = str(getattr(exc, "message", exc))
+        self.plan = None
+        print(
+            f"nbdurable: this session is NOT durable: {exc}\n  Cells run normally, but nothing is recorded or restored. "
+            "Fix the store or point NBDURABLE_STORE (or c.Durable.store) at a writable directory and restart the "
+            "kernel, or run `%durable new` to try recording again.",
+            file=sys.stderr,
+        )
 
     def _advance_plan(self, decision: Decision) -> None:
         if self.plan is None or decision.kind == "execute":
@@ -382,7 +417,8 @@ class Durable(Configurable):
             self.run.end_step(step, status=status, changes=changes, outputs=outputs, error=_error_record(error))
             self.tracker.accept(changes)
         except Exception as exc:  # the cell ran; its state could not be made durable
-            print(f"nbdurable: could not record this cell's state: {exc}", file=sys.stderr)
+            print(f"nbdurable: this cell ran, but its state could not be made durable: {exc}\n"
+                  "  It will run again on resume (and the cells after it).", file=sys.stderr)
             self.run.end_step(step, status="failed", outputs=outputs, error=_error_record(exc))
         finally:
             self._keys_before = None
@@ -398,7 +434,8 @@ class Durable(Configurable):
             state = "armed" if plan.peek() else "finished"
             replay = f"{state}: {plan.cursor}/{len(plan.steps)} steps of run {plan.run_id} consumed"
         return {
-            "run": run.run_id if run else "(starts with the next cell)",
+            "run": run.run_id if run else f"(none: not recording: {self._not_durable})" if self._not_durable
+            else "(starts with the next cell)",
             "notebook": self.notebook or "(unnamed: `%durable attach NAME` to make it resumable)",
             "store": str(self.store_path),
             "executed": str(stats.executed if stats else 0),
@@ -412,6 +449,7 @@ class Durable(Configurable):
         """`%durable new`: end this run; the next cell starts a run that restores nothing."""
         self.close()
         self.plan = None
+        self._not_durable = None  # a store that refused to record is tried again
         self.tracker.reset()
 
     def attach(self, name: str) -> None:
@@ -426,7 +464,7 @@ class Durable(Configurable):
             self.notebook = identity
             new_path = self._resolve_store_path()
             if new_path != self.store_path:
-                self.store_path, self.store_obj = new_path, Store.open(new_path)
+                self.store_path, self.store_obj = new_path, _open_store(new_path)
                 self._loader = ObjectLoader(self.store_obj, self.shell.user_ns)
         self.notebook = identity
         print(f"nbdurable: attached to notebook {identity!r} (store {self.store_path}).")
@@ -476,10 +514,14 @@ class Durable(Configurable):
             )
             reason = planned.execution_reason()
             if reason is None:
-                self.apply_step(planned)
-                run.record_restored(step, planned)
-                restored += 1
-                continue
+                try:
+                    self.apply_step(planned)
+                except UNLOADABLE as exc:  # its cell can rebuild it
+                    reason = self._unloadable(exc)
+                else:
+                    run.record_restored(step, planned)
+                    restored += 1
+                    continue
             print(f"nbdurable: re-executing {planned.label}: {reason}.", file=sys.stderr)
             self._reexecute(step, planned)
             reexecuted += 1
@@ -511,6 +553,7 @@ class Durable(Configurable):
 
     def _restore_step(self) -> None:
         """Body of a restored cell: apply the recorded delta, show the recorded outputs."""
+        __tracebackhide__ = True  # IPython leaves this frame out of a failing cell's traceback
         decision = self._mode
         if decision is None or decision.step is None or decision.kind != "restore":
             raise RestoreError(
@@ -518,8 +561,20 @@ class Durable(Configurable):
                 hint="run the cell again; `%durable new` starts a fresh run if this repeats.",
             )
         planned = decision.step
+        if self._step is None:  # the store refused to record this session: just run the cell
+            self._execute_instead(planned, None)
+            return
         started = time.perf_counter()
-        self.apply_step(planned)
+        try:
+            self.apply_step(planned)
+        except UNLOADABLE as exc:  # an object file is missing or damaged
+            reason: str | None = self._unloadable(exc)
+        else:
+            reason = None
+        if reason is not None:  # outside the except: a failure of the cell is not chained to the load's
+            show_notice(self.shell, f"↻ nbdurable: re-executing this cell: {reason}.", "reexecuted")
+            self._execute_instead(planned, reason)
+            return
         replay_outputs(self.shell, load_outputs(self.store_obj, planned.outputs))
         saved = max(0.0, planned.duration - (time.perf_counter() - started))
         show_notice(
@@ -528,6 +583,37 @@ class Durable(Configurable):
             "restored",
             {"restored_from": planned.origin, "saved": saved, "duration": planned.duration},
         )
+
+    def _unloadable(self, exc: StoreError) -> str:
+        """A recorded object did not load, so its cell executes instead; returns the reason to show. A
+        damaged object file is set aside first: executing the cell then stores the object anew under its
+        key (a missing one simply is written again), so the store heals and the next resume restores it."""
+        key = getattr(exc, "object_key", None)
+        if isinstance(exc, (CorruptObjectError, AuthenticationError)) and key:
+            try:
+                self.store_obj.set_aside_object(key)
+            except OSError:
+                pass  # e.g. a read-only store: the cell still executes
+        return exc.message
+
+    def _execute_instead(self, planned: PlannedStep, reason: str | None) -> None:
+        """Inside a cell transformed into ``_restore_step()``: run the cell's own code after all. With a
+        ``reason`` (its recorded state cannot be loaded) the step is then recorded as executed, like a
+        cell decided ``reexecute``: outputs captured, delta committed by ``post_run_cell``, replay goes on."""
+        __tracebackhide__ = True
+        source = self._cell.body if self._cell is not None else planned.source
+        self._bypass = True
+        try:
+            code = self.shell.transform_cell(source)
+        finally:
+            self._bypass = False
+        if reason is not None and self.run is not None and self._cell is not None:
+            self._mode = Decision("reexecute", planned, reason)
+            self._last_code = code  # what post_run_cell analyses for the delta
+            self._enter_steps(self.run, self._cell)
+            self._keys_before = self.tracker.snapshot_keys() if analyze_code(code).needs_full_scan else None
+            self.capture.start()
+        _run_code(self.shell, code, f"<nbdurable: {planned.label}>")
 
     def restore_batch(self, source_hashes: list[str]) -> int:
         """Restore the next planned steps at once, for a headless runner that fills their outputs from
@@ -541,16 +627,20 @@ class Durable(Configurable):
                 break
             run = self.ensure_run()
             assert self.plan is not None
+            started = time.perf_counter()
+            try:
+                self.apply_step(planned)
+            except UNLOADABLE:
+                # Left in the plan: the runner sends this cell, whose restore fails again and executes it.
+                break
+            except Exception:
+                self.plan.disarm()
+                raise
             self.plan.advance()
             step = run.begin_step(
                 source=planned.source, source_hash=planned.source_hash, name=planned.name, options=planned.options
             )
-            try:
-                self.apply_step(planned)
-            except Exception:
-                run.end_step(step, status="failed", error={"ename": "RestoreError", "evalue": "batch restore failed"})
-                self.plan.disarm()
-                raise
+            step.t0 = started  # the restore time counts the load
             run.record_restored(step, planned)
             restored = self.last_batch = restored + 1
         return restored
@@ -576,6 +666,26 @@ class Durable(Configurable):
             obj = self._loader.load(ref, step_label=planned.label)
             ns[name] = obj
             self.tracker.adopt(name, obj, key=str(ref.get("object")), instance=str(ref.get("instance")))
+
+
+def _open_store(path: Path) -> Store:
+    """``Store.open``, with a directory it cannot create or read reported as a StoreError saying what to do."""
+    try:
+        return Store.open(path)
+    except OSError as exc:
+        raise io_error(exc, "opening the store", path) from exc
+
+
+def _run_code(shell: Any, code: str, filename: str) -> None:
+    """Execute transformed cell code in the user namespace, showing a last expression's value the way
+    IPython does (through the displayhook, so it is an output of the cell)."""
+    __tracebackhide__ = True
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)  # tracebacks show the code
+    tree = ast.parse(code, filename)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, filename, "exec"), shell.user_ns)
+    if last is not None:
+        exec(compile(ast.Interactive([last]), filename, "single"), shell.user_ns)
 
 
 def _error_record(error: BaseException | None) -> dict[str, Any] | None:

@@ -13,13 +13,21 @@ from typing import Any
 
 
 def notebook_identity(value: str, base: Path | None = None) -> str:
-    """A notebook's identity: the absolute path of an existing .ipynb file, else the name as given."""
-    candidate = Path(value).expanduser()
+    """A notebook's identity: the absolute path of an existing .ipynb file, else the name as given.
+
+    A name that cannot be a path (``~user`` of an unknown user, a file name too long for the file system)
+    is a name: the same text always gives the same identity."""
+    try:
+        candidate = Path(value).expanduser()
+    except RuntimeError:  # ~user/...: no such user, no home directory to expand to
+        return value
     if not candidate.is_absolute():
         candidate = (base or Path.cwd()) / candidate
-    if candidate.suffix == ".ipynb" or candidate.exists():
-        return str(candidate.resolve())
-    return value
+    try:
+        is_notebook = candidate.suffix == ".ipynb" or candidate.exists()
+    except OSError:  # stat refused the path itself (ENAMETOOLONG, EACCES...): no file we could read
+        return value
+    return str(candidate.resolve()) if is_notebook else value
 
 
 def detect_notebook(user_ns: dict[str, Any]) -> str | None:

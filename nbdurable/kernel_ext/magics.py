@@ -5,17 +5,50 @@ A cell holding only ``%durable`` lines is a control cell: it never becomes a ste
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbdurable.errors import OptionsError
 from nbdurable.kernel_ext.cells import build_cell_parser, parse_cell_options
 
 if TYPE_CHECKING:
     from nbdurable.kernel_ext.extension import Durable
+
+RUNS_LIMIT_MAX = 1_000_000  # as `nbdurable runs --limit`; far more is no listing (and DuckDB refuses past int64)
+
+
+class _HelpRequested(Exception):
+    """``-h``/``--help`` on a subcommand's line: show its help instead of running it."""
+
+
+class _HelpAction(argparse.Action):
+    """Like argparse's own help action, which would exit the process: stops parsing at once (before a
+    missing required argument is reported), whatever else the line holds."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> NoReturn:
+        raise _HelpRequested
+
+
+_help_option = argument("-h", "--help", action=_HelpAction, help="show this help and do nothing else")
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    """``%durable SUBCOMMAND [options]`` on one line (IPython's formatter wraps it as an RST block)."""
+    return " ".join(parser.format_usage().strip().removeprefix("::").split())
+
+
+def _help_text(parser: argparse.ArgumentParser) -> str:
+    """What ``%durable SUBCOMMAND -h`` prints: usage, description, arguments."""
+    return "usage: " + parser.format_help().strip().removeprefix("::").strip()
 
 
 @magics_class
@@ -25,7 +58,7 @@ class DurableMagics(Magics):
     def __init__(self, shell: Any, ext: Durable) -> None:
         super().__init__(shell)
         self.ext = ext
-        self.subcommands: dict[str, Callable[[str], Any]] = {
+        self.subcommands: dict[str, Callable[[argparse.Namespace], Any]] = {
             "status": self.status,
             "resume": self.resume,
             "new": self.new,
@@ -40,16 +73,28 @@ class DurableMagics(Magics):
         """Durable execution of this notebook. Subcommands: status, resume, new, attach, runs, exclude, help.
 
         ``%durable help`` describes each; ``%durable SUBCOMMAND -h`` shows its options."""
-        name, _, rest = line.strip().partition(" ")
-        if not name:
-            return self.help("")
+        name, *rest = line.split(maxsplit=1) or ["help"]  # any whitespace ends the name: `status\t--all`
         command = self.subcommands.get(name)
         if command is None:
             raise OptionsError(
                 f"%durable: unknown subcommand {name!r}.",
                 hint=f"use one of: {', '.join(self.subcommands)} (`%durable help` describes them).",
             )
-        return command(rest)
+        args = self._parse(command, rest[0] if rest else "")
+        return None if args is None else command(args)
+
+    def _parse(self, command: Callable[[argparse.Namespace], Any], line: str) -> argparse.Namespace | None:
+        """The subcommand's arguments, or None when ``-h``/``--help`` printed its help instead.
+        A mistake is an OptionsError with the subcommand's usage (never IPython's UsageError)."""
+        parser = command.parser  # type: ignore[attr-defined]  # IPython's MagicArgumentParser, built by @magic_arguments
+        try:
+            return parser.parse_argstring(line)  # type: ignore[no-any-return]
+        except _HelpRequested:
+            print(_help_text(parser))
+            return None
+        except (UsageError, ValueError) as exc:  # ValueError: arg_split's shlex, e.g. a quote left open
+            raise OptionsError(f"%{parser.prog}: {exc}",
+                               hint=f"usage: {_usage(parser)}  (`%{parser.prog} -h` explains it)") from None
 
     @cell_magic("durable")  # type: ignore[arg-type,unused-ignore]  # IPython 9 types the named form as a union
     def durable_cell(self, line: str, cell: str) -> Any:
@@ -60,59 +105,71 @@ class DurableMagics(Magics):
         parse_cell_options(line)  # reports bad options with the usage
         return self.ext.shell.run_cell(cell, store_history=False)
 
-    def help(self, line: str) -> None:
-        """List the subcommands."""
+    @magic_arguments("durable help")
+    @_help_option
+    @argument("subcommand", nargs="?", default=None, help="the subcommand to explain (default: list them all)")
+    def help(self, args: argparse.Namespace) -> None:
+        """List the subcommands, or explain one: `%durable help SUBCOMMAND`."""
+        if args.subcommand is not None:
+            command = self.subcommands.get(args.subcommand)
+            if command is None:
+                raise OptionsError(f"%durable help: unknown subcommand {args.subcommand!r}.",
+                                   hint=f"use one of: {', '.join(self.subcommands)}")
+            print(_help_text(command.parser))  # type: ignore[attr-defined]
+            return
         print("%durable SUBCOMMAND [options]   (SUBCOMMAND -h for its options)\n")
         for name, command in self.subcommands.items():
-            summary = (command.__doc__ or "").strip().splitlines()[0]
+            # @magic_arguments replaces a docstring by the parser's help: the original is its description
+            summary = (command.parser.description or "").strip().splitlines()[0]  # type: ignore[attr-defined]
             print(f"  {name:<8} {summary}")
         print("\n" + build_cell_parser().format_help())
 
-    @magic_arguments()
-    def status(self, line: str) -> None:
+    @magic_arguments("durable status")
+    @_help_option
+    def status(self, args: argparse.Namespace) -> None:
         """Show the current run: id, notebook, store, steps executed and restored, time saved."""
-        parse_argstring(self.status, line)
         for key, value in self.ext.status().items():
             print(f"{key + ':':<14} {value}")
 
-    @magic_arguments()
+    @magic_arguments("durable resume")
+    @_help_option
     @argument("run_id", nargs="?", default=None, help="the run to resume (default: this notebook's latest unfinished run)")
-    def resume(self, line: str) -> None:
+    def resume(self, args: argparse.Namespace) -> None:
         """Restore the namespace as of a run's last completed step, and arm replay for Run All."""
-        args = parse_argstring(self.resume, line)
         summary = self.ext.resume(args.run_id)
         print(summary)
 
-    @magic_arguments()
-    def new(self, line: str) -> None:
+    @magic_arguments("durable new")
+    @_help_option
+    def new(self, args: argparse.Namespace) -> None:
         """End the current run and start a fresh one: nothing is restored from earlier runs."""
-        parse_argstring(self.new, line)
         self.ext.start_fresh()
         print("nbdurable: the next cell starts a fresh run; nothing will be restored.")
 
-    @magic_arguments()
+    @magic_arguments("durable attach")
+    @_help_option
     @argument("name", help="the notebook's identity (a path to the .ipynb or any stable name)")
-    def attach(self, line: str) -> None:
+    def attach(self, args: argparse.Namespace) -> None:
         """Name this notebook when the frontend does not (needed to resume without a run id)."""
-        args = parse_argstring(self.attach, line)
         self.ext.attach(args.name)
 
-    @magic_arguments()
-    @argument("--limit", type=int, default=20, help="how many runs (newest first)")
+    @magic_arguments("durable runs")
+    @_help_option
+    @argument("--limit", type=int, default=20, help=f"how many runs, newest first (1 to {RUNS_LIMIT_MAX}; default 20)")
     @argument("--all", action="store_true", help="runs of every notebook in the store, not only this one")
-    def runs(self, line: str) -> Any:
+    def runs(self, args: argparse.Namespace) -> Any:
         """Recent runs of this store as a DataFrame."""
-        args = parse_argstring(self.runs, line)
-        if args.limit < 1:
-            raise OptionsError("%durable runs: --limit must be at least 1.", hint="e.g. `%durable runs --limit 10`")
+        if not 1 <= args.limit <= RUNS_LIMIT_MAX:
+            raise OptionsError(f"%durable runs: --limit must be at least 1 and at most {RUNS_LIMIT_MAX}, not {args.limit}.",
+                               hint="e.g. `%durable runs --limit 10`")
         notebook = None if args.all else self.ext.notebook
         return self.ext.store_obj.catalog().runs(notebook=notebook, limit=args.limit)
 
-    @magic_arguments()
+    @magic_arguments("durable exclude")
+    @_help_option
     @argument("names", nargs="+", help="variable names never to write to disk")
-    def exclude(self, line: str) -> None:
+    def exclude(self, args: argparse.Namespace) -> None:
         """Never write these variables to disk (like the secret patterns); resume re-executes their cells."""
-        args = parse_argstring(self.exclude, line)
         bad = [n for n in args.names if not n.isidentifier()]
         if bad:
             raise OptionsError(f"%durable exclude: not variable names: {' '.join(bad)}", hint="e.g. `%durable exclude api_key db_password`")

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import xxhash
 
 from nbdurable.capture.namespace import Change
-from nbdurable.errors import NbdurableError, RestoreError
+from nbdurable.errors import AuthenticationError, ChangedDuringWriteError, NbdurableError, RestoreError, StoreError
 from nbdurable.serialization import deserialize
 from nbdurable.store import Store
 from nbdurable.store.records import VarRef
@@ -53,7 +53,14 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
                     inlined[s.key] = base64.b64encode(s.to_bytes()).decode("ascii")
                 ref["inline"] = inlined[s.key]
             else:
-                ref["size"] = store.write_object(s.key, s.write)
+                try:
+                    ref["size"], ref["tag"] = store.write_object(s.key, s.write)
+                except StoreError as exc:
+                    if isinstance(exc, ChangedDuringWriteError):
+                        raise  # the committer records that step as not durable itself
+                    # The store's message names the object file; the user knows the variable.
+                    raise type(exc)(f"variable `{change.name}` ({s.type_name}, {s.size} bytes) was not saved: {exc.message}",
+                                    hint=exc.hint) from exc
         refs.append(ref)
     return refs
 
@@ -85,10 +92,14 @@ class ObjectLoader:
                 namespace=self.namespace,
             )
         except NbdurableError as exc:
-            raise type(exc)(
-                f"Cannot restore variable `{ref['name']}` ({ref.get('type')}) from {step_label}: {exc.message}",
+            key = str(ref["object"]) if ref.get("inline") is None and ref.get("format") in PAYLOAD_FORMATS else None
+            what = exc.message if key is None or key in exc.message else f"object {key}: {exc.message}"
+            err = type(exc)(
+                f"Cannot restore variable `{ref['name']}` ({ref.get('type')}) from {step_label}: {what}",
                 hint=exc.hint or "run `nbdurable check` on the store; `%durable new` starts a fresh run.",
-            ) from exc
+            )
+            err.object_key = key  # type: ignore[attr-defined]  # the object file that failed to load, if any
+            raise err from exc
         self._cache[cache_key] = obj
         return obj
 
@@ -96,7 +107,7 @@ class ObjectLoader:
         if ref.get("inline") is not None:
             return bytearray(base64.b64decode(str(ref["inline"])))
         if ref.get("object") and ref.get("format") in PAYLOAD_FORMATS:
-            return self.store.read_object(str(ref["object"]))
+            return self.store.read_object(str(ref["object"]), _tag(ref))
         return None
 
 
@@ -112,9 +123,20 @@ def persist_outputs(store: Store, outputs: list[dict[str, Any]]) -> list[dict[st
             kept.append(output)
             continue
         key = xxhash.xxh3_128_hexdigest(b"output:" + data)
-        store.write_object(key, _writer(data))
-        kept.append({"output_type": "object", "object": key})
+        _, tag = store.write_object(key, _writer(data))
+        kept.append({"output_type": "object", "object": key, "tag": tag})
     return kept
+
+
+def _tag(ref: Any) -> str:
+    """The authentication tag a record keeps for an object file (AuthenticationError if it has none)."""
+    tag = ref.get("tag")
+    if not isinstance(tag, str):
+        raise AuthenticationError(
+            f"the record referring to object {ref.get('object')} carries no authentication tag: it is not loaded",
+            hint="the store was written by another tool or damaged; run `nbdurable check`",
+        )
+    return tag
 
 
 def _writer(data: bytes) -> Callable[[BinaryIO], int | None]:
@@ -126,6 +148,6 @@ def load_outputs(store: Store, outputs: list[dict[str, Any]]) -> list[dict[str, 
     loaded: list[dict[str, Any]] = []
     for output in outputs:
         if output.get("output_type") == "object":
-            output = json.loads(bytes(store.read_object(str(output["object"]))))
+            output = json.loads(bytes(store.read_object(str(output["object"]), _tag(output))))
         loaded.append(output)
     return loaded

@@ -2,7 +2,7 @@
 
 A store is a directory::
 
-    FORMAT              {"format": 1, "created_by": "nbdurable"}
+    FORMAT              {"format": 2, "created_by": "nbdurable"}
     journals/<run>.jsonl    one append-only journal per run (the truth)
     objects/<ab>/<cdef..>   content-addressed object files
     leases/<run>.lease      one writer per run (flock + heartbeat)
@@ -40,7 +40,7 @@ _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.
 class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
     """A store directory. Create or open one with ``Store.open(path)``."""
 
-    FORMAT_VERSION = 1
+    FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums
 
     def __init__(self, path: pathlib.Path) -> None:
         """Use ``Store.open``: it checks and creates the layout."""
@@ -128,12 +128,18 @@ def _check_format(format_file: pathlib.Path, supported: int) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreFormatError(
             f"the store's FORMAT file {format_file} is unreadable ({type(exc).__name__}: {exc})",
-            hint='if this is an nbdurable store, restore FORMAT to {"format": 1, "created_by": "nbdurable"}',
+            hint=f'if this is an nbdurable store, restore FORMAT to {{"format": {supported}, "created_by": "nbdurable"}}',
         ) from exc
     if version > supported:
         raise StoreFormatError(
             f"the store {format_file.parent} was written by a newer nbdurable (format {version}; this one reads format {supported})",
             hint="upgrade with pip install -U nbdurable",
+        )
+    if version == 1:
+        raise StoreFormatError(
+            f"the store {format_file.parent} was written by nbdurable 0.1, whose records are not authenticated "
+            "(format 1): this version does not load them",
+            hint="start a new store (move this one away, or set NBDURABLE_STORE); its runs cannot be resumed",
         )
     if version < 1:
         raise StoreFormatError(f"the store {format_file.parent} has an unknown format {version}", hint="check that this directory is an nbdurable store")

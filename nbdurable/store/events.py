@@ -1,6 +1,6 @@
 """Events: ``events/<id>.json``, one file per event, written atomically; read by waiting runs.
 
-An event is one checksummed journal line (``encode_line``) ``{"id", "name", "data", "sent_at",
+An event is one authenticated journal line (``encode_line``) ``{"id", "name", "data", "sent_at",
 "sender"}``. Its id starts with the sending time in nanoseconds, so the directory listing sorts events
 by time and a reader can skip the ones sent before a run started without opening them. One file per
 event means any number of processes send at once without a lock, and a crashed sender leaves either a
@@ -25,6 +25,7 @@ from .journal import _checked_body, encode_line, fsync_dir, io_error
 EVENT_SUFFIX = ".json"
 _ID_RE = re.compile(r"(\d{19,20})-[0-9a-f]{8}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+MAX_DATA_DEPTH = 100  # nesting of an event's data: any reader's stack (a kernel's is deep) parses it back
 
 
 def check_event_name(name: str) -> str:
@@ -51,9 +52,12 @@ class EventsMixin:
         check_event_name(name)
         try:
             json.dumps(data)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the interpreter's limit
             raise OptionsError(f"event data must be JSON (dicts, lists, strings, numbers, booleans, None): {exc}",
                                hint="send plain data, e.g. {'week': 47}") from None
+        if _nested_deeper_than(data, MAX_DATA_DEPTH):
+            raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: a waiting run could not read it back",
+                               hint="send flatter data, e.g. {'week': 47}")
         now = time.time_ns()
         event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
                  "sender": {"pid": os.getpid(), "host": socket.gethostname()}}
@@ -99,8 +103,24 @@ class EventsMixin:
         except FileNotFoundError:
             return None
         body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
-        event = json.loads(body) if body is not None else None
+        try:
+            # Decoded as UTF-8 (as journal lines are): json.loads(bytes) would guess UTF-16 for some bodies.
+            event = json.loads(body.decode("utf-8")) if body is not None else None
+        except (ValueError, RecursionError):  # authenticated but not JSON (a writer bug), or nested past the limit
+            return None
         return event if isinstance(event, dict) and event.get("id") == event_id else None
+
+
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """Whether ``data`` has containers more than ``limit`` levels deep (iterative: any depth, no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 __all__ = ["EventsMixin", "check_event_name"]

@@ -1,7 +1,8 @@
 """Journals: one append-only file of self-checking records per run (``journals/<run_id>.jsonl``).
 
-A line is ``<json>\\t<xxh3_64 hex of the json bytes>\\n``. The JSON is compact and ASCII-only, so no raw
-tab or newline can appear inside it and the last tab of a line always separates the checksum.
+A line is ``<json>\\t<HMAC-SHA256 hex of the json bytes>\\n`` under the user's key (``auth.py``): a line
+nobody holding the key wrote is never parsed. The JSON is compact and ASCII-only, so no raw tab or
+newline can appear inside it and the last tab of a line always separates the tag.
 
 A crash in the middle of a write leaves a *torn tail*: a last line without its newline, or a last line
 that fails its check. Readers ignore it; ``Store.append_journal`` truncates it before appending. A bad
@@ -23,9 +24,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import xxhash
-
 from ..errors import CorruptJournalError, RunNotFoundError, StoreError
+from .auth import TAG_HEX_LEN, line_tag, line_tag_matches
 
 JOURNAL_SUFFIX = ".jsonl"
 
@@ -33,7 +33,7 @@ JOURNAL_SUFFIX = ".jsonl"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_CHECK_LEN = 16  # hex chars of an xxh3_64 digest
+_CHECK_LEN = TAG_HEX_LEN
 _TAB = 0x09
 
 
@@ -68,10 +68,21 @@ def io_error(exc: OSError, doing: str, where: pathlib.Path) -> StoreError:
         return StoreError(f"disk full while {doing} ({where})", hint="free space on the disk that holds the store, then retry")
     if exc.errno == errno.EDQUOT:
         return StoreError(f"disk quota exceeded while {doing} ({where})", hint="free space or raise your quota, then retry")
+    if exc.errno == errno.EFBIG:
+        # A file-size limit: the process's (`ulimit -f`, RLIMIT_FSIZE) or the file system's largest file.
+        return StoreError(
+            f"disk full for this file while {doing} ({where}): it is larger than this process's file-size limit "
+            "(`ulimit -f`) or the largest file its file system allows",
+            hint="raise the limit (`ulimit -f unlimited` before starting Jupyter) or point NBDURABLE_STORE at a "
+            "file system that takes bigger files, then retry",
+        )
     if exc.errno == errno.EROFS:
         return StoreError(f"the store is on a read-only file system ({where})", hint="point NBDURABLE_STORE at a writable directory")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return StoreError(f"permission denied while {doing} ({where})", hint="check the owner and mode of the store directory")
+        return StoreError(
+            f"permission denied while {doing} ({where}): the store is not writable by this process",
+            hint="check the owner and mode of the store directory, or point NBDURABLE_STORE at a writable directory",
+        )
     return StoreError(f"I/O error while {doing} ({where}): {exc.strerror or exc}", hint="check the disk and retry; `nbdurable check` verifies the store")
 
 
@@ -80,17 +91,18 @@ def io_error(exc: OSError, doing: str, where: pathlib.Path) -> StoreError:
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
-    """Serialize one record as a journal line (JSON, tab, checksum, newline)."""
+    """Serialize one record as a journal line (JSON, tab, authentication tag, newline)."""
     body = _ENCODER.encode(record).encode("ascii")
-    return body + b"\t" + xxhash.xxh3_64_hexdigest(body).encode("ascii") + b"\n"
+    return body + b"\t" + line_tag(body) + b"\n"
 
 
 def _checked_body(line: bytes) -> bytes | None:
-    """The JSON bytes of a line (without its newline) whose checksum holds, else None (maybe a torn write)."""
+    """The JSON bytes of a line (without its newline) whose tag authenticates it, else None (a torn write,
+    damage, tampering, or another user's key)."""
     if len(line) <= _CHECK_LEN + 1 or line[-_CHECK_LEN - 1] != _TAB:
         return None
     body = line[: -_CHECK_LEN - 1]
-    if xxhash.xxh3_64_hexdigest(body).encode("ascii") != line[-_CHECK_LEN:]:
+    if not line_tag_matches(body, line[-_CHECK_LEN:]):
         return None
     return body
 
@@ -114,7 +126,7 @@ def read_records(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[di
         if body is None:
             if index == len(lines) - 1 and not partial:
                 return _parse(path, offset, data, bodies), end, True  # last line failing its check: torn
-            why = "checksum mismatch" if b"\t" in line else "no checksum"
+            why = "fails authentication (damaged, tampered with, or written under another key)" if b"\t" in line else "no tag"
             raise _corrupt(path, offset, data, end - offset, f"{why}, and more lines follow (not a torn write)")
         bodies.append(body)
         end += len(line) + 1
@@ -127,17 +139,18 @@ def _parse(path: str | os.PathLike[str], offset: int, data: bytes, bodies: list[
         records = json.loads(b"[" + b",".join(bodies) + b"]")
         if len(records) == len(bodies) and all(type(r) is dict for r in records):
             return records  # type: ignore[no-any-return]
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter's recursion limit
         pass
-    # Some checksummed body is not a JSON object: not a torn write but a writer bug. Find and name it.
+    # Some authenticated body is not a JSON object: not a torn write but a writer bug. Find and name it.
     records, pos = [], 0
     for body in bodies:
         try:
-            record = json.loads(body)
-        except ValueError:
+            # Decoded as UTF-8 like the array above: json.loads(bytes) would take b'{\x00}\x00' for UTF-16.
+            record = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
             record = None
         if not isinstance(record, dict):
-            raise _corrupt(path, offset, data, pos, "checksum matches but the content is not a JSON object")
+            raise _corrupt(path, offset, data, pos, "authenticated but the content is not a JSON object")
         records.append(record)
         pos += len(body) + _CHECK_LEN + 2
     return records
@@ -407,7 +420,10 @@ class JournalsMixin:
         with open(self._existing_journal(run_id), "rb") as f:
             line = f.readline()
         body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
-        record = json.loads(body) if body is not None else None
+        try:
+            record = json.loads(body.decode("utf-8")) if body is not None else None
+        except (ValueError, RecursionError):  # authenticated but not JSON: read_records reports it as corrupt
+            record = None
         return record if isinstance(record, dict) else None
 
     def journal_exists(self, run_id: str) -> bool:

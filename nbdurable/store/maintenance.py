@@ -11,6 +11,7 @@ listed in ``gc.json``: their missing objects are not damage.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import pathlib
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 
 from ..errors import CatalogLockedError, CorruptJournalError, LeaseHeldError, StoreError
+from .auth import Tagger
 from .catalog import CATALOG_FILE
 from .events import EVENT_SUFFIX
 from .journal import _checked_body, fsync_dir, io_error
@@ -34,7 +36,7 @@ GC_MIN_AGE_S = 600.0  # object files younger than this may belong to a commit in
 GC_FILE = "gc.json"  # {"collected_runs": [...]}: runs whose objects garbage collection may have deleted
 FILE_FORMATS = ("pickle", "ndarray", "parquet")
 _MAGIC = {"pickle": b"NBDP", "ndarray": b"NBDA"}
-_NOT_OBJECT = "checksum matches but the content is not a JSON object"
+_NOT_OBJECT = "authenticated but the content is not a JSON object"
 _ASIDE = ".corrupt-"
 _KEY_IN_JSON = re.compile(rb'"object":"([0-9a-f]{32})"')
 _OBJECT_HINTS = {"missing": "copy it back from a backup of the store if you have one; else that step cannot be restored: "
@@ -76,7 +78,7 @@ def scan_journal(store: Store, run_id: str) -> JournalScan:
 def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
     """The record of one journal line (without its newline), or None and why the line is bad."""
     if (body := _checked_body(line)) is None:
-        return None, "checksum mismatch" if b"\t" in line else "no checksum"
+        return None, "fails authentication" if b"\t" in line else "no tag"
     with contextlib.suppress(ValueError):
         if isinstance(record := json.loads(body), dict):
             return record, ""
@@ -118,6 +120,7 @@ class ObjectUse:
     needs_file: bool  # restoring it reads the object's file (not inline, not a module or an unrestorable)
     run_id: str
     where: str  # "variable `df` of step 3 of run <id>", "output 2 of step 3 of run <id>"
+    tag: str | None = None  # the authentication tag the record keeps for the file
 
 
 def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[ObjectUse]:
@@ -129,14 +132,15 @@ def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[Obje
             if isinstance(v, dict) and isinstance(key := v.get("object"), str):
                 where = f"variable `{v.get('name')}` of step {r.get('ordinal')} of run {run_id}"
                 needs_file = v.get("format") in FILE_FORMATS and v.get("inline") is None
-                yield ObjectUse(key, v.get("format"), needs_file, run_id, where)
+                yield ObjectUse(key, v.get("format"), needs_file, run_id, where, v.get("tag"))
         for i, o in enumerate(r.get("outputs") or []):
             if isinstance(o, dict) and o.get("output_type") == "object" and isinstance(key := o.get("object"), str):
-                yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}")
+                yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}", o.get("tag"))
 
 
 def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "damaged"], str] | None:
-    """None if the object file looks whole (cheap: size and magic bytes), else what is wrong with it."""
+    """None if the object file is whole and authentic, else what is wrong with it (size and magic bytes
+    first, then every byte against the record's authentication tag)."""
     try:
         with open(store.object_path(use.key), "rb") as f:
             size, head = os.fstat(f.fileno()).st_size, f.read(4)
@@ -155,6 +159,17 @@ def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "da
         return "damaged", "is not a whole Parquet file (no PAR1 at both ends: truncated?)"
     if use.format is None and head[:1] != b"{":
         return "damaged", "is not a JSON output (it does not start with '{')"
+    if use.tag is None:
+        return "damaged", "has no authentication tag in the record that refers to it"
+    try:
+        with open(store.object_path(use.key), "rb") as f:
+            tagger = Tagger()
+            while chunk := f.read(8 * 2**20):
+                tagger.update(chunk)
+    except OSError as exc:
+        return "damaged", f"cannot be read ({exc.strerror or exc})"
+    if not hmac.compare_digest(tagger.hexdigest(), use.tag):
+        return "damaged", "fails authentication (damaged, tampered with, or written under another key)"
     return None
 
 
@@ -190,7 +205,7 @@ def _check_events(store: Store, report: CheckReport) -> None:
     for event_id in store.event_ids():
         if store.read_event(event_id) is None:
             report.damaged_events.append(event_id)
-            report.damage.append((f"events/{event_id}{EVENT_SUFFIX} is damaged (checksum or format): no run will receive it",
+            report.damage.append((f"events/{event_id}{EVENT_SUFFIX} is damaged or not authentic (tag or format): no run will receive it",
                                   "ask its sender to send it again; `nbdurable check --repair` moves the file aside"))
 
 

@@ -31,6 +31,7 @@ A variable reference (``VarRef``) in ``step_end.variables``::
 
     {"name": "df", "op": "set" | "del",
      "object": "<32 hex: xxh3-128 content key>" | None,   # None for del; no file for module/unrestorable
+     "tag": "<64 hex: HMAC-SHA256 of the object file>",   # for an object file: checked before loading
      "format": "pickle" | "ndarray" | "parquet" | "module" | "unrestorable" | None,
      "format_version": 1,
      "type": "pandas.core.frame.DataFrame", "size": 1234,
@@ -42,7 +43,7 @@ A variable reference (``VarRef``) in ``step_end.variables``::
 
 An output (``step_end.outputs``) is an nbformat v4 output dict (``stream``, ``display_data``,
 ``execute_result``, ``error``), or ``{"output_type": "object", "object": key}`` for a large one stored
-as an object file.
+as an object file (with its ``tag``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class VarRef(TypedDict, total=False):
     format_version: int
     type: str | None
     size: int
+    tag: str
     instance: str | None
     inline: str | None
     module: str | None
