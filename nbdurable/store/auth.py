@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 KEY_BYTES = 32
 TAG_HEX_LEN = 64  # hex characters of an HMAC-SHA256 tag
 _lock = threading.Lock()
-_cached: dict[Path, bytes] = {}
+_cached: dict[tuple[str | None, str | None], bytes] = {}
+_keyed: dict[bytes, hmac.HMAC] = {}  # a keyed HMAC-SHA256 object per key, copied for each line
 
 
 def key_path() -> Path:
@@ -43,13 +44,14 @@ def key_path() -> Path:
 
 
 def user_key() -> bytes:
-    """The key, created on first use; AuthenticationError if it is unreadable, damaged or not private."""
-    path = key_path()
-    key = _cached.get(path)
+    """The key, created on first use; AuthenticationError if it is unreadable, damaged or not private.
+    Cached per key location (every journal line asks: the lookup must cost nothing)."""
+    where = (os.environ.get("NBDURABLE_KEY_FILE"), os.environ.get("XDG_CONFIG_HOME"))
+    key = _cached.get(where)
     if key is None:
         with _lock:
-            key = _cached.get(path) or _load_or_create(path)
-            _cached[path] = key
+            key = _cached.get(where) or _load_or_create(key_path())
+            _cached[where] = key
     return key
 
 
@@ -94,8 +96,17 @@ def _create(path: Path) -> None:
 
 
 def line_tag(body: bytes) -> bytes:
-    """The hex HMAC-SHA256 of a journal line's JSON bytes."""
-    return hmac.digest(user_key(), body, "sha256").hex().encode("ascii")
+    """The hex HMAC-SHA256 of a journal line's JSON bytes.
+
+    Copies a keyed HMAC object instead of calling ``hmac.digest``: the one-shot form looks the digest up
+    in OpenSSL on every call, which cost ~0.5 ms per line in a kernel (against ~2 µs for a copy)."""
+    key = user_key()
+    base = _keyed.get(key)
+    if base is None:
+        base = _keyed[key] = hmac.new(key, digestmod=hashlib.sha256)
+    mac = base.copy()
+    mac.update(body)
+    return mac.hexdigest().encode("ascii")
 
 
 def line_tag_matches(body: bytes, tag: bytes) -> bool:
