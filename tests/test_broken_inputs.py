@@ -16,6 +16,7 @@ import ctypes
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -236,7 +237,8 @@ def test_full_disk_fails_the_step_clearly_and_loses_nothing(tmp_path: Path, mib:
     """An object file that cannot be written (a file-size limit stands in for a full disk: a small tmpfs
     needs mount rights). The cell's own work is done and the session goes on; the message names the
     variable, says the disk is full for it and what to do (for a big payload committed in the background:
-    at a later cell or when the session ends); nothing half-written stays in the store; after a crash, the
+    as soon as that commit fails, naming its step, which is recorded as not durable); nothing half-written
+    stays in the store; after a crash, the
     next session restores what was durable and executes the rest."""
     z = 499500 + mib * 2**17 + 1
     env = {"IPYTHONDIR": str(tmp_path / "ipython")}  # IPython's history database must not hit the limit
@@ -246,6 +248,8 @@ def test_full_disk_fails_the_step_clearly_and_loses_nothing(tmp_path: Path, mib:
     assert reported.probes == {"z": str(z)}
     assert "variable `big` (numpy.ndarray" in reported.stdout and "was not saved: disk full" in reported.stdout, reported.stdout
     assert "ulimit -f" in reported.stdout
+    if mib == 24:  # the background commit reports its own step, not whichever cell runs next
+        assert re.search(r"nbdurable: step \d+ is not durable: variable `big`", reported.stdout), reported.stdout
     assert "Traceback" not in reported.stdout and "Errno" not in reported.stdout
     assert list((tmp_path / "s1" / "tmp").iterdir()) == [], "the failed write left no temporary file behind"
     assert_consistent_without_partial_objects(tmp_path / "s1")

@@ -28,7 +28,11 @@ def _store_path(store: str | None) -> Path:
 def _open_store(store: str | None, *, create: bool = False) -> Any:
     from nbdurable.store import Store
 
-    return Store.open(_store_path(store), create=create)
+    path = _store_path(store)
+    if not create and not path.exists():  # a typo in --store is a usage error, not damage
+        raise OptionsError(f"no nbdurable store at {path.resolve()}",
+                           hint="pass --store DIR (or set NBDURABLE_STORE); a store is created by the first run")
+    return Store.open(path, create=create)
 
 
 class _Group(click.Group):

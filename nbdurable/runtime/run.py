@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from nbdurable.capture.namespace import Change
-from nbdurable.errors import ChangedDuringWriteError
+from nbdurable.errors import ChangedDuringWriteError, StoreError
 from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
 from nbdurable.runtime.events import EventBus, RuntimeEvent
@@ -208,17 +208,21 @@ class DurableRun:
             self.stats.failed += 1
         self.stats.last_status = status
 
-        def commit(changes: list[Change] = changes) -> None:
+        def commit(changes: list[Change] = changes, background: bool = False) -> None:
             try:
                 refs = persist_changes(self.store, changes, inline_max=self.inline_max)
-            except ChangedDuringWriteError as exc:
+            except StoreError as exc:
+                # In the background, the cell that made the payload has returned: record *its* step as
+                # not durable (disk full, a changed object...) rather than fail whichever cell comes next.
+                if not (background or isinstance(exc, ChangedDuringWriteError)):
+                    raise
                 self._commit_not_durable(step, changes, outputs or [], exc, duration=duration, ended=ended)
                 return
             self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended)
 
         if self._committer.can_defer(big):
             snapshots = [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c for c in changes]
-            self._committer.defer(lambda: commit(snapshots))
+            self._committer.defer(lambda: commit(snapshots, background=True))
         else:
             self._committer.run(commit)
         self._emit_finished(step, status, duration)
@@ -243,11 +247,12 @@ class DurableRun:
         return saved
 
     def _commit_not_durable(
-        self, step: StepHandle, changes: list[Change], outputs: list[dict[str, Any]], exc: ChangedDuringWriteError,
+        self, step: StepHandle, changes: list[Change], outputs: list[dict[str, Any]], exc: StoreError,
         *, duration: float, ended: float,
     ) -> None:
-        """A big object changed before the background commit could write it: record the step as failed
-        with its variables unsaved, so a resume re-executes it (nothing torn is ever restored)."""
+        """A background commit could not write a big object (it changed meanwhile, or the disk is full):
+        record the step as failed with its variables unsaved, so a resume re-executes it (nothing torn is
+        ever restored), and say so."""
         refs: list[VarRef] = [
             {"name": c.name, "op": "set", "format": "unrestorable", "reason": f"not saved: {exc.message}"} for c in changes
         ]

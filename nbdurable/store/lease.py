@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import LeaseHeldError, StoreError
-from .journal import check_run_id, is_run_id
+from .journal import check_run_id, io_error, is_run_id
 
 HEARTBEAT_INTERVAL_S = 10.0
 STALE_AFTER_S = 60.0  # a lease from another host whose heartbeat is older than this is dead
@@ -268,7 +268,10 @@ def waiting_file_lock(path: pathlib.Path, timeout: float) -> Iterator[bool]:
     woken by the kernel as soon as the lock is free. flock cannot time out, so a contended wait runs in
     a helper thread; if we stop waiting, that thread drops the lock as soon as it gets it.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # a read-only store, a permission problem: say so, not a raw OSError
+        raise io_error(exc, f"opening the lock file {path.name}", path) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
