@@ -255,15 +255,28 @@ def _commits(run_id: str, index: int, records: list[dict[str, Any]], cell_of: di
         committed.setdefault(what, index)
 
 
-def soak(trials: int, seed: int, workers: int, root: Path | None = None) -> list[TrialResult]:
-    """Run ``trials`` trials, ``workers`` at a time; returns their results."""
+def soak(trials: int, seed: int, workers: int, root: Path | None = None, *, progress: bool = False) -> list[TrialResult]:
+    """Run ``trials`` trials, ``workers`` at a time; returns their results (with ``progress``, a line per
+    finished trial on stderr, so a long soak shows how it goes)."""
     base = root or Path(tempfile.mkdtemp(prefix="nbd-crash-"))
     expected, seconds = clean_run(base)
     window = seconds * 1.2  # kill anywhere in a run's life, start-up included
+
+    def trial(s: int) -> TrialResult:
+        result = run_trial(base, s, expected, window)
+        if progress:
+            print(f"trial {s}: kills {result.kills or ['none']}, runs {result.runs}, records {result.records}, "
+                  f"violations {len(result.violations)}", file=sys.stderr, flush=True)
+        if root is None and not result.violations:  # a long soak must not fill the disk; failures are kept
+            shutil.rmtree(base / f"trial-{s}", ignore_errors=True)
+        return result
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda s: run_trial(base, s, expected, window), range(seed, seed + trials)))
-    if root is None:
+        results = list(pool.map(trial, range(seed, seed + trials)))
+    if root is None and not any(r.violations for r in results):
         shutil.rmtree(base, ignore_errors=True)
+    elif root is None:
+        print(f"the failed trials' directories are kept in {base}", file=sys.stderr)
     return results
 
 
@@ -286,7 +299,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="trials run at once")
     args = parser.parse_args()
     started = time.monotonic()
-    results = soak(args.trials, args.seed, args.workers)
+    results = soak(args.trials, args.seed, args.workers, progress=True)
     print(summary(results) + f"\nseed {args.seed}; {time.monotonic() - started:.0f} s")
     sys.exit(1 if any(r.violations for r in results) else 0)
 
