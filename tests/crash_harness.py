@@ -211,7 +211,9 @@ def check(directory: Path, expected: list[list[dict[str, Any]]], result: TrialRe
                              env=_env(), capture_output=True, text=True, timeout=300)
     if verdict.returncode != 0:
         result.violations.append(f"nbdurable check failed: {verdict.stdout[-2000:]}")
-    if outputs(directory / "out.ipynb") != expected:
+    if not (directory / "out.ipynb").exists():
+        result.violations.append("the completed run wrote no output notebook")
+    elif outputs(directory / "out.ipynb") != expected:
         result.violations.append("the final outputs differ from a clean run's")
     store = Store.open(directory / "store")
     cell_of = {classify(source).source_hash: index + 1 for index, source in enumerate(CELLS)}

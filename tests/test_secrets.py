@@ -2,8 +2,9 @@
 written to the store, in any form, by an interactive session or a headless run; a resume rebuilds them by
 executing their cells again.
 
-The secret reaches the notebook from the environment, as a real one would: a secret typed into a cell is
-in the cell's source, which the journal records by design. It is never printed either: a printed secret
+The secret reaches the notebook from the environment, as a real one would, or as a papermill-style
+parameter (`-p OPENAI_API_KEY …`): a secret assigned a literal is redacted from the source the journal
+records, and a secret parameter is recorded as a keyed digest. It is never printed: a printed secret
 is an output, and outputs are recorded. What is checked is every byte of every file under the store
 (journals, objects, catalog, leases, events, temporary files) against the secret's raw bytes and the
 encodings a serializer could give it: UTF-16, UTF-32 (numpy's str arrays), hex, and base64 at every
@@ -181,3 +182,33 @@ def test_headless_run_never_writes_secrets(tmp_path: Path) -> None:
     store = tmp_path / ".nbdurable"
     assert_nowhere_in(store, secret, secret2, secret[::-1])
     assert_detects(store, marker)
+
+
+def test_secret_parameters_are_recorded_as_digests_and_resume_from_the_environment(tmp_path: Path) -> None:
+    """`-p OPENAI_API_KEY sk-…`: the run still resumes (same secret, same digest), yet neither the injected
+    parameters cell nor the run record stores the secret; `nbdurable resume` takes it from the environment."""
+    secret = new_secret()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("OPENAI_API_KEY = ''\nweek = 0"),
+                nbformat.v4.new_code_cell("length = len(OPENAI_API_KEY)"),
+                nbformat.v4.new_code_cell("import pathlib\nif not pathlib.Path('failed-once').exists():\n"
+                                          "    pathlib.Path('failed-once').touch()\n    raise RuntimeError('flaky')")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, tmp_path / "params.ipynb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_") and k != "OPENAI_API_KEY"}
+
+    def nbd(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nbdurable", *args, "--no-progress", "--store", "store"],
+                              cwd=tmp_path, env={**env, **(extra or {})}, capture_output=True, text=True, timeout=180)
+
+    first = nbd("run", "params.ipynb", "-p", "OPENAI_API_KEY", secret, "-p", "week", "47")
+    assert first.returncode == 1 and "flaky" in first.stderr, first.stderr
+    run_id = first.stdout.split("run ")[1].split(":")[0]
+    refused = nbd("resume", run_id)
+    assert refused.returncode == 2 and "set the environment variable OPENAI_API_KEY" in refused.stderr, refused.stderr
+    resumed = nbd("resume", run_id, extra={"OPENAI_API_KEY": secret})
+    assert resumed.returncode == 0 and "1 restored" in resumed.stdout, resumed.stdout + resumed.stderr  # the secret cells re-run
+    again = nbd("run", "params.ipynb", "-p", "OPENAI_API_KEY", secret, "-p", "week", "47", "--fresh")
+    assert again.returncode == 0, again.stderr
+    assert_nowhere_in(tmp_path / "store", secret)

@@ -17,6 +17,7 @@ Nothing here writes anything: ``compute_delta`` returns the changes, the runtime
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import io
 import itertools
@@ -76,6 +77,27 @@ class SecretRules:
         """True when the variable must not be stored."""
         upper = name.upper()
         return name in self.excluded or any(fnmatch.fnmatchcase(upper, p) for p in self.patterns)
+
+    def redact_source(self, text: str) -> str:
+        """A cell's source as journaled: a secret assigned a literal (``API_KEY = "sk-…"``, papermill's
+        injected parameters) is replaced by ``REDACTED``; the cell's identity (its hash) uses the real text."""
+        if "=" not in text:
+            return text
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            match = _LITERAL_ASSIGNMENT.match(line)
+            if match is None or not self.is_secret(match.group(2)):
+                continue
+            try:
+                ast.literal_eval(match.group(4))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue  # an expression (os.environ[...]): nothing secret in the text itself
+            lines[i] = f"{match.group(1)}{match.group(2)}{match.group(3)}{REDACTED!r}"
+        return "\n".join(lines)
+
+
+REDACTED = "<secret: not stored>"
+_LITERAL_ASSIGNMENT = re.compile(r"^(\s*)([A-Za-z_]\w*)(\s*(?::[^=]*)?=\s*)(\S.*?)\s*$")
 
 
 def is_shell_name(name: str) -> bool:

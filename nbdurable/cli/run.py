@@ -115,7 +115,9 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
                            hint="interactive sessions resume in Jupyter with `%durable resume RUN_ID`.")
     if any(r.get("t") == "run_end" and r.get("status") == "completed" for r in records):
         raise OptionsError(f"run {run_id} completed: there is nothing to resume.", hint="`nbdurable run NOTEBOOK --fresh` runs it again.")
-    _execute(Path(notebook), output or head.get("output_path"), head.get("params") or {},
+    from nbdurable.headless.params import secrets_from_environment
+
+    _execute(Path(notebook), output or head.get("output_path"), secrets_from_environment(head.get("params") or {}, run_id),
              store=store or str(_open_store(store).path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
              suspend_after=suspend_after)
 

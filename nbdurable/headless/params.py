@@ -66,3 +66,44 @@ def load_notebook(path: Path, params: dict[str, Any], kernel_name: str | None) -
     if params:
         nb = parameterize_notebook(nb, params, kernel_name=kernel_name)
     return cast(nbformat.NotebookNode, nb)
+
+
+SECRET_MARK = "<secret "  # a recorded secret parameter: "<secret 1a2b…>", a keyed digest of its value
+
+
+def recorded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as a run records them: a parameter whose name looks like a secret (the secret
+    patterns: ``*_KEY``, ``*TOKEN*``…) is replaced by a keyed digest of its value, so runs with the same
+    secret still match for resuming, and the secret never reaches the store."""
+    from nbdurable.capture.namespace import SecretRules
+
+    rules = SecretRules()
+    return {name: _mark(value) if rules.is_secret(name) else value for name, value in params.items()}
+
+
+def _mark(value: Any) -> str:
+    import json
+
+    from nbdurable.store.auth import object_tag
+
+    return f"{SECRET_MARK}{object_tag(json.dumps(value, sort_keys=True, default=str).encode())[:16]}>"
+
+
+def secrets_from_environment(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Recorded parameters with each secret taken back from the environment variable of the same name
+    (a resume cannot get it from the store); OptionsError if one is missing or differs."""
+    restored = dict(params)
+    for name, value in params.items():
+        if not (isinstance(value, str) and value.startswith(SECRET_MARK)):
+            continue
+        import os
+
+        supplied = os.environ.get(name)
+        if supplied is None or _mark(parse_value(supplied)) != value:
+            raise OptionsError(
+                f"run {run_id} was given the secret parameter {name}, which is not stored",
+                hint=f"set the environment variable {name} to the same value to resume it (or run the notebook "
+                "again with `nbdurable run … -p`)",
+            )
+        restored[name] = parse_value(supplied)
+    return restored

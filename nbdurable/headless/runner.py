@@ -105,6 +105,9 @@ class HeadlessRunner:
         self.notebook = str(notebook_path.resolve())
         self.store = Store.open(store_path)
         self.params = params
+        from nbdurable.headless.params import recorded_params  # (params imports papermill, whose engines import us)
+
+        self.recorded = recorded_params(params)  # what the run records: secret parameters as digests
         self.output_path = output_path
         self.kernel_name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
         self.cwd = cwd or notebook_path.resolve().parent
@@ -144,7 +147,7 @@ class HeadlessRunner:
             "NBDURABLE_NOTEBOOK": self.notebook,
             "NBDURABLE_STORE": str(self.store.path),
             ENV_KIND: "headless",
-            ENV_PARAMS: params_key(self.params),
+            ENV_PARAMS: params_key(self.recorded),
             ENV_RESUME: self.result.resumed_from or "",
             ENV_OUTPUT: str(self.output_path.resolve()) if self.output_path else "",
         }
@@ -168,7 +171,7 @@ class HeadlessRunner:
             if not self.store.journal_exists(self.resume_run):
                 raise OptionsError(f"no run {self.resume_run!r} in store {self.store.path}", hint="`nbdurable runs` lists run ids")
             return self.resume_run
-        return find_resumable_headless(self.store, self.notebook, self.params)
+        return find_resumable_headless(self.store, self.notebook, self.recorded)
 
     def _run_client(self, client: NotebookClient, env: dict[str, str]) -> None:
         try:
@@ -307,7 +310,7 @@ class HeadlessRunner:
             head = self.store.journal_head(run_id) or {}
             if head.get("ts", 0) < self._started_wall - 1.0:  # older than this execution: not ours
                 return None
-            if head.get("notebook") == self.notebook and params_key(head.get("params") or {}) == params_key(self.params):
+            if head.get("notebook") == self.notebook and params_key(head.get("params") or {}) == params_key(self.recorded):
                 return run_id
         return None
 
@@ -318,7 +321,7 @@ class HeadlessRunner:
             "resumed_from": self.result.resumed_from,
             "status": self.result.status,
             "store": str(self.store.path),
-            "parameters": self.params,
+            "parameters": self.recorded,
         }
         if self.output_path is None:
             return

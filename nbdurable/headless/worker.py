@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbdurable.errors import LeaseHeldError
+from nbdurable.errors import LeaseHeldError, OptionsError
 from nbdurable.runtime.waits import chain_scope, find_event
 from nbdurable.store import Store
 
@@ -104,7 +104,12 @@ class Worker:
                 self._skipped.add(due.run_id)
                 return False
             self.log(f"run {due.run_id}: resuming {notebook} ({due.reason})")
-            result = self._run(due.run_id, Path(notebook), head)
+            try:
+                result = self._run(due.run_id, Path(notebook), head)
+            except OptionsError as exc:  # e.g. a secret parameter the worker's environment does not hold
+                self.log(f"run {due.run_id}: cannot resume it: {exc}")
+                self._skipped.add(due.run_id)
+                return False
         self.resumed += 1
         outcome = result.status + (f": {result.describe_suspension()}" if result.status == "suspended" else "")
         outcome += f": {result.error}" if result.error and result.status != "suspended" else ""
@@ -113,10 +118,10 @@ class Worker:
         return True
 
     def _run(self, run_id: str, notebook: Path, head: dict[str, Any]) -> Any:
-        from nbdurable.headless.params import load_notebook
+        from nbdurable.headless.params import load_notebook, secrets_from_environment
         from nbdurable.headless.runner import HeadlessRunner
 
-        params = head.get("params") or {}
+        params = secrets_from_environment(head.get("params") or {}, run_id)
         output = head.get("output_path")
         cwd = (head.get("environment") or {}).get("cwd")
         runner = HeadlessRunner(

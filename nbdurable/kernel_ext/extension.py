@@ -24,7 +24,7 @@ from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
 from nbdurable.capture.names import analyze_code
-from nbdurable.capture.namespace import DEFAULT_SECRET_PATTERNS, NamespaceTracker, SecretRules
+from nbdurable.capture.namespace import DEFAULT_SECRET_PATTERNS, REDACTED, NamespaceTracker, SecretRules
 from nbdurable.errors import (
     AuthenticationError, CorruptObjectError, NbdurableError, ObjectNotFoundError, RestoreError, RunSuspended, StoreError,
 )
@@ -304,7 +304,8 @@ class Durable(Configurable):
             return
         self._advance_plan(decision)
         self._step = run.begin_step(
-            source=cell.body, source_hash=cell.source_hash, name=cell.options.name, options=cell.options.as_record()
+            source=self.secrets.redact_source(cell.body), source_hash=cell.source_hash, name=cell.options.name,
+            options=cell.options.as_record(),
         )
         if decision.kind in ("execute", "diverged", "reexecute"):
             self._enter_steps(run, cell)
@@ -530,6 +531,13 @@ class Durable(Configurable):
     def _reexecute(self, step: StepHandle, planned: PlannedStep) -> None:
         """Run a recorded cell's source again (to rebuild what could not be stored)."""
         assert self.run is not None
+        if REDACTED in planned.source:
+            self.run.end_step(step, status="failed", error={"ename": "RestoreError", "evalue": "its secret is not stored"})
+            raise RestoreError(
+                f"Cannot rebuild {planned.label}: it assigns a secret, which is never stored.",
+                hint="run that cell again yourself (Run All restores the others), or read the secret from the "
+                "environment in it (`os.environ[...]`) so that it can be re-executed.",
+            )
         self._bypass = True
         try:
             code = self.shell.transform_cell(planned.source)
