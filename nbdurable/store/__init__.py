@@ -27,6 +27,7 @@ from ..errors import StoreFormatError
 from . import records
 if TYPE_CHECKING:
     from .catalog import Catalog
+from .crypto import encryption_key
 from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, read_records
 from .lease import Lease, LeasesMixin
@@ -109,7 +110,10 @@ def _initialize(root: pathlib.Path, create: bool) -> None:
         )
     if not create:
         raise StoreFormatError(f"{root} is an empty directory, not an nbdurable store", hint="open it with create=True to make it a store")
-    content = json.dumps({"format": Store.FORMAT_VERSION, "created_by": "nbdurable"}).encode() + b"\n"
+    info: dict[str, Any] = {"format": Store.FORMAT_VERSION, "created_by": "nbdurable"}
+    if encryption_key() is not None:
+        info["encrypted"] = True  # from now on, a process without the key may not write here
+    content = json.dumps(info).encode() + b"\n"
     tmp = root / f"{_FORMAT_TMP_PREFIX}{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(content)
@@ -143,6 +147,11 @@ def _check_format(format_file: pathlib.Path, supported: int) -> None:
         )
     if version < 1:
         raise StoreFormatError(f"the store {format_file.parent} has an unknown format {version}", hint="check that this directory is an nbdurable store")
+    if info.get("encrypted") and encryption_key() is None:
+        raise StoreFormatError(
+            f"the store {format_file.parent} is encrypted and no key is set: nothing can be read or written",
+            hint="set NBDURABLE_ENCRYPTION_KEY (or NBDURABLE_ENCRYPTION_KEY_FILE) to the store's key",
+        )
 
 
 __all__ = ["Store", "JournalWriter", "Lease", "Catalog", "records", "read_records"]

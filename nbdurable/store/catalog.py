@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import CatalogLockedError, CorruptJournalError, OptionsError, RunNotFoundError, StoreError, StoreFormatError
+from .crypto import encryption_key
 from .journal import read_records
 from .lease import process_lock, waiting_file_lock
 from .records import RUN_STATUSES
@@ -470,7 +471,8 @@ class Catalog:
         delay = 0.005
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                # An encrypted store keeps no plaintext on disk: its catalog lives in memory, per query.
+                return duckdb.connect(":memory:" if encryption_key() is not None else str(self.path))
             except duckdb.Error as exc:
                 if not _LOCK_RE.search(str(exc)):
                     if reset:  # unreadable (damaged, or from an incompatible DuckDB): derived data, start over

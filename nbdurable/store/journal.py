@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptJournalError, RunNotFoundError, StoreError
 from .auth import TAG_HEX_LEN, line_tag, line_tag_matches
+from .crypto import open_line, seal_line
 
 JOURNAL_SUFFIX = ".jsonl"
 
@@ -92,7 +93,7 @@ def io_error(exc: OSError, doing: str, where: pathlib.Path) -> StoreError:
 
 def encode_line(record: dict[str, Any]) -> bytes:
     """Serialize one record as a journal line (JSON, tab, authentication tag, newline)."""
-    body = _ENCODER.encode(record).encode("ascii")
+    body = seal_line(_ENCODER.encode(record).encode("ascii"))  # encrypted if a key is set (crypto.py)
     return body + b"\t" + line_tag(body) + b"\n"
 
 
@@ -104,7 +105,7 @@ def _checked_body(line: bytes) -> bytes | None:
     body = line[: -_CHECK_LEN - 1]
     if not line_tag_matches(body, line[-_CHECK_LEN:]):
         return None
-    return body
+    return open_line(body)
 
 
 def read_records(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[str, Any]], int, bool]:

@@ -25,6 +25,7 @@ import duckdb
 
 from ..errors import CatalogLockedError, CorruptJournalError, LeaseHeldError, StoreError
 from .auth import Tagger
+from .crypto import OBJECT_MAGIC
 from .catalog import CATALOG_FILE
 from .events import EVENT_SUFFIX
 from .journal import _checked_body, fsync_dir, io_error
@@ -153,11 +154,13 @@ def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "da
         return "damaged", f"cannot be read ({exc.strerror or exc})"
     if size == 0:
         return "damaged", "is empty"
-    if (magic := _MAGIC.get(str(use.format))) is not None and head != magic:
+    if head == OBJECT_MAGIC:  # encrypted: the format's own bytes are inside; the tag below covers it all
+        pass
+    elif (magic := _MAGIC.get(str(use.format))) is not None and head != magic:
         return "damaged", f"does not start with the {use.format} magic {magic!r} (overwritten or truncated)"
-    if use.format == "parquet" and (size < 12 or head != b"PAR1" or tail != b"PAR1"):
+    elif use.format == "parquet" and (size < 12 or head != b"PAR1" or tail != b"PAR1"):
         return "damaged", "is not a whole Parquet file (no PAR1 at both ends: truncated?)"
-    if use.format is None and head[:1] != b"{":
+    elif use.format is None and head[:1] != b"{":
         return "damaged", "is not a JSON output (it does not start with '{')"
     if use.tag is None:
         return "damaged", "has no authentication tag in the record that refers to it"

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 from ..errors import AuthenticationError, CorruptObjectError, ObjectNotFoundError
 from .auth import Tagger, object_tag
+from .crypto import EncryptingFile, encryption_key, open_object
 from .journal import fsync_dir, io_error
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class ObjectsMixin:
         else:
             # The tag comes from our own bytes, never from the file (which anyone may have replaced).
             sink = _TagSink()
-            write(cast(BinaryIO, sink))
+            self._write_content(key, cast(BinaryIO, sink), write)
             return size, sink.tagger.hexdigest()
         tmp_dir = self.path / "tmp"
         try:
@@ -176,7 +177,7 @@ class ObjectsMixin:
         try:
             with _WholeWriteFile(fd, "wb", closefd=True) as f:
                 f.tagger = Tagger()
-                write(cast(BinaryIO, f))
+                self._write_content(key, cast(BinaryIO, f), write)
                 size = os.fstat(fd).st_size
                 os.fsync(fd)
                 tag = f.tag()
@@ -187,6 +188,17 @@ class ObjectsMixin:
                 raise io_error(exc, f"writing object {key}", final) from exc
             raise
         return size, tag
+
+    @staticmethod
+    def _write_content(key: str, f: BinaryIO, write: Callable[[BinaryIO], int | None]) -> None:
+        """``write(f)``, through an encrypting layer when the store is encrypted (``crypto.py``)."""
+        secret = encryption_key()
+        if secret is None:
+            write(f)
+            return
+        sealed = EncryptingFile(f, secret, key)
+        write(cast(BinaryIO, sealed))
+        sealed.finish()
 
     def _place(self, tmp: str, final: pathlib.Path) -> None:
         """Rename a synced temp file into place, making (and syncing) its fan-out directory as needed."""
@@ -209,7 +221,7 @@ class ObjectsMixin:
         data = self._read_object(key)
         if tag is not None:
             self._authenticate(key, data, tag)
-        return data
+        return open_object(data, f"object {key}")
 
     def _authenticate(self, key: str, data: bytearray | memoryview, tag: str) -> None:
         lazy = len(data) >= MMAP_THRESHOLD and bytes(data[:4]) != CODE_MAGIC
