@@ -46,5 +46,16 @@ __all__ = [
     "wait_for_event",
     "send_event",
     "RetryPolicy",
+    "RunGraph",
+    "HistoryExplorer",
     *_errors.__all__,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The widgets import anywidget/ipywidgets: only when asked for (a kernel recording steps never is).
+    if name in ("RunGraph", "HistoryExplorer"):
+        from nbdurable import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")

@@ -39,14 +39,15 @@ class Session:
 
 def run_session(store: Path | None, cells: list[str], *, notebook: str | None = "nb", probes: dict[str, str] | None = None,
                 cwd: Path | None = None, env: dict[str, str] | None = None, config: dict[str, Any] | None = None,
-                workdir: Path | None = None, timeout: float = 120) -> Session:
+                workdir: Path | None = None, timeout: float = 120, setup: str | None = None) -> Session:
     """Run cells in a fresh process with a real IPython shell and nbdurable loaded.
 
-    ``store=None`` leaves NBDURABLE_STORE unset (the default location or ``config`` decides)."""
+    ``store=None`` leaves NBDURABLE_STORE unset (the default location or ``config`` decides); ``setup`` is
+    Python run in the user namespace before the cells, outside any cell."""
     base = workdir or (store.parent if store else Path.cwd())
     spec_path = base / f"spec-{os.getpid()}-{len(list(base.glob('spec-*')))}.json"
     out_path = spec_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps({"cells": cells, "probes": probes or {}, "config": config or {}}))
+    spec_path.write_text(json.dumps({"cells": cells, "probes": probes or {}, "config": config or {}, "setup": setup}))
     full_env = {**os.environ, **(env or {})}
     for name in ("NBDURABLE_STORE", "NBDURABLE_NOTEBOOK", "JPY_SESSION_NAME"):
         if name not in (env or {}):

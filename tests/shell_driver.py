@@ -1,7 +1,8 @@
 """Runs cells in a real IPython shell in a fresh process, for tests that restore in a new process.
 
 Reads a JSON spec from the file named by argv[1] and writes the results to argv[2]:
-spec = {"cells": [...], "probes": {"label": "python expression", ...}, "load": true}
+spec = {"cells": [...], "probes": {"label": "python expression", ...}, "load": true, "setup": "python code"}
+(``setup`` runs in the user namespace before the cells, outside any cell: it is never a step)
 results = {"cells": [{"success": bool, "error": "repr"}], "probes": {"label": repr-or-error}, "stdout": "..."}
 A cell that kills the process (os.kill(os.getpid(), 9)) leaves a partial results file: results are
 rewritten after every cell.
@@ -31,6 +32,8 @@ def main() -> None:
         with open(out_path, "w") as f:
             json.dump(results, f)
 
+    if spec.get("setup"):
+        exec(spec["setup"], shell.user_ns)
     cells = list(spec["cells"])
     if spec.get("load", True):
         cells.insert(0, "%load_ext nbdurable")

@@ -37,7 +37,7 @@ from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
 from nbdurable.runtime.run import DurableRun, StepHandle
 from nbdurable.runtime.steps import StepContext, enter_cell
-from nbdurable.runtime.waits import use_store
+from nbdurable.runtime.waits import use_approval_ui, use_store
 from nbdurable.store import Store
 from nbdurable.store.journal import io_error
 from nbdurable.store.records import StepStatus
@@ -127,6 +127,8 @@ class Durable(Configurable):
         shell.input_transformers_post.append(self.remember_code)
         shell.ast_transformers.append(self._policy_transformer)
         use_store(self.store_obj)
+        if self.kind == "interactive" and getattr(self.shell, "kernel", None) is not None:
+            use_approval_ui(_show_approval)  # a Jupyter kernel: a frontend can show widgets
         shell.user_ns[HANDLE_NAME] = self
         shell.user_ns_hidden[HANDLE_NAME] = self
         self.capture.install()
@@ -157,6 +159,7 @@ class Durable(Configurable):
         if self._policy_transformer in shell.ast_transformers:
             shell.ast_transformers.remove(self._policy_transformer)
         use_store(None)
+        use_approval_ui(None)
         shell.user_ns.pop(HANDLE_NAME, None)
         shell.user_ns_hidden.pop(HANDLE_NAME, None)
         self.capture.uninstall()
@@ -700,3 +703,10 @@ def _error_record(error: BaseException | None) -> dict[str, Any] | None:
     if error is None:
         return None
     return {"ename": type(error).__name__, "evalue": str(error)}
+
+
+def _show_approval(store: Any, name: str, match: dict[str, Any] | None, timeout_at: float | None) -> Any:
+    """The approval widget of a wait (imported on first use: widgets cost an import nobody else needs)."""
+    from nbdurable.widgets.approval import show_approval
+
+    return show_approval(store, name, match, timeout_at)

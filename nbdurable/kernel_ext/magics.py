@@ -65,12 +65,15 @@ class DurableMagics(Magics):
             "attach": self.attach,
             "runs": self.runs,
             "exclude": self.exclude,
+            "graph": self.graph,
+            "history": self.history,
             "help": self.help,
         }
 
     @line_magic
     def durable(self, line: str) -> Any:
-        """Durable execution of this notebook. Subcommands: status, resume, new, attach, runs, exclude, help.
+        """Durable execution of this notebook. Subcommands: status, resume, new, attach, runs, exclude, graph,
+        history, help.
 
         ``%durable help`` describes each; ``%durable SUBCOMMAND -h`` shows its options."""
         name, *rest = line.split(maxsplit=1) or ["help"]  # any whitespace ends the name: `status\t--all`
@@ -175,3 +178,25 @@ class DurableMagics(Magics):
             raise OptionsError(f"%durable exclude: not variable names: {' '.join(bad)}", hint="e.g. `%durable exclude api_key db_password`")
         self.ext.secrets.excluded.update(args.names)
         print(f"nbdurable: never stored from now on: {', '.join(args.names)}")
+
+    @magic_arguments("durable graph")
+    @_help_option
+    @argument("run_id", nargs="?", default=None, help="a past run to show (default: this notebook's current run, live)")
+    def graph(self, args: argparse.Namespace) -> None:
+        """Show the run as a live graph of its cells: status, durations, attempts, data dependencies."""
+        from IPython.display import display
+
+        from nbdurable.widgets.run_graph import RunGraph
+
+        display(RunGraph(args.run_id, store=self.ext.store_obj) if args.run_id else RunGraph())
+
+    @magic_arguments("durable history")
+    @_help_option
+    @argument("--all", action="store_true", help="runs of every notebook in the store, not only this one")
+    def history(self, args: argparse.Namespace) -> None:
+        """Explore past runs: filter, open one run's graph, compare two runs."""
+        from IPython.display import display
+
+        from nbdurable.widgets.history import HistoryExplorer
+
+        display(HistoryExplorer(store=self.ext.store_obj, notebook=None if args.all else self.ext.notebook))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-EVENT_KINDS = ("run_started", "step_started", "step_finished", "run_finished")
+EVENT_KINDS = ("run_started", "step_started", "attempt_finished", "step_finished", "run_finished")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class EventBus:
         """Remove a listener (no error if it is already gone)."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    @property
+    def active(self) -> bool:
+        """True when someone listens: emitters skip building details nobody reads."""
+        return bool(self._listeners)
 
     def emit(self, event: RuntimeEvent) -> None:
         """Deliver an event to every listener."""

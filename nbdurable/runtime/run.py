@@ -42,6 +42,24 @@ from nbdurable.store.records import (
 )
 
 
+def _variable_summary(v: Change | VarRef) -> dict[str, Any]:
+    """What a run graph shows of a variable a step wrote: name, op, type, size, format."""
+    if isinstance(v, Change):
+        s = v.serialized
+        if s is None:
+            return {"name": v.name, "op": v.op, "type": None, "size_bytes": None, "format": None}
+        return {"name": v.name, "op": v.op, "type": s.type_name, "size_bytes": s.size, "format": s.format}
+    return {"name": v.get("name"), "op": v.get("op"), "type": v.get("type"), "size_bytes": v.get("size"), "format": v.get("format")}
+
+
+def _with_traceback(error: dict[str, Any] | None, outputs: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A step's error with the traceback its error output shows (what a run graph displays)."""
+    if error is None or error.get("traceback"):
+        return error
+    shown = next((o for o in reversed(outputs or []) if o.get("output_type") == "error"), None)
+    return {**error, "traceback": shown.get("traceback")} if shown else error
+
+
 def new_run_id() -> str:
     """A sortable, readable run id: UTC time to the millisecond plus random bits."""
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -57,6 +75,7 @@ class StepHandle:
     source_hash: str
     name: str | None
     options: dict[str, Any]
+    parent: int | None = None
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
 
@@ -144,19 +163,29 @@ class DurableRun:
         Thread-safe: ``nbd.map`` begins steps from worker threads."""
         with self._ordinal_lock:
             self._ordinal += 1
-            step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}))
+            step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}), parent)
             self._journal.append(
                 step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options,
                                   parent=parent)
             )
-        self.events.emit(RuntimeEvent("step_started", self.run_id, {"ordinal": step.ordinal, "name": name, "parent": parent}))
+        if self.events.active:  # widgets listen: what a run graph shows of a step that begins
+            self.events.emit(RuntimeEvent("step_started", self.run_id, {
+                "ordinal": step.ordinal, "name": name, "parent": parent, "source": source, "source_hash": source_hash,
+                "options": step.options, "started_at": step.started_at,
+            }))
         return step
 
     def record_attempt(self, step: StepHandle, attempt: int, started_at: float, error: dict[str, Any] | None,
                        next_delay: float | None) -> None:
         """One attempt of an explicit step ended (journaled as it happens: a crash keeps it)."""
-        self._journal.append(attempt_record(step.ordinal, attempt, started_at=started_at, ended_at=time.time(),
+        ended_at = time.time()
+        self._journal.append(attempt_record(step.ordinal, attempt, started_at=started_at, ended_at=ended_at,
                                             error=error, next_delay=next_delay))
+        if self.events.active:
+            self.events.emit(RuntimeEvent("attempt_finished", self.run_id, {
+                "ordinal": step.ordinal, "parent": step.parent, "attempt": attempt, "started_at": started_at,
+                "ended_at": ended_at, "error": error, "next_delay": next_delay,
+            }))
 
     def wait_scope(self) -> tuple[float, set[str]]:
         """What ``wait_for_event`` may return: events sent at or after the start of the run's root run
@@ -183,7 +212,7 @@ class DurableRun:
             self._commit(step, status, values, [], None, duration=duration, ended=ended)  # type: ignore[arg-type]
 
         self._committer.run(commit)
-        self._emit_finished(step, status, duration)
+        self._emit_finished(step, status, duration, refs if refs is not None else changes)
 
     def end_step(
         self,
@@ -225,7 +254,7 @@ class DurableRun:
             self._committer.defer(lambda: commit(snapshots, background=True))
         else:
             self._committer.run(commit)
-        self._emit_finished(step, status, duration)
+        self._emit_finished(step, status, duration, changes, _with_traceback(error, outputs))
 
     def record_restored(self, step: StepHandle, planned: PlannedStep) -> float:
         """Commit a step restored from an earlier run; returns the time it saved."""
@@ -243,7 +272,7 @@ class DurableRun:
         self.stats.restored += 1
         self.stats.time_saved += saved
         self.stats.last_status = "restored"
-        self._emit_finished(step, "restored", planned.duration)
+        self._emit_finished(step, "restored", planned.duration, planned.variables, restored_from=planned.origin, saved=saved)
         return saved
 
     def _commit_not_durable(
@@ -265,14 +294,17 @@ class DurableRun:
         self._committer.drain()
         self._journal.sync()
 
-    def _emit_finished(self, step: StepHandle, status: str, duration: float) -> None:
-        self.events.emit(
-            RuntimeEvent(
-                "step_finished",
-                self.run_id,
-                {"ordinal": step.ordinal, "name": step.name, "status": status, "duration": duration},
-            )
-        )
+    def _emit_finished(
+        self, step: StepHandle, status: str, duration: float, variables: Iterable[Change | VarRef] | None = None,
+        error: dict[str, Any] | None = None, *, restored_from: dict[str, Any] | None = None, saved: float | None = None,
+    ) -> None:
+        if not self.events.active:
+            return
+        self.events.emit(RuntimeEvent("step_finished", self.run_id, {
+            "ordinal": step.ordinal, "name": step.name, "parent": step.parent, "status": status, "duration": duration,
+            "started_at": step.started_at, "ended_at": time.time(), "variables": [_variable_summary(v) for v in variables or ()],
+            "error": error, "restored_from": restored_from, "time_saved": saved,
+        }))
 
     def _commit(
         self,

@@ -17,10 +17,12 @@ started (the root run, for a chain of resumes) and not yet consumed by this run 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nbdurable.errors import OptionsError, RunSuspended
@@ -36,11 +38,19 @@ SHOW_EVERY = 1.0  # how often a wait's indicator is refreshed
 _store: list[Store | None] = [None]  # the store of the loaded extension (set by the kernel extension)
 _PROCESS_STARTED = time.time()
 _consumed_outside: set[str] = set()  # events taken by waits outside a durable cell, in this process
+# Shows a pending wait with Approve/Reject (set by the kernel extension in an interactive kernel):
+# (store, name, match, timeout_at) -> an object with ``finish(event, interrupted=...)``, or None.
+_approval_ui: list[Callable[[Store, str, dict[str, Any] | None, float | None], Any] | None] = [None]
 
 
 def use_store(store: Store | None) -> None:
     """The store that ``send_event`` and waits outside a durable cell use (the extension's)."""
     _store[0] = store
+
+
+def use_approval_ui(factory: Callable[[Store, str, dict[str, Any] | None, float | None], Any] | None) -> None:
+    """What ``wait_for_event`` shows while it waits in an interactive kernel (None: only its text line)."""
+    _approval_ui[0] = factory
 
 
 def default_store(store: str | os.PathLike[str] | Store | None = None) -> Store:
@@ -183,7 +193,9 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     context = steps._current[0]
     if context is None:
         timeout_at = None if seconds is None else time.time() + seconds
-        event = _poll(default_store(), name, match, timeout_at, None, after=_PROCESS_STARTED, consumed=_consumed_outside)
+        store = default_store()
+        with _approval(store, name, match, timeout_at) as done:
+            event = done(_poll(store, name, match, timeout_at, None, after=_PROCESS_STARTED, consumed=_consumed_outside))
         if event is not None:
             _consumed_outside.add(event["id"])
         return None if event is None else event.get("data")
@@ -199,13 +211,40 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     suspend = None
     if context.suspend_after is not None:
         suspend = {"name": name, "match": match, "timeout_at": timeout_at, "after": after}
-    event = _poll(context.run.store, name, match, timeout_at, context.show, after=after, consumed=consumed,
-                  suspend=suspend, suspend_after=context.suspend_after)
+    with _approval(context.run.store, name, match, timeout_at) as done:
+        event = done(_poll(context.run.store, name, match, timeout_at, context.show, after=after, consumed=consumed,
+                           suspend=suspend, suspend_after=context.suspend_after))
     if event is not None:
         context.run.consume(child, event)
     data = None if event is None else event.get("data")
     context.end(child, "completed", data)
     return data
+
+
+@contextlib.contextmanager
+def _approval(store: Store, name: str, match: dict[str, Any] | None,
+              timeout_at: float | None) -> Iterator[Callable[[dict[str, Any] | None], dict[str, Any] | None]]:
+    """Show the approval widget (interactive kernels) for the length of a wait; yields a function that
+    hands it the wait's outcome. A widget that fails to show never breaks the wait."""
+    factory, ui = _approval_ui[0], None
+    if factory is not None:
+        try:
+            ui = factory(store, name, match, timeout_at)
+        except Exception as exc:  # e.g. no widget support in this frontend: the text line remains
+            print(f"nbdurable: the approval widget could not be shown ({exc!r}); "
+                  f"send the event with `nbdurable send {name} --data '{{...}}'`", file=sys.stderr)
+    outcome: list[dict[str, Any] | None] = []
+
+    def done(event: dict[str, Any] | None) -> dict[str, Any] | None:
+        outcome.append(event)
+        return event
+
+    try:
+        yield done
+    finally:
+        if ui is not None:
+            with contextlib.suppress(Exception):
+                ui.finish(outcome[0] if outcome else None, interrupted=not outcome)
 
 
 def _poll(store: Store, name: str, match: dict[str, Any] | None, timeout_at: float | None,

@@ -1,0 +1,458 @@
+"""A run as a graph (``GraphData``): what the run-graph widget, the history explorer and the HTML report show.
+
+A node is a top-level step (a cell); an edge goes from the step that last wrote a variable to a later step
+that reads it (the names its source loads). Child steps (``nbd.step`` calls, waits) are summarized on their
+cell. Two ways to get one:
+
+- ``build_graph(store, run_id)``: from the catalog (which ingests the journal first), for any run;
+- ``LiveGraph``: the graph of the run in progress, kept up to date from the runtime's events (it never
+  reads the store on the hot path), starting from the catalog's view of the run when it attaches.
+
+The dict shape (version 1) is documented in ``ARCHITECTURE.md`` and checked by the tests: nodes have
+``id`` (``s<ordinal>``, or ``p<k>`` for a cell the resumed run will restore but has not reached), ``status``
+(pending, running, completed, restored, failed, retrying, sleeping, waiting, suspended), times in unix
+seconds, ``variables``, ``reads``, ``error``, ``attempts``, ``children`` (counts by status) and ``child_steps``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nbdurable.capture.names import analyze_code
+from nbdurable.errors import RunNotFoundError
+from nbdurable.runtime.events import RuntimeEvent
+from nbdurable.runtime.replay import PlannedStep
+from nbdurable.store import Store
+
+VERSION = 1
+MAX_CHILD_STEPS = 500  # child steps listed per node; ``children["total"]`` keeps the true count
+SLEEP, WAIT = "nbd.sleep", "nbd.wait_for_event"
+_BUILTINS = frozenset(dir(builtins))
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+Graph = dict[str, Any]
+Node = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sources
+
+
+@functools.lru_cache(maxsize=4096)
+def source_reads(source: str) -> tuple[str, ...]:
+    """The global names a cell's source reads (IPython syntax transformed first, magics' code included),
+    sorted; builtins left out."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        code = TransformerManager().transform_cell(source)
+    except Exception:  # a cell IPython cannot transform reads nothing we can tell
+        return ()
+    return tuple(sorted(analyze_code(code).loaded - _BUILTINS - {"get_ipython"}))
+
+
+def label(name: str | None, source: str | None) -> str:
+    """How a node is titled: its step name, else the first line of its source that says something."""
+    if name:
+        return name[:60]
+    for line in (source or "").splitlines():
+        text = line.strip()
+        if text and not text.startswith(("#", "%%durable")):
+            return text if len(text) <= 60 else text[:59] + "…"
+    return "(empty cell)"
+
+
+def _waiting_text(name: str | None, options: dict[str, Any]) -> str | None:
+    if name == SLEEP and options.get("wake_at"):
+        return "sleeping until " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(options["wake_at"])))
+    if name == WAIT:
+        text = f"waiting for event {options.get('event')!r}"
+        if options.get("match"):
+            text += f" matching {json.dumps(options['match'], sort_keys=True)}"
+        if options.get("timeout_at"):
+            text += " until " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(options["timeout_at"])))
+        return text
+    return None
+
+
+def _error_text(error: dict[str, Any] | None) -> str | None:
+    if not error or not (error.get("ename") or error.get("evalue")):
+        return None
+    return f"{error.get('ename') or 'Error'}: {error.get('evalue') or ''}".strip()
+
+
+def _error(ename: Any, evalue: Any, traceback: Any) -> dict[str, Any] | None:
+    if not ename and not evalue:
+        return None
+    if isinstance(traceback, list):
+        traceback = "\n".join(map(str, traceback))
+    return {"ename": ename, "evalue": evalue, "traceback": _ANSI.sub("", traceback or "")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Nodes and edges
+
+
+def new_node(ordinal: int | None, name: str | None, source: str, status: str, *, node_id: str | None = None) -> Node:
+    """A node with every field of the contract."""
+    return {
+        "id": node_id or f"s{ordinal}", "ordinal": ordinal, "label": label(name, source), "source": source,
+        "status": status, "started_at": None, "ended_at": None, "duration_s": None, "time_saved_s": None,
+        "restored_from": None, "variables": [], "reads": list(source_reads(source)), "error": None, "attempts": [],
+        "children": {"total": 0}, "child_steps": [], "waiting_for": None,
+    }
+
+
+def _count_children(node: Node) -> None:
+    """Recount a node's child steps by status (``total`` also counts children beyond the listed ones)."""
+    counts: dict[str, int] = {"total": max(node["children"].get("total", 0), len(node["child_steps"]))}
+    for child in node["child_steps"]:
+        counts[child["status"]] = counts.get(child["status"], 0) + 1
+    node["children"] = counts
+
+
+def edges(nodes: list[Node]) -> list[dict[str, Any]]:
+    """Data dependencies: from the last earlier node that set a variable to each node that reads it
+    (imported modules excepted)."""
+    writer: dict[str, str] = {}
+    found: dict[tuple[str, str], list[str]] = {}
+    for node in nodes:
+        for name in node["reads"]:
+            source = writer.get(name)
+            if source is not None and source != node["id"]:
+                found.setdefault((source, node["id"]), []).append(name)
+        for var in node["variables"]:
+            if var.get("op") == "del":
+                writer.pop(var["name"], None)
+            elif var.get("format") == "module":
+                continue  # an import is not data: edges from the import cell to every user are noise
+            elif var.get("name"):
+                writer[var["name"]] = node["id"]
+    return [{"source": s, "target": t, "variables": sorted(v)} for (s, t), v in found.items()]
+
+
+def _unix(value: Any) -> float | None:
+    """A catalog timestamp (naive UTC, as pandas gives it) to unix seconds."""
+    if value is None:
+        return None
+    try:
+        import pandas
+
+        if pandas.isna(value):
+            return None
+        return float(pandas.Timestamp(value).tz_localize("UTC").timestamp())
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    """A catalog text column: pandas gives a missing one as NaN."""
+    return value if isinstance(value, str) else None
+
+
+def _num(value: Any) -> Any:
+    """NaN (pandas' missing number) to None; numpy scalars to Python numbers."""
+    if value is None:
+        return None
+    try:
+        import pandas
+
+        if pandas.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value.item() if hasattr(value, "item") else value
+
+
+# ----------------------------------------------------------------------------------------------------
+# From the catalog
+
+
+def build_graph(store: Store, run_id: str, *, pending: list[PlannedStep] | None = None, live: bool = False) -> Graph:
+    """The graph of ``run_id`` from the catalog (ingesting new journal records first).
+
+    ``pending``: planned steps the run has not reached yet (a live resume), shown as pending nodes.
+    Raises RunNotFoundError for a run the store does not have."""
+    catalog = store.catalog()
+    with catalog._session() as con:
+        catalog._ingest(con)
+        runs = catalog._fetch(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if runs.empty:
+            raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
+                                   hint="`nbdurable runs` (or nbd.history()) lists the run ids of this store")
+        steps = catalog._fetch(con, "SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id])
+        variables = catalog._fetch(con, "SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? "
+                                        "ORDER BY ordinal, name", [run_id])
+        attempts = catalog._fetch(con, "SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id])
+    return graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
+                           attempts.to_dict("records"), pending=pending, live=live)
+
+
+def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables: list[dict[str, Any]],
+                    attempts: list[dict[str, Any]], *, pending: list[PlannedStep] | None = None, live: bool = False) -> Graph:
+    """GraphData from catalog rows (the run's row, its steps, variables and attempts)."""
+    by_ordinal: dict[int, Node] = {}
+    tops: list[Node] = []
+    parent_of: dict[int, int] = {}
+    for row in steps:
+        ordinal = int(row["ordinal"])
+        parent = _num(row.get("parent"))
+        status = _str(row.get("status")) or "running"
+        if parent is not None:
+            parent_of[ordinal] = int(parent)
+            cell = by_ordinal.get(int(parent))
+            if cell is None:
+                continue
+            child = {"ordinal": ordinal, "name": _str(row.get("name")), "status": status,
+                     "started_at": _unix(row.get("started_at")), "ended_at": _unix(row.get("ended_at")),
+                     "duration_s": _num(row.get("duration_s")), "attempts": 0,
+                     "error": _error_text({"ename": _str(row.get("error_ename")), "evalue": _str(row.get("error_evalue"))})}
+            cell["children"]["total"] = cell["children"].get("total", 0) + 1
+            if len(cell["child_steps"]) < MAX_CHILD_STEPS:
+                cell["child_steps"].append(child)
+            continue
+        node = new_node(ordinal, _str(row.get("name")), _str(row.get("source")) or "", status)
+        node.update(
+            started_at=_unix(row.get("started_at")), ended_at=_unix(row.get("ended_at")),
+            duration_s=_num(row.get("duration_s")),
+            error=_error(_str(row.get("error_ename")), _str(row.get("error_evalue")), _str(row.get("error_traceback"))),
+        )
+        if status == "restored":
+            node["restored_from"] = {"run_id": _str(row.get("restored_from_run")), "ordinal": _num(row.get("restored_from_ordinal"))}
+            if node["duration_s"] is not None and node["started_at"] is not None and node["ended_at"] is not None:
+                node["time_saved_s"] = max(0.0, node["duration_s"] - (node["ended_at"] - node["started_at"]))
+        by_ordinal[ordinal] = node
+        tops.append(node)
+    for row in variables:
+        node = by_ordinal.get(int(row["ordinal"]))
+        if node is not None:
+            node["variables"].append({"name": row["name"], "op": _str(row.get("op")), "type": _str(row.get("type")),
+                                      "size_bytes": _num(row.get("size_bytes")), "format": _str(row.get("format"))})
+    for row in attempts:
+        ordinal = int(row["ordinal"])
+        attempt = {"attempt": int(row["attempt"]), "started_at": _unix(row.get("started_at")),
+                   "ended_at": _unix(row.get("ended_at")), "next_delay_s": _num(row.get("next_delay_s")),
+                   "error": _error_text({"ename": _str(row.get("error_ename")), "evalue": _str(row.get("error_evalue"))})}
+        node = by_ordinal.get(ordinal)
+        if node is not None:
+            node["attempts"].append(attempt)
+        elif ordinal in parent_of and (cell := by_ordinal.get(parent_of[ordinal])) is not None:
+            for child in cell["child_steps"]:
+                if child["ordinal"] == ordinal:
+                    child["attempts"] += 1
+    for node in tops:
+        _count_children(node)
+        _derive_status(node)
+    for k, planned in enumerate(pending or []):
+        tops.append(new_node(None, planned.name, planned.source, "pending", node_id=f"p{k}"))
+    params = run.get("params")
+    waiting = run.get("waiting_for")
+    info = {
+        "run_id": run["run_id"], "notebook": run.get("notebook"), "kind": run.get("kind"), "status": run.get("status"),
+        "params": json.loads(params) if isinstance(params, str) and params else {},
+        "started_at": _unix(run.get("started_at")), "ended_at": _unix(run.get("ended_at")),
+        "duration_s": _num(run.get("duration_s")), "time_saved_s": _num(run.get("time_saved_s")) or 0.0,
+        "resumed_from": run.get("resumed_from"), "wake_at": _unix(run.get("wake_at")),
+        "waiting_for": json.loads(waiting) if isinstance(waiting, str) and waiting else None, "live": live,
+    }
+    return {"version": VERSION, "run": info, "nodes": tops, "edges": edges(tops)}
+
+
+def _derive_status(node: Node) -> None:
+    """A running cell shows what its running children do: sleeping, waiting, or retrying."""
+    if node["status"] != "running":
+        return
+    for child in reversed(node["child_steps"]):
+        if child["status"] == "running" and child["name"] in (SLEEP, WAIT):
+            node["status"] = "sleeping" if child["name"] == SLEEP else "waiting"
+            return
+    last = node["attempts"][-1] if node["attempts"] else None
+    if last is not None and last.get("error") and last.get("next_delay_s") is not None:
+        node["status"] = "retrying"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Live
+
+
+class LiveGraph:
+    """The graph of the run in progress, updated from runtime events; ``on_change(graph)`` is called after
+    each change (at most once per step change; child-step changes are coalesced to ``child_interval``)."""
+
+    def __init__(self, on_change: Callable[[Graph], None], *, child_interval: float = 0.25) -> None:
+        self.on_change = on_change
+        self.child_interval = child_interval
+        self.graph: Graph = {"version": VERSION, "run": {"run_id": None, "status": None, "live": True}, "nodes": [], "edges": []}
+        self._nodes: dict[int, Node] = {}
+        self._child_parent: dict[int, int] = {}
+        self._lock = threading.RLock()
+        self._last_sent = 0.0
+        self._dirty = False
+
+    def load(self, graph: Graph) -> None:
+        """Start from a graph built from the catalog (the run as it is when the widget attaches)."""
+        with self._lock:
+            self.graph = graph
+            self.graph["run"]["live"] = True
+            self._nodes = {n["ordinal"]: n for n in graph["nodes"] if n["ordinal"] is not None}
+            self._child_parent = {c["ordinal"]: n["ordinal"] for n in self._nodes.values() for c in n["child_steps"]}
+            self._send()
+
+    def start_run(self, run_id: str, notebook: str | None, pending: list[PlannedStep]) -> None:
+        """A new run began (nothing recorded yet)."""
+        with self._lock:
+            self.graph = {
+                "version": VERSION, "edges": [],
+                "run": {"run_id": run_id, "notebook": notebook, "kind": "interactive", "status": "running", "params": {},
+                        "started_at": time.time(), "ended_at": None, "duration_s": None, "time_saved_s": 0.0,
+                        "resumed_from": None, "wake_at": None, "waiting_for": None, "live": True},
+                "nodes": [new_node(None, p.name, p.source, "pending", node_id=f"p{k}") for k, p in enumerate(pending)],
+            }
+            self._nodes, self._child_parent = {}, {}
+            self._send()
+
+    def __call__(self, event: RuntimeEvent) -> None:
+        """An EventBus listener."""
+        with self._lock:
+            handler = getattr(self, "_on_" + event.kind, None)
+            if handler is not None and (self.graph["run"].get("run_id") in (None, event.run_id) or event.kind == "run_started"):
+                handler(event.run_id, event.data)
+
+    def flush(self) -> None:
+        """Send a coalesced child-step change now."""
+        with self._lock:
+            if self._dirty:
+                self._send()
+
+    # -- event handlers ---------------------------------------------------------------------------
+
+    def _on_run_started(self, run_id: str, data: dict[str, Any]) -> None:
+        if self.graph["run"].get("run_id") == run_id:
+            return
+        pending = [n for n in self.graph["nodes"] if n["status"] == "pending"]
+        self.start_run(run_id, data.get("notebook"), [])
+        self.graph["run"]["resumed_from"] = data.get("resumed_from")
+        self.graph["nodes"] = pending
+
+    def _on_step_started(self, run_id: str, data: dict[str, Any]) -> None:
+        ordinal, parent = int(data["ordinal"]), data.get("parent")
+        if parent is None:
+            node = new_node(ordinal, data.get("name"), data.get("source") or "", "running")
+            node["started_at"] = data.get("started_at")
+            nodes = self.graph["nodes"]
+            pending = next((i for i, n in enumerate(nodes) if n["status"] == "pending"), None)
+            if pending is not None and nodes[pending]["source"] == node["source"]:
+                nodes.pop(pending)  # the planned cell it was
+            position = next((i for i, n in enumerate(nodes) if n["status"] == "pending"), len(nodes))
+            nodes.insert(position, node)
+            self._nodes[ordinal] = node
+            self._send()
+            return
+        cell = self._nodes.get(int(parent))
+        if cell is None:
+            return
+        self._child_parent[ordinal] = cell["ordinal"]
+        name = data.get("name")
+        child = {"ordinal": ordinal, "name": name, "status": "running", "started_at": data.get("started_at"),
+                 "ended_at": None, "duration_s": None, "attempts": 0, "error": None}
+        cell["children"]["total"] = cell["children"].get("total", 0) + 1
+        if len(cell["child_steps"]) < MAX_CHILD_STEPS:
+            cell["child_steps"].append(child)
+        if name in (SLEEP, WAIT):
+            cell["status"] = "sleeping" if name == SLEEP else "waiting"
+            cell["waiting_for"] = _waiting_text(name, data.get("options") or {})
+            self._send()  # a cell that starts waiting changes status: a step change
+        else:
+            self._child_changed(cell)
+
+    def _on_attempt_finished(self, run_id: str, data: dict[str, Any]) -> None:
+        ordinal = int(data["ordinal"])
+        retrying = bool(data.get("error")) and data.get("next_delay") is not None
+        attempt = {"attempt": data.get("attempt"), "started_at": data.get("started_at"), "ended_at": data.get("ended_at"),
+                   "error": _error_text(data.get("error")), "next_delay_s": data.get("next_delay")}
+        node = self._nodes.get(ordinal)
+        if node is not None:
+            node["attempts"].append(attempt)
+            if retrying:
+                node["status"] = "retrying"
+            elif node["status"] == "retrying":
+                node["status"] = "running"
+            self._send()
+            return
+        cell = self._nodes.get(self._child_parent.get(ordinal, -1))
+        if cell is None:
+            return
+        for child in cell["child_steps"]:
+            if child["ordinal"] == ordinal:
+                child["attempts"] += 1
+                child["status"] = "retrying" if retrying else "running"
+        if retrying and cell["status"] == "running":
+            cell["status"] = "retrying"
+            self._send()
+        else:
+            self._child_changed(cell)
+
+    def _on_step_finished(self, run_id: str, data: dict[str, Any]) -> None:
+        ordinal, status = int(data["ordinal"]), str(data.get("status"))
+        node = self._nodes.get(ordinal)
+        if node is not None:
+            node.update(status=status, started_at=data.get("started_at") or node["started_at"],
+                        ended_at=data.get("ended_at"), duration_s=data.get("duration"),
+                        variables=[v for v in data.get("variables") or [] if v.get("name")],
+                        error=_error(*(lambda e: (e.get("ename"), e.get("evalue"), e.get("traceback")))(data.get("error") or {})),
+                        restored_from=data.get("restored_from"), time_saved_s=data.get("time_saved"), waiting_for=None)
+            _count_children(node)
+            if status == "restored" and data.get("time_saved"):
+                run = self.graph["run"]
+                run["time_saved_s"] = (run.get("time_saved_s") or 0.0) + float(data["time_saved"])
+            self.graph["edges"] = edges(self.graph["nodes"])
+            self._send()
+            return
+        cell = self._nodes.get(self._child_parent.get(ordinal, -1))
+        if cell is None:
+            return
+        for child in cell["child_steps"]:
+            if child["ordinal"] == ordinal:
+                child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"),
+                             error=_error_text(data.get("error")))
+        _count_children(cell)
+        if (cell["status"] in ("sleeping", "waiting") and data.get("name") in (SLEEP, WAIT)) or cell["status"] == "retrying":
+            cell["status"], cell["waiting_for"] = "running", None
+            self._send()
+        else:
+            self._child_changed(cell)
+
+    def _on_run_finished(self, run_id: str, data: dict[str, Any]) -> None:
+        run = self.graph["run"]
+        run["status"], run["ended_at"] = data.get("status"), time.time()
+        if run.get("started_at"):
+            run["duration_s"] = run["ended_at"] - run["started_at"]
+        self._send()
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def _child_changed(self, cell: Node) -> None:
+        _count_children(cell)
+        if time.monotonic() - self._last_sent >= self.child_interval:
+            self._send()
+        elif not self._dirty:
+            self._dirty = True  # sent with the next change, or by the timer
+            timer = threading.Timer(self.child_interval, self.flush)
+            timer.daemon = True
+            timer.start()
+
+    def _send(self) -> None:
+        self._dirty = False
+        self._last_sent = time.monotonic()
+        self.on_change(self.snapshot())
+
+    def snapshot(self) -> Graph:
+        """A copy safe to hand to a widget (traitlets compare by value: a new object each time)."""
+        return json.loads(json.dumps(self.graph, default=str))

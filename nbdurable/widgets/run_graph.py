@@ -1,0 +1,83 @@
+"""``nbd.RunGraph()`` / ``%durable graph``: the run as a live graph of its cells (anywidget).
+
+Without a run id it follows the notebook's current run: it subscribes a ``LiveGraph`` to the extension's
+runtime events, so each step change becomes one ``graph`` update (child-step changes are coalesced). With
+a run id it shows that run as the catalog has it. It only listens: closing it unsubscribes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import anywidget
+import traitlets
+
+from nbdurable.errors import OptionsError
+from nbdurable.store import Store
+from nbdurable.widgets import static_text
+from nbdurable.widgets.graph import Graph, LiveGraph, build_graph
+
+
+def _current_extension() -> Any:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return None
+    shell = get_ipython()
+    if shell is None:
+        return None
+    from nbdurable.kernel_ext import current_extension
+
+    return current_extension(shell)
+
+
+class RunGraph(anywidget.AnyWidget):  # type: ignore[misc]
+    """The graph of a run: cells as nodes (status, duration, attempts, time saved), data dependencies as
+    edges, child steps per cell; selecting a node shows its source, variables, error and attempts.
+
+    ``RunGraph()`` follows the current run of the notebook live (needs ``%load_ext nbdurable``);
+    ``RunGraph(run_id)`` shows any run of the store (``store``: a path or Store; default: the extension's,
+    else $NBDURABLE_STORE, else ./.nbdurable)."""
+
+    _esm = static_text("graph_core.js", "run_graph.js")
+    graph = traitlets.Dict().tag(sync=True)
+    selected = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, run_id: str | None = None, *, store: str | os.PathLike[str] | Store | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._unsubscribe: Any = None
+        self._send_lock = threading.Lock()
+        ext = _current_extension()
+        if run_id is not None:
+            if not isinstance(run_id, str) or not run_id:
+                raise OptionsError(f"RunGraph takes a run id (a string), not {run_id!r}", hint="nbd.history() lists run ids")
+            from nbdurable.runtime.waits import default_store
+
+            self.graph = build_graph(default_store(store) if store is not None or ext is None else ext.store_obj, run_id)
+            return
+        if ext is None:
+            raise OptionsError(
+                "RunGraph() follows the current run of a notebook with nbdurable loaded, and it is not loaded here",
+                hint="run `%load_ext nbdurable` first, or pass a run id: nbd.RunGraph(run_id)",
+            )
+        self.live = LiveGraph(self._publish)
+        pending = ext.plan.steps[ext.plan.cursor:] if ext.plan is not None and not ext.plan.exhausted else []
+        if ext.run is not None and ext.run.status == "running":
+            ext.run.wait_durable()  # the catalog reads the journal: let it hold every step so far
+            self.live.load(build_graph(ext.store_obj, ext.run.run_id, pending=pending, live=True))
+        else:
+            self.live.start_run(None, ext.notebook, pending)  # type: ignore[arg-type]
+        self._unsubscribe = ext.events.subscribe(self.live)
+
+    def _publish(self, graph: Graph) -> None:
+        with self._send_lock:  # nbd.map worker threads emit events too: one update at a time, in order
+            self.graph = graph
+
+    def close(self) -> None:
+        """Stop following the run and close the widget."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        super().close()
