@@ -15,9 +15,18 @@ from nbdurable import errors as _errors  # noqa: E402
 from nbdurable.errors import *  # noqa: E402,F403  (the error hierarchy is part of the public API)
 
 
+from nbdurable.history import history, sql  # noqa: E402  (duckdb and pandas are imported on first call)
 from nbdurable.runtime.policy import RetryPolicy  # noqa: E402
 from nbdurable.runtime.steps import map, run_step, step  # noqa: E402,A004
 from nbdurable.runtime.waits import send_event, sleep, sleep_until, wait_for_event  # noqa: E402
+
+
+def current_run_id() -> str | None:
+    """The id of the run recording this notebook (None before its first step, or without the extension)."""
+    from nbdurable.kernel_ext import active_extension
+
+    ext = active_extension()
+    return ext.run.run_id if ext is not None and ext.run is not None else None
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -46,6 +55,9 @@ __all__ = [
     "wait_for_event",
     "send_event",
     "RetryPolicy",
+    "history",
+    "sql",
+    "current_run_id",
     "RunGraph",
     "HistoryExplorer",
     *_errors.__all__,

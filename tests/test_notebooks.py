@@ -42,3 +42,37 @@ def test_quickstart_crashes_then_resumes(tmp_path: Path) -> None:
     texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "100,000 rows loaded" in texts and "slope 3.0 history [[3.0, 0.0]]" in texts
     assert "restored:      3" in texts
+
+
+def widget_states(nb: nbformat.NotebookNode) -> dict[str, dict]:
+    """The widget models nbclient recorded (model id -> state), as a frontend would have received them."""
+    return nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+
+def test_widgets_notebook_draws_the_live_run_graph(tmp_path: Path) -> None:
+    notebook = tmp_path / "widgets.ipynb"
+    shutil.copyfile(NOTEBOOKS / "widgets.ipynb", notebook)
+    nb = execute(notebook, {"NBDURABLE_NOTEBOOK": str(notebook), "NBDURABLE_STORE": str(tmp_path / ".nbdurable")})
+    graphs = [s["state"]["graph"] for s in widget_states(nb).values() if "graph" in s.get("state", {})]
+    assert len(graphs) == 2, "the live graph and the past-run graph"
+    live = graphs[0] if graphs[0]["run"]["live"] else graphs[1]
+    statuses = [n["status"] for n in live["nodes"]]
+    assert statuses and set(statuses) == {"completed"} or statuses[-1] == "running", statuses
+    mapped = next(n for n in live["nodes"] if "nbd.map" in n["source"])
+    assert mapped["children"]["total"] == 10 and mapped["children"].get("completed") == 10
+    flaky = next(c for c in mapped["child_steps"] if c["attempts"] == 3)
+    assert flaky["name"] == "fetch_quote"
+    assert any(e["variables"] == ["prices"] for e in live["edges"])
+    assert (tmp_path / "run-report.html").exists()
+
+
+def test_approvals_notebook_waits_for_the_event(tmp_path: Path) -> None:
+    notebook = tmp_path / "approvals.ipynb"
+    shutil.copyfile(NOTEBOOKS / "approvals.ipynb", notebook)
+    nb = execute(notebook, {"NBDURABLE_NOTEBOOK": str(notebook), "NBDURABLE_STORE": str(tmp_path / ".nbdurable")})
+    texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "deploying churn-v2 (approved by ana)" in texts and "timed out" in texts
+    approvals = [s["state"] for s in widget_states(nb).values() if "event" in s.get("state", {})]
+    assert sorted((a["event"], a["state"]) for a in approvals) == [("model-review", "received"), ("never-sent", "timeout")]
+    # The widget is marked as a notice, which output capture never records (a restore shows no dead widget).
+    assert "approval" in notices(nb)

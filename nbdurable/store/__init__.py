@@ -4,6 +4,8 @@ A store is a directory::
 
     FORMAT              {"format": 2, "created_by": "nbdurable"}
     journals/<run>.jsonl    one append-only journal per run (the truth)
+    journals/<run>.reopened marker: the journal was reopened by append_journal (the catalog then keeps
+                            checking it even after its run_end)
     objects/<ab>/<cdef..>   content-addressed object files
     leases/<run>.lease      one writer per run (flock + heartbeat)
     tmp/                    temporary files, renamed into objects/ and events/
@@ -29,11 +31,12 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 from .crypto import encryption_key
 from .events import EventsMixin
-from .journal import JournalsMixin, JournalWriter, fsync_dir, read_records
+from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
 from .lease import Lease, LeasesMixin
 from .objects import ObjectsMixin
 
 _SUBDIRS = ("journals", "objects", "leases", "tmp", "events")
+_REOPENED_SUFFIX = ".reopened"  # = catalog.REOPENED_SUFFIX (catalog.py imports duckdb: not imported here)
 _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
@@ -70,6 +73,20 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
         store = cls(root)
         store._sweep_tmp()
         return store
+
+    def append_journal(self, run_id: str) -> JournalWriter:
+        """Reopen an existing journal to append (``JournalsMixin.append_journal``), leaving the marker
+        ``journals/<run>.reopened`` first (durably): the catalog skips the journals that ended with
+        ``run_end`` when it looks for new records, except the reopened ones."""
+        journal = self._existing_journal(run_id)
+        marker = journal.with_name(run_id + _REOPENED_SUFFIX)
+        if not marker.exists():
+            try:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                fsync_dir(marker.parent)
+            except OSError as exc:
+                raise io_error(exc, f"reopening the journal of run {run_id}", marker) from exc
+        return super().append_journal(run_id)
 
     def catalog(self) -> Catalog:
         """The DuckDB catalog of this store (cheap: it opens the database only per operation).

@@ -26,7 +26,7 @@ from nbdurable.store import Store
 from nbdurable.widgets import static_text
 
 
-class ApprovalWidget(anywidget.AnyWidget):  # type: ignore[misc]
+class ApprovalWidget(anywidget.AnyWidget):
     """Approve / Reject (with an optional JSON payload) for the event a cell waits for."""
 
     _esm = static_text("approval.js")
@@ -91,5 +91,5 @@ def show_approval(store: Store, event: str, match: dict[str, Any] | None, timeou
     from IPython.display import display
 
     widget = ApprovalWidget(store, event, match, timeout_at)
-    display(widget, metadata={NOTICE_METADATA_KEY: {"notice": "approval", "event": event, "shown_at": time.time()}})
+    display(widget, metadata={NOTICE_METADATA_KEY: {"notice": "approval", "event": event, "shown_at": time.time()}})  # type: ignore[no-untyped-call]
     return widget

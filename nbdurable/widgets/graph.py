@@ -16,16 +16,17 @@ seconds, ``variables``, ``reads``, ``error``, ``attempts``, ``children`` (counts
 
 from __future__ import annotations
 
+import ast
 import builtins
 import functools
 import json
 import re
+import symtable
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from nbdurable.capture.names import analyze_code
 from nbdurable.errors import RunNotFoundError
 from nbdurable.runtime.events import RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep
@@ -47,15 +48,41 @@ Node = dict[str, Any]
 
 @functools.lru_cache(maxsize=4096)
 def source_reads(source: str) -> tuple[str, ...]:
-    """The global names a cell's source reads (IPython syntax transformed first, magics' code included),
-    sorted; builtins left out."""
+    """The global names a cell's source reads, sorted: module-level names it loads and the globals its
+    functions and classes refer to (not their parameters or locals), the Python text of magics included
+    (``%time y = f(x)``); builtins left out."""
     try:
         from IPython.core.inputtransformer2 import TransformerManager
 
-        code = TransformerManager().transform_cell(source)
+        code = TransformerManager().transform_cell(source)  # type: ignore[no-untyped-call]
     except Exception:  # a cell IPython cannot transform reads nothing we can tell
         return ()
-    return tuple(sorted(analyze_code(code).loaded - _BUILTINS - {"get_ipython"}))
+    return tuple(sorted(_global_reads(code) - _BUILTINS - {"get_ipython"}))
+
+
+def _global_reads(code: str) -> set[str]:
+    try:
+        tree = ast.parse(code)
+        table = symtable.symtable(code, "<cell>", "exec")
+    except (SyntaxError, ValueError):
+        return set()
+    names = _referenced_globals(table)
+    for node in ast.walk(tree):  # magics: get_ipython().run_line_magic('time', 'y = f(x)') holds code
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("run_line_magic", "run_cell_magic")):
+            for arg in node.args[1:]:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    names |= _global_reads(arg.value)
+    return names
+
+
+def _referenced_globals(table: symtable.SymbolTable) -> set[str]:
+    module = table.get_type() == "module"  # symtable's type names vary across Pythons; "module" is stable
+    names = {sym.get_name() for sym in table.get_symbols()
+             if sym.is_referenced() and (module or sym.is_global() or sym.is_declared_global())}
+    for child in table.get_children():
+        names |= _referenced_globals(child)
+    return names
 
 
 def label(name: str | None, source: str | None) -> str:
@@ -180,17 +207,15 @@ def build_graph(store: Store, run_id: str, *, pending: list[PlannedStep] | None 
 
     ``pending``: planned steps the run has not reached yet (a live resume), shown as pending nodes.
     Raises RunNotFoundError for a run the store does not have."""
-    catalog = store.catalog()
-    with catalog._session() as con:
-        catalog._ingest(con)
-        runs = catalog._fetch(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
-        if runs.empty:
-            raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
-                                   hint="`nbdurable runs` (or nbd.history()) lists the run ids of this store")
-        steps = catalog._fetch(con, "SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id])
-        variables = catalog._fetch(con, "SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? "
-                                        "ORDER BY ordinal, name", [run_id])
-        attempts = catalog._fetch(con, "SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id])
+    runs, steps, variables, attempts = store.catalog().query_many([
+        ("SELECT * FROM runs WHERE run_id = ?", [run_id]),
+        ("SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id]),
+        ("SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? ORDER BY ordinal, name", [run_id]),
+        ("SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id]),
+    ])
+    if runs.empty:
+        raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
+                               hint="`nbdurable runs` (or nbd.history()) lists the run ids of this store")
     return graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
                            attempts.to_dict("records"), pending=pending, live=live)
 
@@ -231,18 +256,18 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
         by_ordinal[ordinal] = node
         tops.append(node)
     for row in variables:
-        node = by_ordinal.get(int(row["ordinal"]))
-        if node is not None:
-            node["variables"].append({"name": row["name"], "op": _str(row.get("op")), "type": _str(row.get("type")),
+        owner = by_ordinal.get(int(row["ordinal"]))
+        if owner is not None:
+            owner["variables"].append({"name": row["name"], "op": _str(row.get("op")), "type": _str(row.get("type")),
                                       "size_bytes": _num(row.get("size_bytes")), "format": _str(row.get("format"))})
     for row in attempts:
         ordinal = int(row["ordinal"])
         attempt = {"attempt": int(row["attempt"]), "started_at": _unix(row.get("started_at")),
                    "ended_at": _unix(row.get("ended_at")), "next_delay_s": _num(row.get("next_delay_s")),
                    "error": _error_text({"ename": _str(row.get("error_ename")), "evalue": _str(row.get("error_evalue"))})}
-        node = by_ordinal.get(ordinal)
-        if node is not None:
-            node["attempts"].append(attempt)
+        owner = by_ordinal.get(ordinal)
+        if owner is not None:
+            owner["attempts"].append(attempt)
         elif ordinal in parent_of and (cell := by_ordinal.get(parent_of[ordinal])) is not None:
             for child in cell["child_steps"]:
                 if child["ordinal"] == ordinal:
@@ -455,4 +480,5 @@ class LiveGraph:
 
     def snapshot(self) -> Graph:
         """A copy safe to hand to a widget (traitlets compare by value: a new object each time)."""
-        return json.loads(json.dumps(self.graph, default=str))
+        copy: Graph = json.loads(json.dumps(self.graph, default=str))
+        return copy

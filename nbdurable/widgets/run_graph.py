@@ -15,25 +15,13 @@ import anywidget
 import traitlets
 
 from nbdurable.errors import OptionsError
+from nbdurable.kernel_ext import active_extension
 from nbdurable.store import Store
 from nbdurable.widgets import static_text
 from nbdurable.widgets.graph import Graph, LiveGraph, build_graph
 
 
-def _current_extension() -> Any:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        return None
-    shell = get_ipython()
-    if shell is None:
-        return None
-    from nbdurable.kernel_ext import current_extension
-
-    return current_extension(shell)
-
-
-class RunGraph(anywidget.AnyWidget):  # type: ignore[misc]
+class RunGraph(anywidget.AnyWidget):
     """The graph of a run: cells as nodes (status, duration, attempts, time saved), data dependencies as
     edges, child steps per cell; selecting a node shows its source, variables, error and attempts.
 
@@ -49,12 +37,14 @@ class RunGraph(anywidget.AnyWidget):  # type: ignore[misc]
         super().__init__(**kwargs)
         self._unsubscribe: Any = None
         self._send_lock = threading.Lock()
-        ext = _current_extension()
+        ext = active_extension()
         if run_id is not None:
             if not isinstance(run_id, str) or not run_id:
                 raise OptionsError(f"RunGraph takes a run id (a string), not {run_id!r}", hint="nbd.history() lists run ids")
             from nbdurable.runtime.waits import default_store
 
+            if ext is not None and ext.run is not None and ext.run.run_id == run_id and ext.run.status == "running":
+                ext.run.wait_durable()  # this notebook's own run: the catalog reads what the journal holds
             self.graph = build_graph(default_store(store) if store is not None or ext is None else ext.store_obj, run_id)
             return
         if ext is None:

@@ -4,6 +4,9 @@
 function nbdApprovalText(model) {
   const match = model.get("match");
   const timeoutAt = model.get("timeout_at");
+  const state = model.get("state");
+  const ended = { received: "Received", timeout: "Timed out waiting for", interrupted: "Stopped waiting for" }[state];
+  if (ended) return `${ended} event “${model.get("event")}”`;
   let text = `Waiting for event “${model.get("event")}”`;
   if (match && Object.keys(match).length) text += ` matching ${JSON.stringify(match)}`;
   if (timeoutAt) text += ` until ${new Date(timeoutAt * 1000).toLocaleString()}`;
@@ -51,6 +54,10 @@ function render({ model, el }) {
     title.textContent = nbdApprovalText(model);
     const open = state === "waiting" || state === "sent";
     approve.disabled = reject.disabled = payload.disabled = !open;
+    for (const button of [approve, reject]) {
+      button.style.opacity = open ? "1" : "0.45";
+      button.style.cursor = open ? "pointer" : "default";
+    }
     root.style.borderLeftColor = { received: "#27ae60", timeout: "#9b9b9b", interrupted: "#9b9b9b" }[state] || "#f2c94c";
     if (model.get("message")) status.textContent = model.get("message");
   };

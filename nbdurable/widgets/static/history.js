@@ -1,0 +1,604 @@
+// The history explorer's frontend (anywidget): filters, the runs table, one run's graph, two runs compared.
+// Python sends `_esm` = graph_core.js + this file: it mounts graph_core's run view (nbdMountRunView: graph,
+// timeline, details of the clicked node) for the selected run; without graph_core.js it draws a minimal graph.
+// It only edits traits (filters, selected_run, selected_node, compare) and sends {type: "refresh"}: the
+// Python side queries the catalog. Everything is inside one const, so that no name here can collide with
+// a declaration of graph_core.js. Selectors follow the DOM contract (browser tests use them).
+
+const nbdHistoryWidget = (() => {
+  const RUN_STATUSES = ["running", "completed", "failed", "suspended", "cancelled", "crashed"];
+  const FILTER_KEYS = ["notebook", "status", "params", "since", "until"];
+  const COLOURS = {
+    pending: "#c7ccd1", running: "#2f80ed", completed: "#27ae60", restored: "#8e44ad", failed: "#eb5757",
+    retrying: "#f2994a", sleeping: "#56ccf2", waiting: "#f2c94c", suspended: "#9b9b9b",
+    cancelled: "#9b9b9b", crashed: "#c0392b", interrupted: "#f2994a",
+  };
+  const DARK_TEXT = new Set(["pending", "waiting", "sleeping"]);
+  const DEBOUNCE_MS = 350;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const CSS = `
+.nbd-history { font-family: var(--jp-ui-font-family, system-ui, -apple-system, "Segoe UI", sans-serif); font-size: 13px;
+  color: var(--jp-ui-font-color1, #1f2328); display: flex; flex-direction: column; gap: 8px; }
+.nbd-history-toolbar { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
+.nbd-history input[type=text], .nbd-history select { font: inherit; padding: 3px 6px; border-radius: 3px;
+  border: 1px solid var(--jp-border-color1, #c7ccd1); background: var(--jp-layout-color1, #fff); color: inherit; }
+.nbd-history .nbd-filter-notebook { width: 11em; }
+.nbd-history .nbd-filter-params { flex: 1 1 14em; min-width: 12em; }
+.nbd-history .nbd-filter-since, .nbd-history .nbd-filter-until { width: 10.5em; }
+.nbd-history button { font: inherit; padding: 3px 10px; border-radius: 3px; cursor: pointer; color: inherit;
+  border: 1px solid var(--jp-border-color1, #c7ccd1); background: var(--jp-layout-color2, #f3f4f6); }
+.nbd-history button:hover { background: var(--jp-layout-color3, #e5e7eb); }
+.nbd-history button:disabled { opacity: .6; cursor: progress; }
+.nbd-history button.nbd-close { padding: 0 7px; margin-left: auto; }
+.nbd-history-error { color: #b3261e; background: rgba(235, 87, 87, .12); border-left: 3px solid #eb5757;
+  padding: 4px 8px; white-space: pre-line; }
+.nbd-history-count, .nbd-history-hint { color: var(--jp-ui-font-color2, #59636e); font-size: 12px; }
+.nbd-history-hint { font-style: italic; padding: 4px 0; }
+.nbd-history-table-wrap { max-height: 22em; overflow: auto; border: 1px solid var(--jp-border-color2, #e1e4e8); }
+.nbd-history table { border-collapse: collapse; width: 100%; }
+.nbd-history th { position: sticky; top: 0; z-index: 1; background: var(--jp-layout-color2, #f3f4f6); text-align: left;
+  font-weight: 600; padding: 4px 6px; white-space: nowrap; }
+.nbd-history td { padding: 3px 6px; border-top: 1px solid var(--jp-border-color2, #eceef1); white-space: nowrap;
+  vertical-align: top; }
+.nbd-history tr.nbd-run { cursor: pointer; }
+.nbd-history tr.nbd-run:hover { background: var(--jp-layout-color2, #f5f7fa); }
+.nbd-history tr.nbd-run.nbd-selected { background: rgba(47, 128, 237, .14); }
+.nbd-history tr.nbd-run:focus { outline: 2px solid #2f80ed; outline-offset: -2px; }
+.nbd-history .nbd-num { text-align: right; font-variant-numeric: tabular-nums; }
+.nbd-history .nbd-mono { font-family: var(--jp-code-font-family, ui-monospace, Menlo, monospace); font-size: 12px; }
+.nbd-history .nbd-params-cell { max-width: 26em; overflow: hidden; text-overflow: ellipsis; }
+.nbd-history .nbd-badge { display: inline-block; padding: 0 7px; border-radius: 9px; color: #fff; font-size: 11px;
+  line-height: 17px; }
+.nbd-history .nbd-badge.nbd-dark-text { color: #1f2328; }
+.nbd-history-panel-head { display: flex; align-items: center; gap: 8px; flex-wrap: wrap; font-weight: 600;
+  padding: 4px 0; }
+.nbd-history-graph { display: flex; flex-direction: column; gap: 6px; }
+.nbd-history-graph-canvas { overflow: auto; max-height: 32em; }
+.nbd-compare { display: flex; flex-direction: column; gap: 6px; border-top: 1px solid var(--jp-border-color2, #e1e4e8);
+  padding-top: 6px; }
+.nbd-compare h4 { margin: 6px 0 2px; font-size: 13px; }
+.nbd-compare .nbd-run-tag { font-weight: 700; padding: 0 5px; border-radius: 3px; color: #fff; }
+.nbd-compare .nbd-run-tag.nbd-a { background: #6b7785; }
+.nbd-compare .nbd-run-tag.nbd-b { background: #2f80ed; }
+.nbd-compare tr[data-differs="true"] { background: rgba(242, 201, 76, .2); }
+.nbd-compare.nbd-only-diff tr[data-differs="false"] { display: none; }
+.nbd-compare .nbd-dbars { display: flex; flex-direction: column; gap: 2px; min-width: 12em; }
+.nbd-compare .nbd-dbar-row { display: flex; align-items: center; gap: 4px; font-size: 11px; }
+.nbd-compare .nbd-dbar { height: 6px; border-radius: 2px; min-width: 1px; }
+.nbd-compare .nbd-dbar.nbd-a { background: #6b7785; }
+.nbd-compare .nbd-dbar.nbd-b { background: #2f80ed; }
+.nbd-compare .nbd-missing { color: var(--jp-ui-font-color3, #8c959f); }
+.nbd-compare .nbd-reasons { white-space: normal; min-width: 10em; }
+.nbd-compare pre.nbd-source-diff { margin: 4px 0; padding: 4px 6px; max-height: 16em; overflow: auto;
+  background: var(--jp-layout-color2, #f6f8fa); white-space: pre; }
+.nbd-compare .nbd-diff-add { color: #1a7f37; }
+.nbd-compare .nbd-diff-del { color: #b3261e; }
+.nbd-compare .nbd-diff-hunk { color: #8250df; }
+.nbd-history .nbd-fallback-details pre { background: var(--jp-layout-color2, #f6f8fa); padding: 4px 6px; overflow: auto; }
+`;
+
+  // -- small helpers ---------------------------------------------------------------------------------
+
+  function h(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key === "value" || key === "checked") node[key] = value;
+      else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function badge(status) {
+    const s = status || "unknown";
+    const span = h("span", { class: "nbd-badge" + (DARK_TEXT.has(s) ? " nbd-dark-text" : ""), "data-status": s, text: s });
+    span.style.background = COLOURS[s] || "#9b9b9b";
+    return span;
+  }
+
+  function fmtDuration(s) {
+    if (s === null || s === undefined || !Number.isFinite(s)) return "—";
+    const sign = s < 0 ? "-" : "";
+    s = Math.abs(s);
+    if (s < 0.001) return sign + "<1 ms";
+    if (s < 1) return `${sign}${Math.round(s * 1000)} ms`;
+    if (s < 60) return `${sign}${s.toFixed(s < 10 ? 2 : 1)} s`;
+    if (s < 3600) return `${sign}${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+    return `${sign}${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  }
+
+  function fmtDelta(s) {
+    if (s === null || s === undefined || !Number.isFinite(s)) return "—";
+    if (Math.abs(s) < 0.0005) return "±0";
+    return (s > 0 ? "+" : "") + fmtDuration(s);
+  }
+
+  function fmtTime(t) {
+    if (t === null || t === undefined) return "—";
+    const d = new Date(t * 1000);
+    const p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+
+  function fmtValue(v) {
+    if (v === undefined) return "—";
+    return typeof v === "string" ? v : JSON.stringify(v);
+  }
+
+  function fmtParams(params) {
+    return Object.entries(params || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(", ");
+  }
+
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return `${i ? n.toFixed(1) : n} ${units[i]}`;
+  }
+
+  function hint(text) {
+    return h("div", { class: "nbd-history-hint", text });
+  }
+
+  // -- a minimal graph, when graph_core.js is not there ------------------------------------------------
+
+  function fallbackGraph(container, data, opts) {
+    const run = data.run || {};
+    const nodes = data.nodes || [];
+    const root = h("div", { class: "nbd-graph", "data-run-id": run.run_id || "", "data-run-status": run.status || "" });
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("width", "480");
+    svg.setAttribute("height", String(nodes.length * 40 + 8));
+    nodes.forEach((node, i) => {
+      const g = document.createElementNS(SVG_NS, "g");
+      g.setAttribute("class", "nbd-node");
+      g.setAttribute("data-node-id", node.id);
+      g.setAttribute("data-status", node.status);
+      g.setAttribute("transform", `translate(4, ${4 + i * 40})`);
+      g.style.cursor = "pointer";
+      const rect = document.createElementNS(SVG_NS, "rect");
+      for (const [k, v] of Object.entries({ width: 470, height: 32, rx: 4, fill: COLOURS[node.status] || "#999", "fill-opacity": 0.1, stroke: COLOURS[node.status] || "#999" })) rect.setAttribute(k, v);
+      rect.setAttribute("stroke-width", "2");
+      const text = document.createElementNS(SVG_NS, "text");
+      text.setAttribute("x", "8");
+      text.setAttribute("y", "20");
+      text.setAttribute("font-size", "12");
+      text.setAttribute("fill", "currentColor");
+      text.textContent = `${node.label} · ${node.status} · ${fmtDuration(node.duration_s)}`;
+      g.append(rect, text);
+      g.addEventListener("click", () => opts.onSelect && opts.onSelect(node));
+      svg.append(g);
+    });
+    root.append(svg);
+    container.append(root);
+  }
+
+  function fallbackDetails(container, node) {
+    const vars = (node.variables || []).map((v) => h("li", { text: `${v.name}: ${v.type || "?"} ${fmtBytes(v.size_bytes)}` }));
+    container.append(h("div", { class: "nbd-details nbd-fallback-details", "data-node-id": node.id },
+      h("div", { text: `${node.label} — ${node.status}` }),
+      h("pre", { class: "nbd-mono", text: node.source || "" }),
+      vars.length ? h("ul", {}, vars) : null,
+      node.error ? h("pre", { class: "nbd-mono", text: `${node.error.ename}: ${node.error.evalue}\n${node.error.traceback || ""}` }) : null));
+  }
+
+  // A run view: graph_core's (graph and timeline tabs, details on the side), else the minimal one above.
+  function mountRunView(host, onSelect) {
+    if (typeof nbdMountRunView === "function") {
+      try {
+        return nbdMountRunView(host, { layout: "tabs", onSelect });
+      } catch (err) {
+        console.error("nbdurable: nbdMountRunView failed", err);
+        host.replaceChildren();
+      }
+    }
+    let data = null;
+    let selected = null;
+    const draw = () => {
+      host.replaceChildren();
+      fallbackGraph(host, data, { onSelect: (node) => { selected = node.id; draw(); onSelect(node.id); } });
+      const node = (data.nodes || []).find((n) => n.id === selected);
+      if (node) fallbackDetails(host, node);
+    };
+    return {
+      update(newData, newSelected) { data = newData || {}; selected = newSelected; draw(); },
+      setSelected(id) { selected = id; draw(); },
+      destroy() { host.replaceChildren(); },
+    };
+  }
+
+  // -- the widget ----------------------------------------------------------------------------------
+
+  function render({ model, el }) {
+    const doc = el.ownerDocument || document;
+    if (typeof nbdInjectStyles === "function") {
+      try { nbdInjectStyles(doc); } catch (err) { console.error("nbdurable: nbdInjectStyles failed", err); }
+    }
+    const listeners = [];
+    const on = (event, fn) => { model.on(event, fn); listeners.push([event, fn]); };
+    const save = (changes) => {
+      for (const [k, v] of Object.entries(changes)) model.set(k, v);
+      model.save_changes();
+    };
+    let onlyDiff = false;
+    let debounce = null;
+    let refreshTimer = null;
+
+    // Filters.
+    const listId = "nbd-notebooks-" + Math.random().toString(36).slice(2);
+    const inputs = {
+      notebook: h("input", { type: "text", class: "nbd-filter-notebook", placeholder: "notebook", list: listId,
+        "aria-label": "Notebook", title: "A notebook name or path; * and ? for a pattern" }),
+      status: h("select", { class: "nbd-filter-status", "aria-label": "Status" },
+        h("option", { value: "", text: "any status" }), RUN_STATUSES.map((s) => h("option", { value: s, text: s }))),
+      params: h("input", { type: "text", class: "nbd-filter-params", placeholder: "parameters: lr=0.1, epochs>=3",
+        "aria-label": "Parameters", title: "name=value terms, comma-separated (also != < <= > >=)" }),
+      since: h("input", { type: "text", class: "nbd-filter-since", placeholder: "since: date or 7d",
+        "aria-label": "Started since", title: "A date, date and time, or a duration ago (24h, 7d)" }),
+      until: h("input", { type: "text", class: "nbd-filter-until", placeholder: "until: date or 1h",
+        "aria-label": "Started until", title: "A date (the whole day), date and time, or a duration ago" }),
+    };
+    const datalist = h("datalist", { id: listId });
+    const refreshButton = h("button", { type: "button", class: "nbd-refresh", title: "Look for new runs", text: "↻ Refresh" });
+    const clearButton = h("button", { type: "button", class: "nbd-clear-filters", title: "Clear the filters", text: "Clear" });
+    const errorSlot = h("div", { class: "nbd-history-error-slot" });
+    const count = h("div", { class: "nbd-history-count" });
+    const tbody = h("tbody");
+    const table = h("table", { class: "nbd-runs" },
+      h("thead", {}, h("tr", {},
+        h("th", { title: "Tick two runs to compare them", text: "⇄" }), h("th", { text: "run" }), h("th", { text: "notebook" }),
+        h("th", { text: "status" }), h("th", { text: "started" }), h("th", { class: "nbd-num", text: "duration" }),
+        h("th", { text: "steps" }), h("th", { class: "nbd-num", text: "saved" }), h("th", { text: "parameters" }))),
+      tbody);
+    const compareSlot = h("div", { class: "nbd-history-compare-slot" });
+    const graphPanel = h("div", { class: "nbd-history-graph" });
+    const root = h("div", { class: "nbd-history" },
+      h("style", { text: CSS }),
+      h("div", { class: "nbd-history-toolbar" },
+        inputs.notebook, datalist, inputs.status, inputs.params, inputs.since, inputs.until, clearButton, refreshButton),
+      errorSlot, count, h("div", { class: "nbd-history-table-wrap" }, table), compareSlot, graphPanel);
+    el.replaceChildren(root);
+
+    function readFilters() {
+      const f = {};
+      for (const key of FILTER_KEYS) f[key] = inputs[key].value.trim();
+      return f;
+    }
+
+    function pushFilters() {
+      clearTimeout(debounce);
+      debounce = null;
+      const f = readFilters();
+      const old = model.get("filters") || {};
+      if (FILTER_KEYS.every((k) => String(old[k] ?? "").trim() === f[k])) return;
+      save({ filters: f });
+    }
+
+    for (const key of ["notebook", "params", "since", "until"]) {
+      inputs[key].addEventListener("input", () => {
+        clearTimeout(debounce);
+        debounce = setTimeout(pushFilters, DEBOUNCE_MS);
+      });
+      inputs[key].addEventListener("change", pushFilters);
+      inputs[key].addEventListener("keydown", (e) => { if (e.key === "Enter") pushFilters(); });
+    }
+    inputs.status.addEventListener("change", pushFilters);
+    clearButton.addEventListener("click", () => {
+      for (const key of FILTER_KEYS) inputs[key].value = "";
+      pushFilters();
+    });
+    refreshButton.addEventListener("click", () => {
+      refreshButton.disabled = true;
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(() => { refreshButton.disabled = false; }, 15000);
+      model.send({ type: "refresh" });
+    });
+
+    function showFilters() {
+      const f = model.get("filters") || {};
+      for (const key of FILTER_KEYS) {
+        if (doc.activeElement === inputs[key] && key !== "status") continue; // do not clobber typing
+        inputs[key].value = f[key] === null || f[key] === undefined ? "" : String(f[key]);
+      }
+    }
+
+    function showNotebooks() {
+      datalist.replaceChildren(...(model.get("notebooks") || []).map((n) => h("option", { value: n })));
+    }
+
+    function showError() {
+      const message = model.get("error") || "";
+      errorSlot.replaceChildren();
+      if (message) errorSlot.append(h("div", { class: "nbd-history-error", role: "alert", text: message }));
+    }
+
+    // Runs.
+    function runsById() {
+      const map = new Map();
+      for (const run of model.get("runs") || []) map.set(run.run_id, run);
+      return map;
+    }
+
+    function togglePick(runId, checked) {
+      let picked = (model.get("compare") || []).filter((r) => r !== runId);
+      if (checked) picked.push(runId);
+      if (picked.length > 2) picked = picked.slice(-2);
+      if (picked.length === 2) {
+        const runs = runsById();
+        const t = (id) => (runs.get(id) || {}).started_at ?? 0;
+        picked.sort((x, y) => t(x) - t(y)); // the older run is "a"
+      }
+      save({ compare: picked });
+    }
+
+    function select(runId) {
+      save({ selected_run: runId, selected_node: "" });
+    }
+
+    function stepsText(run) {
+      const parts = [`${run.steps_total ?? 0}`];
+      const detail = [];
+      if (run.steps_executed) detail.push(`${run.steps_executed} ran`);
+      if (run.steps_restored) detail.push(`${run.steps_restored} restored`);
+      if (run.steps_failed) detail.push(`${run.steps_failed} failed`);
+      return detail.length ? `${parts[0]} (${detail.join(", ")})` : parts[0];
+    }
+
+    function runRow(run, picked, selected) {
+      const pick = h("input", { type: "checkbox", class: "nbd-compare-pick", title: "Compare",
+        "aria-label": `Compare run ${run.run_id}`, checked: picked.includes(run.run_id) });
+      pick.addEventListener("click", (e) => e.stopPropagation());
+      pick.addEventListener("change", () => togglePick(run.run_id, pick.checked));
+      const isSelected = run.run_id === selected;
+      const params = fmtParams(run.params);
+      const tr = h("tr", { class: "nbd-run" + (isSelected ? " nbd-selected" : ""), "data-run-id": run.run_id,
+        "data-status": run.status || "", tabindex: 0, "aria-selected": String(isSelected) },
+        h("td", {}, pick),
+        h("td", { class: "nbd-mono", title: run.run_id, text: run.run_id }),
+        h("td", { title: run.notebook_path || "", text: run.notebook || "—" }),
+        h("td", {}, badge(run.status)),
+        h("td", { text: fmtTime(run.started_at) }),
+        h("td", { class: "nbd-num", text: fmtDuration(run.duration_s) }),
+        h("td", { text: stepsText(run) }),
+        h("td", { class: "nbd-num", text: run.time_saved_s ? fmtDuration(run.time_saved_s) : "—" }),
+        h("td", { class: "nbd-mono nbd-params-cell", title: params, text: params || "—" }));
+      tr.addEventListener("click", () => select(run.run_id));
+      tr.addEventListener("keydown", (e) => {
+        if (e.target !== tr) return;
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(run.run_id); }
+        else if (e.key === "ArrowDown" && tr.nextElementSibling) { e.preventDefault(); tr.nextElementSibling.focus(); }
+        else if (e.key === "ArrowUp" && tr.previousElementSibling) { e.preventDefault(); tr.previousElementSibling.focus(); }
+      });
+      return tr;
+    }
+
+    function showRuns() {
+      const runs = model.get("runs") || [];
+      const picked = model.get("compare") || [];
+      const selected = model.get("selected_run") || "";
+      tbody.replaceChildren(...runs.map((run) => runRow(run, picked, selected)));
+      if (!runs.length) tbody.append(h("tr", { class: "nbd-empty" }, h("td", { colspan: 9, text: "No runs match these filters." })));
+      const total = model.get("total") || 0;
+      const refreshed = model.get("refreshed_at");
+      count.textContent = (total > runs.length
+        ? `Showing the newest ${runs.length} of ${total.toLocaleString()} runs`
+        : `${total.toLocaleString()} run${total === 1 ? "" : "s"}`) +
+        (refreshed ? ` · as of ${fmtTime(refreshed).slice(11)}` : "");
+    }
+
+    function showPicks() {
+      const picked = model.get("compare") || [];
+      for (const box of tbody.querySelectorAll("input.nbd-compare-pick")) {
+        box.checked = picked.includes(box.closest("tr").getAttribute("data-run-id"));
+      }
+      showCompare();
+    }
+
+    function showSelection() {
+      const selected = model.get("selected_run") || "";
+      for (const tr of tbody.querySelectorAll("tr.nbd-run")) {
+        const is = tr.getAttribute("data-run-id") === selected;
+        tr.classList.toggle("nbd-selected", is);
+        tr.setAttribute("aria-selected", String(is));
+      }
+      showGraph();
+    }
+
+    // One run's graph: a header line, then the run view (kept across updates: selection, expanded nodes).
+    const graphHead = h("div", { class: "nbd-history-panel-head" });
+    const graphHint = h("div", { class: "nbd-history-hint" });
+    const viewHost = h("div", { class: "nbd-history-graph-canvas" });
+    graphPanel.append(graphHint, graphHead, viewHost);
+    let view = null;
+    let viewRun = null;
+
+    function dropView() {
+      if (view) view.destroy();
+      view = null;
+      viewRun = null;
+    }
+
+    function showGraph() {
+      const selected = model.get("selected_run") || "";
+      const graph = model.get("graph");
+      graphHead.replaceChildren();
+      if (!selected || !graph || !graph.run || graph.run.run_id !== selected) {
+        dropView();
+        graphHint.hidden = false;
+        graphHint.textContent = !selected ? "Click a run to see its graph; tick two runs to compare them."
+          : model.get("error") ? `No graph for run ${selected}.` : `Loading run ${selected}…`;
+        return;
+      }
+      graphHint.hidden = true;
+      const run = graph.run;
+      const close = h("button", { type: "button", class: "nbd-close", title: "Close the graph", text: "×" });
+      close.addEventListener("click", () => save({ selected_run: "", selected_node: "" }));
+      graphHead.append("Run ", h("span", { class: "nbd-mono", text: run.run_id }), close);
+      if (viewRun !== run.run_id) {
+        dropView();
+        view = mountRunView(viewHost, (id) => save({ selected_node: id === null || id === undefined ? "" : String(id) }));
+        viewRun = run.run_id;
+      }
+      view.update(graph, model.get("selected_node") || null);
+    }
+
+    // Two runs compared.
+    function runTag(which, run) {
+      return h("span", {},
+        h("span", { class: `nbd-run-tag nbd-${which}`, text: which }), " ",
+        h("span", { class: "nbd-mono", text: run.run_id }), " ", badge(run.status),
+        h("span", { class: "nbd-history-count", text: ` ${fmtTime(run.started_at)} · ${fmtDuration(run.duration_s)}` }));
+    }
+
+    function missing(text = "—") {
+      return h("span", { class: "nbd-missing", text });
+    }
+
+    function sourceDiff(text) {
+      const pre = h("pre", { class: "nbd-mono nbd-source-diff" });
+      for (const line of text.split("\n")) {
+        const cls = line.startsWith("+++") || line.startsWith("---") ? "" : line.startsWith("+") ? "nbd-diff-add"
+          : line.startsWith("-") ? "nbd-diff-del" : line.startsWith("@@") ? "nbd-diff-hunk" : "";
+        pre.append(h("span", { class: cls || null, text: line + "\n" }));
+      }
+      return h("details", {}, h("summary", { text: "source diff" }), pre);
+    }
+
+    function durationBars(row, max) {
+      const bar = (which, side) => {
+        if (!side) return h("div", { class: "nbd-dbar-row" }, missing(`${which}: —`));
+        const width = Math.max(1, Math.round(((side.duration_s || 0) / max) * 120));
+        const div = h("div", { class: `nbd-dbar nbd-${which}`, title: `${which}: ${fmtDuration(side.duration_s)}` });
+        div.style.width = `${width}px`;
+        return h("div", { class: "nbd-dbar-row" }, div, h("span", { text: fmtDuration(side.duration_s) }));
+      };
+      return h("div", { class: "nbd-dbars" }, bar("a", row.a), bar("b", row.b));
+    }
+
+    function varText(v) {
+      if (!v) return missing();
+      const parts = [v.type || "?", fmtBytes(v.size_bytes), v.object ? v.object.slice(0, 10) : ""].filter(Boolean);
+      return h("span", { class: "nbd-mono", title: v.object || "", text: parts.join(" · ") });
+    }
+
+    function showCompare() {
+      const c = model.get("comparison");
+      const picked = model.get("compare") || [];
+      compareSlot.replaceChildren();
+      if (!c || !c.a || !c.b) {
+        if (picked.length === 1) compareSlot.append(hint("Tick one more run to compare it with."));
+        return;
+      }
+      const s = c.summary || {};
+      const panel = h("div", { class: "nbd-compare" + (onlyDiff ? " nbd-only-diff" : ""), "data-run-a": c.a.run_id, "data-run-b": c.b.run_id });
+      const close = h("button", { type: "button", class: "nbd-close", title: "Stop comparing", text: "×" });
+      close.addEventListener("click", () => save({ compare: [] }));
+      const toggle = h("input", { type: "checkbox", class: "nbd-compare-only-diff", checked: onlyDiff });
+      toggle.addEventListener("change", () => {
+        onlyDiff = toggle.checked;
+        panel.classList.toggle("nbd-only-diff", onlyDiff);
+      });
+      const stepBits = [];
+      if (s.steps_source_changed) stepBits.push(`${s.steps_source_changed} changed`);
+      if (s.steps_status_changed) stepBits.push(`${s.steps_status_changed} with another status`);
+      if (s.steps_only_in_b) stepBits.push(`${s.steps_only_in_b} new`);
+      if (s.steps_only_in_a) stepBits.push(`${s.steps_only_in_a} removed`);
+      const summary = [
+        `${(s.params_changed || []).length} parameter${(s.params_changed || []).length === 1 ? "" : "s"} changed`,
+        `${s.steps_differ || 0} step${s.steps_differ === 1 ? "" : "s"} differ${s.steps_differ === 1 ? "s" : ""}` + (stepBits.length ? ` (${stepBits.join(", ")})` : ""),
+        `${(s.variables_changed || []).length} variable${(s.variables_changed || []).length === 1 ? "" : "s"} changed`,
+        `duration ${fmtDelta(s.duration_delta_s)}`,
+      ].join(" · ");
+      panel.append(
+        h("div", { class: "nbd-history-panel-head" }, "Comparing ", runTag("a", c.a), " with ", runTag("b", c.b), close),
+        h("div", { class: "nbd-compare-summary", text: summary }),
+        h("label", {}, toggle, " only differences"));
+
+      panel.append(h("h4", { text: "Parameters" }));
+      if ((c.params || []).length) {
+        panel.append(h("table", { class: "nbd-compare-params" },
+          h("thead", {}, h("tr", {}, h("th", { text: "parameter" }), h("th", { text: "a" }), h("th", { text: "b" }))),
+          h("tbody", {}, c.params.map((p) => h("tr", { class: "nbd-param-diff", "data-name": p.name, "data-differs": String(p.differs) },
+            h("td", { class: "nbd-mono", text: p.name }),
+            h("td", { class: "nbd-mono" }, p.in_a ? fmtValue(p.a) : missing("(not set)")),
+            h("td", { class: "nbd-mono" }, p.in_b ? fmtValue(p.b) : missing("(not set)")))))));
+      } else {
+        panel.append(hint("Neither run has parameters."));
+      }
+
+      panel.append(h("h4", { text: "Steps" }));
+      const steps = c.steps || [];
+      const max = Math.max(1e-6, ...steps.flatMap((r) => [(r.a && r.a.duration_s) || 0, (r.b && r.b.duration_s) || 0]));
+      panel.append(h("table", { class: "nbd-compare-steps" },
+        h("thead", {}, h("tr", {},
+          h("th", { text: "a #" }), h("th", { text: "b #" }), h("th", { text: "step" }), h("th", { text: "status a" }),
+          h("th", { text: "status b" }), h("th", { text: "duration" }), h("th", { class: "nbd-num", text: "Δ" }), h("th", { text: "difference" }))),
+        h("tbody", {}, steps.map((row) => {
+          const side = row.b || row.a || {};
+          return h("tr", { class: "nbd-step-diff", "data-differs": String(row.differs), "data-change": row.change,
+            "data-a-ordinal": row.a ? row.a.ordinal : null, "data-b-ordinal": row.b ? row.b.ordinal : null },
+            h("td", { class: "nbd-num" }, row.a ? String(row.a.ordinal) : missing()),
+            h("td", { class: "nbd-num" }, row.b ? String(row.b.ordinal) : missing()),
+            h("td", { class: "nbd-mono", title: side.source || "", text: row.label }),
+            h("td", {}, row.a ? badge(row.a.status) : missing()),
+            h("td", {}, row.b ? badge(row.b.status) : missing()),
+            h("td", {}, durationBars(row, max)),
+            h("td", { class: "nbd-num", text: fmtDelta(row.duration_delta_s) }),
+            h("td", { class: "nbd-reasons" }, (row.reasons || []).join("; ") || missing("same"),
+              row.source_diff ? sourceDiff(row.source_diff) : null));
+        }))));
+
+      panel.append(h("h4", { text: "Variables (final state)" }));
+      const variables = c.variables || [];
+      if (variables.length) {
+        const changeText = { same: "same", changed: "changed", only_in_a: "only in a", only_in_b: "only in b" };
+        panel.append(h("table", { class: "nbd-compare-variables" },
+          h("thead", {}, h("tr", {}, h("th", { text: "variable" }), h("th", { text: "a" }), h("th", { text: "b" }), h("th", { text: "difference" }))),
+          h("tbody", {}, variables.map((v) => h("tr", { class: "nbd-var-diff", "data-name": v.name, "data-change": v.change, "data-differs": String(v.differs) },
+            h("td", { class: "nbd-mono", text: v.name }), h("td", {}, varText(v.a)), h("td", {}, varText(v.b)),
+            h("td", { text: (changeText[v.change] || v.change) + (v.fields && v.fields.length ? ` (${v.fields.join(", ").replace("size_bytes", "size").replace("object", "value")})` : "") }))))));
+      } else {
+        panel.append(hint("Neither run recorded variables."));
+      }
+      compareSlot.append(panel);
+    }
+
+    on("change:filters", showFilters);
+    on("change:notebooks", showNotebooks);
+    on("change:error", () => { showError(); if (!model.get("graph")) showGraph(); });
+    on("change:runs", showRuns);
+    on("change:total", showRuns);
+    on("change:compare", showPicks);
+    on("change:comparison", showCompare);
+    on("change:selected_run", showSelection);
+    on("change:graph", showGraph);
+    on("change:refreshed_at", () => { clearTimeout(refreshTimer); refreshButton.disabled = false; showRuns(); });
+
+    showFilters();
+    showNotebooks();
+    showError();
+    showRuns();
+    showCompare();
+    showGraph();
+
+    return () => {
+      clearTimeout(debounce);
+      clearTimeout(refreshTimer);
+      for (const [event, fn] of listeners) model.off(event, fn);
+      dropView();
+    };
+  }
+
+  return { render };
+})();
+
+export default nbdHistoryWidget;
