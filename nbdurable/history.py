@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import os
 import re
 import sys
 import threading
@@ -60,7 +61,7 @@ def history(
 ) -> pandas.DataFrame:
     """Runs of the store, newest first, as a DataFrame (one row per run, the columns of the ``runs`` table).
 
-    - ``notebook``: the notebook's name or path.
+    - ``notebook``: the notebook's name or path (relative paths are taken from the working directory).
     - ``status``: one of running, completed, failed, suspended, cancelled, crashed.
     - ``since`` / ``until``: runs started at or after ``since`` and before ``until``. Each is a datetime
       (naive means local time), a date (its midnight, local time), an ISO 8601 string, or a duration
@@ -77,8 +78,11 @@ def history(
     if notebook is not None:
         if not isinstance(notebook, str):
             raise OptionsError(f"notebook must be a notebook name or path, not {notebook!r}", hint="e.g. notebook='report.ipynb'")
-        where.append("(notebook = ? OR notebook_path = ?)")
-        args += [notebook, notebook]
+        # As recorded (a name, or the absolute path Jupyter and `nbdurable run` give), or a path relative
+        # to the working directory.
+        absolute = os.path.abspath(os.path.expanduser(notebook))
+        where.append("(notebook IN (?, ?) OR notebook_path IN (?, ?))")
+        args += [notebook, absolute, notebook, absolute]
     if status is not None:
         if status not in RUN_STATUSES:
             raise OptionsError(f"unknown run status {status!r}", hint=f"use one of: {', '.join(RUN_STATUSES)}")

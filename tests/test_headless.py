@@ -151,6 +151,15 @@ def test_parameters_identify_the_run(tmp_path: Path) -> None:
     assert fresh.returncode == 0 and "0 restored" in fresh.stdout
 
 
+def test_parameters_for_a_notebook_that_names_no_kernel(tmp_path: Path) -> None:
+    """A notebook written by a script has no kernelspec or language: it runs on python3 (as nbclient would)."""
+    cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("print('x is', x)")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "bare.ipynb")
+    result = nbd("run", "bare.ipynb", "out.ipynb", "-p", "x", "5", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "x is 5" in json.dumps(outputs(tmp_path / "out.ipynb"))
+
+
 def test_papermill_engine_resumes(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
     cmd = [sys.executable, "-m", "papermill", "--engine", "durable", nb.name, "out.ipynb", "-p", "kill_at", "3"]

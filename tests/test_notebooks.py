@@ -76,3 +76,24 @@ def test_approvals_notebook_waits_for_the_event(tmp_path: Path) -> None:
     assert sorted((a["event"], a["state"]) for a in approvals) == [("model-review", "received"), ("never-sent", "timeout")]
     # The widget is marked as a notice, which output capture never records (a restore shows no dead widget).
     assert "approval" in notices(nb)
+
+
+def test_history_notebook_queries_past_runs(tmp_path: Path) -> None:
+    notebook = tmp_path / "history.ipynb"
+    shutil.copyfile(NOTEBOOKS / "history.ipynb", notebook)
+    nb = execute(notebook, {"NBDURABLE_NOTEBOOK": str(notebook), "NBDURABLE_STORE": str(tmp_path / ".nbdurable")})
+    code = [c for c in nb.cells if c.cell_type == "code"]
+
+    def shown(marker: str) -> str:
+        cell = next(c for c in code if marker in c.source)
+        return "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+
+    assert shown("nbdurable run").count("completed: run") == 3
+    listing = shown("status='completed'")  # notebook given relative to the working directory
+    assert listing.count("'region':") == 3 and listing.count("completed") == 3
+    assert "'region': 'us'" in shown("params={'region': 'us'})[[")
+    slowest = shown("ORDER BY seconds DESC")
+    assert all(region in slowest for region in ("eu", "us", "apac"))
+    assert "total" in shown("vars.sales")
+    explorers = [s["state"] for s in widget_states(nb).values() if "filters" in s.get("state", {})]
+    assert len(explorers) == 1 and len(explorers[0]["runs"]) >= 3

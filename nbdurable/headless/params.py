@@ -64,8 +64,17 @@ def load_notebook(path: Path, params: dict[str, Any], kernel_name: str | None) -
     except Exception as exc:  # nbformat raises many kinds for a file that is not a notebook
         raise OptionsError(f"{path} is not a readable notebook: {exc}", hint="open it in Jupyter to check it") from exc
     if params:
-        nb = parameterize_notebook(nb, params, kernel_name=kernel_name)
+        # A notebook that names no kernel (written by a script) runs on python3, as nbclient would run it.
+        language = None
+        if kernel_name is None and not (nb.metadata.get("kernelspec") or {}).get("name"):
+            kernel_name = DEFAULT_KERNEL
+        if not (nb.metadata.get("kernelspec") or {}).get("language") and not (nb.metadata.get("language_info") or {}).get("name"):
+            language = "python"
+        nb = parameterize_notebook(nb, params, kernel_name=kernel_name, language=language)
     return cast(nbformat.NotebookNode, nb)
+
+
+DEFAULT_KERNEL = "python3"
 
 
 SECRET_MARK = "<secret "  # a recorded secret parameter: "<secret 1a2b…>", a keyed digest of its value
