@@ -1,0 +1,347 @@
+"""End-to-end in a real browser: JupyterLab served on loopback, Debian's headless Chromium driven by Playwright.
+
+The first two tests prove the infrastructure and the frontend behaviour the widgets rely on (widget clicks
+reach Python; a click reaches Python while a cell blocks, through a kernel subshell). The others check the
+nbdurable widgets against the DOM contract (notes: `div.nbd-graph`, `g.nbd-node[data-status]`,
+`div.nbd-approval[data-state]`, ...): the run graph's statuses, its live update while a cell runs, the
+approval widget releasing a waiting cell, and the HTML report opened from file://.
+
+Screenshots of each go to $NBDURABLE_ARTIFACTS (default tests/artifacts/), and one of the page when a test
+fails. Debian's Chromium must be at /usr/bin/chromium: without it these tests fail (never skip) with the
+command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from browser import (  # noqa: F401 - the fixtures are used by name
+    LOAD_TIMEOUT,
+    LabNotebook,
+    LabServer,
+    browser_context,
+    lab_server,
+    page,
+    screenshot,
+    subprocess_env,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+OpenNotebook = Callable[[str, list[str]], LabNotebook]
+
+
+@pytest.fixture
+def open_notebook(lab_server: LabServer, page: Any) -> Iterator[OpenNotebook]:
+    """``open_notebook(name, cells)``: write the notebook, open it in the test's tab, wait for its kernel.
+    The kernels are shut down after the test (a 2-core machine has no room for idle ones)."""
+
+    def open_(name: str, cells: list[str]) -> LabNotebook:
+        lab_server.write_notebook(name, cells)
+        return LabNotebook(page, lab_server, name).open()
+
+    try:
+        yield open_
+    finally:
+        lab_server.shutdown_kernels()
+
+
+def graph_in(nb: LabNotebook, cell: int) -> Any:
+    """The run graph rendered in a cell's output (``div.nbd-graph``), once visible."""
+    return nb.wait_output(cell, "div.nbd-graph", timeout=LOAD_TIMEOUT)
+
+
+def node_statuses(graph: Any) -> dict[str, str]:
+    """{label text: data-status} of every ``g.nbd-node`` in the graph."""
+    return dict(graph.evaluate("""g => Array.from(g.querySelectorAll('g.nbd-node')).map(n =>
+        [(n.querySelector('.nbd-node-label') || n).textContent.trim(), n.getAttribute('data-status')])"""))
+
+
+def wait_node_status(graph: Any, label: str, status: str, timeout: float = 30_000) -> Any:
+    """The node whose text contains ``label``, once its ``data-status`` is ``status``."""
+    node = graph.locator(f'g.nbd-node[data-status="{status}"]', has_text=label).first
+    try:
+        node.wait_for(state="attached", timeout=timeout)
+    except Exception as exc:
+        raise AssertionError(f"no node {label!r} with status {status!r}; nodes: {node_statuses(graph)}") from exc
+    return node
+
+
+# ------------------------------------------------------------------------------------------ infrastructure
+
+COUNTER_WIDGET = '''import anywidget, traitlets
+class Counter(anywidget.AnyWidget):
+    _esm = """export default { render({ model, el }) {
+      const b = document.createElement('button'); b.className = 'probe-counter';
+      const show = () => { b.textContent = 'count ' + model.get('value'); };
+      b.addEventListener('click', () => { model.set('value', model.get('value') + 1); model.save_changes(); });
+      model.on('change:value', show); show(); el.appendChild(b); } };"""
+    value = traitlets.Int(0).tag(sync=True)
+counter = Counter()
+counter'''
+
+
+def test_lab_widget_clicks_reach_python(open_notebook: OpenNotebook, page: Any) -> None:
+    """An ipywidgets Button's on_click and an anywidget's trait change, both from a real click, reach the
+    kernel; a Python-side trait change re-renders the anywidget."""
+    nb = open_notebook("probe_widgets", [
+        "import ipywidgets as w\nclicks = []\nbutton = w.Button(description='Click me')\n"
+        "button.add_class('probe-button')\nbutton.on_click(lambda b: clicks.append(b.description))\nbutton",
+        COUNTER_WIDGET,
+        "print('clicks', clicks, 'value', counter.value)",
+        "counter.value = 41",
+    ])
+    nb.run_cell(0)
+    nb.wait_output(0, "button.probe-button").click()
+    nb.run_cell(1)
+    counter = nb.wait_output(1, "button.probe-counter")
+    counter.click()
+    counter.click()
+    page.wait_for_function("() => document.querySelector('button.probe-counter').textContent === 'count 2'")
+    nb.run_cell(2)
+    nb.wait_output_text(2, "clicks ['Click me'] value 2")
+    nb.run_cell(3)  # kernel -> frontend
+    page.wait_for_function("() => document.querySelector('button.probe-counter').textContent === 'count 41'")
+    nb.screenshot("browser-probe-widgets")
+
+
+BLOCKING_SETUP = '''import threading, time, ipywidgets as w, anywidget, traitlets
+log = []          # (tag, thread name, seconds after the blocking cell started)
+T0 = []
+def record(tag):
+    log.append((tag, threading.current_thread().name, round(time.time() - T0[0], 2) if T0 else None))
+class Clicker(anywidget.AnyWidget):
+    _esm = """export default { render({ model, el }) { const b = document.createElement('button');
+      b.className = 'aw-' + model.get('tag'); b.textContent = 'anywidget ' + model.get('tag');
+      b.onclick = () => { model.set('clicks', model.get('clicks') + 1); model.save_changes(); }; el.appendChild(b); } };"""
+    tag = traitlets.Unicode().tag(sync=True)
+    clicks = traitlets.Int(0).tag(sync=True)
+def honour_frontend_subshell(widget):
+    # ipykernel 7 routes a comm's incoming messages back to the subshell that last published on the comm
+    # (the main shell, for a widget made in a cell): keep them on the subshell the frontend sent them to.
+    if hasattr(widget.comm, "_reply_subshell_for"):
+        widget.comm._reply_subshell_for = lambda data, default: default
+widgets = []
+for tag, fix in (("plain", False), ("routed", True)):
+    b = w.Button(description="button " + tag); b.add_class("btn-" + tag)
+    b.on_click(lambda _, tag=tag: record("button-" + tag))
+    a = Clicker(tag=tag)
+    a.observe(lambda change, tag=tag: record("anywidget-" + tag), "clicks")
+    if fix:
+        honour_frontend_subshell(b); honour_frontend_subshell(a)
+    widgets += [b, a]
+w.VBox(widgets)'''
+BLOCKING_CELL = '''T0.append(time.time())
+while {"button-routed", "anywidget-routed"} - {t for t, *_ in log} and time.time() - T0[0] < 20:
+    time.sleep(0.05)   # blocks the main thread, as nbd.wait_for_event does
+print("DURING", json.dumps(sorted(log)))'''
+
+
+def test_click_runs_while_cell_blocks(open_notebook: OpenNotebook, page: Any) -> None:
+    """While a cell blocks the kernel's main thread, a widget click is handled on a kernel subshell — the
+    approval widget depends on it. JupyterLab (>= 4.4) sends comm messages on a per-comm-target subshell
+    when the kernel supports subshells (ipykernel >= 7); ipykernel 7.4 then re-routes a comm's incoming
+    messages to the subshell that last published on that comm, i.e. the busy main shell for a widget made
+    in a cell, unless the widget keeps them on the frontend's subshell (``_reply_subshell_for``). Measured
+    here: the re-routed widgets' callbacks ran on a ``subshell-*`` thread within ~0.3 s; the plain ones ran
+    on MainThread only after the cell ended. Plain widgets' callbacks must run at the latest then."""
+    nb = open_notebook("probe_subshell", ["import json", BLOCKING_SETUP, BLOCKING_CELL, "print('AFTER', json.dumps(sorted(log)))"])
+    supports = page.evaluate("""() => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+        return [k.supportsSubshells, k.commsOverSubshells]; }""")
+    assert supports[0] is True, f"the kernel does not report subshell support to JupyterLab: {supports}"
+    nb.run_cell(0)
+    nb.run_cell(1)
+    selectors = ("button.btn-plain", "button.aw-plain", "button.btn-routed", "button.aw-routed")
+    for sel in selectors:
+        nb.wait_output(1, sel)
+    nb.run_cell(2, wait=False)
+    page.wait_for_function("""() => window.jupyterapp.shell.currentWidget.content.widgets[2].model.executionState === 'running'""")
+    for sel in selectors:
+        nb.output(1).locator(sel).first.click()
+    nb.wait_cell_done(2, timeout=60_000)
+    nb.run_cell(3)
+    during = json.loads(nb.output_text(2).split("DURING", 1)[1])
+    after = json.loads(nb.output_text(3).split("AFTER", 1)[1])
+    nb.screenshot("browser-click-while-blocked")
+    ran_during = {tag: thread for tag, thread, _ in during}
+    for tag in ("button-routed", "anywidget-routed"):
+        assert tag in ran_during, f"{tag} did not run while the cell blocked: {during}"
+        assert ran_during[tag].startswith("subshell"), f"{tag} ran on {ran_during[tag]}, not a subshell thread"
+    assert {t for t, *_ in after} >= {"button-plain", "anywidget-plain", "button-routed", "anywidget-routed"}, after
+    sys.stderr.write(f"[browser] clicks during a blocking cell: {during}\n[browser] after it: {after}\n")
+
+
+# ------------------------------------------------------------------------------------------ nbdurable widgets
+
+
+def test_run_graph_statuses_and_restore(open_notebook: OpenNotebook, page: Any) -> None:
+    """`%durable graph` after cells ran: one node per step with its status (completed, failed); selecting a
+    node shows its details; the timeline has a bar per step. After a kernel restart and Run All, the
+    completed cells are restored and their nodes say so."""
+    nb = open_notebook("graph_statuses", [
+        "%load_ext nbdurable",
+        "%durable graph",
+        "import nbdurable as nbd\nbase = 20",
+        "answer = base * 2 + 2",
+        "raise ValueError('boom on purpose')",
+    ])
+    nb.run_cell(0)
+    nb.run_cell(1)
+    graph = graph_in(nb, 1)
+    nb.run_cell(2)
+    nb.run_cell(3)
+    nb.run_cell(4)
+    nb.wait_output_text(4, "boom on purpose")
+    completed = wait_node_status(graph, "answer = base * 2 + 2", "completed")
+    wait_node_status(graph, "import nbdurable", "completed")
+    failed = wait_node_status(graph, "raise ValueError", "failed")
+    assert graph.get_attribute("data-run-id"), "div.nbd-graph has no data-run-id"
+    # `answer` reads `base`: a data-dependency edge into the node of `answer = ...`.
+    assert graph.locator(f'path.nbd-edge[data-target="{completed.get_attribute("data-node-id")}"]').count() >= 1
+    nb.screenshot("browser-graph-statuses")
+
+    # Selecting a node shows its source and variables; the failed one its error.
+    node_id = completed.get_attribute("data-node-id")
+    completed.click()
+    details = nb.output(1).locator(f'div.nbd-details[data-node-id="{node_id}"]')
+    details.wait_for(state="visible")
+    assert "answer = base * 2 + 2" in details.inner_text() and "answer" in details.inner_text()
+    failed.click()
+    failed_details = nb.output(1).locator(f'div.nbd-details[data-node-id="{failed.get_attribute("data-node-id")}"]')
+    failed_details.wait_for(state="visible")
+    assert "ValueError" in failed_details.inner_text() and "boom on purpose" in failed_details.inner_text()
+    nb.screenshot("browser-graph-details")
+    # The timeline (Gantt) tab: one bar per step that started.
+    nb.output(1).locator('.nbd-tab[data-tab="gantt"]').click()
+    nb.output(1).locator(f'div.nbd-gantt .nbd-bar[data-node-id="{node_id}"][data-status="completed"]').wait_for(state="visible")
+    nb.screenshot("browser-graph-gantt")
+
+    # Restart, Run All: cells 2-3 restored from the failed run, cell 4 fails again.
+    nb.restart_kernel()
+    nb.run_all(timeout=LOAD_TIMEOUT)
+    graph = graph_in(nb, 1)
+    wait_node_status(graph, "answer = base * 2 + 2", "restored")
+    wait_node_status(graph, "import nbdurable", "restored")
+    wait_node_status(graph, "raise ValueError", "failed")
+    nb.screenshot("browser-graph-restored")
+
+
+SLOW_CELL = "slow_total = 0\nfor i in range(30):\n    time.sleep(0.2)\n    slow_total += i"
+
+
+def test_run_graph_updates_live(open_notebook: OpenNotebook, page: Any) -> None:
+    """A ~6 s cell: its node shows `running` while the cell runs (observed while the frontend still shows
+    the cell executing), then `completed`."""
+    nb = open_notebook("graph_live", ["%load_ext nbdurable", "%durable graph", "import time", SLOW_CELL])
+    nb.run_cell(0)
+    nb.run_cell(1)
+    graph_in(nb, 1)
+    nb.run_cell(2)
+    nb.run_cell(3, wait=False)
+    # One check, in the page, of both: a running node in the graph and the cell still executing.
+    seen = page.wait_for_function("""() => {
+        const node = document.querySelector('.jp-OutputArea div.nbd-graph g.nbd-node[data-status="running"]');
+        if (!node) return false;
+        const cell = window.jupyterapp.shell.currentWidget.content.widgets[3];
+        return {id: node.getAttribute('data-node-id'), text: node.textContent, cell: cell.model.executionState}; }""",
+                                  timeout=30_000).json_value()
+    nb.screenshot("browser-graph-live-running")
+    assert seen["cell"] == "running", f"the running node appeared only after the cell finished: {seen}"
+    assert "slow_total" in seen["text"], seen
+    nb.wait_cell_done(3, timeout=60_000)
+    nb.output(1).locator(f'g.nbd-node[data-node-id="{seen["id"]}"][data-status="completed"]').wait_for(state="attached")
+    nb.screenshot("browser-graph-live-completed")
+
+
+APPROVAL_CELL = ('import nbdurable as nbd\n'
+                 'decision = nbd.wait_for_event("approval", timeout="5m")\n'
+                 'print("received:", __import__("json").dumps(decision, sort_keys=True))')
+
+
+def test_approval_widget_releases_the_waiting_cell(open_notebook: OpenNotebook, page: Any) -> None:
+    """`nbd.wait_for_event("approval")` shows the approval widget; Approve (with a JSON payload) sends the
+    event from the kernel's subshell while the cell waits, and the cell receives it."""
+    nb = open_notebook("approval", ["%load_ext nbdurable", APPROVAL_CELL])
+    nb.run_cell(0)
+    nb.run_cell(1, wait=False)
+    widget = nb.wait_output(1, 'div.nbd-approval[data-event="approval"][data-state="waiting"]', timeout=LOAD_TIMEOUT)
+    assert nb.is_running(1)
+    widget.locator("textarea.nbd-payload").fill('{"comment": "ship it"}')
+    nb.screenshot("browser-approval-waiting")
+    started = time.monotonic()
+    widget.locator("button.nbd-approve").click()
+    nb.wait_output_text(1, "received:", timeout=60_000)
+    released_s = time.monotonic() - started
+    nb.wait_cell_done(1)
+    text = nb.output_text(1)
+    assert '"approved": true' in text and '"comment": "ship it"' in text, text
+    nb.output(1).locator('div.nbd-approval[data-state="received"]').wait_for(state="attached")
+    nb.screenshot("browser-approval-received")
+    sys.stderr.write(f"[browser] approval released the cell {released_s:.2f}s after the click\n")
+
+
+REPORT_NOTEBOOK = [
+    "import nbdurable as nbd\nrows = list(range(10))",
+    "total = sum(rows)",
+    "@nbd.step\ndef square(x):\n    return x * x\nsquares = [square(r) for r in rows]",
+    "print(total, sum(squares))",
+]
+
+
+def test_html_report_renders_from_file(tmp_path: Path, page: Any) -> None:
+    """`nbdurable report RUN_ID -o run.html` of a headless run, opened from file://, draws a node per cell
+    (no server, no network: everything is inlined)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in REPORT_NOTEBOOK]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "report_nb.ipynb"
+    nbformat.write(nb, path)
+    store = tmp_path / "store"
+    env = subprocess_env()
+    cli = [sys.executable, "-m", "nbdurable"]
+    run = subprocess.run([*cli, "run", str(path), "--store", str(store), "--no-progress"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    runs = subprocess.run([*cli, "runs", "--store", str(store)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = runs.stdout.splitlines()
+    header = next((i for i, line in enumerate(lines) if "run_id" in line.split()), None)
+    assert runs.returncode == 0 and header is not None and len(lines) > header + 1, runs.stdout + runs.stderr
+    run_id = lines[header + 1].split()[0]
+    out = tmp_path / "run.html"
+    report = subprocess.run([*cli, "report", run_id, "--store", str(store), "-o", str(out)],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0 and out.exists(), report.stdout + report.stderr
+    page.goto(out.as_uri(), wait_until="load", timeout=LOAD_TIMEOUT)
+    graph = page.locator(f'div.nbd-graph[data-run-id="{run_id}"]').first
+    graph.wait_for(state="visible")
+    nodes = graph.locator("g.nbd-node")
+    nodes.first.wait_for(state="visible")
+    assert nodes.count() == len(REPORT_NOTEBOOK), node_statuses(graph)
+    assert set(node_statuses(graph).values()) == {"completed"}, node_statuses(graph)
+    assert graph.locator("path.nbd-edge[data-source][data-target]").count() >= 3  # rows -> total, squares -> print
+    assert page.locator("div.nbd-gantt .nbd-bar[data-node-id]").count() == len(REPORT_NOTEBOOK)
+    # The cell with ten child steps: "10/10 steps", expanded by a click to its children.
+    parent = graph.locator("g.nbd-node", has_text="@nbd.step").first
+    assert "10/10" in parent.text_content()
+    parent.locator(".nbd-expand").click()
+    children = graph.locator('.nbd-child[data-ordinal][data-status="completed"]')
+    children.first.wait_for(state="visible")
+    assert children.count() == 10
+    # A click on a node shows its details (source, variables) without any kernel.
+    node = graph.locator("g.nbd-node", has_text="total = sum(rows)").first
+    node.click()
+    details = page.locator(f'div.nbd-details[data-node-id="{node.get_attribute("data-node-id")}"]')
+    details.wait_for(state="visible")
+    assert "total = sum(rows)" in details.inner_text() and "int" in details.inner_text()
+    screenshot(page, "browser-report")  # (the page fixture fails the test if the page reached the network)
+
