@@ -411,13 +411,12 @@ class LiveGraph:
                 node["status"] = "running"
             self._send()
             return
-        cell = self._nodes.get(self._child_parent.get(ordinal, -1))
+        cell, child = self._child(ordinal)
         if cell is None:
             return
-        for child in cell["child_steps"]:
-            if child["ordinal"] == ordinal:
-                child["attempts"] += 1
-                child["status"] = "retrying" if retrying else "running"
+        if child is not None:
+            child["attempts"] += 1
+            child["status"] = "retrying" if retrying else "running"
         if retrying and cell["status"] == "running":
             cell["status"] = "retrying"
             self._send()
@@ -425,13 +424,13 @@ class LiveGraph:
             self._child_changed(cell)
 
     def _on_step_finished(self, run_id: str, data: dict[str, Any]) -> None:
-        ordinal, status = int(data["ordinal"]), str(data.get("status"))
+        ordinal, status, error = int(data["ordinal"]), str(data.get("status")), data.get("error") or {}
         node = self._nodes.get(ordinal)
         if node is not None:
             node.update(status=status, started_at=data.get("started_at") or node["started_at"],
                         ended_at=data.get("ended_at"), duration_s=data.get("duration"),
                         variables=[v for v in data.get("variables") or [] if v.get("name")],
-                        error=_error(*(lambda e: (e.get("ename"), e.get("evalue"), e.get("traceback")))(data.get("error") or {})),
+                        error=_error(error.get("ename"), error.get("evalue"), error.get("traceback")),
                         restored_from=data.get("restored_from"), time_saved_s=data.get("time_saved"), waiting_for=None)
             _count_children(node)
             if status == "restored" and data.get("time_saved"):
@@ -440,13 +439,11 @@ class LiveGraph:
             self.graph["edges"] = edges(self.graph["nodes"])
             self._send()
             return
-        cell = self._nodes.get(self._child_parent.get(ordinal, -1))
+        cell, child = self._child(ordinal)
         if cell is None:
             return
-        for child in cell["child_steps"]:
-            if child["ordinal"] == ordinal:
-                child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"),
-                             error=_error_text(data.get("error")))
+        if child is not None:
+            child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"), error=_error_text(error))
         _count_children(cell)
         if (cell["status"] in ("sleeping", "waiting") and data.get("name") in (SLEEP, WAIT)) or cell["status"] == "retrying":
             cell["status"], cell["waiting_for"] = "running", None
@@ -460,6 +457,13 @@ class LiveGraph:
         if run.get("started_at"):
             run["duration_s"] = run["ended_at"] - run["started_at"]
         self._send()
+
+    def _child(self, ordinal: int) -> tuple[Node | None, dict[str, Any] | None]:
+        """The cell a child step belongs to, and its entry in the cell's list (None past MAX_CHILD_STEPS)."""
+        cell = self._nodes.get(self._child_parent.get(ordinal, -1))
+        if cell is None:
+            return None, None
+        return cell, next((c for c in reversed(cell["child_steps"]) if c["ordinal"] == ordinal), None)
 
     # -- sending ----------------------------------------------------------------------------------
 
