@@ -288,6 +288,44 @@ def test_approval_widget_releases_the_waiting_cell(open_notebook: OpenNotebook, 
     sys.stderr.write(f"[browser] approval released the cell {released_s:.2f}s after the click\n")
 
 
+HISTORY_NOTEBOOK = [
+    "%load_ext nbdurable",
+    "price = 10\ntotal = price * 3",
+    "%durable new",
+    "price = 12\ntotal = price * 3",
+    "%durable history",
+]
+
+
+def test_history_explorer_filters_shows_a_run_and_compares_two(open_notebook: OpenNotebook, page: Any) -> None:
+    """`%durable history`: the runs are listed, a status filter narrows them, a clicked run shows its graph,
+    and two ticked runs are compared with the changed step marked."""
+    nb = open_notebook("history", HISTORY_NOTEBOOK)
+    for index in range(len(HISTORY_NOTEBOOK)):
+        nb.run_cell(index)
+    explorer = nb.wait_output(4, "div.nbd-history", timeout=LOAD_TIMEOUT)
+    rows = explorer.locator("tr.nbd-run")
+    rows.nth(1).wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    assert rows.count() == 2, "the first run (ended by %durable new) and the running one"
+    explorer.locator("select.nbd-filter-status").select_option("completed")
+    page.wait_for_function("el => el.querySelectorAll('tr.nbd-run').length === 1", arg=explorer.element_handle(),
+                           timeout=LOAD_TIMEOUT)
+    explorer.locator("select.nbd-filter-status").select_option("")
+    page.wait_for_function("el => el.querySelectorAll('tr.nbd-run').length === 2", arg=explorer.element_handle(),
+                           timeout=LOAD_TIMEOUT)
+    rows.nth(1).click()
+    graph = explorer.locator("div.nbd-history-graph div.nbd-graph")
+    graph.locator('g.nbd-node[data-status="completed"]').first.wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    assert graph.locator("g.nbd-node").count() == 1
+    nb.screenshot("browser-history-run")
+    for index in range(2):
+        rows.nth(index).locator("input.nbd-compare-pick").check()
+    compare = explorer.locator("div.nbd-compare")
+    compare.locator('tr.nbd-step-diff[data-differs="true"]').first.wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    assert compare.locator('tr.nbd-step-diff[data-differs="true"]').count() == 1, "only the edited cell differs"
+    nb.screenshot("browser-history-compare")
+
+
 REPORT_NOTEBOOK = [
     "import nbdurable as nbd\nrows = list(range(10))",
     "total = sum(rows)",
@@ -331,7 +369,7 @@ def test_html_report_renders_from_file(tmp_path: Path, page: Any) -> None:
     assert graph.locator("path.nbd-edge[data-source][data-target]").count() >= 3  # rows -> total, squares -> print
     assert page.locator("div.nbd-gantt .nbd-bar[data-node-id]").count() == len(REPORT_NOTEBOOK)
     # The cell with ten child steps: "10/10 steps", expanded by a click to its children.
-    parent = graph.locator("g.nbd-node", has_text="@nbd.step").first
+    parent = graph.locator("g.nbd-node", has_text="def square(x):").first
     assert "10/10" in parent.text_content()
     parent.locator(".nbd-expand").click()
     children = graph.locator('.nbd-child[data-ordinal][data-status="completed"]')

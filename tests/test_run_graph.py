@@ -170,3 +170,13 @@ def test_closing_the_widget_stops_listening(store_dir: Path) -> None:
                           probes={"listeners": "len(get_ipython()._nbdurable_extension[0].events._listeners)"}, setup=SETUP)
     assert all(c["success"] for c in session.cells)
     assert session.probes["listeners"] == "0"
+
+
+def test_node_labels_say_what_the_cell_does() -> None:
+    from nbdurable.widgets.graph import label
+
+    assert label(None, "# load\n@nbd.step\ndef fetch(url):\n    ...") == "def fetch(url):"
+    assert label(None, "%%durable --retries 3\nx = call()") == "x = call()"
+    assert label("train", "x = 1") == "train"
+    assert label(None, "# only a comment") == "# only a comment" and label(None, "") == "(empty cell)"
+    assert len(label(None, "y = " + "1 + " * 40)) == 60

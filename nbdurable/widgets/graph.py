@@ -86,13 +86,14 @@ def _referenced_globals(table: symtable.SymbolTable) -> set[str]:
 
 
 def label(name: str | None, source: str | None) -> str:
-    """How a node is titled: its step name, else the first line of its source that says something."""
+    """How a node is titled: its step name, else the first line of its source that says something
+    (comments, ``%%durable`` options and decorators skipped while a later line remains)."""
     if name:
         return name[:60]
-    for line in (source or "").splitlines():
-        text = line.strip()
-        if text and not text.startswith(("#", "%%durable")):
-            return text if len(text) <= 60 else text[:59] + "…"
+    lines = [line.strip() for line in (source or "").splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith(("#", "%%durable", "@"))]
+    for text in telling or lines:
+        return text if len(text) <= 60 else text[:59] + "…"
     return "(empty cell)"
 
 
