@@ -266,11 +266,13 @@ def test_gc_keeps_what_kept_runs_need_and_deletes_the_rest(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout
     assert "collected by gc" in proc.stdout
 
+    store.append_journal(a2).close()  # a journal reopened after its run ended leaves a marker for the catalog
+    assert store.reopened_marker(a2).exists()
     proc = nbdurable("gc", "--store", str(store.path), "--keep-last", "1", "--prune-runs")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Pruned 2 runs (their journals and leases); catalog rebuilt." in proc.stdout
     assert not store.journal_exists(a2) and not store.journal_exists(b1)
-    assert not (store.path / "leases" / f"{a2}.lease").exists()
+    assert not (store.path / "leases" / f"{a2}.lease").exists() and not store.reopened_marker(a2).exists()
     assert sorted(store.catalog().runs()["run_id"]) == sorted(kept)
     assert check(store).returncode == 0
 

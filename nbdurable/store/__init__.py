@@ -78,8 +78,8 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
         """Reopen an existing journal to append (``JournalsMixin.append_journal``), leaving the marker
         ``journals/<run>.reopened`` first (durably): the catalog skips the journals that ended with
         ``run_end`` when it looks for new records, except the reopened ones."""
-        journal = self._existing_journal(run_id)
-        marker = journal.with_name(run_id + _REOPENED_SUFFIX)
+        self._existing_journal(run_id)  # a run without a journal: its error, before any marker
+        marker = self.reopened_marker(run_id)
         if not marker.exists():
             try:
                 os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
@@ -87,6 +87,10 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
             except OSError as exc:
                 raise io_error(exc, f"reopening the journal of run {run_id}", marker) from exc
         return super().append_journal(run_id)
+
+    def reopened_marker(self, run_id: str) -> pathlib.Path:
+        """``journals/<run>.reopened``: present once ``append_journal`` reopened the run's journal."""
+        return self.journal_path(run_id).with_name(run_id + _REOPENED_SUFFIX)
 
     def catalog(self) -> Catalog:
         """The DuckDB catalog of this store (cheap: it opens the database only per operation).

@@ -391,6 +391,7 @@ def _prune(store: Store, report: GcReport) -> None:
         try:
             with store.acquire_lease(run_id):
                 store.journal_path(run_id).unlink(missing_ok=True)
+                store.reopened_marker(run_id).unlink(missing_ok=True)
                 store._lease_path(run_id).unlink(missing_ok=True)
             report.pruned.append(run_id)
         except LeaseHeldError as exc:  # resumed or reopened since the scan: live now, so kept
