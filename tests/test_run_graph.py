@@ -141,6 +141,7 @@ def test_live_graph_of_a_resume_shows_pending_then_restored(store_dir: Path) -> 
     data = _summary(session.probes["summary"])
     first = data["updates"][0] if data["updates"] else None
     assert first == [["p0", "pending"], ["p1", "pending"], ["p2", "pending"]]
+    assert all(data["updates"]), "the run starting keeps the pending cells: no update shows an empty graph"
     graph = data["last"]
     assert [n["status"] for n in graph["nodes"]] == ["restored", "restored", "restored", "completed"]
     assert graph["run"]["time_saved_s"] >= 0 and graph["run"]["resumed_from"]

@@ -331,18 +331,21 @@ class LiveGraph:
             self._child_parent = {c["ordinal"]: n["ordinal"] for n in self._nodes.values() for c in n["child_steps"]}
             self._send()
 
-    def start_run(self, run_id: str, notebook: str | None, pending: list[PlannedStep]) -> None:
-        """A new run began (nothing recorded yet)."""
+    def start_run(self, run_id: str | None, notebook: str | None, pending: list[PlannedStep]) -> None:
+        """A run with nothing recorded yet (``run_id`` None: the next run this session starts); ``pending``:
+        the planned steps a resume will restore."""
         with self._lock:
-            self.graph = {
-                "version": VERSION, "edges": [],
-                "run": {"run_id": run_id, "notebook": notebook, "kind": "interactive", "status": "running", "params": {},
-                        "started_at": time.time(), "ended_at": None, "duration_s": None, "time_saved_s": 0.0,
-                        "resumed_from": None, "wake_at": None, "waiting_for": None, "live": True},
-                "nodes": [new_node(None, p.name, p.source, "pending", node_id=f"p{k}") for k, p in enumerate(pending)],
-            }
-            self._nodes, self._child_parent = {}, {}
-            self._send()
+            self._reset(run_id, notebook, [new_node(None, p.name, p.source, "pending", node_id=f"p{k}") for k, p in enumerate(pending)])
+
+    def _reset(self, run_id: str | None, notebook: str | None, nodes: list[Node], resumed_from: str | None = None) -> None:
+        self.graph = {
+            "version": VERSION, "edges": [], "nodes": nodes,
+            "run": {"run_id": run_id, "notebook": notebook, "kind": "interactive", "status": "running", "params": {},
+                    "started_at": time.time(), "ended_at": None, "duration_s": None, "time_saved_s": 0.0,
+                    "resumed_from": resumed_from, "wake_at": None, "waiting_for": None, "live": True},
+        }
+        self._nodes, self._child_parent = {}, {}
+        self._send()
 
     def __call__(self, event: RuntimeEvent) -> None:
         """An EventBus listener."""
@@ -362,10 +365,8 @@ class LiveGraph:
     def _on_run_started(self, run_id: str, data: dict[str, Any]) -> None:
         if self.graph["run"].get("run_id") == run_id:
             return
-        pending = [n for n in self.graph["nodes"] if n["status"] == "pending"]
-        self.start_run(run_id, data.get("notebook"), [])
-        self.graph["run"]["resumed_from"] = data.get("resumed_from")
-        self.graph["nodes"] = pending
+        pending = [n for n in self.graph["nodes"] if n["status"] == "pending"]  # still to come in the new run
+        self._reset(run_id, data.get("notebook"), pending, data.get("resumed_from"))
 
     def _on_step_started(self, run_id: str, data: dict[str, Any]) -> None:
         ordinal, parent = int(data["ordinal"]), data.get("parent")

@@ -45,7 +45,7 @@ class RunGraph(anywidget.AnyWidget):
 
             if ext is not None and ext.run is not None and ext.run.run_id == run_id and ext.run.status == "running":
                 ext.run.wait_durable()  # this notebook's own run: the catalog reads what the journal holds
-            self.graph = build_graph(default_store(store) if store is not None or ext is None else ext.store_obj, run_id)
+            self.graph = build_graph(default_store(store), run_id)  # default: the extension's store
             return
         if ext is None:
             raise OptionsError(
@@ -58,7 +58,7 @@ class RunGraph(anywidget.AnyWidget):
             ext.run.wait_durable()  # the catalog reads the journal: let it hold every step so far
             self.live.load(build_graph(ext.store_obj, ext.run.run_id, pending=pending, live=True))
         else:
-            self.live.start_run(None, ext.notebook, pending)  # type: ignore[arg-type]
+            self.live.start_run(None, ext.notebook, pending)
         self._unsubscribe = ext.events.subscribe(self.live)
 
     def _publish(self, graph: Graph) -> None:
