@@ -39,6 +39,7 @@ from nbdurable.store.records import (
     step_start_record,
     attempt_record,
     consumed_record,
+    error_with_traceback,
 )
 
 
@@ -50,14 +51,6 @@ def _variable_summary(v: Change | VarRef) -> dict[str, Any]:
             return {"name": v.name, "op": v.op, "type": None, "size_bytes": None, "format": None}
         return {"name": v.name, "op": v.op, "type": s.type_name, "size_bytes": s.size, "format": s.format}
     return {"name": v.get("name"), "op": v.get("op"), "type": v.get("type"), "size_bytes": v.get("size"), "format": v.get("format")}
-
-
-def _with_traceback(error: dict[str, Any] | None, outputs: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """A step's error with the traceback its error output shows (what a run graph displays)."""
-    if error is None or error.get("traceback"):
-        return error
-    shown = next((o for o in reversed(outputs or []) if o.get("output_type") == "error"), None)
-    return {**error, "traceback": shown.get("traceback")} if shown else error
 
 
 def new_run_id() -> str:
@@ -212,7 +205,7 @@ class DurableRun:
             self._commit(step, status, values, [], None, duration=duration, ended=ended)  # type: ignore[arg-type]
 
         self._committer.run(commit)
-        self._emit_finished(step, status, duration, refs if refs is not None else changes)
+        self._emit_finished(step, status, duration, ended, refs if refs is not None else changes)
 
     def end_step(
         self,
@@ -254,7 +247,7 @@ class DurableRun:
             self._committer.defer(lambda: commit(snapshots, background=True))
         else:
             self._committer.run(commit)
-        self._emit_finished(step, status, duration, changes, _with_traceback(error, outputs))
+        self._emit_finished(step, status, duration, ended, changes, error_with_traceback(error, outputs))
 
     def record_restored(self, step: StepHandle, planned: PlannedStep) -> float:
         """Commit a step restored from an earlier run; returns the time it saved."""
@@ -272,7 +265,7 @@ class DurableRun:
         self.stats.restored += 1
         self.stats.time_saved += saved
         self.stats.last_status = "restored"
-        self._emit_finished(step, "restored", planned.duration, planned.variables, restored_from=planned.origin, saved=saved)
+        self._emit_finished(step, "restored", planned.duration, ended, planned.variables, restored_from=planned.origin, saved=saved)
         return saved
 
     def _commit_not_durable(
@@ -295,14 +288,14 @@ class DurableRun:
         self._journal.sync()
 
     def _emit_finished(
-        self, step: StepHandle, status: str, duration: float, variables: Iterable[Change | VarRef] | None = None,
+        self, step: StepHandle, status: str, duration: float, ended: float, variables: Iterable[Change | VarRef] | None = None,
         error: dict[str, Any] | None = None, *, restored_from: dict[str, Any] | None = None, saved: float | None = None,
     ) -> None:
         if not self.events.active:
             return
         self.events.emit(RuntimeEvent("step_finished", self.run_id, {
             "ordinal": step.ordinal, "name": step.name, "parent": step.parent, "status": status, "duration": duration,
-            "started_at": step.started_at, "ended_at": time.time(), "variables": [_variable_summary(v) for v in variables or ()],
+            "started_at": step.started_at, "ended_at": ended, "variables": [_variable_summary(v) for v in variables or ()],
             "error": error, "restored_from": restored_from, "time_saved": saved,
         }))
 

@@ -39,7 +39,7 @@ from ..errors import CatalogLockedError, CorruptJournalError, OptionsError, RunN
 from .crypto import encryption_key
 from .journal import JOURNAL_SUFFIX, is_run_id, read_records
 from .lease import process_lock, waiting_file_lock
-from .records import RUN_STATUSES
+from .records import RUN_STATUSES, error_with_traceback
 
 if TYPE_CHECKING:
     import pandas
@@ -238,10 +238,7 @@ class _Batch:
             return
         key = (run_id, r["ordinal"])
         row = self.steps.setdefault(key, {"run_id": run_id, "ordinal": key[1], "_full": False})
-        error = r.get("error") or {}
-        if error and not error.get("traceback"):  # the traceback is in the step's error output
-            shown = next((o for o in reversed(r.get("outputs") or []) if isinstance(o, dict) and o.get("output_type") == "error"), None)
-            error = {**error, "traceback": shown.get("traceback")} if shown else error
+        error = error_with_traceback(r.get("error"), r.get("outputs")) or {}
         origin = r.get("restored_from") or {}
         row.update(
             status=r.get("status"), started_at=_us(r.get("started_at")), ended_at=_us(r.get("ended_at")),

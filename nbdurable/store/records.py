@@ -152,6 +152,15 @@ def step_end_record(
     }
 
 
+def error_with_traceback(error: dict[str, Any] | None, outputs: list[Any] | None) -> dict[str, Any] | None:
+    """A step's ``error`` with the traceback of its last error output when the error itself has none
+    (``step_end.error`` keeps name and value; the formatted traceback is in the step's outputs)."""
+    if not error or error.get("traceback"):
+        return error
+    shown = next((o for o in reversed(outputs or []) if isinstance(o, dict) and o.get("output_type") == "error"), None)
+    return {**error, "traceback": shown.get("traceback")} if shown else error
+
+
 def run_end_record(status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's final record; a suspended run says what it waits for (a time, an event)."""
     if status not in FINAL_RUN_STATUSES:
