@@ -22,7 +22,7 @@ import datetime as _dt
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from nbdurable.errors import OptionsError, RunSuspended
@@ -193,9 +193,8 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     context = steps._current[0]
     if context is None:
         timeout_at = None if seconds is None else time.time() + seconds
-        store = default_store()
-        with _approval(store, name, match, timeout_at) as done:
-            event = done(_poll(store, name, match, timeout_at, None, after=_PROCESS_STARTED, consumed=_consumed_outside))
+        event = _poll_showing_approval(default_store(), name, match, timeout_at, None, after=_PROCESS_STARTED,
+                                       consumed=_consumed_outside)
         if event is not None:
             _consumed_outside.add(event["id"])
         return None if event is None else event.get("data")
@@ -211,9 +210,8 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     suspend = None
     if context.suspend_after is not None:
         suspend = {"name": name, "match": match, "timeout_at": timeout_at, "after": after}
-    with _approval(context.run.store, name, match, timeout_at) as done:
-        event = done(_poll(context.run.store, name, match, timeout_at, context.show, after=after, consumed=consumed,
-                           suspend=suspend, suspend_after=context.suspend_after))
+    event = _poll_showing_approval(context.run.store, name, match, timeout_at, context.show, after=after, consumed=consumed,
+                                   suspend=suspend, suspend_after=context.suspend_after)
     if event is not None:
         context.run.consume(child, event)
     data = None if event is None else event.get("data")
@@ -221,11 +219,10 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     return data
 
 
-@contextlib.contextmanager
-def _approval(store: Store, name: str, match: dict[str, Any] | None,
-              timeout_at: float | None) -> Iterator[Callable[[dict[str, Any] | None], dict[str, Any] | None]]:
-    """Show the approval widget (interactive kernels) for the length of a wait; yields a function that
-    hands it the wait's outcome. A widget that fails to show never breaks the wait."""
+def _poll_showing_approval(store: Store, name: str, match: dict[str, Any] | None, timeout_at: float | None,
+                           show: Callable[[str, bool], None] | None, **poll: Any) -> dict[str, Any] | None:
+    """``_poll``, with the approval widget shown for the length of the wait (interactive kernels) and told
+    how it ended. A widget that fails to show never breaks the wait."""
     factory, ui = _approval_ui[0], None
     if factory is not None:
         try:
@@ -233,18 +230,15 @@ def _approval(store: Store, name: str, match: dict[str, Any] | None,
         except Exception as exc:  # e.g. no widget support in this frontend: the text line remains
             print(f"nbdurable: the approval widget could not be shown ({exc!r}); "
                   f"send the event with `nbdurable send {name} --data '{{...}}'`", file=sys.stderr)
-    outcome: list[dict[str, Any] | None] = []
-
-    def done(event: dict[str, Any] | None) -> dict[str, Any] | None:
-        outcome.append(event)
-        return event
-
+    event, ended = None, False
     try:
-        yield done
+        event = _poll(store, name, match, timeout_at, show, **poll)
+        ended = True
+        return event
     finally:
         if ui is not None:
             with contextlib.suppress(Exception):
-                ui.finish(outcome[0] if outcome else None, interrupted=not outcome)
+                ui.finish(event, interrupted=not ended)
 
 
 def _poll(store: Store, name: str, match: dict[str, Any] | None, timeout_at: float | None,
