@@ -237,11 +237,9 @@ def _current_run(store: Store) -> str | None:
     """The run of the extension loaded in this IPython session, if it records into ``store``."""
     if "nbdurable.kernel_ext" not in sys.modules or "IPython" not in sys.modules:
         return None
-    from IPython.core.getipython import get_ipython
+    from nbdurable.kernel_ext import active_extension
 
-    from nbdurable.kernel_ext import current_extension
-
-    ext = current_extension(get_ipython())  # type: ignore[no-untyped-call]
+    ext = active_extension()
     if ext is None or ext.store_obj != store:
         return None
     if ext.run is not None:

@@ -45,5 +45,5 @@ def active_extension() -> Durable | None:
     """The extension loaded in the running IPython shell (kernel or terminal), if any."""
     from IPython.core.getipython import get_ipython
 
-    shell = get_ipython()  # type: ignore[no-untyped-call]
+    shell = get_ipython()  # type: ignore[no-untyped-call,unused-ignore]  # typed from IPython 9 on
     return None if shell is None else current_extension(shell)
