@@ -15,6 +15,7 @@ from dataclasses import asdict
 from bench.common import ROOT, Figure, print_table, run_child
 
 SUITE = {
+    "ambient": [("ambient", [])],
     "catalog": [("catalog", [])],
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
@@ -31,7 +32,8 @@ def main() -> None:
     figures: list[Figure] = []
     for group in args.only or list(SUITE):
         for module, extra in SUITE[group]:
-            quick = {"cell_overhead": ["--rounds", "2", "--cells", "100"], "checkpoint": ["--repeats", "1"],
+            quick = {"ambient": ["--repeats", "3"], "cell_overhead": ["--rounds", "2", "--cells", "100"],
+                     "checkpoint": ["--repeats", "1"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)

@@ -9,7 +9,8 @@ A scratch measurement, not the benchmark suite. For a big float64 array and a bi
            on a machine that kept running).
 
 Every restore ends by touching one byte per 4 KiB page of the restored data, so a lazily loaded variant
-(payload ``mmap``'ed copy-on-write instead of read into a bytearray) pays for its reads like the others. Compared in the same run on the same disk: raw
+(payload ``mmap``'ed copy-on-write instead of read into a bytearray) pays for its reads like the others.
+Compared in the same run on the same disk: raw
 write+fsync of the object's own bytes and raw readinto of them (the baseline), dill.dump/dill.load of a
 dict holding the object, our pickle path for such a dict, and for the DataFrame an Arrow IPC file.
 
@@ -41,7 +42,7 @@ import pyarrow as pa
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nbdurable.serialization import _ndarray, _parquet, _pickle, deserialize, serialize  # noqa: F401
+from nbdurable.serialization import _ndarray, _parquet, _pickle, deserialize, serialize  # noqa: E402,F401 - after the sys.path insert
 
 GiB = 2**30
 PAGE = 4096
@@ -259,7 +260,8 @@ def report(title: str, results: list[dict[str, Any]]) -> None:
         print(
             f"| {r['name']} | {r['size'] / 1e6:.0f} | {r['hash']:.3f} | {r['write']:.3f} | {gb / r['save']:.2f} "
             f"| {base['save'] / r['save']:.0%} | {dill_row['save'] / r['save']:.1f}x "
-            f"| {r['cold']:.3f} | {gb / r['cold']:.2f} | {base['cold'] / r['cold']:.0%} | {dill_row['cold'] / r['cold']:.1f}x "
+            f"| {r['cold']:.3f} | {gb / r['cold']:.2f} | {base['cold'] / r['cold']:.0%} "
+            f"| {dill_row['cold'] / r['cold']:.1f}x "
             f"| {r['warm']:.3f} | {base['warm'] / r['warm']:.0%} | {dill_row['warm'] / r['warm']:.1f}x |"
         )
     sys.stdout.flush()
@@ -373,8 +375,9 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="compare Parquet write options instead")
     args = parser.parse_args()
     path = pathlib.Path(args.dir) / f"nbdurable-probe-{os.getpid()}.bin"
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, pyarrow {pa.__version__}, "
-          f"dill {dill.__version__}, {os.cpu_count()} CPUs; medians of {args.reps}; file {path}")  # fmt: skip
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, "
+          f"pyarrow {pa.__version__}, dill {dill.__version__}, {os.cpu_count()} CPUs; medians of {args.reps}; "
+          f"file {path}")  # fmt: skip
     try:
         if args.tune:
             run_tune(args, path)

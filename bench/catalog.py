@@ -56,26 +56,31 @@ def _write_runs(args: tuple[str, int, int, int]) -> int:
         t = T0 + i * 600.0
         notebook = f"nb{i % NOTEBOOKS:02d}"
         with store.new_journal(run_id) as w:
-            w.append({**records.run_record(run_id, notebook=notebook, notebook_path=f"/work/{notebook}.ipynb", kind="headless",
+            w.append({**records.run_record(run_id, notebook=notebook,
+                                           notebook_path=f"/work/{notebook}.ipynb", kind="headless",
                                            params={"week": i % 52, "region": ("eu", "us", "apac")[i % 3]},
                                            environment={"pid": 1000 + i, "host": "bench"}), "ts": t})
             for ordinal in range(1, steps + 1):
                 start_t = t + ordinal * 2.0
-                w.append({**records.step_start_record(ordinal, source=f"x{ordinal} = compute({ordinal})\nprint(x{ordinal})",
+                w.append({**records.step_start_record(ordinal,
+                                                      source=f"x{ordinal} = compute({ordinal})\nprint(x{ordinal})",
                                                       source_hash=f"{ordinal:016x}"), "ts": start_t})
                 if ordinal == 5:  # one step per run retried once: the attempts table has rows too
                     w.append({**records.attempt_record(ordinal, 1, started_at=start_t, ended_at=start_t + 0.5,
-                                                       error={"ename": "TimeoutError", "evalue": "slow"}, next_delay=1.0), "ts": start_t + 0.5})
+                                                       error={"ename": "TimeoutError", "evalue": "slow"},
+                                                       next_delay=1.0), "ts": start_t + 0.5})
                     w.append({**records.attempt_record(ordinal, 2, started_at=start_t + 1.5, ended_at=start_t + 1.9,
                                                        error=None, next_delay=None), "ts": start_t + 1.9})
                 w.append({**records.step_end_record(
                     ordinal, status="completed", started_at=start_t, ended_at=start_t + 1.9, duration=1.9,
-                    variables=[{"name": f"x{ordinal}", "op": "set", "object": f"{i:016x}{ordinal:016x}", "format": "pickle",
-                                "format_version": 1, "type": "builtins.int", "size": 28, "instance": f"{run_id}:{ordinal}:0",
-                                "inline": "gASVAwAAAAAAAABLKi4="}],
-                    outputs=[{"output_type": "stream", "name": "stdout", "text": f"{ordinal}\n"}]), "ts": start_t + 1.9})
+                    variables=[{"name": f"x{ordinal}", "op": "set", "object": f"{i:016x}{ordinal:016x}",
+                                "format": "pickle", "format_version": 1, "type": "builtins.int", "size": 28,
+                                "instance": f"{run_id}:{ordinal}:0", "inline": "gASVAwAAAAAAAABLKi4="}],
+                    outputs=[{"output_type": "stream", "name": "stdout",
+                              "text": f"{ordinal}\n"}]), "ts": start_t + 1.9})
             final = _FINALS[(i // NOTEBOOKS) % len(_FINALS)]  # every notebook has runs of every status
-            w.append({**records.run_end_record(final, wake_at=t + 86400.0 if final == "suspended" else None), "ts": t + steps * 2.0 + 2})
+            w.append({**records.run_end_record(final, wake_at=t + 86400.0 if final == "suspended" else None),
+                      "ts": t + steps * 2.0 + 2})
             written += w.seq
     return written
 
@@ -116,7 +121,7 @@ def main() -> None:
 
     import nbdurable as nbd
     from nbdurable.store import Store
-    from nbdurable.store.catalog import _COLUMNS, _ddl
+    from nbdurable.store.catalog import COLUMNS, ddl
 
     tmp = Path(tempfile.mkdtemp(prefix="nbd-bench-catalog-"))
     try:
@@ -143,8 +148,8 @@ def main() -> None:
         # -- the in-memory copy: pure DuckDB, same tables and indexes, connection open ------------------
         mem = duckdb.connect(":memory:")
         mem.execute(f"ATTACH '{catalog.path}' AS src (READ_ONLY)")
-        for table in _COLUMNS:
-            for statement in _ddl(table):
+        for table in COLUMNS:
+            for statement in ddl(table):
                 mem.execute(statement)
             mem.execute(f"INSERT INTO {table} SELECT * FROM src.{table}")
         mem.execute("DETACH src")
@@ -152,7 +157,8 @@ def main() -> None:
         noop_s, noop_base, listed_s = [], [], []
         list_s, list_base = [], []
         one_s, one_base = [], []
-        counts = mem.execute("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM steps), (SELECT count(*) FROM attempts)").fetchall()[0]
+        counts = mem.execute("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM steps), "
+                             "(SELECT count(*) FROM attempts)").fetchall()[0]
         for k in range(args.repeats):
             t = time.perf_counter()
             catalog.ingest()
@@ -192,8 +198,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ingest, parse = statistics.median(ingest_s), statistics.median(parse_s)
-    size = f"{args.runs:,} runs x {args.steps} steps ({records_written:,} records; {counts[0]:,} runs, {counts[1]:,} steps, " \
-           f"{counts[2]:,} attempts in the catalog)"
+    size = f"{args.runs:,} runs x {args.steps} steps ({records_written:,} records; {counts[0]:,} runs, " \
+           f"{counts[1]:,} steps, {counts[2]:,} attempts in the catalog)"
     noop, listed, lst, one_ms = _ms(noop_s), _ms(listed_s), _ms(list_s), _ms(one_s)
     emit([
         Figure("catalog full ingest", ingest, "read + JSON-parse journals", parse, "s", "report", True,
@@ -201,14 +207,17 @@ def main() -> None:
                f"median of {args.ingest_repeats}"),
         Figure("catalog no-op ingest (freshness check)", noop, "open in-memory DuckDB SELECT 1", _ms(noop_base), "ms",
                f"<= {TARGET_MS:.0f} ms", noop <= TARGET_MS,
-               f"median of {args.repeats}; attach + detach the catalog file, one stat of journals/ and events/, no listing"),
-        Figure("catalog no-op ingest, journals/ just changed", listed, "open in-memory DuckDB SELECT 1", _ms(noop_base), "ms",
-               f"<= {TARGET_MS:.0f} ms", listed <= TARGET_MS,
-               f"median of {args.repeats}; lists {args.runs:,} journal names, joins them with ingest_state, stats none (all finished)"),
-        Figure("run list: nbd.history(notebook, status, limit=100)", lst, "same SQL, in-memory DuckDB", _ms(list_base), "ms",
-               f"<= {TARGET_MS:.0f} ms", lst <= TARGET_MS, f"median of {args.repeats}; freshness check included"),
-        Figure("one run: steps + variables + attempts (nbd.sql)", one_ms, "same SQL, in-memory DuckDB", _ms(one_base), "ms",
-               f"<= {TARGET_MS:.0f} ms", one_ms <= TARGET_MS, f"median of {args.repeats}; freshness check included"),
+               f"median of {args.repeats}; attach + detach the catalog file, one stat of journals/ and events/, "
+               "no listing"),
+        Figure("catalog no-op ingest, journals/ just changed", listed, "open in-memory DuckDB SELECT 1", _ms(noop_base),
+               "ms", f"<= {TARGET_MS:.0f} ms", listed <= TARGET_MS,
+               f"median of {args.repeats}; lists {args.runs:,} journal names, joins them with ingest_state, "
+               "stats none (all finished)"),
+        Figure("run list: nbd.history(notebook, status, limit=100)", lst, "same SQL, in-memory DuckDB", _ms(list_base),
+               "ms", f"<= {TARGET_MS:.0f} ms", lst <= TARGET_MS, f"median of {args.repeats}; freshness check included"),
+        Figure("one run: steps + variables + attempts (nbd.sql)", one_ms, "same SQL, in-memory DuckDB", _ms(one_base),
+               "ms", f"<= {TARGET_MS:.0f} ms", one_ms <= TARGET_MS,
+               f"median of {args.repeats}; freshness check included"),
     ])
 
 
@@ -217,11 +226,13 @@ ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 100"""
 
 # What a run graph needs of one run: its steps, each with its variables and attempts.
 ONE_RUN_SQL = """
-WITH v AS (SELECT ordinal, list(struct_pack(name := name, op := op, type := type, size_bytes := size_bytes, format := format)
+WITH v AS (SELECT ordinal, list(struct_pack(name := name, op := op, type := type, size_bytes := size_bytes,
+                                            format := format)
                                 ORDER BY name) AS variables
            FROM variables WHERE run_id = $1 GROUP BY ordinal),
      a AS (SELECT ordinal, list(struct_pack(attempt := attempt, started_at := started_at, ended_at := ended_at,
-                                            error_ename := error_ename, next_delay_s := next_delay_s) ORDER BY attempt) AS attempts
+                                            error_ename := error_ename, next_delay_s := next_delay_s)
+                                ORDER BY attempt) AS attempts
            FROM attempts WHERE run_id = $1 GROUP BY ordinal)
 SELECT s.*, coalesce(v.variables, []) AS variables, coalesce(a.attempts, []) AS attempts
 FROM steps s LEFT JOIN v ON v.ordinal = s.ordinal LEFT JOIN a ON a.ordinal = s.ordinal

@@ -61,7 +61,8 @@ def main() -> None:
     added = d - p
     limit = 2.0 if args.big else 1.0
     label = "per-cell overhead, 2 GB untouched in namespace" if args.big else "per-cell overhead, trivial cell"
-    emit([Figure(label, d, "plain IPython", p, "ms", f"added <= {limit:g} ms", added <= limit, f"added {added:.3f} ms")])
+    emit([Figure(label, d, "plain IPython", p, "ms", f"added <= {limit:g} ms", added <= limit,
+                 f"added {added:.3f} ms")])
 
 
 if __name__ == "__main__":

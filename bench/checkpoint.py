@@ -111,7 +111,7 @@ def bench(kind: str, repeats: int, workdir: Path) -> list[Figure]:
         run = DurableRun(store, notebook="bench")
         start = time.perf_counter()
         step = run.begin_step(source="x = big()", source_hash="0" * 32)
-        run.end_step(step, status="completed", changes=[Change("x", "set", serialize(obj), "i1")])
+        run.end_step(step, status="completed", changes=[Change("x", "set", serialize(obj), "i1")])  # noqa: F821 - `del obj` comes after the runs
         blocked.append(time.perf_counter() - start)
         run.wait_durable()
         durable = time.perf_counter() - start
@@ -137,7 +137,7 @@ def bench(kind: str, repeats: int, workdir: Path) -> list[Figure]:
     ours_lazy = median_of(lambda: restore(False), repeats)
     raw_path = workdir / "raw.bin"
     buffers = raw_buffers(obj)
-    raw_save = median_of(lambda: raw_write(raw_path, buffers), repeats)
+    raw_save = median_of(lambda: raw_write(raw_path, buffers), repeats)  # noqa: F821 - `del buffers` comes after the runs
     raw_load = median_of(lambda: raw_read(raw_path), repeats)
     del buffers
     raw_path.unlink()
@@ -152,13 +152,16 @@ def bench(kind: str, repeats: int, workdir: Path) -> list[Figure]:
     label = "1 GiB ndarray" if kind == "ndarray" else "10M-row DataFrame"
     note = f"{size_gb:.2f} GB as {fmt}"
     return [
-        Figure(f"checkpoint {label} (until durable)", ours_save, "raw write+fsync", raw_save, "s", "time <= 2x raw (>=50% bw)",
-               ours_save <= 2 * raw_save, note),
+        Figure(f"checkpoint {label} (until durable)", ours_save, "raw write+fsync", raw_save, "s",
+               "time <= 2x raw (>=50% bw)", ours_save <= 2 * raw_save, note),
         Figure(f"checkpoint {label} (cell blocked) vs dill", ours_blocked, "dill.dump_session", dill_save, "s",
-               "ratio <= 0.333 (3x faster)", ours_blocked * 3 <= dill_save, "the object file is written in the background"),
+               "ratio <= 0.333 (3x faster)", ours_blocked * 3 <= dill_save,
+               "the object file is written in the background"),
         Figure(f"restore {label} (every page read)", ours_load, "raw read", raw_load, "s", "time <= 2x raw (>=50% bw)",
-               ours_load <= 2 * raw_load, f"usable after {ours_lazy * 1e3:.1f} ms: big objects are mapped, read on access"),
-        Figure(f"restore {label} vs dill", ours_load, "dill.load_session", dill_load, "s", "ratio <= 0.333 (3x faster)", ours_load * 3 <= dill_load),
+               ours_load <= 2 * raw_load,
+               f"usable after {ours_lazy * 1e3:.1f} ms: big objects are mapped, read on access"),
+        Figure(f"restore {label} vs dill", ours_load, "dill.load_session", dill_load, "s", "ratio <= 0.333 (3x faster)",
+               ours_load * 3 <= dill_load),
     ]
 
 

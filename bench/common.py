@@ -78,8 +78,9 @@ def print_table(figures: list[Figure]) -> None:
     header = f"{'figure':<{name_w}} {'nbdurable':>12} {'baseline':>{base_w}} {'ratio':>7}  {'target':<{target_w}} ok"
     print(header)
     print("-" * len(header))
-    for f, base in zip(figures, bases):
+    for f, base in zip(figures, bases, strict=True):
         value = f"{f.value:.3f} {f.unit}"
-        print(f"{f.name:<{name_w}} {value:>12} {base:>{base_w}} {f.ratio:>7.2f}  {f.target:<{target_w}} {'yes' if f.ok else 'NO'}")
+        print(f"{f.name:<{name_w}} {value:>12} {base:>{base_w}} {f.ratio:>7.2f}  {f.target:<{target_w}} "
+              f"{'yes' if f.ok else 'NO'}")
         if f.note:
             print(f"{'':<{name_w}} {f.note}")

@@ -13,7 +13,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import nbformat
@@ -30,8 +29,8 @@ def trivial_notebook(path: Path, n: int) -> None:
 
 
 def sleepy_notebook(path: Path, n: int, kill_at: int) -> None:
-    kill = (f"import os, pathlib\nif not pathlib.Path('killed').exists():\n"
-            f"    pathlib.Path('killed').touch()\n    os.kill(os.getpid(), 9)\n")  # fmt: skip
+    kill = ("import os, pathlib\nif not pathlib.Path('killed').exists():\n"
+            "    pathlib.Path('killed').touch()\n    os.kill(os.getpid(), 9)\n")  # fmt: skip
     cells = [new_code_cell("import time")]
     cells += [new_code_cell((kill if i == kill_at else "") + f"time.sleep(1)\nstep_{i} = {i}") for i in range(1, n + 1)]
     nbformat.write(new_notebook(cells=cells, metadata=META), path)
@@ -41,14 +40,16 @@ def run_nbclient(path: Path) -> float:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    return timed(lambda: NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute())
+    return timed(lambda: NotebookClient(nb, kernel_name="python3",
+                                        resources={"metadata": {"path": str(path.parent)}}).execute())
 
 
 def run_papermill(path: Path) -> float:
     import papermill
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    return timed(lambda: papermill.execute_notebook(str(path), str(path.with_suffix(".pm.ipynb")), progress_bar=False, cwd=str(path.parent)))
+    return timed(lambda: papermill.execute_notebook(str(path), str(path.with_suffix(".pm.ipynb")), progress_bar=False,
+                                                    cwd=str(path.parent)))
 
 
 def run_nbdurable(path: Path, fresh: bool = True) -> float:
@@ -75,7 +76,8 @@ def bench_trivial(work: Path, repeats: int, cells: int) -> list[Figure]:
     o, b, p = statistics.median(ours), statistics.median(base), statistics.median(pm)
     return [
         Figure(f"{cells} trivial cells, nbdurable run", o, "nbclient", b, "s", "ratio <= 1.5", o <= 1.5 * b),
-        Figure(f"{cells} trivial cells, nbdurable run vs papermill", o, "papermill", p, "s", "ratio <= 0.2 (5x faster)", o * 5 <= p),
+        Figure(f"{cells} trivial cells, nbdurable run vs papermill", o, "papermill", p, "s", "ratio <= 0.2 (5x faster)",
+               o * 5 <= p),
     ]
 
 
@@ -109,7 +111,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nbd-bench-headless-"))
     os.environ.pop("NBDURABLE_STORE", None)
     try:
-        emit(bench_trivial(work, args.repeats, args.cells) if args.which == "trivial" else bench_resume(work, args.repeats))
+        emit(bench_trivial(work, args.repeats, args.cells) if args.which == "trivial"
+             else bench_resume(work, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

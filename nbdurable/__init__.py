@@ -9,24 +9,43 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from nbdurable._version import __version__
+from nbdurable.errors import (  # the error hierarchy is part of the public API (= nbdurable.errors.__all__)
+    AuthenticationError,
+    CatalogLockedError,
+    ChangedDuringWriteError,
+    CorruptJournalError,
+    CorruptObjectError,
+    LeaseHeldError,
+    NbdurableError,
+    NondeterminismError,
+    NonRetryableError,
+    ObjectNotFoundError,
+    OptionsError,
+    RestoreError,
+    RetryAfter,
+    RunNotFoundError,
+    RunSuspended,
+    StepTimeoutError,
+    StoreError,
+    StoreFormatError,
+    SuspendedError,
+)
+from nbdurable.history import history, sql  # duckdb and pandas are imported on first call
+from nbdurable.runtime.policy import RetryPolicy
 
-from nbdurable import errors as _errors  # noqa: E402
-from nbdurable.errors import *  # noqa: E402,F403  (the error hierarchy is part of the public API)
-
-
-from nbdurable.history import history, sql  # noqa: E402  (duckdb and pandas are imported on first call)
-from nbdurable.runtime.policy import RetryPolicy  # noqa: E402
-from nbdurable.runtime.steps import map, run_step, step  # noqa: E402,A004
-from nbdurable.runtime.waits import send_event, sleep, sleep_until, wait_for_event  # noqa: E402
+# `nbd.map`, a public name; not in __all__: `from nbdurable import *` keeps the builtin
+from nbdurable.runtime.steps import map as map  # noqa: A004
+from nbdurable.runtime.steps import run_step, step
+from nbdurable.runtime.waits import send_event, sleep, sleep_until, wait_for_event
 
 
 def current_run_id() -> str | None:
     """The id of the run recording this notebook (None before its first step, or without the extension)."""
-    from nbdurable.kernel_ext import active_extension
+    from nbdurable.runtime.session import active_session
 
-    ext = active_extension()
-    return ext.run.run_id if ext is not None and ext.run is not None else None
+    current = active_session()
+    return current.run_id if current is not None else None
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -49,7 +68,6 @@ __all__ = [
     "unload_ipython_extension",
     "step",
     "run_step",
-    "map",
     "sleep",
     "sleep_until",
     "wait_for_event",
@@ -60,7 +78,26 @@ __all__ = [
     "current_run_id",
     "RunGraph",
     "HistoryExplorer",
-    *_errors.__all__,
+    # the errors (nbdurable.errors.__all__)
+    "NbdurableError",
+    "StoreError",
+    "StoreFormatError",
+    "CorruptJournalError",
+    "ObjectNotFoundError",
+    "CorruptObjectError",
+    "CatalogLockedError",
+    "AuthenticationError",
+    "ChangedDuringWriteError",
+    "LeaseHeldError",
+    "RunNotFoundError",
+    "RestoreError",
+    "OptionsError",
+    "NondeterminismError",
+    "NonRetryableError",
+    "StepTimeoutError",
+    "SuspendedError",
+    "RetryAfter",
+    "RunSuspended",
 ]
 
 

@@ -108,7 +108,7 @@ class SuspendedError(NbdurableError):
     """A headless run suspended itself where a suspension cannot be reported otherwise (papermill)."""
 
 
-class RetryAfter(Exception):  # noqa: N818 - a request, not an error: `raise nbd.RetryAfter(30)`
+class RetryAfter(Exception):  # a request, not an error: `raise nbd.RetryAfter(30)`
     """Raise it inside a step to be retried after ``seconds`` (counts as a failed attempt)."""
 
     def __init__(self, seconds: float, message: str = "") -> None:
@@ -120,7 +120,7 @@ class RetryAfter(Exception):  # noqa: N818 - a request, not an error: `raise nbd
         return self.message
 
 
-class RunSuspended(BaseException):  # noqa: N818 - a signal, not an error (BaseException: `except Exception` lets it through)
+class RunSuspended(BaseException):  # a signal, not an error (BaseException: `except Exception` lets it through)
     """Raised by ``nbd.sleep`` / ``nbd.wait_for_event`` in a headless run whose wait is longer than the
     suspend threshold: the run commits, ends as ``suspended`` and its process exits; ``nbdurable worker``
     resumes it when its timer is due or its event arrives."""

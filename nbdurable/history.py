@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import os
 import re
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbdurable.errors import OptionsError, RunNotFoundError, StoreError
 from nbdurable.runtime.policy import parse_duration
-from nbdurable.runtime.waits import default_store
+from nbdurable.runtime.session import active_session, default_store
 from nbdurable.store import Store
 from nbdurable.store.records import RUN_STATUSES
 
@@ -77,7 +76,8 @@ def history(
     args: list[Any] = []
     if notebook is not None:
         if not isinstance(notebook, str):
-            raise OptionsError(f"notebook must be a notebook name or path, not {notebook!r}", hint="e.g. notebook='report.ipynb'")
+            raise OptionsError(f"notebook must be a notebook name or path, not {notebook!r}",
+                               hint="e.g. notebook='report.ipynb'")
         # As recorded (a name, or the absolute path Jupyter and `nbdurable run` give), or a path relative
         # to the working directory.
         absolute = os.path.abspath(os.path.expanduser(notebook))
@@ -94,7 +94,8 @@ def history(
             args.append(_utc_naive(bound, name))
     if params is not None:
         if not isinstance(params, Mapping):
-            raise OptionsError(f"params must be a dict of parameter values, not {params!r}", hint="e.g. params={'region': 'eu'}")
+            raise OptionsError(f"params must be a dict of parameter values, not {params!r}",
+                               hint="e.g. params={'region': 'eu'}")
         for key, value in params.items():
             if not isinstance(key, str):
                 raise OptionsError(f"parameter names are strings, not {key!r}", hint="e.g. params={'region': 'eu'}")
@@ -102,7 +103,8 @@ def history(
                 encoded = json.dumps(value, sort_keys=True)
             except (TypeError, ValueError) as exc:
                 raise OptionsError(f"parameter {key!r}: {value!r} is not a JSON value ({exc})",
-                                   hint="compare with plain values: strings, numbers, booleans, None, lists, dicts") from None
+                                   hint="compare with plain values: strings, numbers, booleans, None, lists, "
+                                        "dicts") from None
             # A JSON pointer (RFC 6901) names the key whatever characters it holds.
             where.append("json_extract(params, ?) = json(?)")
             args += ["/" + key.replace("~", "~0").replace("/", "~1"), encoded]
@@ -187,7 +189,8 @@ def sql(
 
 def _utc_naive(value: Any, name: str) -> _dt.datetime:
     """A since/until bound as a naive UTC datetime (how the catalog stores times)."""
-    hint = 'use a datetime, a date, an ISO 8601 string ("2024-05-01", "2024-05-01T12:00") or a duration ago ("7d", "12h")'
+    hint = ('use a datetime, a date, an ISO 8601 string ("2024-05-01", "2024-05-01T12:00") '
+            'or a duration ago ("7d", "12h")')
     if isinstance(value, _dt.datetime):
         moment = value
     elif isinstance(value, _dt.date):
@@ -197,7 +200,8 @@ def _utc_naive(value: Any, name: str) -> _dt.datetime:
     elif isinstance(value, str):
         text = value.strip()
         if _NUMBER.fullmatch(text):
-            raise OptionsError(f"{name}={value!r} is ambiguous: a bare number is neither a date nor a duration", hint=hint)
+            raise OptionsError(f"{name}={value!r} is ambiguous: a bare number is neither a date nor a duration",
+                               hint=hint)
         try:
             moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
         except ValueError:
@@ -224,29 +228,29 @@ def _resolve_run(con: duckdb.DuckDBPyConnection, store: Store, run: str | None) 
     if run is None:
         run = _current_run(store)
     if run is None:
-        rows = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1").fetchall()
+        rows = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC NULLS LAST, "
+                           "run_id DESC LIMIT 1").fetchall()
         if not rows:
-            raise RunNotFoundError(f"the store {store.path} has no runs: vars.<name> has no run to read", hint="run a notebook first")
+            raise RunNotFoundError(f"the store {store.path} has no runs: vars.<name> has no run to read",
+                                   hint="run a notebook first")
         return str(rows[0][0])
-    if not isinstance(run, str) or not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run]).fetchall()[0][0]:
-        raise RunNotFoundError(f"no run {run!r} in the store {store.path}", hint="nbd.history() lists the runs of this store")
+    if (not isinstance(run, str)
+            or not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run]).fetchall()[0][0]):
+        raise RunNotFoundError(f"no run {run!r} in the store {store.path}",
+                               hint="nbd.history() lists the runs of this store")
     return run
 
 
 def _current_run(store: Store) -> str | None:
-    """The run of the extension loaded in this IPython session, if it records into ``store``."""
-    if "nbdurable.kernel_ext" not in sys.modules or "IPython" not in sys.modules:
+    """The run of the session active in this process, if it records into ``store``: the run recording
+    now, else the run it resumes."""
+    current = active_session()
+    if current is None or current.store != store:
         return None
-    from nbdurable.kernel_ext import active_extension
-
-    ext = active_extension()
-    if ext is None or ext.store_obj != store:
-        return None
-    if ext.run is not None:
-        if ext.run.status == "running":
-            ext.run.wait_durable()  # the previous cells' background commits: their variables are in the journal
-        return ext.run.run_id
-    return ext.plan.run_id if ext.plan is not None else None
+    if current.run_id is not None:
+        current.wait_durable()  # the previous cells' background commits: their variables are in the journal
+        return current.run_id
+    return current.resume_target
 
 
 @contextmanager
@@ -269,7 +273,7 @@ def _vars_schema(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 
 def _create_vars(con: duckdb.DuckDBPyConnection, store: Store, run_id: str, named: set[str]) -> str:
     """Create ``vars.<name>`` for the run's DataFrame variables; returns a hint naming them."""
-    from nbdurable.store.catalog import _quote
+    from nbdurable.store.catalog import quote_literal
 
     rows = con.execute("""
         SELECT name, object, format, type FROM (
@@ -288,15 +292,15 @@ def _create_vars(con: duckdb.DuckDBPyConnection, store: Store, run_id: str, name
         if fmt != "parquet":
             if name in wanted:
                 raise StoreError(
-                    f"vars.{name}: the DataFrame `{name}` of run {run_id} was pickled (some of its dtypes have no exact "
-                    "Parquet form), so SQL cannot read it where it is stored",
+                    f"vars.{name}: the DataFrame `{name}` of run {run_id} was pickled (some of its dtypes have no "
+                    "exact Parquet form), so SQL cannot read it where it is stored",
                     hint="load it in the kernel and query it there, e.g. duckdb.sql('SELECT ... FROM df')",
                 )
             continue
         view = f'vars."{name.replace(chr(34), chr(34) * 2)}"'
         path = store.object_path(str(key))
         if _is_plain_parquet(path):
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({_quote(str(path))})")
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({quote_literal(str(path))})")
         elif name in wanted:
             registered = f"__nbd_var_{name}"
             con.register(registered, _decoded_table(store, run_id, name, str(key), path))

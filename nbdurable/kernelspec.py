@@ -27,4 +27,5 @@ def install_kernelspec(name: str = DEFAULT_NAME, *, user: bool = False, prefix: 
     """Install the kernelspec; returns the directory it was installed to."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(), indent=1))
-        return str(KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user, prefix=prefix, replace=True))
+        return str(KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user, prefix=prefix,
+                                                           replace=True))

@@ -1,11 +1,12 @@
 """A run as one self-contained HTML file: ``nbdurable report RUN_ID -o run.html``, ``write_report(...)``.
 
-The page needs no network and no server (it opens from ``file://``): the renderers of
-``widgets/static/graph_core.js`` and the stylesheet they inject are inlined, and the run's GraphData (see
-``nbdurable.widgets.graph``) is embedded as a ``<script type="application/json">`` whose text cannot close
-its element (``<``, ``>`` and ``&`` are written as ``\\u003c``... escapes, which JSON reads back as they
-were). It shows the graph of the steps, the details of the step clicked (source, variables, error,
-attempts) and the timeline; ``run.html#s3`` opens with step 3 selected.
+The page needs no network and no server (it opens from ``file://``): the graph renderers
+(``widgets/static/graph_*.js``, in the order of ``nbdurable.widgets.GRAPH_SCRIPTS``) and their stylesheet
+(``graph.css``) are inlined, and the run's GraphData (see ``nbdurable.widgets.graph``) is embedded as a
+``<script type="application/json">`` whose text cannot close its element (``<``, ``>`` and ``&`` are written
+as ``\\u003c``... escapes, which JSON reads back as they were). It shows the graph of the steps, the details
+of the step clicked (source, variables, error, attempts) and the timeline; ``run.html#s3`` opens with step 3
+selected.
 """
 
 from __future__ import annotations
@@ -95,16 +96,24 @@ def _inline_script(code: str) -> str:
     return code.replace("<!--", "<\\!--")
 
 
+def _inline_style(css: str) -> str:
+    """A stylesheet as the text of a ``<style>``: a ``</style`` in it (in a string or a comment, where ``<\\/``
+    means the same) would end it."""
+    return re.sub(r"</(style)", r"<\\/\1", css, flags=re.IGNORECASE)
+
+
 def report_html(graph: dict[str, Any], *, generated_at: float | None = None) -> str:
     """The self-contained HTML page of a GraphData."""
-    from nbdurable.widgets import static_text
+    from nbdurable.widgets.assets import GRAPH_SCRIPTS, STATIC, static_text
 
-    core = static_text("graph_core.js")
-    if "function nbdMountRunView" not in core:
+    missing = [name for name in (*GRAPH_SCRIPTS, "graph.css") if not (STATIC / name).is_file()]
+    if missing:
         from nbdurable.errors import NbdurableError
 
-        raise NbdurableError("the report's renderer (nbdurable/widgets/static/graph_core.js) is missing",
+        raise NbdurableError(f"the report's renderer (nbdurable/widgets/static/{', '.join(missing)}) is missing",
                              hint="reinstall nbdurable: the package data was not installed")
+    core = static_text("graph")
+    css = static_text("graph.css")
     run = graph.get("run") or {}
     run_id = str(run.get("run_id") or "")
     notebook = str(run.get("notebook") or "")
@@ -132,6 +141,7 @@ def report_html(graph: dict[str, Any], *, generated_at: float | None = None) -> 
         f'<meta name="generator" content="nbdurable {esc(nbd_version)}">\n'
         f"<title>{esc(title)}</title>\n"
         f"<style>\n{_PAGE_CSS}\n</style>\n"
+        f"<style>\n{_inline_style(css)}\n</style>\n"
         "</head>\n<body>\n"
         '<main class="nbd-report">\n'
         f"<h1>nbdurable run <code>{esc(run_id)}</code></h1>\n"

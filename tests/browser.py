@@ -1,6 +1,6 @@
 """Browser tests' infrastructure: a JupyterLab server and Debian's Chromium driven by Playwright.
 
-Fixtures (a test module imports them by name: ``from browser import lab_server, browser_context, page``):
+Fixtures (``conftest.py`` imports them by name, so a test requests them as arguments):
 
 - ``lab_server`` (module): ``jupyter lab`` on a free loopback port with a random token, its root, config,
   data, runtime, settings and workspaces directories temporary (the lab extensions installed in
@@ -42,19 +42,23 @@ from typing import Any
 import nbformat
 import pytest
 
+from helpers import clean_env
+
 HERE = Path(__file__).parent
 CHROMIUM = Path(os.environ.get("NBDURABLE_CHROMIUM", "/usr/bin/chromium"))
 INSTALL_HINT = (
     "The browser tests need Debian's Chromium at {path} (Playwright drives it; its own browser download is "
     "never used). Run the README's test command, which installs it:\n"
-    "  (test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) "
+    "  (test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+    "apt-get install -y -qq chromium)) "
     "&& python3 -m pip install -e \".[test]\" && python3 -m pytest -q\n"
-    "(apt-get needs root; elsewhere install the distribution's chromium package, or point NBDURABLE_CHROMIUM at a Chromium.)"
+    "(apt-get needs root; elsewhere install the distribution's chromium package, "
+    "or point NBDURABLE_CHROMIUM at a Chromium.)"
 )
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--disable-features=Translate,MediaRouter",
-    "--no-default-browser-check", "--disable-extensions",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    "--disable-features=Translate,MediaRouter", "--no-default-browser-check", "--disable-extensions",
 ]
 LOCAL_URL_PREFIXES = ("http://127.0.0.1:", "http://localhost:", "ws://127.0.0.1:", "file:", "data:", "blob:", "about:")
 #: Waits (milliseconds): long enough for a kernel start or a first page load on a loaded 2-core machine.
@@ -93,11 +97,9 @@ def free_port() -> int:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The suite's environment for a child process: no NBDURABLE_* from the caller (the test key comes
-    through XDG_CONFIG_HOME, which conftest sets), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_") and k != "JPY_SESSION_NAME"}
-    env.update(extra)
-    return env
+    """The suite's environment for a child process (``helpers.clean_env``): no NBDURABLE_* from the caller
+    (the test key comes through XDG_CONFIG_HOME, which conftest sets), plus ``extra``."""
+    return clean_env(extra)
 
 
 # --------------------------------------------------------------------------------------------- the server
@@ -127,7 +129,8 @@ class LabServer:
     def api(self, path: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.base_url}/api/{path.lstrip('/')}", data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+                                     headers={"Authorization": f"token {self.token}",
+                                              "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -139,7 +142,8 @@ class LabServer:
         for cell in cells:
             if isinstance(cell, tuple):
                 kind, text = cell
-                nb.cells.append(nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text))
+                nb.cells.append(nbformat.v4.new_markdown_cell(text) if kind == "markdown"
+                                else nbformat.v4.new_code_cell(text))
             else:
                 nb.cells.append(nbformat.v4.new_code_cell(cell))
         nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3 (ipykernel)", "language": "python"}
@@ -211,7 +215,8 @@ def start_lab_server(base: Path, *, store: Path | None = None) -> LabServer:
             cmd.append("--allow-root")  # CI containers run as root
         started = time.monotonic()
         with log.open("ab") as out:
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         server = LabServer(proc, port, token, root, store, log)
         deadline = started + SERVER_START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
@@ -269,7 +274,8 @@ class LabNotebook:
 
     def kernel_status(self) -> str | None:
         status = self.page.evaluate(f"""() => {{ const w = {self._panel_js()};
-            const k = w && w.sessionContext.session && w.sessionContext.session.kernel; return k ? k.status : null; }}""")
+            const k = w && w.sessionContext.session && w.sessionContext.session.kernel;
+            return k ? k.status : null; }}""")
         return None if status is None else str(status)
 
     def wait_kernel_idle(self, timeout: float = KERNEL_TIMEOUT) -> None:
@@ -304,7 +310,8 @@ class LabNotebook:
 
     def execution_count(self, index: int) -> int | None:
         count = self.page.evaluate(f"""() => {{ const w = {self._panel_js()};
-            const c = w && w.content.widgets[{index}]; return c && c.model.executionCount != null ? c.model.executionCount : null; }}""")
+            const c = w && w.content.widgets[{index}];
+            return c && c.model.executionCount != null ? c.model.executionCount : null; }}""")
         return None if count is None else int(count)
 
     def is_running(self, index: int) -> bool:
@@ -317,14 +324,17 @@ class LabNotebook:
         self.select(index)
         self.page.keyboard.press("Shift+Enter")
         # The frontend marks the cell running ([*]) at once; wait until it was sent...
-        self.page.wait_for_function(f"""() => {{ const w = {self._panel_js()}; const c = w && w.content.widgets[{index}];
-            return c && (c.model.executionState === 'running' || (c.model.executionCount != null && c.model.executionCount !== {json.dumps(before)})); }}""",
+        self.page.wait_for_function(f"""() => {{ const w = {self._panel_js()};
+            const c = w && w.content.widgets[{index}];
+            return c && (c.model.executionState === 'running'
+                         || (c.model.executionCount != null && c.model.executionCount !== {json.dumps(before)})); }}""",
                                     timeout=OUTPUT_TIMEOUT)
         if wait:
             self.wait_cell_done(index, timeout=timeout)
 
     def wait_cell_done(self, index: int, timeout: float = OUTPUT_TIMEOUT) -> None:
-        self.page.wait_for_function(f"""() => {{ const w = {self._panel_js()}; const c = w && w.content.widgets[{index}];
+        self.page.wait_for_function(f"""() => {{ const w = {self._panel_js()};
+            const c = w && w.content.widgets[{index}];
             return c && c.model.executionState === 'idle' && c.model.executionCount != null; }}""", timeout=timeout)
 
     def run_all(self, *, timeout: float = OUTPUT_TIMEOUT) -> bool:
@@ -332,14 +342,16 @@ class LabNotebook:
         or a cell failed and the rest were not run — with whether every cell succeeded."""
         result = self.page.evaluate("""async (ms) => {
             const done = window.jupyterapp.commands.execute('notebook:run-all-cells');
-            const late = new Promise((_, reject) => setTimeout(() => reject(new Error('Run All still running after ' + ms + ' ms')), ms));
+            const late = new Promise((_, reject) => setTimeout(
+                () => reject(new Error('Run All still running after ' + ms + ' ms')), ms));
             return await Promise.race([done, late]); }""", timeout)
         self.wait_kernel_idle(timeout=timeout)
         return bool(result)
 
     def restart_kernel(self) -> None:
         """Restart the kernel without the confirmation dialog (the session context's own restart)."""
-        self.page.evaluate(f"""async () => {{ const w = {self._panel_js()}; await w.sessionContext.session.kernel.restart(); }}""")
+        self.page.evaluate(f"""async () => {{ const w = {self._panel_js()};
+            await w.sessionContext.session.kernel.restart(); }}""")
         self.wait_kernel_idle()
 
     def wait_output(self, index: int, selector: str, timeout: float = OUTPUT_TIMEOUT) -> Any:
@@ -349,12 +361,15 @@ class LabNotebook:
         return loc
 
     def wait_output_text(self, index: int, text: str, timeout: float = OUTPUT_TIMEOUT) -> None:
-        self.page.wait_for_function(f"""() => {{ const w = {self._panel_js()}; const c = w && w.content.widgets[{index}];
-            return !!c && c.node.querySelector('.jp-OutputArea') && c.node.querySelector('.jp-OutputArea').innerText.includes({json.dumps(text)}); }}""",
+        self.page.wait_for_function(f"""() => {{ const w = {self._panel_js()};
+            const c = w && w.content.widgets[{index}];
+            return !!c && c.node.querySelector('.jp-OutputArea')
+                && c.node.querySelector('.jp-OutputArea').innerText.includes({json.dumps(text)}); }}""",
                                     timeout=timeout)
 
     def output_text(self, index: int) -> str:
-        return str(self.page.evaluate(f"""() => {{ const w = {self._panel_js()}; const c = w && w.content.widgets[{index}];
+        return str(self.page.evaluate(f"""() => {{ const w = {self._panel_js()};
+            const c = w && w.content.widgets[{index}];
             const o = c && c.node.querySelector('.jp-OutputArea'); return o ? o.innerText : ''; }}"""))
 
     def screenshot(self, name: str) -> Path:
@@ -407,7 +422,8 @@ def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     stale.unlink(missing_ok=True)  # a failure screenshot of an earlier run would mislead
     tab = browser_context.new_page()
     console: list[str] = []
-    tab.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}") if msg.type in ("error", "warning") else None)
+    tab.on("console",
+           lambda msg: console.append(f"{msg.type}: {msg.text}") if msg.type in ("error", "warning") else None)
     tab.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
     outside: list[str] = []  # requests leaving the machine: none allowed (CI has no network, and must not need it)
     tab.on("request", lambda r: outside.append(r.url) if not r.url.startswith(LOCAL_URL_PREFIXES) else None)
@@ -419,7 +435,7 @@ def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         if request.session.testsfailed > failed_before:
             try:
                 screenshot(tab, f"{request.node.name}-FAILED")
-            except Exception as exc:  # noqa: BLE001 - a failed screenshot must not hide the test's failure
+            except Exception as exc:  # a failed screenshot must not hide the test's failure
                 sys.stderr.write(f"[browser] failure screenshot failed: {exc}\n")
             if console:
                 sys.stderr.write("[browser] console:\n  " + "\n  ".join(console[-40:]) + "\n")

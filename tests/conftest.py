@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from browser import browser_context, lab_server, page  # noqa: F401 - test_browser.py's fixtures, requested by name
+from helpers import clean_env
+
 HERE = Path(__file__).parent
 
 
@@ -37,21 +40,20 @@ class Session:
         return self.returncode == -9
 
 
-def run_session(store: Path | None, cells: list[str], *, notebook: str | None = "nb", probes: dict[str, str] | None = None,
-                cwd: Path | None = None, env: dict[str, str] | None = None, config: dict[str, Any] | None = None,
+def run_session(store: Path | None, cells: list[str], *, notebook: str | None = "nb",
+                probes: dict[str, str] | None = None, cwd: Path | None = None, env: dict[str, str] | None = None,
+                config: dict[str, Any] | None = None,
                 workdir: Path | None = None, timeout: float = 120, setup: str | None = None) -> Session:
     """Run cells in a fresh process with a real IPython shell and nbdurable loaded.
 
-    ``store=None`` leaves NBDURABLE_STORE unset (the default location or ``config`` decides); ``setup`` is
-    Python run in the user namespace before the cells, outside any cell."""
+    The process's environment is ``helpers.clean_env(env)``; ``store=None`` leaves NBDURABLE_STORE unset (the
+    default location or ``config`` decides); ``setup`` is Python run in the user namespace before the cells,
+    outside any cell."""
     base = workdir or (store.parent if store else Path.cwd())
     spec_path = base / f"spec-{os.getpid()}-{len(list(base.glob('spec-*')))}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps({"cells": cells, "probes": probes or {}, "config": config or {}, "setup": setup}))
-    full_env = {**os.environ, **(env or {})}
-    for name in ("NBDURABLE_STORE", "NBDURABLE_NOTEBOOK", "JPY_SESSION_NAME"):
-        if name not in (env or {}):
-            full_env.pop(name, None)
+    full_env = clean_env(env)  # helpers.py's policy: no NBDURABLE_*/JPY_SESSION_NAME but what ``env`` sets
     if store is not None:
         full_env["NBDURABLE_STORE"] = str(store)
     if notebook:

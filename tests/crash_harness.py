@@ -42,10 +42,14 @@ from typing import Any
 
 import nbformat
 
+from helpers import run_cli, start_cli
+
 CELLS = [
     "import os, time, pathlib\nimport numpy as np, pandas as pd\nimport nbdurable as nbd\n"
-    "def mark(what):\n    with open('marks.txt', 'a') as f:\n        f.write(f'{os.getpid()} {what}\\n')\nmark('cell 1')",
-    "big = np.arange(4_000_000, dtype='float64')  # 32 MB: committed in the background\ntime.sleep(0.2)\nmark('cell 2')",
+    "def mark(what):\n    with open('marks.txt', 'a') as f:\n        f.write(f'{os.getpid()} {what}\\n')\n"
+    "mark('cell 1')",
+    "big = np.arange(4_000_000, dtype='float64')  # 32 MB: committed in the background\n"
+    "time.sleep(0.2)\nmark('cell 2')",
     "frame = pd.DataFrame({'a': np.arange(200_000), 'b': np.arange(200_000) * 0.5,\n"
     "                      'c': [str(i % 97) for i in range(200_000)]})\nmark('cell 3')",
     "for i in range(300):\n    globals()[f'v{i}'] = i * i\nmark('cell 4')",
@@ -66,12 +70,7 @@ def write_notebook(directory: Path) -> Path:
     return path
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-
-
-def _run_command(directory: Path) -> list[str]:  # noqa: ARG001 - the run's directory is its cwd
-    return [sys.executable, "-m", "nbdurable", "run", "heavy.ipynb", "out.ipynb", "--no-progress", "--store", "store"]
+RUN = ["run", "heavy.ipynb", "out.ipynb", "--no-progress", "--store", "store"]  # in the trial's directory
 
 
 def outputs(path: Path) -> list[list[dict[str, Any]]]:
@@ -85,7 +84,7 @@ def clean_run(root: Path) -> tuple[list[list[dict[str, Any]]], float]:
     directory.mkdir()
     write_notebook(directory)
     started = time.monotonic()
-    done = subprocess.run(_run_command(directory), cwd=directory, env=_env(), capture_output=True, text=True, timeout=300)
+    done = run_cli(*RUN, cwd=directory, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"the clean run failed: {done.stdout}\n{done.stderr}")
     return outputs(directory / "out.ipynb"), time.monotonic() - started
@@ -132,8 +131,7 @@ def _killed_attempt(directory: Path, rng: random.Random, window: float) -> str |
     """Start a run, SIGKILL something at a random moment, wait until everything it had is dead.
     Returns what was killed, or None if the run completed before that moment."""
     target = rng.choice(TARGETS)
-    proc = subprocess.Popen(_run_command(directory), cwd=directory, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_cli(*RUN, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     delay = rng.uniform(0.2, window)
     deadline = time.monotonic() + delay
     kernel = None
@@ -198,7 +196,7 @@ def _completed(directory: Path) -> bool:
 def _complete(directory: Path, result: TrialResult) -> None:
     """Run the notebook again until a run completes (each resumes the last)."""
     for _ in range(5):
-        done = subprocess.run(_run_command(directory), cwd=directory, env=_env(), capture_output=True, text=True, timeout=300)
+        done = run_cli(*RUN, cwd=directory, timeout=300)
         result.runs += 1
         if done.returncode == 0:
             return
@@ -207,11 +205,10 @@ def _complete(directory: Path, result: TrialResult) -> None:
 
 def check(directory: Path, expected: list[list[dict[str, Any]]], result: TrialResult) -> None:
     """The invariants listed in the module docstring; violations are appended to ``result``."""
-    from nbdurable.kernel_ext.cells import classify
+    from nbdurable.runtime.cells import classify
     from nbdurable.store import Store
 
-    verdict = subprocess.run([sys.executable, "-m", "nbdurable", "check", "--store", "store"], cwd=directory,
-                             env=_env(), capture_output=True, text=True, timeout=300)
+    verdict = run_cli("check", "--store", "store", cwd=directory, timeout=300)
     if verdict.returncode != 0:
         result.violations.append(f"nbdurable check failed: {verdict.stdout[-2000:]}")
     if not (directory / "out.ipynb").exists():
@@ -262,7 +259,8 @@ def _commits(run_id: str, index: int, records: list[dict[str, Any]], cell_of: di
         committed.setdefault(what, index)
 
 
-def soak(trials: int, seed: int, workers: int, root: Path | None = None, *, progress: bool = False) -> list[TrialResult]:
+def soak(trials: int, seed: int, workers: int, root: Path | None = None, *,
+         progress: bool = False) -> list[TrialResult]:
     """Run ``trials`` trials, ``workers`` at a time; returns their results (with ``progress``, a line per
     finished trial on stderr, so a long soak shows how it goes)."""
     base = root or Path(tempfile.mkdtemp(prefix="nbd-crash-"))

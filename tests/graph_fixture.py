@@ -20,7 +20,8 @@ ANSI_TRACEBACK = (
     "\x1b[0;31m---------------------------------------------------------------------------\x1b[0m\n"
     "\x1b[0;31mValueError\x1b[0m                                Traceback (most recent call last)\n"
     "Cell \x1b[0;32mIn[4], line 2\x1b[0m\n"
-    "\x1b[1;32m----> 2\x1b[0m \x1b[38;5;28;01mraise\x1b[39;00m \x1b[38;5;167;01mValueError\x1b[39;00m(\x1b[38;5;124m\"</script> & <bad>\"\x1b[39m)\n"
+    "\x1b[1;32m----> 2\x1b[0m \x1b[38;5;28;01mraise\x1b[39;00m \x1b[38;5;167;01mValueError\x1b[39;00m"
+    "(\x1b[38;5;124m\"</script> & <bad>\"\x1b[39m)\n"
     "\x1b[0;31mValueError\x1b[0m: </script> & <bad>"
 )
 
@@ -61,17 +62,23 @@ def sample_graph(*, run_status: str = "failed", live: bool = False) -> dict[str,
               variables=[{"name": "s", "op": "set", "type": "str", "size_bytes": 97, "format": "pickle"},
                          {"name": "<tmp>&\"x\"", "op": "del", "type": None, "size_bytes": None, "format": None}]),
         _node(3, "running", "fetch all", "results = nbd.map(fetch, range(6))", start=3, dur=None, reads=["df"],
-              children={"total": 8, "completed": 2, "restored": 1, "failed": 1, "running": 1, "retrying": 1, "pending": 2},
+              children={"total": 8, "completed": 2, "restored": 1, "failed": 1, "running": 1, "retrying": 1,
+                        "pending": 2},
               child_steps=children),
-        _node(4, "failed", "validate", "def check():\n    raise ValueError(\"</script> & <bad>\")\ncheck()", start=2.0, dur=0.4,
-              reads=["df"], error={"ename": "ValueError", "evalue": "</script> & <bad>", "traceback": ANSI_TRACEBACK},
+        _node(4, "failed", "validate", "def check():\n    raise ValueError(\"</script> & <bad>\")\ncheck()",
+              start=2.0, dur=0.4, reads=["df"],
+              error={"ename": "ValueError", "evalue": "</script> & <bad>", "traceback": ANSI_TRACEBACK},
               attempts=[
-                  {"attempt": 1, "started_at": T0 + 2.0, "ended_at": T0 + 2.1, "error": "ValueError: </script> & <bad>", "next_delay_s": 0.05},
-                  {"attempt": 2, "started_at": T0 + 2.15, "ended_at": T0 + 2.25, "error": "ValueError: </script> & <bad>", "next_delay_s": 0.1},
-                  {"attempt": 3, "started_at": T0 + 2.3, "ended_at": T0 + 2.4, "error": "ValueError: </script> & <bad>", "next_delay_s": None},
+                  {"attempt": 1, "started_at": T0 + 2.0, "ended_at": T0 + 2.1, "error": "ValueError: </script> & <bad>",
+                   "next_delay_s": 0.05},
+                  {"attempt": 2, "started_at": T0 + 2.15, "ended_at": T0 + 2.25,
+                   "error": "ValueError: </script> & <bad>", "next_delay_s": 0.1},
+                  {"attempt": 3, "started_at": T0 + 2.3, "ended_at": T0 + 2.4, "error": "ValueError: </script> & <bad>",
+                   "next_delay_s": None},
               ]),
         _node(5, "retrying", "call api", "r = call_api()", start=2.5, dur=None, reads=[],
-              attempts=[{"attempt": 1, "started_at": T0 + 2.5, "ended_at": T0 + 2.6, "error": "ConnectionError: reset", "next_delay_s": 4.0}]),
+              attempts=[{"attempt": 1, "started_at": T0 + 2.5, "ended_at": T0 + 2.6, "error": "ConnectionError: reset",
+                         "next_delay_s": 4.0}]),
         _node(6, "sleeping", "nbd.sleep('1h')", "nbd.sleep('1h')", start=2.7, dur=None, reads=["nbd"],
               waiting_for="sleeping until 2023-11-14 23:13:20"),
         _node(7, "waiting", "approval", "ok = nbd.wait_for_event('approve')", start=2.8, dur=None, reads=["nbd"],
@@ -96,10 +103,10 @@ def sample_graph(*, run_status: str = "failed", live: bool = False) -> dict[str,
     return {
         "version": 1,
         "run": {"run_id": "20240102-030405-abc123", "notebook": "pipelines/<etl> & \"co\".ipynb", "kind": "headless",
-                "status": run_status, "params": {"n": 6, "who": "</script>"}, "started_at": T0, "ended_at": None if live else T0 + 70.0,
-                "duration_s": None if live else 70.0, "time_saved_s": 12.3, "resumed_from": "20240101-000000-aaaaaa",
-                "wake_at": T0 + 3600, "waiting_for": {"name": "approve", "match": {"who": "alice"}, "timeout_at": T0 + 7200},
-                "live": live},
+                "status": run_status, "params": {"n": 6, "who": "</script>"}, "started_at": T0,
+                "ended_at": None if live else T0 + 70.0, "duration_s": None if live else 70.0, "time_saved_s": 12.3,
+                "resumed_from": "20240101-000000-aaaaaa", "wake_at": T0 + 3600,
+                "waiting_for": {"name": "approve", "match": {"who": "alice"}, "timeout_at": T0 + 7200}, "live": live},
         "nodes": nodes,
         "edges": edges,
     }

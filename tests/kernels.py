@@ -11,14 +11,17 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from helpers import clean_env
+
 
 class Kernel:
-    """A real ipykernel process driven over ZeroMQ."""
+    """A real ipykernel process driven over ZeroMQ; its environment is ``helpers.clean_env(env)``."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, *, kernel_name: str = "python3", kernel_dirs: list[str] | None = None) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, *, kernel_name: str = "python3",
+                 kernel_dirs: list[str] | None = None) -> None:
         ksm = KernelSpecManager(kernel_dirs=kernel_dirs) if kernel_dirs else None
         self.km = KernelManager(kernel_name=kernel_name, **({"kernel_spec_manager": ksm} if ksm else {}))
-        self.km.start_kernel(env={**os.environ, **env}, cwd=str(cwd))
+        self.km.start_kernel(env=clean_env(env), cwd=str(cwd))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

@@ -20,7 +20,6 @@ def main() -> None:
     spec = json.load(open(sys.argv[1]))
     out_path = sys.argv[2]
     from IPython.core.interactiveshell import InteractiveShell
-
     from traitlets.config import Config
 
     shell = InteractiveShell.instance(config=Config(spec.get("config", {})))
@@ -41,7 +40,8 @@ def main() -> None:
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             result = shell.run_cell(cell, store_history=True)
         err = result.error_before_exec or result.error_in_exec
-        results["cells"].append({"success": result.success, "error": None if err is None else f"{type(err).__name__}: {err}"})
+        results["cells"].append({"success": result.success,
+                                 "error": None if err is None else f"{type(err).__name__}: {err}"})
         save()
     for label, expr in spec.get("probes", {}).items():
         try:

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import run_session
-from kernels import Kernel
+import pytest
+
 from nbdurable.store import Store
 from nbdurable.widgets.approval import ApprovalWidget
+
+from conftest import run_session
+from kernels import Kernel
 from widget_comm import recording_comms
 
 HERE = Path(__file__).parent
@@ -64,17 +67,18 @@ def test_wait_for_event_shows_the_widget_and_a_click_releases_it(store_dir: Path
         "import anywidget, ipywidgets\n"
         "from widget_comm import recording_comms\n"
         "_recording = recording_comms(); _recording.__enter__()\n"
-        "from nbdurable.runtime import waits\n"
+        "from nbdurable.runtime import session as nbd_session\n"
         "from nbdurable.widgets.approval import ApprovalWidget\n"
         "_shown = []\n"
         "def _factory(store, name, match, timeout_at):\n"
         "    w = ApprovalWidget(store, name, match, timeout_at)\n"
         "    _shown.append(w)\n"
-        "    threading.Timer(0.5, lambda: w.comm.click({'action': 'approve', 'payload': '{\"by\": \"ana\"}'})).start()\n"
+        "    threading.Timer(0.5, lambda: w.comm.click({'action': 'approve', 'payload': '{\"by\": \"ana\"}'}))"
+        ".start()\n"
         "    return w\n"
     )
     session = run_session(store_dir, [
-        "waits.use_approval_ui(_factory)",
+        "nbd_session.use_approval_ui(_factory)",
         "import nbdurable as nbd\nanswer = nbd.wait_for_event('approval', match={'model': 'v2'}, timeout='30s')",
         "print(answer)",
     ], setup=setup, probes={"answer": "answer", "state": "_shown[0].state", "shown": "len(_shown)"})
@@ -83,6 +87,7 @@ def test_wait_for_event_shows_the_widget_and_a_click_releases_it(store_dir: Path
     assert session.probes["state"] == "'received'" and session.probes["shown"] == "1"
 
 
+@pytest.mark.kernel
 def test_real_kernel_click_on_a_subshell_releases_a_blocked_wait(tmp_path: Path) -> None:
     """What JupyterLab (>= 4.4) does with ipykernel (>= 7): widget messages travel on a kernel subshell,
     so a click is handled while the cell blocks the main thread."""
@@ -96,7 +101,8 @@ def test_real_kernel_click_on_a_subshell_releases_a_blocked_wait(tmp_path: Path)
         assert "kernel subshells" in info.get("supported_features", []), info
         kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
         subshell = kc.control_channel.get_msg(timeout=30)["content"]["subshell_id"]
-        cell = kc.execute("import nbdurable as nbd\nanswer = nbd.wait_for_event('deploy', timeout='60s')\nprint('GOT', answer)")
+        cell = kc.execute("import nbdurable as nbd\nanswer = nbd.wait_for_event('deploy', timeout='60s')\n"
+                          "print('GOT', answer)")
         model_id, outputs = None, []
         deadline = time.time() + 60
         while time.time() < deadline:

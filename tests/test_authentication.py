@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_session
 from nbdurable.errors import AuthenticationError
 from nbdurable.serialization import serialize
-from nbdurable.store import Store
-from nbdurable.store import auth
+from nbdurable.store import Store, auth
+
+from conftest import run_session
+from helpers import counting_cell, executions, run_cli
 
 
 class Exploit:
@@ -41,9 +40,9 @@ def file_refs(store: Store) -> dict[str, dict]:
 
 def test_a_planted_pickle_never_runs_and_the_cell_runs_again(store_dir: Path, tmp_path: Path) -> None:
     marker, counter, killed = tmp_path / "PWNED", tmp_path / "count.txt", tmp_path / "killed"
-    cells = [f"import os, pathlib\ncounter = pathlib.Path({str(counter)!r})",
-             "config = {f'k{i}': f'v{i}' * 20 for i in range(1000)}  # a pickled object file (> 32 KiB)\n"
-             "counter.write_text(counter.read_text() + 'x' if counter.exists() else 'x')",
+    cells = ["import os, pathlib",
+             counting_cell(counter, "config",  # a pickled object file (> 32 KiB)
+                           "config = {f'k{i}': f'v{i}' * 20 for i in range(1000)}"),
              f"if not pathlib.Path({str(killed)!r}).exists():\n    pathlib.Path({str(killed)!r}).touch()\n"
              "    os.kill(os.getpid(), 9)  # the run does not finish: the next session resumes it",
              "size = len(config)"]
@@ -57,7 +56,7 @@ def test_a_planted_pickle_never_runs_and_the_cell_runs_again(store_dir: Path, tm
     second = run_session(store_dir, cells, probes={"size": "size", "k0": "config['k0'][:4]"})
     assert not marker.exists()  # refused before unpickling
     assert second.probes == {"size": "1000", "k0": "'v0v0'"}  # the producing cell ran again instead
-    assert counter.read_text() == "xx"
+    assert executions(counter) == ["config", "config"]
     assert "re-executing this cell" in second.stdout and "fails authentication" in second.stdout
     assert "restored from step 1" in second.stdout  # the first cell was restored: this was a resume
 
@@ -79,9 +78,7 @@ def test_check_verifies_every_byte_and_verify_data_refuses_big_tampered_arrays(s
         finally:
             del os.environ["NBDURABLE_VERIFY_DATA"]
     assert store.read_object(ref["object"], ref["tag"])  # by default a big data object is mapped unchecked
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    check = subprocess.run([sys.executable, "-m", "nbdurable", "check", "--store", str(store_dir)], capture_output=True,
-                           text=True, env=env)
+    check = run_cli("check", "--store", str(store_dir))
     assert check.returncode == 1 and "fails authentication" in check.stdout, check.stdout
 
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from conftest import run_session
 from nbdurable.capture.namespace import Change
 from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.replay import ReplayPlan
 from nbdurable.runtime.run import DurableRun
 from nbdurable.serialization import serialize
 from nbdurable.store import Store
+
+from conftest import run_session
 
 
 def commit_big(store: Store, arr: np.ndarray, mutate: bool) -> DurableRun:
@@ -54,6 +56,7 @@ def test_change_during_background_write_is_never_stored_torn(tmp_path: Path, cap
     assert "not durable" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_kill_right_after_a_big_cell_resumes_correctly(tmp_path: Path) -> None:
     store = tmp_path / "store"
     cells = ["import numpy as np\nbig = np.arange(2**25, dtype='float64')", "big[0] = 7.0", "total = float(big.sum())"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import clean_env
 from kernels import Kernel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +29,7 @@ BINDER = REPO / "binder"
 
 def _env(prefix: Path) -> dict[str, str]:
     """The venv's PATH first (postBuild calls plain `python`), no NBDURABLE_*/JUPYTER_* of the caller."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NBDURABLE_", "JUPYTER_", "PYTHON")) and k not in ("VIRTUAL_ENV", "JPY_SESSION_NAME")}
+    env = {k: v for k, v in clean_env().items() if not k.startswith(("JUPYTER_", "PYTHON")) and k != "VIRTUAL_ENV"}
     env["PATH"] = f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(prefix)
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
@@ -44,6 +44,8 @@ def test_binder_files() -> None:
     assert "jupyterlab" in requirements
 
 
+@pytest.mark.kernel
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_postbuild_installs_package_and_kernelspec(tmp_path: Path) -> None:
     started = time.monotonic()

@@ -22,34 +22,14 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
 
-from conftest import run_session
 from nbdurable.store import Store
 
-KILL = "import os; os.kill(os.getpid(), 9)"
-
-
-def counting_cell(counter: Path, label: str, body: str) -> str:
-    """A cell whose every execution leaves its label in a counter file."""
-    return f"with open({str(counter)!r}, 'a') as _f:\n    _f.write({label!r} + '\\n')\n{body}"
-
-
-def executions(counter: Path) -> list[str]:
-    return counter.read_text().split() if counter.exists() else []
-
-
-def nbdurable(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    return subprocess.run([sys.executable, "-m", "nbdurable", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=timeout)
-
-
-def journal_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line.rsplit("\t", 1)[0]) for line in path.read_text().splitlines()]
+from conftest import run_session
+from helpers import KILL, counting_cell, executions, journal_paths, journal_records, run_cli, variable_refs
 
 
 def object_files(store: Path) -> list[Path]:
@@ -71,7 +51,7 @@ def test_torn_journal_tail_is_ignored_and_its_step_runs_again(store_dir: Path, t
     cells = [counting_cell(counter, "c1", "a = 1"), counting_cell(counter, "c2", "b = a + 1"),
              counting_cell(counter, "c3", "c = b * 10")]
     assert run_session(store_dir, [*cells, KILL]).killed
-    journal = next((store_dir / "journals").glob("*.jsonl"))
+    [journal] = journal_paths(store_dir)
     lines = journal.read_bytes().splitlines(keepends=True)
     at = next(i for i, r in enumerate(journal_records(journal)) if r["t"] == "step_end" and r["ordinal"] == 3)
     journal.write_bytes(b"".join(lines[:at]) + lines[at][: len(lines[at]) // 2])  # the crash hit c3's commit record
@@ -82,7 +62,7 @@ def test_torn_journal_tail_is_ignored_and_its_step_runs_again(store_dir: Path, t
     assert executions(counter) == ["c1", "c2", "c3", "c3"], "c1 and c2 restored; c3 was not durable: it runs again"
     assert second.stdout.count("nbdurable: restored from step") == 2
     assert "damaged" not in second.stdout and "Error" not in second.stdout, "a torn tail is recovered silently"
-    check = nbdurable("check", "--store", str(store_dir))
+    check = run_cli("check", "--store", str(store_dir))
     assert check.returncode == 0 and "torn tail (a crash mid-write), harmless" in check.stdout, check.stdout
 
 
@@ -91,8 +71,7 @@ def test_torn_journal_tail_is_ignored_and_its_step_runs_again(store_dir: Path, t
 
 def files_by_variable(store: Path) -> list[Path]:
     """The object files of ``PRODUCERS``' variables, in their order (from the journal's references)."""
-    records = [r for path in (store / "journals").glob("*.jsonl") for r in journal_records(path)]
-    keys = {v["name"]: v["object"] for r in records if r["t"] == "step_end" for v in r["variables"] if "inline" not in v}
+    keys = {name: ref["object"] for name, ref in variable_refs(store).items() if "inline" not in ref}
     return [store / "objects" / keys[name][:2] / keys[name][2:] for name in PRODUCERS]
 
 
@@ -112,6 +91,7 @@ PROBES = {"arr": "float(arr.sum())", "df": "int(df['v'].sum())", "d": "sum(d['k'
 EXPECTED = {"arr": "4999950000.0", "df": "199990000", "d": "199990000", "total": "40045.0"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["deleted", "truncated"])
 def test_missing_or_truncated_object_reexecutes_its_cell(store_dir: Path, tmp_path: Path, how: str) -> None:
     """Resuming when a step's object files are gone or damaged: the cell that produced them executes
@@ -133,7 +113,7 @@ def test_missing_or_truncated_object_reexecutes_its_cell(store_dir: Path, tmp_pa
     assert second.stdout.count("nbdurable: restored from step") == 1  # `total` (inline) is restored
     notices = [line for line in second.stdout.splitlines() if line.startswith("↻ nbdurable: re-executing this cell: ")]
     assert len(notices) == 3, second.stdout
-    for name, path in zip(PRODUCERS, files_by_variable(store_dir)):
+    for name, path in zip(PRODUCERS, files_by_variable(store_dir), strict=True):
         notice = next(line for line in notices if f"Cannot restore variable `{name}`" in line)
         assert f"object {path.parent.name}{path.name}" in notice, notice  # names the variable and its object
         if how == "deleted":
@@ -145,13 +125,14 @@ def test_missing_or_truncated_object_reexecutes_its_cell(store_dir: Path, tmp_pa
     assert third.probes == EXPECTED
     assert executions(counter) == ["arr", "df", "d", "total", "arr", "df", "d"], "healed: everything restores"
     assert third.stdout.count("nbdurable: restored from step") == 4 and "re-executing" not in third.stdout
-    check = nbdurable("check", "--store", str(store_dir))  # the same content was stored again under each key
+    check = run_cli("check", "--store", str(store_dir))  # the same content was stored again under each key
     assert check.returncode == 0 and "3 referenced: 3 present, 0 missing, 0 damaged" in check.stdout, check.stdout
 
 
 def test_durable_resume_reexecutes_a_cell_whose_object_is_missing(store_dir: Path, tmp_path: Path) -> None:
     counter = tmp_path / "count.txt"
-    cells = [counting_cell(counter, "arr", PRODUCERS["arr"]), counting_cell(counter, "total", "total = float(arr.sum())")]
+    cells = [counting_cell(counter, "arr", PRODUCERS["arr"]),
+             counting_cell(counter, "total", "total = float(arr.sum())")]
     assert run_session(store_dir, [*cells, KILL]).killed
     object_files(store_dir)[0].unlink()
     second = run_session(store_dir, ["%durable resume"], probes={"arr": PROBES["arr"], "total": "total"})
@@ -162,23 +143,28 @@ def test_durable_resume_reexecutes_a_cell_whose_object_is_missing(store_dir: Pat
     assert "restored 1 step(s)" in second.stdout and "re-executed 1" in second.stdout
 
 
+@pytest.mark.kernel
+@pytest.mark.slow
 def test_headless_resume_reexecutes_a_cell_whose_object_is_missing(tmp_path: Path) -> None:
     """``nbdurable run``: the batch restore stops before the damaged step; that cell executes, the
     next one is restored again, the crashed one runs."""
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     counter = "counter.txt"
     nb.cells = [
         nbformat.v4.new_code_cell(counting_cell(Path(counter), "arr", PRODUCERS["arr"])),
         nbformat.v4.new_code_cell(counting_cell(Path(counter), "total", "total = float(arr.sum())")),
-        nbformat.v4.new_code_cell(counting_cell(Path(counter), "end", "import os, pathlib\nif not pathlib.Path('crashed-once').exists():\n"
-                                                "    pathlib.Path('crashed-once').touch()\n    os.kill(os.getpid(), 9)\nprint('total', total)")),
+        nbformat.v4.new_code_cell(counting_cell(Path(counter), "end",
+                                                "import os, pathlib\nif not pathlib.Path('crashed-once').exists():\n"
+                                                "    pathlib.Path('crashed-once').touch()\n"
+                                                "    os.kill(os.getpid(), 9)\nprint('total', total)")),
     ]
     nbformat.write(nb, tmp_path / "nb.ipynb")
-    first = nbdurable("run", "nb.ipynb", "out.ipynb", "--no-progress", cwd=tmp_path)
+    first = run_cli("run", "nb.ipynb", "out.ipynb", "--no-progress", cwd=tmp_path)
     assert first.returncode == 1 and "crashed" in first.stdout, first.stdout + first.stderr
     object_files(tmp_path / ".nbdurable")[0].unlink()
 
-    second = nbdurable("run", "nb.ipynb", "out.ipynb", "--no-progress", cwd=tmp_path)
+    second = run_cli("run", "nb.ipynb", "out.ipynb", "--no-progress", cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 executed, 1 restored" in second.stdout
     assert executions(tmp_path / counter) == ["arr", "total", "end", "arr", "end"]
@@ -190,18 +176,19 @@ def test_headless_resume_reexecutes_a_cell_whose_object_is_missing(tmp_path: Pat
 # ----- 4. a deleted catalog ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deleted_catalog_is_rebuilt_on_the_next_query(store_dir: Path) -> None:
     run_session(store_dir, ["a = 1", KILL])
     run_session(store_dir, ["a = 1", "b = 2"])
-    assert nbdurable("runs", "--store", str(store_dir)).returncode == 0
+    assert run_cli("runs", "--store", str(store_dir)).returncode == 0
     catalog = store_dir / "catalog.duckdb"
     assert catalog.exists()
     catalog.unlink()
-    runs = nbdurable("runs", "--store", str(store_dir))
+    runs = run_cli("runs", "--store", str(store_dir))
     assert runs.returncode == 0, runs.stderr
     lines = runs.stdout.splitlines()[1:]
     assert len(lines) == 2 and "completed" in lines[0] and "crashed" in lines[1], runs.stdout
-    show = nbdurable("show", lines[0].split()[0], "--store", str(store_dir))
+    show = run_cli("show", lines[0].split()[0], "--store", str(store_dir))
     assert show.returncode == 0 and "restored" in show.stdout and "b = 2" in show.stdout, show.stdout + show.stderr
     assert catalog.exists()
 
@@ -227,10 +214,11 @@ def full_disk_cells(counter: Path, mib: int) -> list[str]:
 
 def assert_consistent_without_partial_objects(store: Path) -> None:
     assert object_files(store) == [], "nothing half-written in objects/"
-    check = nbdurable("check", "--store", str(store))
+    check = run_cli("check", "--store", str(store))
     assert check.returncode == 0 and "0 missing, 0 damaged" in check.stdout, check.stdout + check.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
 @pytest.mark.parametrize("mib", [8, 24], ids=["committed-in-the-cell", "committed-in-the-background"])
 def test_full_disk_fails_the_step_clearly_and_loses_nothing(tmp_path: Path, mib: int) -> None:
@@ -246,7 +234,8 @@ def test_full_disk_fails_the_step_clearly_and_loses_nothing(tmp_path: Path, mib:
     reported = run_session(tmp_path / "s1", full_disk_cells(tmp_path / "c1.txt", mib), probes={"z": "z"}, env=env)
     assert all(cell["success"] for cell in reported.cells), reported.cells
     assert reported.probes == {"z": str(z)}
-    assert "variable `big` (numpy.ndarray" in reported.stdout and "was not saved: disk full" in reported.stdout, reported.stdout
+    assert ("variable `big` (numpy.ndarray" in reported.stdout
+            and "was not saved: disk full" in reported.stdout), reported.stdout
     assert "ulimit -f" in reported.stdout
     if mib == 24:  # the background commit reports its own step, not whichever cell runs next
         assert re.search(r"nbdurable: step \d+ is not durable: variable `big`", reported.stdout), reported.stdout
@@ -258,11 +247,12 @@ def test_full_disk_fails_the_step_clearly_and_loses_nothing(tmp_path: Path, mib:
     cells = full_disk_cells(counter, mib)
     assert run_session(store, [*cells, f"assert z == {z}", KILL], env=env).killed  # a crash: the next session resumes
     assert_consistent_without_partial_objects(store)  # (a write cut short by the kill may leave a file in tmp/: swept)
-    resumed = run_session(store, cells, probes={"z": "z", "big": "big.nbytes"}, env=env)  # the limit cell is restored: no limit
+    # the limit cell is restored: no limit
+    resumed = run_session(store, cells, probes={"z": "z", "big": "big.nbytes"}, env=env)
     assert resumed.probes == {"z": str(z), "big": str(mib * 2**20)}
     assert resumed.stdout.count("nbdurable: restored from step") == 2  # the limit cell and `small`
     assert executions(counter) == ["big", "after", "z"] * 2
-    assert nbdurable("check", "--store", str(store)).returncode == 0
+    assert run_cli("check", "--store", str(store)).returncode == 0
 
 
 # ----- 6. a read-only store ------------------------------------------------------------------------
@@ -314,7 +304,8 @@ def make_writable(path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="capability handling is Linux's")
-def test_read_only_store_runs_the_notebook_not_durably(store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_store_runs_the_notebook_not_durably(store_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A store this process cannot write (here: an existing store made read-only by chmod): one warning
     at the first cell saying the session is not durable and what to do; every cell executes normally
     (nothing is restored either: that would be recorded); the store is left exactly as it was."""
@@ -352,7 +343,8 @@ def test_store_that_cannot_be_created_is_a_clear_error(tmp_path: Path, monkeypat
     finally:
         make_writable(parent)
     load = session.cells[0]
-    assert not load["success"] and load["error"].startswith("StoreError: permission denied while opening the store"), load
+    assert not load["success"] and load["error"].startswith(
+        "StoreError: permission denied while opening the store"), load
     assert "NBDURABLE_STORE" in load["error"]
     assert [cell["success"] for cell in session.cells[1:]] == [True, True] and session.probes == {"y": "2"}
     assert not (parent / "store").exists()
@@ -376,13 +368,14 @@ def test_malformed_magic_arguments_are_clear_errors_and_change_nothing(store_dir
     }
     session = run_session(store_dir, ["value = 'kept'", *bad, "ok = 'not a secret'", "after = value"],
                           probes={"after": "after", "ok": "ok"})
-    for (cell, expected), result in zip(bad.items(), session.cells[2:-2]):
+    for (cell, expected), result in zip(bad.items(), session.cells[2:-2], strict=True):
         assert not result["success"] and expected in result["error"], (cell, result)
     assert session.cells[-1]["success"] and session.probes == {"after": "'kept'", "ok": "'not a secret'"}
     assert "Traceback" not in session.stdout
-    journal = journal_records(next((store_dir / "journals").glob("*.jsonl")))
-    stored = {v["name"]: v.get("format") for r in journal if r["t"] == "step_end" for v in r["variables"]}
-    assert stored == {"value": "pickle", "ok": "pickle", "after": "pickle"}, "a rejected `%durable exclude` excludes nothing"
+    assert len(journal_paths(store_dir)) == 1
+    stored = {name: ref.get("format") for name, ref in variable_refs(store_dir).items()}
+    assert stored == {"value": "pickle", "ok": "pickle", "after": "pickle"}, (
+        "a rejected `%durable exclude` excludes nothing")
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
@@ -411,7 +404,7 @@ def test_malformed_command_lines_are_clear_errors(tmp_path: Path, args: list[str
     (tmp_path / "list.yaml").write_text("- 1\n")
     (tmp_path / "broken.yaml").write_text("a: [1\n")
     before = tree(tmp_path)
-    result = nbdurable(*args, cwd=tmp_path, timeout=60)
+    result = run_cli(*args, cwd=tmp_path, timeout=60, in_process=True)  # output and exit code are the point
     assert result.returncode == code, result.stdout + result.stderr
     assert message in result.stderr and result.stderr.startswith(("Error: ", "Usage: ")), result.stderr
     assert "Traceback" not in result.stderr + result.stdout

@@ -23,18 +23,10 @@ from typing import Any
 
 import pytest
 
-from browser import (  # noqa: F401 - the fixtures are used by name
-    LOAD_TIMEOUT,
-    LabNotebook,
-    LabServer,
-    browser_context,
-    lab_server,
-    page,
-    screenshot,
-    subprocess_env,
-)
+from browser import LOAD_TIMEOUT, LabNotebook, LabServer, screenshot, subprocess_env  # fixtures: conftest.py
 
 pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytestmark, pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow]  # JupyterLab + Chromium
 
 OpenNotebook = Callable[[str, list[str]], LabNotebook]
 
@@ -121,7 +113,8 @@ def record(tag):
 class Clicker(anywidget.AnyWidget):
     _esm = """export default { render({ model, el }) { const b = document.createElement('button');
       b.className = 'aw-' + model.get('tag'); b.textContent = 'anywidget ' + model.get('tag');
-      b.onclick = () => { model.set('clicks', model.get('clicks') + 1); model.save_changes(); }; el.appendChild(b); } };"""
+      b.onclick = () => { model.set('clicks', model.get('clicks') + 1); model.save_changes(); };
+      el.appendChild(b); } };"""
     tag = traitlets.Unicode().tag(sync=True)
     clicks = traitlets.Int(0).tag(sync=True)
 def honour_frontend_subshell(widget):
@@ -153,7 +146,8 @@ def test_click_runs_while_cell_blocks(open_notebook: OpenNotebook, page: Any) ->
     in a cell, unless the widget keeps them on the frontend's subshell (``_reply_subshell_for``). Measured
     here: the re-routed widgets' callbacks ran on a ``subshell-*`` thread within ~0.3 s; the plain ones ran
     on MainThread only after the cell ended. Plain widgets' callbacks must run at the latest then."""
-    nb = open_notebook("probe_subshell", ["import json", BLOCKING_SETUP, BLOCKING_CELL, "print('AFTER', json.dumps(sorted(log)))"])
+    nb = open_notebook("probe_subshell",
+                       ["import json", BLOCKING_SETUP, BLOCKING_CELL, "print('AFTER', json.dumps(sorted(log)))"])
     supports = page.evaluate("""() => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
         return [k.supportsSubshells, k.commsOverSubshells]; }""")
     assert supports[0] is True, f"the kernel does not report subshell support to JupyterLab: {supports}"
@@ -163,7 +157,8 @@ def test_click_runs_while_cell_blocks(open_notebook: OpenNotebook, page: Any) ->
     for sel in selectors:
         nb.wait_output(1, sel)
     nb.run_cell(2, wait=False)
-    page.wait_for_function("""() => window.jupyterapp.shell.currentWidget.content.widgets[2].model.executionState === 'running'""")
+    page.wait_for_function(
+        """() => window.jupyterapp.shell.currentWidget.content.widgets[2].model.executionState === 'running'""")
     for sel in selectors:
         nb.output(1).locator(sel).first.click()
     nb.wait_cell_done(2, timeout=60_000)
@@ -221,7 +216,8 @@ def test_run_graph_statuses_and_restore(open_notebook: OpenNotebook, page: Any) 
     nb.screenshot("browser-graph-details")
     # The timeline (Gantt) tab: one bar per step that started.
     nb.output(1).locator('.nbd-tab[data-tab="gantt"]').click()
-    nb.output(1).locator(f'div.nbd-gantt .nbd-bar[data-node-id="{node_id}"][data-status="completed"]').wait_for(state="visible")
+    nb.output(1).locator(f'div.nbd-gantt .nbd-bar[data-node-id="{node_id}"][data-status="completed"]').wait_for(
+        state="visible")
     nb.screenshot("browser-graph-gantt")
 
     # Restart, Run All: cells 2-3 restored from the failed run, cell 4 fails again.
@@ -350,7 +346,8 @@ def test_html_report_renders_from_file(tmp_path: Path, page: Any) -> None:
     run = subprocess.run([*cli, "run", str(path), "--store", str(store), "--no-progress"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout + run.stderr
-    runs = subprocess.run([*cli, "runs", "--store", str(store)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    runs = subprocess.run([*cli, "runs", "--store", str(store)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
     lines = runs.stdout.splitlines()
     header = next((i for i, line in enumerate(lines) if "run_id" in line.split()), None)
     assert runs.returncode == 0 and header is not None and len(lines) > header + 1, runs.stdout + runs.stderr

@@ -5,21 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import run_session
-
-KILL = "import os; os.kill(os.getpid(), 9)"
-
-
-def journals(store: Path) -> list[Path]:
-    return sorted((store / "journals").glob("*.jsonl"))
+from helpers import KILL, journal_paths
 
 
 def test_traitlets_config_sets_the_store_and_env_overrides_it(tmp_path: Path) -> None:
     configured = tmp_path / "configured"
     run_session(None, ["a = 1"], config={"Durable": {"store": str(configured)}}, workdir=tmp_path)
-    assert len(journals(configured)) == 1
+    assert len(journal_paths(configured)) == 1
     env_store = tmp_path / "from-env"
     run_session(env_store, ["a = 1"], config={"Durable": {"store": str(configured)}}, workdir=tmp_path)
-    assert len(journals(env_store)) == 1 and len(journals(configured)) == 1
+    assert len(journal_paths(env_store)) == 1 and len(journal_paths(configured)) == 1
 
 
 def test_configured_secret_patterns(tmp_path: Path) -> None:
@@ -37,7 +32,7 @@ def test_jupyter_session_name_gives_identity_and_store_beside_the_notebook(tmp_p
     env = {"JPY_SESSION_NAME": str(notebook)}
     run_session(None, ["x = 41", KILL], notebook=None, env=env, workdir=tmp_path)
     store = notebook.parent / ".nbdurable"
-    assert len(journals(store)) == 1
+    assert len(journal_paths(store)) == 1
     second = run_session(None, ["x = 41", "y = x + 1"], notebook=None, env=env, workdir=tmp_path, probes={"y": "y"})
     assert second.probes == {"y": "42"}
     assert "restored from step 1" in second.stdout

@@ -7,7 +7,11 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from crash_harness import soak, summary
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # 20 trials of `nbdurable run` killed at random
 
 
 def test_twenty_randomly_killed_runs_resume_with_nothing_lost_or_run_twice(tmp_path: Path) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import run_session
+import pytest
+
 from nbdurable.store import Store
+
+from conftest import run_session
+from helpers import run_cli
 
 KEY = secrets.token_hex(32)
 
@@ -20,19 +22,19 @@ def cells(marker: str, killed: Path) -> list[str]:
         f"note = {marker!r} * 3  # inline in a journal record",
         f"import numpy as np\nbig = np.frombuffer(({marker!r} * 200_000).encode(), dtype='uint8')  # an object file",
         f"print({marker!r})  # an output",
-        f"import os, pathlib\nif not pathlib.Path({str(killed)!r}).exists():\n    pathlib.Path({str(killed)!r}).touch()\n"
+        f"import os, pathlib\nif not pathlib.Path({str(killed)!r}).exists():\n"
+        f"    pathlib.Path({str(killed)!r}).touch()\n"
         "    os.kill(os.getpid(), 9)",
         "size = len(note) + big.nbytes",
     ]
 
 
+@pytest.mark.slow
 def test_an_encrypted_store_resumes_and_holds_no_plaintext(store_dir: Path, tmp_path: Path) -> None:
     marker = "PLAINTEXT-" + secrets.token_hex(8)
     session = cells(marker, tmp_path / "killed")
     assert run_session(store_dir, session, env={"NBDURABLE_ENCRYPTION_KEY": KEY}).killed
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    runs = subprocess.run([sys.executable, "-m", "nbdurable", "runs", "--store", str(store_dir)], capture_output=True,
-                          text=True, env={**env, "NBDURABLE_ENCRYPTION_KEY": KEY})
+    runs = run_cli("runs", "--store", str(store_dir), env={"NBDURABLE_ENCRYPTION_KEY": KEY})
     assert runs.returncode == 0 and "crashed" in runs.stdout, runs.stdout + runs.stderr  # history: from memory
     files = [p for p in store_dir.rglob("*") if p.is_file()]
     assert any(p.parent.parent.name == "objects" for p in files) and not (store_dir / "catalog.duckdb").exists()
@@ -42,9 +44,9 @@ def test_an_encrypted_store_resumes_and_holds_no_plaintext(store_dir: Path, tmp_
     without = run_session(store_dir, session, probes={"size": "size"})
     assert "is encrypted and no key is set" in without.stdout and "NBDURABLE_ENCRYPTION_KEY" in without.stdout
     assert without.probes["size"] == repr(3 * len(marker) + 200_000 * len(marker))  # the notebook ran on, not durably
-    wrong = subprocess.run([sys.executable, "-m", "nbdurable", "check", "--store", str(store_dir)], capture_output=True,
-                           text=True, env={**env, "NBDURABLE_ENCRYPTION_KEY": secrets.token_hex(32)})
-    assert wrong.returncode != 0 and "cannot be decrypted with this NBDURABLE_ENCRYPTION_KEY" in wrong.stderr + wrong.stdout
+    wrong = run_cli("check", "--store", str(store_dir), env={"NBDURABLE_ENCRYPTION_KEY": secrets.token_hex(32)})
+    assert (wrong.returncode != 0
+            and "cannot be decrypted with this NBDURABLE_ENCRYPTION_KEY" in wrong.stderr + wrong.stdout)
 
     store_dir_2 = tmp_path / "store2"  # the same notebook resumed with the key: restored, not re-executed
     session = cells(marker, tmp_path / "killed2")
@@ -59,6 +61,8 @@ def test_an_encrypted_store_resumes_and_holds_no_plaintext(store_dir: Path, tmp_
         del os.environ["NBDURABLE_ENCRYPTION_KEY"]
 
 
+@pytest.mark.kernel
+@pytest.mark.slow
 def test_a_headless_run_resumes_from_an_encrypted_store(tmp_path: Path) -> None:
     import nbformat
 
@@ -70,11 +74,11 @@ def test_a_headless_run_resumes_from_an_encrypted_store(tmp_path: Path) -> None:
                                           "    pathlib.Path('failed-once').touch()\n    raise RuntimeError('flaky')"),
                 nbformat.v4.new_code_cell("print(len(plan_text))")]
     nbformat.write(nb, tmp_path / "enc.ipynb")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}, "NBDURABLE_ENCRYPTION_KEY": KEY}
-    command = [sys.executable, "-m", "nbdurable", "run", "enc.ipynb", "--no-progress", "--store", "store"]
-    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    env = {"NBDURABLE_ENCRYPTION_KEY": KEY}
+    command = ["run", "enc.ipynb", "--no-progress", "--store", "store"]
+    first = run_cli(*command, cwd=tmp_path, env=env)
     assert first.returncode == 1, first.stderr
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    second = run_cli(*command, cwd=tmp_path, env=env)
     assert second.returncode == 0 and "1 restored" in second.stdout, second.stdout + second.stderr
     for path in (tmp_path / "store").rglob("*"):
         assert not path.is_file() or marker.encode() not in path.read_bytes(), path

@@ -34,14 +34,15 @@ def test_corrupt_journal_record_is_reported(store_dir: Path) -> None:
     lines[1] = lines[1].replace(b'"', b"'", 1)
     journal.write_bytes(b"".join(lines))
     session = run_session(store_dir, ["a = 1", "b = a + 1"], probes={"b": "b"})
-    assert "not resuming" in session.stdout and "damaged at line 2" in session.stdout and "nbdurable check" in session.stdout
+    assert ("not resuming" in session.stdout and "damaged at line 2" in session.stdout
+            and "nbdurable check" in session.stdout)
     assert session.probes == {"b": "2"}, "a damaged journal must not keep the notebook from running"
     assert len(list((store_dir / "journals").glob("*.jsonl"))) == 2, "the damaged journal is kept as it was"
 
 
 def test_bad_magic_options(store_dir: Path) -> None:
-    session = run_session(store_dir, ["%%durable --bogus\nx = 1", "%durable frobnicate", "%durable runs --limit 0", "y = 2"],
-                          probes={"y": "y"})
+    session = run_session(store_dir, ["%%durable --bogus\nx = 1", "%durable frobnicate", "%durable runs --limit 0",
+                                      "y = 2"], probes={"y": "y"})
     errors = [c["error"] or "" for c in session.cells[1:4]]
     assert "unknown option" in errors[0] and "usage" in errors[0].lower()
     assert "unknown subcommand 'frobnicate'" in errors[1]

@@ -21,13 +21,11 @@ from typing import Any
 import nbformat
 import pytest
 
+from helpers import clean_env, executions, run_cli, start_cli
+
+pytestmark = pytest.mark.kernel  # `nbdurable run`/papermill with real kernels (the --help checks run in process)
+
 NOTEBOOKS = Path(__file__).parent / "notebooks"
-
-
-def nbd(*args: str, cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    return subprocess.run([sys.executable, "-m", "nbdurable", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**base, **(env or {})})
 
 
 def copy_notebook(name: str, tmp_path: Path) -> Path:
@@ -37,8 +35,8 @@ def copy_notebook(name: str, tmp_path: Path) -> Path:
 
 
 def counter(tmp_path: Path) -> list[str]:
-    path = tmp_path / "counter.txt"
-    return path.read_text().split() if path.exists() else []
+    """The labels the notebooks of ``tests/notebooks/`` write to ``counter.txt``, in execution order."""
+    return executions(tmp_path / "counter.txt")
 
 
 def outputs(path: Path) -> list[list[dict[str, Any]]]:
@@ -51,15 +49,16 @@ def outputs(path: Path) -> list[list[dict[str, Any]]]:
     return result
 
 
+@pytest.mark.slow
 def test_self_killing_kernel_resumes_and_output_equals_a_clean_run(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
-    first = nbd("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    first = run_cli("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
     assert first.returncode == 1 and "crashed" in first.stdout, first.stdout + first.stderr
     assert counter(tmp_path) == ["setup", "cell1", "cell2", "cell3", "cell4"]
     partial = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert partial.metadata.nbdurable["status"] == "crashed"
 
-    second = nbd("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    second = run_cli("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "6 restored" in second.stdout  # the parameters cell, papermill's injected cell, setup, cells 1-3
     assert counter(tmp_path) == ["setup", "cell1", "cell2", "cell3", "cell4", "cell4", "cell5", "cell6"]
@@ -72,18 +71,17 @@ def test_self_killing_kernel_resumes_and_output_equals_a_clean_run(tmp_path: Pat
     clean_dir.mkdir()
     shutil.copyfile(nb, clean_dir / nb.name)
     (clean_dir / "killed-once").touch()
-    clean = nbd("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=clean_dir)
+    clean = run_cli("run", nb.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=clean_dir)
     assert clean.returncode == 0
     assert outputs(tmp_path / "out.ipynb") == outputs(clean_dir / "out.ipynb")
 
 
+@pytest.mark.slow
 def test_kernel_killed_from_outside_at_a_random_cell(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
     kill_after = random.Random().randint(1, 5)
     args = ["run", nb.name, "out.ipynb", "-p", "sleep", "0.4", "--no-progress"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=tmp_path, env=base,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while len(counter(tmp_path)) < kill_after + 1 and time.time() < deadline:
         time.sleep(0.02)
@@ -92,81 +90,86 @@ def test_kernel_killed_from_outside_at_a_random_cell(tmp_path: Path) -> None:
     proc.communicate(timeout=60)
     assert proc.returncode == 1
     killed_at = counter(tmp_path)[-1]
-    second = nbd(*args, cwd=tmp_path)
+    second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     runs = counter(tmp_path)
     for label in ["setup"] + [f"cell{i}" for i in range(1, 7)]:
         assert runs.count(label) == (2 if label == killed_at else 1), (label, killed_at, runs)
 
 
+@pytest.mark.slow
 def test_runner_killed_then_rerun_waits_for_the_orphaned_kernel(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
     args = ["run", nb.name, "out.ipynb", "-p", "sleep", "0.4", "--no-progress"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=tmp_path, env=base,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while len(counter(tmp_path)) < 3:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    second = nbd(*args, cwd=tmp_path)
+    second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     runs = counter(tmp_path)
     assert all(runs.count(f"cell{i}") in (1, 2) for i in range(1, 7)) and runs.count("setup") == 1
     assert sum(runs.count(f"cell{i}") == 2 for i in range(1, 7)) <= 1
 
 
+@pytest.mark.slow
 def test_failing_cell_fixed_then_resumed(tmp_path: Path) -> None:
     nb = copy_notebook("failing.ipynb", tmp_path)
-    first = nbd("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
+    first = run_cli("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
     assert first.returncode == 1 and "input not ready" in first.stderr + first.stdout
     (tmp_path / "fixed.flag").touch()
-    second = nbd("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
+    second = run_cli("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert counter(tmp_path) == ["load", "check", "check"]
     text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "out.ipynb", 4).cells for o in c.outputs)
     assert "result 45" in text
 
 
+@pytest.mark.slow
 def test_edited_cell_executes_from_the_edit_on(tmp_path: Path) -> None:
     nb_path = copy_notebook("failing.ipynb", tmp_path)
-    assert nbd("run", nb_path.name, "--no-progress", cwd=tmp_path).returncode == 1
+    assert run_cli("run", nb_path.name, "--no-progress", cwd=tmp_path).returncode == 1
     nb = nbformat.read(nb_path, as_version=4)
     nb.cells[2].source = nb.cells[2].source.replace("raise ValueError('input not ready')", "pass")
     nbformat.write(nb, nb_path)
-    second = nbd("run", nb_path.name, "--no-progress", cwd=tmp_path)
+    second = run_cli("run", nb_path.name, "--no-progress", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert counter(tmp_path) == ["load", "check", "check"]
 
 
+@pytest.mark.slow
 def test_parameters_identify_the_run(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
     (tmp_path / "params.yaml").write_text("cells: 6\nsleep: 0.0\n")
-    assert nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path).returncode == 1
-    other = nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "99", "--no-progress", cwd=tmp_path)
+    killed = run_cli("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path)
+    assert killed.returncode == 1
+    other = run_cli("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "99", "--no-progress", cwd=tmp_path)
     assert other.returncode == 0 and "0 restored" in other.stdout, "other parameters: an independent run"
-    same = nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path)
+    same = run_cli("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path)
     assert same.returncode == 0 and "resumed run" in same.stdout and "4 restored" in same.stdout
-    fresh = nbd("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--fresh", "--no-progress", cwd=tmp_path)
+    fresh = run_cli("run", nb.name, "-f", "params.yaml", "-p", "kill_at", "2", "--fresh", "--no-progress", cwd=tmp_path)
     assert fresh.returncode == 0 and "0 restored" in fresh.stdout
 
 
+# Not `slow` on purpose: one `nbdurable run` end to end, the fast loop's headless run (README, Tests).
 def test_parameters_for_a_notebook_that_names_no_kernel(tmp_path: Path) -> None:
     """A notebook written by a script has no kernelspec or language: it runs on python3 (as nbclient would)."""
-    cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("print('x is', x)")]
+    cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("print('x is', x)")]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "bare.ipynb")
-    result = nbd("run", "bare.ipynb", "out.ipynb", "-p", "x", "5", "--no-progress", cwd=tmp_path)
+    result = run_cli("run", "bare.ipynb", "out.ipynb", "-p", "x", "5", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "x is 5" in json.dumps(outputs(tmp_path / "out.ipynb"))
 
 
+@pytest.mark.slow
 def test_papermill_engine_resumes(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
     cmd = [sys.executable, "-m", "papermill", "--engine", "durable", nb.name, "out.ipynb", "-p", "kill_at", "3"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=clean_env())
     assert first.returncode != 0
-    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=clean_env())
     assert second.returncode == 0, second.stderr
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert [c.metadata.nbdurable["status"] for c in out.cells][:4] == ["restored"] * 4
@@ -174,14 +177,16 @@ def test_papermill_engine_resumes(tmp_path: Path) -> None:
     assert counter(tmp_path).count("cell1") == 1 and counter(tmp_path).count("cell3") == 2
 
 
+@pytest.mark.slow
 def test_sys_exit_in_a_cell(tmp_path: Path) -> None:
     nb = copy_notebook("exits.ipynb", tmp_path)
-    assert nbd("run", nb.name, "--no-progress", cwd=tmp_path).returncode == 1
+    assert run_cli("run", nb.name, "--no-progress", cwd=tmp_path).returncode == 1
     (tmp_path / "go.flag").touch()
-    second = nbd("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
+    second = run_cli("run", nb.name, "out.ipynb", "--no-progress", cwd=tmp_path)
     assert second.returncode == 0 and "2 restored" in second.stdout, second.stdout + second.stderr
 
 
+@pytest.mark.slow
 def test_kernel_dying_during_startup(tmp_path: Path) -> None:
     spec = tmp_path / "kernels" / "dies"
     spec.mkdir(parents=True)
@@ -191,66 +196,69 @@ def test_kernel_dying_during_startup(tmp_path: Path) -> None:
     nb = copy_notebook("failing.ipynb", tmp_path)
     (tmp_path / "fixed.flag").touch()
     env = {"JUPYTER_PATH": str(tmp_path)}
-    first = nbd("run", nb.name, "--kernel", "dies", "--no-progress", cwd=tmp_path, env=env, timeout=120)
+    first = run_cli("run", nb.name, "--kernel", "dies", "--no-progress", cwd=tmp_path, env=env, timeout=120)
     assert first.returncode == 1 and "start-up" in first.stderr, first.stdout + first.stderr
-    second = nbd("run", nb.name, "--no-progress", cwd=tmp_path)
+    second = run_cli("run", nb.name, "--no-progress", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
 
 
+@pytest.mark.slow
 def test_runs_show_resume_and_errors(tmp_path: Path) -> None:
     nb = copy_notebook("failing.ipynb", tmp_path)
-    nbd("run", nb.name, "--no-progress", cwd=tmp_path)
-    runs = nbd("runs", "--notebook", nb.name, cwd=tmp_path)
+    run_cli("run", nb.name, "--no-progress", cwd=tmp_path)
+    runs = run_cli("runs", "--notebook", nb.name, cwd=tmp_path)
     assert runs.returncode == 0 and "failed" in runs.stdout
     run_id = runs.stdout.splitlines()[1].split()[0]
-    show = nbd("show", run_id, cwd=tmp_path)
+    show = run_cli("show", run_id, cwd=tmp_path)
     assert show.returncode == 0 and "failed" in show.stdout and "completed" in show.stdout
     (tmp_path / "fixed.flag").touch()
-    resumed = nbd("resume", run_id, "--no-progress", cwd=tmp_path)
+    resumed = run_cli("resume", run_id, "--no-progress", cwd=tmp_path)
     assert resumed.returncode == 0 and f"resumed run {run_id}" in resumed.stdout, resumed.stderr
-    assert nbd("show", "20990101T000000000-abcdef", cwd=tmp_path).returncode == 2
-    assert nbd("resume", "20990101T000000000-abcdef", cwd=tmp_path).returncode == 2
-    bad = nbd("run", nb.name, "-p", "not-a-name", "1", cwd=tmp_path)
+    assert run_cli("show", "20990101T000000000-abcdef", cwd=tmp_path).returncode == 2
+    assert run_cli("resume", "20990101T000000000-abcdef", cwd=tmp_path).returncode == 2
+    bad = run_cli("run", nb.name, "-p", "not-a-name", "1", cwd=tmp_path)
     assert bad.returncode == 2 and "not a valid parameter name" in bad.stderr
 
 
 @pytest.mark.parametrize("command", [["run", "--help"], ["resume", "--help"], ["show", "--help"], ["runs", "--help"],
                                      ["send", "--help"], ["worker", "--help"]])
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
-    result = nbd(*command, cwd=tmp_path)
+    result = run_cli(*command, cwd=tmp_path, in_process=True)
     assert result.returncode == 0 and "Usage:" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_crashes_and_resumes(tmp_path: Path) -> None:
-    demo = nbd("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
+    demo = run_cli("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "KILLED" in demo.stdout and "Resumed: 4 cells restored" in demo.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_the_runner_leaves_a_resumable_run(tmp_path: Path) -> None:
     nb = copy_notebook("pipeline.ipynb", tmp_path)
     args = ["run", nb.name, "out.ipynb", "-p", "sleep", "0.4", "--no-progress"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=tmp_path, env=base,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while len(counter(tmp_path)) < 3:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     done_before = set(counter(tmp_path))
-    second = nbd(*args, cwd=tmp_path)
+    second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0 and "resumed run" in second.stdout, second.stdout + second.stderr
     assert counter(tmp_path).count("setup") == 1 and all(counter(tmp_path).count(c) <= 2 for c in done_before)
 
 
+@pytest.mark.slow
 def test_control_cell_splits_the_batch_restore(tmp_path: Path) -> None:
     nb_path = copy_notebook("pipeline.ipynb", tmp_path)
     nb = nbformat.read(nb_path, as_version=4)
     nb.cells.insert(4, nbformat.v4.new_code_cell("%durable status"))
     nbformat.write(nb, nb_path)
-    assert nbd("run", nb_path.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path).returncode == 1
-    second = nbd("run", nb_path.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    killed = run_cli("run", nb_path.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
+    assert killed.returncode == 1
+    second = run_cli("run", nb_path.name, "out.ipynb", "-p", "kill_at", "4", "--no-progress", cwd=tmp_path)
     assert second.returncode == 0 and "6 restored" in second.stdout, second.stdout + second.stderr
     statuses = [c.metadata.nbdurable["status"] for c in nbformat.read(tmp_path / "out.ipynb", 4).cells]
     # params, injected parameters, setup, cell1, cell2 | the control cell | cell3 | cell4-6, total

@@ -21,6 +21,7 @@ from nbdurable.widgets import static_text
 from nbdurable.widgets.compare import compare, compare_runs, match_steps
 from nbdurable.widgets.graph import build_graph
 from nbdurable.widgets.history import MAX_RUNS, HistoryExplorer, filters_query, parse_time
+
 from widget_comm import recording_comms
 
 Cell = tuple[str, dict[str, Any]]  # (source, variables it sets)
@@ -44,8 +45,8 @@ def record(store: Store, notebook: str, params: dict[str, Any], cells: list[Cell
 def old_run(store: Store, run_id: str, notebook: str, started: float) -> None:
     """A run dated ``started`` (journal records written directly, with their timestamps)."""
     with store.new_journal(run_id) as w:
-        w.append({**records.run_record(run_id, notebook=notebook, notebook_path=None, kind="headless", params={"lr": 0.5}),
-                  "ts": started}, sync=True)
+        w.append({**records.run_record(run_id, notebook=notebook, notebook_path=None, kind="headless",
+                                       params={"lr": 0.5}), "ts": started}, sync=True)
         w.append(records.step_start_record(1, source="a = 1", source_hash="f" * 32), sync=True)
         w.append(records.step_end_record(1, status="completed", started_at=started, ended_at=started + 2, duration=2.0,
                                          variables=[], outputs=[]), sync=True)
@@ -66,7 +67,8 @@ def runs(store: Store) -> dict[str, str]:
     return {
         "a": record(store, "train", {"lr": 0.1, "epochs": 3, "opt": "adam"}, TRAIN),
         "b": record(store, "train", {"lr": 0.2, "epochs": 3, "opt": "adam"}, TRAIN_B),
-        "c": record(store, "eval", {"lr": 0.1, "epochs": 10}, [("q = 1", {"q": 1}), ("1 / 0", {})], status="failed", failed_at=2),
+        "c": record(store, "eval", {"lr": 0.1, "epochs": 10}, [("q = 1", {"q": 1}), ("1 / 0", {})], status="failed",
+                    failed_at=2),
     }
 
 
@@ -174,7 +176,8 @@ def test_parse_time() -> None:
     assert parse_time("") is None
     assert parse_time("2h", now=now) == dt.datetime(2023, 11, 14, 20, 13, 20)  # naive UTC
     day_end = parse_time("2024-03-01", end=True)
-    assert day_end is not None and day_end - (parse_time("2024-03-01") or day_end) == dt.timedelta(days=1, microseconds=-1)
+    assert day_end is not None and (day_end - (parse_time("2024-03-01") or day_end)
+                                    == dt.timedelta(days=1, microseconds=-1))
     assert parse_time("2024-03-01T10:00:00+00:00") == dt.datetime(2024, 3, 1, 10, 0)
 
 
@@ -201,7 +204,8 @@ def test_one_query_with_a_limit(store: Store) -> None:
     ({"until": "2024-13-45"}, "bad date '2024-13-45' for until"),
     ({"since": "2024-02-01", "until": "2024-01-01"}, "is after until"),
 ])
-def test_bad_filters_show_an_error(widget: HistoryExplorer, runs: dict[str, str], filters: dict[str, str], fragment: str) -> None:
+def test_bad_filters_show_an_error(widget: HistoryExplorer, runs: dict[str, str], filters: dict[str, str],
+                                   fragment: str) -> None:
     before = list(widget.runs)
     widget.comm.receive({"method": "update", "state": {"filters": filters}})  # no exception escapes
     assert fragment in widget.error and "Traceback" not in widget.error
@@ -281,15 +285,18 @@ def test_compare_reports_exactly_what_changed(widget: HistoryExplorer, runs: dic
 
 
 def test_compare_new_removed_and_status_changed_steps(store: Store) -> None:
-    a = record(store, "nb", {}, [("a = 1", {"a": 1}), ("b = 2", {"b": 2}), ("c = 3", {"c": 3}), ("gone = 1", {"gone": 1})])
-    b = record(store, "nb", {}, [("a = 1", {"a": 1}), ("new = 5", {"new": 5}), ("b = 2", {"b": 2}), ("c = 3", {"c": 3})],
-               status="failed", failed_at=4)
+    a = record(store, "nb", {}, [("a = 1", {"a": 1}), ("b = 2", {"b": 2}), ("c = 3", {"c": 3}),
+                                 ("gone = 1", {"gone": 1})])
+    b = record(store, "nb", {}, [("a = 1", {"a": 1}), ("new = 5", {"new": 5}), ("b = 2", {"b": 2}),
+                                 ("c = 3", {"c": 3})], status="failed", failed_at=4)
     c = compare_runs(store, a, b)
     assert [(s["change"], s["a"] and s["a"]["ordinal"], s["b"] and s["b"]["ordinal"]) for s in c["steps"]] == [
         ("same", 1, 1), ("only_in_b", None, 2), ("same", 2, 3), ("status_changed", 3, 4), ("only_in_a", 4, None)]
-    assert c["steps"][3]["reasons"] == ["status completed → failed"] and c["steps"][3]["b"]["error"] == "ValueError: boom"
+    assert (c["steps"][3]["reasons"] == ["status completed → failed"]
+            and c["steps"][3]["b"]["error"] == "ValueError: boom")
     summary = c["summary"]
-    assert (summary["steps_differ"], summary["steps_only_in_a"], summary["steps_only_in_b"], summary["steps_status_changed"]) == (3, 1, 1, 1)
+    assert (summary["steps_differ"], summary["steps_only_in_a"], summary["steps_only_in_b"],
+            summary["steps_status_changed"]) == (3, 1, 1, 1)
     assert {v["name"]: v["change"] for v in c["variables"] if v["differs"]} == {"gone": "only_in_a", "new": "only_in_b"}
     assert summary["params_changed"] == []
 
@@ -302,10 +309,12 @@ def test_compare_errors_and_restored_steps(widget: HistoryExplorer, runs: dict[s
     widget.compare = [runs["a"], runs["a"]]
     assert widget.error == "" and widget.comparison["summary"]["steps_differ"] == 0
     # A restored step is the same work as the completed one it came from: it does not differ.
-    step = {"ordinal": 1, "name": None, "source": "x = 1", "source_hash": "h1", "started_at": 10.0, "ended_at": 12.0, "duration_s": 2.0}
+    step = {"ordinal": 1, "name": None, "source": "x = 1", "source_hash": "h1", "started_at": 10.0, "ended_at": 12.0,
+            "duration_s": 2.0}
     run = {"run_id": "r", "params": "{}", "duration_s": 2.0}
     done = {"run": run, "steps": [{**step, "status": "completed"}], "variables": []}
-    restored = {"run": {**run, "run_id": "s"}, "steps": [{**step, "status": "restored", "ended_at": 10.5}], "variables": []}
+    restored = {"run": {**run, "run_id": "s"}, "steps": [{**step, "status": "restored", "ended_at": 10.5}],
+                "variables": []}
     row = compare(done, restored)["steps"][0]
     assert row["differs"] is False and row["b"]["duration_s"] == 0.5 and row["b"]["time_saved_s"] == 1.5
 
@@ -322,15 +331,19 @@ def test_match_steps_by_name_then_position() -> None:
 # The frontend module
 
 
-def test_esm_is_graph_core_then_history_and_parses(tmp_path: Path) -> None:
+def test_esm_is_the_graph_scripts_then_history_and_parses(tmp_path: Path) -> None:
     esm = HistoryExplorer._esm
     text = esm if isinstance(esm, str) else str(esm)
-    assert text == static_text("graph_core.js", "history.js")
-    history = (Path(__file__).parents[1] / "nbdurable/widgets/static/history.js").read_text()
+    assert text == static_text("graph", "history.js")
+    static = Path(__file__).parents[1] / "nbdurable/widgets/static"
+    history = (static / "history.js").read_text()
     assert text.endswith(history) and "export default" in history
+    # The styles: graph.css then history.css, as anywidget's _css (one <style> per widget class), none in the module.
+    assert str(HistoryExplorer._css) == (static / "graph.css").read_text() + "\n" + (static / "history.css").read_text()
+    assert 'h("style"' not in history and "const CSS" not in history
     for selector in ("nbd-history", "nbd-filter-notebook", "nbd-filter-status", "nbd-filter-params", "nbd-filter-since",
-                     "nbd-filter-until", "nbd-run", "nbd-compare-pick", "nbd-history-graph", "nbd-compare", "nbd-step-diff",
-                     "nbd-history-error", "data-differs", "data-run-id", "nbd-refresh"):
+                     "nbd-filter-until", "nbd-run", "nbd-compare-pick", "nbd-history-graph", "nbd-compare",
+                     "nbd-step-diff", "nbd-history-error", "data-differs", "data-run-id", "nbd-refresh"):
         assert selector in history, selector
     node = shutil.which("node")
     if node is None:

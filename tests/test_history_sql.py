@@ -17,20 +17,23 @@ import pandas as pd
 import pytest
 
 import nbdurable as nbd
-from conftest import run_session
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import OptionsError, RunNotFoundError, StoreError
 from nbdurable.runtime.run import DurableRun
 from nbdurable.serialization import serialize
 from nbdurable.store import Store, records
 from nbdurable.store import catalog as catalog_module
+from nbdurable.store.catalog import ingest as catalog_ingest  # where the catalog lists and stats journals
+
+from conftest import run_session
 
 ROWS = 1_000_000  # the big DataFrame: 16 MB of int64 columns, a Parquet object file
 
 
 def _flaky(counter: Path) -> str:
     return ("%%durable --retries 2 --initial-interval 0\n"
-            f"import pathlib\np = pathlib.Path({str(counter)!r})\np.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+            f"import pathlib\np = pathlib.Path({str(counter)!r})\n"
+            "p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
             "if len(p.read_text()) < 2:\n    raise ConnectionError('flaky')\ntries = len(p.read_text())")
 
 
@@ -67,7 +70,7 @@ def history_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ], notebook="other")
     assert c.killed
     runs = nbd.history(store=store_dir)
-    ids = dict(zip(runs.status, runs.run_id))
+    ids = dict(zip(runs.status, runs.run_id, strict=True))
     return {"dir": store_dir, "a": ids["completed"], "b": ids["failed"], "c": ids["crashed"], "runs": runs}
 
 
@@ -82,7 +85,7 @@ def test_history_lists_runs_newest_first_with_decoded_params(history_store: dict
     assert row.params == {"region": "eu", "week": 46} and row.notebook == "sales"
     assert row.steps_total >= 10 and row.steps_failed == 0 and row.duration_s > 0
     assert str(runs.started_at.dt.tz) == "UTC" and runs.started_at.is_monotonic_decreasing
-    assert list(runs.columns) == [name for name, _ in catalog_module._COLUMNS["runs"]]
+    assert list(runs.columns) == [name for name, _ in catalog_module.COLUMNS["runs"]]
 
 
 def test_history_filters(history_store: dict[str, Any]) -> None:
@@ -132,7 +135,7 @@ def test_history_bad_input(tmp_path: Path, kwargs: dict[str, Any], match: str) -
 
 def test_history_of_an_empty_store(tmp_path: Path) -> None:
     runs = nbd.history(store=tmp_path / "store")
-    assert runs.empty and list(runs.columns) == [name for name, _ in catalog_module._COLUMNS["runs"]]
+    assert runs.empty and list(runs.columns) == [name for name, _ in catalog_module.COLUMNS["runs"]]
 
 
 # ----- sql over each table ----------------------------------------------------------------------------
@@ -142,14 +145,17 @@ def test_sql_over_each_table(history_store: dict[str, Any]) -> None:
     d, a, b = history_store["dir"], history_store["a"], history_store["b"]
     q = lambda text, params=None: nbd.sql(text, params, store=d)  # noqa: E731
     assert q("SELECT count(*) AS n FROM runs").n[0] == 3
-    steps = q("SELECT ordinal, status, source, error_ename FROM steps WHERE run_id = ? AND parent IS NULL ORDER BY ordinal", [b])
+    steps = q("SELECT ordinal, status, source, error_ename FROM steps WHERE run_id = ? AND parent IS NULL "
+              "ORDER BY ordinal", [b])
     assert list(steps.status) == ["completed", "completed", "failed"] and steps.error_ename.iloc[-1] == "ValueError"
     attempts = q("SELECT a.attempt, a.error_ename, a.next_delay_s FROM attempts a JOIN steps s USING (run_id, ordinal) "
                  "WHERE run_id = $run AND source LIKE '%flaky%' ORDER BY attempt", {"run": a})
-    assert list(attempts.attempt) == [1, 2] and attempts.error_ename[0] == "ConnectionError" and pd.isna(attempts.error_ename[1])
+    assert (list(attempts.attempt) == [1, 2] and attempts.error_ename[0] == "ConnectionError"
+            and pd.isna(attempts.error_ename[1]))
     variables = q("SELECT name, op, coalesce(format, '-') FROM variables WHERE run_id = ? ORDER BY ordinal, name", [a])
     found = set(map(tuple, variables.values))
-    assert {("df", "set", "parquet"), ("small", "set", "parquet"), ("mixed", "set", "pickle"), ("gone", "del", "-")} <= found
+    assert {("df", "set", "parquet"), ("small", "set", "parquet"), ("mixed", "set", "pickle"),
+            ("gone", "del", "-")} <= found
     events = q("SELECT * FROM events ORDER BY sent_at")
     assert list(events.name) == ["approval", "ignored"]
     assert json.loads(events.data[0]) == {"week": 46} and pd.isna(events.data[1])
@@ -158,9 +164,11 @@ def test_sql_over_each_table(history_store: dict[str, Any]) -> None:
     consumed = q("SELECT c.run_id, c.ordinal, c.event_id, s.name FROM consumed c JOIN steps s USING (run_id, ordinal)")
     assert list(consumed.event_id) == [events.id[0]] and consumed.name[0] == "nbd.wait_for_event"
     assert consumed.ordinal[0] == events.consumed_by_ordinal[0]
-    objects = q("SELECT o.format, o.inline, o.first_run FROM objects o JOIN variables v USING (object) WHERE v.name = 'df' AND v.run_id = ?", [a])
+    objects = q("SELECT o.format, o.inline, o.first_run FROM objects o JOIN variables v USING (object) "
+                "WHERE v.name = 'df' AND v.run_id = ?", [a])
     assert (objects.format[0], bool(objects.inline[0]), objects.first_run[0]) == ("parquet", False, a)
-    outputs = q("SELECT o.text FROM outputs o JOIN steps s USING (run_id, ordinal) WHERE s.source LIKE 'print(%' AND o.run_id = ?", [a])
+    outputs = q("SELECT o.text FROM outputs o JOIN steps s USING (run_id, ordinal) "
+                "WHERE s.source LIKE 'print(%' AND o.run_id = ?", [a])
     assert list(outputs.text) == ["hello\n"]
 
 
@@ -221,7 +229,8 @@ def test_dataframe_variables_of_a_run(history_store: dict[str, Any]) -> None:
     assert "vars.df" in (exc.value.hint or "") and "vars.small" in (exc.value.hint or "")
 
 
-def test_dataframe_variable_is_queried_where_it_is_stored(history_store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataframe_variable_is_queried_where_it_is_stored(history_store: dict[str, Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The view is over read_parquet of the object file: no Python deserialization, no pandas frame, no
     Arrow table in this process; only the aggregate comes back."""
     import pyarrow.parquet as pq
@@ -229,7 +238,8 @@ def test_dataframe_variable_is_queried_where_it_is_stored(history_store: dict[st
     from nbdurable.serialization import _parquet
 
     d, a = history_store["dir"], history_store["a"]
-    views = nbd.sql("SELECT view_name, sql FROM duckdb_views() WHERE database_name = 'vars' ORDER BY view_name", store=d, run=a)
+    views = nbd.sql("SELECT view_name, sql FROM duckdb_views() WHERE database_name = 'vars' ORDER BY view_name",
+                    store=d, run=a)
     assert list(views.view_name) == ["df"]  # the inlined `small` is decoded only when a query names it
     key = nbd.sql("SELECT object FROM variables WHERE run_id = ? AND name = 'df'", [a], store=d).object[0]
     assert "read_parquet" in views.sql[0] and str(Store.open(d).object_path(key)) in views.sql[0]
@@ -344,13 +354,14 @@ def test_noop_ingest_looks_only_at_unfinished_journals(tmp_path: Path, monkeypat
     stats: list[str] = []
     listings: list[str] = []
     real_stat, real_listdir = os.stat, os.listdir
-    monkeypatch.setattr(catalog_module.os, "stat", lambda p, *a, **k: stats.append(str(p)) or real_stat(p, *a, **k))
-    monkeypatch.setattr(catalog_module.os, "listdir", lambda p=".": listings.append(str(p)) or real_listdir(p))
+    monkeypatch.setattr(catalog_ingest.os, "stat", lambda p, *a, **k: stats.append(str(p)) or real_stat(p, *a, **k))
+    monkeypatch.setattr(catalog_ingest.os, "listdir", lambda p=".": listings.append(str(p)) or real_listdir(p))
     mtime = catalog.path.stat().st_mtime_ns
     assert catalog.ingest() == 0
     journal_stats = [p for p in stats if "/journals/" in p]
     assert journal_stats == [str(store.journal_path("live"))] and listings == []
-    assert catalog.path.stat().st_mtime_ns == mtime and not catalog.path.with_name("catalog.duckdb.wal").exists()  # nothing written
+    # nothing written
+    assert catalog.path.stat().st_mtime_ns == mtime and not catalog.path.with_name("catalog.duckdb.wal").exists()
     live.append(records.step_start_record(2, source="y = 2", source_hash="b" * 16), sync=True)
     assert catalog.ingest() == 1 and listings == []  # the unfinished journal grew: seen without listing
     live.append(records.run_end_record("failed"), sync=True)
@@ -379,7 +390,7 @@ def test_a_reopened_finished_journal_is_followed(tmp_path: Path, monkeypatch: py
     catalog.ingest()
     listings: list[str] = []
     real_listdir = os.listdir
-    monkeypatch.setattr(catalog_module.os, "listdir", lambda p=".": listings.append(str(p)) or real_listdir(p))
+    monkeypatch.setattr(catalog_ingest.os, "listdir", lambda p=".": listings.append(str(p)) or real_listdir(p))
     with store.append_journal("r1") as w:  # reopened again: the marker exists, the directory does not change
         w.append(records.superseded_record("r3"), sync=True)
     assert catalog.runs().superseded_by[0] == "r3" and listings == []  # followed without listing
@@ -389,7 +400,8 @@ def test_query_many_and_connection(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store")
     _finished_run(store, "r1")
     catalog = store.catalog()
-    runs, steps = catalog.query_many([("SELECT run_id FROM runs", None), ("SELECT ordinal FROM steps WHERE run_id = ?", ["r1"])])
+    runs, steps = catalog.query_many([("SELECT run_id FROM runs", None),
+                                      ("SELECT ordinal FROM steps WHERE run_id = ?", ["r1"])])
     assert runs.run_id.tolist() == ["r1"] and steps.ordinal.tolist() == [1]
     with catalog.connection() as con:
         assert con.execute("SELECT count(*) FROM steps").fetchall() == [(1,)]
@@ -403,7 +415,7 @@ def test_query_many_and_connection(tmp_path: Path) -> None:
 def test_sql_documents_every_table_and_column() -> None:
     lines = (nbd.sql.__doc__ or "").splitlines()
     for table in catalog_module.TABLES:
-        start = next((i for i, l in enumerate(lines) if l.strip().startswith(table + " ")), None)
+        start = next((i for i, text in enumerate(lines) if text.strip().startswith(table + " ")), None)
         assert start is not None, table
         indent = len(lines[start]) - len(lines[start].lstrip())
         entry = [lines[start]]
@@ -412,7 +424,7 @@ def test_sql_documents_every_table_and_column() -> None:
                 break
             entry.append(line)
         words = set(" ".join(entry).replace(",", " ").replace(":", " ").split())
-        for column, _ in catalog_module._COLUMNS[table]:
+        for column, _ in catalog_module.COLUMNS[table]:
             assert column in words, (table, column)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from helpers import run_cli
 from kernels import Kernel, wait_for
+
+pytestmark = pytest.mark.kernel  # real ipykernel processes
 
 
 def text_of(outputs: list[dict]) -> str:
@@ -28,7 +31,8 @@ def test_kernel_killed_mid_cell_resumes_with_outputs(tmp_path: Path) -> None:
         "%load_ext nbdurable",
         "import numpy as np\nprint('loading')\ndata = np.arange(10)",
         "from IPython.display import display, HTML\ndisplay(HTML('<b>bold</b>'))\ntotal = int(data.sum())\ntotal",
-        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60 if not pathlib.Path({str(started)!r} + '.done').exists() else 0)\nfinal = total * 2",
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+        f"time.sleep(60 if not pathlib.Path({str(started)!r} + '.done').exists() else 0)\nfinal = total * 2",
         "print('final is', final)",
     ]
     kernel = Kernel(env, tmp_path)
@@ -57,7 +61,8 @@ def test_kernel_killed_mid_cell_resumes_with_outputs(tmp_path: Path) -> None:
 
 def test_installed_kernelspec_loads_the_extension(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "nbdurable", "install-kernel", "--prefix", str(prefix), "--name", "nbd-test"], check=True)
+    installed = run_cli("install-kernel", "--prefix", str(prefix), "--name", "nbd-test")
+    assert installed.returncode == 0, installed.stderr
     spec_dir = prefix / "share" / "jupyter" / "kernels"
     spec = json.loads((spec_dir / "nbd-test" / "kernel.json").read_text())
     assert spec["display_name"] == "Python 3 (nbdurable)" and "nbdurable" in spec["argv"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ from nbdurable.runtime.run import DurableRun
 from nbdurable.serialization import serialize
 from nbdurable.store import Store
 
+from helpers import CliResult, run_cli
+
 HOUR_AGO = time.time() - 3600
 
 
@@ -34,11 +34,13 @@ def record_run(store: Store, notebook: str | None, seed: int, *, resumed_from: s
     if resumed_from:
         run.record_restored(step, ReplayPlan.from_run(store, resumed_from).steps[0])
     else:
-        changes = [Change("x", "set", serialize(1), "i1"), Change("arr", "set", serialize(np.arange(100_000.0) + seed), "i2")]
+        changes = [Change("x", "set", serialize(1), "i1"),
+                   Change("arr", "set", serialize(np.arange(100_000.0) + seed), "i2")]
         run.end_step(step, status="completed", changes=changes)
     step = run.begin_step(source="df = ...; d = ...", source_hash="b" * 32)
     frame = pd.DataFrame({"a": np.arange(20_000) + seed})
-    changes = [Change("df", "set", serialize(frame), "i3"), Change("d", "set", serialize({"k": list(range(seed, seed + 20_000))}), "i4")]
+    changes = [Change("df", "set", serialize(frame), "i3"),
+               Change("d", "set", serialize({"k": list(range(seed, seed + 20_000))}), "i4")]
     output = {"output_type": "stream", "name": "stdout", "text": f"{seed}" + "x" * 300_000}
     run.end_step(step, status="completed", changes=changes, outputs=[output])
     if finish:
@@ -48,13 +50,9 @@ def record_run(store: Store, notebook: str | None, seed: int, *, resumed_from: s
     return run
 
 
-def nbdurable(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NBDURABLE_STORE"}
-    return subprocess.run([sys.executable, "-m", "nbdurable", *args], capture_output=True, text=True, env=env, timeout=60)
-
-
-def check(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
-    return nbdurable("check", "--store", str(store.path), *args)
+def check(store: Store, *args: str) -> CliResult:
+    """``nbdurable check`` in a process of its own (a live run's lease is held by this one)."""
+    return run_cli("check", "--store", str(store.path), *args)
 
 
 def step_ends(store: Store, run_id: str) -> list[dict[str, Any]]:
@@ -119,6 +117,7 @@ def test_torn_tail_is_a_harmless_warning_and_repair_truncates_it(store: Store) -
     assert proc.stdout.split("After repair:")[1].count("0 torn tails") == 1
 
 
+@pytest.mark.slow
 def test_corrupt_middle_record_is_damage_and_repair_salvages_it(store: Store) -> None:
     run_id = store.run_ids()[1]
     path = store.journal_path(run_id)
@@ -130,9 +129,10 @@ def test_corrupt_middle_record_is_damage_and_repair_salvages_it(store: Store) ->
 
     proc = check(store)
     assert proc.returncode == 1, proc.stdout
-    assert f"journals/{run_id}.jsonl is damaged at line 3 (fails authentication); the 2 records before it are intact" in proc.stdout
+    assert (f"journals/{run_id}.jsonl is damaged at line 3 (fails authentication); "
+            "the 2 records before it are intact") in proc.stdout
     assert "Result: damaged" in proc.stdout
-    gc = nbdurable("gc", "--store", str(store.path), "--keep-last", "0")  # gc cannot know what the lost lines need
+    gc = run_cli("gc", "--store", str(store.path), "--keep-last", "0")  # gc cannot know what the lost lines need
     assert gc.returncode == 1 and "is damaged at line 3" in gc.stderr and "nbdurable check --repair" in gc.stderr
 
     proc = check(store, "--repair")
@@ -152,7 +152,7 @@ def test_corrupt_middle_record_is_damage_and_repair_salvages_it(store: Store) ->
     lost = set(object_keys_named(aside[0].read_bytes()))
     for key in object_files(store):
         os.utime(store.object_path(key), (HOUR_AGO, HOUR_AGO))
-    gc = nbdurable("gc", "--store", str(store.path), "--keep-last", "0")
+    gc = run_cli("gc", "--store", str(store.path), "--keep-last", "0")
     assert gc.returncode == 0, gc.stdout + gc.stderr
     assert lost and lost <= object_files(store)
 
@@ -166,7 +166,8 @@ def test_missing_and_damaged_objects_are_damage(store: Store) -> None:
 
     proc = check(store)
     assert proc.returncode == 1, proc.stdout
-    assert f"object {refs['arr']} (ndarray) is missing: variable `arr` of step 1 of run {run_id} needs it" in proc.stdout
+    assert (f"object {refs['arr']} (ndarray) is missing: variable `arr` of step 1 of run {run_id} needs it"
+            in proc.stdout)
     assert f"object {refs['df']} (parquet) is not a whole Parquet file" in proc.stdout
     assert f"variable `df` of step 2 of run {run_id}" in proc.stdout
     assert "8 referenced: 6 present, 1 missing, 1 damaged" in proc.stdout
@@ -174,6 +175,7 @@ def test_missing_and_damaged_objects_are_damage(store: Store) -> None:
     assert proc.returncode == 1 and "Repairs: nothing to repair." in proc.stdout
 
 
+@pytest.mark.slow
 def test_missing_or_unreadable_catalog_is_reported_and_rebuilt(store: Store) -> None:
     catalog = store.path / "catalog.duckdb"
     catalog.unlink()
@@ -220,6 +222,7 @@ def write_orphan(store: Store, key: str) -> None:
     store.write_object(key, lambda f: f.write(b"NBDP orphan left by a crash before its commit"))
 
 
+@pytest.mark.slow
 def test_gc_keeps_what_kept_runs_need_and_deletes_the_rest(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store")
     a1 = record_run(store, "a", 1).run_id
@@ -242,14 +245,14 @@ def test_gc_keeps_what_kept_runs_need_and_deletes_the_rest(tmp_path: Path) -> No
     assert old_orphan in gone and len(gone) == 1 + 4 + 4  # the orphan, what a2 and b1 alone need
     before = object_files(store)
 
-    dry = nbdurable("gc", "--store", str(store.path), "--keep-last", "1", "--dry-run")
+    dry = run_cli("gc", "--store", str(store.path), "--keep-last", "1", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert object_files(store) == before
     freed = sum(store.object_size(k) for k in gone)
     assert f"Would delete {len(gone)} object files: {freed} bytes" in dry.stdout
     assert "Kept 5 runs" in dry.stdout and "Spared 1 unneeded object file modified in the last 10 minutes" in dry.stdout
 
-    proc = nbdurable("gc", "--store", str(store.path), "--keep-last", "1")
+    proc = run_cli("gc", "--store", str(store.path), "--keep-last", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"Deleted {len(gone)} object files: {freed} bytes" in proc.stdout
     assert object_files(store) == before - gone
@@ -268,7 +271,7 @@ def test_gc_keeps_what_kept_runs_need_and_deletes_the_rest(tmp_path: Path) -> No
 
     store.append_journal(a2).close()  # a journal reopened after its run ended leaves a marker for the catalog
     assert store.reopened_marker(a2).exists()
-    proc = nbdurable("gc", "--store", str(store.path), "--keep-last", "1", "--prune-runs")
+    proc = run_cli("gc", "--store", str(store.path), "--keep-last", "1", "--prune-runs")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Pruned 2 runs (their journals and leases); catalog rebuilt." in proc.stdout
     assert not store.journal_exists(a2) and not store.journal_exists(b1)
@@ -287,7 +290,8 @@ def test_a_damaged_event_file_is_damage_and_repair_moves_it_aside(store: Store) 
         assert [e["id"] for e in store.events()] == [kept["id"]]  # a waiting run is not disturbed by it
 
     proc = check(store)
-    assert proc.returncode == 1 and f"events/{broken['id']}.json is damaged or not authentic (tag or format)" in proc.stdout
+    assert (proc.returncode == 1
+            and f"events/{broken['id']}.json is damaged or not authentic (tag or format)" in proc.stdout)
     proc = check(store, "--repair")
     assert f"events/{broken['id']}.json: moved aside as events/{broken['id']}.json.corrupt-" in proc.stdout
     assert check(store).returncode == 0

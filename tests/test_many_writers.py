@@ -5,7 +5,6 @@ never open the catalog: they append to their own journals)."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -13,9 +12,14 @@ import threading
 from pathlib import Path
 
 import nbformat
+import pytest
+
+from nbdurable.store import Store
 
 from conftest import run_session
-from nbdurable.store import Store
+from helpers import clean_env, start_cli
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # 8 headless runs and 2 shells at once
 
 CELLS = [
     "import nbdurable as nbd\nimport numpy as np\nidx = 0",
@@ -33,7 +37,8 @@ times, errors = [], []
 while not os.path.exists(stop):
     started = time.perf_counter()
     try:
-        store.catalog().query("SELECT r.run_id, count(s.ordinal) FROM runs r LEFT JOIN steps s USING (run_id) GROUP BY 1")
+        store.catalog().query("SELECT r.run_id, count(s.ordinal) FROM runs r LEFT JOIN steps s USING (run_id) "
+                              "GROUP BY 1")
         store.catalog().runs(limit=20)
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
@@ -49,13 +54,11 @@ def test_eight_headless_runs_and_two_shells_write_one_store_while_a_reader_queri
     nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, tmp_path / "writer.ipynb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
     stop, report = tmp_path / "stop", tmp_path / "reader.json"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(store), str(stop), str(report)], env=env)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(store), str(stop), str(report)], env=clean_env())
     headless = [
-        subprocess.Popen([sys.executable, "-m", "nbdurable", "run", "writer.ipynb", f"out{i}.ipynb", "-p", "idx", str(i),
-                          "--store", str(store), "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        start_cli("run", "writer.ipynb", f"out{i}.ipynb", "-p", "idx", str(i), "--store", str(store), "--no-progress",
+                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(8)
     ]
     shells: list = [None, None]
@@ -87,8 +90,9 @@ def test_eight_headless_runs_and_two_shells_write_one_store_while_a_reader_queri
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
         assert sum(r["t"] == "step_end" for r in records) == cells[records[0]["kind"]] + 25  # cells and step calls
         assert records[-1]["t"] == "run_end" and records[-1]["status"] == "completed"
-    table = opened.catalog().query("SELECT status, count(*) AS runs, sum(steps_total) AS cells FROM runs GROUP BY status")
+    table = opened.catalog().query("SELECT status, count(*) AS runs, sum(steps_total) AS cells FROM runs "
+                                   "GROUP BY status")
     assert table.values.tolist() == [["completed", 10, 8 * cells["headless"] + 2 * cells["interactive"]]]
     times = sorted(read["times"])
-    print(f"reader: {len(times)} queries, median {statistics.median(times) * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms; "
-          "writers wait on readers: never (they do not open the catalog)")
+    print(f"reader: {len(times)} queries, median {statistics.median(times) * 1000:.1f} ms, "
+          f"max {times[-1] * 1000:.1f} ms; writers wait on readers: never (they do not open the catalog)")

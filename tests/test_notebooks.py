@@ -11,15 +11,22 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from helpers import clean_env
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # the example notebooks, run whole by nbclient
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def execute(path: Path, env: dict[str, str]) -> nbformat.NotebookNode:
+    """Run the notebook; nbclient's kernel inherits this process's environment, made ``clean_env(env)`` meanwhile."""
     nb = nbformat.read(path, as_version=4)
-    old = dict(os.environ)
-    os.environ.update(env)
+    old, clean = dict(os.environ), clean_env(env)
+    os.environ.clear()
+    os.environ.update(clean)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -73,7 +80,8 @@ def test_approvals_notebook_waits_for_the_event(tmp_path: Path) -> None:
     texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "deploying churn-v2 (approved by ana)" in texts and "timed out" in texts
     approvals = [s["state"] for s in widget_states(nb).values() if "event" in s.get("state", {})]
-    assert sorted((a["event"], a["state"]) for a in approvals) == [("model-review", "received"), ("never-sent", "timeout")]
+    assert sorted((a["event"], a["state"]) for a in approvals) == [("model-review", "received"),
+                                                                    ("never-sent", "timeout")]
     # The widget is marked as a notice, which output capture never records (a restore shows no dead widget).
     assert "approval" in notices(nb)
 

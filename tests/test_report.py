@@ -1,4 +1,4 @@
-"""The HTML report (``nbdurable report``) and the graph renderers it inlines (``widgets/static/graph_core.js``).
+"""The HTML report (``nbdurable report``) and the graph renderers it inlines (``widgets/static/graph_*.js``).
 
 A real notebook runs headless twice (a failed run, then its resume): the reports of both runs must be one
 self-contained file (no network reference), embed the run's GraphData (run id, node ids, statuses) and keep
@@ -22,8 +22,12 @@ from typing import Any
 import nbformat
 import pytest
 
-from graph_fixture import STATUSES, assert_covers_statuses, sample_graph
 from nbdurable.report import report_html, script_json
+from nbdurable.widgets import GRAPH_SCRIPTS, static_text
+
+from graph_fixture import STATUSES, assert_covers_statuses, sample_graph
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # the module's runs: two headless runs of a notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "nbdurable" / "widgets" / "static"
@@ -113,7 +117,8 @@ def test_report_of_a_failed_run(runs: dict[str, Any]) -> None:
     assert "\x1b" not in json.dumps(data)
     assert steps["children"]["total"] == 3 and [c["status"] for c in steps["child_steps"]] == ["completed"] * 3
     assert flaky["child_steps"][0]["attempts"] == 2  # the flaky step failed once, then passed
-    assert {(e["source"], e["target"]) for e in data["edges"]} >= {(steps["id"], _total["id"]), (flaky["id"], _total["id"])}
+    assert {(e["source"], e["target"]) for e in data["edges"]} >= {(steps["id"], _total["id"]),
+                                                                   (flaky["id"], _total["id"])}
 
 
 def test_report_of_a_resumed_run_and_the_default_file_name(runs: dict[str, Any]) -> None:
@@ -156,11 +161,13 @@ def test_report_script_runs_in_a_fake_dom(runs: dict[str, Any]) -> None:
     assert initial["details"]["nodeId"] == "s1"  # the page opened as report.html#s1
     assert f"HOSTILE = {HOSTILE!r}" in initial["details"]["source"]
     assert [b["id"] for b in initial["bars"]] == [n["id"] for n in data["nodes"]]
-    assert out["afterClick"]["details"]["nodeId"] == data["nodes"][0]["id"] and out["hashes"] == ["#" + data["nodes"][0]["id"]]
+    assert (out["afterClick"]["details"]["nodeId"] == data["nodes"][0]["id"]
+            and out["hashes"] == ["#" + data["nodes"][0]["id"]])
 
 
 def test_script_json_cannot_close_its_element() -> None:
-    value = {"s": HOSTILE + "\u2028\u2029 </SCRIPT > <!-- -->", "nan": float("nan"), "inf": float("inf"), "n": [1, 2.5, None]}
+    value = {"s": HOSTILE + "\u2028\u2029 </SCRIPT > <!-- -->", "nan": float("nan"), "inf": float("inf"),
+             "n": [1, 2.5, None]}
     text = script_json(value)
     assert not re.search(r"[<>&\u2028\u2029]", text)
     assert json.loads(text) == {"s": value["s"], "nan": None, "inf": None, "n": [1, 2.5, None]}
@@ -172,17 +179,28 @@ def test_report_html_of_the_fixture() -> None:
     page = report_html(data)
     assert_self_contained(page)
     assert embedded(page) == json.loads(json.dumps(data))
-    assert "<title>nbdurable run 20240102-030405-abc123 \u2014 pipelines/&lt;etl&gt; &amp; &quot;co&quot;.ipynb</title>" in page
+    css = (STATIC / "graph.css").read_text(encoding="utf-8")
+    assert page.count(css) == 1 and f"<style>\n{css}\n</style>" in page  # the scripts add no style of their own
+    assert ("<title>nbdurable run 20240102-030405-abc123 \u2014 "
+            "pipelines/&lt;etl&gt; &amp; &quot;co&quot;.ipynb</title>") in page
 
 
 @needs_node
 def test_javascript_is_valid(tmp_path: Path) -> None:
-    core = (STATIC / "graph_core.js").read_text(encoding="utf-8")
+    from nbdurable.widgets.run_graph import RunGraph
+
+    for name in GRAPH_SCRIPTS:
+        text = (STATIC / name).read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(import|export)\b", text, re.M), f"{name} is concatenated: no import/export"
+        proc = subprocess.run([NODE, "--check", str(STATIC / name)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    core = static_text("graph")
+    assert core == "\n".join((STATIC / name).read_text(encoding="utf-8") for name in GRAPH_SCRIPTS)
     widget = (STATIC / "run_graph.js").read_text(encoding="utf-8")
-    assert not re.search(r"^\s*(import|export)\b", core, re.M), "graph_core.js is concatenated: no import/export"
+    assert RunGraph._esm == core + "\n" + widget and RunGraph._css == (STATIC / "graph.css").read_text(encoding="utf-8")
     module = tmp_path / "run_graph_esm.mjs"
-    module.write_text(core + "\n" + widget, encoding="utf-8")  # what RunGraph sends as _esm
-    script = tmp_path / "graph_core_script.js"
+    module.write_text(RunGraph._esm, encoding="utf-8")  # what RunGraph sends as _esm
+    script = tmp_path / "graph_script.js"
     script.write_text(core, encoding="utf-8")  # what the report inlines as a classic script
     for path in (module, script):
         proc = subprocess.run([NODE, "--check", str(path)], capture_output=True, text=True, timeout=60)
@@ -200,12 +218,14 @@ def test_renderers_in_a_fake_dom(tmp_path: Path) -> None:
     data = sample_graph()
     fixture = tmp_path / "graph.json"
     fixture.write_text(json.dumps(data), encoding="utf-8")
-    proc = subprocess.run([NODE, str(JS / "render_check.js"), "fixture", str(STATIC / "graph_core.js"),
+    scripts = tmp_path / "graph.js"
+    scripts.write_text(static_text("graph"), encoding="utf-8")  # the graph scripts, concatenated in load order
+    proc = subprocess.run([NODE, str(JS / "render_check.js"), "fixture", str(scripts),
                            str(STATIC / "run_graph.js"), str(fixture)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr  # fakedom.js throws on innerHTML, so this also says: none used
     out = json.loads(proc.stdout)
     initial = out["initial"]
-    assert initial["styles"] == 1
+    assert initial["styles"] == 0  # graph.css comes from the widget's _css (the report's <style>), never the scripts
     assert initial["graph"]["runId"] == data["run"]["run_id"] and initial["graph"]["runStatus"] == "failed"
     assert "sleeping until" in initial["graph"]["header"]  # what its first sleeping or waiting node waits for
     nodes = {n["id"]: n for n in initial["nodes"]}
@@ -244,7 +264,7 @@ def test_renderers_in_a_fake_dom(tmp_path: Path) -> None:
     assert {b["id"]: b["status"] for b in tab["bars"]}["s3"] == "completed"  # as the live update said
     assert tab["childBars"] == 6 and tab["ticks"][0] == "0" and tab["ticks"][-1] == "1 m"
     assert out["afterBarClick"] == {"selected": "s1", "details": "s1"}
-    assert out["sameSvgAfterNoop"] is True and out["stylesAfterSecondView"] == 1
+    assert out["sameSvgAfterNoop"] is True and out["stylesAfterSecondView"] == 0
     assert "No steps yet." in out["emptyText"] and "No step has started yet." in out["emptyText"]
     assert out["afterCleanup"] == {"listeners": 0, "children": 0}
     assert out["formats"] == ["250 ms", "12.3 s", "2 m 05 s", "2 h 01 m", "512 B", "118 MiB", "red link"]

@@ -5,17 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import run_session
-
-KILL = "import os; os.kill(os.getpid(), 9)"
-
-
-def counting_cell(counter: Path, label: str, body: str = "") -> str:
-    """A cell whose every execution leaves a line in a counter file."""
-    return f"with open({str(counter)!r}, 'a') as _f:\n    _f.write({label!r} + '\\n')\n{body}"
-
-
-def executions(counter: Path) -> list[str]:
-    return counter.read_text().split() if counter.exists() else []
+from helpers import KILL, counting_cell, executions
 
 
 def test_kill_mid_cell_then_run_all_executes_only_the_rest(store_dir: Path, tmp_path: Path) -> None:
@@ -49,7 +39,8 @@ def test_edited_cell_reexecutes_from_the_edit_on(store_dir: Path, tmp_path: Path
 
 def test_failed_cell_fixed_resumes_at_the_failed_cell(store_dir: Path, tmp_path: Path) -> None:
     counter = tmp_path / "count.txt"
-    cells = [counting_cell(counter, "load", "data = list(range(10))"), counting_cell(counter, "bad", "result = sum(data) / 0")]
+    cells = [counting_cell(counter, "load", "data = list(range(10))"),
+             counting_cell(counter, "bad", "result = sum(data) / 0")]
     first = run_session(store_dir, cells)
     assert first.returncode == 0 and not first.cells[-1]["success"]
     fixed = [cells[0], counting_cell(counter, "fixed", "result = sum(data) / 5")]

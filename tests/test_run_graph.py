@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from conftest import run_session
 from nbdurable.errors import OptionsError, RunNotFoundError
 from nbdurable.store import Store
 from nbdurable.widgets.graph import build_graph, source_reads
+
+from conftest import run_session
 
 HERE = Path(__file__).parent
 KILL = "import os; os.kill(os.getpid(), 9)"
@@ -123,7 +124,8 @@ def test_restored_cells_show_time_saved_and_origin(store_dir: Path) -> None:
     cells = ["import time", "time.sleep(0.4); a = 1", "b = a + 1"]
     first = run_session(store_dir, [*cells, KILL])
     assert first.killed
-    second = run_session(store_dir, [*cells, "c = b + 1"], probes={"run": "get_ipython()._nbdurable_extension[0].run.run_id"})
+    second = run_session(store_dir, [*cells, "c = b + 1"],
+                         probes={"run": "get_ipython()._nbdurable_extension[0].run.run_id"})
     graph = build_graph(Store.open(store_dir), ast.literal_eval(second.probes["run"]))
     statuses = [n["status"] for n in graph["nodes"]]
     assert statuses == ["restored", "restored", "restored", "completed"]
@@ -168,7 +170,8 @@ def test_bad_input_gets_clear_errors(store_dir: Path) -> None:
 
 def test_closing_the_widget_stops_listening(store_dir: Path) -> None:
     session = run_session(store_dir, ["%durable graph", "x = 1", f"{WIDGET}.close()", "y = 2"],
-                          probes={"listeners": "len(get_ipython()._nbdurable_extension[0].events._listeners)"}, setup=SETUP)
+                          probes={"listeners": "len(get_ipython()._nbdurable_extension[0].events._listeners)"},
+                          setup=SETUP)
     assert all(c["success"] for c in session.cells)
     assert session.probes["listeners"] == "0"
 

@@ -14,19 +14,14 @@ alignment (inline payloads are base64 inside the journal).
 from __future__ import annotations
 
 import base64
-import json
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import nbformat
+import pytest
 
 from conftest import run_session
-
-KILL = "import os; os.kill(os.getpid(), 9)"
+from helpers import KILL, CliResult, counting_cell, executions, run_cli, variable_refs
 
 
 def new_secret() -> str:
@@ -47,9 +42,7 @@ def encodings(secret: str) -> dict[str, bytes]:
 
 def build_catalog(store: Path) -> None:
     """Have the catalog ingest every journal (a session only writes journals), so it is scanned too."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")}
-    proc = subprocess.run([sys.executable, "-m", "nbdurable", "runs", "--store", str(store)], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = run_cli("runs", "--store", str(store))
     assert proc.returncode == 0, proc.stderr
 
 
@@ -65,36 +58,24 @@ def assert_nowhere_in(store: Path, *values: str) -> None:
 
 def assert_detects(store: Path, value: str) -> None:
     """The scan is not blind: a value stored under an ordinary name is found (in its base64 form)."""
-    found = {form for form, needle in encodings(value).items() for p in store.rglob("*") if p.is_file() and needle in p.read_bytes()}
+    found = {form for form, needle in encodings(value).items() for p in store.rglob("*")
+             if p.is_file() and needle in p.read_bytes()}
     assert found, f"{value!r} was stored but the scan found no form of it"
-
-
-def step_variables(store: Path) -> dict[str, dict[str, Any]]:
-    """The last reference journaled for each variable, over every run of the store."""
-    refs: dict[str, dict[str, Any]] = {}
-    for path in sorted((store / "journals").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line.rsplit("\t", 1)[0])
-            if record["t"] == "step_end":
-                refs.update({v["name"]: v for v in record["variables"]})
-    return refs
-
-
-def counting(label: str, counter: str, body: str) -> str:
-    return f"with open({counter!r}, 'a') as _f:\n    _f.write({label!r} + '\\n')\n{body}"
 
 
 def cells_for(counter: str) -> list[str]:
     """A notebook holding the secret in secret-named variables (flat, nested, bytes) and in an excluded
     one, and using it through a notebook function; plus ordinary variables that must be restored."""
     return [
-        counting("key", counter, "import os\nOPENAI_API_KEY = os.environ['NBD_TEST_SECRET']"),
-        counting("pw", counter, "db_password = os.environ['NBD_TEST_SECRET2'].encode()"),
-        counting("nested", counter, "SERVICE_TOKENS = {'prod': {'bearer': OPENAI_API_KEY, 'scopes': ['read']}, 'n': 1}"),
+        counting_cell(counter, "key", "import os\nOPENAI_API_KEY = os.environ['NBD_TEST_SECRET']"),
+        counting_cell(counter, "pw", "db_password = os.environ['NBD_TEST_SECRET2'].encode()"),
+        counting_cell(counter, "nested",
+                      "SERVICE_TOKENS = {'prod': {'bearer': OPENAI_API_KEY, 'scopes': ['read']}, 'n': 1}"),
         "%durable exclude session_blob",
-        counting("excluded", counter, "session_blob = {'cookie': OPENAI_API_KEY[::-1], 'user': 'ann'}"),
-        counting("func", counter, "def auth_header():\n    return {'Authorization': 'Bearer ' + OPENAI_API_KEY}"),
-        counting("plain", counter, "public = 'visible-' + str(len(OPENAI_API_KEY))\nmarker = os.environ['NBD_TEST_MARKER']"),
+        counting_cell(counter, "excluded", "session_blob = {'cookie': OPENAI_API_KEY[::-1], 'user': 'ann'}"),
+        counting_cell(counter, "func", "def auth_header():\n    return {'Authorization': 'Bearer ' + OPENAI_API_KEY}"),
+        counting_cell(counter, "plain",
+                      "public = 'visible-' + str(len(OPENAI_API_KEY))\nmarker = os.environ['NBD_TEST_MARKER']"),
     ]
 
 
@@ -107,16 +88,17 @@ def test_interactive_session_never_writes_secrets(tmp_path: Path) -> None:
     assert run_session(store, [*cells, KILL], env=env).killed
 
     probes = {"key": "OPENAI_API_KEY", "pw": "db_password.decode()", "nested": "SERVICE_TOKENS['prod']['bearer']",
-              "excluded": "session_blob['cookie'][::-1]", "header": "auth_header()['Authorization']", "public": "public"}
+              "excluded": "session_blob['cookie'][::-1]", "header": "auth_header()['Authorization']",
+              "public": "public"}
     second = run_session(store, cells, env=env, probes=probes)
     assert all(c["success"] for c in second.cells), second.cells
     assert second.probes == {"key": repr(secret), "pw": repr(secret2), "nested": repr(secret), "excluded": repr(secret),
                              "header": repr("Bearer " + secret), "public": repr(f"visible-{len(secret)}")}
-    runs = Path(counter).read_text().split()
+    runs = executions(counter)
     labels = ["key", "pw", "nested", "excluded", "func", "plain"]
     assert runs == labels + ["key", "pw", "nested", "excluded"], "secret cells re-execute; the others are restored"
     assert second.stdout.count("nbdurable: restored from step") == 2
-    refs = step_variables(store)
+    refs = variable_refs(store)
     for name in ("OPENAI_API_KEY", "db_password", "SERVICE_TOKENS", "session_blob"):
         assert refs[name]["format"] == "unrestorable" and refs[name]["reason"].startswith("secret:"), refs[name]
     assert refs["auth_header"]["format"] == "pickle" and refs["public"]["format"] == "pickle"
@@ -125,6 +107,7 @@ def test_interactive_session_never_writes_secrets(tmp_path: Path) -> None:
     assert_detects(store, marker)
 
 
+@pytest.mark.slow
 def test_exclude_applies_from_the_magic_on(tmp_path: Path) -> None:
     """`%durable exclude NAME` (several names at once): those variables are not stored from then on,
     ordinary ones still are; `c.Durable.exclude` does the same from the configuration."""
@@ -135,7 +118,7 @@ def test_exclude_applies_from_the_magic_on(tmp_path: Path) -> None:
              "raw_rows = [os.environ['NBD_VALUE']] * 3", "rows_n = 3", "cfg = os.environ['NBD_CONFIGURED']"]
     session = run_session(store, [*cells, KILL], env=env, config={"Durable": {"exclude": ["cfg"]}})
     assert session.killed and "never stored from now on: conn_info, raw_rows" in session.stdout
-    refs = step_variables(store)
+    refs = variable_refs(store)
     assert {n: refs[n]["format"] for n in ("conn_info", "raw_rows", "rows_n", "cfg")} == {
         "conn_info": "unrestorable", "raw_rows": "unrestorable", "rows_n": "pickle", "cfg": "unrestorable"}
     assert_nowhere_in(store, value, configured)
@@ -146,6 +129,8 @@ def test_exclude_applies_from_the_magic_on(tmp_path: Path) -> None:
     assert_nowhere_in(store, value, configured)
 
 
+@pytest.mark.kernel
+@pytest.mark.slow
 def test_headless_run_never_writes_secrets(tmp_path: Path) -> None:
     """`nbdurable run`: the run crashes at its last cell, the second run resumes; the secret cells execute
     again, the rest is restored; the store holds no form of the secrets."""
@@ -156,18 +141,18 @@ def test_headless_run_never_writes_secrets(tmp_path: Path) -> None:
              "    pathlib.Path('crashed-once').touch()\n"
              "    os.kill(os.getpid(), 9)\n"
              "ok = (auth_header()['Authorization'] == 'Bearer ' + os.environ['NBD_TEST_SECRET']\n"
-             "      and SERVICE_TOKENS['prod']['bearer'] == OPENAI_API_KEY and db_password.decode() == os.environ['NBD_TEST_SECRET2']\n"
+             "      and SERVICE_TOKENS['prod']['bearer'] == OPENAI_API_KEY "
+             "and db_password.decode() == os.environ['NBD_TEST_SECRET2']\n"
              "      and session_blob['cookie'][::-1] == OPENAI_API_KEY and marker == os.environ['NBD_TEST_MARKER'])\n"
              "pathlib.Path('verdict.txt').write_text(str(ok))")
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nb.cells = [nbformat.v4.new_code_cell(source) for source in [*cells, check]]
     nbformat.write(nb, tmp_path / "nb.ipynb")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_")},
-           "NBD_TEST_SECRET": secret, "NBD_TEST_SECRET2": secret2, "NBD_TEST_MARKER": marker}
+    env = {"NBD_TEST_SECRET": secret, "NBD_TEST_SECRET2": secret2, "NBD_TEST_MARKER": marker}
 
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "nbdurable", "run", "nb.ipynb", "out.ipynb", "--no-progress"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    def run() -> CliResult:
+        return run_cli("run", "nb.ipynb", "out.ipynb", "--no-progress", cwd=tmp_path, env=env)
 
     first = run()
     assert first.returncode == 1 and "crashed" in first.stdout, first.stdout + first.stderr
@@ -175,7 +160,7 @@ def test_headless_run_never_writes_secrets(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stdout + second.stderr
     assert (tmp_path / "verdict.txt").read_text() == "True"
     labels = ["key", "pw", "nested", "excluded", "func", "plain"]
-    assert (tmp_path / "counter.txt").read_text().split() == labels + ["key", "pw", "nested", "excluded"]
+    assert executions(tmp_path / "counter.txt") == labels + ["key", "pw", "nested", "excluded"]
     statuses = [c.metadata.nbdurable["status"] for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells]
     assert statuses == ["executed"] * 3 + ["control", "executed", "restored", "restored", "executed"]
 
@@ -184,6 +169,8 @@ def test_headless_run_never_writes_secrets(tmp_path: Path) -> None:
     assert_detects(store, marker)
 
 
+@pytest.mark.kernel
+@pytest.mark.slow
 def test_secret_parameters_are_recorded_as_digests_and_resume_from_the_environment(tmp_path: Path) -> None:
     """`-p OPENAI_API_KEY sk-…`: the run still resumes (same secret, same digest), yet neither the injected
     parameters cell nor the run record stores the secret; `nbdurable resume` takes it from the environment."""
@@ -196,11 +183,10 @@ def test_secret_parameters_are_recorded_as_digests_and_resume_from_the_environme
                                           "    pathlib.Path('failed-once').touch()\n    raise RuntimeError('flaky')")]
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, tmp_path / "params.ipynb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBDURABLE_") and k != "OPENAI_API_KEY"}
 
-    def nbd(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "nbdurable", *args, "--no-progress", "--store", "store"],
-                              cwd=tmp_path, env={**env, **(extra or {})}, capture_output=True, text=True, timeout=180)
+    def nbd(*args: str, extra: dict[str, str] | None = None) -> CliResult:
+        env = {"OPENAI_API_KEY": None, **(extra or {})}  # never this process's own key: the test decides
+        return run_cli(*args, "--no-progress", "--store", "store", cwd=tmp_path, env=env)
 
     first = nbd("run", "params.ipynb", "-p", "OPENAI_API_KEY", secret, "-p", "week", "47")
     assert first.returncode == 1 and "flaky" in first.stderr, first.stderr
@@ -208,7 +194,8 @@ def test_secret_parameters_are_recorded_as_digests_and_resume_from_the_environme
     refused = nbd("resume", run_id)
     assert refused.returncode == 2 and "set the environment variable OPENAI_API_KEY" in refused.stderr, refused.stderr
     resumed = nbd("resume", run_id, extra={"OPENAI_API_KEY": secret})
-    assert resumed.returncode == 0 and "1 restored" in resumed.stdout, resumed.stdout + resumed.stderr  # the secret cells re-run
+    # the secret cells re-run
+    assert resumed.returncode == 0 and "1 restored" in resumed.stdout, resumed.stdout + resumed.stderr
     again = nbd("run", "params.ipynb", "-p", "OPENAI_API_KEY", secret, "-p", "week", "47", "--fresh")
     assert again.returncode == 0, again.stderr
     assert_nowhere_in(tmp_path / "store", secret)

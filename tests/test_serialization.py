@@ -83,7 +83,7 @@ def backed_by(arr: np.ndarray[Any, Any], payload: bytearray) -> bool:
 def notebook(source: str) -> dict[str, Any]:
     """A namespace like IPython's user namespace, with ``source`` executed in it."""
     ns: dict[str, Any] = {"__name__": "__main__"}
-    exec(textwrap.dedent(source), ns)  # noqa: S102 - running notebook code is the point
+    exec(textwrap.dedent(source), ns)  # running notebook code is the point
     return ns
 
 
@@ -519,6 +519,7 @@ def _assert_mutable(back: pd.DataFrame) -> None:
     assert (back["f"].iloc[:3] == 5.0).all() and back["t"].iloc[1] == pd.Timestamp("2000-01-01")
 
 
+@pytest.mark.slow
 def test_big_dataframe_restores_exactly_and_writable_from_a_mapped_file(tmp_path: pathlib.Path) -> None:
     """Several row groups and pages, restored from a copy-on-write mapping as the store gives it."""
     df = _numeric_frame(1_100_000)
@@ -897,8 +898,8 @@ def _generator() -> Any:
         (lambda tmp: _generator(), "generator"),
         (lambda tmp: sqlite3.connect(":memory:"), "sqlite3.Connection"),
         (lambda tmp: threading.Lock(), "lock"),
-        (lambda tmp: open(tmp / "w.txt", "w"), "open file"),  # noqa: SIM115 - closed by the test
-        (lambda tmp: open(tmp / "w.txt", "rb"), "open file"),  # noqa: SIM115
+        (lambda tmp: open(tmp / "w.txt", "w"), "open file"),  # closed by the test
+        (lambda tmp: open(tmp / "w.txt", "rb"), "open file"),
         (lambda tmp: {"nested": [_generator()]}, "generator"),
     ],
     ids=["generator", "sqlite3", "lock", "file-w", "file-rb", "nested"],

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import Session, run_session
+from helpers import KILL
 
-KILL = "import os; os.kill(os.getpid(), 9)"
 
-
-def crash_then_resume(store: Path, cells: list[str], probes: dict[str, str], *, extra: list[str] | None = None) -> Session:
+def crash_then_resume(store: Path, cells: list[str], probes: dict[str, str], *,
+                      extra: list[str] | None = None) -> Session:
     first = run_session(store, [*cells, KILL])
     assert first.killed, first.stdout
     assert all(c["success"] for c in first.cells), first.cells
@@ -41,8 +41,8 @@ def test_ndarray_and_dataframe(store_dir: Path) -> None:
         "arr = np.arange(200_000, dtype='float64').reshape(400, 500)",
         "df = pd.DataFrame({'x': range(5000), 'y': [str(i) for i in range(5000)]}).set_index('x')",
     ]
-    probes = {"arr": "(arr.shape, float(arr.sum()), arr.flags.writeable)", "df": "(df.shape, df.index.name, df['y'].iloc[4999])",
-              "np": "np.__name__"}
+    probes = {"arr": "(arr.shape, float(arr.sum()), arr.flags.writeable)",
+              "df": "(df.shape, df.index.name, df['y'].iloc[4999])", "np": "np.__name__"}
     second = crash_then_resume(store_dir, cells, probes)
     assert second.probes["arr"] == f"((400, 500), {float(sum(range(200_000)))}, True)"
     assert second.probes["df"] == "((5000, 1), 'x', '4999')"
@@ -54,7 +54,8 @@ def test_functions_lambdas_classes_and_instances(store_dir: Path) -> None:
     cells = [
         "factor = 3\ndef scale(x):\n    return x * factor",
         "double = lambda x: x * 2",
-        "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n    def norm1(self):\n        return abs(self.x) + abs(self.y)",
+        "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
+        "    def norm1(self):\n        return abs(self.x) + abs(self.y)",
         "p = Point(3, -4)",
     ]
     probes = {"scale": "scale(5)", "double": "double(21)", "p": "p.norm1()", "isinstance": "isinstance(p, Point)",
@@ -69,7 +70,8 @@ def test_functions_lambdas_classes_and_instances(store_dir: Path) -> None:
 
 def test_module_imports(store_dir: Path) -> None:
     cells = ["import numpy as np", "from os import path", "import json, collections.abc"]
-    probes = {"np": "np.__name__", "path": "path.join('a', 'b')", "json": "json.dumps([1])", "abc": "collections.abc.Mapping.__name__"}
+    probes = {"np": "np.__name__", "path": "path.join('a', 'b')", "json": "json.dumps([1])",
+              "abc": "collections.abc.Mapping.__name__"}
     second = crash_then_resume(store_dir, cells, probes)
     assert second.probes == {"np": "'numpy'", "path": "'a/b'", "json": "'[1]'", "abc": "'Mapping'"}
 
@@ -84,7 +86,8 @@ def test_aliasing_survives_restore(store_dir: Path) -> None:
     cells = ["a = [1, 2]", "b = a", "c = [1, 2]", "a.append(3)", "import numpy as np\nw = np.zeros(2)\nbest = w"]
     probes = {"alias": "b is a", "not_alias": "c is a", "b": "b", "c": "c", "same_cell": "best is w"}
     second = crash_then_resume(store_dir, cells, probes, extra=["a.append(4)"])
-    assert second.probes == {"alias": "True", "not_alias": "False", "b": "[1, 2, 3, 4]", "c": "[1, 2]", "same_cell": "True"}
+    assert second.probes == {"alias": "True", "not_alias": "False", "b": "[1, 2, 3, 4]", "c": "[1, 2]",
+                             "same_cell": "True"}
 
 
 def test_in_place_mutations(store_dir: Path) -> None:
@@ -127,7 +130,8 @@ def test_secrets_are_never_written(store_dir: Path) -> None:
     env = {"SERVICE_CREDENTIAL": secret}
     first = run_session(store_dir, [*cells, KILL], env=env)
     assert first.killed
-    second = run_session(store_dir, cells, env=env, probes={"key": "OPENAI_API_KEY", "pw": "db_password[::-1]", "mine": "mine", "n": "n_chars"})
+    second = run_session(store_dir, cells, env=env,
+                         probes={"key": "OPENAI_API_KEY", "pw": "db_password[::-1]", "mine": "mine", "n": "n_chars"})
     assert second.probes == {"key": repr(secret), "pw": repr(secret), "mine": "'xhidden-value'", "n": str(len(secret))}
     assert second.stdout.count("re-executing this cell") == 3
     files = [p for p in store_dir.rglob("*") if p.is_file()]

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 import nbdurable as nbd
-from conftest import run_session
 from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter
 from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.policy import parse_duration
 from nbdurable.runtime.run import DurableRun
-from nbdurable.runtime.steps import StepContext, enter_cell
+from nbdurable.runtime.session import enter_cell
+from nbdurable.runtime.steps import StepContext
 from nbdurable.store import Store
+
+from conftest import run_session
+from helpers import KILL, executions, journal_records
 
 
 @pytest.fixture
@@ -49,7 +52,8 @@ def test_flaky_step_succeeds_on_attempt_3_with_backoff_recorded(cell) -> None:
     recorded = attempts(store, run)
     assert [a["attempt"] for a in recorded] == [1, 2, 3]
     assert [a["next_delay"] for a in recorded] == [0.01, 0.02, None]
-    assert [a["error"]["ename"] if a["error"] else None for a in recorded] == ["ConnectionError", "ConnectionError", None]
+    assert [a["error"]["ename"] if a["error"] else None for a in recorded] == [
+        "ConnectionError", "ConnectionError", None]
     end = [r for r in store.read_journal(run.run_id) if r["t"] == "step_end" and r["variables"]][-1]
     assert end["status"] == "completed" and end["variables"][0]["name"] == "result"
 
@@ -122,10 +126,10 @@ def test_loop_of_50_steps_killed_at_30_resumes_executing_exactly_20(store_dir: P
     cells = [f"COUNTER = {str(counter)!r}\nMARKER = {str(marker)!r}", *LOOP_CELLS]
     first = run_session(store_dir, cells)
     assert first.killed
-    assert counter.read_text().split() == [str(i) for i in range(31)]
+    assert executions(counter) == [str(i) for i in range(31)]
     second = run_session(store_dir, cells, probes={"total": "total", "n": "len(results)"})
     assert second.probes == {"total": str(sum(i * i for i in range(50))), "n": "50"}
-    executed_again = counter.read_text().split()[31:]
+    executed_again = executions(counter)[31:]
     assert executed_again == [str(i) for i in range(30, 50)], "calls 0..29 replayed, 30..49 executed: exactly 20"
 
 
@@ -146,7 +150,26 @@ def test_a_resume_killed_again_does_not_rerun_the_calls_it_replayed(store_dir: P
     third = run_session(store_dir, cells, probes={"results": "results"})
     assert third.probes["results"] == repr(list(range(10)))
     # 0..3 by the first session, 3..7 by the second (3 died mid-call), 7..9 by the third: nothing else twice.
-    assert counter.read_text().split() == [str(i) for i in [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9]]
+    assert executions(counter) == [str(i) for i in [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9]]
+
+
+def test_a_resume_killed_before_the_cut_short_cell_keeps_its_completed_calls(store_dir: Path, tmp_path: Path) -> None:
+    """Found by the crash harness: run 1 dies inside the loop cell after 5 calls; run 2 (a resume) dies in an
+    earlier cell, before it reaches the loop; run 3 must still replay the 5 calls run 1 completed."""
+    counter = tmp_path / "count.txt"
+    setup = ("import os, pathlib\nimport nbdurable as nbd\n"
+             f"COUNTER, MARKS = {str(counter)!r}, {str(tmp_path)!r}")
+    work = ("@nbd.step\ndef work(i):\n"
+            "    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n"
+            "    mark = pathlib.Path(MARKS, 'killed-in-loop')\n"
+            "    if i == 5 and not mark.exists():\n        mark.touch()\n        os.kill(os.getpid(), 9)\n"
+            "    return i")
+    loop = "results = [work(i) for i in range(8)]"
+    assert run_session(store_dir, [setup, work, loop]).killed  # calls 0..4 completed, 5 died mid-call
+    assert run_session(store_dir, [setup, KILL]).killed  # a resume that never reached the loop cell
+    third = run_session(store_dir, [setup, work, loop], probes={"results": "results"})
+    assert third.probes["results"] == repr(list(range(8)))
+    assert executions(counter) == [str(i) for i in [0, 1, 2, 3, 4, 5, 5, 6, 7]]
 
 
 def test_replay_with_other_arguments_is_a_nondeterminism_error(store_dir: Path, tmp_path: Path) -> None:
@@ -177,7 +200,7 @@ def test_a_call_that_failed_the_cell_executes_again_on_resume(store_dir: Path, t
     flag.touch()
     second = run_session(store_dir, cells, probes={"answers": "answers"})
     assert second.probes == {"answers": "[0, 1, 2, 3, 4]"}
-    assert counter.read_text().split() == ["0", "1", "2", "3", "3", "4"], "0-2 replayed; the failed call 3 runs again"
+    assert executions(counter) == ["0", "1", "2", "3", "3", "4"], "0-2 replayed; the failed call 3 runs again"
 
 
 def test_async_steps_under_gather_resume(store_dir: Path, tmp_path: Path) -> None:
@@ -185,37 +208,37 @@ def test_async_steps_under_gather_resume(store_dir: Path, tmp_path: Path) -> Non
     cells = [
         f"import asyncio, os, pathlib\nimport nbdurable as nbd\nCOUNTER, MARKER = {str(counter)!r}, {str(marker)!r}",
         "@nbd.step\nasync def fetch(i):\n    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n"
-        "    if i == 3 and not pathlib.Path(MARKER).exists():\n        pathlib.Path(MARKER).touch()\n        os.kill(os.getpid(), 9)\n"
+        "    if i == 3 and not pathlib.Path(MARKER).exists():\n        pathlib.Path(MARKER).touch()\n"
+        "        os.kill(os.getpid(), 9)\n"
         "    return i * 2",
         "out = await asyncio.gather(*(fetch(i) for i in range(6)))",
     ]
     assert run_session(store_dir, cells).killed
     second = run_session(store_dir, cells, probes={"out": "out"})
     assert second.probes == {"out": "[0, 2, 4, 6, 8, 10]"}
-    assert counter.read_text().split() == ["0", "1", "2", "3", "3", "4", "5"]
+    assert executions(counter) == ["0", "1", "2", "3", "3", "4", "5"]
 
 
 def test_map_resumes_only_the_missing_items(store_dir: Path, tmp_path: Path) -> None:
-    import json
-
     counter, marker = tmp_path / "count.txt", tmp_path / "killed"
     cells = [
         f"import os, pathlib, time\nimport nbdurable as nbd\nCOUNTER, MARKER = {str(counter)!r}, {str(marker)!r}",
         "def work(i):\n    with open(COUNTER, 'a') as f:\n        f.write(f'{i}\\n')\n    time.sleep(0.02)\n"
-        "    if i == 7 and not pathlib.Path(MARKER).exists():\n        pathlib.Path(MARKER).touch()\n        os.kill(os.getpid(), 9)\n"
+        "    if i == 7 and not pathlib.Path(MARKER).exists():\n        pathlib.Path(MARKER).touch()\n"
+        "        os.kill(os.getpid(), 9)\n"
         "    return i + 1",
         "res = nbd.map(work, range(12), concurrency=3)",
     ]
     assert run_session(store_dir, cells).killed
-    started = set(map(int, counter.read_text().split()))
-    journal = next((store_dir / "journals").glob("*.jsonl")).read_text().splitlines()
-    records = [json.loads(line.split("\t")[0]) for line in journal]
+    started = set(map(int, executions(counter)))
+    records = journal_records(store_dir)
     children = {r["ordinal"]: r["options"]["seq"] - 1 for r in records if r["t"] == "step_start" and r.get("parent")}
-    completed = {children[r["ordinal"]] for r in records if r["t"] == "step_end" and r["ordinal"] in children and r["status"] == "completed"}
+    completed = {children[r["ordinal"]] for r in records
+                 if r["t"] == "step_end" and r["ordinal"] in children and r["status"] == "completed"}
     assert completed and 7 not in completed
     second = run_session(store_dir, cells, probes={"res": "res"})
     assert second.probes == {"res": str(list(range(1, 13)))}
-    runs = list(map(int, counter.read_text().split()))
+    runs = list(map(int, executions(counter)))
     for i in range(12):
         expected = 1 if i in completed or i not in started else 2
         assert runs.count(i) == expected, (i, runs, completed)

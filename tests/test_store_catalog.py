@@ -15,7 +15,14 @@ import duckdb
 import pandas as pd
 import pytest
 
-from nbdurable.errors import CatalogLockedError, CorruptJournalError, OptionsError, RunNotFoundError, StoreError, StoreFormatError
+from nbdurable.errors import (
+    CatalogLockedError,
+    CorruptJournalError,
+    OptionsError,
+    RunNotFoundError,
+    StoreError,
+    StoreFormatError,
+)
 from nbdurable.store import Catalog, Store, records
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,22 +37,26 @@ def store(tmp_path: pathlib.Path) -> Store:
 
 
 def _var(name: str, key: str | None, **extra: Any) -> records.VarRef:
-    ref = {"name": name, "op": "set", "object": key, "format": "pickle", "type": "builtins.int", "size": 8, "instance": f"i-{name}", **extra}
+    ref = {"name": name, "op": "set", "object": key, "format": "pickle", "type": "builtins.int", "size": 8,
+           "instance": f"i-{name}", **extra}
     return cast(records.VarRef, ref)
 
 
-def _step(w: Any, ordinal: int, *, status: str = "completed", duration: float = 1.0, parent: int | None = None, **kw: Any) -> None:
-    w.append(records.step_start_record(ordinal, source=f"x{ordinal} = {ordinal}", source_hash=f"{ordinal:016x}", parent=parent,
-                                       options=kw.pop("options", None)))
+def _step(w: Any, ordinal: int, *, status: str = "completed", duration: float = 1.0, parent: int | None = None,
+          **kw: Any) -> None:
+    w.append(records.step_start_record(ordinal, source=f"x{ordinal} = {ordinal}", source_hash=f"{ordinal:016x}",
+                                       parent=parent, options=kw.pop("options", None)))
     start = T0 + ordinal * 10
     end = start + (0.25 if status == "restored" else duration)
     w.append(records.step_end_record(ordinal, status=status, started_at=start, ended_at=end, duration=duration,  # type: ignore[arg-type]
                                      variables=kw.pop("variables", [_var(f"x{ordinal}", f"{ordinal:032x}")]),
-                                     outputs=kw.pop("outputs", [{"output_type": "stream", "name": "stdout", "text": f"{ordinal}\n"}]), **kw),
+                                     outputs=kw.pop("outputs", [{"output_type": "stream", "name": "stdout",
+                                                                 "text": f"{ordinal}\n"}]), **kw),
              sync=True)
 
 
-def _run(store: Store, run_id: str, *, steps: int = 3, final: str | None = "completed", notebook: str = "nb", **kw: Any) -> None:
+def _run(store: Store, run_id: str, *, steps: int = 3, final: str | None = "completed", notebook: str = "nb",
+         **kw: Any) -> None:
     with store.new_journal(run_id) as w:
         w.append(records.run_record(run_id, notebook=notebook, notebook_path=f"/work/{notebook}.ipynb", kind="headless",
                                     params={"n": 1}, environment={"pid": 123, "host": "h1"}, **kw), sync=True)
@@ -71,13 +82,16 @@ def _assert_same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None
 def test_ingest_builders(store: Store) -> None:
     _run(store, "r1")
     with store.new_journal("r2") as w:
-        w.append(records.run_record("r2", notebook="nb", notebook_path="/work/nb.ipynb", kind="interactive", resumed_from="r1", root_run="r1"))
+        w.append(records.run_record("r2", notebook="nb", notebook_path="/work/nb.ipynb", kind="interactive",
+                                    resumed_from="r1", root_run="r1"))
         _step(w, 1, status="restored", duration=5.0, restored_from={"run_id": "r1", "ordinal": 1})
         _step(w, 2, options={"always": True})
         _step(w, 3, parent=2, variables=[_var("y", "f" * 32, inline="AAAA")])  # an explicit step inside cell 2
-        _step(w, 4, status="failed", error={"ename": "ValueError", "evalue": "bad", "traceback": ["line 1", "line 2"]}, variables=[],
+        _step(w, 4, status="failed", error={"ename": "ValueError", "evalue": "bad", "traceback": ["line 1", "line 2"]},
+              variables=[],
               outputs=[{"output_type": "error", "ename": "ValueError", "evalue": "bad", "traceback": []},
-                       {"output_type": "display_data", "data": {"text/plain": "<fig>", "image/png": "iVBOR"}, "metadata": {}},
+                       {"output_type": "display_data", "data": {"text/plain": "<fig>", "image/png": "iVBOR"},
+                        "metadata": {}},
                        {"output_type": "object", "object": "e" * 32}])
         w.append(records.run_end_record("failed"))
     with store.append_journal("r1") as w:
@@ -87,7 +101,8 @@ def test_ingest_builders(store: Store) -> None:
     runs = catalog.runs().set_index("run_id")
     assert list(runs.index) == ["r2", "r1"]  # newest first
     r1, r2 = runs.loc["r1"], runs.loc["r2"]
-    assert (r1.status, r1.superseded_by, r1.steps_total, r1.steps_executed, r1.pid, r1.host) == ("completed", "r2", 3, 3, 123, "h1")
+    assert (r1.status, r1.superseded_by, r1.steps_total, r1.steps_executed, r1.pid, r1.host) == (
+        "completed", "r2", 3, 3, 123, "h1")
     assert json.loads(r1.params) == {"n": 1} and r1.kind == "headless" and r1.root_run == "r1"
     assert (r2.status, r2.resumed_from, r2.root_run, r2.kind) == ("failed", "r1", "r1", "interactive")
     assert (r2.steps_total, r2.steps_executed, r2.steps_restored, r2.steps_failed) == (3, 1, 1, 1)  # step 3 is a child
@@ -95,9 +110,11 @@ def test_ingest_builders(store: Store) -> None:
     assert r2.duration_s > 0 and isinstance(r2.started_at, pd.Timestamp)
     steps = catalog.steps("r2").set_index("ordinal")
     assert list(steps.index) == [1, 2, 3, 4]
-    assert (steps.loc[1].restored_from_run, steps.loc[1].restored_from_ordinal, steps.loc[1].status) == ("r1", 1, "restored")
+    assert (steps.loc[1].restored_from_run, steps.loc[1].restored_from_ordinal, steps.loc[1].status) == (
+        "r1", 1, "restored")
     assert bool(steps.loc[2].always) and not bool(steps.loc[1].always) and steps.loc[3].parent == 2
-    assert (steps.loc[4].error_ename, steps.loc[4].error_evalue, steps.loc[4].error_traceback) == ("ValueError", "bad", "line 1\nline 2")
+    assert (steps.loc[4].error_ename, steps.loc[4].error_evalue, steps.loc[4].error_traceback) == (
+        "ValueError", "bad", "line 1\nline 2")
     assert steps.loc[4].duration_s == 1.0 and steps.loc[1].source == "x1 = 1"
     var = catalog.query("SELECT * FROM variables WHERE run_id = ? AND name = ?", ["r2", "y"])
     assert (var.object[0], var.format[0], var.size_bytes[0], var.instance[0]) == ("f" * 32, "pickle", 8, "i-y")
@@ -255,8 +272,9 @@ for r in range(int(sys.argv[2])):
         for i in range(1, 4):
             w.append(records.step_start_record(i, source="x", source_hash="0" * 16))
             time.sleep(0.01)
-            w.append(records.step_end_record(i, status="completed", started_at=time.time(), ended_at=time.time(), duration=0.0,
-                     variables=[{"name": "x", "op": "set", "object": f"{r:016x}{i:016x}"}], outputs=[]), sync=True)
+            w.append(records.step_end_record(i, status="completed", started_at=time.time(), ended_at=time.time(),
+                     duration=0.0, variables=[{"name": "x", "op": "set", "object": f"{r:016x}{i:016x}"}], outputs=[]),
+                     sync=True)
         w.append(records.run_end_record("completed"), sync=True)
 """
 
@@ -268,7 +286,8 @@ def test_concurrent_ingesters_and_writer(store: Store, tmp_path: pathlib.Path) -
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     for proc in ingesters:  # both running before the writer starts
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"go"
-    writer = subprocess.run([sys.executable, "-c", _APPENDER, str(store.path), str(runs)], env=ENV, capture_output=True, timeout=120)
+    writer = subprocess.run([sys.executable, "-c", _APPENDER, str(store.path), str(runs)], env=ENV, capture_output=True,
+                            timeout=120)
     stop.touch()
     loops = []
     for proc in ingesters:
@@ -279,7 +298,8 @@ def test_concurrent_ingesters_and_writer(store: Store, tmp_path: pathlib.Path) -
     assert min(loops) > 1  # both really ingested concurrently with the writer
     catalog = store.catalog()
     catalog.ingest()
-    counts = catalog.query("SELECT (SELECT count(*) FROM runs) r, (SELECT count(*) FROM steps) s, (SELECT count(*) FROM variables) v, "
+    counts = catalog.query("SELECT (SELECT count(*) FROM runs) r, (SELECT count(*) FROM steps) s, "
+                           "(SELECT count(*) FROM variables) v, "
                            "(SELECT count(*) FROM runs WHERE status = 'completed' AND steps_total = 3) ok")
     assert tuple(counts.iloc[0]) == (runs, runs * 3, runs * 3, runs)
     before = _tables(catalog)
@@ -298,7 +318,8 @@ con.close()
 
 def _hold_catalog(catalog: Catalog, seconds: float) -> subprocess.Popen[bytes]:
     catalog.ingest()  # create the file
-    proc = subprocess.Popen([sys.executable, "-c", _DB_HOLDER, str(catalog.path), str(seconds)], env=ENV, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", _DB_HOLDER, str(catalog.path), str(seconds)], env=ENV,
+                            stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
     return proc
 
@@ -438,7 +459,7 @@ def test_threads_of_one_process_share_the_catalog(store: Store) -> None:
                 assert len(store.catalog().runs()) >= 1
                 if i == 0:
                     _run(store, f"t{_}-{time.monotonic_ns()}")
-        except BaseException as exc:  # noqa: BLE001 - collected and re-raised in the main thread
+        except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from pathlib import Path
 import pickle
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +96,8 @@ def test_open_path_is_a_file(tmp_path: pathlib.Path) -> None:
 def test_concurrent_open_of_new_store(tmp_path: pathlib.Path) -> None:
     code = "import sys; from nbdurable.store import Store; Store.open(sys.argv[1])"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], env=env, stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], env=env, stderr=subprocess.PIPE)
+             for _ in range(4)]
     for p in procs:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err.decode()
@@ -110,7 +111,8 @@ def test_round_trip(store: Store) -> None:
         t = time.time()
         rec = records.step_end_record(
             1, status="completed", started_at=t, ended_at=t + 1, duration=1.0,
-            variables=[{"name": "héllo\t\n", "op": "set", "object": None}], outputs=[{"output_type": "stream", "name": "stdout", "text": "a\tb\nc"}],
+            variables=[{"name": "héllo\t\n", "op": "set", "object": None}],
+            outputs=[{"output_type": "stream", "name": "stdout", "text": "a\tb\nc"}],
         )
         assert w.append(rec, sync=True) == 4
         assert rec["seq"] == 4 and isinstance(rec["ts"], float)
@@ -220,14 +222,16 @@ def test_authenticated_garbage_is_corrupt_even_last(store: Store) -> None:
         store.read_journal("r1")
 
 
-def test_a_line_written_under_another_key_is_never_parsed(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_line_written_under_another_key_is_never_parsed(store: Store, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Authentication: records forged without the user's key (or written under another user's key) are
     refused before anything in them is used; mid-file that is damage, as the last line it is a torn tail."""
     _write_run(store, "r1").close()
     path = store.path / "journals" / "r1.jsonl"
     honest = path.read_bytes()
     monkeypatch.setenv("NBDURABLE_KEY_FILE", str(tmp_path / "attacker-key"))
-    forged = encode_line({"t": "step_end", "ordinal": 1, "status": "completed", "variables": [{"name": "x", "op": "set"}]})
+    forged = encode_line({"t": "step_end", "ordinal": 1, "status": "completed",
+                          "variables": [{"name": "x", "op": "set"}]})
     monkeypatch.delenv("NBDURABLE_KEY_FILE")
     path.write_bytes(honest + forged)
     assert len(store.read_journal("r1")) == 3  # the forged last line is ignored like a torn write

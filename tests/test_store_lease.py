@@ -53,7 +53,8 @@ def holder(store: Store) -> Iterator[subprocess.Popen[bytes]]:
 
 def _start_holder(store: Store, run_id: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store.path), run_id, *extra], env=env, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store.path), run_id, *extra], env=env,
+                            stdout=subprocess.PIPE)
     assert proc.stdout is not None
     word, child = proc.stdout.readline().split()
     assert word == b"ready"

@@ -11,17 +11,12 @@ from pathlib import Path
 import pytest
 
 import nbdurable as nbd
-from conftest import run_session
 from nbdurable.errors import OptionsError
 from nbdurable.runtime.waits import matches
 from nbdurable.store import Store
 
-
-def records(store_dir: Path, t: str | None = None) -> list[dict]:
-    store = Store.open(store_dir)
-    out = [r for run_id in store.run_ids() for r in store.read_journal(run_id)]
-    return [r for r in out if t is None or r["t"] == t]
-
+from conftest import run_session
+from helpers import journal_records
 
 # ----- %%durable --retries / --timeout -------------------------------------------------------------
 
@@ -39,12 +34,12 @@ def test_a_flaky_cell_succeeds_on_attempt_3_with_each_attempt_recorded(store_dir
     assert session.cells[-1]["success"], session.stdout
     assert session.probes == {"answer": "42", "out": "42"}  # the last expression is shown as the cell's result
     assert "attempt 1 of 5 failed (ConnectionError: flaky service); retrying in 0.05 s" in session.stdout
-    attempts = records(store_dir, "attempt")
+    attempts = journal_records(store_dir, "attempt")
     assert [a["attempt"] for a in attempts] == [1, 2, 3]
     assert [a["next_delay"] for a in attempts] == [0.05, 0.1, None]
     assert [(a["error"] or {}).get("ename") for a in attempts] == ["ConnectionError", "ConnectionError", None]
     assert attempts[1]["started_at"] - attempts[0]["ended_at"] >= 0.05  # the backoff was waited
-    start = next(r for r in records(store_dir, "step_start") if r["source"].startswith("import pathlib"))
+    start = next(r for r in journal_records(store_dir, "step_start") if r["source"].startswith("import pathlib"))
     assert start["options"]["retry"]["max_attempts"] == 5 and start["ordinal"] == attempts[0]["ordinal"]
     table = Store.open(store_dir).catalog().query(
         "SELECT attempt, coalesce(error_ename, '-'), coalesce(next_delay_s, -1) FROM attempts ORDER BY attempt")
@@ -52,18 +47,21 @@ def test_a_flaky_cell_succeeds_on_attempt_3_with_each_attempt_recorded(store_dir
 
 
 def test_a_cell_timeout_interrupts_each_attempt_and_the_last_error_fails_the_cell(store_dir: Path) -> None:
-    cell = "%%durable --retries 1 --initial-interval 0 --timeout 300ms\nimport time\nstarted = time.time()\ntime.sleep(30)"
+    cell = ("%%durable --retries 1 --initial-interval 0 --timeout 300ms\nimport time\nstarted = time.time()\n"
+            "time.sleep(30)")
     begun = time.monotonic()
     session = run_session(store_dir, [cell])
     assert time.monotonic() - begun < 20
     assert session.cells[-1]["error"].startswith("StepTimeoutError")
-    assert [(a["attempt"], a["error"]["ename"]) for a in records(store_dir, "attempt")] == [(1, "StepTimeoutError"), (2, "StepTimeoutError")]
-    end = [r for r in records(store_dir, "step_end") if r["ordinal"] == 1][0]
+    attempts = [(a["attempt"], a["error"]["ename"]) for a in journal_records(store_dir, "attempt")]
+    assert attempts == [(1, "StepTimeoutError"), (2, "StepTimeoutError")]
+    end = [r for r in journal_records(store_dir, "step_end") if r["ordinal"] == 1][0]
     assert end["status"] == "failed" and end["error"]["ename"] == "StepTimeoutError"
 
 
 def test_bad_cell_policy_options_are_clear_errors(store_dir: Path) -> None:
-    session = run_session(store_dir, ["%%durable --retries 2 --initial-interval soon\nx = 1", "%%durable --backoff 3\nx = 1"])
+    session = run_session(store_dir, ["%%durable --retries 2 --initial-interval soon\nx = 1",
+                                      "%%durable --backoff 3\nx = 1"])
     assert "not a duration: 'soon'" in session.cells[1]["error"]
     assert "--backoff needs --retries" in session.cells[2]["error"]
     with pytest.raises(OptionsError):
@@ -73,6 +71,7 @@ def test_bad_cell_policy_options_are_clear_errors(store_dir: Path) -> None:
 # ----- durable sleep ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sleep_across_a_crash_waits_only_the_remaining_time(store_dir: Path, tmp_path: Path) -> None:
     marker = tmp_path / "killed"
     cell = (
@@ -85,7 +84,8 @@ def test_sleep_across_a_crash_waits_only_the_remaining_time(store_dir: Path, tmp
     assert run_session(store_dir, [cell]).killed
     second = run_session(store_dir, [cell], probes={"waited": "waited", "woke": "woke"})
     assert second.cells[-1]["success"], second.stdout
-    wake_at = next(r for r in records(store_dir, "step_start") if r["name"] == "nbd.sleep")["options"]["wake_at"]
+    sleep = next(r for r in journal_records(store_dir, "step_start") if r["name"] == "nbd.sleep")
+    wake_at = sleep["options"]["wake_at"]
     assert float(second.probes["woke"]) >= wake_at  # the recorded wake-up time was honoured
     assert float(second.probes["waited"]) < 4.0  # but not waited again from the start (5 s)
     assert "sleeping until" in second.stdout
@@ -115,7 +115,7 @@ def test_wait_for_event_takes_each_matching_event_once_and_times_out(store_dir: 
     ]
     session = run_session(store_dir, cells, probes={"first": "first", "second": "second", "other": "other"})
     assert session.probes == {"first": "{'week': 47, 'by': 'ana'}", "second": "None", "other": "{'week': 46}"}
-    assert len(records(store_dir, "consumed")) == 2
+    assert len(journal_records(store_dir, "consumed")) == 2
     assert "waiting for event 'report.approved'" in session.stdout
 
 
@@ -128,6 +128,8 @@ def test_send_event_rejects_bad_names_and_data(store_dir: Path) -> None:
     assert nbd.send_event("ok", [1, 2], store=store) and json.loads(json.dumps(store.events()[0]["data"])) == [1, 2]
 
 
+@pytest.mark.kernel
+@pytest.mark.slow
 def test_interactive_waits_count_down_in_place_and_are_interruptible(tmp_path: Path) -> None:
     from kernels import Kernel
 
@@ -143,13 +145,14 @@ def test_interactive_waits_count_down_in_place_and_are_interruptible(tmp_path: P
             reply = kernel.kc.execute_interactive(code, timeout=60, output_hook=messages.append)
             assert time.monotonic() - begun < 20 and reply["content"]["ename"] == "KeyboardInterrupt"
             displays = [m for m in messages if m["msg_type"] in ("display_data", "update_display_data")]
-            approvals = [m for m in displays if m["content"]["metadata"].get("nbdurable", {}).get("notice") == "approval"]
+            approvals = [m for m in displays
+                         if m["content"]["metadata"].get("nbdurable", {}).get("notice") == "approval"]
             assert len(approvals) == (1 if "event" in shown else 0)  # an event wait also shows Approve/Reject
             displays = [m for m in displays if m not in approvals]
             assert displays[0]["msg_type"] == "display_data" and shown in displays[0]["content"]["data"]["text/plain"]
             assert any(m["msg_type"] == "update_display_data" for m in displays)  # refreshed in place, not appended
     finally:
         kernel.close()
-    sleep = next(r for r in records(store_dir, "step_start") if r["name"] == "nbd.sleep")
+    sleep = next(r for r in journal_records(store_dir, "step_start") if r["name"] == "nbd.sleep")
     assert sleep["options"]["wake_at"] > time.time()  # recorded before the wait: a resume waits only what is left
-    assert not [r for r in records(store_dir, "step_end") if r["ordinal"] == sleep["ordinal"]]  # never ended
+    assert not [r for r in journal_records(store_dir, "step_end") if r["ordinal"] == sleep["ordinal"]]  # never ended

@@ -22,7 +22,8 @@ class RecordingComm(BaseComm):
         self.sent: list[tuple[str, dict[str, Any], list[Any]]] = []
         super().__init__(*args, **kwargs)
 
-    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
+    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
+                    **keys: Any) -> None:
         self.sent.append((msg_type, dict(data or {}), list(buffers or [])))
 
     def updates(self) -> list[dict[str, Any]]:

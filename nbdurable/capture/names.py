@@ -11,6 +11,11 @@ Functions defined earlier reach globals the cell never names (``add(3)`` mutatin
 ``reachable_globals`` closure follows the global names of notebook functions and classes the cell loads.
 Code that reaches the namespace dynamically (``from m import *``, ``%run``, ``globals()``, ``exec``)
 makes ``needs_full_scan`` true: the caller then diffs the namespace keys for that cell only.
+
+Two kinds of interpreter state a cell can change without binding a variable are read from the code too:
+attributes it assigns or deletes through dotted names (``np.foo = 1``, ``mod.sub.flag += 1``: candidates
+for module attributes, ``capture/module_attrs.py``) and the magics that set interpreter state
+(``%matplotlib inline``, ``%config …``, ``%load_ext …``: replayed when the cell is restored).
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from typing import Any
 _DYNAMIC_CALLS = frozenset({"globals", "exec", "eval", "vars", "locals"})
 _FULL_SCAN_MAGICS = frozenset({"run", "load", "store", "reset", "reset_selective", "autoreload", "aimport"})
 _MAGIC_RUNNERS = frozenset({"run_line_magic", "run_cell_magic"})
+# Line magics whose effect is interpreter state (not a variable, not the environment or the working
+# directory, which are captured as such): replayed, with the same arguments, when their cell is restored.
+STATE_MAGICS = frozenset({
+    "matplotlib", "config", "load_ext", "reload_ext", "unload_ext", "autoreload", "aimport", "colors", "xmode",
+    "precision", "alias", "unalias", "autocall", "automagic", "doctest_mode", "pdb", "pylab",
+})
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,13 @@ class CellNames:
     stored: frozenset[str] = field(default_factory=frozenset)
     loaded: frozenset[str] = field(default_factory=frozenset)
     needs_full_scan: bool = False
+    # Dotted assignment/deletion targets rooted at a global name (``np.foo = 1`` → ("np", "foo")).
+    attribute_stores: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
+    # State magics the cell runs, in order: (magic, its argument line), literal arguments only.
+    magics: tuple[tuple[str, str], ...] = ()
+    # The global names whose value *before* the cell it may read: loaded names, minus those the cell
+    # definitely assigns before it first loads them (``f = open(...)`` then ``f.write``): see ``_Reads``.
+    reads: frozenset[str] = field(default_factory=frozenset)
 
 
 class _Collector(ast.NodeVisitor):
@@ -42,6 +60,8 @@ class _Collector(ast.NodeVisitor):
         self.full_scan = False
         self._depth = 0  # >0 inside a function body: its stores are local unless declared global
         self._globals: set[str] = set()
+        self.attribute_stores: set[tuple[str, ...]] = set()
+        self.magics: list[tuple[str, str]] = []
 
     def _store(self, name: str) -> None:
         if self._depth == 0 or name in self._globals:
@@ -52,6 +72,13 @@ class _Collector(ast.NodeVisitor):
             self.loaded.add(node.id)
         else:
             self._store(node.id)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if isinstance(node.ctx, (ast.Store, ast.Del)):
+            chain = _dotted(node)
+            if chain is not None:
+                self.attribute_stores.add(chain)
+        self.generic_visit(node)
 
     def visit_Global(self, node: ast.Global) -> None:
         self._globals.update(node.names)
@@ -129,11 +156,16 @@ class _Collector(ast.NodeVisitor):
         literals = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
         if literals and literals[0] in _FULL_SCAN_MAGICS:
             self.full_scan = True
+        if len(literals) >= 2 and literals[0] in STATE_MAGICS and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "run_line_magic":
+            self.magics.append((literals[0], literals[1]))
         for text in literals[1:]:
             inner = analyze_code(text)
             self.stored |= inner.stored
             self.loaded |= inner.loaded
             self.full_scan |= inner.needs_full_scan
+            self.attribute_stores |= inner.attribute_stores
+            self.magics.extend(inner.magics)
 
 
 @lru_cache(maxsize=512)
@@ -147,7 +179,153 @@ def analyze_code(code: str) -> CellNames:
         return CellNames()
     collector = _Collector()
     collector.visit(tree)
-    return CellNames(frozenset(collector.stored), frozenset(collector.loaded), collector.full_scan)
+    reads = _Reads()
+    reads.block(tree.body, set())
+    return CellNames(frozenset(collector.stored), frozenset(collector.loaded), collector.full_scan,
+                     frozenset(collector.attribute_stores), tuple(collector.magics), frozenset(reads.found))
+
+
+class _Reads:
+    """Which global names a cell reads before assigning them, in statement order (a simple definite-assignment
+    analysis: conservative, never misses a read; a name assigned only in a branch or a loop still counts)."""
+
+    def __init__(self) -> None:
+        self.found: set[str] = set()
+
+    def block(self, body: list[ast.stmt], defined: set[str]) -> set[str]:
+        """Walk statements in order; returns the names definitely assigned after them."""
+        for stmt in body:
+            defined = self.statement(stmt, defined)
+        return defined
+
+    def statement(self, stmt: ast.stmt, defined: set[str]) -> set[str]:
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            self.found |= _loads(stmt.value) - defined if stmt.value is not None else set()
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            for target in targets:
+                self.found |= _target_loads(target) - defined
+            return defined | {n for t in targets for n in _target_names(t)}
+        if isinstance(stmt, ast.AugAssign):
+            self.found |= (_loads(stmt.value) | _loads(stmt.target) | _target_names(stmt.target)) - defined
+            return defined | _target_names(stmt.target)
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            return defined | {(a.asname or a.name.split(".")[0]) for a in stmt.names if a.name != "*"}
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            self.found |= _loads(stmt) - defined  # decorators, defaults, bases and the body's free names
+            return defined | {stmt.name}
+        if isinstance(stmt, (ast.With, ast.AsyncWith)):
+            inner = set(defined)
+            for item in stmt.items:
+                self.found |= _loads(item.context_expr) - inner
+                if item.optional_vars is not None:
+                    self.found |= _target_loads(item.optional_vars) - inner
+                    inner |= _target_names(item.optional_vars)
+            return self.block(stmt.body, inner)
+        if isinstance(stmt, (ast.For, ast.AsyncFor)):
+            self.found |= _loads(stmt.iter) - defined
+            self.block(stmt.body, defined | _target_names(stmt.target))
+            self.block(stmt.orelse, defined)
+            return defined
+        if isinstance(stmt, ast.If):
+            self.found |= _loads(stmt.test) - defined
+            return self.block(stmt.body, set(defined)) & self.block(stmt.orelse, set(defined))
+        self.found |= _loads(stmt) - defined  # anything else: every name it loads may be read
+        return defined
+
+
+def _target_names(target: ast.expr) -> set[str]:
+    """Names a plain assignment target binds (``a``, ``a, (b, *c)``)."""
+    if isinstance(target, ast.Name):
+        return {target.id}
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return {n for elt in target.elts for n in _target_names(elt)}
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return set()
+
+
+def _target_loads(target: ast.expr) -> set[str]:
+    """Names an assignment target reads: ``a[i] = v`` reads ``a`` and ``i``, ``a.b = v`` reads ``a``."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return {n for elt in target.elts for n in _target_loads(elt)}
+    if isinstance(target, ast.Starred):
+        return _target_loads(target.value)
+    if isinstance(target, (ast.Attribute, ast.Subscript)):
+        return _loads(target)
+    return set()
+
+
+def _loads(node: ast.AST) -> set[str]:
+    """Global names loaded anywhere in ``node``: names bound inside functions, lambdas and comprehensions
+    (their parameters and locals) are theirs, not reads; the code of magics counts (``%time x = y``)."""
+    found: set[str] = set()
+
+    def visit(n: ast.AST, local: frozenset[str]) -> None:
+        if isinstance(n, ast.Name):
+            if isinstance(n.ctx, ast.Load) and n.id not in local:
+                found.add(n.id)
+            return
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for sub in [*getattr(n, "decorator_list", []), *n.args.defaults, *n.args.kw_defaults]:
+                if sub is not None:
+                    visit(sub, local)
+            args = n.args
+            params = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+            params |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+            body: list[ast.AST] = list(n.body) if isinstance(n.body, list) else [n.body]
+            inner = local | params | _locals(body)
+            for stmt in body:
+                visit(stmt, frozenset(inner))
+            return
+        if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            bound = {name for gen in n.generators for name in _target_names(gen.target)}
+            inner = frozenset(local | bound)
+            for gen in n.generators:
+                visit(gen.iter, local if gen is n.generators[0] else inner)
+                for cond in gen.ifs:
+                    visit(cond, inner)
+            for part in ([n.key, n.value] if isinstance(n, ast.DictComp) else [n.elt]):
+                visit(part, inner)
+            return
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _MAGIC_RUNNERS:
+            for arg in n.args[1:]:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.update(analyze_code(arg.value).reads - local)
+        for child in ast.iter_child_nodes(n):
+            visit(child, local)
+
+    visit(node, frozenset())
+    return found
+
+
+def _locals(body: list[ast.AST]) -> set[str]:
+    """Names a function body binds (its locals), unless declared global."""
+    bound: set[str] = set()
+    declared: set[str] = set()
+    for stmt in body:
+        for n in ast.walk(stmt):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                bound.add(n.id)
+            elif isinstance(n, ast.Global):
+                declared.update(n.names)
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(n.name)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                bound.update(a.asname or a.name.split(".")[0] for a in n.names)
+    return bound - declared
+
+
+def _dotted(node: ast.Attribute) -> tuple[str, ...] | None:
+    """``a.b.c`` as ("a", "b", "c"); None when the chain does not start at a plain name (``f().x``)."""
+    parts = [node.attr]
+    value = node.value
+    while isinstance(value, ast.Attribute):
+        parts.append(value.attr)
+        value = value.value
+    if not isinstance(value, ast.Name):
+        return None
+    parts.append(value.id)
+    return tuple(reversed(parts))
 
 
 def reachable_globals(names: frozenset[str], namespace: dict[str, Any]) -> set[str]:

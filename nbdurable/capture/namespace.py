@@ -21,6 +21,7 @@ import ast
 import fnmatch
 import io
 import itertools
+import pickle
 import re
 import types
 from collections.abc import Callable, Iterable
@@ -29,6 +30,7 @@ from typing import Any
 
 from nbdurable.capture.names import CellNames, reachable_globals
 from nbdurable.serialization import Serialized, serialize
+from nbdurable.store.auth import object_tag
 
 DEFAULT_SECRET_PATTERNS = ("*_KEY", "*TOKEN*", "*SECRET*", "*PASSWORD*")
 
@@ -141,7 +143,8 @@ class NamespaceTracker:
         loaded = set(names.loaded) - stored
         return stored, loaded
 
-    def compute_delta(self, names: CellNames, *, before: set[str] | None = None, no_state: bool = False) -> list[Change]:
+    def compute_delta(self, names: CellNames, *, before: set[str] | None = None,
+                      no_state: bool = False) -> list[Change]:
         """The changes a cell made to the namespace, by the rules in the module docstring."""
         stored, loaded = self.candidates(names, before)
         changes: dict[str, Change] = {}
@@ -178,13 +181,14 @@ class NamespaceTracker:
             return None
         return Change(name, "set", serialized, instance, id(obj), immutable, inert=_is_inert(obj))
 
-    def _serialize(self, name: str, obj: Any, *, no_state: bool, instance: str, by_instance: dict[str, Serialized]) -> Serialized:
+    def _serialize(self, name: str, obj: Any, *, no_state: bool, instance: str,
+                   by_instance: dict[str, Serialized]) -> Serialized:
         if instance in by_instance:
             return by_instance[instance]
         if _is_inert(obj):
             result = Serialized.unrestorable(obj, "a closed file: nothing to restore")
         elif self.secrets.is_secret(name):
-            result = Serialized.unrestorable(obj, "secret: never written to disk (matches the secret patterns or %durable exclude)")
+            result = secret_marker(obj)
         elif no_state:
             result = Serialized.unrestorable(obj, "not stored: the cell is marked %%durable --no-state")
         else:
@@ -212,10 +216,13 @@ class NamespaceTracker:
     def accept(self, changes: Iterable[Change]) -> None:
         """Make durable changes the new reference for later comparisons."""
         for change in changes:
+            if change.name.startswith("%"):
+                continue  # interpreter state (kernel_ext/interpreter.py): no variable to compare later
             if change.op == "del":
                 self.bindings.pop(change.name, None)
             elif change.serialized is not None and change.instance is not None:
-                self.bindings[change.name] = Binding(change.obj_id, change.serialized.key, change.instance, change.immutable)
+                self.bindings[change.name] = Binding(change.obj_id, change.serialized.key, change.instance,
+                                                     change.immutable)
 
     def adopt(self, name: str, obj: Any, *, key: str, instance: str) -> None:
         """Record a restored variable as known, so an untouched restored object is never re-stored."""
@@ -228,6 +235,26 @@ class NamespaceTracker:
     def reset(self) -> None:
         """Forget everything: the next touch of each variable records it again (a fresh run)."""
         self.bindings.clear()
+
+
+SECRET_REASON = "secret: never written to disk (matches the secret patterns or %durable exclude)"
+
+
+def secret_marker(obj: Any) -> Serialized:
+    """A secret's record: never its value, but a key that is a keyed digest (HMAC under the user's key) of its
+    pickled value when it has one, so an equal secret bound again is no change and a re-executed cell that
+    yields the same secret is known to (what a cell reading it computed still holds)."""
+    marker = Serialized.unrestorable(obj, SECRET_REASON)
+    try:
+        data = pickle.dumps(obj, protocol=5)
+    except Exception:  # whatever pickling raises: keyed by identity, as any unrestorable object
+        return marker
+    if len(data) <= _SECRET_DIGEST_MAX:
+        marker.key = object_tag(data)[:32]
+    return marker
+
+
+_SECRET_DIGEST_MAX = 1 << 20
 
 
 def _is_inert(obj: Any) -> bool:

@@ -6,58 +6,14 @@ Exit codes: 0 success; 1 a run or check failed; 2 usage error (bad options, unkn
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from nbdurable.errors import NbdurableError, OptionsError, RunNotFoundError
+from nbdurable.cli.base import EXIT_FAILED, RUNS_LIMIT_MAX, main, open_store, store_option
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SUSPENDED = 3
-RUNS_LIMIT_MAX = 1_000_000  # as `%durable runs --limit`; far more is no listing (and DuckDB refuses past int64)
-
-
-def _store_path(store: str | None) -> Path:
-    return Path(store or os.environ.get("NBDURABLE_STORE") or ".nbdurable")
-
-
-def _open_store(store: str | None, *, create: bool = False) -> Any:
-    from nbdurable.store import Store
-
-    path = _store_path(store)
-    if not create and not path.exists():  # a typo in --store is a usage error, not damage
-        raise OptionsError(f"no nbdurable store at {path.resolve()}",
-                           hint="pass --store DIR (or set NBDURABLE_STORE); a store is created by the first run")
-    return Store.open(path, create=create)
-
-
-class _Group(click.Group):
-    """Turns nbdurable errors into one clear message and the documented exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (RunNotFoundError, OptionsError) as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-        except NbdurableError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-
-
-store_option = click.option(
-    "--store", "store", metavar="DIR", default=None, help="Store directory (default: $NBDURABLE_STORE, else ./.nbdurable)."
-)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="nbdurable")
-def main() -> None:
-    """Durable execution for Jupyter notebooks: every cell a durable step, crashed runs resume."""
+__all__ = ["main"]
 
 
 @main.command("install-kernel")
@@ -75,14 +31,15 @@ def install_kernel(user: bool, name: str, prefix: str | None) -> None:
 @main.command("runs")
 @store_option
 @click.option("--notebook", default=None, help="Only runs of this notebook (path or attached name).")
-@click.option("--status", type=click.Choice(["running", "completed", "failed", "suspended", "cancelled", "crashed"]), default=None)
+@click.option("--status", type=click.Choice(["running", "completed", "failed", "suspended", "cancelled", "crashed"]),
+              default=None)
 @click.option("--limit", type=click.IntRange(min=1, max=RUNS_LIMIT_MAX), default=20, show_default=True,
               help="How many runs, newest first.")
 def runs(store: str | None, notebook: str | None, status: str | None, limit: int) -> None:
     """List recent runs, newest first."""
-    from nbdurable.kernel_ext.identity import notebook_identity
+    from nbdurable.runtime.identity import notebook_identity
 
-    table = _open_store(store).catalog().runs(
+    table = open_store(store).catalog().runs(
         notebook=notebook_identity(notebook) if notebook else None, status=status, limit=limit
     )
     if table.empty:
@@ -93,7 +50,8 @@ def runs(store: str | None, notebook: str | None, status: str | None, limit: int
 
 
 @main.command("demo")
-@click.option("--dir", "workdir", default=None, metavar="DIR", help="Where to run (default: a new temporary directory).")
+@click.option("--dir", "workdir", default=None, metavar="DIR",
+              help="Where to run (default: a new temporary directory).")
 def demo(workdir: str | None) -> None:
     """Run a bundled notebook, kill its kernel mid-run, run it again, and show what was restored."""
     from nbdurable.demo import run_demo, summarize

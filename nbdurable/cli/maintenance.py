@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nbdurable.cli import EXIT_FAILED, _open_store, main, store_option
+from nbdurable.cli.base import EXIT_FAILED, main, open_store, store_option
 
 if TYPE_CHECKING:
     from nbdurable.errors import LeaseHeldError
@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 
 @main.command("check")
 @store_option
-@click.option("--repair", is_flag=True, help="Truncate torn tails, salvage damaged journals (originals kept aside), rebuild the catalog.")
+@click.option("--repair", is_flag=True,
+              help="Truncate torn tails, salvage damaged journals (originals kept aside), rebuild the catalog.")
 def check(store: str | None, repair: bool) -> None:
     """Verify a store: journals, the object files they refer to, the catalog. Exit 1 on damage."""
     from nbdurable.store.maintenance import check_store, repair_store
 
-    st = _open_store(store)
+    st = open_store(store)
     report = check_store(st)
     click.echo(f"Store {st.path}")
     _echo_check(report)
@@ -61,16 +62,18 @@ def _echo_check(report: CheckReport) -> None:
 @main.command("gc")
 @store_option
 @click.option("--keep-last", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
-              help="Keep the N most recent runs of each notebook (live, unfinished and resumed-from runs are always kept).")
+              help="Keep the N most recent runs of each notebook "
+                   "(live, unfinished and resumed-from runs are always kept).")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
-@click.option("--prune-runs", is_flag=True, help="Also delete the journals (and leases) of the runs not kept; rebuild the catalog.")
+@click.option("--prune-runs", is_flag=True,
+              help="Also delete the journals (and leases) of the runs not kept; rebuild the catalog.")
 def gc(store: str | None, keep_last: int, dry_run: bool, prune_runs: bool) -> None:
     """Delete the object files that no kept run refers to."""
     from nbdurable.store.maintenance import GC_MIN_AGE_S, collect_garbage
 
-    report = collect_garbage(_open_store(store), keep_last=keep_last, dry_run=dry_run, prune_runs=prune_runs)
-    click.echo(f"Kept {_n(len(report.kept), 'run')} (the {keep_last} most recent of each notebook, plus live, unfinished "
-               f"and resumed-from runs); {_n(len(report.collected), 'run')} not kept.")
+    report = collect_garbage(open_store(store), keep_last=keep_last, dry_run=dry_run, prune_runs=prune_runs)
+    click.echo(f"Kept {_n(len(report.kept), 'run')} (the {keep_last} most recent of each notebook, plus live, "
+               f"unfinished and resumed-from runs); {_n(len(report.collected), 'run')} not kept.")
     _echo_gc(report, prune_runs, GC_MIN_AGE_S)
     for exc in report.refused:
         click.echo(f"refused: {exc.message}\n  What to do: {exc.hint}")
@@ -79,7 +82,8 @@ def gc(store: str | None, keep_last: int, dry_run: bool, prune_runs: bool) -> No
 def _echo_gc(report: GcReport, prune_runs: bool, min_age: float) -> None:
     verb = "Would delete" if report.dry_run else "Deleted"
     freed = "would be freed" if report.dry_run else "freed"
-    click.echo(f"{verb} {_n(report.deleted, 'object file')}: {_n(report.freed, 'byte')} ({_human(report.freed)}) {freed}.")
+    click.echo(f"{verb} {_n(report.deleted, 'object file')}: {_n(report.freed, 'byte')} "
+               f"({_human(report.freed)}) {freed}.")
     if report.spared_recent:
         click.echo(f"Spared {_n(report.spared_recent, 'unneeded object file')} modified in the last {min_age / 60:g} "
                    "minutes (a live run may be committing them).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nbdurable.cli import _open_store, main, store_option
+from nbdurable.cli.base import main, open_store, store_option
 from nbdurable.errors import OptionsError
 
 
@@ -23,7 +23,7 @@ def report(run_id: str, output: Path | None, store: str | None) -> None:
     from nbdurable.report import write_report
 
     target = output if output is not None else Path(re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".html")
-    opened = _open_store(store)  # a store that is not there is a usage error (exit 2), like an unknown run id
+    opened = open_store(store)  # a store that is not there is a usage error (exit 2), like an unknown run id
     if not target.parent.is_dir():
         raise OptionsError(f"cannot write {target}: the directory {target.parent} does not exist",
                            hint="create it first, or pass another -o FILE")

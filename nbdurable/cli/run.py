@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from nbdurable.cli import EXIT_FAILED, EXIT_SUSPENDED, _open_store, main, store_option
+from nbdurable.cli.base import EXIT_FAILED, EXIT_SUSPENDED, main, open_store, store_option
 from nbdurable.errors import OptionsError, RunNotFoundError
+from nbdurable.runtime.session import resolve_store_path
 
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 
 suspend_option = click.option(
     "--suspend-after", "suspend_after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
@@ -20,21 +21,35 @@ suspend_option = click.option(
 )
 
 
+def timeout_options(command: Any) -> Any:
+    """``--execution-timeout`` and ``--start-timeout``, as papermill's options of the same names."""
+    command = click.option(
+        "--start-timeout", "start_timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+        show_default=True, metavar="SECONDS", help="How long the kernel may take to start.",
+    )(command)
+    return click.option(
+        "--execution-timeout", "execution_timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+        help="Fail a cell that runs longer than this (it is interrupted; the run is resumable, and that cell "
+        "runs again on resume). Default (or 0): no limit.",
+    )(command)
+
+
 def _run_store(store: str | None, notebook: Path) -> Path:
     """``--store``, else NBDURABLE_STORE, else ``.nbdurable`` beside the notebook (as in Jupyter)."""
-    return Path(store or os.environ.get("NBDURABLE_STORE") or notebook.resolve().parent / ".nbdurable")
+    return resolve_store_path(store, notebook=str(notebook.resolve()))
 
 
 def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, store: str | None, cwd: str | None,
              kernel: str | None, fresh: bool = False, resume_run: str | None = None, progress: bool = True,
-             suspend_after: float | None = None) -> None:
+             suspend_after: float | None = None, execution_timeout: float | None = None,
+             start_timeout: float = 60.0) -> None:
     from tqdm import tqdm
 
     from nbdurable.headless.params import load_notebook
-    from nbdurable.headless.runner import HeadlessRunner
+    from nbdurable.headless.runner import HeadlessRunner, executes
 
     nb = load_notebook(notebook, params, kernel)
-    code_cells = sum(1 for c in nb.cells if c.cell_type == "code")
+    code_cells = sum(1 for c in nb.cells if executes(c))
     bar = tqdm(total=code_cells, unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     counts = {"executed": 0, "restored": 0}
 
@@ -48,23 +63,36 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
         nb, notebook_path=notebook, store_path=_run_store(store, notebook), params=params,
         output_path=Path(output) if output else None, kernel_name=kernel, cwd=Path(cwd) if cwd else None,
         fresh=fresh, resume_run=resume_run, on_cell=on_cell, suspend_after=suspend_after,
+        execution_timeout=execution_timeout, start_timeout=start_timeout,
     )  # fmt: skip
     try:
         result = runner.execute()
+    except KeyboardInterrupt:  # a second Ctrl-C while the run was being wound up (or before it started)
+        bar.close()
+        click.echo("Interrupted. Run the same command again to resume from there.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         bar.close()
     resumed = f" (resumed run {result.resumed_from})" if result.resumed_from else ""
+    exited = (f"; the notebook exited early at cell {result.exited_at + 1} (sys.exit), the cells after it did not run"
+              if result.exited_at is not None and result.status == "completed" else "")
     click.echo(
         f"{result.status}: run {result.run_id}{resumed}: {result.executed} executed, {result.restored} restored "
-        f"(saved {result.time_saved:.1f} s) in {result.seconds:.1f} s" + (f"; output {output}" if output else "")
+        f"(saved {result.time_saved:.1f} s) in {result.seconds:.1f} s{exited}"
+        + (f"; output {output}" if output else "")
     )
+    if result.status == "completed":
+        return
     if result.status == "suspended":
-        click.echo(f"Run {result.run_id} is {result.describe_suspension()}; `nbdurable worker` resumes it when it is due.",
-                   err=True)
+        click.echo(f"Run {result.run_id} is {result.describe_suspension()}; "
+                   "`nbdurable worker` resumes it when it is due.", err=True)
         sys.exit(EXIT_SUSPENDED)
-    if result.status != "completed":
-        click.echo(f"Error: {result.error}. Run the same command again to resume from there.", err=True)
-        sys.exit(EXIT_FAILED)
+    at = f" (cell {result.stopped_at + 1})" if result.stopped_at is not None else ""
+    if result.interrupted:
+        click.echo(f"Interrupted{at}. Run the same command again to resume from there.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(f"Error: {result.error}{at}\nRun the same command again to resume from there.", err=True)
+    sys.exit(EXIT_FAILED)
 
 
 @main.command("run")
@@ -76,23 +104,33 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
               help="A YAML file of parameters. Repeatable; -p wins.")
 @click.option("--fresh", is_flag=True, help="Start a new run even if an unfinished one exists.")
 @store_option
-@click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory of the kernel (default: the notebook's).")
+@click.option("--cwd", type=click.Path(exists=True, file_okay=False),
+              help="Working directory of the kernel (default: the notebook's).")
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @suspend_option
+@timeout_options
 def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], ...], files: tuple[str, ...],
         fresh: bool, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
-        suspend_after: float | None) -> None:
+        suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
     """Run NOTEBOOK headless; write OUTPUT (an .ipynb) if given.
 
-    The same notebook with the same parameters resumes its unfinished (crashed, failed or suspended) run:
-    cells it completed are restored, the rest executes. Exit code 0 completed, 1 a cell failed or the
-    kernel died, 3 the run suspended itself on a long `nbd.sleep` or `nbd.wait_for_event`
-    (`nbdurable worker` resumes it when it is due)."""
+    The same notebook with the same parameters resumes its unfinished (crashed, failed, interrupted or
+    suspended) run: cells it completed are restored, the rest executes. A cell calling `sys.exit()` or
+    `sys.exit(0)` ends the notebook early and successfully (as in papermill): the cells after it do not run.
+
+    \b
+    Exit codes: 0 completed (also after such an early exit);
+    1 a cell failed or timed out, or the kernel died;
+    3 the run suspended itself on a long `nbd.sleep` or `nbd.wait_for_event`
+      (`nbdurable worker` resumes it when it is due);
+    130 interrupted (Ctrl-C).
+    After 1, 3 or 130 the same command resumes the run from where it stopped."""
     from nbdurable.headless.params import load_parameters
 
     _execute(notebook, output, load_parameters(parameters, files), store=store, cwd=cwd, kernel=kernel,
-             fresh=fresh, progress=progress, suspend_after=suspend_after)
+             fresh=fresh, progress=progress, suspend_after=suspend_after, execution_timeout=execution_timeout,
+             start_timeout=start_timeout)
 
 
 @main.command("resume")
@@ -103,23 +141,26 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @suspend_option
+@timeout_options
 def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
-           suspend_after: float | None) -> None:
+           suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
     """Resume RUN_ID: run its notebook again with its parameters, restoring what it completed (same exit
     codes as `run`)."""
-    records = _open_store(store).read_journal(run_id)
+    records = open_store(store).read_journal(run_id)
     head = records[0] if records else {}
     notebook = head.get("notebook_path")
     if not notebook or not Path(notebook).exists():
         raise OptionsError(f"run {run_id} has no notebook file to run ({notebook or 'unnamed session'}).",
                            hint="interactive sessions resume in Jupyter with `%durable resume RUN_ID`.")
     if any(r.get("t") == "run_end" and r.get("status") == "completed" for r in records):
-        raise OptionsError(f"run {run_id} completed: there is nothing to resume.", hint="`nbdurable run NOTEBOOK --fresh` runs it again.")
+        raise OptionsError(f"run {run_id} completed: there is nothing to resume.",
+                           hint="`nbdurable run NOTEBOOK --fresh` runs it again.")
     from nbdurable.headless.params import secrets_from_environment
 
-    _execute(Path(notebook), output or head.get("output_path"), secrets_from_environment(head.get("params") or {}, run_id),
-             store=store or str(_open_store(store).path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
-             suspend_after=suspend_after)
+    _execute(Path(notebook), output or head.get("output_path"),
+             secrets_from_environment(head.get("params") or {}, run_id),
+             store=store or str(open_store(store).path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
+             suspend_after=suspend_after, execution_timeout=execution_timeout, start_timeout=start_timeout)
 
 
 @main.command("show")
@@ -128,13 +169,14 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(run_id: str, store: str | None, as_json: bool) -> None:
     """Show RUN_ID and its steps: status, duration, executed or restored (and from where)."""
-    catalog = _open_store(store).catalog()
+    catalog = open_store(store).catalog()
     runs = catalog.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     if runs.empty:
         raise RunNotFoundError(f"no run {run_id!r} in this store.", hint="`nbdurable runs` lists run ids.")
     steps = catalog.steps(run_id)
     if as_json:
-        click.echo(json.dumps({"run": runs.iloc[0].to_dict(), "steps": steps.to_dict("records")}, default=str, indent=1))
+        click.echo(json.dumps({"run": runs.iloc[0].to_dict(), "steps": steps.to_dict("records")}, default=str,
+                              indent=1))
         return
     import pandas as pd
 
@@ -152,7 +194,8 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
     first_line = steps["source"].fillna("").map(lambda s: (s.strip().splitlines() or [""])[0][:50])
     table = steps.assign(
         source=first_line.where(steps["parent"].isna(), "  ↳ " + steps["name"].fillna("")),
-        from_=steps["restored_from_run"].fillna("") + steps["restored_from_ordinal"].map(lambda o: "" if pd.isna(o) else f"#{int(o)}"),
+        from_=steps["restored_from_run"].fillna("")
+              + steps["restored_from_ordinal"].map(lambda o: "" if pd.isna(o) else f"#{int(o)}"),
     )[["ordinal", "status", "duration_s", "from_", "source"]].rename(columns={"from_": "restored from"})
     width = int(table["source"].str.len().max() or 0)
     click.echo(table.to_string(index=False, formatters={"source": f"{{:<{width}}}".format}))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from nbdurable.cli import _open_store, main, store_option
+from nbdurable.cli.base import main, open_store, store_option
 from nbdurable.cli.run import suspend_option
 from nbdurable.errors import OptionsError
 
@@ -26,7 +26,8 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
     The event is durable once this returns; a suspended run waiting on it is resumed by
     `nbdurable worker`. Prints the event id."""
     if data is not None and data_file is not None:
-        raise OptionsError("give --data or --data-file, not both", hint="nbdurable send report.approved --data '{\"week\": 47}'")
+        raise OptionsError("give --data or --data-file, not both",
+                           hint="nbdurable send report.approved --data '{\"week\": 47}'")
     try:
         text = data_file.read_text(encoding="utf-8") if data_file is not None else data
     except UnicodeDecodeError as exc:
@@ -37,11 +38,13 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise OptionsError(f"the event data is not JSON: {exc}", hint="quote it for the shell: --data '{\"week\": 47}'") from None
+            raise OptionsError(f"the event data is not JSON: {exc}",
+                               hint="quote it for the shell: --data '{\"week\": 47}'") from None
         except RecursionError:  # the parser recurses once per level of [ or {
             raise OptionsError("the event data is nested too deeply to be read as JSON",
-                               hint="send flatter data: an event's data is a small document, e.g. {\"week\": 47}") from None
-    event = _open_store(store, create=True).send_event(name, payload)
+                               hint="send flatter data: an event's data is a small document, "
+                                    "e.g. {\"week\": 47}") from None
+    event = open_store(store, create=True).send_event(name, payload)
     click.echo(event["id"])
 
 
@@ -61,7 +64,7 @@ def worker(store: str | None, once: bool, poll: float, max_runs: int | None, sus
     def log(message: str) -> None:
         click.echo(f"{dt.datetime.now().isoformat(sep=' ', timespec='seconds')} {message}", err=True)
 
-    runner = Worker(_open_store(store), log=log, suspend_after=suspend_after)
+    runner = Worker(open_store(store), log=log, suspend_after=suspend_after)
     try:
         count = runner.work(once=once, poll=poll, max_runs=max_runs)
     except KeyboardInterrupt:

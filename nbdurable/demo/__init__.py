@@ -22,7 +22,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
+from nbdurable.runtime.session import ENV_NOTEBOOK, ENV_STORE, NOTICE_METADATA_KEY
 
 DEMO_NOTEBOOK = Path(__file__).with_name("demo.ipynb")
 KILL_CELL_MARKER = "the kernel dies here"
@@ -119,10 +119,11 @@ def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print
     shutil.copyfile(DEMO_NOTEBOOK, notebook)
     nb = nbformat.read(notebook, as_version=4)
     kill_index = next(i for i, c in enumerate(nb.cells) if KILL_CELL_MARKER in c.source)
-    os.environ["NBDURABLE_NOTEBOOK"] = str(notebook.resolve())
-    os.environ["NBDURABLE_STORE"] = str(workdir / ".nbdurable")
+    os.environ[ENV_NOTEBOOK] = str(notebook.resolve())
+    os.environ[ENV_STORE] = str(workdir / ".nbdurable")
     report = DemoReport(workdir)
-    echo(f"nbdurable demo in {workdir}\n\nRun 1: executing {notebook.name}; the kernel is killed during cell {kill_index}.")
+    echo(f"nbdurable demo in {workdir}\n\n"
+         f"Run 1: executing {notebook.name}; the kernel is killed during cell {kill_index}.")
     first = _Timer(echo, kill_index, kill_after=1.0)
     report.first_seconds = _execute(notebook, first)
     report.first = first.reports
@@ -141,7 +142,8 @@ def summarize(report: DemoReport) -> str:
     return (
         f"\nResumed: {len(restored)} cells restored in {sum(r.seconds for r in restored):.2f} s "
         f"(they took {original:.2f} s to compute), {len(executed)} executed.\n"
-        f"Run 1 took {report.first_seconds:.1f} s before the kill; run 2 took {report.second_seconds:.1f} s, kernel start included.\n"
+        f"Run 1 took {report.first_seconds:.1f} s before the kill; run 2 took {report.second_seconds:.1f} s, "
+        f"kernel start included.\n"
         f"Output notebook: {report.workdir / 'demo.out.ipynb'}\n"
         f"History: NBDURABLE_STORE={report.workdir / '.nbdurable'} nbdurable runs"
     )

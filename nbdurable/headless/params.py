@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import nbformat
 import yaml
-from papermill.iorw import load_notebook_node
+from papermill.iorw import load_notebook_node, papermill_io
 from papermill.parameterize import parameterize_notebook
 
 from nbdurable.errors import OptionsError
@@ -35,7 +35,8 @@ def load_parameters(pairs: tuple[tuple[str, str], ...], files: tuple[str, ...]) 
             loaded = yaml.safe_load(Path(file).read_text())
         except Exception as exc:  # OSError, UnicodeDecodeError, YAMLError, and what PyYAML's constructors raise
             # for a bad tagged scalar (`!!int ''`: IndexError, `!!timestamp x`: AttributeError, `!!bool x`: KeyError)
-            raise OptionsError(f"cannot read parameters file {file}: {exc}", hint="pass a YAML mapping, e.g. `lr: 0.01`") from exc
+            raise OptionsError(f"cannot read parameters file {file}: {exc}",
+                               hint="pass a YAML mapping, e.g. `lr: 0.01`") from exc
         if not isinstance(loaded, dict):
             raise OptionsError(f"parameters file {file} is not a mapping", hint="write NAME: VALUE lines")
         for name in loaded:
@@ -45,7 +46,8 @@ def load_parameters(pairs: tuple[tuple[str, str], ...], files: tuple[str, ...]) 
         params.update(loaded)
     for name, value in pairs:
         if not _is_name(name):
-            raise OptionsError(f"-p {name}: not a valid parameter name", hint="names are Python identifiers (not keywords), e.g. -p learning_rate 0.1")
+            raise OptionsError(f"-p {name}: not a valid parameter name",
+                               hint="names are Python identifiers (not keywords), e.g. -p learning_rate 0.1")
         params[name] = parse_value(value)
     return params
 
@@ -68,13 +70,47 @@ def load_notebook(path: Path, params: dict[str, Any], kernel_name: str | None) -
         language = None
         if kernel_name is None and not (nb.metadata.get("kernelspec") or {}).get("name"):
             kernel_name = DEFAULT_KERNEL
-        if not (nb.metadata.get("kernelspec") or {}).get("language") and not (nb.metadata.get("language_info") or {}).get("name"):
+        if (not (nb.metadata.get("kernelspec") or {}).get("language")
+                and not (nb.metadata.get("language_info") or {}).get("name")):
             language = "python"
         nb = parameterize_notebook(nb, params, kernel_name=kernel_name, language=language)
     return cast(nbformat.NotebookNode, nb)
 
 
 DEFAULT_KERNEL = "python3"
+
+INJECTED_TAG = "injected-parameters"  # the cell papermill writes its parameters into
+
+
+def injected_parameters(nb: nbformat.NotebookNode, input_path: str | None) -> dict[str, Any]:
+    """The parameters papermill injected into ``nb`` in this invocation (for the papermill engine).
+
+    papermill sets ``metadata.papermill.parameters`` (and writes a fresh ``injected-parameters`` cell) only
+    when it is given parameters; otherwise both are whatever the input file holds, say an earlier papermill
+    output run again. So when the parameters and the injected cell are those of the input file itself,
+    nothing was injected now: ``{}``. An injected cell is compared by id and source (papermill's new cell
+    has a new id); a file whose cells have no ids (nbformat < 4.5) is compared by source only. An input
+    that cannot be read again (stdin) leaves the metadata's parameters."""
+    params = dict((nb.metadata.get("papermill") or {}).get("parameters") or {})
+    if not params or not input_path or input_path == "-":
+        return params
+    try:
+        original = nbformat.reads(papermill_io.read(input_path), as_version=4)  # as read, before papermill's upgrade
+    except Exception:  # gone, unreadable, remote and unreachable: trust the metadata
+        return params
+    if dict((original.metadata.get("papermill") or {}).get("parameters") or {}) != params:
+        return params
+    mine, theirs = _injected_cell(nb), _injected_cell(original)
+    if mine is None and theirs is None:
+        return {}
+    if mine is None or theirs is None:
+        return params
+    same_id = theirs.get("id") is None or theirs.get("id") == mine.get("id")
+    return {} if same_id and theirs.source == mine.source else params
+
+
+def _injected_cell(nb: nbformat.NotebookNode) -> Any:
+    return next((c for c in nb.cells if INJECTED_TAG in (c.get("metadata", {}).get("tags") or [])), None)
 
 
 SECRET_MARK = "<secret "  # a recorded secret parameter: "<secret 1a2b…>", a keyed digest of its value

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nbdurable.errors import LeaseHeldError, OptionsError
-from nbdurable.runtime.waits import chain_scope, find_event
+from nbdurable.runtime.replay import chain_scope
+from nbdurable.runtime.waits import find_event
 from nbdurable.store import Store
 
 
@@ -62,7 +63,8 @@ def due_runs(store: Store) -> list[DueRun]:
 
 def _resumed_by_another(store: Store, run_id: str) -> bool:
     """True if a run resuming ``run_id`` exists (read from journal heads: fresher than the catalog)."""
-    return any((store.journal_head(other) or {}).get("resumed_from") == run_id for other in store.run_ids() if other > run_id)
+    return any((store.journal_head(other) or {}).get("resumed_from") == run_id
+               for other in store.run_ids() if other > run_id)
 
 
 class Worker:
@@ -75,7 +77,8 @@ class Worker:
 
     def work(self, *, once: bool, poll: float, max_runs: int | None) -> int:
         """Resume due runs until stopped (``once``: one pass); returns how many runs it resumed."""
-        self.log(f"worker started on store {self.store.path}" + (" (one pass)" if once else f" (polling every {poll:g} s)"))
+        self.log(f"worker started on store {self.store.path}"
+                 + (" (one pass)" if once else f" (polling every {poll:g} s)"))
         while True:
             for due in due_runs(self.store):
                 if max_runs is not None and self.resumed >= max_runs:

@@ -39,11 +39,3 @@ def current_extension(shell: Any) -> Durable | None:
     """The loaded extension of ``shell``, if any."""
     loaded = getattr(shell, _ATTR, None)
     return loaded[0] if loaded else None
-
-
-def active_extension() -> Durable | None:
-    """The extension loaded in the running IPython shell (kernel or terminal), if any."""
-    from IPython.core.getipython import get_ipython
-
-    shell = get_ipython()  # type: ignore[no-untyped-call,unused-ignore]  # typed from IPython 9 on
-    return None if shell is None else current_extension(shell)

@@ -27,9 +27,8 @@ from typing import Any
 
 from nbdurable.runtime.deadline import deadline
 from nbdurable.runtime.policy import NO_RETRY, RetryPolicy
+from nbdurable.runtime.session import HANDLE_NAME
 from nbdurable.runtime.steps import Attempts
-
-_HANDLE = "__nbdurable__"
 
 
 class CellAttempts:
@@ -86,7 +85,7 @@ class CellPolicyTransformer(ast.NodeTransformer):
     def __init__(self, wanted: Callable[[], bool]) -> None:
         self.wanted = wanted
 
-    def visit_Module(self, node: ast.Module) -> ast.Module:  # noqa: N802 - ast.NodeTransformer's naming
+    def visit_Module(self, node: ast.Module) -> ast.Module:  # ast.NodeTransformer's naming
         if not node.body or not self.wanted():
             return node
         body = list(node.body)
@@ -102,7 +101,7 @@ class CellPolicyTransformer(ast.NodeTransformer):
 
 
 def _attr(method: str | None = None) -> ast.expr:
-    attempts = ast.Attribute(value=ast.Name(id=_HANDLE, ctx=ast.Load()), attr="_attempts", ctx=ast.Load())
+    attempts = ast.Attribute(value=ast.Name(id=HANDLE_NAME, ctx=ast.Load()), attr="_attempts", ctx=ast.Load())
     return attempts if method is None else ast.Attribute(value=attempts, attr=method, ctx=ast.Load())
 
 

@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbdurable.errors import OptionsError
-from nbdurable.kernel_ext.cells import build_cell_parser, parse_cell_options
+from nbdurable.runtime.cells import build_cell_parser, parse_cell_options
 
 if TYPE_CHECKING:
     from nbdurable.kernel_ext.extension import Durable
@@ -136,7 +136,8 @@ class DurableMagics(Magics):
 
     @magic_arguments("durable resume")
     @_help_option
-    @argument("run_id", nargs="?", default=None, help="the run to resume (default: this notebook's latest unfinished run)")
+    @argument("run_id", nargs="?", default=None,
+              help="the run to resume (default: this notebook's latest unfinished run)")
     def resume(self, args: argparse.Namespace) -> None:
         """Restore the namespace as of a run's last completed step, and arm replay for Run All."""
         summary = self.ext.resume(args.run_id)
@@ -163,7 +164,8 @@ class DurableMagics(Magics):
     def runs(self, args: argparse.Namespace) -> Any:
         """Recent runs of this store as a DataFrame."""
         if not 1 <= args.limit <= RUNS_LIMIT_MAX:
-            raise OptionsError(f"%durable runs: --limit must be at least 1 and at most {RUNS_LIMIT_MAX}, not {args.limit}.",
+            raise OptionsError(f"%durable runs: --limit must be at least 1 and at most {RUNS_LIMIT_MAX}, "
+                               f"not {args.limit}.",
                                hint="e.g. `%durable runs --limit 10`")
         notebook = None if args.all else self.ext.notebook
         return self.ext.store_obj.catalog().runs(notebook=notebook, limit=args.limit)
@@ -175,7 +177,8 @@ class DurableMagics(Magics):
         """Never write these variables to disk (like the secret patterns); resume re-executes their cells."""
         bad = [n for n in args.names if not n.isidentifier()]
         if bad:
-            raise OptionsError(f"%durable exclude: not variable names: {' '.join(bad)}", hint="e.g. `%durable exclude api_key db_password`")
+            raise OptionsError(f"%durable exclude: not variable names: {' '.join(bad)}",
+                               hint="e.g. `%durable exclude api_key db_password`")
         self.ext.secrets.excluded.update(args.names)
         print(f"nbdurable: never stored from now on: {', '.join(args.names)}")
 

@@ -47,6 +47,8 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
         }
         if change.inert:
             ref["inert"] = True
+        if s.origin:
+            ref["origin"] = s.origin
         if s.has_payload:
             if s.size <= inline_max:
                 if s.key not in inlined:
@@ -59,8 +61,8 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
                     if isinstance(exc, ChangedDuringWriteError):
                         raise  # the committer records that step as not durable itself
                     # The store's message names the object file; the user knows the variable.
-                    raise type(exc)(f"variable `{change.name}` ({s.type_name}, {s.size} bytes) was not saved: {exc.message}",
-                                    hint=exc.hint) from exc
+                    raise type(exc)(f"variable `{change.name}` ({s.type_name}, {s.size} bytes) was not saved: "
+                                    f"{exc.message}", hint=exc.hint) from exc
         refs.append(ref)
     return refs
 

@@ -1,7 +1,7 @@
 """Retry policies and durations for explicit steps.
 
-A duration is seconds (int/float, or a number as text), a ``timedelta``, or text: ``"250ms"``, ``"90s"``, ``"15m"``, ``"24h"``,
-``"2d"`` (units may be combined: ``"1h30m"``).
+A duration is seconds (int/float, or a number as text), a ``timedelta``, or text: ``"250ms"``, ``"90s"``, ``"15m"``,
+``"24h"``, ``"2d"`` (units may be combined: ``"1h30m"``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ def parse_duration(value: Duration) -> float:
         elif text and _PART.sub("", text.replace(" ", "")) == "":
             seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text.replace(" ", "")))
         else:
-            raise OptionsError(f"not a duration: {value!r}", hint='use seconds, a timedelta, or text like "90s", "15m", "24h", "2d"')
+            raise OptionsError(f"not a duration: {value!r}",
+                               hint='use seconds, a timedelta, or text like "90s", "15m", "24h", "2d"')
     except OverflowError:  # float() of an int beyond the float range
-        raise OptionsError("a duration is out of range: the number is beyond what a float can hold", hint=_FINITE) from None
+        raise OptionsError("a duration is out of range: the number is beyond what a float can hold",
+                           hint=_FINITE) from None
     if not math.isfinite(seconds):  # nan, ±inf (also "9" * 400, which float() makes inf)
         raise OptionsError(f"a duration must be a finite number of seconds, not {value!r}", hint=_FINITE)
     if seconds < 0:
@@ -65,7 +67,8 @@ class RetryPolicy:
         if self.max_attempts < 1:
             raise OptionsError(f"max_attempts must be at least 1, not {self.max_attempts}", hint="1 means no retry")
         if not (math.isfinite(self.backoff) and self.backoff >= 1.0):  # `nan < 1.0` is False
-            raise OptionsError(f"backoff must be a finite number, at least 1.0, not {self.backoff}", hint="2.0 doubles each wait")
+            raise OptionsError(f"backoff must be a finite number, at least 1.0, not {self.backoff}",
+                               hint="2.0 doubles each wait")
         if not 0.0 <= self.jitter <= 1.0:  # False for nan too
             raise OptionsError(f"jitter is a fraction between 0 and 1, not {self.jitter}", hint="0.1 = ±10%")
         parse_duration(self.initial_interval)

@@ -16,6 +16,7 @@ Rules that make the plan safe:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class PlannedStep:
     variables: list[VarRef]
     outputs: list[dict[str, Any]]
     origin: dict[str, Any]  # {"run_id", "ordinal"} where the step really executed
+    exited: str | None = None  # the cell ended the notebook with `sys.exit(...)` (this value): a restore does too
 
     @property
     def label(self) -> str:
@@ -79,11 +81,13 @@ class ReplayPlan:
         pending = _pending_calls(records, len(steps))
         parent = next((r.get("resumed_from") for r in records if r.get("t") == "run"), None)
         if parent and store.journal_exists(parent):
-            inherited = cls.from_run(store, parent).steps
-            if len(steps) < len(inherited) and all(
-                mine.source_hash == theirs.source_hash for mine, theirs in zip(steps, inherited)
+            parent_plan = cls.from_run(store, parent)
+            inherited = parent_plan.steps
+            if len(steps) <= len(inherited) and all(
+                mine.source_hash == theirs.source_hash for mine, theirs in zip(steps, inherited, strict=False)
             ):
                 steps = steps + inherited[len(steps):]
+                pending = _merge_pending(parent_plan.pending, pending)
         return cls(run_id, steps, pending)
 
     def calls_for(self, source_hash: str) -> list[RecordedCall]:
@@ -155,6 +159,22 @@ def _pending_calls(records: list[dict[str, Any]], completed: int) -> tuple[str, 
     return (str(cell["source_hash"]), sorted(calls.values(), key=lambda c: c.seq)) if calls else None
 
 
+def _merge_pending(inherited: tuple[str, list[RecordedCall]] | None,
+                   mine: tuple[str, list[RecordedCall]] | None) -> tuple[str, list[RecordedCall]] | None:
+    """The completed calls of the cell where a chain of resumes stopped. A resume killed before it reached
+    that cell recorded none of them, and one killed while replaying them recorded only some: the calls the
+    earlier run completed still count (each call ran once, in whichever run executed it)."""
+    if inherited is None:
+        return mine
+    if mine is None:
+        return inherited
+    if mine[0] != inherited[0]:
+        return mine  # this run stopped in another cell: the earlier run's calls are not that cell's
+    calls = {c.seq: c for c in inherited[1]}
+    calls.update({c.seq: c for c in mine[1]})
+    return mine[0], sorted(calls.values(), key=lambda c: c.seq)
+
+
 def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[PlannedStep]:
     starts: dict[int, dict[str, Any]] = {}
     ends: dict[int, dict[str, Any]] = {}
@@ -182,6 +202,7 @@ def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[Planne
 
 def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> PlannedStep:
     origin = end.get("restored_from") or {"run_id": run_id, "ordinal": start["ordinal"]}
+    error = end.get("error") or {}
     return PlannedStep(
         run_id=run_id,
         ordinal=start["ordinal"],
@@ -193,6 +214,7 @@ def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> Planned
         variables=list(end.get("variables") or []),
         outputs=list(end.get("outputs") or []),
         origin={"run_id": origin["run_id"], "ordinal": origin["ordinal"]},
+        exited=str(error.get("evalue", "")) if error.get("ename") == "SystemExit" else None,
     )
 
 
@@ -238,3 +260,19 @@ def find_resumable(
 def params_key(params: dict[str, Any]) -> str:
     """Parameters as compared between runs (canonical JSON)."""
     return json.dumps(params, sort_keys=True, default=str)
+
+
+def chain_scope(store: Store, run_id: str) -> tuple[float, set[str]]:
+    """For ``run_id`` and the runs it resumes: the start of the root run, and the events they consumed."""
+    consumed: set[str] = set()
+    started = time.time()
+    seen: set[str] = set()
+    current: str | None = run_id
+    while current and current not in seen and store.journal_exists(current):
+        seen.add(current)
+        records = store.read_journal(current)
+        consumed.update(str(r["event"]) for r in records if r.get("t") == "consumed")
+        head = records[0] if records else {}
+        started = float(head.get("ts", started))
+        current = head.get("resumed_from")
+    return started, consumed

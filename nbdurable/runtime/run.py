@@ -23,23 +23,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from nbdurable._version import __version__
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import ChangedDuringWriteError, StoreError
-from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
+from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.events import EventBus, RuntimeEvent
-from nbdurable.runtime.replay import PlannedStep
+from nbdurable.runtime.replay import PlannedStep, chain_scope
 from nbdurable.store import Store
 from nbdurable.store.records import (
     StepStatus,
     VarRef,
+    attempt_record,
+    consumed_record,
+    error_with_traceback,
     run_end_record,
     run_record,
     step_end_record,
     step_start_record,
-    attempt_record,
-    consumed_record,
-    error_with_traceback,
 )
 
 
@@ -50,7 +51,8 @@ def _variable_summary(v: Change | VarRef) -> dict[str, Any]:
         if s is None:
             return {"name": v.name, "op": v.op, "type": None, "size_bytes": None, "format": None}
         return {"name": v.name, "op": v.op, "type": s.type_name, "size_bytes": s.size, "format": s.format}
-    return {"name": v.get("name"), "op": v.get("op"), "type": v.get("type"), "size_bytes": v.get("size"), "format": v.get("format")}
+    return {"name": v.get("name"), "op": v.get("op"), "type": v.get("type"), "size_bytes": v.get("size"),
+            "format": v.get("format")}
 
 
 def new_run_id() -> str:
@@ -85,8 +87,6 @@ class RunStats:
 
 
 def _environment() -> dict[str, Any]:
-    from nbdurable import __version__
-
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -184,8 +184,6 @@ class DurableRun:
         """What ``wait_for_event`` may return: events sent at or after the start of the run's root run
         (the run this one resumes, transitively), except those the chain already consumed."""
         if self._wait_scope is None:
-            from nbdurable.runtime.waits import chain_scope
-
             started = float((self.store.journal_head(self.run_id) or {}).get("ts", time.time()))
             self._wait_scope = chain_scope(self.store, self.resumed_from) if self.resumed_from else (started, set())
         return self._wait_scope
@@ -201,7 +199,8 @@ class DurableRun:
         duration, ended = time.perf_counter() - step.t0, time.time()
 
         def commit() -> None:
-            values = refs if refs is not None else persist_changes(self.store, changes or [], inline_max=self.inline_max)
+            values = (refs if refs is not None
+                      else persist_changes(self.store, changes or [], inline_max=self.inline_max))
             self._commit(step, status, values, [], None, duration=duration, ended=ended)  # type: ignore[arg-type]
 
         self._committer.run(commit)
@@ -243,7 +242,8 @@ class DurableRun:
             self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended)
 
         if self._committer.can_defer(big):
-            snapshots = [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c for c in changes]
+            snapshots = [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c
+                         for c in changes]
             self._committer.defer(lambda: commit(snapshots, background=True))
         else:
             self._committer.run(commit)
@@ -255,9 +255,10 @@ class DurableRun:
         ended = time.time()
         # The outputs are already in journal form, and the step can be restored again from its source
         # run, so it needs neither re-encoding nor an immediate flush (``finish`` syncs).
+        exited = None if planned.exited is None else {"ename": "SystemExit", "evalue": planned.exited}
         self._committer.run(
             lambda: self._commit(
-                step, "restored", planned.variables, planned.outputs, None,
+                step, "restored", planned.variables, planned.outputs, exited,
                 duration=planned.duration, ended=ended, restored_from=planned.origin, journaled=True,
             )
         )  # fmt: skip
@@ -265,7 +266,8 @@ class DurableRun:
         self.stats.restored += 1
         self.stats.time_saved += saved
         self.stats.last_status = "restored"
-        self._emit_finished(step, "restored", planned.duration, ended, planned.variables, restored_from=planned.origin, saved=saved)
+        self._emit_finished(step, "restored", planned.duration, ended, planned.variables, restored_from=planned.origin,
+                            saved=saved)
         return saved
 
     def _commit_not_durable(
@@ -276,11 +278,13 @@ class DurableRun:
         record the step as failed with its variables unsaved, so a resume re-executes it (nothing torn is
         ever restored), and say so."""
         refs: list[VarRef] = [
-            {"name": c.name, "op": "set", "format": "unrestorable", "reason": f"not saved: {exc.message}"} for c in changes
+            {"name": c.name, "op": "set", "format": "unrestorable", "reason": f"not saved: {exc.message}"}
+            for c in changes
         ]
         error = {"ename": type(exc).__name__, "evalue": exc.message}
         self._commit(step, "failed", refs, outputs, error, duration=duration, ended=ended)
-        print(f"nbdurable: step {step.ordinal} is not durable: {exc.message}; it will re-execute on resume.", file=sys.stderr)
+        print(f"nbdurable: step {step.ordinal} is not durable: {exc.message}; it will re-execute on resume.",
+              file=sys.stderr)
 
     def wait_durable(self) -> None:
         """Wait until every step committed so far is on disk (background commits included)."""
@@ -288,14 +292,16 @@ class DurableRun:
         self._journal.sync()
 
     def _emit_finished(
-        self, step: StepHandle, status: str, duration: float, ended: float, variables: Iterable[Change | VarRef] | None = None,
-        error: dict[str, Any] | None = None, *, restored_from: dict[str, Any] | None = None, saved: float | None = None,
+        self, step: StepHandle, status: str, duration: float, ended: float,
+        variables: Iterable[Change | VarRef] | None = None, error: dict[str, Any] | None = None, *,
+        restored_from: dict[str, Any] | None = None, saved: float | None = None,
     ) -> None:
         if not self.events.active:
             return
         self.events.emit(RuntimeEvent("step_finished", self.run_id, {
             "ordinal": step.ordinal, "name": step.name, "parent": step.parent, "status": status, "duration": duration,
-            "started_at": step.started_at, "ended_at": ended, "variables": [_variable_summary(v) for v in variables or ()],
+            "started_at": step.started_at, "ended_at": ended,
+            "variables": [_variable_summary(v) for v in variables or ()],
             "error": error, "restored_from": restored_from, "time_saved": saved,
         }))
 

@@ -27,12 +27,10 @@ from nbdurable.runtime.deadline import deadline
 from nbdurable.runtime.policy import NO_RETRY, Duration, RetryPolicy, parse_duration
 from nbdurable.runtime.replay import RecordedCall
 from nbdurable.runtime.run import DurableRun, StepHandle
+from nbdurable.runtime.session import current_step_context
 from nbdurable.serialization import serialize
 
 F = TypeVar("F", bound=Callable[..., Any])
-# One cell runs at a time in a kernel, and IPython fires the cell's start and end events in different
-# asyncio contexts (ipykernel), so the current cell's steps are a module-level slot, not a ContextVar.
-_current: list[StepContext | None] = [None]
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,8 @@ class StepContext:
         """The recorded result of a call (or its recorded error, raised), recorded in this run too."""
         recorded = slot.recorded
         assert recorded is not None
-        value = self.loader.load(recorded.value, step_label=f"step `{slot.name}` call {slot.call}") if recorded.value else None
+        value = (self.loader.load(recorded.value, step_label=f"step `{slot.name}` call {slot.call}")
+                 if recorded.value else None)
         status = "failed" if recorded.status == "failed" else "restored"  # a recorded error stays an error
         self.run.end_child(self.begin(slot), status, [recorded.value] if recorded.value else [])
         if recorded.status == "failed" and isinstance(value, BaseException):
@@ -107,14 +106,16 @@ def _check_agrees(slot: Slot, recorded: RecordedCall) -> None:
     where = f"step call {slot.seq} of this cell"
     if (recorded.name, recorded.call) != (slot.name, slot.call):
         raise NondeterminismError(
-            f"{where} is `{slot.name}` (call {slot.call}), but the recorded run made `{recorded.name}` (call {recorded.call}) there.",
+            f"{where} is `{slot.name}` (call {slot.call}), but the recorded run made `{recorded.name}` "
+            f"(call {recorded.call}) there.",
             hint="steps must be called in the same order as when recorded; to start over after changing "
             "the order on purpose, run `%durable new` (or `nbdurable run --fresh`).",
         )
     if recorded.args != slot.args:
         raise NondeterminismError(
             f"{where}, `{slot.name}` (call {slot.call}), gets other arguments than in the recorded run.",
-            hint="make the step's inputs deterministic, or run `%durable new` (or `nbdurable run --fresh`) to start over.",
+            hint="make the step's inputs deterministic, or run `%durable new` (or `nbdurable run --fresh`) "
+            "to start over.",
         )
 
 
@@ -199,7 +200,7 @@ def _retry_delay(exc: BaseException, attempt: int, policy: RetryPolicy) -> float
 def _prepare(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy,
              timeout: Duration | None) -> tuple[Slot | None, Attempts]:
     seconds = None if timeout is None else parse_duration(timeout)
-    context = _current[0]
+    context = current_step_context()
     if context is None:
         return None, Attempts(policy, timeout=seconds)
     slot = context.reserve(name, args, kwargs)
@@ -230,7 +231,7 @@ async def run_step_async(name: str, fn: Callable[..., Any], *args: Any, retry: R
 
 
 def _current_context() -> StepContext:
-    context = _current[0]
+    context = current_step_context()
     assert context is not None
     return context
 
@@ -262,7 +263,7 @@ def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | N
     return decorate(fn) if fn is not None else decorate
 
 
-def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, retry: RetryPolicy | None = None,
+def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, retry: RetryPolicy | None = None,  # noqa: A001 - public `nbd.map`
         name: str | None = None, timeout: Duration | None = None) -> list[Any]:
     """``[fn(item) for item in items]`` with each call a durable step, ``concurrency`` at a time in threads.
 
@@ -271,7 +272,8 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, r
     failing item's error is raised once the others finished. ``fn`` may be an ``@nbd.step`` function
     (its name and retry policy are used)."""
     if concurrency < 1:
-        raise OptionsError(f"concurrency must be at least 1, not {concurrency}", hint="e.g. nbd.map(fn, items, concurrency=8)")
+        raise OptionsError(f"concurrency must be at least 1, not {concurrency}",
+                           hint="e.g. nbd.map(fn, items, concurrency=8)")
     default_name, default_retry, default_timeout = getattr(fn, "nbdurable_step", (None, None, None))
     func = getattr(fn, "__wrapped__", fn) if default_name else fn
     step_name, policy = name or default_name or func.__qualname__, retry or default_retry or NO_RETRY
@@ -287,8 +289,3 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, r
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nbdurable-map") as pool:
         futures = [pool.submit(one, i) for i in range(len(items))]
     return [f.result() for f in futures]
-
-
-def enter_cell(context: StepContext | None) -> None:
-    """Make ``context`` the executing cell's step context (None: steps run unrecorded)."""
-    _current[0] = context

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from nbdurable.errors import OptionsError, RunSuspended
-from nbdurable.runtime import steps
 from nbdurable.runtime.policy import Duration, parse_duration
+from nbdurable.runtime.session import approval_ui, current_step_context, default_store
 from nbdurable.store import Store
 from nbdurable.store.events import check_event_name
 
@@ -35,33 +35,8 @@ SLEEP, WAIT = "nbd.sleep", "nbd.wait_for_event"
 POLL_SECONDS = 0.2  # how often a waiting run looks for its event
 SHOW_EVERY = 1.0  # how often a wait's indicator is refreshed
 
-_store: list[Store | None] = [None]  # the store of the loaded extension (set by the kernel extension)
 _PROCESS_STARTED = time.time()
 _consumed_outside: set[str] = set()  # events taken by waits outside a durable cell, in this process
-# Shows a pending wait with Approve/Reject (set by the kernel extension in an interactive kernel):
-# (store, name, match, timeout_at) -> an object with ``finish(event, interrupted=...)``, or None.
-_approval_ui: list[Callable[[Store, str, dict[str, Any] | None, float | None], Any] | None] = [None]
-
-
-def use_store(store: Store | None) -> None:
-    """The store that ``send_event`` and waits outside a durable cell use (the extension's)."""
-    _store[0] = store
-
-
-def use_approval_ui(factory: Callable[[Store, str, dict[str, Any] | None, float | None], Any] | None) -> None:
-    """What ``wait_for_event`` shows while it waits in an interactive kernel (None: only its text line)."""
-    _approval_ui[0] = factory
-
-
-def default_store(store: str | os.PathLike[str] | Store | None = None) -> Store:
-    """``store`` if given, else the loaded extension's store, else $NBDURABLE_STORE, else ./.nbdurable."""
-    if isinstance(store, Store):
-        return store
-    if store is not None:
-        return Store.open(store)
-    if _store[0] is not None:
-        return _store[0]
-    return Store.open(os.environ.get("NBDURABLE_STORE") or ".nbdurable")
 
 
 # ----- sleep ------------------------------------------------------------------------------------
@@ -76,7 +51,7 @@ def sleep(duration: Duration) -> None:
 def sleep_until(when: _dt.datetime | float) -> None:
     """Wait until ``when`` (a datetime, naive meaning local time; or unix seconds), durably."""
     wake_at = _timestamp(when)
-    context = steps._current[0]
+    context = current_step_context()
     if context is None:
         _wait_until(wake_at, None)
         return
@@ -129,7 +104,7 @@ def _human(seconds: float) -> str:
 
 def send_event(name: str, data: Any = None, *, store: str | os.PathLike[str] | Store | None = None) -> str:
     """Send the event ``name`` with JSON ``data`` to the runs waiting on it (durable before it returns).
-    Returns the event id. ``store``: see ``default_store``."""
+    Returns the event id. ``store``: see ``session.default_store``."""
     return str(default_store(store).send_event(name, data)["id"])
 
 
@@ -167,22 +142,6 @@ def find_event(store: Store, name: str, match: dict[str, Any] | None, *, after: 
     return None
 
 
-def chain_scope(store: Store, run_id: str) -> tuple[float, set[str]]:
-    """For ``run_id`` and the runs it resumes: the start of the root run, and the events they consumed."""
-    consumed: set[str] = set()
-    started = time.time()
-    seen: set[str] = set()
-    current: str | None = run_id
-    while current and current not in seen and store.journal_exists(current):
-        seen.add(current)
-        records = store.read_journal(current)
-        consumed.update(str(r["event"]) for r in records if r.get("t") == "consumed")
-        head = records[0] if records else {}
-        started = float(head.get("ts", started))
-        current = head.get("resumed_from")
-    return started, consumed
-
-
 def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Duration | None = None) -> Any:
     """Wait for the event ``name`` whose data contains ``match``; return its data, or None once ``timeout``
     passed. Durable: the deadline and the event taken are recorded (see the module docstring)."""
@@ -190,7 +149,7 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     if match is not None and not isinstance(match, dict):
         raise OptionsError(f"match must be a dict, not {type(match).__name__}", hint="e.g. match={'week': 47}")
     seconds = None if timeout is None else parse_duration(timeout)
-    context = steps._current[0]
+    context = current_step_context()
     if context is None:
         timeout_at = None if seconds is None else time.time() + seconds
         event = _poll_showing_approval(default_store(), name, match, timeout_at, None, after=_PROCESS_STARTED,
@@ -210,8 +169,8 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     suspend = None
     if context.suspend_after is not None:
         suspend = {"name": name, "match": match, "timeout_at": timeout_at, "after": after}
-    event = _poll_showing_approval(context.run.store, name, match, timeout_at, context.show, after=after, consumed=consumed,
-                                   suspend=suspend, suspend_after=context.suspend_after)
+    event = _poll_showing_approval(context.run.store, name, match, timeout_at, context.show, after=after,
+                                   consumed=consumed, suspend=suspend, suspend_after=context.suspend_after)
     if event is not None:
         context.run.consume(child, event)
     data = None if event is None else event.get("data")
@@ -223,7 +182,7 @@ def _poll_showing_approval(store: Store, name: str, match: dict[str, Any] | None
                            show: Callable[[str, bool], None] | None, **poll: Any) -> dict[str, Any] | None:
     """``_poll``, with the approval widget shown for the length of the wait (interactive kernels) and told
     how it ended. A widget that fails to show never breaks the wait."""
-    factory, ui = _approval_ui[0], None
+    factory, ui = approval_ui(), None
     if factory is not None:
         try:
             ui = factory(store, name, match, timeout_at)
@@ -256,10 +215,12 @@ def _poll(store: Store, name: str, match: dict[str, Any] | None, timeout_at: flo
             if show is not None and shown:
                 show(f"✓ nbdurable: received {what}" if event else f"⌛ nbdurable: no {what} before the timeout", True)
             return event
-        if suspend is not None and suspend_after is not None and (timeout_at is None or timeout_at - now > suspend_after):
+        if (suspend is not None and suspend_after is not None
+                and (timeout_at is None or timeout_at - now > suspend_after)):
             raise RunSuspended(waiting_for=suspend)
         if show is not None and now - shown >= SHOW_EVERY:
             left = f" ({_human(timeout_at - now)} left)" if timeout_at is not None else ""
-            show(f"⏳ nbdurable: waiting for {what}{left}; send it with `nbdurable send {name} --data '{{...}}'`", False)
+            show(f"⏳ nbdurable: waiting for {what}{left}; send it with `nbdurable send {name} --data '{{...}}'`",
+                 False)
             shown = now
         time.sleep(POLL_SECONDS if timeout_at is None else max(0.0, min(POLL_SECONDS, timeout_at - now)))

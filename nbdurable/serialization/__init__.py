@@ -64,7 +64,7 @@ def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serial
 
 
 def deserialize(
-    format: str,
+    format: str,  # noqa: A002 - public parameter, named like the record's field (`format_version` next to it)
     payload: bytes | bytearray | memoryview | None,
     *,
     format_version: int = 1,
@@ -118,6 +118,7 @@ def _serialize_module(obj: types.ModuleType, type_name: str) -> Serialized:
         format="module",
         type_name=type_name,
         module=name,
+        origin=getattr(obj, "__file__", None),
     )
 
 
@@ -134,7 +135,7 @@ def _serialize_frame(obj: object, type_name: str) -> Serialized | None:
         if frame_plan is None:
             return None
         return _parquet.serialize_frame(obj, frame_plan, type_name)
-    except Exception:  # noqa: BLE001 - an odd DataFrame the rule did not foresee: pickle is always right
+    except Exception:  # an odd DataFrame the rule did not foresee: pickle is always right
         return None
 
 
@@ -143,7 +144,7 @@ def _serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | N
 
     try:
         return serialize_pickle(obj, type_name, namespace)
-    except Exception as exc:  # noqa: BLE001 - whatever pickling raises means "cannot be saved"
+    except Exception as exc:  # whatever pickling raises means "cannot be saved"
         return _unrestorable(obj, type_name, f"{type(exc).__name__}: {exc}")
 
 

@@ -45,6 +45,7 @@ class Serialized:
         "format_version",
         "key",
         "module",
+        "origin",
         "reason",
         "size",
         "type_name",
@@ -54,11 +55,12 @@ class Serialized:
         self,
         *,
         key: str,
-        format: str,
+        format: str,  # noqa: A002 - keyword of the public API, the attribute's name
         type_name: str,
         size: int = 0,
         module: str | None = None,
         reason: str | None = None,
+        origin: str | None = None,
     ) -> None:
         self.key = key
         self.format = format
@@ -67,6 +69,7 @@ class Serialized:
         self.size = size
         self.module = module
         self.reason = reason
+        self.origin = origin  # a module's file when it was recorded (says where a failed import looked)
 
     @classmethod
     def unrestorable(cls, obj: object, reason: str) -> Serialized:

@@ -56,7 +56,8 @@ def serialize_ndarray(arr: np.ndarray[Any, Any], type_name: str) -> ChunkedSeria
     h = new_hasher(FORMAT)
     h.update(header)  # dtype, shape and order are part of the content
     h.update(data)
-    return ChunkedSerialized(chunks=[header, data], hashed=(0, 1), key=h.hexdigest(), format=FORMAT, type_name=type_name)
+    return ChunkedSerialized(chunks=[header, data], hashed=(0, 1), key=h.hexdigest(), format=FORMAT,
+                             type_name=type_name)
 
 
 def raw_memory(arr: np.ndarray[Any, Any]) -> tuple[memoryview, str]:

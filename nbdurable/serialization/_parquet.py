@@ -11,7 +11,6 @@ the frame's blocks, once (``_read_columns_in_place``); pyarrow reads the rest.
 
 from __future__ import annotations
 
-import inspect
 import json
 import struct
 from typing import Any, BinaryIO
@@ -21,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nbdurable.errors import RestoreError, StoreError
+from nbdurable.errors import StoreError
 from nbdurable.serialization._core import (
     FORMAT_VERSION,
     Payload,
@@ -33,29 +32,13 @@ from nbdurable.serialization._core import (
     write_all,
 )
 from nbdurable.serialization._ndarray import raw_memory
+from nbdurable.serialization._parquet_common import FORMAT, WRITE_OPTIONS, conversion_error
+from nbdurable.serialization._parquet_pages import read_columns_in_place
 
-FORMAT = "parquet"
 META_KEY = b"nbdurable"  # our own entry in the Parquet key-value metadata (the file stays plain Parquet)
 _U64 = struct.Struct("<Q")
 _HASH_CHUNK = 4 << 20  # bytes copied at a time to hash a strided column
 
-WRITE_OPTIONS: dict[str, Any] = {
-    "compression": "none",  # this disk is faster than any codec (design.md, decision 2); snappy halved save speed
-    "write_statistics": False,  # ~0.03 s per 500 MB (~5% of a save); DuckDB then just cannot skip row groups
-    "row_group_size": 1 << 20,  # several row groups still let DuckDB scan a big file in parallel
-    "max_rows_per_page": 1 << 17,  # encodes 2-3x faster than the 20 Ki-row default (measured)
-    "write_batch_size": 1 << 17,
-    "data_page_size": 8 << 20,  # caps pages of long strings; numeric pages are bounded by rows
-    "dictionary_pagesize_limit": 1 << 30,  # a categorical's dictionary must never fall back to plain
-    "store_schema": True,  # the Arrow schema in the footer restores tz, durations, units exactly
-}
-
-# Older pyarrow versions lack some options (max_rows_per_page is recent): drop what this one does not know.
-_KNOWN = set(inspect.signature(pq.ParquetWriter.__init__).parameters) | {
-    "row_group_size",
-    "data_page_size",
-}
-WRITE_OPTIONS = {name: value for name, value in WRITE_OPTIONS.items() if name in _KNOWN}
 
 _DATETIME_UNITS = frozenset({"ms", "us", "ns"})  # Parquet has no seconds: datetime64[s] would come back [ms]
 _DURATION_UNITS = frozenset({"s", "ms", "us", "ns"})  # durations are restored from the stored Arrow schema
@@ -172,7 +155,7 @@ def plan(frame: pd.DataFrame) -> dict[str, Any] | None:
     if not (frame.columns.name is None or type(frame.columns.name) is str):
         return None
     dictionary = []
-    for label, dtype in zip(labels, frame.dtypes):
+    for label, dtype in zip(labels, frame.dtypes, strict=True):
         if isinstance(dtype, pd.CategoricalDtype):
             if not _string_categories(dtype):
                 return None
@@ -269,7 +252,7 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
         _hash_values(h, frame[label])
     index = frame.index
     if isinstance(index, pd.MultiIndex):
-        for level, codes in zip(index.levels, index.codes):
+        for level, codes in zip(index.levels, index.codes, strict=True):
             _hash_values(h, level)
             _hash_ndarray(h, np.asarray(codes))
     elif not isinstance(index, pd.RangeIndex):  # a RangeIndex is all in the description
@@ -303,7 +286,7 @@ def _describe(frame: pd.DataFrame) -> str:
             [_dtype_desc(level.dtype) for level in getattr(index, "levels", [index])],
             freq.freqstr if freq is not None else None,
         ]
-    columns = [[label, _dtype_desc(dtype)] for label, dtype in zip(frame.columns, frame.dtypes)]
+    columns = [[label, _dtype_desc(dtype)] for label, dtype in zip(frame.columns, frame.dtypes, strict=True)]
     desc = {
         "shape": list(frame.shape),
         "columns": columns,
@@ -376,8 +359,6 @@ def deserialize_frame(payload: Payload) -> pd.DataFrame:
     if not isinstance(ours, dict) or not isinstance(ours.get("version", 1), int):
         raise corrupt(FORMAT, f"unreadable nbdurable metadata {ours!r:.200}")
     check_version(FORMAT, ours.get("version", 1))
-    from nbdurable.serialization._parquet_pages import read_columns_in_place  # after this module loaded
-
     frame = read_columns_in_place(parquet, view)
     if frame is None:
         frame = _read_through_arrow(parquet)
@@ -397,20 +378,13 @@ def _read_through_arrow(parquet: pq.ParquetFile) -> pd.DataFrame:
         # copies, measured at ~0.1 s per 500 MB. self_destruct frees Arrow memory column by column.
         return table.to_pandas(self_destruct=True)
     except Exception as exc:
-        raise _conversion_error(exc) from exc
-
-
-def _conversion_error(exc: Exception) -> RestoreError:
-    return RestoreError(
-        f"the Parquet data could not be converted to pandas ({type(exc).__name__}: {exc})",
-        hint="install the pandas and pyarrow versions the run used, or re-run the cell that created it.",
-    )
+        raise conversion_error(exc) from exc
 
 
 def _own_categorical_codes(frame: pd.DataFrame) -> None:
     """Copy categorical codes: without nulls they are read-only views of Arrow's dictionary indices, and
     `df.iloc[0, j] = "a"` would fail. Codes are small ints, the copy is cheap."""
-    for label, dtype in zip(list(frame.columns), list(frame.dtypes)):
+    for label, dtype in zip(list(frame.columns), list(frame.dtypes), strict=True):
         if isinstance(dtype, pd.CategoricalDtype):
             frame[label] = frame[label].copy(deep=True)
 

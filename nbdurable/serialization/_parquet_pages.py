@@ -7,7 +7,6 @@ writer produces (PLAIN, uncompressed pages) and hands anything else back to pyar
 from __future__ import annotations
 
 import json
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nbdurable.serialization._core import corrupt
-from nbdurable.serialization._parquet import FORMAT, WRITE_OPTIONS, _conversion_error
+from nbdurable.serialization._parquet_common import FORMAT, conversion_error
 
 # The fast path, for the numpy columns of fixed width (ints, floats, naive datetimes, timedeltas).
 #
@@ -150,7 +149,7 @@ def read_columns_in_place(parquet: pq.ParquetFile, view: memoryview) -> pd.DataF
         # split_blocks: no consolidation, so the numpy columns stay zero-copy views of our blocks.
         frame = table.to_pandas(split_blocks=True, self_destruct=True)
     except Exception as exc:
-        raise _conversion_error(exc) from exc
+        raise conversion_error(exc) from exc
     del table
     return _swap_in_blocks(frame, blocks, by_dtype, columns)
 

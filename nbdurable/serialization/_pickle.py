@@ -12,6 +12,7 @@ after a resume they read and write the live namespace, like the originals did.
 from __future__ import annotations
 
 import contextvars
+import functools
 import io
 import pickle
 import platform
@@ -52,18 +53,7 @@ def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | No
     """Pickle ``obj`` (raises whatever pickling raises: the caller records it as unrestorable)."""
     data, buffers = _dump(obj, namespace)
     lengths = [b.nbytes for b in buffers]
-    header = encode_header(
-        MAGIC,
-        {
-            "format": FORMAT,
-            "version": 1,
-            "protocol": PROTOCOL,
-            "cloudpickle": cloudpickle.__version__,
-            "python": platform.python_version(),
-            "pickle": data.nbytes,
-            "buffers": lengths,
-        },
-    )
+    header = _header(data.nbytes, tuple(lengths))
     h = new_hasher(FORMAT)
     prefix = repr([data.nbytes, *lengths]).encode()  # where one part ends and the next begins
     h.update(prefix)
@@ -79,6 +69,24 @@ def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | No
         h.update(buf)
     return ChunkedSerialized(
         chunks=chunks, hash_prefix=prefix, hashed=hashed, key=h.hexdigest(), format=FORMAT, type_name=type_name
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(size: int, lengths: tuple[int, ...]) -> bytes:
+    """The payload's header (cached: a cell's small values repeat the same few sizes; encoding it cost as
+    much as pickling a scalar)."""
+    return encode_header(
+        MAGIC,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "protocol": PROTOCOL,
+            "cloudpickle": cloudpickle.__version__,
+            "python": platform.python_version(),
+            "pickle": size,
+            "buffers": list(lengths),
+        },
     )
 
 
@@ -199,7 +207,7 @@ def set_function_state(func: types.FunctionType, state: dict[str, Any]) -> types
     func.__module__ = state["module"]
     func.__annotations__ = state["annotations"]
     func.__doc__ = state["doc"]
-    for cell, value in zip(func.__closure__ or (), state["cells"]):
+    for cell, value in zip(func.__closure__ or (), state["cells"], strict=True):
         if value is not EMPTY_CELL:
             cell.cell_contents = value
     return func

@@ -27,16 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreFormatError
 from . import records
-if TYPE_CHECKING:
-    from .catalog import Catalog
 from .crypto import encryption_key
 from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
 from .lease import Lease, LeasesMixin
 from .objects import ObjectsMixin
 
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
 _SUBDIRS = ("journals", "objects", "leases", "tmp", "events")
-_REOPENED_SUFFIX = ".reopened"  # = catalog.REOPENED_SUFFIX (catalog.py imports duckdb: not imported here)
+_REOPENED_SUFFIX = ".reopened"  # = catalog.REOPENED_SUFFIX (the catalog imports duckdb: not imported here)
 _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
@@ -60,10 +61,12 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
         root = pathlib.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         if not root.exists():
             if not create:
-                raise StoreFormatError(f"no nbdurable store at {root}", hint="check the path (or NBDURABLE_STORE); open it with create=True to make one")
+                raise StoreFormatError(f"no nbdurable store at {root}",
+                                       hint="check the path (or NBDURABLE_STORE); open it with create=True to make one")
             _make_root(root)
         elif not root.is_dir():
-            raise StoreFormatError(f"{root} is a file, not an nbdurable store directory", hint="point NBDURABLE_STORE at a directory")
+            raise StoreFormatError(f"{root} is a file, not an nbdurable store directory",
+                                   hint="point NBDURABLE_STORE at a directory")
         format_file = root / _FORMAT_FILE
         if not format_file.exists():
             _initialize(root, create)
@@ -130,7 +133,8 @@ def _initialize(root: pathlib.Path, create: bool) -> None:
             hint="use another directory for the store (NBDURABLE_STORE), or empty this one",
         )
     if not create:
-        raise StoreFormatError(f"{root} is an empty directory, not an nbdurable store", hint="open it with create=True to make it a store")
+        raise StoreFormatError(f"{root} is an empty directory, not an nbdurable store",
+                               hint="open it with create=True to make it a store")
     info: dict[str, Any] = {"format": Store.FORMAT_VERSION, "created_by": "nbdurable"}
     if encryption_key() is not None:
         info["encrypted"] = True  # from now on, a process without the key may not write here
@@ -153,11 +157,13 @@ def _check_format(format_file: pathlib.Path, supported: int) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreFormatError(
             f"the store's FORMAT file {format_file} is unreadable ({type(exc).__name__}: {exc})",
-            hint=f'if this is an nbdurable store, restore FORMAT to {{"format": {supported}, "created_by": "nbdurable"}}',
+            hint='if this is an nbdurable store, restore FORMAT to '
+            f'{{"format": {supported}, "created_by": "nbdurable"}}',
         ) from exc
     if version > supported:
         raise StoreFormatError(
-            f"the store {format_file.parent} was written by a newer nbdurable (format {version}; this one reads format {supported})",
+            f"the store {format_file.parent} was written by a newer nbdurable "
+            f"(format {version}; this one reads format {supported})",
             hint="upgrade with pip install -U nbdurable",
         )
     if version == 1:
@@ -167,7 +173,8 @@ def _check_format(format_file: pathlib.Path, supported: int) -> None:
             hint="start a new store (move this one away, or set NBDURABLE_STORE); its runs cannot be resumed",
         )
     if version < 1:
-        raise StoreFormatError(f"the store {format_file.parent} has an unknown format {version}", hint="check that this directory is an nbdurable store")
+        raise StoreFormatError(f"the store {format_file.parent} has an unknown format {version}",
+                               hint="check that this directory is an nbdurable store")
     if info.get("encrypted") and encryption_key() is None:
         raise StoreFormatError(
             f"the store {format_file.parent} is encrypted and no key is set: nothing can be read or written",

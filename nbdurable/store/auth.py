@@ -63,7 +63,8 @@ def _load_or_create(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise AuthenticationError(f"cannot read the nbdurable key file {path}: {exc.strerror}",
-                                  hint="check its permissions, or set NBDURABLE_KEY_FILE to a readable key file") from exc
+                                  hint="check its permissions, or set NBDURABLE_KEY_FILE to a readable "
+                                       "key file") from exc
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise AuthenticationError(
             f"the nbdurable key file {path} is accessible to other users (mode {stat.S_IMODE(info.st_mode):o})",

@@ -54,7 +54,8 @@ def _read_key(value: str | None, file: str | None) -> bytes | None:
         try:
             value = Path(file).expanduser().read_text().strip()
         except OSError as exc:
-            raise StoreError(f"cannot read {source}: {exc.strerror}", hint="check NBDURABLE_ENCRYPTION_KEY_FILE") from exc
+            raise StoreError(f"cannot read {source}: {exc.strerror}",
+                             hint="check NBDURABLE_ENCRYPTION_KEY_FILE") from exc
     if not value:
         return None
     value = value.strip()

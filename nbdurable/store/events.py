@@ -56,7 +56,8 @@ class EventsMixin:
             raise OptionsError(f"event data must be JSON (dicts, lists, strings, numbers, booleans, None): {exc}",
                                hint="send plain data, e.g. {'week': 47}") from None
         if _nested_deeper_than(data, MAX_DATA_DEPTH):
-            raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: a waiting run could not read it back",
+            raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: "
+                               "a waiting run could not read it back",
                                hint="send flatter data, e.g. {'week': 47}")
         now = time.time_ns()
         event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
@@ -82,7 +83,8 @@ class EventsMixin:
         for event_id in self.event_ids(after=after):
             event = self.read_event(event_id)
             if event is None:
-                warnings.warn(f"nbdurable: skipping the damaged event file events/{event_id}{EVENT_SUFFIX}", stacklevel=2)
+                warnings.warn(f"nbdurable: skipping the damaged event file events/{event_id}{EVENT_SUFFIX}",
+                              stacklevel=2)
             elif name is None or event.get("name") == name:
                 found.append(event)
         return found
@@ -93,7 +95,8 @@ class EventsMixin:
             names = os.listdir(self.path / "events")
         except FileNotFoundError:
             return []
-        ids = sorted(n[: -len(EVENT_SUFFIX)] for n in names if n.endswith(EVENT_SUFFIX) and _ID_RE.fullmatch(n[: -len(EVENT_SUFFIX)]))
+        ids = sorted(n[: -len(EVENT_SUFFIX)] for n in names
+                     if n.endswith(EVENT_SUFFIX) and _ID_RE.fullmatch(n[: -len(EVENT_SUFFIX)]))
         return [i for i in ids if after is None or _event_time(i) >= after]
 
     def read_event(self, event_id: str) -> dict[str, Any] | None:

@@ -66,9 +66,11 @@ def fsync_dir(path: pathlib.Path) -> None:
 def io_error(exc: OSError, doing: str, where: pathlib.Path) -> StoreError:
     """A StoreError that says what failed and what to do, for an OSError raised while ``doing``."""
     if exc.errno == errno.ENOSPC:
-        return StoreError(f"disk full while {doing} ({where})", hint="free space on the disk that holds the store, then retry")
+        return StoreError(f"disk full while {doing} ({where})",
+                          hint="free space on the disk that holds the store, then retry")
     if exc.errno == errno.EDQUOT:
-        return StoreError(f"disk quota exceeded while {doing} ({where})", hint="free space or raise your quota, then retry")
+        return StoreError(f"disk quota exceeded while {doing} ({where})",
+                          hint="free space or raise your quota, then retry")
     if exc.errno == errno.EFBIG:
         # A file-size limit: the process's (`ulimit -f`, RLIMIT_FSIZE) or the file system's largest file.
         return StoreError(
@@ -78,13 +80,15 @@ def io_error(exc: OSError, doing: str, where: pathlib.Path) -> StoreError:
             "file system that takes bigger files, then retry",
         )
     if exc.errno == errno.EROFS:
-        return StoreError(f"the store is on a read-only file system ({where})", hint="point NBDURABLE_STORE at a writable directory")
+        return StoreError(f"the store is on a read-only file system ({where})",
+                          hint="point NBDURABLE_STORE at a writable directory")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreError(
             f"permission denied while {doing} ({where}): the store is not writable by this process",
             hint="check the owner and mode of the store directory, or point NBDURABLE_STORE at a writable directory",
         )
-    return StoreError(f"I/O error while {doing} ({where}): {exc.strerror or exc}", hint="check the disk and retry; `nbdurable check` verifies the store")
+    return StoreError(f"I/O error while {doing} ({where}): {exc.strerror or exc}",
+                      hint="check the disk and retry; `nbdurable check` verifies the store")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,7 +131,8 @@ def read_records(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[di
         if body is None:
             if index == len(lines) - 1 and not partial:
                 return _parse(path, offset, data, bodies), end, True  # last line failing its check: torn
-            why = "fails authentication (damaged, tampered with, or written under another key)" if b"\t" in line else "no tag"
+            why = ("fails authentication (damaged, tampered with, or written under another key)" if b"\t" in line
+                   else "no tag")
             raise _corrupt(path, offset, data, end - offset, f"{why}, and more lines follow (not a torn write)")
         bodies.append(body)
         end += len(line) + 1
@@ -166,7 +171,8 @@ def _corrupt(path: str | os.PathLike[str], offset: int, data: bytes, pos: int, w
     line_no = before + data.count(b"\n", 0, pos) + 1
     err = CorruptJournalError(
         f"journal {os.fspath(path)} is damaged at line {line_no}: {why}",
-        hint=f"run `nbdurable check` to inspect and repair it; the {line_no - 1} records before line {line_no} are intact",
+        hint=f"run `nbdurable check` to inspect and repair it; the {line_no - 1} records before line {line_no} "
+        "are intact",
     )
     err.path = os.fspath(path)  # type: ignore[attr-defined]
     err.line = line_no  # type: ignore[attr-defined]
@@ -239,7 +245,8 @@ class JournalWriter:
         """Append ``record``; set its ``seq`` (and ``ts`` if absent); fdatasync if ``sync``. Returns the seq."""
         with self._lock:
             if self._fd < 0:
-                raise StoreError(f"the journal writer of run {self.run_id} is closed", hint="reopen it with Store.append_journal(run_id)")
+                raise StoreError(f"the journal writer of run {self.run_id} is closed",
+                                 hint="reopen it with Store.append_journal(run_id)")
             seq = self._seq + 1
             had_ts = "ts" in record
             record["seq"] = seq
@@ -366,7 +373,8 @@ class JournalsMixin:
             path = self.journal_path(run_id)
             if path.is_file():
                 return path
-        raise RunNotFoundError(f"no run {run_id!r} in the store {self.path}", hint="`nbdurable runs` lists the run ids of this store")
+        raise RunNotFoundError(f"no run {run_id!r} in the store {self.path}",
+                               hint="`nbdurable runs` lists the run ids of this store")
 
     def new_journal(self, run_id: str) -> JournalWriter:
         """Create the journal of a new run (exclusively: an existing journal raises StoreError)."""

@@ -97,7 +97,8 @@ class Lease:
         self._fd = fd
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=_heartbeat, args=(fd, info, self._stop, HEARTBEAT_INTERVAL_S), name=f"nbdurable-lease-{run_id}", daemon=True
+            target=_heartbeat, args=(fd, info, self._stop, HEARTBEAT_INTERVAL_S), name=f"nbdurable-lease-{run_id}",
+            daemon=True
         )
         self._thread.start()
         with _held_lock:
@@ -179,7 +180,8 @@ def _held_error(run_id: str, info: dict[str, Any] | None) -> LeaseHeldError:
     info = info or {}
     pid, host = info.get("pid", "?"), info.get("host", "?")
     since = info.get("acquired")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "an unknown time"
+    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float))
+            else "an unknown time")
     return LeaseHeldError(
         f"run {run_id} is being driven by another live process (pid {pid} on {host}, since {when})",
         hint=f"wait for that process to finish, or stop it (pid {pid} on {host}); "
@@ -201,7 +203,8 @@ class LeasesMixin:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreError(f"cannot open the lease file {path}: {exc.strerror}", hint="check the store directory's permissions") from exc
+            raise StoreError(f"cannot open the lease file {path}: {exc.strerror}",
+                             hint="check the store directory's permissions") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,4 +1,5 @@
-"""Store maintenance: verify (``check_store``), repair (``repair_store``), delete unneeded objects (``collect_garbage``).
+"""Store maintenance: verify (``check_store``), repair (``repair_store``), delete unneeded objects
+(``collect_garbage``).
 
 Repairs never delete user data (a journal corrupt mid-file is kept aside as ``<run>.jsonl.corrupt-<time>``) and hold
 the run's lease: a live run is never touched. The catalog is derived: missing, it is rebuilt, not damage. GC spares
@@ -25,8 +26,8 @@ import duckdb
 
 from ..errors import CatalogLockedError, CorruptJournalError, LeaseHeldError, StoreError
 from .auth import Tagger
-from .crypto import OBJECT_MAGIC
 from .catalog import CATALOG_FILE
+from .crypto import OBJECT_MAGIC
 from .events import EVENT_SUFFIX
 from .journal import _checked_body, fsync_dir, io_error
 
@@ -40,9 +41,10 @@ _MAGIC = {"pickle": b"NBDP", "ndarray": b"NBDA"}
 _NOT_OBJECT = "authenticated but the content is not a JSON object"
 _ASIDE = ".corrupt-"
 _KEY_IN_JSON = re.compile(rb'"object":"([0-9a-f]{32})"')
-_OBJECT_HINTS = {"missing": "copy it back from a backup of the store if you have one; else that step cannot be restored: "
-                 "run the notebook afresh (`%durable new`)",
-                 "damaged": "copy a good version back from a backup, or delete it and run the notebook afresh (`%durable new`)"}
+_OBJECT_HINTS = {"missing": "copy it back from a backup of the store if you have one; else that step cannot be "
+                            "restored: run the notebook afresh (`%durable new`)",
+                 "damaged": "copy a good version back from a backup, or delete it and run the notebook afresh "
+                            "(`%durable new`)"}
 
 
 @dataclass
@@ -136,7 +138,8 @@ def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[Obje
                 yield ObjectUse(key, v.get("format"), needs_file, run_id, where, v.get("tag"))
         for i, o in enumerate(r.get("outputs") or []):
             if isinstance(o, dict) and o.get("output_type") == "object" and isinstance(key := o.get("object"), str):
-                yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}", o.get("tag"))
+                yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}",
+                                o.get("tag"))
 
 
 def object_problem(store: Store, use: ObjectUse) -> tuple[Literal["missing", "damaged"], str] | None:
@@ -208,7 +211,8 @@ def _check_events(store: Store, report: CheckReport) -> None:
     for event_id in store.event_ids():
         if store.read_event(event_id) is None:
             report.damaged_events.append(event_id)
-            report.damage.append((f"events/{event_id}{EVENT_SUFFIX} is damaged or not authentic (tag or format): no run will receive it",
+            report.damage.append((f"events/{event_id}{EVENT_SUFFIX} is damaged or not authentic (tag or format): "
+                                  "no run will receive it",
                                   "ask its sender to send it again; `nbdurable check --repair` moves the file aside"))
 
 
@@ -216,11 +220,13 @@ def _check_journal(store: Store, scan: JournalScan, report: CheckReport) -> None
     name = f"journals/{scan.path.name}"
     if scan.torn:
         live = " (the run is live: a write may be in progress)" if store.is_live(scan.run_id) else ""
-        report.warnings.append((f"{name}: torn tail (a crash mid-write), harmless{live}: {scan.size - scan.good_end} bytes "
-                                f"after record {len(scan.records)} are ignored", "`nbdurable check --repair` truncates it"))
+        report.warnings.append((f"{name}: torn tail (a crash mid-write), harmless{live}: "
+                                f"{scan.size - scan.good_end} bytes after record {len(scan.records)} are ignored",
+                                "`nbdurable check --repair` truncates it"))
     if scan.bad_line is not None:
-        report.damage.append((f"{name} is damaged at line {scan.bad_line} ({scan.bad_why}); the {len(scan.records)} records "
-                              "before it are intact", "`nbdurable check --repair` keeps the original aside and salvages them"))
+        report.damage.append((f"{name} is damaged at line {scan.bad_line} ({scan.bad_why}); "
+                              f"the {len(scan.records)} records before it are intact",
+                              "`nbdurable check --repair` keeps the original aside and salvages them"))
 
 
 def _check_objects(store: Store, report: CheckReport) -> None:
@@ -260,7 +266,8 @@ def _check_catalog(store: Store, report: CheckReport) -> None:
         except (StoreError, duckdb.Error) as exc:
             report.catalog_problem = f"{CATALOG_FILE} is unreadable ({getattr(exc, 'message', exc)})"
     if report.catalog_problem:
-        report.warnings.append((report.catalog_problem, "it is derived from the journals: `nbdurable check --repair` rebuilds it"))
+        report.warnings.append((report.catalog_problem,
+                                "it is derived from the journals: `nbdurable check --repair` rebuilds it"))
 
 
 def repair_store(store: Store, report: CheckReport) -> tuple[list[str], list[LeaseHeldError]]:
@@ -352,8 +359,9 @@ def collect_garbage(store: Store, *, keep_last: int = 10, dry_run: bool = False,
     CorruptJournalError if a journal is damaged: what its unreadable records need is unknown."""
     scans = {run_id: scan_journal(store, run_id) for run_id in store.run_ids()}
     if damaged := [s for s in scans.values() if s.bad_line is not None]:
-        raise CorruptJournalError(f"journal {damaged[0].path} is damaged at line {damaged[0].bad_line}: gc cannot know which "
-                                  "objects it needs", hint="run `nbdurable check --repair` first (it salvages the intact records)")
+        raise CorruptJournalError(f"journal {damaged[0].path} is damaged at line {damaged[0].bad_line}: "
+                                  "gc cannot know which objects it needs",
+                                  hint="run `nbdurable check --repair` first (it salvages the intact records)")
     kept = kept_runs(store, scans, keep_last)
     report = GcReport(sorted(kept), sorted(set(scans) - kept), dry_run)
     if prune_runs and not dry_run:

@@ -38,12 +38,15 @@ A variable reference (``VarRef``) in ``step_end.variables``::
      "instance": "<run>:<seq>:<n>",     # identity group: refs with the same instance restore as one object
      "inline": "<base64>" | None,       # small objects live in the record itself, not in a file
      "module": "numpy" | None,          # for format "module"
+     "origin": "/path/to/mod.py",      # optional, format "module": the file it was imported from
      "reason": "..." | None,            # for format "unrestorable"
      "inert": true}                     # optional: nothing to restore or rebuild (a closed file)
 
 An output (``step_end.outputs``) is an nbformat v4 output dict (``stream``, ``display_data``,
-``execute_result``, ``error``), or ``{"output_type": "object", "object": key}`` for a large one stored
-as an object file (with its ``tag``).
+``execute_result``, ``error``) as the frontend showed it (``runtime/output_fold.py``; a display keeps its
+``transient.display_id``), an ``update_display_data`` entry for a display of an *earlier* cell that this cell
+updated (applied to it on restore), or ``{"output_type": "object", "object": key}`` for a large one stored as
+an object file (with its ``tag``).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class VarRef(TypedDict, total=False):
     instance: str | None
     inline: str | None
     module: str | None
+    origin: str
     reason: str | None
     inert: bool
 
@@ -161,7 +165,8 @@ def error_with_traceback(error: dict[str, Any] | None, outputs: list[Any] | None
     return {**error, "traceback": shown.get("traceback")} if shown else error
 
 
-def run_end_record(status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_end_record(status: str, *, wake_at: float | None = None,
+                   waiting_for: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's final record; a suspended run says what it waits for (a time, an event)."""
     if status not in FINAL_RUN_STATUSES:
         raise ValueError(f"not a final run status: {status!r}")

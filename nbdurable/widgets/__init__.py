@@ -1,28 +1,18 @@
 """Widgets (anywidget ES modules, no build step): the run graph, the history explorer, the approval widget.
 
 They listen to runtime events and read the catalog; they never drive execution. The ES modules live in
-``static/``: ``graph_core.js`` (plain functions that draw a GraphData) is concatenated in front of each
-widget's module, and inlined into the HTML report.
+``static/``: the graph scripts (``GRAPH_SCRIPTS``: plain functions that draw a GraphData) are concatenated in
+front of each widget's module, and inlined into the HTML report; their stylesheet ``graph.css`` is each
+widget's ``_css`` (anywidget adds it to the page once per widget class) and a ``<style>`` of the report.
 """
 
 from __future__ import annotations
 
-import functools
-import pathlib
 from typing import Any
 
-STATIC = pathlib.Path(__file__).parent / "static"
+from nbdurable.widgets.assets import GRAPH_SCRIPTS, STATIC, static_text
 
-
-@functools.cache
-def static_text(*names: str) -> str:
-    """The named files of ``static/`` concatenated (a missing file reads as empty, so a partial checkout
-    still imports; the widget then shows nothing)."""
-    parts = []
-    for name in names:
-        path = STATIC / name
-        parts.append(path.read_text(encoding="utf-8") if path.exists() else "")
-    return "\n".join(parts)
+__all__ = ["GRAPH_SCRIPTS", "STATIC", "static_text", "RunGraph", "HistoryExplorer", "ApprovalWidget"]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,9 +21,9 @@ from typing import Any
 import anywidget
 import traitlets
 
-from nbdurable.kernel_ext.outputs import NOTICE_METADATA_KEY
+from nbdurable.runtime.session import NOTICE_METADATA_KEY
 from nbdurable.store import Store
-from nbdurable.widgets import static_text
+from nbdurable.widgets.assets import static_text
 
 
 class ApprovalWidget(anywidget.AnyWidget):
@@ -81,7 +81,8 @@ class ApprovalWidget(anywidget.AnyWidget):
             verdict = ""
             if isinstance(data, dict) and isinstance(data.get("approved"), bool):
                 verdict = "approved — " if data["approved"] else "rejected — "
-            self.state, self.message = "received", f"{verdict}the cell received event {self.event!r} ({event.get('id')})"
+            self.state, self.message = "received", (f"{verdict}the cell received event {self.event!r} "
+                                                    f"({event.get('id')})")
         else:
             self.state, self.message = "timeout", f"no event {self.event!r} before the timeout"
 

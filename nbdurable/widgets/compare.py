@@ -109,7 +109,8 @@ def load_runs(store: Store, run_ids: Sequence[str]) -> list[RunData]:
         "JOIN steps s ON s.run_id = v.run_id AND s.ordinal = v.ordinal "
         "WHERE list_contains(?::VARCHAR[], v.run_id) AND s.parent IS NULL ORDER BY v.run_id, v.ordinal, v.name",
         [ids], ingest=False)
-    by_id: dict[str, RunData] = {row["run_id"]: {"run": json_row(row), "steps": [], "variables": []} for row in runs.to_dict("records")}
+    by_id: dict[str, RunData] = {row["run_id"]: {"run": json_row(row), "steps": [], "variables": []}
+                                 for row in runs.to_dict("records")}
     for run_id in run_ids:
         if run_id not in by_id:
             raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
@@ -242,7 +243,7 @@ def match_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[
     matcher = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            out.extend((i, j, "source") for i, j in zip(range(i1, i2), range(j1, j2)))
+            out.extend((i, j, "source") for i, j in zip(range(i1, i2), range(j1, j2), strict=True))
             continue
         left, right = list(range(i1, i2)), list(range(j1, j2))
         pairs: list[tuple[int, int, str]] = []
@@ -253,7 +254,7 @@ def match_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[
                 pairs.append((i, j, "name"))
                 left.remove(i)
                 right.remove(j)
-        pairs.extend((i, j, "position") for i, j in zip(left, right))
+        pairs.extend((i, j, "position") for i, j in zip(left, right, strict=False))
         pairs.sort()
         out.extend(pairs)
         out.extend((i, None, None) for i in left[len(right):])
@@ -285,8 +286,8 @@ def compare_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict
         shown = side_b if side_b is not None else side_a
         assert shown is not None
         rows.append({
-            "label": shown["label"], "a": side_a, "b": side_b, "match": how, "change": change, "differs": change != "same",
-            "reasons": reasons, "source_diff": source_diff,
+            "label": shown["label"], "a": side_a, "b": side_b, "match": how, "change": change,
+            "differs": change != "same", "reasons": reasons, "source_diff": source_diff,
             "duration_delta_s": _delta(side_a and side_a["duration_s"], side_b and side_b["duration_s"]),
         })
     return rows

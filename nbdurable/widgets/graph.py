@@ -211,7 +211,8 @@ def build_graph(store: Store, run_id: str, *, pending: list[PlannedStep] | None 
     runs, steps, variables, attempts = store.catalog().query_many([
         ("SELECT * FROM runs WHERE run_id = ?", [run_id]),
         ("SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id]),
-        ("SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? ORDER BY ordinal, name", [run_id]),
+        ("SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? ORDER BY ordinal, name",
+         [run_id]),
         ("SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id]),
     ])
     if runs.empty:
@@ -222,7 +223,8 @@ def build_graph(store: Store, run_id: str, *, pending: list[PlannedStep] | None 
 
 
 def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables: list[dict[str, Any]],
-                    attempts: list[dict[str, Any]], *, pending: list[PlannedStep] | None = None, live: bool = False) -> Graph:
+                    attempts: list[dict[str, Any]], *, pending: list[PlannedStep] | None = None,
+                    live: bool = False) -> Graph:
     """GraphData from catalog rows (the run's row, its steps, variables and attempts)."""
     by_ordinal: dict[int, Node] = {}
     tops: list[Node] = []
@@ -239,7 +241,8 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
             child = {"ordinal": ordinal, "name": _str(row.get("name")), "status": status,
                      "started_at": _unix(row.get("started_at")), "ended_at": _unix(row.get("ended_at")),
                      "duration_s": _num(row.get("duration_s")), "attempts": 0,
-                     "error": _error_text({"ename": _str(row.get("error_ename")), "evalue": _str(row.get("error_evalue"))})}
+                     "error": _error_text({"ename": _str(row.get("error_ename")),
+                                           "evalue": _str(row.get("error_evalue"))})}
             cell["children"]["total"] = cell["children"].get("total", 0) + 1
             if len(cell["child_steps"]) < MAX_CHILD_STEPS:
                 cell["child_steps"].append(child)
@@ -251,7 +254,8 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
             error=_error(_str(row.get("error_ename")), _str(row.get("error_evalue")), _str(row.get("error_traceback"))),
         )
         if status == "restored":
-            node["restored_from"] = {"run_id": _str(row.get("restored_from_run")), "ordinal": _num(row.get("restored_from_ordinal"))}
+            node["restored_from"] = {"run_id": _str(row.get("restored_from_run")),
+                                     "ordinal": _num(row.get("restored_from_ordinal"))}
             if node["duration_s"] is not None and node["started_at"] is not None and node["ended_at"] is not None:
                 node["time_saved_s"] = max(0.0, node["duration_s"] - (node["ended_at"] - node["started_at"]))
         by_ordinal[ordinal] = node
@@ -265,7 +269,8 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
         ordinal = int(row["ordinal"])
         attempt = {"attempt": int(row["attempt"]), "started_at": _unix(row.get("started_at")),
                    "ended_at": _unix(row.get("ended_at")), "next_delay_s": _num(row.get("next_delay_s")),
-                   "error": _error_text({"ename": _str(row.get("error_ename")), "evalue": _str(row.get("error_evalue"))})}
+                   "error": _error_text({"ename": _str(row.get("error_ename")),
+                                         "evalue": _str(row.get("error_evalue"))})}
         owner = by_ordinal.get(ordinal)
         if owner is not None:
             owner["attempts"].append(attempt)
@@ -315,7 +320,8 @@ class LiveGraph:
     def __init__(self, on_change: Callable[[Graph], None], *, child_interval: float = 0.25) -> None:
         self.on_change = on_change
         self.child_interval = child_interval
-        self.graph: Graph = {"version": VERSION, "run": {"run_id": None, "status": None, "live": True}, "nodes": [], "edges": []}
+        self.graph: Graph = {"version": VERSION, "run": {"run_id": None, "status": None, "live": True}, "nodes": [],
+                             "edges": []}
         self._nodes: dict[int, Node] = {}
         self._child_parent: dict[int, int] = {}
         self._lock = threading.RLock()
@@ -335,9 +341,11 @@ class LiveGraph:
         """A run with nothing recorded yet (``run_id`` None: the next run this session starts); ``pending``:
         the planned steps a resume will restore."""
         with self._lock:
-            self._reset(run_id, notebook, [new_node(None, p.name, p.source, "pending", node_id=f"p{k}") for k, p in enumerate(pending)])
+            self._reset(run_id, notebook, [new_node(None, p.name, p.source, "pending", node_id=f"p{k}")
+                                           for k, p in enumerate(pending)])
 
-    def _reset(self, run_id: str | None, notebook: str | None, nodes: list[Node], resumed_from: str | None = None) -> None:
+    def _reset(self, run_id: str | None, notebook: str | None, nodes: list[Node],
+               resumed_from: str | None = None) -> None:
         self.graph = {
             "version": VERSION, "edges": [], "nodes": nodes,
             "run": {"run_id": run_id, "notebook": notebook, "kind": "interactive", "status": "running", "params": {},
@@ -351,7 +359,8 @@ class LiveGraph:
         """An EventBus listener."""
         with self._lock:
             handler = getattr(self, "_on_" + event.kind, None)
-            if handler is not None and (self.graph["run"].get("run_id") in (None, event.run_id) or event.kind == "run_started"):
+            if handler is not None and (self.graph["run"].get("run_id") in (None, event.run_id)
+                                        or event.kind == "run_started"):
                 handler(event.run_id, event.data)
 
     def flush(self) -> None:
@@ -402,8 +411,9 @@ class LiveGraph:
     def _on_attempt_finished(self, run_id: str, data: dict[str, Any]) -> None:
         ordinal = int(data["ordinal"])
         retrying = bool(data.get("error")) and data.get("next_delay") is not None
-        attempt = {"attempt": data.get("attempt"), "started_at": data.get("started_at"), "ended_at": data.get("ended_at"),
-                   "error": _error_text(data.get("error")), "next_delay_s": data.get("next_delay")}
+        attempt = {"attempt": data.get("attempt"), "started_at": data.get("started_at"),
+                   "ended_at": data.get("ended_at"), "error": _error_text(data.get("error")),
+                   "next_delay_s": data.get("next_delay")}
         node = self._nodes.get(ordinal)
         if node is not None:
             node["attempts"].append(attempt)
@@ -445,9 +455,11 @@ class LiveGraph:
         if cell is None:
             return
         if child is not None:
-            child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"), error=_error_text(error))
+            child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"),
+                         error=_error_text(error))
         _count_children(cell)
-        if (cell["status"] in ("sleeping", "waiting") and data.get("name") in (SLEEP, WAIT)) or cell["status"] == "retrying":
+        if ((cell["status"] in ("sleeping", "waiting") and data.get("name") in (SLEEP, WAIT))
+                or cell["status"] == "retrying"):
             cell["status"], cell["waiting_for"] = "running", None
             self._send()
         else:

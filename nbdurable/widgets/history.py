@@ -41,7 +41,7 @@ from nbdurable.errors import NbdurableError, OptionsError
 from nbdurable.runtime.policy import parse_duration
 from nbdurable.store import Store
 from nbdurable.store.records import RUN_STATUSES
-from nbdurable.widgets import static_text
+from nbdurable.widgets.assets import static_text
 from nbdurable.widgets.compare import compare_runs, json_row
 
 MAX_RUNS = 200
@@ -113,11 +113,13 @@ def params_conditions(text: str) -> tuple[list[str], list[Any]]:
         op = "=" if op == "==" else op
         path = "$." + ".".join(f'"{part}"' for part in key.split("."))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            cond, cargs = f"TRY_CAST(json_extract_string(params, ?) AS DOUBLE) {'=' if op == '!=' else op} ?", [path, float(value)]
+            cond, cargs = (f"TRY_CAST(json_extract_string(params, ?) AS DOUBLE) {'=' if op == '!=' else op} ?",
+                           [path, float(value)])
         elif isinstance(value, str):
             cond, cargs = f"json_extract_string(params, ?) {'=' if op == '!=' else op} ?", [path, value]
         elif op not in ("=", "!="):
-            raise OptionsError(f"bad parameter filter {term!r}: {op} compares numbers or text, not {raw}", hint=_PARAMS_HINT)
+            raise OptionsError(f"bad parameter filter {term!r}: {op} compares numbers or text, not {raw}",
+                               hint=_PARAMS_HINT)
         elif value is None:
             cond, cargs = "json_type(params, ?) = 'NULL'", [path]
         else:  # true/false, lists and objects: compared as (minified, key-sorted) JSON text
@@ -159,13 +161,15 @@ def parse_time(text: str, *, end: bool = False, now: float | None = None) -> _dt
     try:
         return _dt.datetime.fromtimestamp(stamp, _dt.timezone.utc).replace(tzinfo=None)
     except (OverflowError, OSError, ValueError):
-        raise OptionsError(f"bad date {text!r} for {'until' if end else 'since'}: out of range", hint=_DATE_HINT) from None
+        raise OptionsError(f"bad date {text!r} for {'until' if end else 'since'}: out of range",
+                           hint=_DATE_HINT) from None
 
 
 def normalize_filters(filters: Any) -> dict[str, str]:
     """The known filter keys as stripped text (unknown keys are ignored; None reads as empty)."""
     if not isinstance(filters, dict):
-        raise OptionsError(f"filters must be a dict, not {type(filters).__name__}", hint=f"keys: {', '.join(FILTER_KEYS)}")
+        raise OptionsError(f"filters must be a dict, not {type(filters).__name__}",
+                           hint=f"keys: {', '.join(FILTER_KEYS)}")
     out = {}
     for key in FILTER_KEYS:
         value = filters.get(key)
@@ -239,24 +243,27 @@ class HistoryExplorer(anywidget.AnyWidget):
     ``store``: a path or Store (default: the loaded extension's, else $NBDURABLE_STORE, else ./.nbdurable);
     ``notebook``: start filtered to that notebook."""
 
-    _esm = static_text("graph_core.js", "history.js")
+    _esm = static_text("graph", "history.js")
+    _css = static_text("graph.css", "history.css")
 
     filters = traitlets.Dict().tag(sync=True)  # {"notebook", "status", "params", "since", "until"}: text
     runs: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)  # run rows, newest first, at most MAX_RUNS
     total = traitlets.Int(0).tag(sync=True)  # runs matching the filters
     limit = traitlets.Int(MAX_RUNS).tag(sync=True)
-    notebooks: traitlets.List[str] = traitlets.List().tag(sync=True)  # every notebook name in the store (filter suggestions)
+    # every notebook name in the store (filter suggestions)
+    notebooks: traitlets.List[str] = traitlets.List().tag(sync=True)
     selected_run = traitlets.Unicode("", allow_none=True).tag(sync=True)  # "" (or None) = none
     selected_node = traitlets.Unicode("").tag(sync=True)  # a node id of ``graph``, "" = none
     graph = traitlets.Any(None, allow_none=True).tag(sync=True)  # GraphData of selected_run, or None
-    compare: traitlets.List[Any] = traitlets.List().tag(sync=True)  # [run_a, run_b] to compare (the frontend keeps at most two)
+    # [run_a, run_b] to compare (the frontend keeps at most two)
+    compare: traitlets.List[Any] = traitlets.List().tag(sync=True)
     comparison = traitlets.Any(None, allow_none=True).tag(sync=True)  # see compare.py, or None
     error = traitlets.Unicode("").tag(sync=True)  # what went wrong, one line per source; "" = nothing
     refreshed_at = traitlets.Float(0.0).tag(sync=True)  # unix seconds of the last ingest
 
     def __init__(self, store: str | os.PathLike[str] | Store | None = None, notebook: str | None = None,
                  **kwargs: Any) -> None:
-        from nbdurable.runtime.waits import default_store
+        from nbdurable.runtime.session import default_store
 
         if notebook is not None:
             kwargs["filters"] = {**dict(kwargs.get("filters") or {}), "notebook": notebook}
@@ -302,8 +309,8 @@ class HistoryExplorer(anywidget.AnyWidget):
         self._guard("filters", load)
 
     def _load_notebooks(self) -> None:
-        df = self._store.catalog().query("SELECT DISTINCT notebook FROM runs WHERE notebook IS NOT NULL ORDER BY notebook",
-                                         ingest=False)
+        df = self._store.catalog().query("SELECT DISTINCT notebook FROM runs WHERE notebook IS NOT NULL "
+                                         "ORDER BY notebook", ingest=False)
         self.notebooks = [str(n) for n in df["notebook"]]
 
     def _load_graph(self) -> None:

@@ -15,9 +15,9 @@ import anywidget
 import traitlets
 
 from nbdurable.errors import OptionsError
-from nbdurable.kernel_ext import active_extension
+from nbdurable.runtime.session import active_session, default_store
 from nbdurable.store import Store
-from nbdurable.widgets import static_text
+from nbdurable.widgets.assets import static_text
 from nbdurable.widgets.graph import Graph, LiveGraph, build_graph
 
 
@@ -29,37 +29,38 @@ class RunGraph(anywidget.AnyWidget):
     ``RunGraph(run_id)`` shows any run of the store (``store``: a path or Store; default: the extension's,
     else $NBDURABLE_STORE, else ./.nbdurable)."""
 
-    _esm = static_text("graph_core.js", "run_graph.js")
+    _esm = static_text("graph", "run_graph.js")
+    _css = static_text("graph.css")
     graph = traitlets.Dict().tag(sync=True)
     selected = traitlets.Unicode("").tag(sync=True)
 
-    def __init__(self, run_id: str | None = None, *, store: str | os.PathLike[str] | Store | None = None, **kwargs: Any) -> None:
+    def __init__(self, run_id: str | None = None, *, store: str | os.PathLike[str] | Store | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._unsubscribe: Any = None
         self._send_lock = threading.Lock()
-        ext = active_extension()
+        current = active_session()
         if run_id is not None:
             if not isinstance(run_id, str) or not run_id:
-                raise OptionsError(f"RunGraph takes a run id (a string), not {run_id!r}", hint="nbd.history() lists run ids")
-            from nbdurable.runtime.waits import default_store
-
-            if ext is not None and ext.run is not None and ext.run.run_id == run_id and ext.run.status == "running":
-                ext.run.wait_durable()  # this notebook's own run: the catalog reads what the journal holds
-            self.graph = build_graph(default_store(store), run_id)  # default: the extension's store
+                raise OptionsError(f"RunGraph takes a run id (a string), not {run_id!r}",
+                                   hint="nbd.history() lists run ids")
+            if current is not None and current.run_id == run_id:
+                current.wait_durable()  # this notebook's own run: the catalog reads what the journal holds
+            self.graph = build_graph(default_store(store), run_id)  # default: the session's store
             return
-        if ext is None:
+        if current is None:
             raise OptionsError(
                 "RunGraph() follows the current run of a notebook with nbdurable loaded, and it is not loaded here",
                 hint="run `%load_ext nbdurable` first, or pass a run id: nbd.RunGraph(run_id)",
             )
         self.live = LiveGraph(self._publish)
-        pending = ext.plan.steps[ext.plan.cursor:] if ext.plan is not None and not ext.plan.exhausted else []
-        if ext.run is not None and ext.run.status == "running":
-            ext.run.wait_durable()  # the catalog reads the journal: let it hold every step so far
-            self.live.load(build_graph(ext.store_obj, ext.run.run_id, pending=pending, live=True))
+        pending = current.pending_steps()
+        if current.run_id is not None and current.run_live:
+            current.wait_durable()  # the catalog reads the journal: let it hold every step so far
+            self.live.load(build_graph(current.store, current.run_id, pending=pending, live=True))
         else:
-            self.live.start_run(None, ext.notebook, pending)
-        self._unsubscribe = ext.events.subscribe(self.live)
+            self.live.start_run(None, current.notebook, pending)
+        self._unsubscribe = current.events.subscribe(self.live)
 
     def _publish(self, graph: Graph) -> None:
         with self._send_lock:  # nbd.map worker threads emit events too: one update at a time, in order

@@ -1,4 +1,4 @@
-/* A minimal DOM for node (no jsdom): enough of Document/Element/Text for graph_core.js, plus
+/* A minimal DOM for node (no jsdom): enough of Document/Element/Text for the graph scripts, plus
  * querySelectorAll (tag, .class, [attr], [attr="v"], descendant combinator) and click/keydown dispatch
  * for the tests. Setting innerHTML/outerHTML or calling insertAdjacentHTML throws: the renderers must
  * build everything from nodes. */

@@ -1,7 +1,8 @@
-/* Renders GraphData with graph_core.js in the fake DOM of fakedom.js and prints a JSON summary of what
- * came out, for tests/test_report.py.
+/* Renders GraphData with the graph scripts (graph_*.js) in the fake DOM of fakedom.js and prints a JSON
+ * summary of what came out, for tests/test_report.py.
  *
- *   node render_check.js fixture GRAPH_CORE.js RUN_GRAPH.js FIXTURE.json
+ *   node render_check.js fixture GRAPH.js RUN_GRAPH.js FIXTURE.json
+ *       GRAPH.js: the graph scripts concatenated in load order (static_text("graph") of nbdurable.widgets);
  *       the run view and the RunGraph widget (with a fake anywidget model) on a GraphData fixture:
  *       select, expand, live re-render, the timeline, cleanup.
  *   node render_check.js report REPORT.html
@@ -14,7 +15,7 @@ const { Document } = require("./fakedom.js");
 
 function load(doc, code, extra) {
   const context = vm.createContext(Object.assign({ document: doc, console }, extra || {}));
-  vm.runInContext(code, context, { filename: "graph_core.js" });
+  vm.runInContext(code, context, { filename: "graph.js" });
   return context;
 }
 
@@ -22,7 +23,7 @@ function summary(doc) {
   const graph = doc.querySelector("div.nbd-graph");
   const details = doc.querySelector("div.nbd-details");
   return {
-    styles: doc.querySelectorAll("style").filter((s) => s.getAttribute("id") === "nbd-styles").length,
+    styles: doc.querySelectorAll("style").length,  /* the scripts add none: graph.css is the host's */
     graph: graph && { runId: graph.getAttribute("data-run-id"), runStatus: graph.getAttribute("data-run-status"),
                       header: doc.querySelector("div.nbd-graph div.nbd-header").textContent },
     nodes: doc.querySelectorAll("svg g.nbd-node").map((g) => ({
@@ -103,7 +104,7 @@ function fixture(corePath, widgetPath, dataPath) {
   fire("change:graph");
   out.sameSvgAfterNoop = doc.querySelector("svg.nbd-graph-svg") === svgBefore;
 
-  /* a second view in the same document: styles still injected once */
+  /* a second view in the same document: still no style element */
   const el2 = doc.createElement("div");
   doc.body.appendChild(el2);
   ctx.nbdMountRunView(el2, { layout: "stacked" }).update({ version: 1, run: { run_id: "x", status: "running", live: true }, nodes: [], edges: [] });

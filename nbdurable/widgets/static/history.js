@@ -1,9 +1,10 @@
 // The history explorer's frontend (anywidget): filters, the runs table, one run's graph, two runs compared.
-// Python sends `_esm` = graph_core.js + this file: it mounts graph_core's run view (nbdMountRunView: graph,
-// timeline, details of the clicked node) for the selected run; without graph_core.js it draws a minimal graph.
-// It only edits traits (filters, selected_run, selected_node, compare) and sends {type: "refresh"}: the
-// Python side queries the catalog. Everything is inside one const, so that no name here can collide with
-// a declaration of graph_core.js. Selectors follow the DOM contract (browser tests use them).
+// Python sends `_esm` = the graph scripts (graph_*.js) + this file, and `_css` = graph.css + history.css: it
+// mounts their run view (nbdMountRunView: graph, timeline, details of the clicked node) for the selected run;
+// without them it draws a minimal graph. It only edits traits (filters, selected_run, selected_node, compare)
+// and sends {type: "refresh"}: the Python side queries the catalog. Everything is inside one const, so that
+// no name here can collide with a declaration of the graph scripts. Selectors follow the DOM contract
+// (browser tests use them).
 
 const nbdHistoryWidget = (() => {
   const RUN_STATUSES = ["running", "completed", "failed", "suspended", "cancelled", "crashed"];
@@ -16,67 +17,6 @@ const nbdHistoryWidget = (() => {
   const DARK_TEXT = new Set(["pending", "waiting", "sleeping"]);
   const DEBOUNCE_MS = 350;
   const SVG_NS = "http://www.w3.org/2000/svg";
-
-  const CSS = `
-.nbd-history { font-family: var(--jp-ui-font-family, system-ui, -apple-system, "Segoe UI", sans-serif); font-size: 13px;
-  color: var(--jp-ui-font-color1, #1f2328); display: flex; flex-direction: column; gap: 8px; }
-.nbd-history-toolbar { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
-.nbd-history input[type=text], .nbd-history select { font: inherit; padding: 3px 6px; border-radius: 3px;
-  border: 1px solid var(--jp-border-color1, #c7ccd1); background: var(--jp-layout-color1, #fff); color: inherit; }
-.nbd-history .nbd-filter-notebook { width: 11em; }
-.nbd-history .nbd-filter-params { flex: 1 1 14em; min-width: 12em; }
-.nbd-history .nbd-filter-since, .nbd-history .nbd-filter-until { width: 10.5em; }
-.nbd-history button { font: inherit; padding: 3px 10px; border-radius: 3px; cursor: pointer; color: inherit;
-  border: 1px solid var(--jp-border-color1, #c7ccd1); background: var(--jp-layout-color2, #f3f4f6); }
-.nbd-history button:hover { background: var(--jp-layout-color3, #e5e7eb); }
-.nbd-history button:disabled { opacity: .6; cursor: progress; }
-.nbd-history button.nbd-close { padding: 0 7px; margin-left: auto; }
-.nbd-history-error { color: #b3261e; background: rgba(235, 87, 87, .12); border-left: 3px solid #eb5757;
-  padding: 4px 8px; white-space: pre-line; }
-.nbd-history-count, .nbd-history-hint { color: var(--jp-ui-font-color2, #59636e); font-size: 12px; }
-.nbd-history-hint { font-style: italic; padding: 4px 0; }
-.nbd-history-table-wrap { max-height: 22em; overflow: auto; border: 1px solid var(--jp-border-color2, #e1e4e8); }
-.nbd-history table { border-collapse: collapse; width: 100%; }
-.nbd-history th { position: sticky; top: 0; z-index: 1; background: var(--jp-layout-color2, #f3f4f6); text-align: left;
-  font-weight: 600; padding: 4px 6px; white-space: nowrap; }
-.nbd-history td { padding: 3px 6px; border-top: 1px solid var(--jp-border-color2, #eceef1); white-space: nowrap;
-  vertical-align: top; }
-.nbd-history tr.nbd-run { cursor: pointer; }
-.nbd-history tr.nbd-run:hover { background: var(--jp-layout-color2, #f5f7fa); }
-.nbd-history tr.nbd-run.nbd-selected { background: rgba(47, 128, 237, .14); }
-.nbd-history tr.nbd-run:focus { outline: 2px solid #2f80ed; outline-offset: -2px; }
-.nbd-history .nbd-num { text-align: right; font-variant-numeric: tabular-nums; }
-.nbd-history .nbd-mono { font-family: var(--jp-code-font-family, ui-monospace, Menlo, monospace); font-size: 12px; }
-.nbd-history .nbd-params-cell { max-width: 26em; overflow: hidden; text-overflow: ellipsis; }
-.nbd-history .nbd-badge { display: inline-block; padding: 0 7px; border-radius: 9px; color: #fff; font-size: 11px;
-  line-height: 17px; }
-.nbd-history .nbd-badge.nbd-dark-text { color: #1f2328; }
-.nbd-history-panel-head { display: flex; align-items: center; gap: 8px; flex-wrap: wrap; font-weight: 600;
-  padding: 4px 0; }
-.nbd-history-graph { display: flex; flex-direction: column; gap: 6px; }
-.nbd-history-graph-canvas { overflow: auto; max-height: 32em; }
-.nbd-compare { display: flex; flex-direction: column; gap: 6px; border-top: 1px solid var(--jp-border-color2, #e1e4e8);
-  padding-top: 6px; }
-.nbd-compare h4 { margin: 6px 0 2px; font-size: 13px; }
-.nbd-compare .nbd-run-tag { font-weight: 700; padding: 0 5px; border-radius: 3px; color: #fff; }
-.nbd-compare .nbd-run-tag.nbd-a { background: #6b7785; }
-.nbd-compare .nbd-run-tag.nbd-b { background: #2f80ed; }
-.nbd-compare tr[data-differs="true"] { background: rgba(242, 201, 76, .2); }
-.nbd-compare.nbd-only-diff tr[data-differs="false"] { display: none; }
-.nbd-compare .nbd-dbars { display: flex; flex-direction: column; gap: 2px; min-width: 12em; }
-.nbd-compare .nbd-dbar-row { display: flex; align-items: center; gap: 4px; font-size: 11px; }
-.nbd-compare .nbd-dbar { height: 6px; border-radius: 2px; min-width: 1px; }
-.nbd-compare .nbd-dbar.nbd-a { background: #6b7785; }
-.nbd-compare .nbd-dbar.nbd-b { background: #2f80ed; }
-.nbd-compare .nbd-missing { color: var(--jp-ui-font-color3, #8c959f); }
-.nbd-compare .nbd-reasons { white-space: normal; min-width: 10em; }
-.nbd-compare pre.nbd-source-diff { margin: 4px 0; padding: 4px 6px; max-height: 16em; overflow: auto;
-  background: var(--jp-layout-color2, #f6f8fa); white-space: pre; }
-.nbd-compare .nbd-diff-add { color: #1a7f37; }
-.nbd-compare .nbd-diff-del { color: #b3261e; }
-.nbd-compare .nbd-diff-hunk { color: #8250df; }
-.nbd-history .nbd-fallback-details pre { background: var(--jp-layout-color2, #f6f8fa); padding: 4px 6px; overflow: auto; }
-`;
 
   // -- small helpers ---------------------------------------------------------------------------------
 
@@ -149,7 +89,7 @@ const nbdHistoryWidget = (() => {
     return h("div", { class: "nbd-history-hint", text });
   }
 
-  // -- a minimal graph, when graph_core.js is not there ------------------------------------------------
+  // -- a minimal graph, when the graph scripts are not there ------------------------------------------
 
   function fallbackGraph(container, data, opts) {
     const run = data.run || {};
@@ -191,7 +131,7 @@ const nbdHistoryWidget = (() => {
       node.error ? h("pre", { class: "nbd-mono", text: `${node.error.ename}: ${node.error.evalue}\n${node.error.traceback || ""}` }) : null));
   }
 
-  // A run view: graph_core's (graph and timeline tabs, details on the side), else the minimal one above.
+  // A run view: the graph scripts' (graph and timeline tabs, details on the side), else the minimal one above.
   function mountRunView(host, onSelect) {
     if (typeof nbdMountRunView === "function") {
       try {
@@ -220,9 +160,6 @@ const nbdHistoryWidget = (() => {
 
   function render({ model, el }) {
     const doc = el.ownerDocument || document;
-    if (typeof nbdInjectStyles === "function") {
-      try { nbdInjectStyles(doc); } catch (err) { console.error("nbdurable: nbdInjectStyles failed", err); }
-    }
     const listeners = [];
     const on = (event, fn) => { model.on(event, fn); listeners.push([event, fn]); };
     const save = (changes) => {
@@ -262,7 +199,6 @@ const nbdHistoryWidget = (() => {
     const compareSlot = h("div", { class: "nbd-history-compare-slot" });
     const graphPanel = h("div", { class: "nbd-history-graph" });
     const root = h("div", { class: "nbd-history" },
-      h("style", { text: CSS }),
       h("div", { class: "nbd-history-toolbar" },
         inputs.notebook, datalist, inputs.status, inputs.params, inputs.since, inputs.until, clearButton, refreshButton),
       errorSlot, count, h("div", { class: "nbd-history-table-wrap" }, table), compareSlot, graphPanel);

@@ -1,6 +1,6 @@
-/* nbdurable RunGraph widget (anywidget ES module). Python sends `_esm` = graph_core.js + this file, so the
- * nbd* functions of graph_core.js are in scope here. Traits: `graph` (GraphData, replaced whole on every
- * live update) and `selected` (a node id, "" for none; set here when the user clicks a node). */
+/* nbdurable RunGraph widget (anywidget ES module). Python sends `_esm` = the graph scripts (graph_*.js) + this
+ * file, so their nbd* functions are in scope here, and `_css` = graph.css. Traits: `graph` (GraphData, replaced
+ * whole on every live update) and `selected` (a node id, "" for none; set here when the user clicks a node). */
 
 export default {
   render({ model, el }) {

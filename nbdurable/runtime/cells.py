@@ -53,10 +53,13 @@ def build_cell_parser() -> argparse.ArgumentParser:
                         help="re-run the cell up to N times when it raises (N+1 attempts in all, each recorded)")
     parser.add_argument("--initial-interval", dest="initial_interval", metavar="DURATION",
                         help='wait before the first retry (default 1s; "500ms", "30s", "5m"…)')
-    parser.add_argument("--backoff", type=float, metavar="FACTOR", help="each wait is this many times the previous (default 2)")
-    parser.add_argument("--max-interval", dest="max_interval", metavar="DURATION", help="longest wait between attempts (default 1m)")
+    parser.add_argument("--backoff", type=float, metavar="FACTOR",
+                        help="each wait is this many times the previous (default 2)")
+    parser.add_argument("--max-interval", dest="max_interval", metavar="DURATION",
+                        help="longest wait between attempts (default 1m)")
     parser.add_argument("--timeout", metavar="DURATION",
-                        help="interrupt an attempt running longer than this (a failed attempt, retried if retries remain)")
+                        help="interrupt an attempt running longer than this "
+                             "(a failed attempt, retried if retries remain)")
     return parser
 
 
@@ -77,7 +80,8 @@ class CellOptions:
         """The options as journaled."""
         record: dict[str, object] = {"always": self.always, "no_state": self.no_state}
         if self.policy is not None:
-            record["retry"] = {"max_attempts": self.policy.max_attempts, "initial_interval": self.policy.initial_interval,
+            record["retry"] = {"max_attempts": self.policy.max_attempts,
+                               "initial_interval": self.policy.initial_interval,
                                "backoff": self.policy.backoff, "max_interval": self.policy.max_interval}
         if self.timeout is not None:
             record["timeout"] = self.timeout
@@ -93,10 +97,12 @@ def parse_cell_options(line: str) -> CellOptions:
     if extra:
         raise OptionsError(f"%%durable: unknown option(s) {' '.join(extra)}", hint=_PARSER.format_usage().strip())
     if args.retries < 0:
-        raise OptionsError(f"%%durable: --retries must be 0 or more, not {args.retries}", hint="e.g. %%durable --retries 3")
+        raise OptionsError(f"%%durable: --retries must be 0 or more, not {args.retries}",
+                           hint="e.g. %%durable --retries 3")
     tuning = {k: v for k in ("initial_interval", "backoff", "max_interval") if (v := getattr(args, k)) is not None}
     if tuning and not args.retries:
-        raise OptionsError(f"%%durable: --{next(iter(tuning)).replace('_', '-')} needs --retries", hint="e.g. %%durable --retries 3 --initial-interval 5s")
+        raise OptionsError(f"%%durable: --{next(iter(tuning)).replace('_', '-')} needs --retries",
+                           hint="e.g. %%durable --retries 3 --initial-interval 5s")
     try:
         policy = RetryPolicy(max_attempts=args.retries + 1, **tuning) if args.retries else None
         timeout = parse_duration(args.timeout) if args.timeout is not None else None

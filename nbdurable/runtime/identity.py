@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nbdurable.runtime.session import ENV_NOTEBOOK
+
 
 def notebook_identity(value: str, base: Path | None = None) -> str:
     """A notebook's identity: the absolute path of an existing .ipynb file, else the name as given.
@@ -32,17 +34,7 @@ def notebook_identity(value: str, base: Path | None = None) -> str:
 
 def detect_notebook(user_ns: dict[str, Any]) -> str | None:
     """The notebook identity the environment gives, or None."""
-    for value in (os.environ.get("NBDURABLE_NOTEBOOK"), os.environ.get("JPY_SESSION_NAME"), user_ns.get("__vsc_ipynb_file__")):
+    for value in (os.environ.get(ENV_NOTEBOOK), os.environ.get("JPY_SESSION_NAME"), user_ns.get("__vsc_ipynb_file__")):
         if value:
             return notebook_identity(str(value))
     return None
-
-
-def default_store_path(notebook: str | None) -> Path:
-    """``NBDURABLE_STORE``, else ``.nbdurable`` beside the notebook, else in the working directory."""
-    env = os.environ.get("NBDURABLE_STORE")
-    if env:
-        return Path(env).expanduser()
-    if notebook and Path(notebook).is_absolute():
-        return Path(notebook).parent / ".nbdurable"
-    return Path.cwd() / ".nbdurable"
