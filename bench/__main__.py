@@ -19,6 +19,7 @@ SUITE = {
     "catalog": [("catalog", [])],
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
+    "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
     "steps": [("steps", [])],
 }
@@ -34,6 +35,7 @@ def main() -> None:
         for module, extra in SUITE[group]:
             quick = {"ambient": ["--repeats", "3"], "cell_overhead": ["--rounds", "2", "--cells", "100"],
                      "checkpoint": ["--repeats", "1"],
+                     "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)

@@ -7,7 +7,8 @@ namespace and outputs restored.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from nbdurable._version import __version__
 from nbdurable.errors import (  # the error hierarchy is part of the public API (= nbdurable.errors.__all__)
@@ -31,13 +32,24 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
     StoreFormatError,
     SuspendedError,
 )
-from nbdurable.history import history, sql  # duckdb and pandas are imported on first call
-from nbdurable.runtime.policy import RetryPolicy
 
-# `nbd.map`, a public name; not in __all__: `from nbdurable import *` keeps the builtin
-from nbdurable.runtime.steps import map as map  # noqa: A004
-from nbdurable.runtime.steps import run_step, step
-from nbdurable.runtime.waits import send_event, sleep, sleep_until, wait_for_event
+if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays cheap for the command line
+    from nbdurable.history import history, sql
+    from nbdurable.runtime.policy import RetryPolicy
+    from nbdurable.runtime.steps import map as map  # noqa: A004  (not in __all__: `import *` keeps the builtin)
+    from nbdurable.runtime.steps import run_step, step
+    from nbdurable.runtime.waits import send_event, sleep, sleep_until, wait_for_event
+    from nbdurable.widgets import HistoryExplorer, RunGraph
+
+# The public API by the module that defines it, imported when first used.
+_LAZY = {
+    "history": "nbdurable.history", "sql": "nbdurable.history", "RetryPolicy": "nbdurable.runtime.policy",
+    "map": "nbdurable.runtime.steps", "run_step": "nbdurable.runtime.steps", "step": "nbdurable.runtime.steps",
+    "send_event": "nbdurable.runtime.waits", "sleep": "nbdurable.runtime.waits",
+    "sleep_until": "nbdurable.runtime.waits", "wait_for_event": "nbdurable.runtime.waits",
+    # the widgets import anywidget/ipywidgets: only when asked for (a kernel recording steps never is)
+    "RunGraph": "nbdurable.widgets", "HistoryExplorer": "nbdurable.widgets",
+}
 
 
 def current_run_id() -> str | None:
@@ -102,9 +114,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The widgets import anywidget/ipywidgets: only when asked for (a kernel recording steps never is).
-    if name in ("RunGraph", "HistoryExplorer"):
-        from nbdurable import widgets
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
 
-        return getattr(widgets, name)
-    raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

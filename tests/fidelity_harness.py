@@ -679,6 +679,13 @@ def _kill(proc: subprocess.Popen[Any], kernel: int | None) -> None:
         time.sleep(0.02)
 
 
+def run_completed(directory: Path) -> bool:
+    """Whether a run of ``directory/store`` ended ``completed`` (its journal's ``run_end``)."""
+    journals = directory / "store" / "journals"
+    return journals.exists() and any(r.get("t") == "run_end" and r.get("status") == "completed"
+                                     for path in journals.glob("*.jsonl") for r in journal_records(path))
+
+
 def committed_cells(directory: Path, sources: dict[str, int]) -> list[int]:
     """The cells (indices) the runs of ``directory/store`` committed as completed top-level steps."""
     store = directory / "store"
@@ -766,6 +773,8 @@ def _trial_attempt(ref: Reference, directory: Path, result: TrialResult, images:
         if not _killed_run(directory, name, result, ref.cells, sources, timeout):
             return False
         result.committed = committed_cells(directory, sources)
+        if result.killed and run_completed(directory):  # the kill came after the run's end: the next
+            result.killed = False  # invocation is a new run by design (a completed run is not resumed)
         with open(directory / COUNTER_FILE, "a") as f:
             f.write(RESUME_MARK + "\n")
         resumed = _run("resume", [*CLI, *_nbdurable_args(name)], directory, timeout)

@@ -35,6 +35,7 @@ def _node(ordinal: int | None, status: str, label: str, source: str, *, start: f
         "ended_at": None if start is None or dur is None else T0 + start + dur,
         "duration_s": dur, "time_saved_s": None, "restored_from": None, "variables": [], "reads": [],
         "error": None, "attempts": [], "children": {"total": 0}, "child_steps": [], "waiting_for": None,
+        "plan": None,
     }
     node.update(extra)
     return node
@@ -86,8 +87,10 @@ def sample_graph(*, run_status: str = "failed", live: bool = False) -> dict[str,
         _node(8, "suspended", "after approval", "publish(df)", start=2.9, dur=None, reads=["df", "results"],
               waiting_for="event 'approve' (run suspended)"),
         _node(9, "completed", "x" * 200, "x = 1", start=3.0, dur=65.0),
-        _node(None, "pending", "report(df)", "report(df)", start=None, dur=None, id="p0", reads=["df"]),
-        _node(None, "pending", "<pending & \"hostile\">", "print('</script>')", start=None, dur=None, id="p1"),
+        _node(None, "pending", "report(df)", "report(df)", start=None, dur=None, id="p0", reads=["df"],
+              plan={"action": "restore", "reason": "", "from": {"run_id": "r-old", "ordinal": 9}, "saved_s": 4.0}),
+        _node(None, "pending", "<pending & \"hostile\">", "print('</script>')", start=None, dur=None, id="p1",
+              plan={"action": "execute", "reason": "it reads `df`, which changed", "from": None, "saved_s": None}),
     ]
     edges = [
         {"source": "s0", "target": "s1", "variables": ["pd"]},

@@ -65,3 +65,28 @@ def test_kill_right_after_a_big_cell_resumes_correctly(tmp_path: Path) -> None:
     second = run_session(store, cells, probes={"total": "total", "first": "float(big[0])"})
     expected = float(np.arange(2**25, dtype="float64").sum()) + 7.0
     assert second.probes == {"total": repr(expected), "first": "7.0"}
+
+
+def test_a_session_closed_at_interpreter_exit_still_commits_its_big_step(tmp_path: Path) -> None:
+    """The last cell's big object commits in the background; the shell exits without unloading nbdurable
+    (a kernel shut down): the run is closed by ``atexit``, after ``concurrent.futures`` stopped taking work,
+    and the object is still written and authenticated (regression: it was recorded as not durable)."""
+    import subprocess
+    import sys
+
+    from helpers import clean_env
+
+    store = tmp_path / "store"
+    script = ("from IPython.core.interactiveshell import InteractiveShell\n"
+              "shell = InteractiveShell.instance()\n"
+              "shell.run_cell('%load_ext nbdurable')\n"
+              "shell.run_cell('import numpy as np\\nbig = np.ones(2**24)')\n")  # 128 MiB: committed in the background
+    env = clean_env({"NBDURABLE_STORE": str(store), "NBDURABLE_NOTEBOOK": "exit-nb"})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    st = Store.open(store)
+    run_id = st.run_ids()[-1]
+    ends = [r for r in st.read_journal(run_id) if r["t"] == "step_end"]
+    assert [r["status"] for r in ends][-1] == "completed", ends
+    big = next(ref for ref in ends[-1]["variables"] if ref["name"] == "big")
+    assert ObjectLoader(st, {}).load(big, step_label="the last step").nbytes == 2**27

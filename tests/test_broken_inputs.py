@@ -250,8 +250,14 @@ def test_full_disk_fails_the_step_clearly_and_loses_nothing(tmp_path: Path, mib:
     # the limit cell is restored: no limit
     resumed = run_session(store, cells, probes={"z": "z", "big": "big.nbytes"}, env=env)
     assert resumed.probes == {"z": str(z), "big": str(mib * 2**20)}
-    assert resumed.stdout.count("nbdurable: restored from step") == 2  # the limit cell and `small`
-    assert executions(counter) == ["big", "after", "z"] * 2
+    # `big` is executed again. When its commit failed before `after` and `z` committed, they executed again
+    # too (their recorded reads of `big` were never durable); when it failed in the background after they
+    # committed, they read a `big` of the same content: restored (the background case, timing decides).
+    runs = executions(counter)
+    assert runs in (["big", "after", "z"] * 2, ["big", "after", "z", "big"]), runs
+    assert mib != 8 or runs == ["big", "after", "z"] * 2  # failed in the cell: nothing read a durable `big`
+    restored = 2 if runs == ["big", "after", "z"] * 2 else 4
+    assert resumed.stdout.count("nbdurable: restored from step") == restored  # + the limit cell and `small`
     assert run_cli("check", "--store", str(store)).returncode == 0
 
 

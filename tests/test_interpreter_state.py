@@ -101,7 +101,9 @@ def test_a_module_that_does_not_import_runs_its_own_cell_with_an_honest_message(
     (lib / "gonemod.py").rename(tmp_path / "elsewhere.py")
     second = run_session(store_dir, cells, cwd=tmp_path)
     assert [c["success"] for c in second.cells] == [True, True, True, False]  # %load_ext, 2 restored, the import
-    assert "gonemod.py when it was recorded" in second.stdout and "re-executing this cell" in second.stdout
+    # the import read lib/gonemod.py (a file input of its cell): gone, the cell executes and says why
+    assert "executing this cell: the file" in second.stdout and "gonemod.py` it read changed" in second.stdout
+    assert "No module named 'gonemod'" in second.stdout
     assert (tmp_path / "side-effects.log").read_text() == "cell 2\n"
 
 
@@ -179,5 +181,5 @@ def test_cells_that_change_an_unstorable_object_run_again_after_its_cell_rebuild
     run_session(store_dir, [*cells, KILL])
     second = run_session(store_dir, cells, probes={"items": "box.items", "plain": "plain"})
     assert second.probes == {"items": "['a']", "plain": "42"}
-    assert "it reads `box`, rebuilt by re-executing" in second.stdout
+    assert "executing this cell: it reads `box`, which could not be stored and was rebuilt" in second.stdout
     assert counter.read_text().split() == ["2", "3", "2"]  # cell 3 (reads nothing rebuilt) restored

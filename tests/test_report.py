@@ -236,6 +236,7 @@ def test_renderers_in_a_fake_dom(tmp_path: Path) -> None:
     assert "restored \u00b7 saved 12.3 s" in nodes["s0"]["text"]
     assert "\u25b8 3/8 steps" in nodes["s3"]["text"] and "3 attempts" in nodes["s4"]["text"]
     assert "completed \u00b7 1.5 s" in nodes["s1"]["text"] and "1 m 05 s" in nodes["s9"]["text"]
+    assert "will restore" in nodes["p0"]["text"] and "will execute" in nodes["p1"]["text"]  # Run All's plan
     assert initial["children"] == [] and initial["details"]["nodeId"] is None
     assert initial["ganttHidden"] is True and len(initial["bars"]) == 10  # rendered, in the hidden Timeline tab
 

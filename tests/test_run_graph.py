@@ -149,6 +149,24 @@ def test_live_graph_of_a_resume_shows_pending_then_restored(store_dir: Path) -> 
     assert graph["run"]["time_saved_s"] >= 0 and graph["run"]["resumed_from"]
 
 
+def test_graph_opened_before_run_all_says_what_each_cell_will_do(store_dir: Path, tmp_path: Path) -> None:
+    import nbformat
+
+    cells = ["a = 1", "b = a + 1", "c = 7"]
+    path = tmp_path / "nb.ipynb"
+    run_session(store_dir, cells, notebook=str(path))
+    edited = ["a = 2", "b = a + 1", "c = 7"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in edited]), path)
+    session = run_session(store_dir, ["%durable graph"], probes={"summary": SUMMARY}, setup=SETUP,
+                          notebook=str(path))
+    graph = _summary(session.probes["summary"])["last"]
+    plans = [(n["status"], n["plan"]["action"], n["plan"]["reason"]) for n in graph["nodes"]]
+    assert plans[0] == ("pending", "execute", "new or edited: no recorded execution of this code")
+    assert plans[1][:2] == ("pending", "execute") and "it reads `a`, which changed" in plans[1][2]
+    assert plans[2] == ("pending", "restore", "")
+    assert graph["nodes"][2]["plan"]["from"]["ordinal"] == 3
+
+
 def test_source_reads_understands_ipython_syntax() -> None:
     assert set(source_reads("y = x + f(z)\nprint(y)")) == {"x", "f", "z", "y"}
     assert source_reads("%time y = x2 + len(w)") == ("w", "x2")

@@ -70,7 +70,7 @@ def cells_for(counter: str) -> list[str]:
         counting_cell(counter, "key", "import os\nOPENAI_API_KEY = os.environ['NBD_TEST_SECRET']"),
         counting_cell(counter, "pw", "db_password = os.environ['NBD_TEST_SECRET2'].encode()"),
         counting_cell(counter, "nested",
-                      "SERVICE_TOKENS = {'prod': {'bearer': OPENAI_API_KEY, 'scopes': ['read']}, 'n': 1}"),
+                      "SERVICE_TOKEN_MAP = {'prod': {'bearer': OPENAI_API_KEY, 'scopes': ['read']}, 'n': 1}"),
         "%durable exclude session_blob",
         counting_cell(counter, "excluded", "session_blob = {'cookie': OPENAI_API_KEY[::-1], 'user': 'ann'}"),
         counting_cell(counter, "func", "def auth_header():\n    return {'Authorization': 'Bearer ' + OPENAI_API_KEY}"),
@@ -87,7 +87,7 @@ def test_interactive_session_never_writes_secrets(tmp_path: Path) -> None:
     cells = cells_for(counter)
     assert run_session(store, [*cells, KILL], env=env).killed
 
-    probes = {"key": "OPENAI_API_KEY", "pw": "db_password.decode()", "nested": "SERVICE_TOKENS['prod']['bearer']",
+    probes = {"key": "OPENAI_API_KEY", "pw": "db_password.decode()", "nested": "SERVICE_TOKEN_MAP['prod']['bearer']",
               "excluded": "session_blob['cookie'][::-1]", "header": "auth_header()['Authorization']",
               "public": "public"}
     second = run_session(store, cells, env=env, probes=probes)
@@ -99,7 +99,7 @@ def test_interactive_session_never_writes_secrets(tmp_path: Path) -> None:
     assert runs == labels + ["key", "pw", "nested", "excluded"], "secret cells re-execute; the others are restored"
     assert second.stdout.count("nbdurable: restored from step") == 2
     refs = variable_refs(store)
-    for name in ("OPENAI_API_KEY", "db_password", "SERVICE_TOKENS", "session_blob"):
+    for name in ("OPENAI_API_KEY", "db_password", "SERVICE_TOKEN_MAP", "session_blob"):
         assert refs[name]["format"] == "unrestorable" and refs[name]["reason"].startswith("secret:"), refs[name]
     assert refs["auth_header"]["format"] == "pickle" and refs["public"]["format"] == "pickle"
 
@@ -141,7 +141,7 @@ def test_headless_run_never_writes_secrets(tmp_path: Path) -> None:
              "    pathlib.Path('crashed-once').touch()\n"
              "    os.kill(os.getpid(), 9)\n"
              "ok = (auth_header()['Authorization'] == 'Bearer ' + os.environ['NBD_TEST_SECRET']\n"
-             "      and SERVICE_TOKENS['prod']['bearer'] == OPENAI_API_KEY "
+             "      and SERVICE_TOKEN_MAP['prod']['bearer'] == OPENAI_API_KEY "
              "and db_password.decode() == os.environ['NBD_TEST_SECRET2']\n"
              "      and session_blob['cookie'][::-1] == OPENAI_API_KEY and marker == os.environ['NBD_TEST_MARKER'])\n"
              "pathlib.Path('verdict.txt').write_text(str(ok))")
@@ -199,3 +199,24 @@ def test_secret_parameters_are_recorded_as_digests_and_resume_from_the_environme
     again = nbd("run", "params.ipynb", "-p", "OPENAI_API_KEY", secret, "-p", "week", "47", "--fresh")
     assert again.returncode == 0, again.stderr
     assert_nowhere_in(tmp_path / "store", secret)
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("api_token", True), ("GITHUB_TOKEN", True), ("apiKey", True), ("TOKEN", True), ("ACCESS_TOKEN", True),
+    ("OPENAI_API_KEY", True), ("db_password", True), ("SECRET_KEY", True), ("client_secret", True),
+    ("HTTPToken", True), ("_private_key", True), ("access_token_v2", True), ("aws_credentials", True),
+    ("tokenizer", False), ("Tokenizer", False), ("keyboard", False), ("monkey", False), ("key", False),
+    ("tokens", False), ("max_tokens", False), ("token_count", False), ("secretary", False), ("key_size", False),
+])
+def test_secret_names_are_matched_by_word_not_by_letters(name: str, secret: bool) -> None:
+    from nbdurable.capture.secrets import default_is_secret
+
+    assert default_is_secret(name) is secret
+
+
+def test_configured_patterns_use_the_same_words_and_old_patterns_still_work() -> None:
+    from nbdurable.capture.namespace import SecretRules
+
+    rules = SecretRules(["*_PIN", "*TOKEN*"], excluded=["session"])
+    assert rules.is_secret("cardPin") and rules.is_secret("tokenizer") and rules.is_secret("session")
+    assert not rules.is_secret("api_key") and not rules.is_secret("pinned")

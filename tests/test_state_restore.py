@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import Session, run_session
-from helpers import KILL
+from helpers import KILL, counting_cell, executions, variable_refs
 
 
 def crash_then_resume(store: Path, cells: list[str], probes: dict[str, str], *,
@@ -140,3 +140,28 @@ def test_secrets_are_never_written(store_dir: Path) -> None:
         data = path.read_bytes()
         for needle in (secret, secret[::-1], "xhidden-value"):
             assert needle.encode() not in data, (needle, path)
+
+
+def test_an_object_whose_pickle_does_not_load_back_is_rebuilt_by_its_cell(store_dir: Path, tmp_path: Path) -> None:
+    """Some objects pickle without complaint and fail to unpickle (bokeh figures): the round trip made when
+    it is stored finds it, so the variable is recorded as not stored with the real reason; on resume its
+    cell runs again (with a notice naming it) and `%durable resume` restores everything else."""
+    counter = tmp_path / "count.txt"
+    cells = [
+        counting_cell(counter, "make", "class Figure:\n    def __init__(self):\n        self.title = 'sales'\n"
+                      "    def __reduce__(self):\n        return (Figure._broken, ())\n"
+                      "    @staticmethod\n    def _broken():\n"
+                      "        raise AttributeError(\"'PropertyValueList' object has no attribute '_owners'\")\n"
+                      "fig = Figure()"),
+        counting_cell(counter, "other", "total = 41 + 1"),
+    ]
+    first = run_session(store_dir, [*cells, KILL])
+    assert first.killed
+    refs = variable_refs(store_dir)
+    assert refs["fig"]["format"] == "unrestorable" and "_owners" in refs["fig"]["reason"]
+    resumed = run_session(store_dir, ["%durable resume"], probes={"title": "fig.title", "total": "total"})
+    assert resumed.probes == {"title": "'sales'", "total": "42"}, resumed.stdout
+    again = run_session(store_dir, cells, probes={"title": "fig.title"})
+    assert again.probes == {"title": "'sales'"}
+    assert "variable `fig`" in again.stdout and "does not load back" in again.stdout
+    assert executions(counter) == ["make", "other", "make", "make"]  # resume and Run All rebuild it; `other` never

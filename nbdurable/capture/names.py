@@ -28,7 +28,9 @@ from typing import Any
 
 _DYNAMIC_CALLS = frozenset({"globals", "exec", "eval", "vars", "locals"})
 _FULL_SCAN_MAGICS = frozenset({"run", "load", "store", "reset", "reset_selective", "autoreload", "aimport"})
+_DYNAMIC_MAGICS = frozenset({"run"})  # `%run -i` sees the whole namespace
 _MAGIC_RUNNERS = frozenset({"run_line_magic", "run_cell_magic"})
+_SHELL_RUNNERS = frozenset({"system", "getoutput"})  # `!cmd`, `x = !cmd`
 # Line magics whose effect is interpreter state (not a variable, not the environment or the working
 # directory, which are captured as such): replayed, with the same arguments, when their cell is restored.
 STATE_MAGICS = frozenset({
@@ -51,6 +53,9 @@ class CellNames:
     # The global names whose value *before* the cell it may read: loaded names, minus those the cell
     # definitely assigns before it first loads them (``f = open(...)`` then ``f.write``): see ``_Reads``.
     reads: frozenset[str] = field(default_factory=frozenset)
+    # The cell can read globals no analysis sees (``globals()``, ``exec``, ``eval``, ``vars()``, ``locals()``,
+    # ``%run``, a shell command expanding ``{name}``): what it read cannot be known (``runtime/dataflow.py``).
+    dynamic_reads: bool = False
 
 
 class _Collector(ast.NodeVisitor):
@@ -62,6 +67,8 @@ class _Collector(ast.NodeVisitor):
         self._globals: set[str] = set()
         self.attribute_stores: set[tuple[str, ...]] = set()
         self.magics: list[tuple[str, str]] = []
+        self.magic_reads: set[str] = set()  # what the Python code inside magic arguments reads
+        self.dynamic_reads = False
 
     def _store(self, name: str) -> None:
         if self._depth == 0 or name in self._globals:
@@ -146,7 +153,11 @@ class _Collector(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         if isinstance(func, ast.Name) and func.id in _DYNAMIC_CALLS:
-            self.full_scan = True
+            self.full_scan = self.dynamic_reads = True
+        if isinstance(func, ast.Attribute) and func.attr in _SHELL_RUNNERS and any(
+                isinstance(a, ast.Constant) and isinstance(a.value, str) and ("{" in a.value or "$" in a.value)
+                for a in node.args):
+            self.dynamic_reads = True  # `!ls {path}` expands globals when it runs
         if isinstance(func, ast.Attribute) and func.attr in _MAGIC_RUNNERS:
             self._visit_magic_call(node)
         self.generic_visit(node)
@@ -156,6 +167,7 @@ class _Collector(ast.NodeVisitor):
         literals = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
         if literals and literals[0] in _FULL_SCAN_MAGICS:
             self.full_scan = True
+            self.dynamic_reads |= literals[0] in _DYNAMIC_MAGICS
         if len(literals) >= 2 and literals[0] in STATE_MAGICS and isinstance(node.func, ast.Attribute) \
                 and node.func.attr == "run_line_magic":
             self.magics.append((literals[0], literals[1]))
@@ -164,6 +176,8 @@ class _Collector(ast.NodeVisitor):
             self.stored |= inner.stored
             self.loaded |= inner.loaded
             self.full_scan |= inner.needs_full_scan
+            self.magic_reads |= inner.reads
+            self.dynamic_reads |= inner.dynamic_reads
             self.attribute_stores |= inner.attribute_stores
             self.magics.extend(inner.magics)
 
@@ -182,7 +196,8 @@ def analyze_code(code: str) -> CellNames:
     reads = _Reads()
     reads.block(tree.body, set())
     return CellNames(frozenset(collector.stored), frozenset(collector.loaded), collector.full_scan,
-                     frozenset(collector.attribute_stores), tuple(collector.magics), frozenset(reads.found))
+                     frozenset(collector.attribute_stores), tuple(collector.magics),
+                     frozenset(reads.found | collector.magic_reads), collector.dynamic_reads)
 
 
 class _Reads:

@@ -18,7 +18,6 @@ Nothing here writes anything: ``compute_delta`` returns the changes, the runtime
 from __future__ import annotations
 
 import ast
-import fnmatch
 import io
 import itertools
 import pickle
@@ -29,10 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbdurable.capture.names import CellNames, reachable_globals
-from nbdurable.serialization import Serialized, serialize
+from nbdurable.capture.secrets import SecretRules as _WordRules
+from nbdurable.serialization import Serialized, deserialize, serialize
 from nbdurable.store.auth import object_tag
 
-DEFAULT_SECRET_PATTERNS = ("*_KEY", "*TOKEN*", "*SECRET*", "*PASSWORD*")
+ABSENT = ""  # the version of a name that is not defined (``runtime/dataflow.py``)
+UNKNOWN = "?"  # the version of a value the session cannot vouch for: equal to nothing recorded
+
 
 # IPython's own history and shell variables: never state of the user's.
 _IPYTHON_NAMES = frozenset({"In", "Out", "_oh", "_ih", "_dh", "exit", "quit", "get_ipython", "_sh"})
@@ -53,6 +55,9 @@ class Binding:
     key: str
     instance: str
     immutable: bool
+    volatile: bool = False  # the key names this object in this process only (an unstorable, non-secret value)
+    settled: bool = True  # False for a restored object until its own key is known (see ``settle``)
+    alt_key: str | None = None  # the restored object's own key, when its stored form keys differently
 
 
 @dataclass
@@ -68,17 +73,9 @@ class Change:
     inert: bool = False  # nothing worth restoring (a closed file): resume neither loads nor rebuilds it
 
 
-class SecretRules:
-    """Names whose values are never written to disk: declared ones and configurable patterns."""
-
-    def __init__(self, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS, excluded: Iterable[str] = ()) -> None:
-        self.patterns = [p.upper() for p in patterns]
-        self.excluded = set(excluded)
-
-    def is_secret(self, name: str) -> bool:
-        """True when the variable must not be stored."""
-        upper = name.upper()
-        return name in self.excluded or any(fnmatch.fnmatchcase(upper, p) for p in self.patterns)
+class SecretRules(_WordRules):
+    """Names whose values are never written to disk (``capture/secrets.py``), and literals assigned to them
+    blanked in the source the journal keeps."""
 
     def redact_source(self, text: str) -> str:
         """A cell's source as journaled: a secret assigned a literal (``API_KEY = "sk-…"``, papermill's
@@ -177,7 +174,7 @@ class NamespaceTracker:
             instance = seen.get(id(obj)) or self._alias_instance(name, obj)
         seen[id(obj)] = instance
         serialized = self._serialize(name, obj, no_state=no_state, instance=instance, by_instance=by_instance)
-        if same_object and binding is not None and binding.key == serialized.key:
+        if same_object and binding is not None and serialized.key in (binding.key, binding.alt_key):
             return None
         return Change(name, "set", serialized, instance, id(obj), immutable, inert=_is_inert(obj))
 
@@ -192,7 +189,7 @@ class NamespaceTracker:
         elif no_state:
             result = Serialized.unrestorable(obj, "not stored: the cell is marked %%durable --no-state")
         else:
-            result = serialize(obj, namespace=self.namespace)
+            result = _verified(obj, serialize(obj, namespace=self.namespace), self.namespace)
         by_instance[instance] = result
         return result
 
@@ -221,12 +218,49 @@ class NamespaceTracker:
             if change.op == "del":
                 self.bindings.pop(change.name, None)
             elif change.serialized is not None and change.instance is not None:
-                self.bindings[change.name] = Binding(change.obj_id, change.serialized.key, change.instance,
-                                                     change.immutable)
+                s = change.serialized
+                volatile = s.format == "unrestorable" and not (s.reason or "").startswith("secret")
+                self.bindings[change.name] = Binding(change.obj_id, s.key, change.instance, change.immutable, volatile)
 
     def adopt(self, name: str, obj: Any, *, key: str, instance: str) -> None:
         """Record a restored variable as known, so an untouched restored object is never re-stored."""
-        self.bindings[name] = Binding(id(obj), key, instance, isinstance(obj, _IMMUTABLE_TYPES))
+        immutable = isinstance(obj, _IMMUTABLE_TYPES)
+        self.bindings[name] = Binding(id(obj), key, instance, immutable, settled=immutable)
+
+    def settle(self, names: Iterable[str], *, everything: bool = False) -> None:
+        """Before a cell that may change these variables runs: learn the key of each restored object among them
+        as it is now. A restored object does not always serialize to the bytes it was stored from (a pickle
+        round trip can reorder a dict, a DataFrame's index can come back as another type): its own key is then
+        an alternative key of the same value, so a cell that only reads it does not record it as changed (and
+        the cells reading it after that are not taken for readers of a changed value). Costs one
+        serialization of each restored object, the first time an executing cell may touch it."""
+        pending = [n for n, b in self.bindings.items() if not b.settled] if everything else names
+        for name in pending:
+            binding = self.bindings.get(name)
+            if binding is None or binding.settled:
+                continue
+            binding.settled = True
+            obj = self.namespace.get(name)
+            if obj is None or id(obj) != binding.obj_id:
+                continue
+            try:
+                key = serialize(obj, namespace=self.namespace).key
+            except Exception:  # it will be examined (and reported) after the cell like any object
+                continue
+            if key != binding.key:
+                binding.alt_key = key
+
+    def version(self, name: str) -> str:
+        """The version of a variable's value as this session knows it (``runtime/dataflow.py``): the content
+        key recorded when a cell last changed or restored it, ``ABSENT`` if it is not defined, ``UNKNOWN`` if
+        the name holds another object than the one recorded (bound outside any recorded cell) or one whose
+        key is only valid in this process. Never hashes anything."""
+        if name not in self.namespace:
+            return ABSENT
+        binding = self.bindings.get(name)
+        if binding is None or binding.volatile or id(self.namespace[name]) != binding.obj_id:
+            return UNKNOWN
+        return binding.key
 
     def forget(self, name: str) -> None:
         """Drop a variable from the reference (it was deleted by a restore)."""
@@ -255,6 +289,31 @@ def secret_marker(obj: Any) -> Serialized:
 
 
 _SECRET_DIGEST_MAX = 1 << 20
+
+
+# Pickles up to this size are loaded back once when stored: an object that pickles but does not unpickle
+# (bokeh figures, objects whose __setstate__ expects what __getstate__ did not give) is then recorded as not
+# stored, with the real reason, and its cell runs again on resume instead of failing the restore.
+VERIFY_MAX_BYTES = 256 * 1024
+_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _verified(obj: Any, result: Serialized, namespace: dict[str, Any]) -> Serialized:
+    """``result``, or an unrestorable marker when the stored pickle of ``obj`` does not load back."""
+    if result.format != "pickle" or result.size > VERIFY_MAX_BYTES or isinstance(obj, _PLAIN):
+        return result
+    try:
+        deserialize("pickle", bytearray(result.to_bytes()), format_version=result.format_version,
+                    namespace=dict(namespace))
+    except Exception as exc:  # whatever unpickling raises: the object cannot come back from its pickle
+        return Serialized.unrestorable(obj, f"it pickles, but the pickle does not load back ({_cause(exc)})")
+    return result
+
+
+def _cause(exc: BaseException) -> str:
+    """The original error under nbdurable's RestoreError wrapping."""
+    inner = exc.__cause__ or exc
+    return f"{type(inner).__name__}: {str(inner)[:300]}"
 
 
 def _is_inert(obj: Any) -> bool:

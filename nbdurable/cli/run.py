@@ -40,13 +40,15 @@ def _run_store(store: str | None, notebook: Path) -> Path:
 
 
 def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, store: str | None, cwd: str | None,
-             kernel: str | None, fresh: bool = False, resume_run: str | None = None, progress: bool = True,
+             kernel: str | None, fresh: bool = False, resume_run: str | None = None, reuse: bool = False,
+             progress: bool = True,
              suspend_after: float | None = None, execution_timeout: float | None = None,
              start_timeout: float = 60.0) -> None:
     from tqdm import tqdm
 
     from nbdurable.headless.params import load_notebook
-    from nbdurable.headless.runner import HeadlessRunner, executes
+    from nbdurable.headless.result import executes
+    from nbdurable.headless.runner import HeadlessRunner
 
     nb = load_notebook(notebook, params, kernel)
     code_cells = sum(1 for c in nb.cells if executes(c))
@@ -62,7 +64,7 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
     runner = HeadlessRunner(
         nb, notebook_path=notebook, store_path=_run_store(store, notebook), params=params,
         output_path=Path(output) if output else None, kernel_name=kernel, cwd=Path(cwd) if cwd else None,
-        fresh=fresh, resume_run=resume_run, on_cell=on_cell, suspend_after=suspend_after,
+        fresh=fresh, resume_run=resume_run, reuse=reuse, on_cell=on_cell, suspend_after=suspend_after,
         execution_timeout=execution_timeout, start_timeout=start_timeout,
     )  # fmt: skip
     try:
@@ -103,6 +105,10 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
 @click.option("-f", "--parameters-file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A YAML file of parameters. Repeatable; -p wins.")
 @click.option("--fresh", is_flag=True, help="Start a new run even if an unfinished one exists.")
+@click.option("--reuse", is_flag=True,
+              help="Also restore the cells whose code and inputs match an execution of any completed run of this "
+              "notebook (a rerun after a fix executes only what the fix reaches; a parameter sweep shares the "
+              "cells that do not read the parameters).")
 @store_option
 @click.option("--cwd", type=click.Path(exists=True, file_okay=False),
               help="Working directory of the kernel (default: the notebook's).")
@@ -111,13 +117,15 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
 @suspend_option
 @timeout_options
 def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], ...], files: tuple[str, ...],
-        fresh: bool, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
+        fresh: bool, reuse: bool, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
         suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
     """Run NOTEBOOK headless; write OUTPUT (an .ipynb) if given.
 
     The same notebook with the same parameters resumes its unfinished (crashed, failed, interrupted or
-    suspended) run: cells it completed are restored, the rest executes. A cell calling `sys.exit()` or
-    `sys.exit(0)` ends the notebook early and successfully (as in papermill): the cells after it do not run.
+    suspended) run: a cell is restored when a recorded execution of the run ran the same code on the same
+    inputs (whatever its position), the rest executes (`nbdurable plan` tells which and why). A cell
+    calling `sys.exit()` or `sys.exit(0)` ends the notebook early and successfully (as in papermill): the
+    cells after it do not run.
 
     \b
     Exit codes: 0 completed (also after such an early exit);
@@ -129,8 +137,8 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
     from nbdurable.headless.params import load_parameters
 
     _execute(notebook, output, load_parameters(parameters, files), store=store, cwd=cwd, kernel=kernel,
-             fresh=fresh, progress=progress, suspend_after=suspend_after, execution_timeout=execution_timeout,
-             start_timeout=start_timeout)
+             fresh=fresh, reuse=reuse, progress=progress, suspend_after=suspend_after,
+             execution_timeout=execution_timeout, start_timeout=start_timeout)
 
 
 @main.command("resume")

@@ -23,8 +23,9 @@ from papermill.exceptions import PapermillException, PapermillExecutionError
 from papermill.log import logger
 
 from nbdurable.errors import SuspendedError
-from nbdurable.headless.runner import HeadlessRunner, executes
-from nbdurable.runtime.session import NOTICE_METADATA_KEY, resolve_store_path
+from nbdurable.headless.result import executes
+from nbdurable.headless.runner import HeadlessRunner
+from nbdurable.runtime.session import ENV_REUSE, NOTICE_METADATA_KEY, resolve_store_path
 
 STOPPED = ("failed", "crashed", "interrupted")  # a cell's nbdurable status that papermill records as an exception
 
@@ -93,6 +94,7 @@ class DurableEngine(Engine):  # type: ignore[misc]
         runner = HeadlessRunner(
             nb, notebook_path=input_path, store_path=store, params=params, output_path=None,
             kernel_name=kernel_name, cwd=Path.cwd(), start_timeout=float(start_timeout or 60),
+            reuse=os.environ.get(ENV_REUSE) == "1",
             execution_timeout=execution_timeout or kwargs.get("timeout"),
             on_cell=on_cell, on_cell_start=on_cell_start, on_message=on_message,
         )  # fmt: skip

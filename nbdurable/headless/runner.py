@@ -13,13 +13,13 @@ notebook at the end is the one the run's journal has.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,27 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError
+from nbdurable.errors import NbdurableError, OptionsError
+from nbdurable.headless.result import (
+    RunResult,
+    describe_exception,
+    executes,
+    find_resumable_headless,
+    first_exception,
+    is_clean_exit,
+    notice_of,
+)
 from nbdurable.runtime.cells import classify
 from nbdurable.runtime.checkpoint import load_outputs
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
-from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable, journal_status, params_key
+from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, params_key
 from nbdurable.runtime.session import (
     ENV_KIND,
     ENV_NOTEBOOK,
     ENV_OUTPUT,
     ENV_PARAMS,
     ENV_RESUME,
+    ENV_REUSE,
     ENV_STORE,
     ENV_SUSPEND_AFTER,
     HANDLE_NAME,
@@ -45,103 +55,8 @@ from nbdurable.runtime.session import (
 )
 from nbdurable.store import Store
 
-LEASE_WAIT_SECONDS = 15.0  # an orphaned kernel (its runner was killed) exits within ~1 s by itself
 INTERRUPT_WAIT_SECONDS = 5.0  # a timed-out cell, interrupted: how long its reply is waited for
 SETTLE_SECONDS = 5.0  # at the end, how long a run still live (its kernel shutting down) is waited for
-SKIP_TAG = "skip-execution"  # nbclient's default ``skip_cells_with_tag``: such cells are never sent
-CLEAN_EXIT_VALUES = ("", "0", "None")  # a SystemExit with one of these values ends a notebook successfully
-
-
-@dataclass
-class RunResult:
-    """How a headless run ended."""
-
-    # The run's status as its journal has it once the kernel is gone: "completed", "failed", "crashed",
-    # "cancelled" (the kernel stopped between cells), "suspended"; the runner's own view when there is no
-    # journal (the kernel died before the first cell). "running" only while it runs.
-    status: str
-    run_id: str | None = None
-    resumed_from: str | None = None
-    executed: int = 0
-    restored: int = 0
-    time_saved: float = 0.0
-    seconds: float = 0.0
-    error: str | None = None  # "ename: evalue" of the failing cell's first error output (as papermill reports it)
-    cells: list[dict[str, Any]] = field(default_factory=list)
-    wake_at: float | None = None  # a suspended run: when its timer is due
-    waiting_for: dict[str, Any] | None = None  # a suspended run: the event it waits for
-    # What stopped the run before its last cell: "error" (a cell raised), "timeout" (a cell ran longer than the
-    # execution timeout), "kernel_died", "kernel_start" (the kernel did not start), "interrupted" (Ctrl-C);
-    # None when it ran to its end, exited early or suspended itself.
-    stopped_by: str | None = None
-    stopped_at: int | None = None  # index (in the notebook) of the cell that failed, timed out or was running
-    exited_at: int | None = None  # index of the cell whose sys.exit() / sys.exit(0) ended the notebook early
-
-    @property
-    def interrupted(self) -> bool:
-        return self.stopped_by == "interrupted"
-
-    def describe_suspension(self) -> str:
-        """What a suspended run waits for, in words."""
-        from nbdurable.errors import describe_suspension
-
-        return describe_suspension(self.wake_at, self.waiting_for)
-
-
-def find_resumable_headless(store: Store, notebook: str, params: dict[str, Any]) -> str | None:
-    """The newest run of ``notebook`` with these parameters, if it did not finish.
-
-    A run still live in another process is waited for a little (its runner may have been killed and the
-    orphaned kernel is about to exit); if it stays live, LeaseHeldError."""
-    deadline = time.monotonic() + LEASE_WAIT_SECONDS
-    while True:
-        run_id, live = find_resumable(store, notebook, params)
-        if live is None:
-            return run_id
-        if time.monotonic() >= deadline:
-            raise LeaseHeldError(
-                f"{live} ({notebook}, same parameters).",
-                hint="wait for it to finish, or stop it; use --fresh to start an independent run now.",
-            )
-        time.sleep(0.25)
-
-
-def _notice(output: dict[str, Any]) -> dict[str, Any] | None:
-    meta = output.get("metadata", {}).get(NOTICE_METADATA_KEY)
-    return meta if isinstance(meta, dict) and "notice" in meta else None
-
-
-def executes(cell: Any) -> bool:
-    """True if nbclient sends ``cell`` to the kernel (a code cell with code, not tagged skip-execution)."""
-    return bool(cell.cell_type == "code" and cell.source.strip() and SKIP_TAG not in cell.metadata.get("tags", []))
-
-
-def first_exception(cell: Any, content: dict[str, Any] | None = None) -> tuple[str, str] | None:
-    """The exception a cell raised, as papermill names it: its first ``error`` output's (ename, evalue).
-
-    Not the reply's traceback: ipykernel's reply carries the last traceback shown, which may be an error
-    raised after the cell (matplotlib's figure flush, a ``post_execute`` callback). A cell without an error
-    output (a line magic's UsageError is printed, not raised as an output) falls back to the reply
-    ``content``'s."""
-    first = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
-    if first is not None:
-        return str(first.get("ename", "")), str(first.get("evalue", ""))
-    if content and (content.get("status") == "error" or content.get("ename")):
-        return str(content.get("ename") or "Error"), str(content.get("evalue") or "")
-    return None
-
-
-def describe_exception(exc: tuple[str, str] | None) -> str:
-    """``ename: evalue`` (``ename`` alone when the value is empty)."""
-    if exc is None:
-        return "a cell failed"
-    ename, evalue = exc
-    return f"{ename}: {evalue}" if evalue.strip() else ename
-
-
-def is_clean_exit(exc: tuple[str, str] | None) -> bool:
-    """True for ``sys.exit()``, ``sys.exit(0)``, ``sys.exit(None)``, ``raise SystemExit``: an early, successful end."""
-    return exc is not None and exc[0] == "SystemExit" and exc[1].strip() in CLEAN_EXIT_VALUES
 
 
 class _Client(NotebookClient):
@@ -174,6 +89,7 @@ class HeadlessRunner:
         cwd: Path | None = None,
         fresh: bool = False,
         resume_run: str | None = None,
+        reuse: bool = False,
         autosave_seconds: float = 10.0,
         suspend_after: float | None = None,
         start_timeout: float = 60.0,
@@ -199,6 +115,7 @@ class HeadlessRunner:
         self.kernel_name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
         self.cwd = cwd or notebook_path.resolve().parent
         self.fresh = fresh
+        self.reuse = reuse  # also restore matching executions of the notebook's completed runs
         self.resume_run = resume_run
         self.autosave_seconds = autosave_seconds
         self.suspend_after = suspend_after
@@ -253,6 +170,7 @@ class HeadlessRunner:
             ENV_KIND: "headless",
             ENV_PARAMS: params_key(self.recorded),
             ENV_RESUME: self.result.resumed_from or "",
+            ENV_REUSE: "1" if self.reuse else "",
             ENV_OUTPUT: str(self.output_path.resolve()) if self.output_path else "",
         }
         if self.suspend_after is not None:
@@ -285,18 +203,26 @@ class HeadlessRunner:
     def _run_client(self, client: NotebookClient, env: dict[str, str]) -> None:
         try:
             with client.setup_kernel(env=env, cwd=str(self.cwd)):
-                first = self._restore_leading_cells(client)
-                for index, cell in enumerate(self.nb.cells):
-                    if index < first:
+                self._displays = client._display_id_map  # filled outputs join it; _fold_executed keeps it right
+                plan = self._plan()
+                index = 0
+                while index < len(self.nb.cells):
+                    restored = self._restore_batch(client, plan, index)
+                    if restored > index:
+                        index = restored
+                        continue
+                    cell = self.nb.cells[index]
+                    index += 1
+                    if not executes(cell):
                         continue
                     try:
-                        client.execute_cell(cell, index)
+                        client.execute_cell(cell, index - 1)
                     except CellExecutionError:
-                        if self.result.exited_at != index:
+                        if self.result.exited_at != index - 1:
                             raise
                         break  # sys.exit(0): the notebook ends here, successfully (papermill's rule)
                     except CellTimeoutError:
-                        self._cell_stopped(index, "failed")
+                        self._cell_stopped(index - 1, "failed")
                         self._interrupt(client)  # the cell still runs: stop it, its step ends `interrupted`
                         raise
                 self._complete(client)
@@ -372,52 +298,58 @@ class HeadlessRunner:
         except (NbdurableError, OSError):  # an unreadable journal: the runner's own view stands
             pass
 
-    # ----- leading cells restored in one request ---------------------------------------------
+    # ----- restorable cells restored in batches ------------------------------------------------
 
-    def _restore_leading_cells(self, client: NotebookClient) -> int:
-        """Restore the cells the resumed run completed with one kernel request; fill their outputs
-        from the journal. Returns the index of the first cell left for normal execution.
+    def _plan(self) -> ReplayPlan:
+        """The recorded executions the kernel may restore (its own plan is built the same way)."""
+        plan = (ReplayPlan.from_run(self.store, self.result.resumed_from) if self.result.resumed_from
+                else ReplayPlan(None))
+        if self.reuse:
+            plan.add_reuse(self.store, self.notebook)
+        return plan
 
-        The leading cells that match the plan (same pure classification the kernel applies) are sent
-        as a list of source hashes; the kernel checks each against its own plan and says how many it
-        restored. A control cell, a cell that must re-execute or any disagreement ends the batch: the
-        rest goes cell by cell, through the kernel's usual restore-or-execute decision."""
-        self._displays = client._display_id_map  # filled outputs join it; _fold_executed keeps it right
-        if not self.result.resumed_from:
-            return 0
-        batch = self._restorable_prefix(ReplayPlan.from_run(self.store, self.result.resumed_from))
-        if not batch:
-            return 0
-        assert client.kc is not None
-        started = time.perf_counter()
-        hashes = json.dumps([planned.source_hash for _, planned in batch])
-        reply = client.wait_for_reply(client.kc.execute(
-            f"{HANDLE_NAME}.restore_batch({hashes})", silent=True, store_history=False,
-            user_expressions={"n": f"{HANDLE_NAME}.last_batch"},
-        ))  # fmt: skip
-        content = (reply or {}).get("content", {})
-        done = int(content.get("user_expressions", {}).get("n", {}).get("data", {}).get("text/plain", "0"))
-        share = (time.perf_counter() - started) / max(done, 1)
-        for index, planned in batch[:done]:
-            self._fill_restored(index, planned, share)
-        return batch[done][0] if done < len(batch) else batch[-1][0] + 1
+    def _restore_batch(self, client: NotebookClient, plan: ReplayPlan, start: int) -> int:
+        """Restore the consecutive cells from ``start`` that have a recorded execution, in one kernel request,
+        and fill their outputs from the journal. Returns the index of the first cell left (``start`` when none
+        was restored: that cell goes through the kernel's usual restore-or-execute decision).
 
-    def _restorable_prefix(self, plan: ReplayPlan) -> list[tuple[int, PlannedStep]]:
-        batch: list[tuple[int, PlannedStep]] = []
-        for index, cell in enumerate(self.nb.cells):
+        The runner only proposes (cells whose code has a recorded execution); the kernel decides each as it
+        would if the cell were sent on its own (``restore_batch``: same code, same inputs), stops at the first
+        it does not restore, and says which recorded executions it restored."""
+        batch: list[tuple[int, str]] = []
+        for index in range(start, len(self.nb.cells)):
+            cell = self.nb.cells[index]
             if not executes(cell):
                 continue  # nbclient never sends these to the kernel
             try:
                 classified = classify(cell.source.rstrip("\n"))
             except NbdurableError:
                 break
-            if classified.control or len(batch) >= len(plan.steps):
+            if classified.control or not plan.candidates(classified.source_hash, classified.options.name):
                 break
-            planned = plan.steps[len(batch)]
-            if not planned.matches(classified.source_hash, classified.options.name) or planned.execution_reason():
-                break
-            batch.append((index, planned))
-        return batch
+            batch.append((index, cell.source))
+        if not batch:
+            return start
+        assert client.kc is not None
+        started = time.perf_counter()
+        sources = json.dumps([source for _, source in batch])
+        reply = client.wait_for_reply(client.kc.execute(
+            f"{HANDLE_NAME}.restore_batch(__import__('json').loads({sources!r}))", silent=True, store_history=False,
+            user_expressions={"done": f"{HANDLE_NAME}.last_batch"},
+        ))  # fmt: skip
+        content = (reply or {}).get("content", {})
+        text = content.get("user_expressions", {}).get("done", {}).get("data", {}).get("text/plain", "'[]'")
+        try:
+            done = [tuple(origin) for origin in json.loads(ast.literal_eval(text))]
+        except (ValueError, SyntaxError, TypeError):
+            done = []
+        if not done:
+            return start
+        by_origin = {(p.run_id, p.ordinal): p for p in [*plan.steps, *plan.reused]}
+        share = (time.perf_counter() - started) / len(done)
+        for (index, _), origin in zip(batch, done, strict=False):
+            self._fill_restored(index, by_origin[origin], share)
+        return batch[len(done) - 1][0] + 1
 
     # ----- outputs: restored cells filled from the journal, executed cells as the frontend shows them -----
 
@@ -471,8 +403,8 @@ class HeadlessRunner:
         without moving the other outputs. nbclient's display ids of the cell follow their outputs (a notice's
         are dropped). Call it first in ``_on_cell_executed``, before anything removes an output."""
         outputs = list(cell.get("outputs", []))
-        notices = [i for i, output in enumerate(outputs) if _notice(output) is not None]
-        others = [i for i, output in enumerate(outputs) if _notice(output) is None]
+        notices = [i for i, output in enumerate(outputs) if notice_of(output) is not None]
+        others = [i for i, output in enumerate(outputs) if notice_of(output) is None]
         joined, moved = join_streams([outputs[i] for i in others])
         where = {old: moved[k] for k, old in enumerate(others)}
         cell.outputs = joined + [outputs[i] for i in notices]
@@ -552,7 +484,7 @@ class HeadlessRunner:
         found: dict[str, Any] = {}
         kept = []
         for output in cell.get("outputs", []):
-            notice = _notice(output)
+            notice = notice_of(output)
             if notice is None:
                 kept.append(output)
             elif notice.get("notice") == "restored" or not found:

@@ -21,30 +21,44 @@ from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
 from nbdurable.capture.ambient import Ambient
-from nbdurable.capture.names import analyze_code, reachable_globals
-from nbdurable.capture.namespace import DEFAULT_SECRET_PATTERNS, Change, NamespaceTracker, SecretRules
-from nbdurable.errors import LeaseHeldError, NbdurableError, RunNotFoundError, RunSuspended, StoreError
+from nbdurable.capture.names import analyze_code
+from nbdurable.capture.namespace import UNKNOWN, Change, NamespaceTracker, SecretRules
+from nbdurable.capture.secrets import DEFAULT_SECRET_PATTERNS
+from nbdurable.errors import (
+    NbdurableError,
+    RunSuspended,
+    StoreError,
+)
 from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
 from nbdurable.kernel_ext.flight import CellInFlight, Decision
-from nbdurable.kernel_ext.interpreter import InterpreterState, is_pseudo
+from nbdurable.kernel_ext.inputs import CellInputs
+from nbdurable.kernel_ext.interpreter import InterpreterState
 from nbdurable.kernel_ext.kernel_session import KernelSession
 from nbdurable.kernel_ext.outputs import OutputCapture, WaitIndicator, show_notice
 from nbdurable.kernel_ext.restore import Restorer, error_record
 from nbdurable.runtime import session
 from nbdurable.runtime.cells import Cell, classify, source_hash
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, ObjectLoader
+from nbdurable.runtime.dataflow import Inputs, choose
 from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.identity import detect_notebook, notebook_identity
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
 from nbdurable.runtime.run import DurableRun, StepHandle
-from nbdurable.runtime.session import ENV_KIND, ENV_OUTPUT, ENV_PARAMS, ENV_RESUME, ENV_SUSPEND_AFTER, HANDLE_NAME
+from nbdurable.runtime.session import (
+    ENV_KIND,
+    ENV_OUTPUT,
+    ENV_PARAMS,
+    ENV_RESUME,
+    ENV_REUSE,
+    ENV_SUSPEND_AFTER,
+    HANDLE_NAME,
+)
 from nbdurable.runtime.steps import StepContext
 from nbdurable.store import Store
 from nbdurable.store.journal import io_error
 from nbdurable.store.records import StepStatus
 
 RESTORE_CODE = f"{HANDLE_NAME}._restore_step()\n"
-REPLAY_CODE = f"{HANDLE_NAME}._replay_outputs()\n"
 
 def exits_cleanly(error: BaseException | None) -> bool:
     """``sys.exit()``, ``sys.exit(0)``, ``raise SystemExit``: a successful early end of the notebook (the
@@ -60,11 +74,17 @@ class Durable(Configurable):
     ).tag(config=True)
     secret_patterns = List(
         Unicode(), default_value=list(DEFAULT_SECRET_PATTERNS),
-        help="Variable-name patterns never written to disk (case-insensitive).",
+        help="Patterns of secret variable names, never written to disk: shell-style, matched against the "
+        "name's words upper-cased and joined by `_` (apiKey -> API_KEY; see nbdurable/capture/secrets.py).",
     ).tag(config=True)
     exclude = List(Unicode(), default_value=[], help="Variable names never written to disk.").tag(config=True)
     auto_resume = Bool(
         True, help="Arm replay of this notebook's unfinished run when the extension loads."
+    ).tag(config=True)
+    reuse = Bool(
+        False, help="Also restore matching cell executions of any completed run of this notebook (not only of "
+        "the run being resumed): a cell whose code and inputs match a recorded execution is not run again. "
+        "NBDURABLE_REUSE=1 sets it; `%durable reuse on|off` changes it in a session."
     ).tag(config=True)
     inline_max_bytes = Integer(
         DEFAULT_INLINE_MAX, help="Objects up to this size live inside the journal record."
@@ -94,8 +114,9 @@ class Durable(Configurable):
         self.run: DurableRun | None = None
         self.plan: ReplayPlan | None = None
         self.flight: CellInFlight | None = None
-        # Variables that re-executed cells rebuilt in this session (name -> the step that rebuilt it)
-        self.rebuilt: dict[str, str] = {}
+        self.inputs = CellInputs(self.tracker, str(self.store_path))
+        self.executed_hashes: set[str] = set()  # cells executed in this session: run again, they execute again
+        self.consumed: set[tuple[str, int]] = set()  # recorded executions restored (or re-run) in this session
         self._not_durable: str | None = None  # why this session records nothing (the store refused to)
         self._last_code: str | None = None  # set by the last input transformer, before pre_run_cell
         self._registered = False
@@ -125,9 +146,11 @@ class Durable(Configurable):
         atexit.register(self.close)
         self._registered = True
         resume = os.environ.get(ENV_RESUME)
+        self.reuse = self.reuse or os.environ.get(ENV_REUSE) == "1"
         if resume is not None:  # a headless runner decided already (no catalog lookup in the kernel)
             if resume:
                 self.arm(ReplayPlan.from_run(self.store_obj, resume))
+            self.set_reuse(self.reuse)
         elif self.auto_resume and self.notebook:
             try:
                 self.arm_latest(announce=True)
@@ -184,27 +207,53 @@ class Durable(Configurable):
             return "failed"
         if self.kind == "headless":
             return "cancelled"  # the kernel stopped before the runner saw the last cell: resumable
-        if self.plan is not None and not self.plan.exhausted and not self.plan.namespace_restored:
+        if self.pending_steps():
             return "cancelled"  # a resume left half-way: the next session continues it
         return "completed"
+
+    def pending_steps(self) -> list[PlannedStep]:
+        """The executions of the resumed runs that this session neither restored nor replaced by executing
+        their code (what the next session would still resume)."""
+        if self.plan is None:
+            return []
+        return [p for p in self.plan.steps
+                if p.origin_key not in self.consumed and p.source_hash not in self.executed_hashes]
 
     # ----- runs and replay plans --------------------------------------------------------------
 
     def arm_latest(self, *, announce: bool) -> str | None:
-        """Arm replay of this notebook's latest unfinished run, if there is one."""
-        run_id, note = find_resumable(self.store_obj, self.notebook)
+        """Arm replay of this notebook's latest unfinished run, if there is one (and, with reuse, of the
+        executions of its completed runs)."""
+        # A session goes on from the notebook's last run, finished or not: after a restart, Run All restores
+        # every cell whose code and inputs are unchanged (a kernel restart ends its run `completed`).
+        run_id, note = find_resumable(self.store_obj, self.notebook, completed=True)
         if note and announce:
             print(f"nbdurable: {note}; this session starts a new run.", file=sys.stderr)
-        if run_id is None:
-            return None
-        self.arm(ReplayPlan.from_run(self.store_obj, run_id))
-        if announce and self.plan is not None:
-            print(
-                f"nbdurable: resuming run {run_id}: {len(self.plan.steps)} completed step(s) will be restored "
-                "instead of executed when their cells run unchanged (`%durable new` to start over).",
-                file=sys.stderr,
-            )
+        if run_id is not None:
+            self.arm(ReplayPlan.from_run(self.store_obj, run_id))
+        self.set_reuse(self.reuse)
+        if announce and self.plan is not None and (self.plan.steps or self.plan.reused):
+            what = f"run {run_id}: {len(self.plan.steps)} recorded cell execution(s)" if run_id else ""
+            if self.plan.reused:
+                what += (" and " if what else "") + f"{len(self.plan.reused)} of completed runs (reuse)"
+            print(f"nbdurable: resuming {what}: a cell is restored instead of executed when its code and what "
+                  "it reads match a recorded execution (`%durable plan` tells which; `%durable new` starts over).",
+                  file=sys.stderr)
         return run_id
+
+    def set_reuse(self, on: bool) -> None:
+        """`%durable reuse on|off`: offer (or stop offering) the executions of every completed run of this
+        notebook for restoring, besides the run being resumed."""
+        self.reuse = on
+        if on and self.notebook:
+            plan = self.plan or ReplayPlan(None)
+            plan.drop_reuse()
+            plan.add_reuse(self.store_obj, self.notebook)
+            self.plan = plan
+        elif not on and self.plan is not None:
+            self.plan.drop_reuse()
+            if self.plan.run_id is None:
+                self.plan = None
 
     def arm(self, plan: ReplayPlan) -> None:
         """Use ``plan`` for the cells that run next (a new run will record them)."""
@@ -223,7 +272,7 @@ class Durable(Configurable):
                 params=self.params,
                 output_path=os.environ.get(ENV_OUTPUT) or None,
                 resumed_from=self.plan.run_id if self.plan else None,
-                root_run=self._root_of(self.plan.run_id) if self.plan else None,
+                root_run=self._root_of(self.plan.run_id) if self.plan and self.plan.run_id else None,
                 events=self.events,
                 inline_max=self.inline_max_bytes,
             )
@@ -237,45 +286,21 @@ class Durable(Configurable):
     # ----- the cell path ----------------------------------------------------------------------
 
     def decide(self, cell: Cell) -> Decision:
-        """Restore or execute: a pure function of the cell and the replay plan."""
-        planned = self.plan.peek() if self.plan else None
-        if planned is None:
+        """Restore or execute, by dataflow (``runtime/dataflow.py``): a pure function of the cell, the
+        recorded executions and the versions this session holds (the same before and in ``pre_run_cell``)."""
+        if self.plan is None:
             return Decision("execute")
-        if not planned.matches(cell.source_hash, cell.options.name):
-            return Decision("diverged", planned)
-        if self.plan is not None and self.plan.namespace_restored:
-            return Decision("replay_outputs", planned)
-        reason = planned.execution_reason() or self.reads_rebuilt(cell.body)
-        if reason:
-            return Decision("reexecute", planned, reason)
-        return Decision("restore", planned)
-
-    def note_rebuilt(self, planned: PlannedStep, changes: list[Change]) -> None:
-        """A recorded cell ran again to rebuild what it could not store: the variables whose new value is not
-        the recorded one (an unstorable object is a new object) are *rebuilt*; cells reading them execute."""
-        recorded = {ref["name"]: ref for ref in planned.variables}
-        for change in changes:
-            ref = recorded.get(change.name)
-            new = change.serialized
-            # Equal content keys: the same value (a secret's key is a keyed digest of it; any other unstorable
-            # object is keyed by its identity, so a rebuilt one always differs).
-            same = (ref is not None and new is not None and ref.get("object") == new.key
-                    and (new.format != "unrestorable" or (new.reason or "").startswith("secret")))
-            if not same and not change.inert and not is_pseudo(change.name):  # a closed file: nothing to rebuild
-                self.rebuilt[change.name] = planned.label
-
-    def reads_rebuilt(self, source: str) -> str | None:
-        """Why a restorable cell must execute after all: it reads a value that this session rebuilt by
-        re-executing its cell (its recorded state could not be stored: an ipywidget, a connection). Its
-        recorded effects were on the old object; only executing it applies them to the new one."""
-        if not self.rebuilt:
-            return None
-        names = analyze_code(self.transform_bypassing(source))
-        read = (names.reads | reachable_globals(names.reads, self.shell.user_ns)) & self.rebuilt.keys()
-        if not read:
-            return None
-        name = sorted(read)[0]
-        return f"it reads `{name}`, rebuilt by re-executing {self.rebuilt[name]}"
+        if cell.source_hash in self.executed_hashes:
+            return Decision("execute", reason="it already ran in this session")
+        candidates = [p for p in self.plan.candidates(cell.source_hash, cell.options.name)
+                      if p.origin_key not in self.consumed]
+        verdict = choose(candidates, self.inputs.version, self.inputs.ambient_version,
+                         always=cell.options.always, describe=self.inputs.describe)
+        if verdict.step is None:
+            return Decision("execute", reason=verdict.reason, announce=bool(candidates) and not cell.options.always)
+        if verdict.reason:
+            return Decision("reexecute", verdict.step, verdict.reason)
+        return Decision("restore", verdict.step)
 
     def transform(self, lines: list[str]) -> list[str]:
         """IPython cleanup transformer: runs on the raw cell before ``pre_run_cell``; never raises."""
@@ -290,8 +315,6 @@ class Durable(Configurable):
             return lines  # bad %%durable options: the magic itself reports them
         if kind == "restore":
             return [RESTORE_CODE]
-        if kind == "replay_outputs":
-            return [REPLAY_CODE]
         if cell.has_magic_line:
             return [line + "\n" for line in cell.body.splitlines()]
         return lines
@@ -321,19 +344,31 @@ class Durable(Configurable):
             return
         decision = self.decide(cell)
         flight = self.flight = CellInFlight(cell, decision, code=self._last_code)
-        if decision.kind == "replay_outputs":
-            assert self.plan is not None
-            self.plan.advance()
-            return
         try:
             run = self.ensure_run()
         except (StoreError, OSError) as exc:
             self._stop_recording(exc)  # a cell transformed for a restore executes instead (``_restore_step``)
             return
-        self._advance_plan(decision)
+        if decision.step is not None:
+            self.consumed.add(decision.step.origin_key)
+        if decision.kind == "reexecute" or decision.announce:
+            verb = "re-executing" if decision.kind == "reexecute" else "executing"  # (announced: it ran before)
+            show_notice(self.shell, f"↻ nbdurable: {verb} this cell: {decision.reason}.", "reexecuted",
+                        {"reason": decision.reason})
+        inputs: dict[str, Any] | None = None
+        if decision.executes:
+            self.executed_hashes.add(cell.source_hash)
+            code = flight.code if flight.code is not None else cell.body
+            names = analyze_code(code)
+            stored, loaded = self.tracker.candidates(names)
+            self.tracker.settle(stored | loaded, everything=names.needs_full_scan)
+            flight.inputs = self.inputs.begin(names)
+            inputs = flight.inputs.to_record()
+        elif decision.step is not None and decision.step.inputs is not None:
+            inputs = decision.step.inputs.to_record()
         flight.step = run.begin_step(
             source=self.secrets.redact_source(cell.body), source_hash=cell.source_hash, name=cell.options.name,
-            options=cell.options.as_record(),
+            options=cell.options.as_record(), inputs=inputs,
         )
         if decision.executes:
             if cell.options.policy is not None or cell.options.timeout is not None:
@@ -348,9 +383,7 @@ class Durable(Configurable):
         was cut short and runs again unchanged replays the step calls it had completed); a cell that can
         reach the namespace dynamically gets a snapshot of its names; output capture starts."""
         assert flight.step is not None
-        recorded = self.plan.calls_for(flight.cell.source_hash) if self.plan else []
-        if recorded and self.plan is not None:
-            self.plan.pending = None  # replayed once: running the cell again in this session executes it
+        recorded = self.plan.calls_for(flight.cell.source_hash, self._read_same) if self.plan else []
         self.waiting.reset()
         suspend_after = None
         if self.kind == "headless":
@@ -388,35 +421,29 @@ class Durable(Configurable):
             file=sys.stderr,
         )
 
-    def _advance_plan(self, decision: Decision) -> None:
-        if self.plan is None or decision.kind == "execute":
-            return
-        if decision.kind == "diverged":
-            self.plan.disarm()
-            return
-        if decision.kind == "reexecute" and decision.step is not None:
-            show_notice(self.shell, f"↻ nbdurable: re-executing this cell: {decision.reason}.", "reexecuted",
-                        {"reason": decision.reason})
-        self.plan.advance()
+    def _read_same(self, inputs: Inputs) -> bool:
+        """Whether a cell that was cut short read, when it began, what this cell reads now (its completed
+        explicit-step calls then replay)."""
+        return all(self.inputs.version(name) == v for name, v in inputs.reads.items() if v != UNKNOWN)
 
     def post_run_cell(self, result: Any) -> None:
         """A cell ran: commit its step."""
         flight, self.flight = self.flight, None
         self._last_code = None
         session.enter_cell(None)
-        if flight is None or flight.decision.kind == "replay_outputs" or flight.step is None:
+        if flight is None or flight.step is None:
+            self.inputs.abandon()
             return
         decision, step = flight.decision, flight.step
         error = result.error_before_exec or result.error_in_exec
         if isinstance(error, RunSuspended):
+            self.inputs.abandon()
             self._commit_suspended(step, error)
             return
         if decision.kind == "restore":
             self._commit_restored(step, decision, error)
             return
-        changes = self._commit_executed(flight, error)
-        if decision.kind == "reexecute" and decision.step is not None:
-            self.note_rebuilt(decision.step, changes)
+        self._commit_executed(flight, error)
         if decision.kind == "reexecute" and error is not None and decision.step is not None:
             show_notice(
                 self.shell,
@@ -430,9 +457,8 @@ class Durable(Configurable):
         assert self.run is not None and decision.step is not None
         if error is None or (decision.step.exited is not None and exits_cleanly(error)):
             self.run.record_restored(step, decision.step)
+            self.inputs.restored(decision.step, f"step {step.ordinal} of this run")
             return
-        if self.plan is not None:
-            self.plan.disarm()
         self.run.end_step(step, status="failed", error=error_record(error))
 
     def _commit_suspended(self, step: StepHandle, signal: RunSuspended) -> None:
@@ -460,10 +486,14 @@ class Durable(Configurable):
             if flight.interpreter_before is not None:  # state outside variables first (restores apply it first)
                 prefix = self.tracker.instance_prefix
                 changes = self.interpreter.changes(flight.interpreter_before, names, prefix) + changes
-            self.run.end_step(flight.step, status=status, changes=changes, outputs=outputs, error=error_record(error))
+            read = self.inputs.end(changes)
+            self.run.end_step(flight.step, status=status, changes=changes, outputs=outputs, error=error_record(error),
+                              read=read)
             self.tracker.accept(changes)
+            self.inputs.executed(changes, f"step {flight.step.ordinal} of this run")
             return changes
         except Exception as exc:  # the cell ran; its state could not be made durable
+            self.inputs.abandon()
             print(f"nbdurable: this cell ran, but its state could not be made durable: {exc}\n"
                   "  It will run again on resume (and the cells after it).", file=sys.stderr)
             self.run.end_step(flight.step, status="failed", outputs=outputs, error=error_record(exc))
@@ -476,40 +506,16 @@ class Durable(Configurable):
         __tracebackhide__ = True
         self.restorer.restore_step()
 
-    def _replay_outputs(self) -> None:
-        """Body of a cell whose state `%durable resume` restored (``REPLAY_CODE``)."""
-        self.restorer.replay_outputs()
-
-    def restore_batch(self, source_hashes: list[str]) -> int:
-        """A headless runner's batch restore of the leading cells (see ``Restorer.restore_batch``)."""
-        return self.restorer.restore_batch(source_hashes)
+    def restore_batch(self, sources: list[str]) -> list[list[Any]]:
+        """A headless runner's batch restore of consecutive cells (see ``Restorer.restore_batch``)."""
+        return self.restorer.restore_batch(sources)
 
     @property
-    def last_batch(self) -> int:
-        """How many steps the last ``restore_batch`` restored (read back by the runner)."""
+    def last_batch(self) -> str:
+        """What the last ``restore_batch`` restored, as JSON (read back by the runner)."""
         return self.restorer.last_batch
 
     # ----- what the magics call ----------------------------------------------------------------
-
-    def status(self) -> dict[str, str]:
-        """The facts `%durable status` shows."""
-        run, plan = self.run, self.plan
-        stats = run.stats if run else None
-        replay = "none"
-        if plan is not None:
-            state = "armed" if plan.peek() else "finished"
-            replay = f"{state}: {plan.cursor}/{len(plan.steps)} steps of run {plan.run_id} consumed"
-        not_recording = f"(none: not recording: {self._not_durable})" if self._not_durable else None
-        return {
-            "run": run.run_id if run else not_recording or "(starts with the next cell)",
-            "notebook": self.notebook or "(unnamed: `%durable attach NAME` to make it resumable)",
-            "store": str(self.store_path),
-            "executed": str(stats.executed if stats else 0),
-            "restored": str(stats.restored if stats else 0),
-            "failed": str(stats.failed if stats else 0),
-            "time saved": f"{stats.time_saved:.2f} s" if stats else "0.00 s",
-            "replay": replay,
-        }
 
     def start_fresh(self) -> None:
         """`%durable new`: end this run; the next cell starts a run that restores nothing."""
@@ -517,7 +523,9 @@ class Durable(Configurable):
         self.plan = None
         self._not_durable = None  # a store that refused to record is tried again
         self.tracker.reset()
-        self.rebuilt.clear()
+        self.inputs.reset()
+        self.executed_hashes.clear()
+        self.consumed.clear()
 
     def attach(self, name: str) -> None:
         """`%durable attach NAME`: set the notebook identity, and arm replay of its unfinished run."""
@@ -534,40 +542,6 @@ class Durable(Configurable):
         print(f"nbdurable: attached to notebook {identity!r} (store {self.store_path}).")
         if self.auto_resume:
             self.arm_latest(announce=True)
-
-    def resume(self, run_id: str | None) -> str:
-        """`%durable resume`: restore the namespace as of a run's last completed step, now."""
-        if run_id is None:
-            run_id, note = find_resumable(self.store_obj, self.notebook)
-            if run_id is None:
-                raise RunNotFoundError(
-                    f"No unfinished run to resume for notebook {self.notebook or '(unnamed)'}."
-                    + (f" {note}" if note else ""),
-                    hint="`%durable runs --all` lists the runs of this store; pass one: `%durable resume RUN_ID`.",
-                )
-        if not self.store_obj.journal_exists(run_id):
-            raise RunNotFoundError(f"No run {run_id!r} in store {self.store_path}.",
-                                   hint="`%durable runs --all` lists run ids.")
-        holder = self.store_obj.lease_holder(run_id)
-        if holder is not None:
-            raise LeaseHeldError(
-                f"Run {run_id} is being driven by process {holder.get('pid')} on {holder.get('host')}.",
-                hint="wait for it to finish or stop that kernel, then resume.",
-            )
-        plan = ReplayPlan.from_run(self.store_obj, run_id)
-        self.start_fresh()
-        self.arm(plan)
-        restored, reexecuted = self.restorer.apply_plan_now(plan)
-        plan.namespace_restored, plan.cursor = True, 0
-        saved = self.run.stats.time_saved if self.run else 0.0
-        names = sorted({ref["name"] for step in plan.steps for ref in step.variables if ref.get("op") == "set"})
-        shown = ", ".join(names[:12]) + (f" … (+{len(names) - 12})" if len(names) > 12 else "")
-        return (
-            f"nbdurable: restored {restored} step(s) of run {run_id}"
-            + (f", re-executed {reexecuted}" if reexecuted else "")
-            + f" (saved {saved:.2f} s). Variables: {shown or '(none)'}.\n"
-            "Run All shows their outputs again without executing them; new or changed cells execute normally."
-        )
 
 
 def _open_store(path: Path) -> Store:

@@ -9,25 +9,27 @@ from typing import Literal
 from nbdurable.kernel_ext.attempts import CellAttempts
 from nbdurable.kernel_ext.interpreter import Before
 from nbdurable.runtime.cells import Cell
+from nbdurable.runtime.dataflow import Inputs
 from nbdurable.runtime.replay import PlannedStep
 from nbdurable.runtime.run import StepHandle
 
-DecisionKind = Literal["execute", "diverged", "reexecute", "restore", "replay_outputs"]
+DecisionKind = Literal["execute", "reexecute", "restore"]
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with a step cell: ``execute``, ``diverged`` (execute, replay ends), ``reexecute``
-    (execute, replay goes on), ``restore``, or ``replay_outputs`` (namespace already restored)."""
+    """What to do with a step cell (``runtime/dataflow.py``): ``restore`` a recorded execution,
+    ``reexecute`` one that matched but whose state cannot be loaded, or ``execute`` (and why)."""
 
     kind: DecisionKind
     step: PlannedStep | None = None
     reason: str | None = None
+    announce: bool = False  # an execution although the cell has a recorded one: the cell says why
 
     @property
     def executes(self) -> bool:
         """True when the cell's own code runs."""
-        return self.kind in ("execute", "diverged", "reexecute")
+        return self.kind != "restore"
 
     def reexecuting(self, reason: str) -> Decision:
         """This decision, turned into a re-execution (a restore whose state did not load)."""
@@ -46,3 +48,4 @@ class CellInFlight:
     interpreter_before: Before | None = None  # fingerprints of the interpreter state outside variables
     attempts: CellAttempts | None = None  # the cell's retry/timeout policy
     policy_pending: bool = False  # its AST is still to be wrapped in the attempts loop
+    inputs: Inputs | None = None  # what the executing cell read as it began

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nbdurable.kernel_ext.commands import plan_of_file
 from nbdurable.runtime.events import EventBus
+from nbdurable.runtime.planning import ALREADY_RAN, CellPlan
 from nbdurable.runtime.replay import PlannedStep
 from nbdurable.store import Store
 
@@ -44,8 +46,14 @@ class KernelSession:
         return self._ext.plan.run_id if self._ext.plan is not None else None
 
     def pending_steps(self) -> list[PlannedStep]:
-        plan = self._ext.plan
-        return plan.steps[plan.cursor:] if plan is not None and not plan.exhausted else []
+        return self._ext.pending_steps()
+
+    def planned_cells(self) -> list[CellPlan]:
+        cells = plan_of_file(self._ext, None, quiet=True)
+        if cells:
+            return [c for c in cells if c.reason != ALREADY_RAN]
+        # no notebook file known: the recorded executions still to restore, in the order they ran
+        return [CellPlan(k, "restore", "", p, p.source, p.name) for k, p in enumerate(self.pending_steps())]
 
     def wait_durable(self) -> None:
         if self.run_live:

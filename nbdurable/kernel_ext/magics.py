@@ -14,6 +14,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbdurable.errors import OptionsError
+from nbdurable.kernel_ext import commands
 from nbdurable.runtime.cells import build_cell_parser, parse_cell_options
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class DurableMagics(Magics):
         self.subcommands: dict[str, Callable[[argparse.Namespace], Any]] = {
             "status": self.status,
             "resume": self.resume,
+            "plan": self.plan,
+            "reuse": self.reuse,
             "new": self.new,
             "attach": self.attach,
             "runs": self.runs,
@@ -72,8 +75,8 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> Any:
-        """Durable execution of this notebook. Subcommands: status, resume, new, attach, runs, exclude, graph,
-        history, help.
+        """Durable execution of this notebook. Subcommands: status, resume, plan, reuse, new, attach, runs,
+        exclude, graph, history, help.
 
         ``%durable help`` describes each; ``%durable SUBCOMMAND -h`` shows its options."""
         name, *rest = line.split(maxsplit=1) or ["help"]  # any whitespace ends the name: `status\t--all`
@@ -131,7 +134,7 @@ class DurableMagics(Magics):
     @_help_option
     def status(self, args: argparse.Namespace) -> None:
         """Show the current run: id, notebook, store, steps executed and restored, time saved."""
-        for key, value in self.ext.status().items():
+        for key, value in commands.status(self.ext).items():
             print(f"{key + ':':<14} {value}")
 
     @magic_arguments("durable resume")
@@ -139,9 +142,30 @@ class DurableMagics(Magics):
     @argument("run_id", nargs="?", default=None,
               help="the run to resume (default: this notebook's latest unfinished run)")
     def resume(self, args: argparse.Namespace) -> None:
-        """Restore the namespace as of a run's last completed step, and arm replay for Run All."""
-        summary = self.ext.resume(args.run_id)
+        """Restore the namespace as of a run's last completed step, and arm restoring for Run All."""
+        summary = commands.resume(self.ext, args.run_id)
         print(summary)
+
+    @magic_arguments("durable plan")
+    @_help_option
+    @argument("notebook", nargs="?", default=None,
+              help="the .ipynb file to plan (default: this notebook's file, as last saved)")
+    def plan(self, args: argparse.Namespace) -> None:
+        """What Run All would do with each cell now: restore (from which run and step) or execute, and why."""
+        print(commands.plan_run_all(self.ext, args.notebook))
+
+    @magic_arguments("durable reuse")
+    @_help_option
+    @argument("state", nargs="?", choices=["on", "off"], default=None, help="on or off (default: show it)")
+    def reuse(self, args: argparse.Namespace) -> None:
+        """Also restore matching cell executions of any completed run of this notebook (on), or only of the
+        run being resumed (off)."""
+        if args.state is not None:
+            self.ext.set_reuse(args.state == "on")
+        plan = self.ext.plan
+        offered = len(plan.reused) if plan is not None else 0
+        print(f"nbdurable: reuse is {'on' if self.ext.reuse else 'off'}"
+              + (f": {offered} execution(s) of completed runs can be restored." if self.ext.reuse else "."))
 
     @magic_arguments("durable new")
     @_help_option

@@ -1,11 +1,13 @@
 """The restore machinery of the kernel extension: recorded steps brought back into the live namespace.
 
-Four ways a recorded step comes back:
+Four ways a recorded step comes back (which one, and whether at all, is decided by dataflow:
+``runtime/dataflow.py``):
 - **restore** (Run All after a restart): the cell's code was replaced by ``__nbdurable__._restore_step()``;
   its recorded delta is applied, its outputs replayed, a notice shown, a ``restored`` step recorded;
-- **batch** (a headless runner): the leading restorable cells at once, in one kernel request
+- **batch** (a headless runner): consecutive restorable cells at once, in one kernel request
   (``restore_batch``); the runner fills their outputs from the journal itself;
-- **resume** (``%durable resume``): every planned step applied now, before any cell runs;
+- **resume** (``%durable resume``): every recorded execution of the resumed runs applied now, in the order
+  they ran, before any cell runs; those that cannot be are listed (Run All then restores by dataflow again);
 - **instead** (a recorded step cannot be applied: an object file missing, damaged or failing
   authentication, a module that does not import, a pickle that does not load): the cell's own code runs in
   its place, after everything before it was restored, and is recorded as executed. Nothing restored before
@@ -16,6 +18,7 @@ Four ways a recorded step comes back:
 from __future__ import annotations
 
 import ast
+import json
 import linecache
 import os
 import sys
@@ -33,6 +36,7 @@ from nbdurable.errors import (
 )
 from nbdurable.kernel_ext.interpreter import apply_order, is_pseudo
 from nbdurable.kernel_ext.outputs import replay_outputs, show_notice
+from nbdurable.runtime.cells import classify
 from nbdurable.runtime.checkpoint import load_outputs
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan
 from nbdurable.runtime.run import StepHandle
@@ -50,7 +54,7 @@ class Restorer:
 
     def __init__(self, ext: Durable) -> None:
         self.ext = ext
-        self.last_batch = 0  # steps the last restore_batch restored (read back by the runner)
+        self.last_batch = "[]"  # what the last restore_batch restored, JSON (read back by the runner)
 
     def apply_step(self, planned: PlannedStep) -> None:
         """Apply a recorded state delta to the namespace."""
@@ -68,6 +72,10 @@ class Restorer:
                 continue
             if ref.get("inert"):
                 continue
+            binding = ext.tracker.bindings.get(name)
+            if binding is not None and binding.key == ref.get("object") and name in ns \
+                    and id(ns[name]) == binding.obj_id:
+                continue  # the namespace holds this very value already (Run All after `%durable resume`)
             try:
                 obj = ext.loader.load(ref, step_label=planned.label)
             except RestoreError as exc:
@@ -104,7 +112,10 @@ class Restorer:
             show_notice(ext.shell, f"↻ nbdurable: re-executing this cell: {reason}.", "reexecuted", {"reason": reason})
             self.execute_instead(planned, reason)
             return
-        replay_outputs(ext.shell, load_outputs(ext.store_obj, planned.outputs))
+        outputs = load_outputs(ext.store_obj, planned.outputs)
+        if planned.exited is not None:  # raising SystemExit again below shows its error (and IPython's warning)
+            outputs = before_exit(outputs)
+        replay_outputs(ext.shell, outputs)
         saved = max(0.0, planned.duration - (time.perf_counter() - started))
         show_notice(
             ext.shell,
@@ -114,15 +125,6 @@ class Restorer:
         )
         if planned.exited is not None:  # the cell ended the notebook early: so does its restore, as a clean run
             raise SystemExit(None if planned.exited in ("", "None") else int(planned.exited))
-
-    def replay_outputs(self) -> None:
-        """Body of a cell whose state `%durable resume` already restored: show its outputs only."""
-        flight = self.ext.flight
-        if flight is not None and flight.decision.step is not None:
-            planned = flight.decision.step
-            replay_outputs(self.ext.shell, load_outputs(self.ext.store_obj, planned.outputs))
-            show_notice(self.ext.shell, f"↻ nbdurable: outputs of {planned.label} (state restored by %durable resume)",
-                        "replayed")
 
     def unloadable(self, exc: BaseException) -> str:
         """A recorded step could not be applied, so its cell executes instead; returns the reason to show. A
@@ -150,52 +152,64 @@ class Restorer:
         if reason is not None and ext.run is not None and flight is not None:
             flight.decision = flight.decision.reexecuting(reason)
             flight.code = code  # what post_run_cell analyses for the delta
+            flight.inputs = ext.inputs.begin(analyze_code(code))  # (they matched: the start record holds them)
+            ext.executed_hashes.add(flight.cell.source_hash)
             ext.begin_execution(ext.run, flight)
         run_code(ext.shell, code, f"<nbdurable: {planned.label}>")
 
     # ----- a headless runner's batch -----------------------------------------------------------
 
-    def restore_batch(self, source_hashes: list[str]) -> int:
-        """Restore the next planned steps at once, for a headless runner that fills their outputs from
-        the journal itself (one request instead of a round trip per cell). Each hash must be the next
-        planned step's and restorable; restoring stops at the first that is not. Returns how many
-        steps were restored (the runner executes the rest normally)."""
+    def restore_batch(self, sources: list[str]) -> list[list[Any]]:
+        """Restore consecutive cells at once, for a headless runner that fills their outputs from the journal
+        itself (one request instead of a round trip per cell). Each cell is decided as the kernel would decide
+        it when sent on its own; restoring stops at the first that is not restored (or ends the notebook, or
+        does not load: sent on its own, it then executes in place). Returns the recorded executions restored,
+        as ``[run_id, ordinal]`` of the journal they were read from (also in ``last_batch``, for the runner)."""
         ext = self.ext
-        restored = self.last_batch = 0
-        for expected in source_hashes:
-            plan = ext.plan
-            planned = plan.peek() if plan else None
-            if plan is None or planned is None or planned.source_hash != expected or planned.name \
-                    or planned.execution_reason() or planned.exited is not None:
-                break  # (a cell that ended the notebook early is sent on its own: it ends the restored run too)
+        done: list[list[Any]] = []
+        self.last_batch = "[]"
+        for source in sources:
+            try:
+                cell = classify(source.rstrip("\n"))
+            except NbdurableError:
+                break
+            decision = ext.decide(cell)
+            planned = decision.step
+            if cell.control or decision.kind != "restore" or planned is None or planned.exited is not None:
+                break
             run = ext.ensure_run()
             started = time.perf_counter()
             try:
                 self.apply_step(planned)
             except Exception:  # never raises: the runner must learn how many cells were restored
-                # Left in the plan: the runner sends this cell, whose restore fails again and executes it in
-                # place (the cells restored before it stay restored: none of them runs again).
-                break
-            plan.advance()
-            step = run.begin_step(
-                source=planned.source, source_hash=planned.source_hash, name=planned.name, options=planned.options
-            )
+                break  # sent on its own, the cell's restore fails again and executes it in place
+            ext.consumed.add(planned.origin_key)
+            step = run.begin_step(source=ext.secrets.redact_source(cell.body), source_hash=planned.source_hash,
+                                  name=planned.name, options=planned.options,
+                                  inputs=planned.inputs.to_record() if planned.inputs is not None else None)
             step.t0 = started  # the restore time counts the load
             run.record_restored(step, planned)
-            restored = self.last_batch = restored + 1
-        return restored
+            ext.inputs.restored(planned, f"step {step.ordinal} of this run")
+            done.append([planned.run_id, planned.ordinal])
+            self.last_batch = json.dumps(done)
+        return done
 
     # ----- `%durable resume` -------------------------------------------------------------------
 
-    def apply_plan_now(self, plan: ReplayPlan) -> tuple[int, int]:
-        """Apply every planned step now (re-executing those that cannot be restored); returns the counts."""
-        run = self.ext.ensure_run()
+    def apply_plan_now(self, plan: ReplayPlan) -> tuple[int, int, list[str]]:
+        """Apply every recorded execution of the resumed runs now, in the order they ran; one whose state
+        cannot be loaded is re-executed from its recorded source. Nothing stops half-way: what cannot be
+        brought back is listed (each with its step and what to do) and the rest is applied. Returns
+        (restored, re-executed, what could not be restored)."""
+        ext = self.ext
+        run = ext.ensure_run()
         restored = reexecuted = 0
+        missing: list[str] = []
         for planned in plan.steps:
-            step = run.begin_step(
-                source=planned.source, source_hash=planned.source_hash, name=planned.name, options=planned.options
-            )
-            reason = planned.execution_reason() or self.ext.reads_rebuilt(planned.source)
+            inputs = planned.inputs.to_record() if planned.inputs is not None else None
+            step = run.begin_step(source=planned.source, source_hash=planned.source_hash, name=planned.name,
+                                  options=planned.options, inputs=inputs)
+            reason = planned.execution_reason()
             if reason is None:
                 try:
                     self.apply_step(planned)
@@ -203,25 +217,29 @@ class Restorer:
                     reason = self.unloadable(exc)
                 else:
                     run.record_restored(step, planned)
+                    ext.inputs.restored(planned, f"step {step.ordinal} of this run")
                     restored += 1
                     continue
+            if REDACTED in planned.source:
+                run.end_step(step, status="failed",
+                             error={"ename": "RestoreError", "evalue": "its secret is not stored"})
+                missing.append(f"{planned.label} ({_first_line(planned.source)}): it assigns a secret literal, "
+                               "which is never stored; Run All executes its cell from the notebook (or read the "
+                               "secret from the environment in that cell)")
+                continue
             print(f"nbdurable: re-executing {planned.label}: {reason}.", file=sys.stderr)
-            self.reexecute(step, planned)
-            reexecuted += 1
-        return restored, reexecuted
+            try:
+                self.reexecute(step, planned)
+                reexecuted += 1
+            except RestoreError as exc:
+                missing.append(f"{planned.label} ({_first_line(planned.source)}): {exc.message} ({exc.hint})")
+        return restored, reexecuted, missing
 
     def reexecute(self, step: StepHandle, planned: PlannedStep) -> None:
         """Run a recorded cell's source again (to rebuild what could not be stored)."""
         ext = self.ext
         run = ext.run
         assert run is not None
-        if REDACTED in planned.source:
-            run.end_step(step, status="failed", error={"ename": "RestoreError", "evalue": "its secret is not stored"})
-            raise RestoreError(
-                f"Cannot rebuild {planned.label}: it assigns a secret, which is never stored.",
-                hint="run that cell again yourself (Run All restores the others), or read the secret from the "
-                "environment in it (`os.environ[...]`) so that it can be re-executed.",
-            )
         code = ext.transform_bypassing(planned.source)
         try:
             exec(compile(code, f"<nbdurable: {planned.label}>", "exec"), ext.shell.user_ns)
@@ -236,7 +254,7 @@ class Restorer:
         changes = ext.tracker.compute_delta(analyze_code(code))
         run.end_step(step, status="completed", changes=changes)
         ext.tracker.accept(changes)
-        ext.note_rebuilt(planned, changes)
+        ext.inputs.executed(changes, f"step {step.ordinal} of this run")
 
 
 def module_error(ref: Any, planned: PlannedStep, exc: RestoreError) -> RestoreError:
@@ -259,6 +277,21 @@ def module_error(ref: Any, planned: PlannedStep, exc: RestoreError) -> RestoreEr
         hint="a cell that puts its directory on sys.path (`sys.path.insert(...)`) must run or be restored before "
         "this one; if the module is a package, install it. The cell runs its own code instead.",
     )
+
+
+def _first_line(source: str) -> str:
+    """A cell named by its first code line, for lists of steps."""
+    line = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    return f"`{line[:60]}{'…' if len(line) > 60 else ''}`"
+
+
+def before_exit(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A cell's outputs up to its ``SystemExit`` error: what IPython showed from there on is shown again
+    when its restore raises ``SystemExit`` itself."""
+    for i, output in enumerate(outputs):
+        if output.get("output_type") == "error" and output.get("ename") == "SystemExit":
+            return outputs[:i]
+    return outputs
 
 
 def run_code(shell: Any, code: str, filename: str) -> None:

@@ -1,16 +1,17 @@
-"""What a resumed run can restore: the replay plan built from an earlier run's journal.
+"""What a new run may restore: the recorded executions of the runs it resumes (and, with reuse, of any
+completed run of the notebook), indexed by the code they ran.
 
-A plan is the ordered list of an earlier run's steps that completed (or were themselves restored).
-Steps are matched in order by the hash of their normalized source (and their name, if they have
-one): the first cell that is new, changed, failed or unfinished ends the replay, and from there on
-everything executes normally.
+Restore decisions are taken by dataflow (``dataflow.py``): a cell is restored when one of these executions
+ran the same code and read the same values. This module only gathers the executions:
 
-Rules that make the plan safe:
-- a step that never ended (the crash happened inside it) ends the plan;
-- a failed or interrupted step that changed no variable is skipped (the user fixed and re-ran it);
-  one that did change variables ends the plan, since its partial effects are part of the state;
-- a run that resumed another and never diverged from it continues that run's plan, so a resume that
-  was itself interrupted half-way loses nothing (``resumed_from`` chains are followed).
+- a run's top-level steps that completed (or were restored: a restored step is a copy that names its
+  origin, so a journal stays self-contained even when the journal it came from is collected);
+- for a run that resumed another (``resumed_from``), the chain's executions, oldest run first, each
+  origin once; the newest execution of a cell is tried first;
+- the explicit-step calls that completed inside a cell that was cut short (killed, failed, suspended),
+  keyed by that cell's source hash and the values it read when it began: when that cell runs again with
+  the same inputs, its completed calls replay instead of running again. A resume killed before it reached
+  that cell, or while replaying its calls, keeps the earlier run's calls (each call ran once).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbdurable.runtime.dataflow import ABSENT, UNKNOWN, Inputs
 from nbdurable.store import Store
 from nbdurable.store.records import VarRef
 
 
 @dataclass
 class PlannedStep:
-    """One restorable step of an earlier run."""
+    """One recorded execution of a cell that a run may restore."""
 
     run_id: str
     ordinal: int
@@ -39,12 +41,18 @@ class PlannedStep:
     outputs: list[dict[str, Any]]
     origin: dict[str, Any]  # {"run_id", "ordinal"} where the step really executed
     exited: str | None = None  # the cell ended the notebook with `sys.exit(...)` (this value): a restore does too
+    inputs: Inputs | None = None  # what it read (None: recorded before inputs were; see dataflow.py)
+    reused: bool = False  # offered from another completed run (reuse), not from the run being resumed
 
     @property
     def label(self) -> str:
         """How messages name this step."""
         name = f" `{self.name}`" if self.name else ""
         return f"step {self.origin['ordinal']}{name} of run {self.origin['run_id']}"
+
+    @property
+    def origin_key(self) -> tuple[str, int]:
+        return str(self.origin["run_id"]), int(self.origin["ordinal"])
 
     def execution_reason(self) -> str | None:
         """Why this step must be executed again instead of restored, or None if it can be restored."""
@@ -56,64 +64,25 @@ class PlannedStep:
         return None
 
     def matches(self, source_hash: str, name: str | None) -> bool:
-        """Whether a cell about to run is this step."""
+        """Whether a cell about to run ran this step's code."""
         return self.source_hash == source_hash and (self.name or None) == (name or None)
 
-
-@dataclass
-class ReplayPlan:
-    """The steps a new run may restore instead of executing, consumed in order."""
-
-    run_id: str
-    steps: list[PlannedStep] = field(default_factory=list)
-    # The explicit-step calls that completed inside the cell where the plan ends (the cell that was
-    # running when the kernel died, or that failed), keyed by that cell's source hash.
-    pending: tuple[str, list[RecordedCall]] | None = None
-    cursor: int = 0
-    armed: bool = True
-    namespace_restored: bool = False  # `%durable resume` already applied every step
-
-    @classmethod
-    def from_run(cls, store: Store, run_id: str) -> ReplayPlan:
-        """The plan for resuming ``run_id`` (follows ``resumed_from`` chains)."""
-        records = store.read_journal(run_id)
-        steps = _completed_prefix(run_id, records)
-        pending = _pending_calls(records, len(steps))
-        parent = next((r.get("resumed_from") for r in records if r.get("t") == "run"), None)
-        if parent and store.journal_exists(parent):
-            parent_plan = cls.from_run(store, parent)
-            inherited = parent_plan.steps
-            if len(steps) <= len(inherited) and all(
-                mine.source_hash == theirs.source_hash for mine, theirs in zip(steps, inherited, strict=False)
-            ):
-                steps = steps + inherited[len(steps):]
-                pending = _merge_pending(parent_plan.pending, pending)
-        return cls(run_id, steps, pending)
-
-    def calls_for(self, source_hash: str) -> list[RecordedCall]:
-        """Recorded explicit-step calls to replay in a cell executing where the plan ends."""
-        if self.pending is None or self.cursor < len(self.steps) or self.pending[0] != source_hash:
-            return []
-        return self.pending[1]
-
-    def peek(self) -> PlannedStep | None:
-        """The next step to match, if replay is still armed."""
-        if self.armed and self.cursor < len(self.steps):
-            return self.steps[self.cursor]
-        return None
-
-    def advance(self) -> None:
-        """The peeked step was consumed."""
-        self.cursor += 1
-
-    def disarm(self) -> None:
-        """A cell diverged from the plan: from here on, everything executes."""
-        self.armed = False
-
-    @property
-    def exhausted(self) -> bool:
-        """True once every planned step was consumed or replay was disarmed."""
-        return not self.armed or self.cursor >= len(self.steps)
+    def writes(self) -> dict[str, str]:
+        """The version of each name (and piece of interpreter state) after this step, as restoring it leaves
+        them: an object's content key, ABSENT for a deletion, UNKNOWN for an object that is not stored (a
+        secret's key is a keyed digest of its value: known)."""
+        out: dict[str, str] = {}
+        for ref in self.variables:
+            name = ref["name"]
+            if ref.get("op") == "del":
+                out[name] = ABSENT
+            elif ref.get("version"):
+                out[name] = str(ref.get("version"))
+            elif ref.get("format") == "unrestorable" and not str(ref.get("reason") or "").startswith("secret"):
+                out[name] = UNKNOWN
+            else:
+                out[name] = str(ref.get("object") or ref.get("module") or UNKNOWN)
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,53 +98,146 @@ class RecordedCall:
     options: dict[str, Any] = field(default_factory=dict)  # as journaled (a wait's deadline)
 
 
+@dataclass
+class CutShort:
+    """A cell that was cut short: the calls it completed, and what it had read when it began."""
+
+    source_hash: str
+    inputs: Inputs | None
+    calls: list[RecordedCall]
+    ordinal: int = 0
+
+
+@dataclass
+class ReplayPlan:
+    """The recorded executions a session may restore (``dataflow.py`` decides which, cell by cell)."""
+
+    run_id: str | None  # the run this session resumes (None: only reuse)
+    steps: list[PlannedStep] = field(default_factory=list)  # the chain's executions, oldest first
+    pending: dict[str, CutShort] = field(default_factory=dict)  # source hash -> its cut-short execution
+    reused: list[PlannedStep] = field(default_factory=list)  # other completed runs' executions (reuse)
+    _index: dict[tuple[str, str | None], list[PlannedStep]] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_run(cls, store: Store, run_id: str) -> ReplayPlan:
+        """The executions of ``run_id`` and of the runs it resumed, transitively."""
+        chain: list[str] = []
+        current: str | None = run_id
+        while current and current not in chain and store.journal_exists(current):
+            chain.append(current)
+            head = store.journal_head(current) or {}
+            current = head.get("resumed_from")
+        steps: list[PlannedStep] = []
+        seen: set[tuple[str, int]] = set()
+        pending: dict[str, CutShort] = {}
+        for rid in reversed(chain):  # oldest first; in each run, in the order its steps began
+            records = store.read_journal(rid)
+            events: list[tuple[int, PlannedStep | CutShort]] = [(p.ordinal, p) for p in _executions(rid, records)]
+            events += [(c.ordinal, c) for c in _cut_short(records)]
+            for _, item in sorted(events, key=lambda e: e[0]):
+                if isinstance(item, CutShort):
+                    pending[item.source_hash] = _merge_pending(pending.get(item.source_hash), item)
+                    continue
+                pending.pop(item.source_hash, None)  # it completed after all: nothing left to replay
+                if item.origin_key not in seen:
+                    seen.add(item.origin_key)
+                    steps.append(item)
+        return cls(run_id, steps, pending)
+
+    def add_reuse(self, store: Store, notebook: str) -> None:
+        """Also offer the executions of every completed run of ``notebook`` (newest run first)."""
+        known = {step.origin_key for step in self.steps}
+        for run_id in reversed(store.run_ids()):
+            head = store.journal_head(run_id) or {}
+            if head.get("notebook") != notebook:
+                continue
+            records = store.read_journal(run_id)
+            end = next((r for r in reversed(records) if r.get("t") == "run_end"), None)
+            if end is None or end.get("status") != "completed":
+                continue
+            for planned in _executions(run_id, records):
+                if planned.origin_key not in known:
+                    known.add(planned.origin_key)
+                    planned.reused = True
+                    self.reused.append(planned)
+        self._index = None
+
+    def drop_reuse(self) -> None:
+        """Offer only the resumed runs' executions again."""
+        self.reused.clear()
+        self._index = None
+
+    def candidates(self, source_hash: str, name: str | None) -> list[PlannedStep]:
+        """The recorded executions of this code (and step name), newest first (the chain before reuse)."""
+        if self._index is None:
+            index: dict[tuple[str, str | None], list[PlannedStep]] = {}
+            for planned in [*reversed(self.steps), *self.reused]:
+                index.setdefault((planned.source_hash, planned.name or None), []).append(planned)
+            self._index = index
+        return self._index.get((source_hash, name or None), [])
+
+    def calls_for(self, source_hash: str, reads_match: Any = None) -> list[RecordedCall]:
+        """The completed calls of a cut-short execution of this code, to replay once in a cell that runs it
+        again with the same inputs (``reads_match(inputs)`` decides); then forgotten."""
+        cut = self.pending.get(source_hash)
+        if cut is None or not cut.calls:
+            return []
+        if reads_match is not None and cut.inputs is not None and not reads_match(cut.inputs):
+            return []
+        del self.pending[source_hash]
+        return cut.calls
+
+
 WAIT_STEPS = ("nbd.sleep", "nbd.wait_for_event")
 
 
-def _pending_calls(records: list[dict[str, Any]], completed: int) -> tuple[str, list[RecordedCall]] | None:
-    """The completed calls inside the last top-level step that is not in the plan, if it follows it."""
+def _cut_short(records: list[dict[str, Any]]) -> list[CutShort]:
+    """The top-level steps of a journal that did not complete (no end, failed, interrupted, suspended), with
+    the explicit-step calls that completed inside each (the last such step of each code wins)."""
     tops = [r for r in records if r.get("t") == "step_start" and r.get("parent") is None]
     done = {r["ordinal"] for r in records if r.get("t") == "step_end" and r.get("status") in ("completed", "restored")}
-    later = [r for r in tops if r["ordinal"] not in done]
-    if not later or sum(1 for r in tops if r["ordinal"] in done) != completed:
-        return None  # the plan ended at a divergence that is not simply "the last cell did not finish"
-    cell = later[-1]
-    starts = {r["ordinal"]: r for r in records if r.get("t") == "step_start" and r.get("parent") == cell["ordinal"]}
-    calls: dict[int, RecordedCall] = {}
-    for r in records:
-        start = starts.get(r.get("ordinal", -1))
-        if start is None:
+    found: dict[str, CutShort] = {}
+    for cell in tops:
+        if cell["ordinal"] in done:
             continue
-        o = start.get("options") or {}
-        if r.get("t") == "step_start" and start.get("name") in WAIT_STEPS:
-            status, value = "waiting", None  # until its step_end, if there is one
-        elif r.get("t") == "step_end" and r.get("status") in ("completed", "restored", "failed"):
-            status = "failed" if r["status"] == "failed" else "completed"  # a replayed call counts as its original
-            value = (r.get("variables") or [None])[0]
-        else:
-            continue
-        calls[r["ordinal"]] = RecordedCall(str(start.get("name")), int(o.get("call", 0)), int(o.get("seq", 0)),
-                                           str(o.get("args", "")), status, value, dict(o))
-    return (str(cell["source_hash"]), sorted(calls.values(), key=lambda c: c.seq)) if calls else None
+        starts = {r["ordinal"]: r for r in records if r.get("t") == "step_start" and r.get("parent") == cell["ordinal"]}
+        calls: dict[int, RecordedCall] = {}
+        for r in records:
+            start = starts.get(r.get("ordinal", -1))
+            if start is None:
+                continue
+            o = start.get("options") or {}
+            if r.get("t") == "step_start" and start.get("name") in WAIT_STEPS:
+                status, value = "waiting", None  # until its step_end, if there is one
+            elif r.get("t") == "step_end" and r.get("status") in ("completed", "restored", "failed"):
+                status = "failed" if r["status"] == "failed" else "completed"  # a replayed call counts as its original
+                value = (r.get("variables") or [None])[0]
+            else:
+                continue
+            calls[r["ordinal"]] = RecordedCall(str(start.get("name")), int(o.get("call", 0)), int(o.get("seq", 0)),
+                                               str(o.get("args", "")), status, value, dict(o))
+        source_hash = str(cell["source_hash"])
+        found[source_hash] = CutShort(source_hash, Inputs.from_record(cell.get("inputs")),
+                                      sorted(calls.values(), key=lambda c: c.seq), int(cell["ordinal"]))
+    return list(found.values())
 
 
-def _merge_pending(inherited: tuple[str, list[RecordedCall]] | None,
-                   mine: tuple[str, list[RecordedCall]] | None) -> tuple[str, list[RecordedCall]] | None:
-    """The completed calls of the cell where a chain of resumes stopped. A resume killed before it reached
-    that cell recorded none of them, and one killed while replaying them recorded only some: the calls the
-    earlier run completed still count (each call ran once, in whichever run executed it)."""
-    if inherited is None:
+def _merge_pending(inherited: CutShort | None, mine: CutShort) -> CutShort:
+    """The completed calls of a cell cut short in an earlier run and again in a later one (a resume killed
+    while replaying them, or before reaching them): every call that completed in either still counts."""
+    if inherited is None or not inherited.calls:
         return mine
-    if mine is None:
-        return inherited
-    if mine[0] != inherited[0]:
-        return mine  # this run stopped in another cell: the earlier run's calls are not that cell's
-    calls = {c.seq: c for c in inherited[1]}
-    calls.update({c.seq: c for c in mine[1]})
-    return mine[0], sorted(calls.values(), key=lambda c: c.seq)
+    if mine.inputs is not None and inherited.inputs is not None \
+            and dict(mine.inputs.reads) != dict(inherited.inputs.reads):
+        return mine  # the later run read other values: the earlier calls are not its calls
+    calls = {c.seq: c for c in inherited.calls}
+    calls.update({c.seq: c for c in mine.calls})
+    return CutShort(mine.source_hash, mine.inputs or inherited.inputs, sorted(calls.values(), key=lambda c: c.seq),
+                    mine.ordinal)
 
 
-def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[PlannedStep]:
+def _executions(run_id: str, records: list[dict[str, Any]]) -> list[PlannedStep]:
+    """A journal's top-level steps that completed or were restored, in the order they ran."""
     starts: dict[int, dict[str, Any]] = {}
     ends: dict[int, dict[str, Any]] = {}
     for record in records:
@@ -185,24 +247,16 @@ def _completed_prefix(run_id: str, records: list[dict[str, Any]]) -> list[Planne
             starts[record["ordinal"]] = record
         elif record.get("t") == "step_end":
             ends[record["ordinal"]] = record
-    plan: list[PlannedStep] = []
-    for ordinal in sorted(starts):
-        end = ends.get(ordinal)
-        if end is None:
-            break
-        if end["status"] == "suspended":
-            break  # cut short by a suspension: it runs again, its completed step calls replayed
-        if end["status"] in ("failed", "interrupted"):
-            if any(ref.get("op") in ("set", "del") for ref in end.get("variables", [])):
-                break
-            continue
-        plan.append(_planned(run_id, starts[ordinal], end))
-    return plan
+    return [_planned(run_id, starts[o], ends[o]) for o in sorted(starts)
+            if o in ends and ends[o].get("status") in ("completed", "restored")]
 
 
 def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> PlannedStep:
     origin = end.get("restored_from") or {"run_id": run_id, "ordinal": start["ordinal"]}
     error = end.get("error") or {}
+    inputs = Inputs.from_record(start.get("inputs"))
+    if inputs is not None:
+        inputs = inputs.completed(end.get("files"), end.get("drawn"), end.get("wrote"))
     return PlannedStep(
         run_id=run_id,
         ordinal=start["ordinal"],
@@ -215,6 +269,7 @@ def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> Planned
         outputs=list(end.get("outputs") or []),
         origin={"run_id": origin["run_id"], "ordinal": origin["ordinal"]},
         exited=str(error.get("evalue", "")) if error.get("ename") == "SystemExit" else None,
+        inputs=inputs,
     )
 
 
@@ -232,9 +287,10 @@ def journal_status(store: Store, run_id: str) -> tuple[str, int]:
 
 
 def find_resumable(
-    store: Store, notebook: str | None, params: dict[str, Any] | None = None
+    store: Store, notebook: str | None, params: dict[str, Any] | None = None, *, completed: bool = False,
 ) -> tuple[str | None, str | None]:
-    """The newest run of ``notebook`` (with these ``params``, if given) that did not finish, and a note.
+    """The newest run of ``notebook`` (with these ``params``, if given) that did not finish (or, with
+    ``completed``, that finished too: an interactive session goes on from the last one), and a note.
 
     Reads journal heads newest first and stops at the first run of the notebook that recorded steps, so
     neither a kernel nor a runner opens the catalog to decide. A run still live in another process is
@@ -253,7 +309,7 @@ def find_resumable(
             continue
         if status == "running" or (status == "suspended" and store.is_live(run_id)):  # a worker is resuming it
             return None, f"run {run_id} of this notebook is live in another process"
-        return (run_id if status in RESUMABLE_STATUSES else None), None
+        return (run_id if status in RESUMABLE_STATUSES or (completed and status == "completed") else None), None
     return None, None
 
 

@@ -150,7 +150,7 @@ class DurableRun:
 
     def begin_step(
         self, *, source: str, source_hash: str, name: str | None = None, options: dict[str, Any] | None = None,
-        parent: int | None = None,
+        parent: int | None = None, inputs: dict[str, Any] | None = None,
     ) -> StepHandle:
         """Start the next step of the run (an explicit step inside a cell has its cell as ``parent``).
         Thread-safe: ``nbd.map`` begins steps from worker threads."""
@@ -159,7 +159,7 @@ class DurableRun:
             step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}), parent)
             self._journal.append(
                 step_start_record(step.ordinal, source=source, source_hash=source_hash, name=name, options=step.options,
-                                  parent=parent)
+                                  parent=parent, inputs=inputs)
             )
         if self.events.active:  # widgets listen: what a run graph shows of a step that begins
             self.events.emit(RuntimeEvent("step_started", self.run_id, {
@@ -214,8 +214,10 @@ class DurableRun:
         changes: Iterable[Change] = (),
         outputs: list[dict[str, Any]] | None = None,
         error: dict[str, Any] | None = None,
+        read: dict[str, Any] | None = None,
     ) -> None:
-        """Commit an executed step: its object files first, then its commit record.
+        """Commit an executed step: its object files first, then its commit record (with ``read``: what the
+        cell was seen to read while it ran, ``runtime/dataflow.py``).
 
         A step with a big payload is snapshotted and committed in the background (``committer.py``);
         ``wait_durable`` waits for it. An error of an earlier background commit is raised here."""
@@ -239,7 +241,7 @@ class DurableRun:
                     raise
                 self._commit_not_durable(step, changes, outputs or [], exc, duration=duration, ended=ended)
                 return
-            self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended)
+            self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended, read=read)
 
         if self._committer.can_defer(big):
             snapshots = [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c
@@ -317,6 +319,7 @@ class DurableRun:
         ended: float,
         restored_from: dict[str, Any] | None = None,
         journaled: bool = False,
+        read: dict[str, Any] | None = None,
     ) -> None:
         record = step_end_record(
             step.ordinal,
@@ -328,6 +331,7 @@ class DurableRun:
             outputs=outputs if journaled else persist_outputs(self.store, outputs),
             error=error,
             restored_from=restored_from,
+            read=read,
         )
         self._journal.append(record)
         if not journaled:

@@ -23,6 +23,7 @@ from nbdurable.store import Store
 
 if TYPE_CHECKING:  # typing only: the steps module imports this one
     from nbdurable.runtime.events import EventBus
+    from nbdurable.runtime.planning import CellPlan
     from nbdurable.runtime.replay import PlannedStep
     from nbdurable.runtime.steps import StepContext
 
@@ -33,6 +34,7 @@ ENV_NOTEBOOK = "NBDURABLE_NOTEBOOK"  # the notebook's identity (set by the headl
 ENV_KIND = "NBDURABLE_KIND"  # "headless" when a runner drives the kernel
 ENV_PARAMS = "NBDURABLE_PARAMS"  # the run's parameters, JSON
 ENV_RESUME = "NBDURABLE_RESUME"  # set by a runner: the run to resume ("" = start fresh)
+ENV_REUSE = "NBDURABLE_REUSE"  # "1": also restore matching executions of any completed run of the notebook
 ENV_OUTPUT = "NBDURABLE_OUTPUT"  # set by a runner: where it writes the output notebook (recorded for the worker)
 ENV_SUSPEND_AFTER = "NBDURABLE_SUSPEND_AFTER"  # set by a runner: overrides Durable.suspend_after
 HANDLE_NAME = "__nbdurable__"  # the extension's name in the user namespace (what transformed cells call)
@@ -88,7 +90,11 @@ class Session(Protocol):
         """The earlier run this session restores from (None: it starts fresh)."""
 
     def pending_steps(self) -> list[PlannedStep]:
-        """Steps of the resumed run that Run All would restore and have not been consumed yet."""
+        """Recorded executions of the resumed runs this session has not restored or replaced yet."""
+
+    def planned_cells(self) -> list[CellPlan]:
+        """What Run All of the notebook file would do now, cell by cell (``runtime/planning.py``); empty when
+        the notebook's file is not known."""
 
     def wait_durable(self) -> None:
         """Return once every step recorded so far is on disk (so the catalog sees it)."""

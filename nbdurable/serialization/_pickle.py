@@ -262,6 +262,7 @@ def _loads(data: memoryview, buffers: list[memoryview]) -> object:
     except Exception as exc:
         raise RestoreError(
             f"unpickling failed with {type(exc).__name__}: {exc}",
-            hint="the object's class or its package probably changed since it was saved: "
-            "install the version used then, or re-run the cell that created it.",
+            hint="the object does not load back from its pickle: its library's objects may not survive a "
+            "pickle round trip, or its class changed since it was saved; its cell runs its own code instead "
+            "(mark that cell `%%durable --always` if it should always run).",
         ) from exc

@@ -84,12 +84,12 @@ class _WholeWriteFile(io.FileIO):
             if tagger is None:
                 self._write_all(data)
             elif len(data) < _PIPELINE_MIN:  # a copy: the caller may reuse its buffer once we return
-                self._pending = _hasher().submit(tagger.update, bytes(data))
+                self._pending = _hash_soon(tagger, bytes(data))
                 self._write_all(data)
             else:
                 for start in range(0, len(data), _PIPELINE_SLICE):
                     piece = data[start : start + _PIPELINE_SLICE]
-                    hashing = _hasher().submit(tagger.update, piece)  # after any pending piece: one thread, FIFO
+                    hashing = _hash_soon(tagger, piece)  # after any pending piece: one thread, FIFO
                     try:
                         self._write_all(piece)
                     finally:
@@ -113,6 +113,19 @@ class _WholeWriteFile(io.FileIO):
 _PIPELINE_MIN = 8 * 2**20  # writes at least this big hash and write in parallel, slice by slice
 _PIPELINE_SLICE = 32 * 2**20
 _hashers: list[ThreadPoolExecutor] = []
+
+
+def _hash_soon(tagger: Tagger, data: Buffer) -> Future[None]:
+    """``tagger.update(data)`` on the hashing thread; in this thread once the interpreter is shutting down
+    (``concurrent.futures`` refuses new work after its exit hook, which runs before ``atexit``'s: a session
+    closed at exit still commits its last big step)."""
+    try:
+        return _hasher().submit(tagger.update, data)
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        done: Future[None] = Future()
+        tagger.update(data)
+        done.set_result(None)
+        return done
 
 
 def _hasher() -> ThreadPoolExecutor:

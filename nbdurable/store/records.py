@@ -115,9 +115,11 @@ def step_start_record(
     name: str | None = None,
     options: dict[str, Any] | None = None,
     parent: int | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A step begins. ``parent`` is the ordinal of the enclosing cell step for explicit steps."""
-    return {
+    """A step begins. ``parent`` is the ordinal of the enclosing cell step for explicit steps; ``inputs``
+    what a cell read as it began (``runtime/dataflow.py``; a restored step carries its origin's)."""
+    record = {
         "t": "step_start",
         "ordinal": ordinal,
         "name": name,
@@ -126,6 +128,9 @@ def step_start_record(
         "options": options or {},
         "parent": parent,
     }
+    if inputs is not None:
+        record["inputs"] = inputs
+    return record
 
 
 def step_end_record(
@@ -139,10 +144,13 @@ def step_end_record(
     outputs: list[dict[str, Any]],
     error: dict[str, Any] | None = None,
     restored_from: dict[str, Any] | None = None,
+    read: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A step's commit record. For a restored step, ``duration`` is the original execution time
-    (the time saved is ``duration`` minus the restore time ``ended_at - started_at``)."""
+    (the time saved is ``duration`` minus the restore time ``ended_at - started_at``). ``read``: what an
+    executed cell was seen to read while it ran (``files``, the generators it ``drawn`` from)."""
     return {
+        **(read or {}),
         "t": "step_end",
         "ordinal": ordinal,
         "status": status,

@@ -29,7 +29,7 @@ from typing import Any
 
 from nbdurable.errors import RunNotFoundError
 from nbdurable.runtime.events import RuntimeEvent
-from nbdurable.runtime.replay import PlannedStep
+from nbdurable.runtime.planning import CellPlan
 from nbdurable.store import Store
 
 VERSION = 1
@@ -134,8 +134,17 @@ def new_node(ordinal: int | None, name: str | None, source: str, status: str, *,
         "id": node_id or f"s{ordinal}", "ordinal": ordinal, "label": label(name, source), "source": source,
         "status": status, "started_at": None, "ended_at": None, "duration_s": None, "time_saved_s": None,
         "restored_from": None, "variables": [], "reads": list(source_reads(source)), "error": None, "attempts": [],
-        "children": {"total": 0}, "child_steps": [], "waiting_for": None,
+        "children": {"total": 0}, "child_steps": [], "waiting_for": None, "plan": None,
     }
+
+
+def pending_node(k: int, cell: CellPlan) -> Node:
+    """A cell Run All has not reached yet, with what it will do there (``plan``: restore or execute, why)."""
+    node = new_node(None, cell.name, cell.source, "pending", node_id=f"p{k}")
+    node["plan"] = {"action": cell.action, "reason": cell.reason,
+                    "from": dict(cell.step.origin) if cell.step is not None and cell.action == "restore" else None,
+                    "saved_s": cell.saved or None}
+    return node
 
 
 def _count_children(node: Node) -> None:
@@ -203,10 +212,11 @@ def _num(value: Any) -> Any:
 # From the catalog
 
 
-def build_graph(store: Store, run_id: str, *, pending: list[PlannedStep] | None = None, live: bool = False) -> Graph:
+def build_graph(store: Store, run_id: str, *, pending: list[CellPlan] | None = None, live: bool = False) -> Graph:
     """The graph of ``run_id`` from the catalog (ingesting new journal records first).
 
-    ``pending``: planned steps the run has not reached yet (a live resume), shown as pending nodes.
+    ``pending``: the cells Run All has not reached yet (a live session), shown as pending nodes saying what
+    Run All will do with them (``runtime/planning.py``).
     Raises RunNotFoundError for a run the store does not have."""
     runs, steps, variables, attempts = store.catalog().query_many([
         ("SELECT * FROM runs WHERE run_id = ?", [run_id]),
@@ -223,7 +233,7 @@ def build_graph(store: Store, run_id: str, *, pending: list[PlannedStep] | None 
 
 
 def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables: list[dict[str, Any]],
-                    attempts: list[dict[str, Any]], *, pending: list[PlannedStep] | None = None,
+                    attempts: list[dict[str, Any]], *, pending: list[CellPlan] | None = None,
                     live: bool = False) -> Graph:
     """GraphData from catalog rows (the run's row, its steps, variables and attempts)."""
     by_ordinal: dict[int, Node] = {}
@@ -282,7 +292,7 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
         _count_children(node)
         _derive_status(node)
     for k, planned in enumerate(pending or []):
-        tops.append(new_node(None, planned.name, planned.source, "pending", node_id=f"p{k}"))
+        tops.append(pending_node(k, planned))
     params = run.get("params")
     waiting = run.get("waiting_for")
     info = {
@@ -337,12 +347,11 @@ class LiveGraph:
             self._child_parent = {c["ordinal"]: n["ordinal"] for n in self._nodes.values() for c in n["child_steps"]}
             self._send()
 
-    def start_run(self, run_id: str | None, notebook: str | None, pending: list[PlannedStep]) -> None:
+    def start_run(self, run_id: str | None, notebook: str | None, pending: list[CellPlan]) -> None:
         """A run with nothing recorded yet (``run_id`` None: the next run this session starts); ``pending``:
-        the planned steps a resume will restore."""
+        the notebook's cells, with what Run All will do with each."""
         with self._lock:
-            self._reset(run_id, notebook, [new_node(None, p.name, p.source, "pending", node_id=f"p{k}")
-                                           for k, p in enumerate(pending)])
+            self._reset(run_id, notebook, [pending_node(k, c) for k, c in enumerate(pending)])
 
     def _reset(self, run_id: str | None, notebook: str | None, nodes: list[Node],
                resumed_from: str | None = None) -> None:

@@ -54,7 +54,7 @@ class RunGraph(anywidget.AnyWidget):
                 hint="run `%load_ext nbdurable` first, or pass a run id: nbd.RunGraph(run_id)",
             )
         self.live = LiveGraph(self._publish)
-        pending = current.pending_steps()
+        pending = [c for c in current.planned_cells() if c.action != "control"]
         if current.run_id is not None and current.run_live:
             current.wait_durable()  # the catalog reads the journal: let it hold every step so far
             self.live.load(build_graph(current.store, current.run_id, pending=pending, live=True))

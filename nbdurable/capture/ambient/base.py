@@ -3,21 +3,14 @@ never raises, and reads of a C object's own struct (the cheapest fingerprint of 
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# The same rule as ``capture.namespace.DEFAULT_SECRET_PATTERNS`` (variable names), applied to environment
-# variable names; the extension passes its own ``SecretRules.is_secret`` so configured patterns apply too.
-DEFAULT_SECRET_PATTERNS = ("*_KEY", "*TOKEN*", "*SECRET*", "*PASSWORD*")
-
-
-def default_is_secret(name: str) -> bool:
-    """True for a name that looks like a secret: ``*_KEY``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, any case."""
-    upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in DEFAULT_SECRET_PATTERNS)
+# The rule for variable names (``capture/secrets.py``) applies to environment variable names; the extension
+# passes its own ``SecretRules.is_secret`` so configured patterns apply too.
+from nbdurable.capture.secrets import default_is_secret as default_is_secret
 
 
 class AmbientProvider(Protocol):

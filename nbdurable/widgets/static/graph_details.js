@@ -42,6 +42,7 @@ function nbdRenderDetails(container, node, options) {
     add("Ended", nbdFormatTime(node.ended_at));
     const d = _nbdNodeDuration(node, now);
     add("Duration", d === null ? "" : nbdFormatDuration(d) + (_nbdIsActive(status) && _nbdNum(node.duration_s) === null ? " so far" : ""));
+    if (node.plan && status === "pending") add("Run All", _nbdPlanText(node.plan));
     if (node.restored_from) {
       add("Restored from", "run " + (node.restored_from.run_id || "?") +
         (node.restored_from.ordinal === null || node.restored_from.ordinal === undefined ? "" : " step #" + node.restored_from.ordinal));

@@ -39,6 +39,17 @@ function _nbdGraphHeader(doc, data, now) {
   return _nbdEl(doc, "div", { "class": "nbd-header" }, parts);
 }
 
+function _nbdPlanText(plan) {
+  /* what Run All will do with a cell not reached yet, in words (hover and details) */
+  if (plan.action === "restore") {
+    const from = plan.from || {};
+    const saved = _nbdNum(plan.saved_s);
+    return "will restore from run " + (from.run_id || "?") + " step #" + (from.ordinal === undefined ? "?" : from.ordinal) +
+      (saved !== null ? " (saves " + nbdFormatDuration(saved) + ")" : "");
+  }
+  return "will execute" + (plan.reason ? ": " + String(plan.reason) : "");
+}
+
 function _nbdTextWidth(text, px) {
   return Math.ceil(String(text).length * (px || 6.3));
 }
@@ -49,10 +60,13 @@ function _nbdRenderNode(doc, node, p, expanded, now) {
   const duration = _nbdNodeDuration(node, now);
   const attempts = Array.isArray(node.attempts) ? node.attempts.length : 0;
   const meta = [status];
+  const plan = node.plan && status === "pending" ? node.plan : null;
+  if (plan) meta.push("will " + String(plan.action || "execute"));
   if (duration !== null) meta.push(nbdFormatDuration(duration) + (_nbdIsActive(status) && _nbdNum(node.duration_s) === null ? "\u2026" : ""));
   if (attempts > 1) meta.push(attempts + " attempts");
   const tooltip = [String(node.label || node.id), meta.join(" \u00b7 ")];
   if (node.waiting_for) tooltip.push(String(node.waiting_for));
+  if (plan) tooltip.push(_nbdPlanText(plan));
   if (node.error) tooltip.push(nbdStripAnsi((node.error.ename || "Error") + ": " + (node.error.evalue || "")));
   const g = _nbdSvg(doc, "g", {
     "class": "nbd-node", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "transform": "translate(" + p.x + "," + p.y + ")",

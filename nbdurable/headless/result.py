@@ -1,0 +1,109 @@
+"""How a headless run ended (``RunResult``), and the rules the runner applies to cells and their errors:
+which cells nbclient sends, what papermill calls a cell's exception, what counts as a clean early exit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbdurable.errors import LeaseHeldError
+from nbdurable.runtime.replay import find_resumable
+from nbdurable.runtime.session import NOTICE_METADATA_KEY
+from nbdurable.store import Store
+
+LEASE_WAIT_SECONDS = 15.0  # an orphaned kernel (its runner was killed) exits within ~1 s by itself
+SKIP_TAG = "skip-execution"  # nbclient's default ``skip_cells_with_tag``: such cells are never sent
+CLEAN_EXIT_VALUES = ("", "0", "None")  # a SystemExit with one of these values ends a notebook successfully
+
+
+@dataclass
+class RunResult:
+    """How a headless run ended."""
+
+    # The run's status as its journal has it once the kernel is gone: "completed", "failed", "crashed",
+    # "cancelled" (the kernel stopped between cells), "suspended"; the runner's own view when there is no
+    # journal (the kernel died before the first cell). "running" only while it runs.
+    status: str
+    run_id: str | None = None
+    resumed_from: str | None = None
+    executed: int = 0
+    restored: int = 0
+    time_saved: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None  # "ename: evalue" of the failing cell's first error output (as papermill reports it)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    wake_at: float | None = None  # a suspended run: when its timer is due
+    waiting_for: dict[str, Any] | None = None  # a suspended run: the event it waits for
+    # What stopped the run before its last cell: "error" (a cell raised), "timeout" (a cell ran longer than the
+    # execution timeout), "kernel_died", "kernel_start" (the kernel did not start), "interrupted" (Ctrl-C);
+    # None when it ran to its end, exited early or suspended itself.
+    stopped_by: str | None = None
+    stopped_at: int | None = None  # index (in the notebook) of the cell that failed, timed out or was running
+    exited_at: int | None = None  # index of the cell whose sys.exit() / sys.exit(0) ended the notebook early
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by == "interrupted"
+
+    def describe_suspension(self) -> str:
+        """What a suspended run waits for, in words."""
+        from nbdurable.errors import describe_suspension
+
+        return describe_suspension(self.wake_at, self.waiting_for)
+
+
+def find_resumable_headless(store: Store, notebook: str, params: dict[str, Any]) -> str | None:
+    """The newest run of ``notebook`` with these parameters, if it did not finish.
+
+    A run still live in another process is waited for a little (its runner may have been killed and the
+    orphaned kernel is about to exit); if it stays live, LeaseHeldError."""
+    deadline = time.monotonic() + LEASE_WAIT_SECONDS
+    while True:
+        run_id, live = find_resumable(store, notebook, params)
+        if live is None:
+            return run_id
+        if time.monotonic() >= deadline:
+            raise LeaseHeldError(
+                f"{live} ({notebook}, same parameters).",
+                hint="wait for it to finish, or stop it; use --fresh to start an independent run now.",
+            )
+        time.sleep(0.25)
+
+
+def notice_of(output: dict[str, Any]) -> dict[str, Any] | None:
+    meta = output.get("metadata", {}).get(NOTICE_METADATA_KEY)
+    return meta if isinstance(meta, dict) and "notice" in meta else None
+
+
+def executes(cell: Any) -> bool:
+    """True if nbclient sends ``cell`` to the kernel (a code cell with code, not tagged skip-execution)."""
+    return bool(cell.cell_type == "code" and cell.source.strip() and SKIP_TAG not in cell.metadata.get("tags", []))
+
+
+def first_exception(cell: Any, content: dict[str, Any] | None = None) -> tuple[str, str] | None:
+    """The exception a cell raised, as papermill names it: its first ``error`` output's (ename, evalue).
+
+    Not the reply's traceback: ipykernel's reply carries the last traceback shown, which may be an error
+    raised after the cell (matplotlib's figure flush, a ``post_execute`` callback). A cell without an error
+    output (a line magic's UsageError is printed, not raised as an output) falls back to the reply
+    ``content``'s."""
+    first = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
+    if first is not None:
+        return str(first.get("ename", "")), str(first.get("evalue", ""))
+    if content and (content.get("status") == "error" or content.get("ename")):
+        return str(content.get("ename") or "Error"), str(content.get("evalue") or "")
+    return None
+
+
+def describe_exception(exc: tuple[str, str] | None) -> str:
+    """``ename: evalue`` (``ename`` alone when the value is empty)."""
+    if exc is None:
+        return "a cell failed"
+    ename, evalue = exc
+    return f"{ename}: {evalue}" if evalue.strip() else ename
+
+
+def is_clean_exit(exc: tuple[str, str] | None) -> bool:
+    """True for ``sys.exit()``, ``sys.exit(0)``, ``sys.exit(None)``, ``raise SystemExit``: an early, successful end."""
+    return exc is not None and exc[0] == "SystemExit" and exc[1].strip() in CLEAN_EXIT_VALUES
