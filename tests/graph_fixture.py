@@ -50,6 +50,12 @@ def sample_graph(*, run_status: str = "failed", live: bool = False) -> dict[str,
          "error": "TimeoutError: </script> timed out & gave up" if st == "failed" else None}
         for i, st in enumerate(["completed", "completed", "restored", "failed", "running", "retrying"])
     ]
+    # fetch(1) succeeded on its third attempt: its two failures are in its attempt log
+    children[1]["attempts"] = 3
+    children[1]["attempt_log"] = [
+        {"attempt": k, "started_at": T0 + 3.2 + k * 0.01, "ended_at": T0 + 3.205 + k * 0.01,
+         "error": f"ConnectionError: reset {k} <&>" if k < 3 else None, "next_delay_s": 0.01 if k < 3 else None}
+        for k in (1, 2, 3)]
     nodes = [
         _node(0, "restored", "import pandas as pd", "import pandas as pd\nimport nbdurable as nbd", start=0, dur=0.01,
               time_saved_s=12.3, restored_from={"run_id": "20240101-000000-aaaaaa", "ordinal": 0},

@@ -1,10 +1,11 @@
 """binder/: the Binder (repo2docker) configuration installs nbdurable and its kernelspec.
 
 ``binder/postBuild`` runs, as Binder runs it, against a copy of the repository, in a throwaway virtual
-environment created with ``--system-site-packages``: the dependencies are already there, so pip installs
-only nbdurable (its build backend comes from the package index or pip's cache, in an isolated build
-environment); the kernelspec must land in that environment's prefix and start a kernel with the
-extension loaded.
+environment created with ``--system-site-packages`` that also sees the packages of the environment running
+the tests (a virtualenv's own are not the base interpreter's "system" ones): the dependencies are already
+there, so pip installs only nbdurable (its build backend comes from the package index or pip's cache, in an
+isolated build environment); the kernelspec must land in that environment's prefix and start a kernel with
+the extension loaded.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import time
 import venv
 from pathlib import Path
@@ -34,6 +37,19 @@ def _env(prefix: Path) -> dict[str, str]:
     env["VIRTUAL_ENV"] = str(prefix)
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
+
+
+def _see_running_environment(prefix: Path) -> None:
+    """Make the packages of the interpreter running the tests visible in the venv at ``prefix``.
+
+    A venv is always made from the base interpreter, so ``--system-site-packages`` shows the base's packages;
+    when the tests run inside a virtualenv, its packages (the dependencies) are not among them, and pip would
+    install them all from the index. A ``.pth`` file adds this environment's site directories after the
+    venv's own (``addsitedir``: their own ``.pth`` files, editable installs included, are processed too)."""
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
+    dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
+    lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
+    (purelib / "zz_running_environment.pth").write_text("\n".join(lines) + "\n")
 
 
 def test_binder_files() -> None:
@@ -58,6 +74,7 @@ def test_postbuild_installs_package_and_kernelspec(tmp_path: Path) -> None:
         shutil.copytree(REPO / name, repo / name, ignore=ignore)
     prefix = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=True, symlinks=True).create(prefix)
+    _see_running_environment(prefix)
     python = prefix / "bin" / "python"
     env = _env(prefix)
 

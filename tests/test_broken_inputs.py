@@ -385,9 +385,9 @@ def test_malformed_magic_arguments_are_clear_errors_and_change_nothing(store_dir
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["show", "bad-id"], 2, "no run 'bad-id' in this store"),
-    (["show", "../../etc"], 2, "no run '../../etc' in this store"),
-    (["resume", "no-such-run"], 2, "no run 'no-such-run' in the store"),
+    (["show", "bad-id"], 2, "no run 'bad-id' in store "),
+    (["show", "../../etc"], 2, "no run '../../etc' in store "),
+    (["resume", "no-such-run"], 2, "no run 'no-such-run' in store "),
     (["run", "missing.ipynb"], 2, "File 'missing.ipynb' does not exist"),
     (["run", "empty.ipynb"], 2, "empty.ipynb is not a readable notebook"),
     (["run", "nb.ipynb", "-p", "a"], 2, "Option '-p' requires 2 arguments"),

@@ -372,6 +372,14 @@ def test_html_report_renders_from_file(tmp_path: Path, page: Any) -> None:
     children = graph.locator('.nbd-child[data-ordinal][data-status="completed"]')
     children.first.wait_for(state="visible")
     assert children.count() == 10
+    # The graph grows with its expanded node: the last node stays whole, in a short window too.
+    page.set_viewport_size({"width": 1000, "height": 600})
+    visible = graph.evaluate("""g => {
+      const box = g.querySelector('.nbd-graph-scroll'), nodes = g.querySelectorAll('g.nbd-node');
+      const last = nodes[nodes.length - 1].getBoundingClientRect(), b = box.getBoundingClientRect();
+      return last.bottom <= b.bottom + 1 && box.scrollHeight <= box.clientHeight + 1;
+    }""")
+    assert visible, "the report's graph cuts its last node"
     # A click on a node shows its details (source, variables) without any kernel.
     node = graph.locator("g.nbd-node", has_text="total = sum(rows)").first
     node.click()
@@ -380,3 +388,91 @@ def test_html_report_renders_from_file(tmp_path: Path, page: Any) -> None:
     assert "total = sum(rows)" in details.inner_text() and "int" in details.inner_text()
     screenshot(page, "browser-report")  # (the page fixture fails the test if the page reached the network)
 
+
+
+LAYOUT_NOTEBOOK = [
+    "%load_ext nbdurable",
+    "%durable graph",
+    "# An expensive load\nimport time\ntime.sleep(0.3)\ndata = list(range(5))",
+    ("import nbdurable as nbd\ncalls = []\n"
+     "@nbd.step(retry=nbd.RetryPolicy(max_attempts=3, initial_interval='10ms'))\n"
+     "def flaky_fetch(i):\n    calls.append(i)\n"
+     "    if len(calls) < 3:\n        raise ConnectionError(f'connection reset by peer {len(calls)}')\n    return i\n"
+     "fetched = flaky_fetch(1)"),
+    "x = 1; y = x + 1",
+    "total = sum(data) + fetched",
+    "z = y * 2",
+    "w = z + total",
+    "# The last cell\nfinal = w + 1",
+]
+
+# For every details table header: whether it is on one line, its text whole and inside the details panel and
+# the table's scroll box; for the graph: whether its last node lies inside the visible part of its container.
+LAYOUT_PROBE = """out => {
+  const graph = out.querySelector('div.nbd-graph');
+  const scroll = graph.querySelector('.nbd-graph-scroll');
+  const nodes = Array.from(graph.querySelectorAll('g.nbd-node'));
+  const last = nodes[nodes.length - 1].getBoundingClientRect(), box = scroll.getBoundingClientRect();
+  const details = out.querySelector('div.nbd-details'), dbox = details.getBoundingClientRect();
+  const headers = Array.from(details.querySelectorAll('th')).map(th => {
+    const range = document.createRange();
+    range.selectNodeContents(th);
+    const lines = new Set(Array.from(range.getClientRects()).map(r => Math.round(r.top))).size;
+    const r = th.getBoundingClientRect(), tbox = th.closest('.nbd-table-box') || details;
+    const t = tbox.getBoundingClientRect();
+    return {text: th.textContent, lines: lines, clipped: th.scrollWidth > th.clientWidth + 1
+            || r.right > Math.min(dbox.right, t.right) + 1
+            || r.left < Math.max(dbox.left, t.left) - 1};
+  });
+  return {
+    nodes: nodes.length,
+    header: graph.querySelector('.nbd-header-counts').textContent,
+    lastVisible: last.top >= box.top - 1 && last.bottom <= box.bottom + 1
+                 && scroll.scrollHeight <= scroll.clientHeight + 1,
+    labels: nodes.map(n => n.querySelector('.nbd-node-label').textContent),
+    numbers: nodes.map(n => n.querySelector('.nbd-node-ord').textContent),
+    headers: headers,
+  };
+}"""
+
+
+@pytest.mark.parametrize("width", [1000, 1400])
+def test_run_graph_layout_fits_at_common_widths(open_notebook: OpenNotebook, page: Any, width: int) -> None:
+    """A 7-step run at 1000 and 1400 px: the graph grows to show its last node whole; nodes are labelled by
+    their header comments and numbered by cell; the details panel's table headers are neither clipped nor
+    wrapped mid-word; a child step's details list its failed attempts."""
+    page.set_viewport_size({"width": width, "height": 900})
+    nb = open_notebook(f"graph_layout_{width}", LAYOUT_NOTEBOOK)
+    nb.run_cell(0)
+    nb.run_cell(1)
+    graph = graph_in(nb, 1)
+    for k in range(2, len(LAYOUT_NOTEBOOK)):
+        nb.run_cell(k)
+    wait_node_status(graph, "The last cell", "completed")
+    out = nb.output(1)
+    # the cell with the retried child step: expanded, the child clicked: its details
+    node = graph.locator("g.nbd-node", has_text="import nbdurable as nbd").first
+    node.locator(".nbd-node-label").click()
+    node.locator(".nbd-expand").click()
+    child = graph.locator("g.nbd-child").first
+    child.wait_for(state="visible")
+    child.click()
+    child_details = out.locator(f'div.nbd-details[data-node-id="{child.get_attribute("data-node-id")}"]')
+    child_details.wait_for(state="visible")
+    text = child_details.inner_text()
+    assert "connection reset by peer 1" in text and "connection reset by peer 2" in text, text
+    probe_child = out.evaluate(LAYOUT_PROBE)
+    node.locator(".nbd-node-label").click()  # back to the cell: its child-step table
+    out.locator(f'div.nbd-details[data-node-id="{node.get_attribute("data-node-id")}"]').wait_for(state="visible")
+    probe = out.evaluate(LAYOUT_PROBE)
+    nb.screenshot(f"browser-graph-layout-{width}")
+    out.locator("div.nbd-details table.nbd-detail-children").scroll_into_view_if_needed()
+    nb.screenshot(f"browser-graph-layout-details-{width}")
+    assert probe["nodes"] == 7 and probe["header"].startswith("7 steps"), probe
+    assert probe["lastVisible"], probe
+    assert probe["labels"][0] == "An expensive load" and probe["labels"][-1] == "The last cell", probe["labels"]
+    assert probe["numbers"] == [f"#{k}" for k in range(1, 8)], probe["numbers"]
+    for headers in (probe["headers"], probe_child["headers"]):
+        bad = [h for h in headers if h["lines"] != 1 or h["clipped"]]
+        assert headers and not bad, bad
+    assert {"Duration", "Attempts", "Error"} <= {h["text"] for h in probe["headers"]}, probe["headers"]

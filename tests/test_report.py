@@ -235,6 +235,9 @@ def test_renderers_in_a_fake_dom(tmp_path: Path) -> None:
     assert any("results, </script>&" in t for t in initial["edgeTitles"])
     assert "restored \u00b7 saved 12.3 s" in nodes["s0"]["text"]
     assert "\u25b8 3/8 steps" in nodes["s3"]["text"] and "3 attempts" in nodes["s4"]["text"]
+    # numbered by cell (the node's position in the run), not by step ordinal; the ordinal is in the details
+    assert [n["text"].split(" | ")[0] for n in initial["nodes"]][:10] == [f"#{k}" for k in range(1, 11)]
+    assert nodes["p0"]["text"].startswith("#11 |")
     assert "completed \u00b7 1.5 s" in nodes["s1"]["text"] and "1 m 05 s" in nodes["s9"]["text"]
     assert "will restore" in nodes["p0"]["text"] and "will execute" in nodes["p1"]["text"]  # Run All's plan
     assert initial["children"] == [] and initial["details"]["nodeId"] is None
@@ -246,6 +249,19 @@ def test_renderers_in_a_fake_dom(tmp_path: Path) -> None:
     assert details["nodeId"] == "s4" and details["attempts"] == 3
     assert "\x1b" not in details["text"] and details["traceback"].endswith("ValueError: </script> & <bad>")
     assert details["source"] == data["nodes"][4]["source"]
+    assert "Cell#5" in details["text"] and "Step#4" in details["text"]
+
+    child = out["afterChildClick"]  # clicking a child step shows that child
+    assert child["selected"] == "s3/101" and child["details"]["nodeId"] == "s3/101"
+    assert "nbd-selected" in child["childCls"] and "fetch(1)" in child["details"]["text"]
+    assert child["details"]["attempts"] == 3 and "ConnectionError: reset 1 <&>" in child["details"]["text"]
+    assert "Child step offetch all" in child["details"]["text"]
+    # the cell's child-step table says what each failed attempt was, even when the step finally succeeded
+    cell_text = out["cellDetails"]["text"]
+    assert "attempt 1: ConnectionError: reset 1 <&>; attempt 2: ConnectionError: reset 2 <&>" in cell_text
+    row = out["afterChildRowClick"]
+    assert row["selected"] == "s3/103" and row["details"]["nodeId"] == "s3/103"
+    assert "TimeoutError: </script> timed out" in row["details"]["text"]
 
     expanded = out["afterExpand"]
     assert [(c["ordinal"], c["status"]) for c in expanded["children"]] == [
@@ -271,3 +287,12 @@ def test_renderers_in_a_fake_dom(tmp_path: Path) -> None:
     assert out["formats"] == ["250 ms", "12.3 s", "2 m 05 s", "2 h 01 m", "512 B", "118 MiB", "red link"]
     big = out["big"]
     assert big["nodes"] == 200 and big["bars"] == 200 and big["edges"] == 199 + 39 and big["ms"] < 3000
+
+
+def test_graph_height_is_not_bounded() -> None:
+    """The graph grows to show every node (the report's and the widget's): no max-height on its box, whose
+    last node a fixed height cut in half."""
+    css = (STATIC / "graph.css").read_text(encoding="utf-8")
+    rule = css[css.index(".nbd-graph-scroll{"):]
+    rule = rule[:rule.index("}")]
+    assert "max-height" not in rule and "height" not in rule.replace("overflow", ""), rule

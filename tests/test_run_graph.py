@@ -132,6 +132,11 @@ def test_restored_cells_show_time_saved_and_origin(store_dir: Path) -> None:
     slow = graph["nodes"][1]
     assert slow["restored_from"]["ordinal"] == 2 and slow["restored_from"]["run_id"] != graph["run"]["run_id"]
     assert slow["time_saved_s"] > 0.3
+    # its own times: the restore (as the timeline draws it), not the original's 0.4 s
+    own = slow["ended_at"] - slow["started_at"]
+    assert slow["duration_s"] == pytest.approx(own) and own < 0.3
+    assert slow["original_duration_s"] >= 0.4
+    assert slow["time_saved_s"] == pytest.approx(slow["original_duration_s"] - own)
     assert graph["run"]["time_saved_s"] > 0.3
 
 
@@ -168,7 +173,7 @@ def test_graph_opened_before_run_all_says_what_each_cell_will_do(store_dir: Path
 
 
 def test_source_reads_understands_ipython_syntax() -> None:
-    assert set(source_reads("y = x + f(z)\nprint(y)")) == {"x", "f", "z", "y"}
+    assert set(source_reads("y = x + f(z)\nprint(y)")) == {"x", "f", "z"}  # y: the cell's own
     assert source_reads("%time y = x2 + len(w)") == ("w", "x2")
     assert source_reads("def broken(:") == ()
 
@@ -197,8 +202,50 @@ def test_closing_the_widget_stops_listening(store_dir: Path) -> None:
 def test_node_labels_say_what_the_cell_does() -> None:
     from nbdurable.widgets.graph import label
 
-    assert label(None, "# load\n@nbd.step\ndef fetch(url):\n    ...") == "def fetch(url):"
+    assert label(None, "# load\n@nbd.step\ndef fetch(url):\n    ...") == "load"  # the header comment
     assert label(None, "%%durable --retries 3\nx = call()") == "x = call()"
     assert label("train", "x = 1") == "train"
-    assert label(None, "# only a comment") == "# only a comment" and label(None, "") == "(empty cell)"
+    assert label(None, "# only a comment") == "only a comment" and label(None, "") == "(empty cell)"
+    assert label(None, "#!/bin/sh\nx = 1") == "x = 1" and label(None, "#\nx = 1") == "x = 1"
     assert len(label(None, "y = " + "1 + " * 40)) == 60
+
+
+def test_header_comment_labels_a_cell() -> None:
+    from nbdurable.widgets.graph import label
+
+    assert label(None, "# An expensive load\ntime.sleep(2)") == "An expensive load"
+    assert label(None, "%%durable --retries 3\n# Fetch the prices\nx = call()") == "Fetch the prices"
+    assert label(None, "x = 1  # not a header\n# later") == "x = 1  # not a header"
+
+
+def test_reads_leave_out_what_the_cell_assigns_first() -> None:
+    assert source_reads("x = 1; y = x + 1") == ()
+    assert source_reads("x = x + 1") == ("x",)  # reads the x from before, then assigns it
+    assert source_reads("def f():\n    return g(a)\nb = f()") == ("a", "g")  # a function's globals count
+    assert source_reads("import os\nos.getcwd()") == ()
+
+
+def test_restored_node_shows_its_own_restore_time_and_what_it_saved() -> None:
+    from nbdurable.widgets.graph import graph_from_rows
+
+    run = {"run_id": "r2", "status": "completed"}
+    step = {"ordinal": 1, "parent": None, "status": "restored", "source": "import time", "name": None,
+            "started_at": "2026-01-01 00:00:00", "ended_at": "2026-01-01 00:00:00.030",
+            "duration_s": 2.1, "restored_from_run": "r1", "restored_from_ordinal": 1}
+    node = graph_from_rows(run, [step], [], [])["nodes"][0]
+    assert node["duration_s"] == pytest.approx(0.03)
+    assert node["original_duration_s"] == pytest.approx(2.1) and node["time_saved_s"] == pytest.approx(2.07)
+
+
+def test_child_steps_keep_each_failed_attempt() -> None:
+    from nbdurable.widgets.graph import graph_from_rows
+
+    run = {"run_id": "r", "status": "completed"}
+    steps = [{"ordinal": 1, "parent": None, "status": "completed", "source": "fetch()", "name": None},
+             {"ordinal": 2, "parent": 1, "status": "completed", "name": "fetch"}]
+    attempts = [{"ordinal": 2, "attempt": k, "error_ename": "IOError" if k < 3 else None,
+                 "error_evalue": f"flaky {k}" if k < 3 else None, "next_delay_s": 0.1 if k < 3 else None}
+                for k in (1, 2, 3)]
+    child = graph_from_rows(run, steps, [], attempts)["nodes"][0]["child_steps"][0]
+    assert child["attempts"] == 3
+    assert [a["error"] for a in child["attempt_log"]] == ["IOError: flaky 1", "IOError: flaky 2", None]

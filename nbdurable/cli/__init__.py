@@ -28,12 +28,18 @@ def install_kernel(user: bool, name: str, prefix: str | None) -> None:
     click.echo(f"Installed kernelspec {name!r} in {path}")
 
 
+def _positive_limit(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if not 1 <= value <= RUNS_LIMIT_MAX:
+        raise click.BadParameter(f"must be at least 1 and at most {RUNS_LIMIT_MAX}, not {value}")
+    return value
+
+
 @main.command("runs")
 @store_option
 @click.option("--notebook", default=None, help="Only runs of this notebook (path or attached name).")
 @click.option("--status", type=click.Choice(["running", "completed", "failed", "suspended", "cancelled", "crashed"]),
-              default=None)
-@click.option("--limit", type=click.IntRange(min=1, max=RUNS_LIMIT_MAX), default=20, show_default=True,
+              default=None, help="Only runs with this status.")
+@click.option("--limit", type=int, default=20, show_default=True, metavar="N", callback=_positive_limit,
               help="How many runs, newest first.")
 def runs(store: str | None, notebook: str | None, status: str | None, limit: int) -> None:
     """List recent runs, newest first."""
@@ -45,8 +51,14 @@ def runs(store: str | None, notebook: str | None, status: str | None, limit: int
     if table.empty:
         click.echo("No runs.")
         return
-    columns = ["run_id", "status", "notebook", "started_at", "steps_executed", "steps_restored", "time_saved_s"]
-    click.echo(table[[c for c in columns if c in table.columns]].to_string(index=False))
+    from nbdurable.cli import tables
+
+    shown = table.assign(
+        notebook=table["notebook"].map(tables.notebook), started=table["started_at"].map(tables.when),
+        executed=table["steps_executed"].fillna(0).astype(int), restored=table["steps_restored"].fillna(0).astype(int),
+        duration=table["duration_s"].map(tables.seconds), saved=table["time_saved_s"].fillna(0.0).map(tables.seconds),
+    )[["run_id", "status", "started", "duration", "executed", "restored", "saved", "notebook"]]
+    click.echo(shown.to_string(index=False))
 
 
 @main.command("demo")

@@ -8,12 +8,13 @@ Exit codes: 0 success; 1 a run or check failed; 2 usage error (bad options, unkn
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from nbdurable.errors import NbdurableError, OptionsError, RunNotFoundError
-from nbdurable.runtime.session import resolve_store_path
+from nbdurable.runtime.session import STORE_DIRNAME, resolve_store_path
 from nbdurable.store import Store
 
 EXIT_FAILED = 1
@@ -23,16 +24,69 @@ RUNS_LIMIT_MAX = 1_000_000  # as `%durable runs --limit`; far more is no listing
 
 
 def open_store(store: str | None, *, create: bool = False) -> Store:
-    """The store ``--store`` names, else the rule's; one that does not exist is a usage error unless ``create``."""
+    """The store ``--store`` names, else the rule's (``$NBDURABLE_STORE``, else the nearest ``.nbdurable`` in
+    the working directory or a parent, like git); one that does not exist is a usage error unless ``create``,
+    and the error names the stores found nearby."""
     path = resolve_store_path(store)
     if not create and not path.exists():  # a typo in --store is a usage error, not damage
-        raise OptionsError(f"no nbdurable store at {path.resolve()}",
-                           hint="pass --store DIR (or set NBDURABLE_STORE); a store is created by the first run")
+        nearby = nearby_stores(Path.cwd())
+        found = (f"; stores nearby: {', '.join(str(p) for p in nearby)} (pass one with --store)" if nearby
+                 else "; a store is created by the first run, beside its notebook")
+        raise OptionsError(f"no nbdurable store at {path.resolve()}{found}",
+                           hint="pass --store DIR (or set NBDURABLE_STORE)")
     return Store.open(path, create=create)
 
 
+def nearby_stores(where: Path, depth: int = 2, limit: int = 8) -> list[Path]:
+    """Stores (``.nbdurable`` directories) below ``where``, up to ``depth`` levels, relative to it."""
+    found: list[Path] = []
+    level = [where]
+    for _ in range(depth):
+        following: list[Path] = []
+        for folder in level:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+            for child in children:
+                if (child / STORE_DIRNAME).is_dir():
+                    found.append((child / STORE_DIRNAME).relative_to(where))
+                following.append(child)
+        level = following[:200]
+    return found[:limit]
+
+
+def resolve_run(store: Store, run_id: str) -> str:
+    """``run_id``, or the one run of ``store`` whose id starts with it. The same error for every command."""
+    if run_id and store.journal_exists(run_id):
+        return run_id
+    matches = [r for r in store.run_ids() if r.startswith(run_id)] if run_id else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunNotFoundError(f"no run {run_id!r} in store {store.path}",
+                               hint="`nbdurable runs` lists run ids (a unique prefix of one is enough)")
+    shown = ", ".join(matches[:5]) + (" …" if len(matches) > 5 else "")
+    raise OptionsError(f"{len(matches)} runs of store {store.path} start with {run_id!r}: {shown}",
+                       hint="give more of the run id")
+
+
 class _Group(click.Group):
-    """Turns nbdurable errors into one clear message and the documented exit code."""
+    """Turns nbdurable errors into one clear message and the documented exit code; lists each command with
+    the whole first sentence of its help (click cuts it to the terminal's width mid-phrase)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            text = " ".join((command.help or "").split("\n\n")[0].split())
+            first = text.split(". ")[0].split(": ")[0].rstrip(".") + "." if text else ""
+            rows.append((name, first.replace("\b ", "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -47,7 +101,7 @@ class _Group(click.Group):
 
 store_option = click.option(
     "--store", "store", metavar="DIR", default=None,
-    help="Store directory (default: $NBDURABLE_STORE, else ./.nbdurable)."
+    help="Store directory (default: $NBDURABLE_STORE, else the nearest .nbdurable in this directory or a parent)."
 )
 
 

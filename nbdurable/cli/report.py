@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nbdurable.cli.base import main, open_store, store_option
+from nbdurable.cli.base import main, open_store, resolve_run, store_option
 from nbdurable.errors import OptionsError
 
 
@@ -22,8 +22,9 @@ def report(run_id: str, output: Path | None, store: str | None) -> None:
     error and attempts on click, and a timeline. Prints the path written."""
     from nbdurable.report import write_report
 
-    target = output if output is not None else Path(re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".html")
     opened = open_store(store)  # a store that is not there is a usage error (exit 2), like an unknown run id
+    run_id = resolve_run(opened, run_id)
+    target = output if output is not None else Path(re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".html")
     if not target.parent.is_dir():
         raise OptionsError(f"cannot write {target}: the directory {target.parent} does not exist",
                            hint="create it first, or pass another -o FILE")

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from nbdurable.cli.base import EXIT_FAILED, EXIT_SUSPENDED, main, open_store, store_option
+from nbdurable.cli import tables
+from nbdurable.cli.base import EXIT_FAILED, EXIT_SUSPENDED, main, open_store, resolve_run, store_option
 from nbdurable.errors import OptionsError, RunNotFoundError
 from nbdurable.runtime.session import resolve_store_path
 
@@ -80,8 +81,8 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
               if result.exited_at is not None and result.status == "completed" else "")
     click.echo(
         f"{result.status}: run {result.run_id}{resumed}: {result.executed} executed, {result.restored} restored "
-        f"(saved {result.time_saved:.1f} s) in {result.seconds:.1f} s{exited}"
-        + (f"; output {output}" if output else "")
+        f"(saved {tables.seconds(result.time_saved)}) in {tables.seconds(result.seconds)}{exited}"
+        + (f"; output {output}" if output else "") + f"; store {tables.notebook(str(runner.store.path))}"
     )
     if result.status == "completed":
         return
@@ -130,6 +131,7 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
     \b
     Exit codes: 0 completed (also after such an early exit);
     1 a cell failed or timed out, or the kernel died;
+    2 usage error (bad options or parameters, a run of the notebook live elsewhere);
     3 the run suspended itself on a long `nbd.sleep` or `nbd.wait_for_event`
       (`nbdurable worker` resumes it when it is due);
     130 interrupted (Ctrl-C).
@@ -154,7 +156,9 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
            suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
     """Resume RUN_ID: run its notebook again with its parameters, restoring what it completed (same exit
     codes as `run`)."""
-    records = open_store(store).read_journal(run_id)
+    opened = open_store(store)
+    run_id = resolve_run(opened, run_id)
+    records = opened.read_journal(run_id)
     head = records[0] if records else {}
     notebook = head.get("notebook_path")
     if not notebook or not Path(notebook).exists():
@@ -167,7 +171,7 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
 
     _execute(Path(notebook), output or head.get("output_path"),
              secrets_from_environment(head.get("params") or {}, run_id),
-             store=store or str(open_store(store).path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
+             store=store or str(opened.path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
              suspend_after=suspend_after, execution_timeout=execution_timeout, start_timeout=start_timeout)
 
 
@@ -177,10 +181,12 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(run_id: str, store: str | None, as_json: bool) -> None:
     """Show RUN_ID and its steps: status, duration, executed or restored (and from where)."""
-    catalog = open_store(store).catalog()
+    opened = open_store(store)
+    run_id = resolve_run(opened, run_id)
+    catalog = opened.catalog()
     runs = catalog.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     if runs.empty:
-        raise RunNotFoundError(f"no run {run_id!r} in this store.", hint="`nbdurable runs` lists run ids.")
+        raise RunNotFoundError(f"no run {run_id!r} in store {opened.path}", hint="`nbdurable runs` lists run ids")
     steps = catalog.steps(run_id)
     if as_json:
         click.echo(json.dumps({"run": runs.iloc[0].to_dict(), "steps": steps.to_dict("records")}, default=str,
@@ -189,22 +195,34 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
     import pandas as pd
 
     row = runs.iloc[0]
-    click.echo(f"run {row.run_id}  {row.status}  {row.notebook}\n  params {row.params}  started {row.started_at}  "
-               f"resumed from {row.resumed_from if isinstance(row.resumed_from, str) else '-'}  "
-               f"saved {0.0 if pd.isna(row.time_saved_s) else row.time_saved_s:.1f} s")
+    resumed = row.resumed_from if isinstance(row.resumed_from, str) else "-"
+    click.echo(f"run {row.run_id}  {row.status}  {tables.notebook(row.notebook)}\n"
+               f"  started {tables.when(row.started_at)}  ended {tables.when(row.ended_at)}  "
+               f"duration {tables.seconds(row.duration_s)}  saved {tables.seconds(row.time_saved_s or 0.0)}\n"
+               f"  params {row.params or '{}'}  resumed from {resumed}")
     if row.status == "suspended":
         from nbdurable.errors import describe_suspension
 
         wake_at = None if pd.isna(row.wake_at) else row.wake_at.tz_localize("UTC").timestamp()
         waiting = json.loads(row.waiting_for) if isinstance(row.waiting_for, str) else None
         click.echo(f"  {describe_suspension(wake_at, waiting)}: `nbdurable worker` resumes it when it is due")
+    else:
+        click.echo(f"  {tables.ENDINGS.get(str(row.status), str(row.status))}")
     click.echo()
+    top = steps["parent"].isna()
     first_line = steps["source"].fillna("").map(lambda s: (s.strip().splitlines() or [""])[0][:50])
+    own = (steps["ended_at"] - steps["started_at"]).dt.total_seconds()  # a restored step: its restore's time
     table = steps.assign(
-        source=first_line.where(steps["parent"].isna(), "  ↳ " + steps["name"].fillna("")),
-        from_=steps["restored_from_run"].fillna("")
-              + steps["restored_from_ordinal"].map(lambda o: "" if pd.isna(o) else f"#{int(o)}"),
-    )[["ordinal", "status", "duration_s", "from_", "source"]].rename(columns={"from_": "restored from"})
+        cell=top.cumsum().where(top).map(lambda n: "" if pd.isna(n) else str(int(n))),
+        status=steps["status"].map(lambda st: tables.step_status(st, str(row.status))),
+        duration=own.where(steps["status"] == "restored", steps["duration_s"]).map(tables.seconds),
+        source=first_line.where(top, "  ↳ " + steps["name"].fillna("")),
+        from_=(steps["restored_from_run"].fillna("")
+               + steps["restored_from_ordinal"].map(lambda o: "" if pd.isna(o) else f" #{int(o)}")
+               + (steps["duration_s"] - own).clip(lower=0).map(lambda d: f" (saved {tables.seconds(d)})").where(
+                   steps["status"] == "restored", "")),
+    )[["cell", "ordinal", "status", "duration", "from_", "source"]].rename(
+        columns={"from_": "restored from", "ordinal": "step"})
     width = int(table["source"].str.len().max() or 0)
     click.echo(table.to_string(index=False, formatters={"source": f"{{:<{width}}}".format}))
 

@@ -7,8 +7,15 @@ for its users, but nbdurable never reads it (after a kernel kill papermill marks
 
 papermill's options work as with its own engine: ``--execution-timeout`` (per cell), ``--start-timeout``,
 ``--log-output``, ``--stdout-file``/``--stderr-file``, ``--autosave-cell-every``, the progress bar (code
-cells, restored ones included) and ``--report-mode`` (papermill applies it before the engine runs). A cell
-ending the notebook with ``sys.exit()``/``sys.exit(0)`` is a successful early end, as papermill has it.
+cells, restored ones included: it reaches its total on success) and ``--report-mode`` (papermill applies it
+before the engine runs). A cell ending the notebook with ``sys.exit()``/``sys.exit(0)`` is a successful early
+end, as papermill has it.
+
+At the end the engine logs one summary line through papermill's logger (stderr under the ``papermill``
+command), as ``nbdurable run`` prints it: the run, how many cells executed and were restored, the time saved.
+A kernel that died or never started is one error line under the ``papermill`` command (exit code 1, no
+traceback) saying what happened and that the same command resumes the run; called from Python, it is a
+``PapermillExecutionError`` (``PapermillException`` when no cell was running) as usual.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
 from nbclient.exceptions import CellTimeoutError
 from papermill.engines import Engine
 from papermill.exceptions import PapermillException, PapermillExecutionError
 from papermill.log import logger
 
 from nbdurable.errors import SuspendedError
-from nbdurable.headless.result import executes
+from nbdurable.headless.result import RunResult, executes
 from nbdurable.headless.runner import HeadlessRunner
 from nbdurable.runtime.session import ENV_REUSE, NOTICE_METADATA_KEY, resolve_store_path
 
@@ -55,8 +63,8 @@ class DurableEngine(Engine):  # type: ignore[misc]
         nb = nb_man.nb
         started: set[int] = set()
         if nb_man.pbar is not None:  # papermill counts every cell; only code cells run (restored ones too)
-            nb_man.pbar.total = sum(1 for cell in nb.cells if executes(cell))
-            nb_man.pbar.refresh()
+            # reset(total=): setting .total alone leaves a Jupyter (tqdm.notebook) bar's maximum at every cell
+            nb_man.pbar.reset(total=sum(1 for cell in nb.cells if executes(cell)))
 
         def log(output: Any) -> None:  # as papermill's PapermillNotebookClient.log_output_message
             if output.get("output_type") == "stream":
@@ -99,8 +107,10 @@ class DurableEngine(Engine):  # type: ignore[misc]
             on_cell=on_cell, on_cell_start=on_cell_start, on_message=on_message,
         )  # fmt: skip
         result = runner.execute()
+        nb_man.cleanup_pbar()  # the bar ends where the run did, then the summary goes on a line of its own
         if result.interrupted:
             raise KeyboardInterrupt
+        logger.info(_summary(result, runner.store.path))
         if result.status == "suspended":
             raise SuspendedError(
                 f"run {result.run_id} suspended itself ({result.describe_suspension()})",
@@ -110,10 +120,10 @@ class DurableEngine(Engine):  # type: ignore[misc]
                 "the cells that completed are restored.")
         if result.stopped_by == "timeout":  # as papermill's own engine fails, with the way out
             raise CellTimeoutError(f"{(result.error or '').removeprefix('CellTimeoutError: ')} {hint}")
-        if result.stopped_by == "kernel_start":
-            raise PapermillException(f"{result.error}. {hint}")
-        if result.stopped_by == "kernel_died":  # not nbclient's DeadKernelError: papermill prints it whole, exit 138
-            raise _papermill_error(nb, result.stopped_at, "DeadKernelError", f"{result.error}. {hint}")
+        if result.stopped_by in ("kernel_start", "kernel_died"):
+            # Not nbclient's DeadKernelError (papermill prints its traceback and exits 138): one line, exit 1.
+            raise _kernel_error(nb, result.stopped_at, "DeadKernelError" if result.stopped_by == "kernel_died"
+                                else "PapermillException", result.error or "the kernel stopped", result.run_id)
         if result.stopped_by == "error" and result.stopped_at is not None:
             cell = nb.cells[result.stopped_at]
             if not any(o.get("output_type") == "error" for o in cell.outputs):
@@ -144,6 +154,70 @@ def _input_file(input_path: str) -> Path:
 def _is_notice(output: Any) -> bool:
     meta = output.get("metadata", {}).get(NOTICE_METADATA_KEY)
     return isinstance(meta, dict) and "notice" in meta
+
+
+def _seconds(value: float) -> str:
+    """A duration as ``nbdurable run`` shows it: ``850 ms``, ``2.0 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60):02d} s"
+    return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
+
+
+def _summary(result: RunResult, store: Path) -> str:
+    """The run in one line, as ``nbdurable run`` reports it."""
+    resumed = f" (resumed run {result.resumed_from})" if result.resumed_from else ""
+    exited = (f"; the notebook exited early at cell {result.exited_at + 1} (sys.exit), the cells after it did not run"
+              if result.exited_at is not None and result.status == "completed" else "")
+    try:
+        where = os.path.relpath(store)
+    except ValueError:  # another drive (Windows)
+        where = str(store)
+    where = str(store) if where.startswith("..") else where
+    return (f"nbdurable: {result.status}: run {result.run_id}{resumed}: {result.executed} executed, "
+            f"{result.restored} restored (saved {_seconds(result.time_saved)}) in {_seconds(result.seconds)}"
+            f"{exited}; store {where}")
+
+
+class _KernelStopped(PapermillExecutionError, click.ClickException):  # type: ignore[misc]
+    """The kernel died (or never started): a ``PapermillExecutionError`` for papermill's Python API, and for the
+    ``papermill`` command (click) one ``Error: …`` line and exit code 1 instead of a traceback."""
+
+    def __init__(self, message: str, cell_index: int, exec_count: Any, source: str, ename: str) -> None:
+        click.ClickException.__init__(self, message)  # (PapermillExecutionError's would pass it 6 arguments)
+        self.cell_index, self.exec_count, self.source = cell_index, exec_count, source
+        self.ename, self.evalue, self.traceback = ename, message, [f"{ename}: {message}"]
+        self.args = (message, cell_index, exec_count, source, ename)  # so it pickles
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _KernelStoppedBetweenCells(PapermillException, click.ClickException):  # type: ignore[misc]
+    """As ``_KernelStopped``, when no cell was running."""
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _kernel_error(nb: Any, index: int | None, ename: str, error: str, run_id: str | None) -> PapermillException:
+    """A run whose kernel died or never started, as one clear line: what happened and the way out."""
+    where = f" in cell {index + 1}" if index is not None else ""
+    what = error.removeprefix("the kernel died").strip() if error.startswith("the kernel died") else ""
+    happened = f"the kernel died{where} {what}".rstrip() if ename == "DeadKernelError" else f"{error}{where}"
+    resume = (f"it resumes run {run_id}, restoring the cells that completed" if run_id
+              else "the cells that completed are restored")
+    message = f"{happened}. Run the same papermill command again: {resume}."
+    if index is None:
+        return _KernelStoppedBetweenCells(message)
+    cell = nb.cells[index]
+    return _KernelStopped(message, index, cell.get("execution_count"), cell.source, ename)
 
 
 def _papermill_error(nb: Any, index: int | None, ename: str, evalue: str) -> PapermillException:

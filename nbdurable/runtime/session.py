@@ -45,8 +45,9 @@ STORE_DIRNAME = ".nbdurable"
 def resolve_store_path(explicit: str | os.PathLike[str] | None = None, *, notebook: str | None = None,
                        configured: str | os.PathLike[str] | None = None) -> Path:
     """The one store-path rule: ``explicit`` (a ``--store`` option), else ``$NBDURABLE_STORE``, else
-    ``configured`` (``c.Durable.store``), else ``.nbdurable`` beside ``notebook`` when it is a path, else
-    ``.nbdurable`` in the working directory."""
+    ``configured`` (``c.Durable.store``), else ``.nbdurable`` beside ``notebook`` when it is a path, else the
+    nearest ``.nbdurable`` in the working directory or one of its parents, else ``.nbdurable`` in the
+    working directory."""
     if explicit:
         return Path(explicit).expanduser()
     env = os.environ.get(ENV_STORE)
@@ -56,7 +57,11 @@ def resolve_store_path(explicit: str | os.PathLike[str] | None = None, *, notebo
         return Path(configured).expanduser()
     if notebook and Path(notebook).is_absolute():
         return Path(notebook).parent / STORE_DIRNAME
-    return Path.cwd() / STORE_DIRNAME
+    here = Path.cwd()
+    for folder in (here, *here.parents):  # the nearest store above, as git finds its repository
+        if (folder / STORE_DIRNAME).is_dir():
+            return folder / STORE_DIRNAME
+    return here / STORE_DIRNAME
 
 
 # ----- the active session -----------------------------------------------------------------------

@@ -11,22 +11,23 @@ cell. Two ways to get one:
 The dict shape (version 1) is documented in ``ARCHITECTURE.md`` and checked by the tests: nodes have
 ``id`` (``s<ordinal>``, or ``p<k>`` for a cell the resumed run will restore but has not reached), ``status``
 (pending, running, completed, restored, failed, retrying, sleeping, waiting, suspended), times in unix
-seconds, ``variables``, ``reads``, ``error``, ``attempts``, ``children`` (counts by status) and ``child_steps``.
+seconds, ``variables``, ``reads``, ``error``, ``attempts``, ``children`` (counts by status) and ``child_steps``
+(each with ``attempts``, a count, and ``attempt_log``, its attempts with their errors). A restored node's
+``duration_s`` is its own restore time, ``original_duration_s`` the step's duration in the run it came from.
 """
 
 from __future__ import annotations
 
-import ast
 import builtins
 import functools
 import json
 import re
-import symtable
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from nbdurable.capture.names import analyze_code
 from nbdurable.errors import RunNotFoundError
 from nbdurable.runtime.events import RuntimeEvent
 from nbdurable.runtime.planning import CellPlan
@@ -48,53 +49,42 @@ Node = dict[str, Any]
 
 @functools.lru_cache(maxsize=4096)
 def source_reads(source: str) -> tuple[str, ...]:
-    """The global names a cell's source reads, sorted: module-level names it loads and the globals its
-    functions and classes refer to (not their parameters or locals), the Python text of magics included
-    (``%time y = f(x)``); builtins left out."""
+    """The global names a cell's source reads, sorted: the module-level names whose value from before the cell
+    it loads (a name the cell assigns before it first reads it is its own, not a read: ``x = 1; y = x + 1``
+    reads nothing), the globals its functions and classes refer to, the Python text of magics included
+    (``%time y = f(x)``); builtins left out. Flow-sensitive: ``analyze_code(...).reads`` (capture/names.py)."""
     try:
         from IPython.core.inputtransformer2 import TransformerManager
 
         code = TransformerManager().transform_cell(source)  # type: ignore[no-untyped-call]
     except Exception:  # a cell IPython cannot transform reads nothing we can tell
         return ()
-    return tuple(sorted(_global_reads(code) - _BUILTINS - {"get_ipython"}))
-
-
-def _global_reads(code: str) -> set[str]:
-    try:
-        tree = ast.parse(code)
-        table = symtable.symtable(code, "<cell>", "exec")
-    except (SyntaxError, ValueError):
-        return set()
-    names = _referenced_globals(table)
-    for node in ast.walk(tree):  # magics: get_ipython().run_line_magic('time', 'y = f(x)') holds code
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("run_line_magic", "run_cell_magic")):
-            for arg in node.args[1:]:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    names |= _global_reads(arg.value)
-    return names
-
-
-def _referenced_globals(table: symtable.SymbolTable) -> set[str]:
-    module = table.get_type() == "module"  # symtable's type names vary across Pythons; "module" is stable
-    names = {sym.get_name() for sym in table.get_symbols()
-             if sym.is_referenced() and (module or sym.is_global() or sym.is_declared_global())}
-    for child in table.get_children():
-        names |= _referenced_globals(child)
-    return names
+    return tuple(sorted(set(analyze_code(code).reads) - _BUILTINS - {"get_ipython"}))
 
 
 def label(name: str | None, source: str | None) -> str:
-    """How a node is titled: its step name, else the first line of its source that says something
-    (comments, ``%%durable`` options and decorators skipped while a later line remains)."""
+    """How a node is titled: its step name; else a leading comment (the cell's header: ``# An expensive load``
+    gives "An expensive load"; ``%%durable`` options may come first); else the first line of its source that
+    says something (``%%durable`` options and decorators skipped while a later line remains)."""
     if name:
         return name[:60]
     lines = [line.strip() for line in (source or "").splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("%%durable"):
+            continue
+        if line.startswith("#") and not line.startswith("#!"):
+            header = line.lstrip("#").strip()
+            if header:
+                return _cut(header)
+        break
     telling = [line for line in lines if not line.startswith(("#", "%%durable", "@"))]
     for text in telling or lines:
-        return text if len(text) <= 60 else text[:59] + "…"
+        return _cut(text)
     return "(empty cell)"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _waiting_text(name: str | None, options: dict[str, Any]) -> str | None:
@@ -133,7 +123,8 @@ def new_node(ordinal: int | None, name: str | None, source: str, status: str, *,
     return {
         "id": node_id or f"s{ordinal}", "ordinal": ordinal, "label": label(name, source), "source": source,
         "status": status, "started_at": None, "ended_at": None, "duration_s": None, "time_saved_s": None,
-        "restored_from": None, "variables": [], "reads": list(source_reads(source)), "error": None, "attempts": [],
+        "restored_from": None, "original_duration_s": None,
+        "variables": [], "reads": list(source_reads(source)), "error": None, "attempts": [],
         "children": {"total": 0}, "child_steps": [], "waiting_for": None, "plan": None,
     }
 
@@ -250,7 +241,7 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
                 continue
             child = {"ordinal": ordinal, "name": _str(row.get("name")), "status": status,
                      "started_at": _unix(row.get("started_at")), "ended_at": _unix(row.get("ended_at")),
-                     "duration_s": _num(row.get("duration_s")), "attempts": 0,
+                     "duration_s": _num(row.get("duration_s")), "attempts": 0, "attempt_log": [],
                      "error": _error_text({"ename": _str(row.get("error_ename")),
                                            "evalue": _str(row.get("error_evalue"))})}
             cell["children"]["total"] = cell["children"].get("total", 0) + 1
@@ -266,8 +257,7 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
         if status == "restored":
             node["restored_from"] = {"run_id": _str(row.get("restored_from_run")),
                                      "ordinal": _num(row.get("restored_from_ordinal"))}
-            if node["duration_s"] is not None and node["started_at"] is not None and node["ended_at"] is not None:
-                node["time_saved_s"] = max(0.0, node["duration_s"] - (node["ended_at"] - node["started_at"]))
+            _restored_times(node, node["duration_s"], None)
         by_ordinal[ordinal] = node
         tops.append(node)
     for row in variables:
@@ -288,6 +278,7 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
             for child in cell["child_steps"]:
                 if child["ordinal"] == ordinal:
                     child["attempts"] += 1
+                    child["attempt_log"].append(attempt)
     for node in tops:
         _count_children(node)
         _derive_status(node)
@@ -304,6 +295,20 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
         "waiting_for": json.loads(waiting) if isinstance(waiting, str) and waiting else None, "live": live,
     }
     return {"version": VERSION, "run": info, "nodes": tops, "edges": edges(tops)}
+
+
+def _restored_times(node: Node, original: Any, saved: Any) -> None:
+    """A restored node's own times: ``duration_s`` is how long the restore took (as the timeline draws it, from
+    ``started_at`` to ``ended_at``), ``original_duration_s`` what the step took in the run it came from (the
+    journal's duration of a restored step), ``time_saved_s`` the difference (never negative)."""
+    original = float(original) if isinstance(original, (int, float)) else None
+    node["original_duration_s"] = original
+    start, end = node.get("started_at"), node.get("ended_at")
+    if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+        node["duration_s"] = max(0.0, end - start)
+    if saved is None and original is not None and node["duration_s"] is not None:
+        saved = max(0.0, original - node["duration_s"])
+    node["time_saved_s"] = saved
 
 
 def _derive_status(node: Node) -> None:
@@ -405,8 +410,9 @@ class LiveGraph:
             return
         self._child_parent[ordinal] = cell["ordinal"]
         name = data.get("name")
-        child = {"ordinal": ordinal, "name": name, "status": "running", "started_at": data.get("started_at"),
-                 "ended_at": None, "duration_s": None, "attempts": 0, "error": None}
+        child: dict[str, Any] = {
+            "ordinal": ordinal, "name": name, "status": "running", "started_at": data.get("started_at"),
+            "ended_at": None, "duration_s": None, "attempts": 0, "attempt_log": [], "error": None}
         cell["children"]["total"] = cell["children"].get("total", 0) + 1
         if len(cell["child_steps"]) < MAX_CHILD_STEPS:
             cell["child_steps"].append(child)
@@ -437,6 +443,7 @@ class LiveGraph:
             return
         if child is not None:
             child["attempts"] += 1
+            child.setdefault("attempt_log", []).append(attempt)
             child["status"] = "retrying" if retrying else "running"
         if retrying and cell["status"] == "running":
             cell["status"] = "retrying"
@@ -453,6 +460,8 @@ class LiveGraph:
                         variables=[v for v in data.get("variables") or [] if v.get("name")],
                         error=_error(error.get("ename"), error.get("evalue"), error.get("traceback")),
                         restored_from=data.get("restored_from"), time_saved_s=data.get("time_saved"), waiting_for=None)
+            if status == "restored":
+                _restored_times(node, data.get("duration"), data.get("time_saved"))
             _count_children(node)
             if status == "restored" and data.get("time_saved"):
                 run = self.graph["run"]

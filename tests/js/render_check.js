@@ -80,6 +80,16 @@ function fixture(corePath, widgetPath, dataPath) {
   doc.querySelector('g.nbd-node[data-node-id="s3"] .nbd-expand').click();
   out.afterExpand = summary(doc);
 
+  /* a child step in the expanded node: its own details; then back to its cell, and a child row there */
+  doc.querySelector('g.nbd-child[data-ordinal="101"] text').click();
+  out.afterChildClick = { selected: state.selected, details: summary(doc).details,
+                          childCls: doc.querySelector('g.nbd-child[data-ordinal="101"]').getAttribute("class") };
+  nodeEl(doc, "s3").querySelector("text").click();
+  out.cellDetails = summary(doc).details;
+  doc.querySelector('tr.nbd-detail-child[data-ordinal="103"] td').click();
+  out.afterChildRowClick = { selected: state.selected, details: summary(doc).details };
+  nodeEl(doc, "s4").querySelector("text").click();
+
   /* a live update: a whole new GraphData, s3 finished; selection and expansion stay */
   const next = JSON.parse(JSON.stringify(data));
   const s3 = next.nodes.find((n) => n.id === "s3");

@@ -226,3 +226,35 @@ function _nbdClosest(el, name, stop) {
 function _nbdPill(doc, status, text) {
   return _nbdEl(doc, "span", { "class": "nbd-pill", "data-status": status || "" }, text || status || "?");
 }
+
+/* A child step's id in a selection: its cell's id, "/", its ordinal ("s4/7"). */
+function _nbdChildId(node, child) {
+  return String(node.id) + "/" + String(child.ordinal);
+}
+
+/* The node with `id` in `data`, or a child step ("s4/7") as a node the details panel can show: its name as
+ * label, `cell` its parent node, `attempts` its attempt log, `error` split into ename/evalue. */
+function _nbdFindNode(data, id) {
+  if (!data || !Array.isArray(data.nodes) || id === null || id === undefined) return null;
+  const key = String(id);
+  for (const n of data.nodes) if (String(n.id) === key) return n;
+  const slash = key.lastIndexOf("/");
+  if (slash < 0) return null;
+  const parent = _nbdFindNode(data, key.slice(0, slash));
+  const steps = parent && Array.isArray(parent.child_steps) ? parent.child_steps : [];
+  for (const c of steps) {
+    if (String(c.ordinal) !== key.slice(slash + 1)) continue;
+    let error = null;
+    if (c.error) {
+      const text = nbdStripAnsi(c.error), colon = text.indexOf(": ");
+      error = colon > 0 ? { ename: text.slice(0, colon), evalue: text.slice(colon + 2) } : { ename: "Error", evalue: text };
+    }
+    return {
+      id: key, ordinal: c.ordinal, label: c.name || ("step #" + c.ordinal), status: c.status, started_at: c.started_at,
+      ended_at: c.ended_at, duration_s: c.duration_s, attempts: Array.isArray(c.attempt_log) ? c.attempt_log : [],
+      error: error, variables: null, source: null, child_steps: [], children: { total: 0 },
+      parent: { id: parent.id, label: parent.label, ordinal: parent.ordinal },
+    };
+  }
+  return null;
+}

@@ -1,8 +1,9 @@
 /* nbdurable graph_details.js: the details panel of a node (nbdRenderDetails): source, variables, error, attempts. */
 
+/* A table in a horizontally scrolling box (a narrow panel scrolls it rather than breaking its words). */
 function _nbdTable(doc, cls, headers, rows, numeric) {
   numeric = numeric || [];
-  return _nbdEl(doc, "table", { "class": "nbd-table " + cls }, [
+  return _nbdEl(doc, "div", { "class": "nbd-table-box" }, _nbdEl(doc, "table", { "class": "nbd-table " + cls }, [
     _nbdEl(doc, "thead", null, _nbdEl(doc, "tr", null, headers.map(function (h) { return _nbdEl(doc, "th", null, h); }))),
     _nbdEl(doc, "tbody", null, rows.map(function (r) {
       const attrs = r.attrs || null;
@@ -11,7 +12,13 @@ function _nbdTable(doc, cls, headers, rows, numeric) {
         return _nbdEl(doc, "td", numeric.indexOf(i) >= 0 ? { "class": "nbd-num" } : null, c === null || c === undefined || c === "" ? "\u2014" : c);
       }));
     })),
-  ]);
+  ]));
+}
+
+/* The failed attempts of a step as one text ("attempt 1: ValueError: boom; attempt 2: ..."). */
+function _nbdAttemptErrors(log) {
+  return (Array.isArray(log) ? log : []).filter(function (a) { return a && a.error; })
+    .map(function (a) { return "attempt " + a.attempt + ": " + nbdStripAnsi(a.error); }).join("; ");
 }
 
 /* Shows one node (GraphData node) in `container` as div.nbd-details[data-node-id]: source, variables,
@@ -22,7 +29,7 @@ function nbdRenderDetails(container, node, options) {
   const doc = _nbdDocOf(container);
   let st = container.__nbdDetails;
   const key = node ? JSON.stringify(node) : "";
-  if (st && st.root.parentNode === container && st.key === key) return st.root;
+  if (st && st.root.parentNode === container && st.key === key) { st.options = options; return st.root; }
   const root = _nbdEl(doc, "div", { "class": "nbd-details nbd-ui" });
   if (!node) {
     _nbdAppend(root, _nbdEl(doc, "div", { "class": "nbd-details-empty" }, "Click a step to see its source, variables, error and attempts."));
@@ -37,6 +44,8 @@ function nbdRenderDetails(container, node, options) {
     const now = _nbdNum(options.now) !== null ? options.now : _nbdNow();
     const meta = [];
     const add = function (k, v) { if (v !== null && v !== undefined && v !== "") meta.push(_nbdEl(doc, "dt", null, k), _nbdEl(doc, "dd", null, v)); };
+    if (node.parent) add("Child step of", String(node.parent.label || node.parent.id));
+    if (_nbdNum(node.cell) !== null) add("Cell", "#" + node.cell);
     add("Step", node.ordinal === null || node.ordinal === undefined ? "not run yet in this run (" + node.id + ")" : "#" + node.ordinal);
     add("Started", nbdFormatTime(node.started_at));
     add("Ended", nbdFormatTime(node.ended_at));
@@ -47,6 +56,7 @@ function nbdRenderDetails(container, node, options) {
       add("Restored from", "run " + (node.restored_from.run_id || "?") +
         (node.restored_from.ordinal === null || node.restored_from.ordinal === undefined ? "" : " step #" + node.restored_from.ordinal));
     }
+    if (_nbdNum(node.original_duration_s) !== null) add("Originally took", nbdFormatDuration(node.original_duration_s));
     if (_nbdNum(node.time_saved_s) !== null) add("Time saved", nbdFormatDuration(node.time_saved_s));
     if (Array.isArray(node.attempts) && node.attempts.length > 1) add("Attempts", String(node.attempts.length));
     if (node.waiting_for) add("Waiting for", String(node.waiting_for));
@@ -63,13 +73,17 @@ function nbdRenderDetails(container, node, options) {
         ]),
       ]);
     }
-    _nbdAppend(root, [
-      _nbdEl(doc, "h4", null, "Source"),
-      _nbdEl(doc, "pre", { "class": "nbd-source" }, _nbdEl(doc, "code", null, String(node.source || ""))),
-    ]);
+    if (!node.parent) {
+      _nbdAppend(root, [
+        _nbdEl(doc, "h4", null, "Source"),
+        _nbdEl(doc, "pre", { "class": "nbd-source" }, _nbdEl(doc, "code", null, String(node.source || ""))),
+      ]);
+    }
     const vars = Array.isArray(node.variables) ? node.variables : [];
-    _nbdAppend(root, _nbdEl(doc, "h4", null, "Variables"));
-    if (vars.length) {
+    if (!node.parent) _nbdAppend(root, _nbdEl(doc, "h4", null, "Variables"));
+    if (node.parent) {
+      /* a child step records no variables of its own */
+    } else if (vars.length) {
       _nbdAppend(root, _nbdTable(doc, "nbd-vars", ["Name", "Type", "Size", "Stored as"], vars.map(function (v) {
         const deleted = v.op === "del";
         return {
@@ -102,10 +116,14 @@ function nbdRenderDetails(container, node, options) {
         _nbdEl(doc, "h4", null, "Child steps (" + total + ")"),
         _nbdTable(doc, "nbd-detail-children", ["#", "Name", "Status", "Duration", "Attempts", "Error"], steps.map(function (c) {
           const cd = _nbdNodeDuration(c, now);
+          const failures = _nbdAttemptErrors(c.attempt_log);
+          const error = c.error ? nbdStripAnsi(c.error) : "";
           return {
-            attrs: { "class": "nbd-detail-child", "data-ordinal": c.ordinal, "data-status": c.status || "" },
-            cells: [String(c.ordinal), c.name ? String(c.name) : "", _nbdPill(doc, String(c.status || "?")),
-                    cd === null ? "" : nbdFormatDuration(cd), c.attempts ? String(c.attempts) : "", c.error ? nbdStripAnsi(c.error) : ""],
+            attrs: { "class": "nbd-detail-child", "data-ordinal": c.ordinal, "data-status": c.status || "",
+                     "data-node-id": _nbdChildId(node, c), "tabindex": "0", "role": "button", "title": "Show this step" },
+            cells: [String(c.ordinal), c.name ? _nbdEl(doc, "code", null, String(c.name)) : "", _nbdPill(doc, String(c.status || "?")),
+                    cd === null ? "" : nbdFormatDuration(cd), c.attempts ? String(c.attempts) : "",
+                    failures && failures.indexOf(error) < 0 ? (error ? error + " (" + failures + ")" : failures) : (failures || error)],
           };
         }), [0, 3, 4]),
         total > steps.length ? _nbdEl(doc, "div", { "class": "nbd-muted" }, "\u2026 and " + (total - steps.length) + " more not listed") : null,
@@ -114,6 +132,16 @@ function nbdRenderDetails(container, node, options) {
   }
   if (st && st.root.parentNode === container) container.replaceChild(root, st.root);
   else container.appendChild(root);
-  container.__nbdDetails = { root: root, key: key };
+  container.__nbdDetails = { root: root, key: key, options: options };
+  const pick = function (event) {
+    if (event.type === "keydown" && event.key !== "Enter" && event.key !== " ") return;
+    const row = _nbdClosest(event.target, "nbd-detail-child", root);
+    const onSelect = container.__nbdDetails && container.__nbdDetails.options.onSelect;
+    if (!row || typeof onSelect !== "function") return;
+    if (event.preventDefault && event.type === "keydown") event.preventDefault();
+    onSelect(row.getAttribute("data-node-id"));
+  };
+  root.addEventListener("click", pick);
+  root.addEventListener("keydown", pick);
   return root;
 }

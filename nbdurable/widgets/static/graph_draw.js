@@ -54,7 +54,9 @@ function _nbdTextWidth(text, px) {
   return Math.ceil(String(text).length * (px || 6.3));
 }
 
-function _nbdRenderNode(doc, node, p, expanded, now) {
+/* Node i (0-based) is the run's cell #i+1: numbered by its position among the top-level steps, the step
+ * ordinal (which counts child steps too) kept in the details. */
+function _nbdRenderNode(doc, node, p, expanded, now, cell) {
   const D = _nbdDims();
   const status = String(node.status || "pending");
   const duration = _nbdNodeDuration(node, now);
@@ -69,7 +71,7 @@ function _nbdRenderNode(doc, node, p, expanded, now) {
   if (plan) tooltip.push(_nbdPlanText(plan));
   if (node.error) tooltip.push(nbdStripAnsi((node.error.ename || "Error") + ": " + (node.error.evalue || "")));
   const g = _nbdSvg(doc, "g", {
-    "class": "nbd-node", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "transform": "translate(" + p.x + "," + p.y + ")",
+    "class": "nbd-node", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "data-cell": cell, "transform": "translate(" + p.x + "," + p.y + ")",
     "tabindex": "0", "role": "button", "aria-label": _nbdTrunc(tooltip.join(", "), 200),
   });
   _nbdAppend(g, [
@@ -78,7 +80,7 @@ function _nbdRenderNode(doc, node, p, expanded, now) {
     _nbdSvg(doc, "rect", { "class": "nbd-node-box", "width": D.W, "height": p.h, "rx": 6 }),
     _nbdSvg(doc, "rect", { "class": "nbd-node-stripe", "x": 0, "y": 0, "width": 5, "height": p.h, "rx": 2 }),
   ]);
-  const ordText = node.ordinal === null || node.ordinal === undefined ? "" : "#" + node.ordinal;
+  const ordText = cell ? "#" + cell : "";
   if (ordText) _nbdAppend(g, _nbdSvg(doc, "text", { "class": "nbd-node-ord", "x": D.W - 8, "y": 19, "text-anchor": "end" }, ordText));
   const labelChars = Math.floor((D.W - 28 - _nbdTextWidth(ordText, 7)) / 7.7);
   _nbdAppend(g, _nbdSvg(doc, "text", { "class": "nbd-node-label", "x": 13, "y": 19 }, _nbdTrunc(node.label || node.id, labelChars)));
@@ -139,7 +141,8 @@ function _nbdRenderNode(doc, node, p, expanded, now) {
       if (c.attempts > 1) bits.push("\u00d7" + c.attempts);   /* x3: three attempts */
       if (c.error) tip.push(nbdStripAnsi(c.error));
       const row = _nbdSvg(doc, "g", {
-        "class": "nbd-child", "data-ordinal": c.ordinal, "data-status": cs,
+        "class": "nbd-child", "data-ordinal": c.ordinal, "data-status": cs, "data-node-id": _nbdChildId(node, c),
+        "role": "button", "tabindex": "0",
         "transform": "translate(0," + (6 + i * D.CHILD) + ")",
       }, [
         _nbdSvg(doc, "title", null, tip.join("\n")),
@@ -194,7 +197,7 @@ function _nbdBuildSvg(doc, data, expanded, now) {
   }
   const nodeEls = new Map();
   nodes.forEach(function (n, i) {
-    const g = _nbdRenderNode(doc, n, lay.pos[i], expanded, now);
+    const g = _nbdRenderNode(doc, n, lay.pos[i], expanded, now, i + 1);
     nodeEls.set(String(n.id), g);
     nodeLayer.appendChild(g);
   });
@@ -208,6 +211,9 @@ function _nbdApplySelection(st) {
     const on = st.selected !== null && st.selected !== undefined && id === String(st.selected);
     g.setAttribute("class", on ? "nbd-node nbd-selected" : "nbd-node");
     g.setAttribute("aria-pressed", on ? "true" : "false");
+    for (const c of g.querySelectorAll ? Array.from(g.querySelectorAll(".nbd-child")) : []) {
+      c.setAttribute("class", c.getAttribute("data-node-id") === String(st.selected) ? "nbd-child nbd-selected" : "nbd-child");
+    }
   });
   for (const group of st.edgeEls) {
     const on = st.selected && (group.getAttribute("data-source") === String(st.selected) ||
@@ -226,8 +232,9 @@ function _nbdGraphEvent(st, event) {
     _nbdGraphRebuild(st, true);
     return;
   }
-  const g = _nbdClosest(target, "nbd-node", st.root);
+  const g = _nbdClosest(target, "nbd-child", st.root) || _nbdClosest(target, "nbd-node", st.root);
   if (!g) return;
+  if (event.stopPropagation) event.stopPropagation();
   const id = g.getAttribute("data-node-id");
   st.selected = id;
   _nbdApplySelection(st);
@@ -286,7 +293,8 @@ function nbdRenderGraph(container, data, options) {
     root.addEventListener("click", function (event) { _nbdGraphEvent(st, event); });
     root.addEventListener("keydown", function (event) {
       if (event.key === "Enter" || event.key === " ") {
-        if (_nbdClosest(event.target, "nbd-expand", root) || _nbdClosest(event.target, "nbd-node", root)) {
+        if (_nbdClosest(event.target, "nbd-expand", root) || _nbdClosest(event.target, "nbd-child", root) ||
+            _nbdClosest(event.target, "nbd-node", root)) {
           if (event.preventDefault) event.preventDefault();
           _nbdGraphEvent(st, event);
         }

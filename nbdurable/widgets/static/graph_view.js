@@ -31,9 +31,12 @@ function nbdMountRunView(el, options) {
 
   let data = null, selected = null;
   const findNode = function (id) {
-    if (!data || !Array.isArray(data.nodes) || id === null || id === undefined) return null;
-    for (const n of data.nodes) if (String(n.id) === String(id)) return n;
-    return null;
+    const node = _nbdFindNode(data, id);
+    if (node && !node.parent) {   /* the cell's position in the run, as the graph numbers it */
+      const i = data.nodes.indexOf(node);
+      return Object.assign({}, node, { cell: i + 1 });
+    }
+    return node;
   };
   const userSelect = function (id) {
     selected = id;
@@ -42,7 +45,7 @@ function nbdMountRunView(el, options) {
   };
   const render = function () {
     nbdRenderGraph(graphBox, data, { selected: selected, onSelect: userSelect });
-    nbdRenderDetails(detailsBox, findNode(selected), { now: _nbdClock(data) });
+    nbdRenderDetails(detailsBox, findNode(selected), { now: _nbdClock(data), onSelect: userSelect });
     nbdRenderGantt(ganttBox, data, { selected: selected, onSelect: userSelect });  /* hidden in the Graph tab: cheap */
   };
   const onTab = function (event) {

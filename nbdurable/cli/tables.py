@@ -1,0 +1,72 @@
+"""How the command line shows runs and steps to a person: local times to the second, durations with units,
+notebooks relative to the working directory, a step numbered by its cell, and why a run ended."""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+# Why a run ended, by status (the last word `runs` and `show` give on a run).
+ENDINGS = {
+    "completed": "completed",
+    "failed": "a cell failed: fix it and run the same command again (completed cells are restored)",
+    "crashed": "its process died (killed, out of memory, or a crash in native code): run the same command "
+               "again to resume it",
+    "cancelled": "stopped between cells before its end (resumable: run the same command again)",
+    "suspended": "suspended itself on a durable wait: `nbdurable worker` resumes it when it is due",
+    "running": "still running",
+}
+
+
+def missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("NaT", "nan", "<NA>")
+
+
+def when(value: Any) -> str:
+    """A catalog timestamp (UTC) as local time to the second; ``-`` when missing."""
+    if missing(value):
+        return "-"
+    stamp = value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
+    if isinstance(stamp, datetime):
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+        return stamp.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def seconds(value: Any) -> str:
+    """A duration: ``850 ms``, ``2.0 s``, ``3 min 05 s``, ``1 h 02 min``; ``-`` when missing."""
+    if missing(value):
+        return "-"
+    s = float(value)
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def notebook(value: Any) -> str:
+    """A notebook identity, relative to the working directory when it lies below it."""
+    if missing(value):
+        return "-"
+    text = str(value)
+    if os.path.isabs(text):
+        try:
+            relative = os.path.relpath(text)
+        except ValueError:  # another drive (Windows)
+            return text
+        if not relative.startswith(".."):
+            return relative
+    return text
+
+
+def step_status(status: Any, run_status: str) -> str:
+    """A step's status as the person reading ``show`` needs it: a step a dead run never ended was cut short."""
+    if status == "running" and run_status != "running":
+        return "cut short"
+    return str(status)

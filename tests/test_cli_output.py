@@ -1,0 +1,73 @@
+"""The command line as a person reads it: one store rule for every command (beside the notebook for `run`,
+else the nearest store above the working directory, else the stores nearby named in the error), run ids by
+a unique prefix with one wording for an unknown one, and `runs` / `show` in readable units."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def crashed_then_resumed(tmp_path: Path) -> Path:
+    """notebooks/quickstart.ipynb in tmp/nbs: run once (it kills its own kernel), then resumed."""
+    (tmp_path / "nbs").mkdir()
+    shutil.copy(HERE.parent / "notebooks" / "quickstart.ipynb", tmp_path / "nbs")
+    first = run_cli("run", "nbs/quickstart.ipynb", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 1, first.output
+    second = run_cli("run", "nbs/quickstart.ipynb", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.output
+    assert "store nbs/.nbdurable" in second.stdout, "the summary says where the store is"
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_one_store_rule_for_every_command(crashed_then_resumed: Path) -> None:
+    root = crashed_then_resumed
+    lost = run_cli("runs", cwd=root)  # the store is below: named in the error
+    assert lost.returncode == 2 and "stores nearby: nbs/.nbdurable" in lost.stderr
+    (root / "nbs" / "deeper").mkdir()
+    below = run_cli("runs", cwd=root / "nbs" / "deeper")  # the store is above: found, as git finds its repository
+    assert below.returncode == 0 and below.stdout.count("quickstart.ipynb") == 2, below.output
+
+
+@pytest.mark.slow
+def test_runs_and_show_are_readable_and_take_a_run_id_prefix(crashed_then_resumed: Path) -> None:
+    where = crashed_then_resumed / "nbs"
+    runs = run_cli("runs", cwd=where)
+    assert runs.returncode == 0
+    header, newest, oldest = runs.stdout.splitlines()[:3]
+    assert header.split() == ["run_id", "status", "started", "duration", "executed", "restored", "saved",
+                              "notebook"]
+    assert re.search(r" completed 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d ", newest) and "." not in newest.split()[3]
+    assert newest.rstrip().endswith(" quickstart.ipynb"), "the notebook relative to the working directory"
+    crashed_id, resumed_id = oldest.split()[0], newest.split()[0]
+    shown = run_cli("show", crashed_id[:-3], cwd=where)  # a unique prefix is enough
+    assert shown.returncode == 0, shown.output
+    assert "its process died" in shown.stdout and "cut short" in shown.stdout and "NaN" not in shown.stdout
+    restored = run_cli("show", resumed_id, cwd=where).stdout
+    rows = [line for line in restored.splitlines() if line.split()[2:3] == ["restored"]]
+    assert rows and all("(saved " in line for line in rows)
+    expensive = next(line for line in rows if "An expensive load" in line)
+    assert expensive.split()[3:5] != ["2.0", "s"], "its own restore time, not the original's duration"
+    for command in (["show", "nope"], ["report", "nope"], ["resume", "nope"]):
+        unknown = run_cli(*command, cwd=where)
+        assert unknown.returncode == 2 and f"no run 'nope' in store {where / '.nbdurable'}" in unknown.stderr
+    ambiguous = run_cli("show", "20", cwd=where)
+    assert ambiguous.returncode == 2 and "2 runs of store" in ambiguous.stderr
+
+
+def test_help_lists_whole_sentences_and_documents_every_option() -> None:
+    top = run_cli("--help", in_process=True)
+    commands = top.stdout.split("Commands:")[1]
+    assert top.returncode == 0 and "..." not in commands, commands
+    runs = run_cli("runs", "--help", in_process=True).stdout
+    assert "Only runs with this status." in runs and "--limit N" in runs and "1<=x" not in runs
+    assert "2 usage error" in run_cli("run", "--help", in_process=True).stdout
