@@ -161,17 +161,22 @@ def instrument(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def prepare(name: str, directory: Path, source: nbformat.NotebookNode | None = None) -> Path:
-    """``directory`` with the notebook ``name`` (``source``, default the file) instrumented, and its resources
-    (every non-notebook file of ``tests/fidelity/notebooks``: ``lib/``, ``data/``); returns its path there."""
+def copy_resources(folder: Path, directory: Path) -> None:
+    """Every non-notebook file and folder of ``folder`` (data, local modules) copied into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    for item in NOTEBOOKS.iterdir():
+    for item in folder.iterdir():
         if item.suffix == ".ipynb" or item.name in (".nbdurable", "__pycache__", ".ipynb_checkpoints"):
             continue
         if item.is_dir():
             shutil.copytree(item, directory / item.name, ignore=shutil.ignore_patterns("__pycache__", ".nbdurable"))
         else:
             shutil.copy2(item, directory / item.name)
+
+
+def prepare(name: str, directory: Path, source: nbformat.NotebookNode | None = None) -> Path:
+    """``directory`` with the notebook ``name`` (``source``, default the file) instrumented, and its resources
+    (every non-notebook file of ``tests/fidelity/notebooks``: ``lib/``, ``data/``); returns its path there."""
+    copy_resources(NOTEBOOKS, directory)
     path = directory / f"{name}.ipynb"
     nbformat.write(instrument(source or read_notebook(name)), path)
     return path

@@ -31,6 +31,10 @@ in execution order (``[]`` when nothing ran). A restored cell does not execute, 
 (``nbdurable.store.read_records``: authenticated lines only, decrypted with ``NBDURABLE_ENCRYPTION_KEY``
 when set, a torn last line ignored, a damaged line followed by more raises ``CorruptJournalError``). It
 reads the files only: no ``Store.open``, which would create directories and sweep ``tmp/``.
+
+**Dataflow invariant:** ``dataflow_violations(records)`` checks one run's journal against the restore rule
+(``nbdurable/runtime/dataflow.py``): every restored top-level step read, at its start, exactly the versions
+the session held then, as the journal itself tells them (what the earlier top-level steps committed).
 """
 
 from __future__ import annotations
@@ -172,3 +176,50 @@ def variable_refs(where: Path) -> dict[str, dict[str, Any]]:
     for record in journal_records(where, "step_end"):
         refs.update({ref["name"]: ref for ref in record["variables"]})
     return refs
+
+
+# ----------------------------------------------------------------------------------------- dataflow
+
+# The statuses whose variable references the session adopted as its new versions: an executed cell's delta is
+# accepted when it completed, failed or was interrupted (``Durable._commit_executed``), a restored one's applied.
+APPLIED_STATUSES = ("completed", "restored", "failed", "interrupted")
+
+
+def dataflow_violations(records: list[dict[str, Any]]) -> list[str]:
+    """What one run's journal ``records`` show of restores that broke the dataflow rule; ``[]`` if none.
+
+    Walks the run's top-level steps in the order they began (a step's commit may come after the next step's
+    start: big payloads commit in the background), keeping the version of each name the session knew: nothing
+    defined at the start; after each step whose ``step_end`` status is in ``APPLIED_STATUSES``, each of its
+    variable references makes ``versions[name]`` its ``object`` key (``op`` "set"; ``"?"``, unknown, if it has
+    none) or ``""`` (``op`` "del"); names starting with ``%`` are interpreter state and are skipped. An executed
+    cell's delta lists only what it changed, so these are exactly the session's versions. Every step that ended
+    ``restored`` must have read (``step_start.inputs.reads``) each name at the version held at its start
+    (``""``: not defined; a recorded ``"?"`` equals nothing)."""
+    starts = [r for r in records if r.get("t") == "step_start" and r.get("parent") is None]
+    ends = {r.get("ordinal"): r for r in records if r.get("t") == "step_end" and r.get("ordinal") is not None}
+    versions: dict[str, str] = {}
+    found: list[str] = []
+    for start in starts:
+        ordinal = start.get("ordinal")
+        end = ends.get(ordinal)
+        if end is None:
+            continue  # never ended (the run was killed in it): it changed nothing the journal can vouch for
+        if end.get("status") == "restored":
+            inputs = start.get("inputs")
+            if not isinstance(inputs, dict):
+                found.append(f"step {ordinal} restored without the inputs it read")
+            else:
+                for name, recorded in sorted((inputs.get("reads") or {}).items()):
+                    held = versions.get(name, "")
+                    if recorded == "?" or recorded != held:
+                        found.append(f"step {ordinal} restored with `{name}` read as {recorded or '(not defined)'} "
+                                     f"but the session held {held or '(not defined)'}")
+        if end.get("status") not in APPLIED_STATUSES:
+            continue
+        for ref in end.get("variables") or []:
+            name = str(ref.get("name", ""))
+            if not name or name.startswith("%"):
+                continue
+            versions[name] = "" if ref.get("op") == "del" else str(ref.get("object") or "?")
+    return found
