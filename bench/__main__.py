@@ -20,6 +20,7 @@ SUITE = {
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
+    "deltas": [("deltas", ["objects"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
     "steps": [("steps", [])],
 }

@@ -15,6 +15,7 @@ import xxhash
 
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import AuthenticationError, ChangedDuringWriteError, NbdurableError, RestoreError, StoreError
+from nbdurable.runtime import deltas
 from nbdurable.serialization import deserialize
 from nbdurable.store import Store
 from nbdurable.store.records import VarRef
@@ -56,7 +57,11 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
                 ref["inline"] = inlined[s.key]
             else:
                 try:
-                    ref["size"], ref["tag"] = store.write_object(s.key, s.write)
+                    fields = deltas.write(store, change.name, s)
+                    if fields is None:
+                        ref["size"], ref["tag"] = store.write_object(s.key, s.write)
+                    else:
+                        ref.update(fields)  # type: ignore[typeddict-item]  # size, tag, pieces or delta
                 except StoreError as exc:
                     if isinstance(exc, ChangedDuringWriteError):
                         raise  # the committer records that step as not durable itself
@@ -86,15 +91,19 @@ class ObjectLoader:
         if cache_key in self._cache:
             return self._cache[cache_key]
         try:
-            obj = deserialize(
-                str(ref.get("format")),
-                self._payload(ref),
-                format_version=int(ref.get("format_version") or 1),
-                module=ref.get("module"),
-                namespace=self.namespace,
-            )
+            if ref.get("delta"):
+                obj = deltas.load(self.store, dict(ref), self.namespace)
+            else:
+                obj = deserialize(
+                    str(ref.get("format")),
+                    self._payload(ref),
+                    format_version=int(ref.get("format_version") or 1),
+                    module=ref.get("module"),
+                    namespace=self.namespace,
+                )
         except NbdurableError as exc:
-            key = str(ref["object"]) if ref.get("inline") is None and ref.get("format") in PAYLOAD_FORMATS else None
+            key = getattr(exc, "object_key", None) or (  # a delta names the part that failed
+                str(ref["object"]) if ref.get("inline") is None and ref.get("format") in PAYLOAD_FORMATS else None)
             what = exc.message if key is None or key in exc.message else f"object {key}: {exc.message}"
             err = type(exc)(
                 f"Cannot restore variable `{ref['name']}` ({ref.get('type')}) from {step_label}: {what}",
@@ -103,6 +112,7 @@ class ObjectLoader:
             err.object_key = key  # type: ignore[attr-defined]  # the object file that failed to load, if any
             raise err from exc
         self._cache[cache_key] = obj
+        deltas.remember(self.store, str(ref["name"]), dict(ref))  # the next version of it is compared with this
         return obj
 
     def _payload(self, ref: VarRef) -> bytearray | memoryview | None:

@@ -30,13 +30,14 @@ from nbdurable.serialization._core import (
     Serialized,
     check_version,
     corrupt,
+    piece_key,
     text_key,
     unknown_format,
 )
 
 _PANDAS_MODULES = ("pandas", "pandas.core.frame")  # pandas 3 says "pandas", pandas 2 the defining module
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "deserialize", "serialize"]
+__all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "deserialize", "deserialize_parts", "piece_key", "serialize"]
 
 
 def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serialized:
@@ -103,6 +104,31 @@ def deserialize(
     from nbdurable.serialization._pickle import deserialize_pickle
 
     return deserialize_pickle(payload, namespace)
+
+
+def deserialize_parts(
+    format: str,  # noqa: A002 - as in deserialize
+    head: bytes | bytearray | memoryview,
+    buffers: list[memoryview],
+    *,
+    format_version: int = 1,
+    namespace: dict[str, Any] | None = None,
+) -> object:
+    """Bring back an object whose payload was stored in parts (``runtime/deltas.py``): its head (header and
+    pickle bytes) and its buffers (an array's memory, a pickle's out-of-band buffers), each assembled and
+    writable. Raises as ``deserialize`` does."""
+    if format not in ("ndarray", "pickle"):
+        raise unknown_format(format)
+    check_version(format, format_version)
+    if format == "ndarray":
+        from nbdurable.serialization._ndarray import deserialize_ndarray_parts
+
+        if len(buffers) != 1:
+            raise corrupt(format, f"an array has one buffer, this delta has {len(buffers)}")
+        return deserialize_ndarray_parts(head, buffers[0])
+    from nbdurable.serialization._pickle import deserialize_pickle_parts
+
+    return deserialize_pickle_parts(head, buffers, namespace)
 
 
 def _serialize_module(obj: types.ModuleType, type_name: str) -> Serialized:

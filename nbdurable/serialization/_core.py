@@ -99,6 +99,10 @@ class Serialized:
         so the payload can be written in the background while cells go on running."""
         return self
 
+    def chunked(self) -> ChunkedSerialized | None:
+        """The payload as a list of buffers, when it is one (what sub-object deltas cut into pieces)."""
+        return None
+
     def __repr__(self) -> str:
         extra = f" module={self.module!r}" if self.module else ""
         extra += f" reason={self.reason!r}" if self.reason else ""
@@ -112,15 +116,61 @@ class ChunkedSerialized(Serialized):
     then the chunks at the ``hashed`` indices in order. ``deferred()`` uses that to prove, while
     writing, that the bytes written are the bytes the key names."""
 
-    __slots__ = ("_chunks", "hash_prefix", "hashed")
+    __slots__ = ("_chunks", "buffers", "hash_prefix", "hashed")
 
     def __init__(
-        self, *, chunks: Sequence[Chunk], hash_prefix: bytes = b"", hashed: Sequence[int] = (), **fields: Any
+        self, *, chunks: Sequence[Chunk], hash_prefix: bytes = b"", hashed: Sequence[int] = (),
+        buffers: Sequence[int] = (), **fields: Any
     ) -> None:
         super().__init__(size=sum(memoryview(c).nbytes for c in chunks), **fields)
         self._chunks = list(chunks)
         self.hash_prefix = hash_prefix
         self.hashed = tuple(hashed)
+        # Indices of the chunks that are data buffers (an array's memory, a pickle's out-of-band buffers):
+        # everything before the first is the head (header, pickle bytes); the rest between them is padding.
+        self.buffers = tuple(buffers)
+
+    def chunked(self) -> ChunkedSerialized | None:
+        return self if self.buffers and self.hashed else None
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return self._chunks
+
+    def head(self) -> bytes:
+        """The bytes before the first buffer (header and pickle bytes; they are small)."""
+        return b"".join(bytes(c) for c in self._chunks[: self.buffers[0]])
+
+    def buffer_offsets(self) -> list[tuple[int, int]]:
+        """(offset in the payload, length) of each buffer chunk."""
+        spans, offset = [], 0
+        for index, chunk in enumerate(self._chunks):
+            n = memoryview(chunk).nbytes
+            if index in self.buffers:
+                spans.append((offset, n))
+            offset += n
+        return spans
+
+    def hash_pieces(self, piece: int) -> tuple[str, list[list[str]]]:
+        """One pass over the live memory: the content key as ``key`` was computed, and each buffer's
+        hashes of consecutive ``piece``-byte pieces (what a later version is compared with, piece by piece)."""
+        h = new_hasher(self.format)
+        h.update(self.hash_prefix)
+        pieces: list[list[str]] = []
+        for index, chunk in enumerate(self._chunks):
+            if index not in self.buffers:
+                if index in self.hashed:
+                    h.update(chunk)
+                continue
+            view = byte_view(chunk)
+            hashes = []
+            for start in range(0, view.nbytes, piece):
+                part = view[start : start + piece]
+                if index in self.hashed:
+                    h.update(part)
+                hashes.append(piece_key(part))
+            pieces.append(hashes)
+        return str(h.hexdigest()), pieces
 
     @property
     def has_payload(self) -> bool:
@@ -187,6 +237,9 @@ class _VerifiedWrite(Serialized):
     def to_bytes(self) -> bytes:
         return self._inner.to_bytes()
 
+    def chunked(self) -> ChunkedSerialized | None:
+        return self._inner.chunked()
+
 
 def write_all(f: BinaryIO, data: Chunk) -> int:
     """Write all of ``data``: a raw file's write() is one write(2), which may write less (2 GiB cap)."""
@@ -207,6 +260,14 @@ def new_hasher(fmt: str) -> Any:
     h = xxhash.xxh3_128()
     h.update(f"nbdurable:{fmt}:{FORMAT_VERSION}\0".encode())
     return h
+
+
+def piece_key(data: Chunk) -> str:
+    """The key of one piece of a buffer (xxh3-128, seeded apart from whole objects)."""
+    h = xxhash.xxh3_128()
+    h.update(b"nbdurable:piece\0")
+    h.update(data)
+    return str(h.hexdigest())
 
 
 def text_key(fmt: str, text: str) -> str:

@@ -56,7 +56,7 @@ def serialize_ndarray(arr: np.ndarray[Any, Any], type_name: str) -> ChunkedSeria
     h = new_hasher(FORMAT)
     h.update(header)  # dtype, shape and order are part of the content
     h.update(data)
-    return ChunkedSerialized(chunks=[header, data], hashed=(0, 1), key=h.hexdigest(), format=FORMAT,
+    return ChunkedSerialized(chunks=[header, data], hashed=(0, 1), buffers=(1,), key=h.hexdigest(), format=FORMAT,
                              type_name=type_name)
 
 
@@ -81,6 +81,16 @@ def raw_memory(arr: np.ndarray[Any, Any]) -> tuple[memoryview, str]:
 def deserialize_ndarray(payload: Payload) -> np.ndarray[Any, Any]:
     """The array, as a view of the payload buffer (writable unless it had to be copied from bytes)."""
     meta, offset = decode_header(byte_view(payload), MAGIC, FORMAT)
+    return _array_on(meta, payload, offset)
+
+
+def deserialize_ndarray_parts(head: Payload, memory: memoryview) -> np.ndarray[Any, Any]:
+    """The array from a payload given in parts (a sub-object delta): its header, and its memory."""
+    meta, _ = decode_header(byte_view(head), MAGIC, FORMAT)
+    return _array_on(meta, memory, 0)
+
+
+def _array_on(meta: dict[str, Any], payload: Payload, offset: int) -> np.ndarray[Any, Any]:
     dtype = _dtype(meta.get("dtype"))
     shape, order = _shape(meta.get("shape")), meta.get("order")
     if order not in ("C", "F"):

@@ -68,7 +68,8 @@ def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | No
         chunks.append(buf)
         h.update(buf)
     return ChunkedSerialized(
-        chunks=chunks, hash_prefix=prefix, hashed=hashed, key=h.hexdigest(), format=FORMAT, type_name=type_name
+        chunks=chunks, hash_prefix=prefix, hashed=hashed, buffers=hashed[1:], key=h.hexdigest(), format=FORMAT,
+        type_name=type_name,
     )
 
 
@@ -241,6 +242,23 @@ def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> ob
             f"payload is {buffer.nbytes} bytes but its header describes {end} (truncated or padded)",
         )
     data, *buffers = [buffer[start : start + length] for start, length in spans]
+    return _load_on(namespace, data, buffers)
+
+
+def deserialize_pickle_parts(head: Payload, buffers: list[memoryview], namespace: dict[str, Any] | None) -> object:
+    """Unpickle from a payload given in parts (a sub-object delta): the head (header and pickle bytes) and
+    the out-of-band buffers, each already assembled and writable."""
+    view = byte_view(head)
+    meta, offset = decode_header(view, MAGIC, FORMAT)
+    size, lengths = meta.get("pickle"), meta.get("buffers")
+    if not isinstance(size, int) or not isinstance(lengths, list) or offset + size > view.nbytes:
+        raise corrupt(FORMAT, "the head of a delta lacks valid 'pickle' and 'buffers' lengths")
+    if lengths != [b.nbytes for b in buffers]:
+        raise corrupt(FORMAT, f"a delta's buffers are {[b.nbytes for b in buffers]} bytes, its header says {lengths}")
+    return _load_on(namespace, view[offset : offset + size], buffers)
+
+
+def _load_on(namespace: dict[str, Any] | None, data: memoryview, buffers: list[memoryview]) -> object:
     token = _LOAD_NAMESPACE.set(namespace if namespace is not None else {})
     try:
         return _loads(data, buffers)

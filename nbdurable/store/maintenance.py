@@ -30,6 +30,7 @@ from .catalog import CATALOG_FILE
 from .crypto import OBJECT_MAGIC
 from .events import EVENT_SUFFIX
 from .journal import _checked_body, fsync_dir, io_error
+from .records import delta_objects
 
 if TYPE_CHECKING:
     from . import Store
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 GC_MIN_AGE_S = 600.0  # object files younger than this may belong to a commit in progress
 GC_FILE = "gc.json"  # {"collected_runs": [...]}: runs whose objects garbage collection may have deleted
 FILE_FORMATS = ("pickle", "ndarray", "parquet")
-_MAGIC = {"pickle": b"NBDP", "ndarray": b"NBDA"}
+_MAGIC = {"pickle": b"NBDP", "ndarray": b"NBDA", "delta": b"NBDD"}
 _NOT_OBJECT = "authenticated but the content is not a JSON object"
 _ASIDE = ".corrupt-"
 _KEY_IN_JSON = re.compile(rb'"object":"([0-9a-f]{32})"')
@@ -134,8 +135,12 @@ def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[Obje
         for v in r.get("variables") or []:
             if isinstance(v, dict) and isinstance(key := v.get("object"), str):
                 where = f"variable `{v.get('name')}` of step {r.get('ordinal')} of run {run_id}"
-                needs_file = v.get("format") in FILE_FORMATS and v.get("inline") is None
+                parts = delta_objects(v)
+                needs_file = v.get("format") in FILE_FORMATS and v.get("inline") is None and not parts
                 yield ObjectUse(key, v.get("format"), needs_file, run_id, where, v.get("tag"))
+                for part, tag, role in parts:  # a delta: its base (a whole version) and its changed pieces
+                    yield ObjectUse(part, v.get("format") if role == "base" else "delta", True, run_id,
+                                    f"{where} ({role} of its delta)", tag)
         for i, o in enumerate(r.get("outputs") or []):
             if isinstance(o, dict) and o.get("output_type") == "object" and isinstance(key := o.get("object"), str):
                 yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}",

@@ -50,6 +50,7 @@ def check_key(key: str) -> str:
 
 
 CODE_MAGIC = b"NBDP"  # objects that unpickle: always authenticated in full before use
+DELTA_MAGIC = b"NBDD"  # the changed pieces of a sub-object delta (may hold pickle bytes): always authenticated
 
 
 class _TagSink:
@@ -156,6 +157,14 @@ class ObjectsMixin:
         """True if the object's file exists."""
         return self.object_path(key).is_file()
 
+    def touch_object(self, key: str) -> bool:
+        """Mark an object as freshly referenced (gc spares recently touched objects); False if it is missing."""
+        try:
+            os.utime(self.object_path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
     def object_size(self, key: str) -> int:
         """Size in bytes of an object; ObjectNotFoundError if it is missing."""
         try:
@@ -237,7 +246,7 @@ class ObjectsMixin:
         return open_object(data, f"object {key}")
 
     def _authenticate(self, key: str, data: bytearray | memoryview, tag: str) -> None:
-        lazy = len(data) >= MMAP_THRESHOLD and bytes(data[:4]) != CODE_MAGIC
+        lazy = len(data) >= MMAP_THRESHOLD and bytes(data[:4]) not in (CODE_MAGIC, DELTA_MAGIC)
         if lazy and os.environ.get("NBDURABLE_VERIFY_DATA") != "1":
             return  # a big data object: checked by `nbdurable check`, or here with NBDURABLE_VERIFY_DATA=1
         if not hmac.compare_digest(object_tag(data), tag):

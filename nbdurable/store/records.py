@@ -40,7 +40,14 @@ A variable reference (``VarRef``) in ``step_end.variables``::
      "module": "numpy" | None,          # for format "module"
      "origin": "/path/to/mod.py",      # optional, format "module": the file it was imported from
      "reason": "..." | None,            # for format "unrestorable"
-     "inert": true}                     # optional: nothing to restore or rebuild (a closed file)
+     "inert": true,                     # optional: nothing to restore or rebuild (a closed file)
+     "pieces": {...},                   # optional, a big array/pickle written whole: its buffers' piece hashes
+     "delta": {"base": {"object", "tag", "format", "piece", "buffers"},   # optional: stored as a delta
+               "patch": {"object", "tag", "size"}, "head": [at, len], "piece": N,
+               "buffers": [[offset in base, length, [[piece index, at in patch], ...]], ...]}}
+
+A delta (``runtime/deltas.py``) has no file of its own under ``object`` (the content key): its head and
+changed pieces are in the ``patch`` file, the rest in the ``base`` file (a whole version of the variable).
 
 An output (``step_end.outputs``) is an nbformat v4 output dict (``stream``, ``display_data``,
 ``execute_result``, ``error``) as the frontend showed it (``runtime/output_fold.py``; a display keeps its
@@ -77,6 +84,22 @@ class VarRef(TypedDict, total=False):
     origin: str
     reason: str | None
     inert: bool
+    pieces: dict[str, Any]
+    delta: dict[str, Any]
+
+
+def delta_objects(ref: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """The object files a delta reference needs: (key, tag, role) for its base file and its patch file."""
+    delta = ref.get("delta")
+    if not isinstance(delta, dict):
+        return []
+    found = []
+    for role in ("base", "patch"):
+        entry = delta.get(role)
+        if isinstance(entry, dict) and isinstance(entry.get("object"), str):
+            tag = entry.get("tag")
+            found.append((entry["object"], tag if isinstance(tag, str) else None, role))
+    return found
 
 
 def run_record(

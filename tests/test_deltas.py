@@ -1,0 +1,141 @@
+"""Sub-object deltas (``runtime/deltas.py``): a changed big array or pickled object stores only the pieces
+that changed, and comes back whole after a crash and a resume, in a new process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbdurable.errors import ChangedDuringWriteError
+from nbdurable.runtime import deltas
+from nbdurable.serialization import serialize
+from nbdurable.store import Store
+from nbdurable.store.maintenance import check_store, collect_garbage
+
+from conftest import run_session
+from helpers import KILL, counting_cell, executions, journal_records
+
+MiB = 2**20
+# Big payloads commit in the background: the kill must come after the change is durable.
+DURABLE_KILL = f"from nbdurable.runtime.session import active_session\nactive_session().wait_durable()\n{KILL}"
+
+
+def stored_bytes(store: Path) -> int:
+    return sum(f.stat().st_size for f in (store / "objects").rglob("*") if f.is_file())
+
+
+def refs_named(store: Path, name: str) -> list[dict]:
+    return [ref for record in journal_records(store, "step_end") for ref in record["variables"]
+            if ref.get("name") == name and ref.get("op") == "set"]
+
+
+def test_a_slice_change_writes_only_the_pieces_it_touched(store_dir: Path) -> None:
+    create = "import numpy as np\na = np.arange(16 * 2**20 // 8, dtype='float64')"  # 16 MiB: 4 pieces
+    first = run_session(store_dir, [create])
+    assert first.returncode == 0, first.stdout
+    whole = stored_bytes(store_dir)
+    assert whole >= 16 * MiB
+    change = "a[100:200] = -1.0"  # inside the first piece
+    cells = [create, change]
+    crashed = run_session(store_dir, [*cells, DURABLE_KILL])
+    assert crashed.killed, crashed.stdout
+    delta_bytes = stored_bytes(store_dir) - whole
+    assert delta_bytes <= deltas.PIECE + 64 * 1024, delta_bytes  # one piece and a head, not 16 MiB
+    (ref,) = [r for r in refs_named(store_dir, "a") if r.get("delta")]
+    assert [[i for i, _ in places] for _, _, places in ref["delta"]["buffers"]] == [[0]]  # piece 0 only
+    probes = {"a": "(float(a[:100].sum()), float(a[100:200].sum()), float(a[200:].sum()), a.flags.writeable)"}
+    second = run_session(store_dir, cells, probes=probes)
+    expected = np.arange(16 * MiB // 8, dtype="float64")
+    expected[100:200] = -1.0
+    assert second.probes["a"] == repr((float(expected[:100].sum()), -100.0, float(expected[200:].sum()), True))
+    assert second.stdout.count("nbdurable: restored from step") == 2
+
+
+def test_an_estimator_with_two_scalars_changed_writes_a_few_bytes(store_dir: Path) -> None:
+    cells = [
+        "import numpy as np\nclass Model:\n    pass\n"
+        "m = Model(); m.coef_ = np.random.default_rng(0).random(8 * 2**20 // 8); m.alpha = 1.0; m.n_iter_ = 3",
+    ]
+    first = run_session(store_dir, cells)
+    assert first.returncode == 0, first.stdout
+    whole = stored_bytes(store_dir)
+    cells.append("m.alpha = 0.5\nm.n_iter_ = 7")
+    crashed = run_session(store_dir, [*cells, DURABLE_KILL])
+    assert crashed.killed, crashed.stdout
+    assert stored_bytes(store_dir) - whole < 64 * 1024
+    probes = {"m": "(m.alpha, m.n_iter_, float(m.coef_.sum()) == float(np.random.default_rng(0).random(2**20).sum()))"}
+    second = run_session(store_dir, cells, probes=probes)
+    assert second.probes["m"] == "(0.5, 7, True)"
+
+
+def test_a_container_member_changed_in_place_stores_that_member_only(store_dir: Path) -> None:
+    cells = ["import numpy as np\nd = {k: np.full(2**20, i, dtype='float64') for i, k in enumerate('abcd')}",  # 32 MiB
+             "d['c'][:10] = 99.0"]
+    first = run_session(store_dir, cells[:1])
+    assert first.returncode == 0, first.stdout
+    whole = stored_bytes(store_dir)
+    crashed = run_session(store_dir, [*cells, DURABLE_KILL])
+    assert crashed.killed, crashed.stdout
+    assert stored_bytes(store_dir) - whole <= deltas.PIECE + 64 * 1024
+    second = run_session(store_dir, cells, probes={"d": "[float(v.sum()) for v in d.values()]"})
+    assert second.probes["d"] == repr([0.0, 2.0**20, 2.0 * (2**20 - 10) + 990.0, 3.0 * 2**20])
+
+
+def test_after_a_resume_the_next_change_is_a_delta_of_the_restored_base(store_dir: Path) -> None:
+    cells = ["import numpy as np\na = np.zeros(12 * 2**20 // 8)"]
+    crashed = run_session(store_dir, [*cells, DURABLE_KILL])
+    assert crashed.killed, crashed.stdout
+    before = stored_bytes(store_dir)
+    resumed = run_session(store_dir, [*cells, "a[-5:] = 7.0"], probes={"a": "float(a.sum())"})
+    assert resumed.probes["a"] == "35.0"
+    assert stored_bytes(store_dir) - before <= deltas.PIECE + 64 * 1024
+    assert [r for r in refs_named(store_dir, "a") if r.get("delta")]
+
+
+def test_check_and_gc_know_a_deltas_files(store_dir: Path) -> None:
+    cells = ["import numpy as np\na = np.ones(8 * 2**20 // 8)", "a[:3] = 0.0"]
+    session = run_session(store_dir, cells)
+    assert session.returncode == 0, session.stdout
+    store = Store.open(store_dir, create=False)
+    report = check_store(store)
+    assert not report.damage, report.damage
+    (ref,) = [r for r in refs_named(store_dir, "a") if r.get("delta")]
+    base, patch = ref["delta"]["base"]["object"], ref["delta"]["patch"]["object"]
+    collect_garbage(store, keep_last=1, min_age=0)
+    assert store.has_object(base) and store.has_object(patch)
+    os.unlink(store.object_path(patch))
+    damage = check_store(store).damage
+    assert any(patch in what and "patch of its delta" in what for what, _ in damage), damage
+
+
+def test_a_change_after_the_cell_ended_is_never_stored_as_a_delta(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    a = np.zeros(8 * MiB // 8)
+    assert deltas.write(store, "a", serialize(a)) is not None
+    a[0] = 1.0
+    changed = serialize(a)
+    a[1] = 1.0  # after the fingerprint: what would be written is not what the key names
+    with pytest.raises(ChangedDuringWriteError):
+        deltas.write(store, "a", changed)
+
+
+def test_a_damaged_delta_runs_its_cell_instead_and_heals(store_dir: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "count.txt"
+    cells = ["import numpy as np\na = np.zeros(8 * 2**20 // 8)",
+             counting_cell(counter, "change", "a[7] = 3.0")]
+    crashed = run_session(store_dir, [*cells, DURABLE_KILL])
+    assert crashed.killed, crashed.stdout
+    (ref,) = [r for r in refs_named(store_dir, "a") if r.get("delta")]
+    patch = Store.open(store_dir, create=False).object_path(ref["delta"]["patch"]["object"])
+    data = bytearray(patch.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a changed piece: authentication fails, nothing of it is used
+    patch.write_bytes(bytes(data))
+    resumed = run_session(store_dir, cells, probes={"a": "(float(a.sum()), float(a[7]))"})
+    assert resumed.probes["a"] == "(3.0, 3.0)", resumed.stdout
+    assert "fails authentication" in resumed.stdout and "variable `a`" in resumed.stdout
+    again = run_session(store_dir, cells, probes={"a": "float(a.sum())"})
+    assert again.probes["a"] == "3.0"
+    assert executions(counter) == ["change", "change"]  # the damaged delta's cell ran once more, then healed
