@@ -1,5 +1,12 @@
 """Sub-object deltas: what a checkpoint writes when a big object changed only in part.
 
+``python -m bench.deltas workloads``: the three checkpointing workloads of Chipmink (VLDB 2026), as
+notebooks in ``bench/notebooks/`` (a 1M-row frame changed in 12 cells, one change each; the same frame
+read by 20 cells; 12 cells each creating a 1 MB array), each run headless by nbdurable (``--fresh``, in
+this process, kernel start counted) and by plain nbclient in the same run, and by nbclient with
+``dill.dump_session`` after every cell (dill sessions). Figures: the store's size (every file in it) against
+Chipmink's published total, with dill's total as the measured baseline; nbdurable's time against nbclient's.
+
 ``python -m bench.deltas objects``: in one IPython shell with nbdurable loaded, a 1 GiB ndarray gets 1% of
 its elements changed in one contiguous slice, and a 64 MB fitted scikit-learn estimator (k-nearest
 neighbours keep their training data) gets two scalar parameters changed. The figure is the bytes the
@@ -80,12 +87,73 @@ def objects() -> list[Figure]:
     ]
 
 
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+# workload: (Chipmink's published store size in MB, the time ratio target)
+TARGETS = {"update_by_column": (182.0, 1.2), "read_only": (109.0, 1.1), "append": (12.0, 1.1)}
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def dill_sessions(path: Path, work: Path) -> tuple[float, int]:
+    """nbclient with ``dill.dump_session`` after every code cell: (seconds, bytes of all the sessions)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell
+
+    from bench.headless import run_nbclient
+
+    nb = nbformat.read(path, as_version=4)
+    sessions = work / "dill"
+    sessions.mkdir()
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        cells.append(cell)
+        if cell.cell_type == "code":
+            cells.append(new_code_cell(f"import dill as _dill\n_dill.dump_session({str(sessions / f'{i}.pkl')!r})"))
+    nb.cells = cells
+    with_dill = work / f"dill-{path.name}"
+    nbformat.write(nb, with_dill)
+    return run_nbclient(with_dill), tree_bytes(sessions)
+
+
+def workloads(repeats: int) -> list[Figure]:
+    import shutil
+    import statistics
+
+    from bench.headless import run_nbclient, run_nbdurable
+
+    figures = []
+    for name, (published, ratio_target) in TARGETS.items():
+        plain, ours, sizes, dill_t, dill_b = [], [], [], [], []
+        for _ in range(repeats):
+            work = Path(tempfile.mkdtemp(prefix=f"nbd-bench-{name}-"))
+            path = work / f"{name}.ipynb"
+            shutil.copy(NOTEBOOKS / f"{name}.ipynb", path)
+            plain.append(run_nbclient(path))
+            ours.append(run_nbdurable(path))
+            sizes.append(tree_bytes(path.parent / ".nbdurable"))
+            t, b = dill_sessions(path, work)
+            dill_t.append(t)
+            dill_b.append(b)
+            shutil.rmtree(work, ignore_errors=True)
+        size, dill_size = statistics.median(sizes) / 1e6, statistics.median(dill_b) / 1e6
+        o, p = statistics.median(ours), statistics.median(plain)
+        figures += [
+            Figure(f"{name}: store size", size, "dill sessions", dill_size, "MB",
+                   f"<= {published:g} MB (Chipmink)", size <= published,
+                   f"dill sessions {statistics.median(dill_t):.2f} s"),
+            Figure(f"{name}: run time", o, "nbclient", p, "s", f"ratio <= {ratio_target:g}", o <= ratio_target * p),
+        ]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["objects"])
+    parser.add_argument("what", choices=["objects", "workloads"])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if args.what == "objects":
-        emit(objects())
+    emit(objects() if args.what == "objects" else workloads(args.repeats))
 
 
 if __name__ == "__main__":

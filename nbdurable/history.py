@@ -299,13 +299,43 @@ def _create_vars(con: duckdb.DuckDBPyConnection, store: Store, run_id: str, name
             continue
         view = f'vars."{name.replace(chr(34), chr(34) * 2)}"'
         path = store.object_path(str(key))
-        if _is_plain_parquet(path):
+        if not path.is_file() and (by_column := _frame_ref(store, run_id, name, str(key))) is not None:
+            con.execute(f"CREATE VIEW {view} AS {_columns_side_by_side(store, by_column)}")
+        elif _is_plain_parquet(path):
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({quote_literal(str(path))})")
         elif name in wanted:
             registered = f"__nbd_var_{name}"
             con.register(registered, _decoded_table(store, run_id, name, str(key), path))
             con.execute(f'CREATE VIEW {view} AS SELECT * FROM temp.main."{registered}"')
     return hint
+
+
+def _frame_ref(store: Store, run_id: str, name: str, key: str) -> dict[str, Any] | None:
+    """The ``frame`` of a DataFrame stored column by column (``runtime/frames.py``), else None."""
+    for record in reversed(store.read_journal(run_id)):
+        for ref in record.get("variables") or [] if record.get("t") == "step_end" else []:
+            if isinstance(ref, dict) and ref.get("name") == name and ref.get("object") == key:
+                frame = ref.get("frame")
+                return frame if isinstance(frame, dict) else None
+    return None
+
+
+def _columns_side_by_side(store: Store, frame: dict[str, Any]) -> str:
+    """SQL reading a column-wise frame's Parquet parts side by side: its index columns (a non-range index),
+    then each column under its label, as ``read_parquet`` of the same frame written whole would show."""
+    from nbdurable.store.catalog import quote_literal
+
+    def part(key: str, alias: str) -> str:
+        return f"read_parquet({quote_literal(str(store.object_path(key)))}) AS {alias}"
+
+    sources, selected = [], []
+    if isinstance(frame.get("index"), list):
+        sources.append(part(str(frame["index"][0]), "ix"))
+        selected.append("ix.*")
+    for j, (label, key, _tag) in enumerate(frame["columns"]):
+        sources.append(part(str(key), f"c{j}"))
+        selected.append(f'c{j}.v AS "{str(label).replace(chr(34), chr(34) * 2)}"')
+    return f"SELECT {', '.join(selected)} FROM {' POSITIONAL JOIN '.join(sources)}"
 
 
 def _is_plain_parquet(path: Any) -> bool:

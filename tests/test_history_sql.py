@@ -241,8 +241,12 @@ def test_dataframe_variable_is_queried_where_it_is_stored(history_store: dict[st
     views = nbd.sql("SELECT view_name, sql FROM duckdb_views() WHERE database_name = 'vars' ORDER BY view_name",
                     store=d, run=a)
     assert list(views.view_name) == ["df"]  # the inlined `small` is decoded only when a query names it
-    key = nbd.sql("SELECT object FROM variables WHERE run_id = ? AND name = 'df'", [a], store=d).object[0]
-    assert "read_parquet" in views.sql[0] and str(Store.open(d).object_path(key)) in views.sql[0]
+    refs = [ref for record in Store.open(d).read_journal(a) if record.get("t") == "step_end"
+            for ref in record["variables"] if ref["name"] == "df"]
+    columns = refs[-1]["frame"]["columns"]  # a 16 MB frame is stored column by column: its parts are read
+    assert [label for label, _, _ in columns] == ["x", "g"]
+    assert all(f"read_parquet('{Store.open(d).object_path(key)}')" in views.sql[0] for _, key, _ in columns)
+    assert "POSITIONAL JOIN" in views.sql[0]
 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the DataFrame was loaded into the process")

@@ -18,16 +18,19 @@ Nothing here writes anything: ``compute_delta`` returns the changes, the runtime
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import itertools
 import pickle
 import re
+import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from nbdurable.capture.names import CellNames, reachable_globals
+from nbdurable.capture.reach import reach
 from nbdurable.capture.secrets import SecretRules as _WordRules
 from nbdurable.serialization import Serialized, deserialize, serialize
 from nbdurable.store.auth import object_tag
@@ -121,6 +124,8 @@ class NamespaceTracker:
         self.bindings: dict[str, Binding] = {}
         self.instance_prefix = instance_prefix
         self._counter = itertools.count(1)
+        self._reach: dict[str, set[int]] = {}  # recorded name -> identities its object reaches (``reach.py``)
+        self._holders: dict[int, set[str]] = {}  # identity -> recorded names whose objects reach it
 
     def ignored(self, name: str) -> bool:
         """Names that are not user state."""
@@ -138,7 +143,36 @@ class NamespaceTracker:
             stored |= after - before
             stored |= {n for n in before - after if n in self.bindings}
         loaded = set(names.loaded) - stored
-        return stored, loaded
+        return stored, loaded | (self.related(stored | loaded) - stored)
+
+    def related(self, names: set[str]) -> set[str]:
+        """Recorded variables whose objects share mutable state with these names' objects (a view's base, a
+        wrapper's or a container's member, reached either way): a cell may change them without naming them."""
+        if not self._holders:
+            return set()
+        touched: set[int] = set()
+        for name in names:
+            if name in self.namespace and not self.ignored(name):
+                touched |= reach(self.namespace[name])
+            touched |= self._reach.get(name, set())
+        found: set[str] = set()
+        for ident in touched:
+            found |= self._holders.get(ident, set())
+        return found - names
+
+    def _note_reach(self, name: str, obj: Any = None, *, gone: bool = False) -> None:
+        for ident in self._reach.pop(name, ()):
+            holders = self._holders.get(ident)
+            if holders is not None:
+                holders.discard(name)
+                if not holders:
+                    del self._holders[ident]
+        if gone or isinstance(obj, _IMMUTABLE_TYPES):
+            return
+        idents = reach(obj)
+        self._reach[name] = idents
+        for ident in idents:
+            self._holders.setdefault(ident, set()).add(name)
 
     def compute_delta(self, names: CellNames, *, before: set[str] | None = None,
                       no_state: bool = False) -> list[Change]:
@@ -217,15 +251,19 @@ class NamespaceTracker:
                 continue  # interpreter state (kernel_ext/interpreter.py): no variable to compare later
             if change.op == "del":
                 self.bindings.pop(change.name, None)
+                self._note_reach(change.name, gone=True)
             elif change.serialized is not None and change.instance is not None:
                 s = change.serialized
                 volatile = s.format == "unrestorable" and not (s.reason or "").startswith("secret")
                 self.bindings[change.name] = Binding(change.obj_id, s.key, change.instance, change.immutable, volatile)
+                obj = self.namespace.get(change.name)
+                self._note_reach(change.name, obj, gone=obj is None or id(obj) != change.obj_id)
 
     def adopt(self, name: str, obj: Any, *, key: str, instance: str) -> None:
         """Record a restored variable as known, so an untouched restored object is never re-stored."""
         immutable = isinstance(obj, _IMMUTABLE_TYPES)
         self.bindings[name] = Binding(id(obj), key, instance, immutable, settled=immutable)
+        self._note_reach(name, obj)
 
     def settle(self, names: Iterable[str], *, everything: bool = False) -> None:
         """Before a cell that may change these variables runs: learn the key of each restored object among them
@@ -265,10 +303,13 @@ class NamespaceTracker:
     def forget(self, name: str) -> None:
         """Drop a variable from the reference (it was deleted by a restore)."""
         self.bindings.pop(name, None)
+        self._note_reach(name, gone=True)
 
     def reset(self) -> None:
         """Forget everything: the next touch of each variable records it again (a fresh run)."""
         self.bindings.clear()
+        self._reach.clear()
+        self._holders.clear()
 
 
 SECRET_REASON = "secret: never written to disk (matches the secret patterns or %durable exclude)"
@@ -303,11 +344,28 @@ def _verified(obj: Any, result: Serialized, namespace: dict[str, Any]) -> Serial
     if result.format != "pickle" or result.size > VERIFY_MAX_BYTES or isinstance(obj, _PLAIN):
         return result
     try:
-        deserialize("pickle", bytearray(result.to_bytes()), format_version=result.format_version,
-                    namespace=dict(namespace))
+        with _pyplot_untouched():
+            deserialize("pickle", bytearray(result.to_bytes()), format_version=result.format_version,
+                        namespace=dict(namespace))
     except Exception as exc:  # whatever unpickling raises: the object cannot come back from its pickle
         return Serialized.unrestorable(obj, f"it pickles, but the pickle does not load back ({_cause(exc)})")
     return result
+
+
+@contextlib.contextmanager
+def _pyplot_untouched() -> Iterator[None]:
+    """Loading a matplotlib figure back registers it with pyplot and makes it the current figure (its
+    ``__setstate__`` does): the trial load of a check must leave pyplot's figures, and which is current, as
+    the cell left them (``plt.title`` in the next cell must still draw on the cell's own axes)."""
+    helpers = sys.modules.get("matplotlib._pylab_helpers")
+    figures = getattr(getattr(helpers, "Gcf", None), "figs", None)
+    saved = list(figures.items()) if figures is not None else None
+    try:
+        yield
+    finally:
+        if figures is not None and saved is not None and list(figures.items()) != saved:
+            figures.clear()
+            figures.update(saved)  # the same managers in the same order: the last one is current again
 
 
 def _cause(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ import xxhash
 
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import AuthenticationError, ChangedDuringWriteError, NbdurableError, RestoreError, StoreError
-from nbdurable.runtime import deltas
+from nbdurable.runtime import deltas, frames
 from nbdurable.serialization import deserialize
 from nbdurable.store import Store
 from nbdurable.store.records import VarRef
@@ -57,7 +57,7 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
                 ref["inline"] = inlined[s.key]
             else:
                 try:
-                    fields = deltas.write(store, change.name, s)
+                    fields = frames.write(store, s) or deltas.write(store, change.name, s)
                     if fields is None:
                         ref["size"], ref["tag"] = store.write_object(s.key, s.write)
                     else:
@@ -91,7 +91,9 @@ class ObjectLoader:
         if cache_key in self._cache:
             return self._cache[cache_key]
         try:
-            if ref.get("delta"):
+            if ref.get("frame"):
+                obj = frames.load(self.store, dict(ref))
+            elif ref.get("delta"):
                 obj = deltas.load(self.store, dict(ref), self.namespace)
             else:
                 obj = deserialize(

@@ -37,7 +37,8 @@ from nbdurable.serialization._core import (
 
 _PANDAS_MODULES = ("pandas", "pandas.core.frame")  # pandas 3 says "pandas", pandas 2 the defining module
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "deserialize", "deserialize_parts", "piece_key", "serialize"]
+__all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "assemble_frame", "deserialize", "deserialize_parts",
+           "frame_parts", "piece_key", "serialize"]
 
 
 def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serialized:
@@ -129,6 +130,23 @@ def deserialize_parts(
     from nbdurable.serialization._pickle import deserialize_pickle_parts
 
     return deserialize_pickle_parts(head, buffers, namespace)
+
+
+def frame_parts(serialized: Serialized) -> Any:
+    """A big DataFrame's columns and index as Serialized parts of their own (``_frame_parts.FrameParts``),
+    or None for anything else (or a frame whose parts would not round-trip alone)."""
+    if serialized.format != "parquet" or not hasattr(serialized, "column_keys"):
+        return None
+    from nbdurable.serialization._frame_parts import FrameParts
+
+    return FrameParts.of(serialized.frame, serialized.column_keys, serialized.index_key)  # type: ignore[attr-defined]
+
+
+def assemble_frame(manifest: dict[str, Any], index: Any, columns: list[Any]) -> Any:
+    """A DataFrame stored column by column, from its manifest and its deserialized parts (``_frame_parts``)."""
+    from nbdurable.serialization._frame_parts import assemble
+
+    return assemble(manifest, index, columns)
 
 
 def _serialize_module(obj: types.ModuleType, type_name: str) -> Serialized:

@@ -50,14 +50,25 @@ _MASKED_DTYPES: tuple[type, ...] = (
 
 
 class ParquetSerialized(Serialized):
-    """A DataFrame fingerprinted now, encoded as Parquet when written."""
+    """A DataFrame fingerprinted now, encoded as Parquet when written.
 
-    __slots__ = ("_frame", "_plan")
+    ``column_keys`` (one per column, of its dtype, length and data only: not its label) and ``index_key``
+    (None for a RangeIndex) let a big frame be stored column by column (``frame_parts``)."""
 
-    def __init__(self, frame: pd.DataFrame, plan: dict[str, Any], **fields: Any) -> None:
+    __slots__ = ("_frame", "_plan", "column_keys", "index_key")
+
+    def __init__(self, frame: pd.DataFrame, plan: dict[str, Any], *, column_keys: tuple[str, ...] = (),
+                 index_key: str | None = None, **fields: Any) -> None:
         super().__init__(**fields)
         self._frame = frame
         self._plan = plan
+        self.column_keys = column_keys
+        self.index_key = index_key
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The frame as fingerprinted (a snapshot's own copy): what its parts are cut from."""
+        return self._frame
 
     @property
     def has_payload(self) -> bool:
@@ -77,7 +88,8 @@ class ParquetSerialized(Serialized):
         # DataFrame copies the blocks it touches. Without copy-on-write, copy the data.
         deep = not _copy_on_write()
         copy = ParquetSerialized(self._frame.copy(deep=deep), self._plan, key=self.key, format=self.format,
-                                 type_name=self.type_name, size=self.size)
+                                 type_name=self.type_name, size=self.size, column_keys=self.column_keys,
+                                 index_key=self.index_key)
         copy.format_version = self.format_version
         return copy
 
@@ -143,9 +155,10 @@ def _to_arrow(frame: pd.DataFrame, plan: dict[str, Any]) -> pa.Table:
 # ---------------------------------------------------------------- which DataFrames go to Parquet
 
 
-def plan(frame: pd.DataFrame) -> dict[str, Any] | None:
-    """How to store ``frame`` as Parquet, or None when it might not come back exactly (then: pickle)."""
-    if frame.attrs or not frame.flags.allows_duplicate_labels or frame.shape[1] == 0:
+def plan(frame: pd.DataFrame, *, index_only: bool = False) -> dict[str, Any] | None:
+    """How to store ``frame`` as Parquet, or None when it might not come back exactly (then: pickle).
+    ``index_only``: a frame without columns over a non-range index (a column-wise frame's index part)."""
+    if frame.attrs or not frame.flags.allows_duplicate_labels or (frame.shape[1] == 0) != index_only:
         return None
     labels = list(frame.columns)
     if isinstance(frame.columns, pd.MultiIndex) or not all(type(c) is str for c in labels):
@@ -245,18 +258,30 @@ def _index_plan(index: pd.Index, labels: set[str]) -> tuple[bool, str | None]:
 
 
 def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: str) -> ParquetSerialized:
-    """Fingerprint the DataFrame in place: its description, then every column's and the index's data."""
+    """Fingerprint the DataFrame in place: its description, then every column's and the index's key, each
+    of its data (so a column keeps its key when it is renamed, moved, or its neighbours change)."""
     h = new_hasher(FORMAT)
     h.update(_describe(frame).encode())
+    column_keys = []
     for label in frame.columns:  # labels are unique (plan checked)
-        _hash_values(h, frame[label])
-    index = frame.index
-    if isinstance(index, pd.MultiIndex):
-        for level, codes in zip(index.levels, index.codes, strict=True):
-            _hash_values(h, level)
-            _hash_ndarray(h, np.asarray(codes))
-    elif not isinstance(index, pd.RangeIndex):  # a RangeIndex is all in the description
-        _hash_values(h, index)
+        values = frame[label]
+        hc = new_hasher("parquet-column")
+        hc.update(f"{_dtype_desc(values.dtype)}:{len(values)}".encode())
+        _hash_values(hc, values)
+        column_keys.append(str(hc.hexdigest()))
+        h.update(column_keys[-1].encode())
+    index, index_key = frame.index, None
+    if not isinstance(index, pd.RangeIndex):  # a RangeIndex is all in the description
+        hi = new_hasher("parquet-index")
+        hi.update(_describe(pd.DataFrame(index=index)).encode())
+        if isinstance(index, pd.MultiIndex):
+            for level, codes in zip(index.levels, index.codes, strict=True):
+                _hash_values(hi, level)
+                _hash_ndarray(hi, np.asarray(codes))
+        else:
+            _hash_values(hi, index)
+        index_key = str(hi.hexdigest())
+        h.update(index_key.encode())
     return ParquetSerialized(
         frame,
         frame_plan,
@@ -264,6 +289,8 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
         format=FORMAT,
         type_name=type_name,
         size=int(frame.memory_usage(index=True, deep=False).sum()),  # an estimate until written
+        column_keys=tuple(column_keys),
+        index_key=index_key,
     )
 
 

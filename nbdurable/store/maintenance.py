@@ -30,7 +30,7 @@ from .catalog import CATALOG_FILE
 from .crypto import OBJECT_MAGIC
 from .events import EVENT_SUFFIX
 from .journal import _checked_body, fsync_dir, io_error
-from .records import delta_objects
+from .records import part_objects
 
 if TYPE_CHECKING:
     from . import Store
@@ -135,12 +135,12 @@ def object_uses(run_id: str, records: Iterable[dict[str, Any]]) -> Iterator[Obje
         for v in r.get("variables") or []:
             if isinstance(v, dict) and isinstance(key := v.get("object"), str):
                 where = f"variable `{v.get('name')}` of step {r.get('ordinal')} of run {run_id}"
-                parts = delta_objects(v)
+                parts = part_objects(v)
                 needs_file = v.get("format") in FILE_FORMATS and v.get("inline") is None and not parts
                 yield ObjectUse(key, v.get("format"), needs_file, run_id, where, v.get("tag"))
-                for part, tag, role in parts:  # a delta: its base (a whole version) and its changed pieces
-                    yield ObjectUse(part, v.get("format") if role == "base" else "delta", True, run_id,
-                                    f"{where} ({role} of its delta)", tag)
+                for part, tag, role in parts:  # a delta's base and patch files, a frame's column files
+                    fmt = "delta" if role.startswith("patch") else v.get("format")
+                    yield ObjectUse(part, fmt, True, run_id, f"{where} ({role})", tag)
         for i, o in enumerate(r.get("outputs") or []):
             if isinstance(o, dict) and o.get("output_type") == "object" and isinstance(key := o.get("object"), str):
                 yield ObjectUse(key, None, True, run_id, f"output {i} of step {r.get('ordinal')} of run {run_id}",

@@ -44,10 +44,15 @@ A variable reference (``VarRef``) in ``step_end.variables``::
      "pieces": {...},                   # optional, a big array/pickle written whole: its buffers' piece hashes
      "delta": {"base": {"object", "tag", "format", "piece", "buffers"},   # optional: stored as a delta
                "patch": {"object", "tag", "size"}, "head": [at, len], "piece": N,
-               "buffers": [[offset in base, length, [[piece index, at in patch], ...]], ...]}}
+               "buffers": [[offset in base, length, [[piece index, at in patch], ...]], ...]},
+     "frame": {"labels": [...], "labels_dtype": "str", "labels_name": None, "rows": N,   # optional: a big
+               "range": [start, stop, step, name] | absent, "index": [key, tag] | None,  # DataFrame stored
+               "columns": [[label, key, tag], ...]}}                                      # column by column
 
 A delta (``runtime/deltas.py``) has no file of its own under ``object`` (the content key): its head and
 changed pieces are in the ``patch`` file, the rest in the ``base`` file (a whole version of the variable).
+A frame stored by column (``runtime/frames.py``) has none either: each column (and a non-range index) is a
+Parquet object of its own, keyed by its data, shared by every version and variable that holds it.
 
 An output (``step_end.outputs``) is an nbformat v4 output dict (``stream``, ``display_data``,
 ``execute_result``, ``error``) as the frontend showed it (``runtime/output_fold.py``; a display keeps its
@@ -88,17 +93,24 @@ class VarRef(TypedDict, total=False):
     delta: dict[str, Any]
 
 
-def delta_objects(ref: dict[str, Any]) -> list[tuple[str, str | None, str]]:
-    """The object files a delta reference needs: (key, tag, role) for its base file and its patch file."""
-    delta = ref.get("delta")
-    if not isinstance(delta, dict):
-        return []
-    found = []
-    for role in ("base", "patch"):
-        entry = delta.get(role)
-        if isinstance(entry, dict) and isinstance(entry.get("object"), str):
-            tag = entry.get("tag")
-            found.append((entry["object"], tag if isinstance(tag, str) else None, role))
+def part_objects(ref: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """The object files a reference stored in parts needs: (key, tag, role), for a delta its base and patch
+    files, for a frame stored by column each column's file and its index's."""
+    found: list[tuple[str, str | None, str]] = []
+    delta, frame = ref.get("delta"), ref.get("frame")
+    if isinstance(delta, dict):
+        for role in ("base", "patch"):
+            entry = delta.get(role)
+            if isinstance(entry, dict) and isinstance(entry.get("object"), str):
+                tag = entry.get("tag")
+                found.append((entry["object"], tag if isinstance(tag, str) else None, f"{role} of its delta"))
+    if isinstance(frame, dict):
+        parts = [(f"column {c[0]!r}", c[1:]) for c in frame.get("columns") or [] if isinstance(c, list) and len(c) == 3]
+        if isinstance(frame.get("index"), list):
+            parts.append(("its index", frame["index"]))
+        for role, entry in parts:
+            if len(entry) == 2 and isinstance(entry[0], str):
+                found.append((entry[0], entry[1] if isinstance(entry[1], str) else None, role))
     return found
 
 
