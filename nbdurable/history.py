@@ -61,7 +61,7 @@ def history(
     """Runs of the store, newest first, as a DataFrame (one row per run, the columns of the ``runs`` table).
 
     - ``notebook``: the notebook's name or path (relative paths are taken from the working directory).
-    - ``status``: one of running, completed, failed, suspended, cancelled, crashed.
+    - ``status``: one of running, completed, failed, suspended, interrupted, cancelled, crashed.
     - ``since`` / ``until``: runs started at or after ``since`` and before ``until``. Each is a datetime
       (naive means local time), a date (its midnight, local time), an ISO 8601 string, or a duration
       ("7d", "12h", "90m", a timedelta) meaning that long ago.

@@ -15,6 +15,7 @@ from nbdurable.errors import OptionsError, RunNotFoundError
 from nbdurable.runtime.session import resolve_store_path
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
+EXIT_CANCELLED = 4  # the run was cancelled (`nbdurable cancel`): for good, nothing resumes it
 
 suspend_option = click.option(
     "--suspend-after", "suspend_after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
@@ -91,6 +92,10 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
                    "`nbdurable worker` resumes it when it is due.", err=True)
         sys.exit(EXIT_SUSPENDED)
     at = f" (cell {result.stopped_at + 1})" if result.stopped_at is not None else ""
+    if result.status == "cancelled":
+        click.echo(f"Cancelled{at}: {result.error or 'cancelled'}. The run is over for good "
+                   f"(`nbdurable resume {result.run_id} --force` would go on from there).", err=True)
+        sys.exit(EXIT_CANCELLED)
     if result.interrupted:
         click.echo(f"Interrupted{at}. Run the same command again to resume from there.", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -134,8 +139,11 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
     2 usage error (bad options or parameters, a run of the notebook live elsewhere);
     3 the run suspended itself on a long `nbd.sleep` or `nbd.wait_for_event`
       (`nbdurable worker` resumes it when it is due);
+    4 the run was cancelled (`nbdurable cancel`): nothing resumes it
+      (`nbdurable resume RUN_ID --force` can);
     130 interrupted (Ctrl-C).
-    After 1, 3 or 130 the same command resumes the run from where it stopped."""
+    After 1, 3 or 130 the same command resumes the run from where it stopped;
+    after 4 it starts a new run."""
     from nbdurable.headless.params import load_parameters
 
     _execute(notebook, output, load_parameters(parameters, files), store=store, cwd=cwd, kernel=kernel,
@@ -150,12 +158,13 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
 @click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory of the kernel.")
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--force", is_flag=True, help="Resume RUN_ID even though it was cancelled.")
 @suspend_option
 @timeout_options
 def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
-           suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
+           force: bool, suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
     """Resume RUN_ID: run its notebook again with its parameters, restoring what it completed (same exit
-    codes as `run`)."""
+    codes as `run`). A cancelled run is resumed only with --force."""
     opened = open_store(store)
     run_id = resolve_run(opened, run_id)
     records = opened.read_journal(run_id)
@@ -167,6 +176,12 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
     if any(r.get("t") == "run_end" and r.get("status") == "completed" for r in records):
         raise OptionsError(f"run {run_id} completed: there is nothing to resume.",
                            hint="`nbdurable run NOTEBOOK --fresh` runs it again.")
+    from nbdurable.runtime.control import was_cancelled
+
+    if not force and was_cancelled(opened, run_id):
+        raise OptionsError(f"run {run_id} was cancelled: nothing resumes it unless forced.",
+                           hint=f"`nbdurable resume {run_id} --force` resumes it anyway; `nbdurable show {run_id}` "
+                           "says who cancelled it and why.")
     from nbdurable.headless.params import secrets_from_environment
 
     _execute(Path(notebook), output or head.get("output_path"),
@@ -207,6 +222,8 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
         waiting = json.loads(row.waiting_for) if isinstance(row.waiting_for, str) else None
         click.echo(f"  {describe_suspension(wake_at, waiting)}: `nbdurable worker` resumes it when it is due")
     else:
+        if row.status == "cancelled":
+            click.echo(f"  {tables.cancelled(row.cancelled_by, row.cancel_reason, row.cancel_requested_at)}")
         click.echo(f"  {tables.ENDINGS.get(str(row.status), str(row.status))}")
     click.echo()
     top = steps["parent"].isna()

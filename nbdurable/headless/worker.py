@@ -6,7 +6,8 @@ catalog lists the suspended runs nobody resumed yet; the run's final journal rec
 for. Before resuming a run the worker takes that run's lease (a suspended run's lease is free), so two
 workers never resume the same run: the second finds it held, and by the time it is free again a run
 that resumes it exists. The resume itself is ``nbdurable resume``: the same notebook, parameters,
-output path and working directory, in a new kernel, restoring what the suspended run completed.
+output path and working directory, in a new kernel, restoring what the suspended run completed. A
+cancelled run (``runtime/control.py``) is never resumed, even one cancelled after the catalog listed it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdurable.errors import LeaseHeldError, OptionsError
+from nbdurable.runtime.control import was_cancelled
 from nbdurable.runtime.replay import chain_scope
 from nbdurable.runtime.waits import find_event
 from nbdurable.store import Store
@@ -99,6 +101,10 @@ class Worker:
             return False
         with lease:
             if _resumed_by_another(self.store, due.run_id):
+                return False
+            if was_cancelled(self.store, due.run_id):  # cancelled since the catalog listed it: never resumed
+                self.log(f"run {due.run_id}: cancelled, not resuming it")
+                self._skipped.add(due.run_id)
                 return False
             head = self.store.read_journal(due.run_id)[0]
             notebook = head.get("notebook_path")

@@ -1,12 +1,14 @@
-"""What the ``%durable`` magics do that is more than a call: the status table, ``%durable resume`` and
-``%durable plan`` (the extension keeps the session's state; these read and drive it)."""
+"""What the ``%durable`` magics do that is more than a call: the status table, ``%durable resume``,
+``%durable plan`` and ``%durable cancel`` (the extension keeps the session's state; these read and drive it)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nbdurable.errors import LeaseHeldError, OptionsError, RunNotFoundError
+from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError, RunNotFoundError
+from nbdurable.runtime.control import canceller
 from nbdurable.runtime.planning import CellPlan, Simulation, format_plan, notebook_sources, plan_cells
 from nbdurable.runtime.replay import ReplayPlan, find_resumable
 
@@ -106,3 +108,44 @@ def plan_run_all(ext: Durable, notebook: str | None) -> str:
     cells = plan_of_file(ext, notebook)
     name = Path(notebook or ext.notebook or "").name
     return f"Run All of {name} now (the file as last saved):\n{format_plan(cells)}"
+
+
+def cancel(ext: Durable, reason: str | None) -> str:
+    """`%durable cancel`: end this session's current run as cancelled (who, when, why recorded); the next
+    cell starts a new run that restores nothing (the namespace stays as it is)."""
+    run = ext.run
+    if run is None or run.status != "running":
+        raise OptionsError("%durable cancel: this session has no run to cancel (no cell recorded since it "
+                           "started, or since its last run ended).",
+                           hint="`nbdurable cancel RUN_ID` cancels another run (`%durable runs --all` lists them)")
+    request = ext.store_obj.request_cancel(run.run_id, by=canceller(), reason=reason)
+    _finish_cancelled(ext, request)
+    why = f" ({reason})" if reason else ""
+    return (f"nbdurable: run {run.run_id} cancelled{why}: nothing resumes it. The next cell starts a new run; "
+            "nothing is restored from earlier runs.")
+
+
+def end_if_cancelled(ext: Durable) -> None:
+    """Before a cell: if this session's run was cancelled from outside (`nbdurable cancel`), end it so; the
+    cell is recorded in a new run."""
+    run = ext.run
+    if run is None or run.status != "running" or not ext.store_obj.cancel_requested(run.run_id):
+        return
+    request = ext.store_obj.cancel_request(run.run_id) or {}
+    _finish_cancelled(ext, request, fresh=False)
+    why = f": {request['reason']}" if request.get("reason") else ""
+    print(f"nbdurable: run {run.run_id} was cancelled by {request.get('by') or 'someone'}{why}; "
+          "this cell starts a new run.", file=sys.stderr)
+
+
+def _finish_cancelled(ext: Durable, request: dict[str, object], *, fresh: bool = True) -> None:
+    run = ext.run
+    assert run is not None
+    try:
+        run.wait_durable()
+    except NbdurableError as exc:  # a big step that could not be written: the run ends anyway
+        print(f"nbdurable: a cell's state could not be made durable: {exc}", file=sys.stderr)
+    run.finish("cancelled", cancel=dict(request))
+    ext.run = None
+    if fresh:
+        ext.start_fresh()

@@ -65,6 +65,7 @@ class DurableMagics(Magics):
             "plan": self.plan,
             "reuse": self.reuse,
             "new": self.new,
+            "cancel": self.cancel,
             "attach": self.attach,
             "runs": self.runs,
             "exclude": self.exclude,
@@ -75,8 +76,8 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> Any:
-        """Durable execution of this notebook. Subcommands: status, resume, plan, reuse, new, attach, runs,
-        exclude, graph, history, help.
+        """Durable execution of this notebook. Subcommands: status, resume, plan, reuse, new, cancel, attach,
+        runs, exclude, graph, history, help.
 
         ``%durable help`` describes each; ``%durable SUBCOMMAND -h`` shows its options."""
         name, *rest = line.split(maxsplit=1) or ["help"]  # any whitespace ends the name: `status\t--all`
@@ -173,6 +174,13 @@ class DurableMagics(Magics):
         """End the current run and start a fresh one: nothing is restored from earlier runs."""
         self.ext.start_fresh()
         print("nbdurable: the next cell starts a fresh run; nothing will be restored.")
+
+    @magic_arguments("durable cancel")
+    @_help_option
+    @argument("--reason", default=None, help="why (recorded with who and when; `nbdurable show` says it)")
+    def cancel(self, args: argparse.Namespace) -> None:
+        """End the current run as cancelled, for good (nothing resumes it); the next cell starts a new run."""
+        print(commands.cancel(self.ext, args.reason))
 
     @magic_arguments("durable attach")
     @_help_option
