@@ -177,10 +177,14 @@ class DurableMagics(Magics):
 
     @magic_arguments("durable cancel")
     @_help_option
-    @argument("--reason", default=None, help="why (recorded with who and when; `nbdurable show` says it)")
+    @argument("--reason", nargs="+", default=None,
+              help="why, the rest of the line (recorded with who and when; `nbdurable show` says it)")
     def cancel(self, args: argparse.Namespace) -> None:
         """End the current run as cancelled, for good (nothing resumes it); the next cell starts a new run."""
-        print(commands.cancel(self.ext, args.reason))
+        reason = " ".join(args.reason) if args.reason else None
+        if reason and len(reason) > 1 and reason[0] == reason[-1] and reason[0] in "'\"":
+            reason = reason[1:-1]  # IPython splits the line keeping the quotes
+        print(commands.cancel(self.ext, reason))
 
     @magic_arguments("durable attach")
     @_help_option
