@@ -39,6 +39,7 @@ from nbdurable.headless.result import (
     notice_of,
 )
 from nbdurable.runtime.cells import classify
+from nbdurable.runtime.changes import apply_policy
 from nbdurable.runtime.checkpoint import load_outputs
 from nbdurable.runtime.control import cancel_grace, end_cancelled
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
@@ -103,13 +104,16 @@ class HeadlessRunner:
         on_cell: Callable[[int, dict[str, Any]], None] | None = None,
         on_cell_start: Callable[[int], None] | None = None,
         on_message: Callable[[int, Any], None] | None = None,
+        on_change: str = "continue",
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         """``execution_timeout``: seconds a cell may run (nbclient's per-cell ``timeout``; None: no limit);
         ``start_timeout``: seconds the kernel may take to start. Callbacks: ``on_cell(index, meta)`` once a
         code cell is done (executed, restored, failed…; ``meta`` is its ``nbdurable`` metadata),
         ``on_cell_start(index)`` before a cell is sent to the kernel (not for the leading cells restored
         in one batch), ``on_message(index, output)`` for every kernel message of a cell, with the output it
-        added to the cell (None for other messages)."""
+        added to the cell (None for other messages). ``on_change``: what a resume does when cells before its
+        resumption point changed (``runtime/changes.py``: ``continue`` or ``fail``); ``notify(text)`` is told."""
         self.nb = nb
         self.notebook = str(notebook_path.resolve())
         self.store = Store.open(store_path)
@@ -132,6 +136,7 @@ class HeadlessRunner:
         self.on_cell = on_cell
         self.on_cell_start = on_cell_start
         self.on_message = on_message
+        self.on_change, self.notify = on_change, notify
         self.result = RunResult(status="running")
         self._started_wall = time.time()
         self._last_save = 0.0
@@ -148,6 +153,11 @@ class HeadlessRunner:
         ``result.status`` and ``result.stopped_by``)."""
         started, self._started_wall = time.perf_counter(), time.time()
         self.result.resumed_from = self._resume_target()
+        if self.result.resumed_from:  # before any kernel starts: `--on-change fail` executes nothing
+            notice = apply_policy(self.store, self.result.resumed_from,
+                                  [c.source if executes(c) else None for c in self.nb.cells], self.on_change)
+            if notice and self.notify:
+                self.notify(notice)
         for cell in self.nb.cells:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None

@@ -72,8 +72,9 @@ def _resumed_by_another(store: Store, run_id: str) -> bool:
 class Worker:
     """Resumes due suspended runs of one store, one at a time."""
 
-    def __init__(self, store: Store, *, log: Callable[[str], None], suspend_after: float | None = None) -> None:
-        self.store, self.log, self.suspend_after = store, log, suspend_after
+    def __init__(self, store: Store, *, log: Callable[[str], None], suspend_after: float | None = None,
+                 on_change: str = "continue") -> None:
+        self.store, self.log, self.suspend_after, self.on_change = store, log, suspend_after, on_change
         self.resumed = 0
         self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file): logged once
 
@@ -115,8 +116,8 @@ class Worker:
             self.log(f"run {due.run_id}: resuming {notebook} ({due.reason})")
             try:
                 result = self._run(due.run_id, Path(notebook), head)
-            except OptionsError as exc:  # e.g. a secret parameter the worker's environment does not hold
-                self.log(f"run {due.run_id}: cannot resume it: {exc}")
+            except OptionsError as exc:  # a secret parameter the worker's environment does not hold; changed code
+                self.log(f"run {due.run_id}: cannot resume it: {exc}")  # under --on-change fail (listed)
                 self._skipped.add(due.run_id)
                 return False
         self.resumed += 1
@@ -136,6 +137,7 @@ class Worker:
         runner = HeadlessRunner(
             load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.path, params=params,
             output_path=Path(output) if output else None, cwd=Path(cwd) if cwd and Path(cwd).is_dir() else None,
-            resume_run=run_id, suspend_after=self.suspend_after,
+            resume_run=run_id, suspend_after=self.suspend_after, on_change=self.on_change,
+            notify=lambda text: self.log(f"run {run_id}: {text}"),
         )  # fmt: skip
         return runner.execute()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError, RunNotFoundError
+from nbdurable.runtime.changes import apply_policy
 from nbdurable.runtime.control import canceller
 from nbdurable.runtime.planning import CellPlan, Simulation, format_plan, notebook_sources, plan_cells
 from nbdurable.runtime.replay import ReplayPlan, find_resumable
@@ -40,8 +41,10 @@ def status(ext: Durable) -> dict[str, str]:
     }
 
 
-def resume(ext: Durable, run_id: str | None) -> str:
-    """`%durable resume`: restore the namespace as of a run's last completed step, now."""
+def resume(ext: Durable, run_id: str | None, *, on_change: str = "continue") -> str:
+    """`%durable resume`: restore the namespace as of a run's last completed step, now. Cells of this
+    notebook's file (as last saved) that changed under the run are listed first; ``on_change="fail"`` then
+    refuses (``runtime/changes.py``)."""
     if run_id is None:
         run_id, note = find_resumable(ext.store_obj, ext.notebook, completed=True)
         if run_id is None:
@@ -59,6 +62,7 @@ def resume(ext: Durable, run_id: str | None) -> str:
             f"Run {run_id} is being driven by process {holder.get('pid')} on {holder.get('host')}.",
             hint="wait for it to finish or stop that kernel, then resume.",
         )
+    changed = _code_changed(ext, run_id, on_change)
     plan = ReplayPlan.from_run(ext.store_obj, run_id)
     ext.start_fresh()
     ext.arm(plan)
@@ -77,7 +81,16 @@ def resume(ext: Durable, run_id: str | None) -> str:
     )
     if missing:
         text += "\nNot restored:\n" + "\n".join(f"  - {line}" for line in missing)
-    return text
+    return (f"nbdurable: {changed}\n" if changed else "") + text
+
+
+def _code_changed(ext: Durable, run_id: str, on_change: str) -> str | None:
+    """The notice about cells of this notebook's file changed under ``run_id`` (None: none, or no file);
+    OptionsError with ``on_change="fail"``."""
+    path = Path(ext.notebook or "")
+    if path.suffix != ".ipynb" or not path.is_file():
+        return None
+    return apply_policy(ext.store_obj, run_id, notebook_sources(path), on_change, transform=ext.transform_bypassing)
 
 
 def plan_of_file(ext: Durable, notebook: str | None, *, quiet: bool = False) -> list[CellPlan]:

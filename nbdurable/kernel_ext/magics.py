@@ -142,9 +142,12 @@ class DurableMagics(Magics):
     @_help_option
     @argument("run_id", nargs="?", default=None,
               help="the run to resume (default: this notebook's latest unfinished run)")
+    @argument("--on-change", dest="on_change", choices=["continue", "fail"], default="continue",
+              help="cells before the run's resumption point changed since it recorded them (listed): continue "
+              "(default: the changed cells and what they reach execute on Run All) or fail (nothing restored)")
     def resume(self, args: argparse.Namespace) -> None:
         """Restore the namespace as of a run's last completed step, and arm restoring for Run All."""
-        summary = commands.resume(self.ext, args.run_id)
+        summary = commands.resume(self.ext, args.run_id, on_change=args.on_change)
         print(summary)
 
     @magic_arguments("durable plan")
