@@ -15,21 +15,27 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from nbdurable.runtime.control import POLL_S, pending_cancel
 from nbdurable.store import Store
 
+RESEND_S = 1.0  # while a cell still runs after an interrupt, it is interrupted again this often
+
 
 class CancelWatcher:
     """Watches for a cancel request while a runner's kernel runs; ``request`` once one came."""
 
     def __init__(self, store: Store, *, run_id: Callable[[], str | None], resumed_from: str | None, since: float,
-                 kernel: Callable[[], tuple[int | None, int | None]], grace: float) -> None:
-        """``run_id()``: the run the kernel records (None until it began); ``kernel()``: its (pid, pgid)."""
+                 kernel: Callable[[], tuple[int | None, int | None]], grace: float,
+                 busy: Callable[[], bool] = lambda: False) -> None:
+        """``run_id()``: the run the kernel records (None until it began); ``kernel()``: its (pid, pgid);
+        ``busy()``: a cell is still running (an interrupt that reached the kernel between two cells, where
+        it is ignored, is sent again while one runs)."""
         self.store, self._run_id, self.resumed_from, self.since = store, run_id, resumed_from, since
-        self._kernel, self.grace = kernel, grace
+        self._kernel, self.grace, self._busy = kernel, grace, busy
         self.request: dict[str, Any] | None = None
         self.killed = False  # the kernel did not stop within the grace period
         self._gone = threading.Event()  # the runner is done with the kernel
@@ -57,9 +63,14 @@ class CancelWatcher:
                 continue
             self.request = request
             self._signal(signal.SIGINT)
-            if not self._gone.wait(self.grace):
-                self.killed = True
-                self._signal(signal.SIGKILL)
+            deadline = time.monotonic() + self.grace
+            while not self._gone.wait(max(0.0, min(RESEND_S, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    self.killed = True
+                    self._signal(signal.SIGKILL)
+                    return
+                if self._busy():
+                    self._signal(signal.SIGINT)
             return
 
     def _signal(self, signum: int) -> None:

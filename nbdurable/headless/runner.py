@@ -193,7 +193,8 @@ class HeadlessRunner:
             env[ENV_SUSPEND_AFTER] = str(self.suspend_after)
         self._client = client
         self._watcher = CancelWatcher(self.store, run_id=self._find_run_id, resumed_from=self.result.resumed_from,
-                                      since=self._started_wall, kernel=self._kernel_ids, grace=cancel_grace())
+                                      since=self._started_wall, kernel=self._kernel_ids, grace=cancel_grace(),
+                                      busy=lambda: self._running is not None)
         try:
             self._watcher.start()
             self._run_client(client, env)
@@ -238,6 +239,8 @@ class HeadlessRunner:
                     index += 1
                     if not executes(cell):
                         continue
+                    if self._watcher.cancelled:  # (asked during a batch restore)
+                        raise _Cancelled
                     try:
                         client.execute_cell(cell, index - 1)
                     except CellExecutionError:
