@@ -4,6 +4,7 @@ runs, kernels, workers and stores; and the old meaning of `cancelled` (resumable
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -277,3 +278,49 @@ def test_cancel_help_documents_the_exit_codes(tmp_path: Path) -> None:
     assert "4 the run was cancelled" in helped.stdout
     cancel_help = run_cli("cancel", "--help", in_process=True)
     assert "--reason" in cancel_help.stdout and "NBDURABLE_CANCEL_GRACE" in cancel_help.stdout
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_a_crashed_run_killed_with_sigkill_is_cancelled_where_it_stands(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "x = 1", PY_LOOP)
+    proc = start_run(tmp_path, path)
+    run_id = only_run(tmp_path)
+    kernel_pid = journal_records(tmp_path / ".nbdurable", "run")[0]["environment"]["pid"]
+    os.kill(proc.pid, signal.SIGKILL)  # the runner, then its kernel: nobody ends the run
+    os.kill(kernel_pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    store = Store.open(tmp_path / ".nbdurable")
+    deadline = time.monotonic() + 30
+    while store.is_live(run_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert journal_status(store, run_id)[0] == "crashed"
+    outcome = cancel_run(store, run_id, reason="gave up", by="ops")
+    assert outcome.status == "cancelled" and journal_status(store, run_id)[0] == "cancelled"
+    (tmp_path / "go").touch()
+    again = run_cli("run", path.name, "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0 and "resumed run" not in again.stdout, again.output
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_cancelling_a_suspended_run_a_worker_is_resuming_cancels_the_resuming_run(tmp_path: Path) -> None:
+    path = notebook(tmp_path, "nbd.sleep(1)", PY_LOOP)
+    assert run_cli("run", path.name, "--suspend-after", "0", "--no-progress", cwd=tmp_path).returncode == 3
+    suspended_run = only_run(tmp_path)
+    time.sleep(1.2)
+    worker = start_cli("worker", "--once", "--store", ".nbdurable", cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "started").exists():
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+        time.sleep(0.05)
+    store = Store.open(tmp_path / ".nbdurable")
+    outcome = cancel_run(store, suspended_run, reason="stop the chain", by="ops", wait=30)
+    _, log = worker.communicate(timeout=60)
+    assert outcome.status == "cancelled" and outcome.run_id != suspended_run, outcome
+    assert (store.journal_head(outcome.run_id) or {}).get("resumed_from") == suspended_run
+    assert "(the run resuming" in outcome.describe()
+    assert journal_status(store, outcome.run_id)[0] == "cancelled"
+    assert f"resumed as run {outcome.run_id}: cancelled" in log, log
+    assert counted(tmp_path) == ["setup"]
