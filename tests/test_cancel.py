@@ -269,6 +269,9 @@ def test_durable_cancel_ends_the_sessions_run_and_the_next_cell_starts_a_new_one
     assert heads[1]["resumed_from"] is None  # the cancelled run is not resumed by the next one
     sources = [[s["source"] for s in journal_records(store / "journals" / f"{r}.jsonl", "step_start")] for r in runs]
     assert sources[0] == ["a = 1"] and sources[1][0] == "b = a + 1" and sources[2] == ["c = b + 1"]
+    refused = run_session(store, [f"%durable resume {runs[0]}", f"%durable resume {runs[0]} --force"],
+                          probes={"a": "a"})
+    assert "was cancelled: nothing resumes it unless forced" in refused.stdout and refused.probes["a"] == "1"
     nothing = run_session(store, ["%durable cancel"])
     assert "this session has no run to cancel" in nothing.stdout
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError, RunNotFoundError
 from nbdurable.runtime.changes import apply_policy
-from nbdurable.runtime.control import canceller
+from nbdurable.runtime.control import canceller, was_cancelled
 from nbdurable.runtime.planning import CellPlan, Simulation, format_plan, notebook_sources, plan_cells
 from nbdurable.runtime.replay import ReplayPlan, find_resumable
 
@@ -41,7 +41,7 @@ def status(ext: Durable) -> dict[str, str]:
     }
 
 
-def resume(ext: Durable, run_id: str | None, *, on_change: str = "continue") -> str:
+def resume(ext: Durable, run_id: str | None, *, on_change: str = "continue", force: bool = False) -> str:
     """`%durable resume`: restore the namespace as of a run's last completed step, now. Cells of this
     notebook's file (as last saved) that changed under the run are listed first; ``on_change="fail"`` then
     refuses (``runtime/changes.py``)."""
@@ -62,6 +62,9 @@ def resume(ext: Durable, run_id: str | None, *, on_change: str = "continue") -> 
             f"Run {run_id} is being driven by process {holder.get('pid')} on {holder.get('host')}.",
             hint="wait for it to finish or stop that kernel, then resume.",
         )
+    if not force and was_cancelled(ext.store_obj, run_id):
+        raise OptionsError(f"Run {run_id} was cancelled: nothing resumes it unless forced.",
+                           hint=f"`%durable resume {run_id} --force` resumes it anyway.")
     changed = _code_changed(ext, run_id, on_change)
     plan = ReplayPlan.from_run(ext.store_obj, run_id)
     ext.start_fresh()

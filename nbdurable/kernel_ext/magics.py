@@ -145,9 +145,10 @@ class DurableMagics(Magics):
     @argument("--on-change", dest="on_change", choices=["continue", "fail"], default="continue",
               help="cells before the run's resumption point changed since it recorded them (listed): continue "
               "(default: the changed cells and what they reach execute on Run All) or fail (nothing restored)")
+    @argument("--force", action="store_true", help="resume the run even though it was cancelled")
     def resume(self, args: argparse.Namespace) -> None:
         """Restore the namespace as of a run's last completed step, and arm restoring for Run All."""
-        summary = commands.resume(self.ext, args.run_id, on_change=args.on_change)
+        summary = commands.resume(self.ext, args.run_id, on_change=args.on_change, force=args.force)
         print(summary)
 
     @magic_arguments("durable plan")
