@@ -61,7 +61,7 @@ def history(
     """Runs of the store, newest first, as a DataFrame (one row per run, the columns of the ``runs`` table).
 
     - ``notebook``: the notebook's name or path (relative paths are taken from the working directory).
-    - ``status``: one of running, completed, failed, suspended, cancelled, crashed.
+    - ``status``: one of running, completed, failed, suspended, interrupted, cancelled, crashed.
     - ``since`` / ``until``: runs started at or after ``since`` and before ``until``. Each is a datetime
       (naive means local time), a date (its midnight, local time), an ISO 8601 string, or a duration
       ("7d", "12h", "90m", a timedelta) meaning that long ago.
@@ -139,7 +139,8 @@ def sql(
 
         runs       one row per run: run_id, notebook, notebook_path, kind, params (JSON), status, started_at,
                    ended_at, pid, host, resumed_from, root_run, superseded_by, steps_total, steps_executed,
-                   steps_restored, steps_failed, time_saved_s, duration_s, wake_at, waiting_for (JSON)
+                   steps_restored, steps_failed, time_saved_s, duration_s, wake_at, waiting_for (JSON),
+                   cancelled_by, cancel_reason, cancel_requested_at (who cancelled the run, why, when)
         steps      one row per step: run_id, ordinal, name, parent (the cell of an explicit step), source,
                    source_hash, status, started_at, ended_at, duration_s, always, no_state, restored_from_run,
                    restored_from_ordinal, error_ename, error_evalue, error_traceback

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from nbdurable.cli.base import EXIT_FAILED, RUNS_LIMIT_MAX, main, open_store, store_option
+from nbdurable.store.records import RUN_STATUSES
 
 __all__ = ["main"]
 
@@ -37,7 +38,7 @@ def _positive_limit(ctx: click.Context, param: click.Parameter, value: int) -> i
 @main.command("runs")
 @store_option
 @click.option("--notebook", default=None, help="Only runs of this notebook (path or attached name).")
-@click.option("--status", type=click.Choice(["running", "completed", "failed", "suspended", "cancelled", "crashed"]),
+@click.option("--status", type=click.Choice(list(RUN_STATUSES)),
               default=None, help="Only runs with this status.")
 @click.option("--limit", type=int, default=20, show_default=True, metavar="N", callback=_positive_limit,
               help="How many runs, newest first.")
@@ -77,7 +78,7 @@ def demo(workdir: str | None) -> None:
 
 def _register_commands() -> None:
     """Commands defined in the package's other modules attach themselves to ``main``."""
-    from nbdurable.cli import maintenance, plan, report, run, worker  # noqa: F401
+    from nbdurable.cli import control, maintenance, plan, report, run, worker  # noqa: F401
 
 
 _register_commands()

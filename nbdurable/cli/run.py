@@ -15,6 +15,14 @@ from nbdurable.errors import OptionsError, RunNotFoundError
 from nbdurable.runtime.session import resolve_store_path
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
+EXIT_CANCELLED = 4  # the run was cancelled (`nbdurable cancel`): for good, nothing resumes it
+
+on_change_option = click.option(
+    "--on-change", "on_change", type=click.Choice(["continue", "fail"]), default="continue", show_default=True,
+    help="When resuming, and cells before the run's resumption point changed since it recorded them (edited, "
+    "inserted, removed; listed): continue (the changed cells and what they reach execute, the rest is restored) "
+    "or fail (nothing executed: `run` and `resume` exit 2, the worker logs it and leaves the run).",
+)
 
 suspend_option = click.option(
     "--suspend-after", "suspend_after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
@@ -44,7 +52,7 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
              kernel: str | None, fresh: bool = False, resume_run: str | None = None, reuse: bool = False,
              progress: bool = True,
              suspend_after: float | None = None, execution_timeout: float | None = None,
-             start_timeout: float = 60.0) -> None:
+             start_timeout: float = 60.0, on_change: str = "continue") -> None:
     from tqdm import tqdm
 
     from nbdurable.headless.params import load_notebook
@@ -66,7 +74,8 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
         nb, notebook_path=notebook, store_path=_run_store(store, notebook), params=params,
         output_path=Path(output) if output else None, kernel_name=kernel, cwd=Path(cwd) if cwd else None,
         fresh=fresh, resume_run=resume_run, reuse=reuse, on_cell=on_cell, suspend_after=suspend_after,
-        execution_timeout=execution_timeout, start_timeout=start_timeout,
+        execution_timeout=execution_timeout, start_timeout=start_timeout, on_change=on_change,
+        notify=lambda text: click.echo(f"nbdurable: {text}", err=True),
     )  # fmt: skip
     try:
         result = runner.execute()
@@ -91,6 +100,10 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
                    "`nbdurable worker` resumes it when it is due.", err=True)
         sys.exit(EXIT_SUSPENDED)
     at = f" (cell {result.stopped_at + 1})" if result.stopped_at is not None else ""
+    if result.status == "cancelled":
+        click.echo(f"Cancelled{at}: {result.error or 'cancelled'}. The run is over for good "
+                   f"(`nbdurable resume {result.run_id} --force` would go on from there).", err=True)
+        sys.exit(EXIT_CANCELLED)
     if result.interrupted:
         click.echo(f"Interrupted{at}. Run the same command again to resume from there.", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -116,10 +129,11 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @suspend_option
+@on_change_option
 @timeout_options
 def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], ...], files: tuple[str, ...],
         fresh: bool, reuse: bool, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
-        suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
+        suspend_after: float | None, on_change: str, execution_timeout: float | None, start_timeout: float) -> None:
     """Run NOTEBOOK headless; write OUTPUT (an .ipynb) if given.
 
     The same notebook with the same parameters resumes its unfinished (crashed, failed, interrupted or
@@ -131,16 +145,20 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
     \b
     Exit codes: 0 completed (also after such an early exit);
     1 a cell failed or timed out, or the kernel died;
-    2 usage error (bad options or parameters, a run of the notebook live elsewhere);
+    2 usage error (bad options or parameters, a run of the notebook live elsewhere,
+      cells changed under the run being resumed with --on-change fail);
     3 the run suspended itself on a long `nbd.sleep` or `nbd.wait_for_event`
       (`nbdurable worker` resumes it when it is due);
+    4 the run was cancelled (`nbdurable cancel`): nothing resumes it
+      (`nbdurable resume RUN_ID --force` can);
     130 interrupted (Ctrl-C).
-    After 1, 3 or 130 the same command resumes the run from where it stopped."""
+    After 1, 3 or 130 the same command resumes the run from where it stopped;
+    after 4 it starts a new run."""
     from nbdurable.headless.params import load_parameters
 
     _execute(notebook, output, load_parameters(parameters, files), store=store, cwd=cwd, kernel=kernel,
              fresh=fresh, reuse=reuse, progress=progress, suspend_after=suspend_after,
-             execution_timeout=execution_timeout, start_timeout=start_timeout)
+             execution_timeout=execution_timeout, start_timeout=start_timeout, on_change=on_change)
 
 
 @main.command("resume")
@@ -150,12 +168,15 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
 @click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory of the kernel.")
 @click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--force", is_flag=True, help="Resume RUN_ID even though it was cancelled.")
 @suspend_option
+@on_change_option
 @timeout_options
 def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, kernel: str | None, progress: bool,
-           suspend_after: float | None, execution_timeout: float | None, start_timeout: float) -> None:
+           force: bool, suspend_after: float | None, on_change: str, execution_timeout: float | None,
+           start_timeout: float) -> None:
     """Resume RUN_ID: run its notebook again with its parameters, restoring what it completed (same exit
-    codes as `run`)."""
+    codes as `run`). A cancelled run is resumed only with --force."""
     opened = open_store(store)
     run_id = resolve_run(opened, run_id)
     records = opened.read_journal(run_id)
@@ -167,12 +188,19 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
     if any(r.get("t") == "run_end" and r.get("status") == "completed" for r in records):
         raise OptionsError(f"run {run_id} completed: there is nothing to resume.",
                            hint="`nbdurable run NOTEBOOK --fresh` runs it again.")
+    from nbdurable.runtime.control import was_cancelled
+
+    if not force and was_cancelled(opened, run_id):
+        raise OptionsError(f"run {run_id} was cancelled: nothing resumes it unless forced.",
+                           hint=f"`nbdurable resume {run_id} --force` resumes it anyway; `nbdurable show {run_id}` "
+                           "says who cancelled it and why.")
     from nbdurable.headless.params import secrets_from_environment
 
     _execute(Path(notebook), output or head.get("output_path"),
              secrets_from_environment(head.get("params") or {}, run_id),
              store=store or str(opened.path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
-             suspend_after=suspend_after, execution_timeout=execution_timeout, start_timeout=start_timeout)
+             suspend_after=suspend_after, execution_timeout=execution_timeout, start_timeout=start_timeout,
+             on_change=on_change)
 
 
 @main.command("show")
@@ -207,6 +235,8 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
         waiting = json.loads(row.waiting_for) if isinstance(row.waiting_for, str) else None
         click.echo(f"  {describe_suspension(wake_at, waiting)}: `nbdurable worker` resumes it when it is due")
     else:
+        if row.status == "cancelled":
+            click.echo(f"  {tables.cancelled(row.cancelled_by, row.cancel_reason, row.cancel_requested_at)}")
         click.echo(f"  {tables.ENDINGS.get(str(row.status), str(row.status))}")
     click.echo()
     top = steps["parent"].isna()

@@ -14,7 +14,9 @@ ENDINGS = {
     "failed": "a cell failed: fix it and run the same command again (completed cells are restored)",
     "crashed": "its process died (killed, out of memory, or a crash in native code): run the same command "
                "again to resume it",
-    "cancelled": "stopped between cells before its end (resumable: run the same command again)",
+    "interrupted": "stopped between cells before its end (resumable: run the same command again)",
+    "cancelled": "cancelled (for good: `run` and the worker never resume it; `nbdurable resume RUN_ID --force` "
+                 "can)",
     "suspended": "suspended itself on a durable wait: `nbdurable worker` resumes it when it is due",
     "running": "still running",
 }
@@ -63,6 +65,13 @@ def notebook(value: Any) -> str:
         if not relative.startswith(".."):
             return relative
     return text
+
+
+def cancelled(by: Any, reason: Any, requested_at: Any) -> str:
+    """Who cancelled a run, when and why, in one line."""
+    who = "someone unknown" if missing(by) else str(by)
+    why = "" if missing(reason) or not str(reason) else f": {reason}"
+    return f"cancelled by {who} at {when(requested_at)}{why}"
 
 
 def step_status(status: Any, run_status: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from nbdurable.cli.base import main, open_store, store_option
-from nbdurable.cli.run import suspend_option
+from nbdurable.cli.run import on_change_option, suspend_option
 from nbdurable.errors import OptionsError
 
 
@@ -55,16 +55,19 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
               help="Seconds between passes.")
 @click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N", help="Exit after resuming N runs.")
 @suspend_option
-def worker(store: str | None, once: bool, poll: float, max_runs: int | None, suspend_after: float | None) -> None:
+@on_change_option
+def worker(store: str | None, once: bool, poll: float, max_runs: int | None, suspend_after: float | None,
+           on_change: str) -> None:
     """Resume suspended runs when they are due: a `nbd.sleep` whose time came, a `nbd.wait_for_event`
     whose event arrived or whose wait timed out. Runs them one at a time, like `nbdurable resume`; two
-    workers on one store never resume the same run. Logs what it does to stderr; Ctrl-C stops it."""
+    workers on one store never resume the same run; a cancelled run is never resumed. Logs what it does to
+    stderr (per run: cells changed under it, and what --on-change decided); Ctrl-C stops it."""
     from nbdurable.headless.worker import Worker
 
     def log(message: str) -> None:
         click.echo(f"{dt.datetime.now().isoformat(sep=' ', timespec='seconds')} {message}", err=True)
 
-    runner = Worker(open_store(store), log=log, suspend_after=suspend_after)
+    runner = Worker(open_store(store), log=log, suspend_after=suspend_after, on_change=on_change)
     try:
         count = runner.work(once=once, poll=poll, max_runs=max_runs)
     except KeyboardInterrupt:

@@ -22,7 +22,8 @@ class RunResult:
     """How a headless run ended."""
 
     # The run's status as its journal has it once the kernel is gone: "completed", "failed", "crashed",
-    # "cancelled" (the kernel stopped between cells), "suspended"; the runner's own view when there is no
+    # "interrupted" (the kernel stopped between cells), "cancelled" (on request: ``cancel`` says who, when,
+    # why), "suspended"; the runner's own view when there is no
     # journal (the kernel died before the first cell). "running" only while it runs.
     status: str
     run_id: str | None = None
@@ -36,11 +37,13 @@ class RunResult:
     wake_at: float | None = None  # a suspended run: when its timer is due
     waiting_for: dict[str, Any] | None = None  # a suspended run: the event it waits for
     # What stopped the run before its last cell: "error" (a cell raised), "timeout" (a cell ran longer than the
-    # execution timeout), "kernel_died", "kernel_start" (the kernel did not start), "interrupted" (Ctrl-C);
+    # execution timeout), "kernel_died", "kernel_start" (the kernel did not start), "interrupted" (Ctrl-C),
+    # "cancelled" (a cancel request: ``nbdurable cancel``);
     # None when it ran to its end, exited early or suspended itself.
     stopped_by: str | None = None
     stopped_at: int | None = None  # index (in the notebook) of the cell that failed, timed out or was running
     exited_at: int | None = None  # index of the cell whose sys.exit() / sys.exit(0) ended the notebook early
+    cancel: dict[str, Any] | None = None  # a cancelled run: the request ({"by", "reason", "requested_at"})
 
     @property
     def interrupted(self) -> bool:

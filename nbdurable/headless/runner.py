@@ -28,6 +28,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from nbdurable.errors import NbdurableError, OptionsError
+from nbdurable.headless.cancel import CancelWatcher
 from nbdurable.headless.result import (
     RunResult,
     describe_exception,
@@ -38,7 +39,9 @@ from nbdurable.headless.result import (
     notice_of,
 )
 from nbdurable.runtime.cells import classify
+from nbdurable.runtime.changes import apply_policy
 from nbdurable.runtime.checkpoint import load_outputs
+from nbdurable.runtime.control import cancel_grace, end_cancelled
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, params_key
 from nbdurable.runtime.session import (
@@ -57,6 +60,10 @@ from nbdurable.store import Store
 
 INTERRUPT_WAIT_SECONDS = 5.0  # a timed-out cell, interrupted: how long its reply is waited for
 SETTLE_SECONDS = 5.0  # at the end, how long a run still live (its kernel shutting down) is waited for
+
+
+class _Cancelled(Exception):
+    """The run was asked to cancel: no further cell is sent."""
 
 
 class _Client(NotebookClient):
@@ -97,13 +104,16 @@ class HeadlessRunner:
         on_cell: Callable[[int, dict[str, Any]], None] | None = None,
         on_cell_start: Callable[[int], None] | None = None,
         on_message: Callable[[int, Any], None] | None = None,
+        on_change: str = "continue",
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         """``execution_timeout``: seconds a cell may run (nbclient's per-cell ``timeout``; None: no limit);
         ``start_timeout``: seconds the kernel may take to start. Callbacks: ``on_cell(index, meta)`` once a
         code cell is done (executed, restored, failed…; ``meta`` is its ``nbdurable`` metadata),
         ``on_cell_start(index)`` before a cell is sent to the kernel (not for the leading cells restored
         in one batch), ``on_message(index, output)`` for every kernel message of a cell, with the output it
-        added to the cell (None for other messages)."""
+        added to the cell (None for other messages). ``on_change``: what a resume does when cells before its
+        resumption point changed (``runtime/changes.py``: ``continue`` or ``fail``); ``notify(text)`` is told."""
         self.nb = nb
         self.notebook = str(notebook_path.resolve())
         self.store = Store.open(store_path)
@@ -126,6 +136,7 @@ class HeadlessRunner:
         self.on_cell = on_cell
         self.on_cell_start = on_cell_start
         self.on_message = on_message
+        self.on_change, self.notify = on_change, notify
         self.result = RunResult(status="running")
         self._started_wall = time.time()
         self._last_save = 0.0
@@ -142,6 +153,11 @@ class HeadlessRunner:
         ``result.status`` and ``result.stopped_by``)."""
         started, self._started_wall = time.perf_counter(), time.time()
         self.result.resumed_from = self._resume_target()
+        if self.result.resumed_from:  # before any kernel starts: `--on-change fail` executes nothing
+            notice = apply_policy(self.store, self.result.resumed_from,
+                                  [c.source if executes(c) else None for c in self.nb.cells], self.on_change)
+            if notice and self.notify:
+                self.notify(notice)
         for cell in self.nb.cells:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
@@ -176,16 +192,22 @@ class HeadlessRunner:
         if self.suspend_after is not None:
             env[ENV_SUSPEND_AFTER] = str(self.suspend_after)
         self._client = client
+        self._watcher = CancelWatcher(self.store, run_id=self._find_run_id, resumed_from=self.result.resumed_from,
+                                      since=self._started_wall, kernel=self._kernel_ids, grace=cancel_grace(),
+                                      busy=lambda: self._running is not None)
         try:
+            self._watcher.start()
             self._run_client(client, env)
         except KeyboardInterrupt:  # Ctrl-C: nbclient has shut the kernel down on the way out
             if self._running is not None:
                 self._cell_stopped(self._running, "interrupted")
             self._stopped("interrupted", "interrupted (Ctrl-C)")
         finally:
+            self._watcher.stop()
             self.result.seconds = time.perf_counter() - started
             self.result.run_id = self._find_run_id()
             self._settle()
+            self._settle_cancel()
             if not (self._final_written and self.result.status == "completed"):
                 self._write_output()
         return self.result
@@ -207,6 +229,8 @@ class HeadlessRunner:
                 plan = self._plan()
                 index = 0
                 while index < len(self.nb.cells):
+                    if self._watcher.cancelled:
+                        raise _Cancelled
                     restored = self._restore_batch(client, plan, index)
                     if restored > index:
                         index = restored
@@ -215,6 +239,8 @@ class HeadlessRunner:
                     index += 1
                     if not executes(cell):
                         continue
+                    if self._watcher.cancelled:  # (asked during a batch restore)
+                        raise _Cancelled
                     try:
                         client.execute_cell(cell, index - 1)
                     except CellExecutionError:
@@ -226,6 +252,8 @@ class HeadlessRunner:
                         self._interrupt(client)  # the cell still runs: stop it, its step ends `interrupted`
                         raise
                 self._complete(client)
+        except _Cancelled:
+            self._stopped("cancelled", "")
         except CellExecutionError as exc:
             if exc.ename == "RunSuspended":
                 self.result.status = "suspended"
@@ -235,7 +263,7 @@ class HeadlessRunner:
             self._stopped("timeout", f"CellTimeoutError: {(str(exc).strip().splitlines() or [''])[0]}")
         except DeadKernelError:
             if self._running is not None:
-                self._cell_stopped(self._running, "crashed")
+                self._cell_stopped(self._running, "cancelled" if self._watcher.cancelled else "crashed")
             self._stopped("kernel_died", "the kernel died (killed, out of memory, or a crash in native code)")
         except RuntimeError as exc:  # nbclient: "Kernel died before replying to kernel_info", or did not reply
             self._stopped("kernel_start", f"the kernel failed during start-up: {exc}")
@@ -255,8 +283,31 @@ class HeadlessRunner:
     def _stopped(self, by: str, error: str) -> None:
         """The run stopped before its end (see ``RunResult.stopped_by``); its journal has the last word on
         its status (``_settle``)."""
+        if self._watcher.request is not None:  # whatever the kernel did as it was stopped
+            by, error = "cancelled", _describe_cancel(self._watcher.request)
         self.result.stopped_by, self.result.error = by, error
         self.result.status = "crashed" if by in ("kernel_died", "kernel_start") else "failed"
+
+    def _kernel_ids(self) -> tuple[int | None, int | None]:
+        """The kernel's pid and process group (what the cancel watcher signals)."""
+        provisioner = getattr(self._client.km, "provisioner", None) if self._client is not None else None
+        return getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)
+
+    def _settle_cancel(self) -> None:
+        """A cancelled run ends ``cancelled``: its kernel finished it so when it could; a kernel killed after
+        the grace period could not, and the run is ended here, under its lease, now that the kernel is gone."""
+        request = self._watcher.request
+        if request is None or self.result.status == "completed":
+            return
+        self.result.cancel, self.result.stopped_by = request, "cancelled"
+        self.result.error = _describe_cancel(request)
+        run_id = self.result.run_id or self.result.resumed_from
+        if self.result.status != "cancelled" and run_id is not None:
+            try:
+                if end_cancelled(self.store, run_id, request):
+                    self.result.status = "cancelled"
+            except (NbdurableError, OSError):  # the journal could not be appended: the request stands
+                pass
 
     @staticmethod
     def _interrupt(client: NotebookClient) -> None:
@@ -522,3 +573,8 @@ class HeadlessRunner:
         tmp = self.output_path.with_name(f".{self.output_path.name}.tmp")
         nbformat.write(nb, str(tmp))
         os.replace(tmp, self.output_path)
+
+
+def _describe_cancel(request: dict[str, Any]) -> str:
+    reason = f": {request['reason']}" if request.get("reason") else ""
+    return f"cancelled by {request.get('by') or 'someone unknown'}{reason}"

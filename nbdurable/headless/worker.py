@@ -6,7 +6,8 @@ catalog lists the suspended runs nobody resumed yet; the run's final journal rec
 for. Before resuming a run the worker takes that run's lease (a suspended run's lease is free), so two
 workers never resume the same run: the second finds it held, and by the time it is free again a run
 that resumes it exists. The resume itself is ``nbdurable resume``: the same notebook, parameters,
-output path and working directory, in a new kernel, restoring what the suspended run completed.
+output path and working directory, in a new kernel, restoring what the suspended run completed. A
+cancelled run (``runtime/control.py``) is never resumed, even one cancelled after the catalog listed it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdurable.errors import LeaseHeldError, OptionsError
+from nbdurable.runtime.control import was_cancelled
 from nbdurable.runtime.replay import chain_scope
 from nbdurable.runtime.waits import find_event
 from nbdurable.store import Store
@@ -70,8 +72,9 @@ def _resumed_by_another(store: Store, run_id: str) -> bool:
 class Worker:
     """Resumes due suspended runs of one store, one at a time."""
 
-    def __init__(self, store: Store, *, log: Callable[[str], None], suspend_after: float | None = None) -> None:
-        self.store, self.log, self.suspend_after = store, log, suspend_after
+    def __init__(self, store: Store, *, log: Callable[[str], None], suspend_after: float | None = None,
+                 on_change: str = "continue") -> None:
+        self.store, self.log, self.suspend_after, self.on_change = store, log, suspend_after, on_change
         self.resumed = 0
         self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file): logged once
 
@@ -100,6 +103,10 @@ class Worker:
         with lease:
             if _resumed_by_another(self.store, due.run_id):
                 return False
+            if was_cancelled(self.store, due.run_id):  # cancelled since the catalog listed it: never resumed
+                self.log(f"run {due.run_id}: cancelled, not resuming it")
+                self._skipped.add(due.run_id)
+                return False
             head = self.store.read_journal(due.run_id)[0]
             notebook = head.get("notebook_path")
             if not notebook or not Path(notebook).is_file():
@@ -109,8 +116,8 @@ class Worker:
             self.log(f"run {due.run_id}: resuming {notebook} ({due.reason})")
             try:
                 result = self._run(due.run_id, Path(notebook), head)
-            except OptionsError as exc:  # e.g. a secret parameter the worker's environment does not hold
-                self.log(f"run {due.run_id}: cannot resume it: {exc}")
+            except OptionsError as exc:  # a secret parameter the worker's environment does not hold; changed code
+                self.log(f"run {due.run_id}: cannot resume it: {exc}")  # under --on-change fail (listed)
                 self._skipped.add(due.run_id)
                 return False
         self.resumed += 1
@@ -130,6 +137,7 @@ class Worker:
         runner = HeadlessRunner(
             load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.path, params=params,
             output_path=Path(output) if output else None, cwd=Path(cwd) if cwd and Path(cwd).is_dir() else None,
-            resume_run=run_id, suspend_after=self.suspend_after,
+            resume_run=run_id, suspend_after=self.suspend_after, on_change=self.on_change,
+            notify=lambda text: self.log(f"run {run_id}: {text}"),
         )  # fmt: skip
         return runner.execute()

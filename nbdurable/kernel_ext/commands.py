@@ -1,12 +1,15 @@
-"""What the ``%durable`` magics do that is more than a call: the status table, ``%durable resume`` and
-``%durable plan`` (the extension keeps the session's state; these read and drive it)."""
+"""What the ``%durable`` magics do that is more than a call: the status table, ``%durable resume``,
+``%durable plan`` and ``%durable cancel`` (the extension keeps the session's state; these read and drive it)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nbdurable.errors import LeaseHeldError, OptionsError, RunNotFoundError
+from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError, RunNotFoundError
+from nbdurable.runtime.changes import apply_policy
+from nbdurable.runtime.control import canceller, was_cancelled
 from nbdurable.runtime.planning import CellPlan, Simulation, format_plan, notebook_sources, plan_cells
 from nbdurable.runtime.replay import ReplayPlan, find_resumable
 
@@ -38,8 +41,10 @@ def status(ext: Durable) -> dict[str, str]:
     }
 
 
-def resume(ext: Durable, run_id: str | None) -> str:
-    """`%durable resume`: restore the namespace as of a run's last completed step, now."""
+def resume(ext: Durable, run_id: str | None, *, on_change: str = "continue", force: bool = False) -> str:
+    """`%durable resume`: restore the namespace as of a run's last completed step, now. Cells of this
+    notebook's file (as last saved) that changed under the run are listed first; ``on_change="fail"`` then
+    refuses (``runtime/changes.py``)."""
     if run_id is None:
         run_id, note = find_resumable(ext.store_obj, ext.notebook, completed=True)
         if run_id is None:
@@ -57,6 +62,10 @@ def resume(ext: Durable, run_id: str | None) -> str:
             f"Run {run_id} is being driven by process {holder.get('pid')} on {holder.get('host')}.",
             hint="wait for it to finish or stop that kernel, then resume.",
         )
+    if not force and was_cancelled(ext.store_obj, run_id):
+        raise OptionsError(f"Run {run_id} was cancelled: nothing resumes it unless forced.",
+                           hint=f"`%durable resume {run_id} --force` resumes it anyway.")
+    changed = _code_changed(ext, run_id, on_change)
     plan = ReplayPlan.from_run(ext.store_obj, run_id)
     ext.start_fresh()
     ext.arm(plan)
@@ -75,7 +84,16 @@ def resume(ext: Durable, run_id: str | None) -> str:
     )
     if missing:
         text += "\nNot restored:\n" + "\n".join(f"  - {line}" for line in missing)
-    return text
+    return (f"nbdurable: {changed}\n" if changed else "") + text
+
+
+def _code_changed(ext: Durable, run_id: str, on_change: str) -> str | None:
+    """The notice about cells of this notebook's file changed under ``run_id`` (None: none, or no file);
+    OptionsError with ``on_change="fail"``."""
+    path = Path(ext.notebook or "")
+    if path.suffix != ".ipynb" or not path.is_file():
+        return None
+    return apply_policy(ext.store_obj, run_id, notebook_sources(path), on_change, transform=ext.transform_bypassing)
 
 
 def plan_of_file(ext: Durable, notebook: str | None, *, quiet: bool = False) -> list[CellPlan]:
@@ -106,3 +124,44 @@ def plan_run_all(ext: Durable, notebook: str | None) -> str:
     cells = plan_of_file(ext, notebook)
     name = Path(notebook or ext.notebook or "").name
     return f"Run All of {name} now (the file as last saved):\n{format_plan(cells)}"
+
+
+def cancel(ext: Durable, reason: str | None) -> str:
+    """`%durable cancel`: end this session's current run as cancelled (who, when, why recorded); the next
+    cell starts a new run that restores nothing (the namespace stays as it is)."""
+    run = ext.run
+    if run is None or run.status != "running":
+        raise OptionsError("%durable cancel: this session has no run to cancel (no cell recorded since it "
+                           "started, or since its last run ended).",
+                           hint="`nbdurable cancel RUN_ID` cancels another run (`%durable runs --all` lists them)")
+    request = ext.store_obj.request_cancel(run.run_id, by=canceller(), reason=reason)
+    _finish_cancelled(ext, request)
+    why = f" ({reason})" if reason else ""
+    return (f"nbdurable: run {run.run_id} cancelled{why}: nothing resumes it. The next cell starts a new run; "
+            "nothing is restored from earlier runs.")
+
+
+def end_if_cancelled(ext: Durable) -> None:
+    """Before a cell: if this session's run was cancelled from outside (`nbdurable cancel`), end it so; the
+    cell is recorded in a new run."""
+    run = ext.run
+    if run is None or run.status != "running" or not ext.store_obj.cancel_requested(run.run_id):
+        return
+    request = ext.store_obj.cancel_request(run.run_id) or {}
+    _finish_cancelled(ext, request, fresh=False)
+    why = f": {request['reason']}" if request.get("reason") else ""
+    print(f"nbdurable: run {run.run_id} was cancelled by {request.get('by') or 'someone'}{why}; "
+          "this cell starts a new run.", file=sys.stderr)
+
+
+def _finish_cancelled(ext: Durable, request: dict[str, object], *, fresh: bool = True) -> None:
+    run = ext.run
+    assert run is not None
+    try:
+        run.wait_durable()
+    except NbdurableError as exc:  # a big step that could not be written: the run ends anyway
+        print(f"nbdurable: a cell's state could not be made durable: {exc}", file=sys.stderr)
+    run.finish("cancelled", cancel=dict(request))
+    ext.run = None
+    if fresh:
+        ext.start_fresh()

@@ -29,6 +29,7 @@ from nbdurable.errors import (
     RunSuspended,
     StoreError,
 )
+from nbdurable.kernel_ext import commands
 from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
 from nbdurable.kernel_ext.flight import CellInFlight, Decision
 from nbdurable.kernel_ext.inputs import CellInputs
@@ -206,9 +207,9 @@ class Durable(Configurable):
         if self.run.stats.last_status in ("failed", "interrupted"):
             return "failed"
         if self.kind == "headless":
-            return "cancelled"  # the kernel stopped before the runner saw the last cell: resumable
+            return "interrupted"  # the kernel stopped before the runner saw the last cell: resumable
         if self.pending_steps():
-            return "cancelled"  # a resume left half-way: the next session continues it
+            return "interrupted"  # a resume left half-way: the next session continues it
         return "completed"
 
     def pending_steps(self) -> list[PlannedStep]:
@@ -345,6 +346,7 @@ class Durable(Configurable):
         decision = self.decide(cell)
         flight = self.flight = CellInFlight(cell, decision, code=self._last_code)
         try:
+            commands.end_if_cancelled(self)  # `nbdurable cancel` of this session's run: it ends, a new one starts
             run = self.ensure_run()
         except (StoreError, OSError) as exc:
             self._stop_recording(exc)  # a cell transformed for a restore executes instead (``_restore_step``)

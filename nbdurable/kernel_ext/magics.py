@@ -65,6 +65,7 @@ class DurableMagics(Magics):
             "plan": self.plan,
             "reuse": self.reuse,
             "new": self.new,
+            "cancel": self.cancel,
             "attach": self.attach,
             "runs": self.runs,
             "exclude": self.exclude,
@@ -75,8 +76,8 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> Any:
-        """Durable execution of this notebook. Subcommands: status, resume, plan, reuse, new, attach, runs,
-        exclude, graph, history, help.
+        """Durable execution of this notebook. Subcommands: status, resume, plan, reuse, new, cancel, attach,
+        runs, exclude, graph, history, help.
 
         ``%durable help`` describes each; ``%durable SUBCOMMAND -h`` shows its options."""
         name, *rest = line.split(maxsplit=1) or ["help"]  # any whitespace ends the name: `status\t--all`
@@ -141,9 +142,13 @@ class DurableMagics(Magics):
     @_help_option
     @argument("run_id", nargs="?", default=None,
               help="the run to resume (default: this notebook's latest unfinished run)")
+    @argument("--on-change", dest="on_change", choices=["continue", "fail"], default="continue",
+              help="cells before the run's resumption point changed since it recorded them (listed): continue "
+              "(default: the changed cells and what they reach execute on Run All) or fail (nothing restored)")
+    @argument("--force", action="store_true", help="resume the run even though it was cancelled")
     def resume(self, args: argparse.Namespace) -> None:
         """Restore the namespace as of a run's last completed step, and arm restoring for Run All."""
-        summary = commands.resume(self.ext, args.run_id)
+        summary = commands.resume(self.ext, args.run_id, on_change=args.on_change, force=args.force)
         print(summary)
 
     @magic_arguments("durable plan")
@@ -173,6 +178,17 @@ class DurableMagics(Magics):
         """End the current run and start a fresh one: nothing is restored from earlier runs."""
         self.ext.start_fresh()
         print("nbdurable: the next cell starts a fresh run; nothing will be restored.")
+
+    @magic_arguments("durable cancel")
+    @_help_option
+    @argument("--reason", nargs="+", default=None,
+              help="why, the rest of the line (recorded with who and when; `nbdurable show` says it)")
+    def cancel(self, args: argparse.Namespace) -> None:
+        """End the current run as cancelled, for good (nothing resumes it); the next cell starts a new run."""
+        reason = " ".join(args.reason) if args.reason else None
+        if reason and len(reason) > 1 and reason[0] == reason[-1] and reason[0] in "'\"":
+            reason = reason[1:-1]  # IPython splits the line keeping the quotes
+        print(commands.cancel(self.ext, reason))
 
     @magic_arguments("durable attach")
     @_help_option

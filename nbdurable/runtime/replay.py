@@ -23,7 +23,7 @@ from typing import Any
 
 from nbdurable.runtime.dataflow import ABSENT, UNKNOWN, Inputs
 from nbdurable.store import Store
-from nbdurable.store.records import VarRef
+from nbdurable.store.records import VarRef, run_end_status
 
 
 @dataclass
@@ -153,7 +153,7 @@ class ReplayPlan:
                 continue
             records = store.read_journal(run_id)
             end = next((r for r in reversed(records) if r.get("t") == "run_end"), None)
-            if end is None or end.get("status") != "completed":
+            if end is None or run_end_status(end) != "completed":
                 continue
             for planned in _executions(run_id, records):
                 if planned.origin_key not in known:
@@ -273,7 +273,7 @@ def _planned(run_id: str, start: dict[str, Any], end: dict[str, Any]) -> Planned
     )
 
 
-RESUMABLE_STATUSES = ("failed", "crashed", "cancelled", "suspended")
+RESUMABLE_STATUSES = ("failed", "crashed", "interrupted", "suspended")  # never "cancelled": it is terminal
 
 
 def journal_status(store: Store, run_id: str) -> tuple[str, int]:
@@ -282,7 +282,7 @@ def journal_status(store: Store, run_id: str) -> tuple[str, int]:
     steps = sum(1 for r in records if r.get("t") == "step_start" and r.get("parent") is None)
     end = next((r for r in reversed(records) if r.get("t") == "run_end"), None)
     if end is not None:
-        return str(end.get("status")), steps
+        return run_end_status(end), steps
     return ("running" if store.is_live(run_id) else "crashed"), steps
 
 

@@ -28,6 +28,7 @@ from nbdurable.capture.namespace import Change
 from nbdurable.errors import ChangedDuringWriteError, StoreError
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
 from nbdurable.runtime.committer import Committer
+from nbdurable.runtime.control import pending_cancel
 from nbdurable.runtime.events import EventBus, RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep, chain_scope
 from nbdurable.store import Store
@@ -123,6 +124,7 @@ class DurableRun:
         self.inline_max = inline_max
         self.stats = RunStats()
         self.status = "running"
+        self.started_at = time.time()
         self._ordinal = 0
         self._ordinal_lock = threading.Lock()
         self._committer = Committer(self.run_id)
@@ -337,15 +339,23 @@ class DurableRun:
         if not journaled:
             self._journal.sync_soon()
 
-    def finish(self, status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None) -> None:
+    def finish(self, status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None,
+               cancel: dict[str, Any] | None = None) -> None:
         """Write the final record and release the lease. Idempotent. A ``suspended`` run says what it
-        waits for (``wake_at``, or ``waiting_for`` an event)."""
+        waits for (``wake_at``, or ``waiting_for`` an event); a ``cancelled`` one who cancelled it (``cancel``,
+        the request). A run that did not complete and was asked to cancel (``runtime/control.py``) ends
+        ``cancelled`` whatever ``status`` says."""
         if self.status != "running":
             return
+        if status != "completed" and cancel is None:
+            cancel = pending_cancel(self.store, self.run_id, [self.resumed_from], since=self.started_at)
+        if cancel is not None and status != "completed":
+            status = "cancelled"
         try:
             self._committer.close()
         finally:
-            self._journal.append(run_end_record(status, wake_at=wake_at, waiting_for=waiting_for), sync=True)
+            self._journal.append(run_end_record(status, wake_at=wake_at, waiting_for=waiting_for, cancel=cancel),
+                                 sync=True)
         self._journal.close()
         self._lease.release()
         self.status = status

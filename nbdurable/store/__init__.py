@@ -10,6 +10,7 @@ A store is a directory::
     leases/<run>.lease      one writer per run (flock + heartbeat)
     tmp/                    temporary files, renamed into objects/ and events/
     events/<id>.json        events sent with `nbd.send_event` / `nbdurable send` (one file each)
+    control/<run>.cancel    a durable request to cancel a run (`nbdurable cancel`; who, when, why)
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog
     gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreFormatError
 from . import records
+from .control import ControlMixin
 from .crypto import encryption_key
 from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
@@ -36,13 +38,13 @@ from .objects import ObjectsMixin
 if TYPE_CHECKING:
     from .catalog import Catalog
 
-_SUBDIRS = ("journals", "objects", "leases", "tmp", "events")
+_SUBDIRS = ("journals", "objects", "leases", "tmp", "events", "control")
 _REOPENED_SUFFIX = ".reopened"  # = catalog.REOPENED_SUFFIX (the catalog imports duckdb: not imported here)
 _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
 
-class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin):
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin):
     """A store directory. Create or open one with ``Store.open(path)``."""
 
     FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums

@@ -8,7 +8,12 @@ ingests them. Record types:
 ``step_start`` a step (a cell, or later an explicit step) begins.
 ``step_end``   a step ends: its status, timings, state delta (``variables``), ``outputs`` and ``error``.
                This is the commit record; the journal is fdatasync'ed after it.
-``run_end``    the run finished with a final status.
+``run_end``    the run finished with a final status: ``completed``, ``failed``, ``suspended``,
+               ``interrupted`` (stopped before its end, resumable) or ``cancelled`` (stopped for good on
+               request, with ``cancel``: ``{"by", "reason", "requested_at"}``). Before ``interrupted``
+               existed, a resumable stop was written ``cancelled`` without ``cancel``: ``run_end_status``
+               reads such a record as ``interrupted``. A run ended (suspended, failed, crashed...) and then
+               cancelled where it stands gets a second ``run_end``: the last one is its status.
 ``superseded`` a later run resumed this one (``by``): this run is no longer unfinished.
 ``attempt``    one attempt of an explicit step (or of a cell with a retry policy) ended (``error`` None
                when it succeeded).
@@ -68,8 +73,8 @@ from typing import Any, Literal, TypedDict
 JOURNAL_FORMAT = 1
 
 STEP_STATUSES = ("completed", "failed", "interrupted", "restored", "suspended")
-RUN_STATUSES = ("running", "completed", "failed", "suspended", "cancelled", "crashed")
-FINAL_RUN_STATUSES = ("completed", "failed", "suspended", "cancelled")
+RUN_STATUSES = ("running", "completed", "failed", "suspended", "interrupted", "cancelled", "crashed")
+FINAL_RUN_STATUSES = ("completed", "failed", "suspended", "interrupted", "cancelled")
 
 StepStatus = Literal["completed", "failed", "interrupted", "restored", "suspended"]
 
@@ -208,15 +213,29 @@ def error_with_traceback(error: dict[str, Any] | None, outputs: list[Any] | None
     return {**error, "traceback": shown.get("traceback")} if shown else error
 
 
-def run_end_record(status: str, *, wake_at: float | None = None,
-                   waiting_for: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's final record; a suspended run says what it waits for (a time, an event)."""
+def run_end_record(status: str, *, wake_at: float | None = None, waiting_for: dict[str, Any] | None = None,
+                   cancel: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's final record; a suspended run says what it waits for (a time, an event), a cancelled one
+    who cancelled it, when and why (``cancel``, always present: its presence tells it from an old record)."""
     if status not in FINAL_RUN_STATUSES:
         raise ValueError(f"not a final run status: {status!r}")
     record: dict[str, Any] = {"t": "run_end", "status": status}
     if status == "suspended":
         record.update(wake_at=wake_at, waiting_for=waiting_for)
+    if status == "cancelled":
+        info = cancel or {}
+        record["cancel"] = {key: info.get(key) for key in CANCEL_KEYS}
     return record
+
+
+CANCEL_KEYS = ("by", "reason", "requested_at")
+
+
+def run_end_status(record: dict[str, Any]) -> str:
+    """The status a ``run_end`` record says, journals written before ``interrupted`` existed included:
+    their ``cancelled`` (no ``cancel`` key) meant stopped before its end, resumable: ``interrupted``."""
+    status = str(record.get("status"))
+    return "interrupted" if status == "cancelled" and "cancel" not in record else status
 
 
 def superseded_record(by: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ The frontend (``static/history.js``, behind ``graph_core.js``) only edits traits
 Filter syntax (``filters_query`` turns filters into SQL; every value is a bound parameter):
 
 - ``notebook``: a notebook name or path, exactly; ``*`` and ``?`` make it a glob (``train*``).
-- ``status``: one run status (running, completed, failed, suspended, cancelled, crashed).
+- ``status``: one run status (running, completed, failed, suspended, interrupted, cancelled, crashed).
 - ``params``: comma-separated ``name OP value`` terms, all of which must hold: ``lr=0.1, epochs>=3``. OP is
   one of ``= == != < <= > >=``; ``name`` may be dotted for nested parameters (``model.depth=4``). A value is
   read as JSON (``0.1``, ``true``, ``null``, ``[1, 2]``, ``"a b"``), else as bare text (``opt=adam``).

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from .rows import Batch
+from .rows import CANCEL_COLUMNS, Batch
 from .schema import BIGINT, BOOLEAN, COLUMNS, DOUBLE, STEP_END_COLUMNS, TIMESTAMP, VARCHAR
 
 _ARROW = {
@@ -87,7 +87,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         insert_rows(con, "runs", list(batch.runs.values()))
         if batch.run_updates:
             upd = _arrow("runs", list(batch.run_updates.values()),
-                         ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for"))
+                         ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for", *CANCEL_COLUMNS))
             run_sql(con, """
                 UPDATE runs SET
                   status = CASE WHEN u.status IS NOT NULL THEN u.status
@@ -96,7 +96,11 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
                   ended_at = coalesce(u.ended_at, runs.ended_at),
                   superseded_by = coalesce(u.superseded_by, runs.superseded_by),
                   wake_at = CASE WHEN u.status IS NOT NULL THEN u.wake_at ELSE runs.wake_at END,
-                  waiting_for = CASE WHEN u.status IS NOT NULL THEN u.waiting_for ELSE runs.waiting_for END
+                  waiting_for = CASE WHEN u.status IS NOT NULL THEN u.waiting_for ELSE runs.waiting_for END,
+                  cancelled_by = CASE WHEN u.status IS NOT NULL THEN u.cancelled_by ELSE runs.cancelled_by END,
+                  cancel_reason = CASE WHEN u.status IS NOT NULL THEN u.cancel_reason ELSE runs.cancel_reason END,
+                  cancel_requested_at = CASE WHEN u.status IS NOT NULL THEN u.cancel_requested_at
+                                             ELSE runs.cancel_requested_at END
                 FROM _u u WHERE runs.run_id = u.run_id""", _u=upd)
         if batch.objects:
             cols = ", ".join(name for name, _ in COLUMNS["objects"])

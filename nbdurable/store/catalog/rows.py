@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..records import error_with_traceback
+from ..records import error_with_traceback, run_end_status
 from .schema import STEP_END_COLUMNS
+
+CANCEL_COLUMNS = ("cancelled_by", "cancel_reason", "cancel_requested_at")  # of a run's last run_end
 
 
 def unix_us(ts: Any) -> int | None:
@@ -74,7 +76,7 @@ class Batch:
             return self.runs[run_id]
         return self.run_updates.setdefault(
             run_id, {"run_id": run_id, "status": None, "ended_at": None, "superseded_by": None, "wake_at": None,
-                     "waiting_for": None}
+                     "waiting_for": None, **dict.fromkeys(CANCEL_COLUMNS)}
         )
 
     def on_run(self, run_id: str, r: dict[str, Any]) -> None:
@@ -88,11 +90,15 @@ class Batch:
             "host": env.get("host"), "resumed_from": r.get("resumed_from"), "root_run": r.get("root_run") or run_id,
             "superseded_by": None, "steps_total": 0, "steps_executed": 0, "steps_restored": 0, "steps_failed": 0,
             "time_saved_s": 0.0, "duration_s": None, "wake_at": None, "waiting_for": None,
+            **dict.fromkeys(CANCEL_COLUMNS),
         }
 
     def on_run_end(self, run_id: str, r: dict[str, Any]) -> None:
         row = self._run_update(run_id)
-        row["status"], row["ended_at"] = r.get("status"), unix_us(r.get("ts"))
+        row["status"], row["ended_at"] = run_end_status(r), unix_us(r.get("ts"))
+        cancel: dict[str, Any] = r["cancel"] if isinstance(r.get("cancel"), dict) else {}
+        row["cancelled_by"], row["cancel_reason"] = cancel.get("by"), cancel.get("reason")
+        row["cancel_requested_at"] = unix_us(cancel.get("requested_at"))
         waiting = r.get("waiting_for")
         row["wake_at"], row["waiting_for"] = (unix_us(r.get("wake_at")),
                                               json.dumps(waiting, sort_keys=True) if waiting else None)

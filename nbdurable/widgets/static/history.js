@@ -7,7 +7,7 @@
 // (browser tests use them).
 
 const nbdHistoryWidget = (() => {
-  const RUN_STATUSES = ["running", "completed", "failed", "suspended", "cancelled", "crashed"];
+  const RUN_STATUSES = ["running", "completed", "failed", "suspended", "interrupted", "cancelled", "crashed"];
   const FILTER_KEYS = ["notebook", "status", "params", "since", "until"];
   const COLOURS = {
     pending: "#c7ccd1", running: "#2f80ed", completed: "#27ae60", restored: "#8e44ad", failed: "#eb5757",
