@@ -34,6 +34,7 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
 )
 
 if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays cheap for the command line
+    from nbdurable import testing
     from nbdurable.history import history, sql
     from nbdurable.runtime.policy import RetryPolicy
     from nbdurable.runtime.steps import map as map  # noqa: A004  (not in __all__: `import *` keeps the builtin)
@@ -49,6 +50,7 @@ _LAZY = {
     "sleep_until": "nbdurable.runtime.waits", "wait_for_event": "nbdurable.runtime.waits",
     # the widgets import anywidget/ipywidgets: only when asked for (a kernel recording steps never is)
     "RunGraph": "nbdurable.widgets", "HistoryExplorer": "nbdurable.widgets",
+    "testing": "nbdurable.testing",  # a module: nbd.testing.time_skipping()
 }
 
 
@@ -90,6 +92,7 @@ __all__ = [
     "current_run_id",
     "RunGraph",
     "HistoryExplorer",
+    "testing",
     # the errors (nbdurable.errors.__all__)
     "NbdurableError",
     "StoreError",
@@ -117,7 +120,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)
     globals()[name] = value  # once: later lookups do not come here
     return value
 

@@ -208,6 +208,8 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
         click.echo(f"  {describe_suspension(wake_at, waiting)}: `nbdurable worker` resumes it when it is due")
     else:
         click.echo(f"  {tables.ENDINGS.get(str(row.status), str(row.status))}")
+    if str(row.get("time_skipped")) == "True":  # numpy bool, or None/NaN for older rows
+        click.echo("  time-skipped: durable waits advanced a virtual clock; its step times are virtual")
     click.echo()
     top = steps["parent"].isna()
     first_line = steps["source"].fillna("").map(lambda s: (s.strip().splitlines() or [""])[0][:50])

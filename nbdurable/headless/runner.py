@@ -39,6 +39,7 @@ from nbdurable.headless.result import (
 )
 from nbdurable.runtime.cells import classify
 from nbdurable.runtime.checkpoint import load_outputs
+from nbdurable.runtime.clock import ENV_TIME_SKIP, is_skipping
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, params_key
 from nbdurable.runtime.session import (
@@ -175,6 +176,8 @@ class HeadlessRunner:
         }
         if self.suspend_after is not None:
             env[ENV_SUSPEND_AFTER] = str(self.suspend_after)
+        if is_skipping():  # the runner's clock skips (nbd.testing.time_skipping()): so does the kernel's
+            env[ENV_TIME_SKIP] = "1"
         self._client = client
         try:
             self._run_client(client, env)

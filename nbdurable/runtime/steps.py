@@ -14,7 +14,6 @@ import asyncio
 import functools
 import inspect
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter, StepTimeoutError
 from nbdurable.runtime.checkpoint import ObjectLoader
+from nbdurable.runtime.clock import clock
 from nbdurable.runtime.deadline import deadline
 from nbdurable.runtime.policy import NO_RETRY, Duration, RetryPolicy, parse_duration
 from nbdurable.runtime.replay import RecordedCall
@@ -131,7 +131,7 @@ class Attempts:
 
     def start(self) -> None:
         self.attempt += 1
-        self._started = time.time()
+        self._started = clock().now()
 
     def failed(self, exc: BaseException) -> float | None:
         """Record a failed attempt; the delay before the next one, or None (the call fails)."""
@@ -160,7 +160,7 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], 
             delay = attempts.failed(exc)
             if delay is None:
                 raise
-            time.sleep(delay)
+            clock().sleep(delay)  # a time-skipping clock skips the backoff
             continue
         return attempts.succeeded(result)
 
@@ -174,7 +174,7 @@ async def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
             delay = attempts.failed(exc)
             if delay is None:
                 raise
-            await asyncio.sleep(delay)
+            await clock().sleep_async(delay)
             continue
         return attempts.succeeded(result)
 

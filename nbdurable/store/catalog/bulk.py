@@ -87,7 +87,7 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         insert_rows(con, "runs", list(batch.runs.values()))
         if batch.run_updates:
             upd = _arrow("runs", list(batch.run_updates.values()),
-                         ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for"))
+                         ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for", "time_skipped"))
             run_sql(con, """
                 UPDATE runs SET
                   status = CASE WHEN u.status IS NOT NULL THEN u.status
@@ -96,7 +96,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
                   ended_at = coalesce(u.ended_at, runs.ended_at),
                   superseded_by = coalesce(u.superseded_by, runs.superseded_by),
                   wake_at = CASE WHEN u.status IS NOT NULL THEN u.wake_at ELSE runs.wake_at END,
-                  waiting_for = CASE WHEN u.status IS NOT NULL THEN u.waiting_for ELSE runs.waiting_for END
+                  waiting_for = CASE WHEN u.status IS NOT NULL THEN u.waiting_for ELSE runs.waiting_for END,
+                  time_skipped = coalesce(u.time_skipped, runs.time_skipped)
                 FROM _u u WHERE runs.run_id = u.run_id""", _u=upd)
         if batch.objects:
             cols = ", ".join(name for name, _ in COLUMNS["objects"])
