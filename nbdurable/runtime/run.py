@@ -36,6 +36,7 @@ from nbdurable.store.records import (
     StepStatus,
     VarRef,
     attempt_record,
+    compensating_record,
     consumed_record,
     error_with_traceback,
     run_end_record,
@@ -192,6 +193,10 @@ class DurableRun:
         if not self._time_skipped and is_skipping():
             self._time_skipped = True
             self._journal.append(time_skip_record())
+
+    def note_compensating(self, reason: str) -> None:
+        """The run begins running compensations (``compensation.py``): journaled first, durably."""
+        self._journal.append(compensating_record(reason), sync=True)
 
     @property
     def time_skipped(self) -> bool:
