@@ -126,7 +126,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
     imported = importlib.import_module(module)
-    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)
+    value = imported if name == "testing" else getattr(imported, name)  # nbd.testing is a module
     globals()[name] = value  # once: later lookups do not come here
     return value
 

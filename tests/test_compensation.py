@@ -146,3 +146,20 @@ def test_compensate_outside_a_durable_cell_runs_the_undos_in_reverse(tmp_path: P
         nbd.compensate()
     assert done == ["undo C", "undo B", "undo A"]
     assert nbd.compensate() == 0
+
+
+def test_the_cancel_hook_compensates_between_cells_under_a_step_of_its_own(store_dir: Path, tmp_path: Path) -> None:
+    """``Durable.compensate(reason)``: what a cancel runs in the kernel (outside any cell, as a runner's silent
+    request would): a top-level ``nbd.compensate`` step holds the compensation steps."""
+    cells = [f"import os\nos.chdir({str(tmp_path)!r})", SAGA, "a = reserve('flight')\nb = reserve('hotel')"]
+    session = run_session(store_dir, cells, probes={"n": "__nbdurable__.compensate('cancelled by ann')",
+                                                    "again": "__nbdurable__.compensate('cancelled by ann')"})
+    assert session.probes == {"n": "2", "again": "0"}, session.stdout
+    assert executions(tmp_path / "log.txt") == [
+        "book-flight", "book-hotel", "undo-hotel-hotel#1-1", "undo-flight-flight#1-1"]
+    records = journal_records(store_dir)
+    [top] = [r for r in records if r["t"] == "step_start" and r.get("name") == "nbd.compensate"]
+    assert top["parent"] is None and top["options"] == {"reason": "cancelled by ann"}
+    children = [r for r in records if r["t"] == "step_start" and str(r.get("name")).startswith("compensate:")]
+    assert [c["parent"] for c in children] == [top["ordinal"]] * 2
+    assert any(r["t"] == "step_end" and r["ordinal"] == top["ordinal"] and r["status"] == "completed" for r in records)

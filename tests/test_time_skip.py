@@ -210,11 +210,16 @@ def test_interactive_skipping_from_the_environment_skips_cell_backoffs_and_cell_
         "fails = globals().get('fails', 0) + 1\nif fails < 3:\n    raise ConnectionError('down')",
         "%%durable --retries 1 --initial-interval 10m --max-interval 1h --timeout 30m\n"
         "slow = globals().get('slow', 0) + 1\nif slow == 1:\n    nbd.testing.sleep(3600)",
+        "v1 = nbd.testing.now()\nnbd.sleep_until(v1 + 86400)  # unix seconds on the (skipped-ahead) clock\n"
+        "slept = round((nbd.testing.now() - v1) / 86400, 2)",
+        "nbd.send_event('approved', {'by': 'ann'})\ngot = nbd.wait_for_event('approved', timeout='2d')",
         "real = time.monotonic() - t0",
     ]
-    session = run_session(store_dir, cells, env=SKIP, probes={"real": "real < 30", "slow": "slow"})
+    session = run_session(store_dir, cells, env=SKIP, probes={"real": "real < 30", "slow": "slow", "slept": "slept",
+                                                               "got": "got"})
     assert all(c["success"] for c in session.cells), session.stdout
-    assert session.probes == {"real": "True", "slow": "2"}
+    # sleep_until skipped a day; an event already sent is taken, not skipped past
+    assert session.probes == {"real": "True", "slow": "2", "slept": "1.0", "got": "{'by': 'ann'}"}
     records = journal_records(store_dir)
     assert next(r for r in records if r["t"] == "run")["time_skipped"] is True
     attempts = [r for r in records if r["t"] == "attempt"]

@@ -22,8 +22,9 @@ A run killed mid-compensation is resumed as usual; its first cell that would exe
 compensations instead (``Durable.transform``) and fails with ``CompensationError``, so the run ends.
 
 When: a headless run whose cell fails (retries exhausted, ``NonRetryableError``, any error) runs them
-before it ends; an interactive cell's error does not (the user fixes the cell and runs it again; call
-``nbd.compensate()`` to undo); a cancel calls ``compensate_run`` (the hook for ``nbdurable cancel``).
+before it ends (not a cell interrupted by a timeout or Ctrl-C: that run stays resumable); an interactive
+cell's error does not (the user fixes the cell and runs it again; call ``nbd.compensate()`` to undo); a
+cancel calls ``compensate_run`` (the hook for ``nbdurable cancel``; in a kernel, ``Durable.compensate``).
 Compensations are taken from the run's chain only, never from runs offered by reuse.
 """
 
@@ -147,14 +148,19 @@ def _compensate_one(run: DurableRun, loader: ObjectLoader, item: Pending, parent
 
     attempts = Attempts(policy, lambda n, s, e, d: run.record_attempt(child, n, s, e, d), finish)
     _run(undo, (result, *args), kwargs, attempts)
+    live_compensations.pop(item.origin, None)  # done: its result need not stay in memory
 
 
 def compensate_run(run: DurableRun, loader: ObjectLoader, *, reason: str) -> int:
     """The hook a cancel calls: run the compensations ``run`` owes, inside the executing cell when there is
-    one, else under a top-level step ``nbd.compensate`` of their own; returns how many ran."""
+    one, else under a top-level step ``nbd.compensate`` of their own (none when nothing is owed); returns how
+    many ran."""
     context = current_step_context()
     if context is not None and context.run is run:
         return run_compensations(run, loader, parent=context.cell.ordinal, reason=reason)
+    run.wait_durable()
+    if not pending(run.store, run.run_id):
+        return 0  # nothing owed: no step either
     step = run.begin_step(source="", source_hash="nbd.compensate", name="nbd.compensate",
                           options={"reason": reason})
     try:
