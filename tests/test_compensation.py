@@ -12,6 +12,7 @@ import pytest
 import nbdurable as nbd
 from nbdurable.errors import CompensationError
 from nbdurable.store import Store
+from nbdurable.widgets.graph import build_graph
 
 from conftest import run_session
 from helpers import executions, journal_records, run_cli
@@ -72,7 +73,13 @@ def test_a_headless_run_that_fails_for_good_undoes_its_steps_in_reverse_order_on
     assert [r["status"] for r in records if r["t"] == "run_end"] == ["failed"]
     catalog = Store.open(tmp_path / ".nbdurable").catalog()
     shown = catalog.query("SELECT name, status, parent FROM steps WHERE name LIKE 'compensate:%' ORDER BY ordinal")
-    assert shown["status"].tolist() == ["completed"] * 3 and shown["parent"].notna().all()  # in the run graph
+    assert shown["status"].tolist() == ["completed"] * 3 and shown["parent"].notna().all()
+    run_id = next(r["run_id"] for r in records if r["t"] == "run")
+    failed_cell = build_graph(Store.open(tmp_path / ".nbdurable"), run_id)["nodes"][-1]
+    assert [c["name"] for c in failed_cell["child_steps"]] == [
+        "charge", "compensate:car", "compensate:reserve", "compensate:reserve"]  # in the run graph
+    described = run_cli("show", run_id, "--store", ".nbdurable", cwd=tmp_path)
+    assert "compensated: 3 compensation step(s)" in described.stdout, described.output
 
     again = run_cli("run", path.name, "out.ipynb", "--no-progress", cwd=tmp_path)
     assert again.returncode == 1, again.output
