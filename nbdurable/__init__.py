@@ -15,6 +15,7 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
     AuthenticationError,
     CatalogLockedError,
     ChangedDuringWriteError,
+    CompensationError,
     CorruptJournalError,
     CorruptObjectError,
     LeaseHeldError,
@@ -34,7 +35,9 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
 )
 
 if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays cheap for the command line
+    from nbdurable import testing
     from nbdurable.history import history, sql
+    from nbdurable.runtime.compensation import compensate
     from nbdurable.runtime.policy import RetryPolicy
     from nbdurable.runtime.steps import map as map  # noqa: A004  (not in __all__: `import *` keeps the builtin)
     from nbdurable.runtime.steps import run_step, step
@@ -45,10 +48,12 @@ if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays che
 _LAZY = {
     "history": "nbdurable.history", "sql": "nbdurable.history", "RetryPolicy": "nbdurable.runtime.policy",
     "map": "nbdurable.runtime.steps", "run_step": "nbdurable.runtime.steps", "step": "nbdurable.runtime.steps",
+    "compensate": "nbdurable.runtime.compensation",
     "send_event": "nbdurable.runtime.waits", "sleep": "nbdurable.runtime.waits",
     "sleep_until": "nbdurable.runtime.waits", "wait_for_event": "nbdurable.runtime.waits",
     # the widgets import anywidget/ipywidgets: only when asked for (a kernel recording steps never is)
     "RunGraph": "nbdurable.widgets", "HistoryExplorer": "nbdurable.widgets",
+    "testing": "nbdurable.testing",  # a module: nbd.testing.time_skipping()
 }
 
 
@@ -84,12 +89,14 @@ __all__ = [
     "sleep_until",
     "wait_for_event",
     "send_event",
+    "compensate",
     "RetryPolicy",
     "history",
     "sql",
     "current_run_id",
     "RunGraph",
     "HistoryExplorer",
+    "testing",
     # the errors (nbdurable.errors.__all__)
     "NbdurableError",
     "StoreError",
@@ -106,6 +113,7 @@ __all__ = [
     "OptionsError",
     "NondeterminismError",
     "NonRetryableError",
+    "CompensationError",
     "StepTimeoutError",
     "SuspendedError",
     "RetryAfter",
@@ -117,7 +125,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if name == "testing" else getattr(imported, name)  # nbd.testing is a module
     globals()[name] = value  # once: later lookups do not come here
     return value
 

@@ -96,6 +96,11 @@ class NonRetryableError(NbdurableError):
     """Raise it inside a step to fail at once, without the remaining retries."""
 
 
+class CompensationError(NbdurableError):
+    """Compensations of a run failed for good (after their retries), or a run resumed mid-compensation
+    finished its compensations instead of running its cells again."""
+
+
 class StepTimeoutError(NbdurableError):
     """An attempt of a step ran longer than its timeout and was interrupted (a failed, retryable attempt)."""
 
@@ -167,6 +172,7 @@ __all__ = [
     "OptionsError",
     "NondeterminismError",
     "NonRetryableError",
+    "CompensationError",
     "StepTimeoutError",
     "SuspendedError",
     "RetryAfter",

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"", "cli"},
     {"headless", "kernel_ext", "demo"},
     {"report"},
-    {"widgets", "history", "kernelspec"},
+    {"widgets", "history", "kernelspec", "testing"},
     {"runtime"},
     {"capture"},
     {"serialization"},

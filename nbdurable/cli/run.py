@@ -238,6 +238,12 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
         if row.status == "cancelled":
             click.echo(f"  {tables.cancelled(row.cancelled_by, row.cancel_reason, row.cancel_requested_at)}")
         click.echo(f"  {tables.ENDINGS.get(str(row.status), str(row.status))}")
+    if str(row.get("time_skipped")) == "True":  # numpy bool, or None/NaN for older rows
+        click.echo("  time-skipped: durable waits advanced a virtual clock; its step times are virtual")
+    undone = int(steps["name"].fillna("").str.startswith("compensate:").sum())
+    if undone:
+        click.echo(f"  compensated: {undone} compensation step(s) undid its completed steps (`nbd.compensate`); "
+                   "the next `nbdurable run` starts a new run")
     click.echo()
     top = steps["parent"].isna()
     first_line = steps["source"].fillna("").map(lambda s: (s.strip().splitlines() or [""])[0][:50])

@@ -41,6 +41,7 @@ from nbdurable.headless.result import (
 from nbdurable.runtime.cells import classify
 from nbdurable.runtime.changes import apply_policy
 from nbdurable.runtime.checkpoint import load_outputs
+from nbdurable.runtime.clock import ENV_TIME_SKIP, is_skipping
 from nbdurable.runtime.control import cancel_grace, end_cancelled
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, params_key
@@ -191,6 +192,8 @@ class HeadlessRunner:
         }
         if self.suspend_after is not None:
             env[ENV_SUSPEND_AFTER] = str(self.suspend_after)
+        if is_skipping():  # the runner's clock skips (nbd.testing.time_skipping()): so does the kernel's
+            env[ENV_TIME_SKIP] = "1"
         self._client = client
         self._watcher = CancelWatcher(self.store, run_id=self._find_run_id, resumed_from=self.result.resumed_from,
                                       since=self._started_wall, kernel=self._kernel_ids, grace=cancel_grace(),

@@ -8,6 +8,11 @@ workers never resume the same run: the second finds it held, and by the time it 
 that resumes it exists. The resume itself is ``nbdurable resume``: the same notebook, parameters,
 output path and working directory, in a new kernel, restoring what the suspended run completed. A
 cancelled run (``runtime/control.py``) is never resumed, even one cancelled after the catalog listed it.
+
+Due times are read on the process's clock (``runtime/clock.py``). A worker on the time-skipping clock
+(``NBDURABLE_TIME_SKIP=1``) that finds no run due skips its clock to the nearest wake-up time or event
+timeout of the suspended runs, as a test server skips to its next timer; the runs it resumes inherit the
+setting, so their waits skip too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdurable.errors import LeaseHeldError, OptionsError
+from nbdurable.runtime.clock import clock
 from nbdurable.runtime.control import was_cancelled
 from nbdurable.runtime.replay import chain_scope
 from nbdurable.runtime.waits import find_event
@@ -58,9 +64,24 @@ def why_due(store: Store, run_id: str, now: float) -> str | None:
 
 
 def due_runs(store: Store) -> list[DueRun]:
-    """The suspended runs that are due now."""
-    now = time.time()
-    return [DueRun(run_id, reason) for run_id in suspended_runs(store) if (reason := why_due(store, run_id, now))]
+    """The suspended runs that are due now (on the process's clock; a time-skipping clock with none due
+    skips to the nearest deadline first)."""
+    runs = suspended_runs(store)
+    due = [DueRun(run_id, reason) for run_id in runs if (reason := why_due(store, run_id, clock().now()))]
+    if not due and runs and clock().skipping:
+        nearest = min((d for run_id in runs if (d := next_deadline(store, run_id)) is not None), default=None)
+        if nearest is not None:
+            clock().sleep_until(nearest)
+            due = [DueRun(run_id, reason) for run_id in runs if (reason := why_due(store, run_id, clock().now()))]
+    return due
+
+
+def next_deadline(store: Store, run_id: str) -> float | None:
+    """When the suspended run ``run_id`` is due by time (its wake-up time, or its event wait's timeout)."""
+    end = store.read_journal(run_id)[-1]
+    waiting = end.get("waiting_for")
+    when = waiting.get("timeout_at") if waiting else end.get("wake_at")
+    return float(when) if isinstance(when, (int, float)) else None
 
 
 def _resumed_by_another(store: Store, run_id: str) -> bool:

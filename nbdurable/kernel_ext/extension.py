@@ -25,6 +25,7 @@ from nbdurable.capture.names import analyze_code
 from nbdurable.capture.namespace import UNKNOWN, Change, NamespaceTracker, SecretRules
 from nbdurable.capture.secrets import DEFAULT_SECRET_PATTERNS
 from nbdurable.errors import (
+    CompensationError,
     NbdurableError,
     RunSuspended,
     StoreError,
@@ -40,6 +41,7 @@ from nbdurable.kernel_ext.restore import Restorer, error_record
 from nbdurable.runtime import session
 from nbdurable.runtime.cells import Cell, classify, source_hash
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, ObjectLoader
+from nbdurable.runtime.compensation import compensate_after_failure, compensate_run, compensating
 from nbdurable.runtime.dataflow import Inputs, choose
 from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.identity import detect_notebook, notebook_identity
@@ -60,6 +62,7 @@ from nbdurable.store.journal import io_error
 from nbdurable.store.records import StepStatus
 
 RESTORE_CODE = f"{HANDLE_NAME}._restore_step()\n"
+COMPENSATE_CODE = f"{HANDLE_NAME}._finish_compensation()\n"  # a resumed run that was compensating
 
 def exits_cleanly(error: BaseException | None) -> bool:
     """``sys.exit()``, ``sys.exit(0)``, ``raise SystemExit``: a successful early end of the notebook (the
@@ -124,6 +127,7 @@ class Durable(Configurable):
         self._bypass = False
         self._policy_transformer = CellPolicyTransformer(self._take_policy)
         self.waiting = WaitIndicator(shell)
+        self.compensation_due = False  # the resumed run was compensating: its next executed cell finishes that
 
     # ----- set-up and tear-down -------------------------------------------------------------
 
@@ -259,6 +263,7 @@ class Durable(Configurable):
     def arm(self, plan: ReplayPlan) -> None:
         """Use ``plan`` for the cells that run next (a new run will record them)."""
         self.plan = plan
+        self.compensation_due = bool(plan.run_id) and compensating(self.store_obj, str(plan.run_id))
         if self.run is not None and self.run.steps_recorded:
             self.close()
 
@@ -316,6 +321,8 @@ class Durable(Configurable):
             return lines  # bad %%durable options: the magic itself reports them
         if kind == "restore":
             return [RESTORE_CODE]
+        if self.compensation_due and not cell.body.lstrip().startswith(HANDLE_NAME):  # (not a runner's request)
+            return [COMPENSATE_CODE]
         if cell.has_magic_line:
             return [line + "\n" for line in cell.body.splitlines()]
         return lines
@@ -446,6 +453,9 @@ class Durable(Configurable):
             self._commit_restored(step, decision, error)
             return
         self._commit_executed(flight, error)
+        if self.kind == "headless" and error is not None and not exits_cleanly(error) \
+                and not isinstance(error, KeyboardInterrupt):  # the run fails for good: undo its steps
+            compensate_after_failure(self.run, self.loader, step.ordinal, error)
         if decision.kind == "reexecute" and error is not None and decision.step is not None:
             show_notice(
                 self.shell,
@@ -507,6 +517,22 @@ class Durable(Configurable):
         """Body of a restored cell (``RESTORE_CODE``)."""
         __tracebackhide__ = True
         self.restorer.restore_step()
+
+    def _finish_compensation(self) -> None:
+        """Body of the first cell a run resumed mid-compensation would execute (``COMPENSATE_CODE``)."""
+        __tracebackhide__ = True
+        self.compensation_due = False
+        count = self.compensate("resumed a run that was compensating")
+        raise CompensationError(
+            f"the run this session resumes failed and was running its compensations: the {count} left ran now, "
+            "and this cell did not run",
+            hint="the run is over; the next `nbdurable run` (or `%durable new`) starts a fresh one",
+        )
+
+    def compensate(self, reason: str) -> int:
+        """Run the compensations the current run owes (``runtime/compensation.py``); the hook a cancel calls
+        in the kernel. Returns how many ran."""
+        return compensate_run(self.run, self.loader, reason=reason) if self.run is not None else 0
 
     def restore_batch(self, sources: list[str]) -> list[list[Any]]:
         """A headless runner's batch restore of consecutive cells (see ``Restorer.restore_batch``)."""

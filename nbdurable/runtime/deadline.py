@@ -6,6 +6,8 @@
   thread: Python code is interrupted at its next bytecode; a call blocked inside C code (a long numpy
   operation, a socket read without its own timeout) is interrupted only once it returns to Python.
 - Async steps are cancelled by ``asyncio.wait_for`` at their next ``await``.
+- On the time-skipping clock (``clock.py``) the timeout is also a deadline on that clock: a skipping wait
+  inside the block that would end past it moves the clock to the deadline and raises StepTimeoutError.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from nbdurable.errors import StepTimeoutError
+from nbdurable.runtime.clock import clock
 
 
 @contextmanager
@@ -26,10 +29,10 @@ def deadline(seconds: float | None) -> Iterator[None]:
     if seconds is None:
         yield
     elif threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
-        with _alarm(seconds):
+        with clock().within(seconds), _alarm(seconds):
             yield
     else:
-        with _watchdog(seconds):
+        with clock().within(seconds), _watchdog(seconds):
             yield
 
 

@@ -294,7 +294,8 @@ def find_resumable(
 
     Reads journal heads newest first and stops at the first run of the notebook that recorded steps, so
     neither a kernel nor a runner opens the catalog to decide. A run still live in another process is
-    not resumed: the second element is then a note naming it."""
+    not resumed: the second element is then a note naming it. A run that compensated and ended is never
+    resumed (its steps were undone): the new run starts fresh; one killed mid-compensation is resumed."""
     if not notebook:
         return None, None
     wanted = params_key(params) if params is not None else None
@@ -307,10 +308,17 @@ def find_resumable(
         status, steps = journal_status(store, run_id)
         if not steps:
             continue
+        if status not in ("running", "crashed") and _compensated(store, run_id):
+            return None, None  # it failed for good and undid its steps (``compensation.py``): start fresh
         if status == "running" or (status == "suspended" and store.is_live(run_id)):  # a worker is resuming it
             return None, f"run {run_id} of this notebook is live in another process"
         return (run_id if status in RESUMABLE_STATUSES or (completed and status == "completed") else None), None
     return None, None
+
+
+def _compensated(store: Store, run_id: str) -> bool:
+    """Whether the run ran compensations (a ``compensating`` record): it ended for good."""
+    return any(r.get("t") == "compensating" for r in store.read_journal(run_id))
 
 
 def params_key(params: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from nbdurable._version import __version__
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import ChangedDuringWriteError, StoreError
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
+from nbdurable.runtime.clock import is_skipping, now
 from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.control import pending_cancel
 from nbdurable.runtime.events import EventBus, RuntimeEvent
@@ -36,12 +37,14 @@ from nbdurable.store.records import (
     StepStatus,
     VarRef,
     attempt_record,
+    compensating_record,
     consumed_record,
     error_with_traceback,
     run_end_record,
     run_record,
     step_end_record,
     step_start_record,
+    time_skip_record,
 )
 
 
@@ -58,8 +61,8 @@ def _variable_summary(v: Change | VarRef) -> dict[str, Any]:
 
 def new_run_id() -> str:
     """A sortable, readable run id: UTC time to the millisecond plus random bits."""
-    now = _dt.datetime.now(_dt.timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
+    stamp = _dt.datetime.now(_dt.timezone.utc)  # wall time, also for a time-skipped run: ids sort by creation
+    return stamp.strftime("%Y%m%dT%H%M%S") + f"{stamp.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
 @dataclass
@@ -72,7 +75,7 @@ class StepHandle:
     name: str | None
     options: dict[str, Any]
     parent: int | None = None
-    started_at: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=now)  # on the run's clock (``clock.py``)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -140,7 +143,9 @@ class DurableRun:
             resumed_from=resumed_from,
             root_run=root_run,
             environment=_environment(),
+            time_skipped=is_skipping(),
         )
+        self._time_skipped = is_skipping()
         self._journal.append(record, sync=True)
         self._wait_scope: tuple[float, set[str]] | None = None
         self.events.emit(RuntimeEvent("run_started", self.run_id, {"notebook": notebook, "resumed_from": resumed_from}))
@@ -156,6 +161,7 @@ class DurableRun:
     ) -> StepHandle:
         """Start the next step of the run (an explicit step inside a cell has its cell as ``parent``).
         Thread-safe: ``nbd.map`` begins steps from worker threads."""
+        self._note_clock()
         with self._ordinal_lock:
             self._ordinal += 1
             step = StepHandle(self._ordinal, source, source_hash, name, dict(options or {}), parent)
@@ -173,7 +179,8 @@ class DurableRun:
     def record_attempt(self, step: StepHandle, attempt: int, started_at: float, error: dict[str, Any] | None,
                        next_delay: float | None) -> None:
         """One attempt of an explicit step ended (journaled as it happens: a crash keeps it)."""
-        ended_at = time.time()
+        ended_at = now()
+        self._note_clock()
         self._journal.append(attempt_record(step.ordinal, attempt, started_at=started_at, ended_at=ended_at,
                                             error=error, next_delay=next_delay))
         if self.events.active:
@@ -181,6 +188,22 @@ class DurableRun:
                 "ordinal": step.ordinal, "parent": step.parent, "attempt": attempt, "started_at": started_at,
                 "ended_at": ended_at, "error": error, "next_delay": next_delay,
             }))
+
+    def _note_clock(self) -> None:
+        """Mark the run time-skipped (a ``time_skip`` record, once) when its clock skips time (``clock.py``):
+        its journal then holds virtual times."""
+        if not self._time_skipped and is_skipping():
+            self._time_skipped = True
+            self._journal.append(time_skip_record())
+
+    def note_compensating(self, reason: str) -> None:
+        """The run begins running compensations (``compensation.py``): journaled first, durably."""
+        self._journal.append(compensating_record(reason), sync=True)
+
+    @property
+    def time_skipped(self) -> bool:
+        """Whether this run recorded times of the time-skipping clock."""
+        return self._time_skipped
 
     def wait_scope(self) -> tuple[float, set[str]]:
         """What ``wait_for_event`` may return: events sent at or after the start of the run's root run
@@ -198,7 +221,7 @@ class DurableRun:
     def end_child(self, step: StepHandle, status: str, refs: list[VarRef] | None = None, *,
                   changes: list[Change] | None = None) -> None:
         """Commit an explicit step: its result (or error) as a variable reference, in step order."""
-        duration, ended = time.perf_counter() - step.t0, time.time()
+        duration, ended = time.perf_counter() - step.t0, now()
 
         def commit() -> None:
             values = (refs if refs is not None
@@ -224,7 +247,7 @@ class DurableRun:
         A step with a big payload is snapshotted and committed in the background (``committer.py``);
         ``wait_durable`` waits for it. An error of an earlier background commit is raised here."""
         changes = list(changes)
-        duration, ended = time.perf_counter() - step.t0, time.time()
+        duration, ended = time.perf_counter() - step.t0, now()
         big = sum(c.serialized.size for c in changes if c.serialized is not None and c.serialized.has_payload
                   and c.serialized.size > self.inline_max)
         if status == "completed":
@@ -256,7 +279,7 @@ class DurableRun:
     def record_restored(self, step: StepHandle, planned: PlannedStep) -> float:
         """Commit a step restored from an earlier run; returns the time it saved."""
         restore_time = time.perf_counter() - step.t0
-        ended = time.time()
+        ended = now()
         # The outputs are already in journal form, and the step can be restored again from its source
         # run, so it needs neither re-encoding nor an immediate flush (``finish`` syncs).
         exited = None if planned.exited is None else {"ename": "SystemExit", "evalue": planned.exited}

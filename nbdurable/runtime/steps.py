@@ -6,6 +6,10 @@ its arguments' hash is recorded. When a cell that was cut short (killed, failed)
 its completed calls return their recorded results (or re-raise their recorded errors) without running;
 a call that disagrees with the record raises NondeterminismError. New calls run with the step's retry
 policy, every attempt recorded. Outside a durable cell a step simply runs with its retries.
+
+A step with ``compensate=undo`` registers, when it completes, the compensation ``undo(result, *args,
+**kwargs)``: its step_end also carries the variable ``compensation`` (``undo`` with the call's arguments),
+and this process keeps the live objects (``live_compensations``). ``compensation.py`` runs them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import asyncio
 import functools
 import inspect
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Any, TypeVar
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsError, RetryAfter, StepTimeoutError
 from nbdurable.runtime.checkpoint import ObjectLoader
+from nbdurable.runtime.clock import clock
 from nbdurable.runtime.deadline import deadline
 from nbdurable.runtime.policy import NO_RETRY, Duration, RetryPolicy, parse_duration
 from nbdurable.runtime.replay import RecordedCall
@@ -31,6 +35,13 @@ from nbdurable.runtime.session import current_step_context
 from nbdurable.serialization import serialize
 
 F = TypeVar("F", bound=Callable[..., Any])
+Compensate = Callable[..., Any]
+COMPENSATION_VAR = "compensation"  # the step_end variable of a compensable step: (undo, args, kwargs)
+
+# Compensations registered in this process: by the step they undo, (run id, ordinal) -> (undo, args, kwargs,
+# result); and, outside a durable cell, in the order their steps completed (nothing durable to key them by).
+live_compensations: dict[tuple[str, int], tuple[Compensate, tuple[Any, ...], dict[str, Any], Any]] = {}
+outside_compensations: list[tuple[str, Compensate, tuple[Any, ...], dict[str, Any], Any]] = []
 
 
 @dataclass(frozen=True)
@@ -85,21 +96,29 @@ class StepContext:
             raise value
         return value
 
-    def attempts(self, slot: Slot, policy: RetryPolicy) -> Attempts:
-        """The bookkeeping of a call that executes: a child step, its attempts, its result."""
+    def attempts(self, slot: Slot, policy: RetryPolicy, undo: tuple[Compensate, tuple[Any, ...], dict[str, Any]]
+                 | None = None) -> Attempts:
+        """The bookkeeping of a call that executes: a child step, its attempts, its result (and, with
+        ``undo`` = (compensation, args, kwargs), the compensation it registers once it completed)."""
         child = self.begin(slot)
         return Attempts(policy, lambda n, s, e, d: self.run.record_attempt(child, n, s, e, d),
-                        lambda status, value: self.end(child, status, value))
+                        lambda status, value: self.end(child, status, value, undo if status == "completed" else None))
 
     def begin(self, slot: Slot, extra: dict[str, Any] | None = None) -> StepHandle:
         """Journal the start of a call (``extra`` options, e.g. a wait's deadline, are journaled with it)."""
         return self.run.begin_step(source="", source_hash=slot.args, name=slot.name, parent=self.cell.ordinal,
                                    options={"call": slot.call, "seq": slot.seq, "args": slot.args, **(extra or {})})
 
-    def end(self, child: StepHandle, status: str, value: Any) -> None:
-        """Commit a call with its result (or, ``failed``, the error it raised)."""
+    def end(self, child: StepHandle, status: str, value: Any,
+            undo: tuple[Compensate, tuple[Any, ...], dict[str, Any]] | None = None) -> None:
+        """Commit a call with its result (or, ``failed``, the error it raised), and the compensation it
+        registers (``undo``)."""
         label = "error" if status == "failed" else "result"
-        self.run.end_child(child, status, changes=[Change(label, "set", serialize(value), f"{child.ordinal}:{label}")])
+        changes = [Change(label, "set", serialize(value), f"{child.ordinal}:{label}")]
+        if undo is not None:
+            changes.append(Change(COMPENSATION_VAR, "set", serialize(undo), f"{child.ordinal}:{COMPENSATION_VAR}"))
+            live_compensations[(self.run.run_id, child.ordinal)] = (*undo, value)
+        self.run.end_child(child, status, changes=changes)
 
 
 def _check_agrees(slot: Slot, recorded: RecordedCall) -> None:
@@ -131,7 +150,7 @@ class Attempts:
 
     def start(self) -> None:
         self.attempt += 1
-        self._started = time.time()
+        self._started = clock().now()
 
     def failed(self, exc: BaseException) -> float | None:
         """Record a failed attempt; the delay before the next one, or None (the call fails)."""
@@ -160,7 +179,7 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], 
             delay = attempts.failed(exc)
             if delay is None:
                 raise
-            time.sleep(delay)
+            clock().sleep(delay)  # a time-skipping clock skips the backoff
             continue
         return attempts.succeeded(result)
 
@@ -174,7 +193,7 @@ async def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
             delay = attempts.failed(exc)
             if delay is None:
                 raise
-            await asyncio.sleep(delay)
+            await clock().sleep_async(delay)
             continue
         return attempts.succeeded(result)
 
@@ -198,33 +217,43 @@ def _retry_delay(exc: BaseException, attempt: int, policy: RetryPolicy) -> float
 
 
 def _prepare(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], policy: RetryPolicy,
-             timeout: Duration | None) -> tuple[Slot | None, Attempts]:
+             timeout: Duration | None, compensate: Compensate | None = None) -> tuple[Slot | None, Attempts]:
     seconds = None if timeout is None else parse_duration(timeout)
+    if compensate is not None and not callable(compensate):
+        raise OptionsError(f"compensate must be a function, not {type(compensate).__name__}",
+                           hint="e.g. @nbd.step(compensate=cancel_booking), called as cancel_booking(result, *args)")
     context = current_step_context()
     if context is None:
-        return None, Attempts(policy, timeout=seconds)
+        def register(status: str, value: Any) -> None:
+            if compensate is not None and status == "completed":
+                outside_compensations.append((name, compensate, args, kwargs, value))
+
+        return None, Attempts(policy, timeout=seconds, finish=register)
     slot = context.reserve(name, args, kwargs)
-    attempts = context.attempts(slot, policy) if slot.recorded is None else Attempts(policy)
+    undo = None if compensate is None else (compensate, args, kwargs)
+    attempts = context.attempts(slot, policy, undo) if slot.recorded is None else Attempts(policy)
     attempts.timeout = seconds
     return slot, attempts
 
 
 def run_step(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None,
-             timeout: Duration | None = None, **kwargs: Any) -> Any:
+             timeout: Duration | None = None, compensate: Compensate | None = None, **kwargs: Any) -> Any:
     """Call ``fn(*args, **kwargs)`` as the durable step ``name`` (see the module docstring). An attempt
-    running longer than ``timeout`` is interrupted (``deadline.py`` says what can be) and retried."""
+    running longer than ``timeout`` is interrupted (``deadline.py`` says what can be) and retried. Once
+    the call completed, ``compensate(result, *args, **kwargs)`` is registered to undo it (``nbd.compensate``)."""
     if inspect.iscoroutinefunction(fn):
         raise TypeError("run_step calls synchronous functions; decorate async ones with @nbd.step and await them")
-    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY, timeout)
+    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY, timeout, compensate)
     if slot is not None and slot.recorded is not None:
         return _current_context().replay(slot)
     return _run(fn, args, kwargs, attempts)
 
 
 async def run_step_async(name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None,
-                         timeout: Duration | None = None, **kwargs: Any) -> Any:
+                         timeout: Duration | None = None, compensate: Compensate | None = None,
+                         **kwargs: Any) -> Any:
     """The async twin of ``run_step``: ``asyncio.gather`` of async steps keeps each durable."""
-    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY, timeout)
+    slot, attempts = _prepare(name, args, kwargs, retry or NO_RETRY, timeout, compensate)
     if slot is not None and slot.recorded is not None:
         return _current_context().replay(slot)
     return await _run_async(fn, args, kwargs, attempts)
@@ -237,10 +266,11 @@ def _current_context() -> StepContext:
 
 
 def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | None = None,
-         timeout: Duration | None = None) -> Any:
+         timeout: Duration | None = None, compensate: Compensate | None = None) -> Any:
     """Decorator: every call of ``fn`` is a durable step (``@nbd.step`` or ``@nbd.step(retry=...)``).
 
-    Works on ``async def`` functions too (await them, or ``asyncio.gather`` several)."""
+    Works on ``async def`` functions too (await them, or ``asyncio.gather`` several). ``compensate``: see
+    ``run_step`` (``nbd.map`` does not register compensations)."""
 
     def decorate(func: F) -> F:
         step_name = name or func.__qualname__
@@ -248,14 +278,15 @@ def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | N
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await run_step_async(step_name, func, *args, retry=retry, timeout=timeout, **kwargs)
+                return await run_step_async(step_name, func, *args, retry=retry, timeout=timeout,
+                                            compensate=compensate, **kwargs)
 
             wrapper: Any = async_wrapper
         else:
 
             @functools.wraps(func)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                return run_step(step_name, func, *args, retry=retry, timeout=timeout, **kwargs)
+                return run_step(step_name, func, *args, retry=retry, timeout=timeout, compensate=compensate, **kwargs)
 
         wrapper.nbdurable_step = (step_name, retry, timeout)
         return wrapper  # type: ignore[no-any-return]

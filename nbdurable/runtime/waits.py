@@ -10,6 +10,12 @@ headless run (``StepContext.suspend_after`` set) a wait longer than that thresho
 instead: ``RunSuspended`` unwinds the cell, the run ends ``suspended`` with what it waits for, and
 ``nbdurable worker`` resumes it when its timer is due, its event arrived or its wait timed out.
 
+On the time-skipping clock (``clock.py``: ``NBDURABLE_TIME_SKIP=1``, ``nbd.testing.time_skipping()``) deadlines
+are taken on that clock and recorded as such; a sleep moves the clock to its wake-up time at once, and an
+event wait takes an event already sent or else moves the clock to its timeout (the timeout branch). Such
+waits never suspend a headless run: it runs to its end. A wait for an event with no timeout has no time to
+skip to: it waits (and suspends, headless) as on the real clock.
+
 Events are durable in the store (``store/events.py``). ``wait_for_event`` returns the data of the first
 event with that name whose data contains ``match`` (a recursive dict subset), sent at or after the run
 started (the root run, for a chain of resumes) and not yet consumed by this run or a run it resumes.
@@ -26,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nbdurable.errors import OptionsError, RunSuspended
+from nbdurable.runtime.clock import clock
 from nbdurable.runtime.policy import Duration, parse_duration
 from nbdurable.runtime.session import approval_ui, current_step_context, default_store
 from nbdurable.store import Store
@@ -45,7 +52,7 @@ _consumed_outside: set[str] = set()  # events taken by waits outside a durable c
 def sleep(duration: Duration) -> None:
     """Wait ``duration`` ("90s", "15m", "24h", "2d", seconds or a timedelta), durably: the wake-up time
     is recorded, so after a crash only the remaining time is waited (see the module docstring)."""
-    sleep_until(time.time() + parse_duration(duration))
+    sleep_until(clock().now() + parse_duration(duration))
 
 
 def sleep_until(when: _dt.datetime | float) -> None:
@@ -62,8 +69,8 @@ def sleep_until(when: _dt.datetime | float) -> None:
     if slot.recorded is not None:
         wake_at = float(slot.recorded.options.get("wake_at", wake_at))
     child = context.begin(slot, {"wake_at": wake_at})
-    limit = context.suspend_after
-    if limit is not None and wake_at - time.time() > limit:
+    limit = None if clock().skipping else context.suspend_after
+    if limit is not None and wake_at - clock().now() > limit:
         raise RunSuspended(wake_at=wake_at)
     _wait_until(wake_at, context.show)
     context.end(child, "completed", None)
@@ -81,7 +88,12 @@ def _timestamp(when: _dt.datetime | float) -> float:
 def _wait_until(wake_at: float, show: Callable[[str, bool], None] | None) -> None:
     """Sleep until ``wake_at`` in short slices (interruptible), refreshing the countdown."""
     label = _dt.datetime.fromtimestamp(wake_at).isoformat(sep=" ", timespec="seconds")
-    while (left := wake_at - time.time()) > 0:
+    if clock().skipping:
+        clock().sleep_until(wake_at)
+        if show is not None:
+            show(f"⏩ nbdurable: skipped to {label} (time-skipping clock)", True)
+        return
+    while (left := wake_at - clock().now()) > 0:
         if show is not None:
             show(f"⏳ nbdurable: sleeping until {label} ({_human(left)} left); a resume after a crash waits only "
                  "the time left", False)
@@ -151,7 +163,7 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     seconds = None if timeout is None else parse_duration(timeout)
     context = current_step_context()
     if context is None:
-        timeout_at = None if seconds is None else time.time() + seconds
+        timeout_at = None if seconds is None else clock().now() + seconds
         event = _poll_showing_approval(default_store(), name, match, timeout_at, None, after=_PROCESS_STARTED,
                                        consumed=_consumed_outside)
         if event is not None:
@@ -163,11 +175,11 @@ def wait_for_event(name: str, match: dict[str, Any] | None = None, timeout: Dura
     if slot.recorded is not None:
         timeout_at = slot.recorded.options.get("timeout_at")
     else:
-        timeout_at = None if seconds is None else time.time() + seconds
+        timeout_at = None if seconds is None else clock().now() + seconds
     child = context.begin(slot, {"event": name, "match": match, "timeout_at": timeout_at})
     after, consumed = context.run.wait_scope()
     suspend = None
-    if context.suspend_after is not None:
+    if context.suspend_after is not None and not (clock().skipping and timeout_at is not None):
         suspend = {"name": name, "match": match, "timeout_at": timeout_at, "after": after}
     event = _poll_showing_approval(context.run.store, name, match, timeout_at, context.show, after=after,
                                    consumed=consumed, suspend=suspend, suspend_after=context.suspend_after)
@@ -210,9 +222,12 @@ def _poll(store: Store, name: str, match: dict[str, Any] | None, timeout_at: flo
     shown = 0.0
     while True:
         event = find_event(store, name, match, after=after, consumed=consumed, cache=cache)
-        now = time.time()
+        now = clock().now()
+        if event is None and timeout_at is not None and now < timeout_at and clock().skipping:
+            clock().sleep_until(timeout_at)  # no event yet: skip to the timeout, then look a last time
+            event, now = find_event(store, name, match, after=after, consumed=consumed, cache=cache), clock().now()
         if event is not None or (timeout_at is not None and now >= timeout_at):
-            if show is not None and shown:
+            if show is not None and (shown or clock().skipping):
                 show(f"✓ nbdurable: received {what}" if event else f"⌛ nbdurable: no {what} before the timeout", True)
             return event
         if (suspend is not None and suspend_after is not None

@@ -19,6 +19,12 @@ ingests them. Record types:
                when it succeeded).
 ``consumed``   a ``wait_for_event`` step took an event (``event``: its id): no later wait of this run
                (or of a run resuming it) returns that event again.
+``time_skip``  from here on the run's times are those of a time-skipping clock (``runtime/clock.py``); a
+               run that skipped from its start says so in its ``run`` record (``time_skipped``) instead.
+               The ``ts`` the journal writer adds stays wall-clock time; the times in the records
+               (``started_at``, ``ended_at``, ``wake_at``, ``timeout_at``) are the clock's.
+``compensating`` the run began running the compensations of its completed steps (``reason``); each
+               compensation is then an explicit step (``options.compensates``: the step it undoes).
 
 An explicit step (``@nbd.step``) is a ``step_start`` with ``parent`` = its cell's ordinal and
 ``options`` = ``{"call": N, "seq": S, "args": "<hash>"}`` (its N-th call by that name, the S-th step
@@ -130,9 +136,10 @@ def run_record(
     resumed_from: str | None = None,
     root_run: str | None = None,
     environment: dict[str, Any] | None = None,
+    time_skipped: bool = False,
 ) -> dict[str, Any]:
-    """The first record of a run's journal."""
-    return {
+    """The first record of a run's journal (``time_skipped``: its times are a time-skipping clock's)."""
+    record = {
         "t": "run",
         "format": JOURNAL_FORMAT,
         "run_id": run_id,
@@ -145,6 +152,9 @@ def run_record(
         "root_run": root_run or run_id,
         "environment": environment or {},
     }
+    if time_skipped:
+        record["time_skipped"] = True
+    return record
 
 
 def step_start_record(
@@ -253,3 +263,13 @@ def attempt_record(ordinal: int, attempt: int, *, started_at: float, ended_at: f
     """One attempt of an explicit step; ``next_delay`` is the wait before the next one, if any."""
     return {"t": "attempt", "ordinal": ordinal, "attempt": attempt, "started_at": started_at,
             "ended_at": ended_at, "error": error, "next_delay": next_delay}
+
+
+def time_skip_record() -> dict[str, Any]:
+    """The run's clock skips time from here on (its times are virtual)."""
+    return {"t": "time_skip"}
+
+
+def compensating_record(reason: str) -> dict[str, Any]:
+    """The run begins running the compensations of its completed steps, because of ``reason``."""
+    return {"t": "compensating", "reason": reason}

@@ -87,7 +87,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         insert_rows(con, "runs", list(batch.runs.values()))
         if batch.run_updates:
             upd = _arrow("runs", list(batch.run_updates.values()),
-                         ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for", *CANCEL_COLUMNS))
+                         ("run_id", "status", "ended_at", "superseded_by", "wake_at", "waiting_for", *CANCEL_COLUMNS,
+                          "time_skipped"))
             run_sql(con, """
                 UPDATE runs SET
                   status = CASE WHEN u.status IS NOT NULL THEN u.status
@@ -100,7 +101,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
                   cancelled_by = CASE WHEN u.status IS NOT NULL THEN u.cancelled_by ELSE runs.cancelled_by END,
                   cancel_reason = CASE WHEN u.status IS NOT NULL THEN u.cancel_reason ELSE runs.cancel_reason END,
                   cancel_requested_at = CASE WHEN u.status IS NOT NULL THEN u.cancel_requested_at
-                                             ELSE runs.cancel_requested_at END
+                                             ELSE runs.cancel_requested_at END,
+                  time_skipped = coalesce(u.time_skipped, runs.time_skipped)
                 FROM _u u WHERE runs.run_id = u.run_id""", _u=upd)
         if batch.objects:
             cols = ", ".join(name for name, _ in COLUMNS["objects"])

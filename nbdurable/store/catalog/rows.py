@@ -76,7 +76,7 @@ class Batch:
             return self.runs[run_id]
         return self.run_updates.setdefault(
             run_id, {"run_id": run_id, "status": None, "ended_at": None, "superseded_by": None, "wake_at": None,
-                     "waiting_for": None, **dict.fromkeys(CANCEL_COLUMNS)}
+                     "waiting_for": None, **dict.fromkeys(CANCEL_COLUMNS), "time_skipped": None}
         )
 
     def on_run(self, run_id: str, r: dict[str, Any]) -> None:
@@ -91,6 +91,7 @@ class Batch:
             "superseded_by": None, "steps_total": 0, "steps_executed": 0, "steps_restored": 0, "steps_failed": 0,
             "time_saved_s": 0.0, "duration_s": None, "wake_at": None, "waiting_for": None,
             **dict.fromkeys(CANCEL_COLUMNS),
+            "time_skipped": bool(r.get("time_skipped")),
         }
 
     def on_run_end(self, run_id: str, r: dict[str, Any]) -> None:
@@ -121,6 +122,9 @@ class Batch:
             "run_id": run_id, "ordinal": r["ordinal"], "event_id": r["event"], "name": r.get("name"),
             "consumed_at": unix_us(r.get("ts")),
         }
+
+    def on_time_skip(self, run_id: str, r: dict[str, Any]) -> None:
+        self._run_update(run_id)["time_skipped"] = True
 
     def on_superseded(self, run_id: str, r: dict[str, Any]) -> None:
         self._run_update(run_id)["superseded_by"] = r.get("by")
@@ -201,5 +205,5 @@ class Batch:
 _HANDLERS = {
     "run": Batch.on_run, "run_end": Batch.on_run_end, "superseded": Batch.on_superseded,
     "step_start": Batch.on_step_start, "step_end": Batch.on_step_end, "attempt": Batch.on_attempt,
-    "consumed": Batch.on_consumed,
+    "consumed": Batch.on_consumed, "time_skip": Batch.on_time_skip,
 }
