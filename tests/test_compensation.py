@@ -170,3 +170,36 @@ def test_the_cancel_hook_compensates_between_cells_under_a_step_of_its_own(store
     children = [r for r in records if r["t"] == "step_start" and str(r.get("name")).startswith("compensate:")]
     assert [c["parent"] for c in children] == [top["ordinal"]] * 2
     assert any(r["t"] == "step_end" and r["ordinal"] == top["ordinal"] and r["status"] == "completed" for r in records)
+
+
+@pytest.mark.slow
+def test_a_cancelled_headless_run_undoes_its_completed_steps_once(tmp_path: Path) -> None:
+    """A cancel stops the running cell, then the compensations of the completed steps run in reverse order in
+    the same kernel, each a durable step, before the run ends `cancelled`."""
+    import subprocess
+    import time
+
+    from nbdurable.runtime.control import cancel_run
+
+    from helpers import start_cli
+
+    wait = ("import time, pathlib\npathlib.Path('started').touch()\n"
+            "while True:\n    time.sleep(0.05)")
+    path = _notebook(tmp_path, "flight = reserve('flight')", "hotel = reserve('hotel', qty=2)", wait, "print('never')")
+    proc = start_cli("run", path.name, "out.ipynb", "--no-progress", cwd=tmp_path,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "started").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the cell never started"
+        time.sleep(0.05)
+    store = Store.open(tmp_path / ".nbdurable", create=False)
+    [run_id] = store.run_ids()
+    cancel_run(store, run_id, reason="trip called off", by="test")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, out + err
+    assert executions(tmp_path / "log.txt") == ["book-flight", "book-hotel", "undo-hotel-hotel#2-2",
+                                                "undo-flight-flight#1-1"]
+    records = journal_records(tmp_path / ".nbdurable")
+    assert [name for name, _ in _compensation_steps(records)] == ["compensate:reserve", "compensate:reserve"]
+    assert [r for r in records if r["t"] == "run_end"][-1]["status"] == "cancelled"

@@ -6,7 +6,9 @@ On a request the watcher interrupts the kernel (SIGINT, as Jupyter's interrupt d
 stops at once, its step ends ``interrupted``) and tells the runner, which sends no further cell and shuts
 the kernel down; whoever finishes the run finishes it ``cancelled`` (``DurableRun.finish`` sees the
 request). If the kernel is still there after the grace period (a cell stuck in native code, which a signal
-does not stop), the watcher kills it; the runner then ends the run ``cancelled`` under its lease.
+does not stop), the watcher kills it; the runner then ends the run ``cancelled`` under its lease. A kernel
+that stopped asks its run's compensations to run first (``compensate_in_kernel``); a killed one cannot, and
+what its run owes stays listed (``runtime/compensation.pending``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from nbdurable.runtime.control import POLL_S, pending_cancel
 from nbdurable.store import Store
 
+COMPENSATE_TIMEOUT_S = 600.0  # a cancelled run's compensations, run in its kernel before it shuts down
 RESEND_S = 1.0  # while a cell still runs after an interrupt, it is interrupted again this often
 
 
@@ -81,3 +84,19 @@ class CancelWatcher:
             elif pid is not None:
                 os.kill(pid, signum)
 
+
+def describe_cancel(request: dict[str, Any]) -> str:
+    """How a cancel request reads in a run's summary: who, and why."""
+    reason = f": {request['reason']}" if request.get("reason") else ""
+    return f"cancelled by {request.get('by') or 'someone unknown'}{reason}"
+
+
+def compensate_in_kernel(client: Any, code: str) -> None:
+    """Once a cancelled run's cell stopped: its kernel runs the compensations of the run's completed steps
+    (``runtime/compensation.py``: newest first, each a durable step) before the run ends ``cancelled``."""
+    if getattr(client, "kc", None) is None:
+        return
+    try:
+        client.wait_for_reply(client.kc.execute(code, silent=True), timeout=COMPENSATE_TIMEOUT_S)
+    except Exception:  # a dead or unresponsive kernel: the run is cancelled all the same
+        pass

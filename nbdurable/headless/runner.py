@@ -28,7 +28,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from nbdurable.errors import NbdurableError, OptionsError
-from nbdurable.headless.cancel import CancelWatcher
+from nbdurable.headless.cancel import CancelWatcher, compensate_in_kernel, describe_cancel
 from nbdurable.headless.result import (
     RunResult,
     describe_exception,
@@ -229,32 +229,11 @@ class HeadlessRunner:
         try:
             with client.setup_kernel(env=env, cwd=str(self.cwd)):
                 self._displays = client._display_id_map  # filled outputs join it; _fold_executed keeps it right
-                plan = self._plan()
-                index = 0
-                while index < len(self.nb.cells):
-                    if self._watcher.cancelled:
-                        raise _Cancelled
-                    restored = self._restore_batch(client, plan, index)
-                    if restored > index:
-                        index = restored
-                        continue
-                    cell = self.nb.cells[index]
-                    index += 1
-                    if not executes(cell):
-                        continue
-                    if self._watcher.cancelled:  # (asked during a batch restore)
-                        raise _Cancelled
-                    try:
-                        client.execute_cell(cell, index - 1)
-                    except CellExecutionError:
-                        if self.result.exited_at != index - 1:
-                            raise
-                        break  # sys.exit(0): the notebook ends here, successfully (papermill's rule)
-                    except CellTimeoutError:
-                        self._cell_stopped(index - 1, "failed")
-                        self._interrupt(client)  # the cell still runs: stop it, its step ends `interrupted`
-                        raise
-                self._complete(client)
+                try:
+                    self._run_cells(client)
+                except (_Cancelled, CellExecutionError):
+                    self._compensate_cancelled(client)
+                    raise
         except _Cancelled:
             self._stopped("cancelled", "")
         except CellExecutionError as exc:
@@ -270,6 +249,39 @@ class HeadlessRunner:
             self._stopped("kernel_died", "the kernel died (killed, out of memory, or a crash in native code)")
         except RuntimeError as exc:  # nbclient: "Kernel died before replying to kernel_info", or did not reply
             self._stopped("kernel_start", f"the kernel failed during start-up: {exc}")
+
+    def _run_cells(self, client: NotebookClient) -> None:
+        """Restore and execute the notebook's cells in order (consecutive restorable ones in one batch)."""
+        plan = self._plan()
+        index = 0
+        while index < len(self.nb.cells):
+            if self._watcher.cancelled:
+                raise _Cancelled
+            restored = self._restore_batch(client, plan, index)
+            if restored > index:
+                index = restored
+                continue
+            cell = self.nb.cells[index]
+            index += 1
+            if not executes(cell):
+                continue
+            if self._watcher.cancelled:  # (asked during a batch restore)
+                raise _Cancelled
+            try:
+                client.execute_cell(cell, index - 1)
+            except CellExecutionError:
+                if self.result.exited_at != index - 1:
+                    raise
+                break  # sys.exit(0): the notebook ends here, successfully (papermill's rule)
+            except CellTimeoutError:
+                self._cell_stopped(index - 1, "failed")
+                self._interrupt(client)  # the cell still runs: stop it, its step ends `interrupted`
+                raise
+        self._complete(client)
+
+    def _compensate_cancelled(self, client: NotebookClient) -> None:
+        if self._watcher.request is not None:
+            compensate_in_kernel(client, f"{HANDLE_NAME}.compensate('cancelled')")
 
     def _complete(self, client: NotebookClient) -> None:
         """Every cell ran, or one ended the notebook early: the run completed.
@@ -287,7 +299,7 @@ class HeadlessRunner:
         """The run stopped before its end (see ``RunResult.stopped_by``); its journal has the last word on
         its status (``_settle``)."""
         if self._watcher.request is not None:  # whatever the kernel did as it was stopped
-            by, error = "cancelled", _describe_cancel(self._watcher.request)
+            by, error = "cancelled", describe_cancel(self._watcher.request)
         self.result.stopped_by, self.result.error = by, error
         self.result.status = "crashed" if by in ("kernel_died", "kernel_start") else "failed"
 
@@ -303,7 +315,7 @@ class HeadlessRunner:
         if request is None or self.result.status == "completed":
             return
         self.result.cancel, self.result.stopped_by = request, "cancelled"
-        self.result.error = _describe_cancel(request)
+        self.result.error = describe_cancel(request)
         run_id = self.result.run_id or self.result.resumed_from
         if self.result.status != "cancelled" and run_id is not None:
             try:
@@ -576,8 +588,3 @@ class HeadlessRunner:
         tmp = self.output_path.with_name(f".{self.output_path.name}.tmp")
         nbformat.write(nb, str(tmp))
         os.replace(tmp, self.output_path)
-
-
-def _describe_cancel(request: dict[str, Any]) -> str:
-    reason = f": {request['reason']}" if request.get("reason") else ""
-    return f"cancelled by {request.get('by') or 'someone unknown'}{reason}"
