@@ -198,18 +198,25 @@ def test_check_and_gc_know_a_frames_columns(store_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ changes through names a cell never uses
+# (recorded for the variable changed, and the sharing itself kept through the restore)
 
 @pytest.mark.parametrize("cells, probes, expected", [
-    (["import numpy as np\na = np.zeros(6)\nv = a[2:5]", "v[0] = 7.0"],
-     {"a": "a.tolist()"}, {"a": "[0.0, 0.0, 7.0, 0.0, 0.0, 0.0]"}),  # through a view held by another name
+    (["import numpy as np\na = np.zeros(6)\nv = a[2:5]", "v[0] = 7.0", "a[3] = 1.0"],
+     {"a": "a.tolist()", "v": "v.tolist()", "shared": "bool(np.shares_memory(a, v))"},
+     {"a": "[0.0, 0.0, 7.0, 1.0, 0.0, 0.0]", "v": "[7.0, 1.0, 0.0]", "shared": "True"}),  # a view held by another name
     (["import numpy as np\nclass W:\n    def __init__(self, data):\n        self.data = data\n"
       "arr = np.zeros(4)\nw = W(arr)", "w.data[1] = 3.0"],
-     {"arr": "arr.tolist()"}, {"arr": "[0.0, 3.0, 0.0, 0.0]"}),  # through a wrapper's attribute
-    (["lst = [1, 2]\nd = {'l': lst}", "d['l'].append(3)"],
-     {"lst": "lst"}, {"lst": "[1, 2, 3]"}),  # through a container held by another name
+     {"arr": "arr.tolist()", "same": "w.data is arr"}, {"arr": "[0.0, 3.0, 0.0, 0.0]", "same": "True"}),  # a wrapper
+    (["lst = [1, 2]\nd = {'l': lst}", "d['l'].append(3)", "lst.append(4)"],
+     {"lst": "lst", "same": "d['l'] is lst"}, {"lst": "[1, 2, 3, 4]", "same": "True"}),  # a container
     (["import numpy as np\nbig = np.zeros(5)\nview = big[1:]\nhold = {'v': view}", "hold['v'][0] = 2.0"],
-     {"big": "big.tolist()"}, {"big": "[0.0, 2.0, 0.0, 0.0, 0.0]"}),  # a view inside a container
-], ids=["view", "wrapper", "container", "view-in-container"])
+     {"big": "big.tolist()", "same": "hold['v'] is view and bool(np.shares_memory(big, view))"},
+     {"big": "[0.0, 2.0, 0.0, 0.0, 0.0]", "same": "True"}),  # a view inside a container
+    (["import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()",
+      "plt.title('current')"],
+     {"title": "ax.get_title()", "same": "ax.figure is fig and fig.axes[0] is ax"},
+     {"title": "'current'", "same": "True"}),  # pyplot's current axes
+], ids=["view", "wrapper", "container", "view-in-container", "pyplot"])
 def test_a_change_through_another_name_is_recorded(store_dir: Path, cells: list[str], probes: dict[str, str],
                                                    expected: dict[str, str]) -> None:
     crashed = run_session(store_dir, [*cells, KILL])

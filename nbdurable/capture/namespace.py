@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import io
 import itertools
 import pickle
@@ -48,6 +49,11 @@ _IMMUTABLE_TYPES: tuple[type, ...] = (
     int, float, complex, str, bytes, bool, type(None), range, types.ModuleType,
     types.FunctionType, types.BuiltinFunctionType,
 )  # fmt: skip
+
+
+# Libraries that act on an implicit current object: a cell using the module may change the variables holding
+# objects of these modules (``NamespaceTracker._implicit``).
+_IMPLICIT_CURRENT = {"matplotlib.pyplot": "matplotlib.", "pylab": "matplotlib."}
 
 
 @dataclass
@@ -124,6 +130,11 @@ class NamespaceTracker:
         self.bindings: dict[str, Binding] = {}
         self.instance_prefix = instance_prefix
         self._counter = itertools.count(1)
+        self._shared: dict[int, tuple[str, str, Any]] | None = None  # this cell's, see ``_shared_map``
+        self._cell_objs: dict[int, tuple[str, str, Any]] = {}  # objects this cell changed: (instance, key, obj)
+        self._groups: dict[str, tuple[str, ...]] = {}  # this cell's groups of mutually reaching variables
+        self._group_cache: dict[tuple[str, ...], Serialized] = {}
+        self._live: dict[tuple[str, str], Any] = {}  # (instance, key) -> object, for a check's trial load
         self._reach: dict[str, set[int]] = {}  # recorded name -> identities its object reaches (``reach.py``)
         self._holders: dict[int, set[str]] = {}  # identity -> recorded names whose objects reach it
 
@@ -143,7 +154,17 @@ class NamespaceTracker:
             stored |= after - before
             stored |= {n for n in before - after if n in self.bindings}
         loaded = set(names.loaded) - stored
-        return stored, loaded | (self.related(stored | loaded) - stored)
+        return stored, loaded | (self.related(stored | loaded) - stored) | (self._implicit(names.loaded) - stored)
+
+    def _implicit(self, loaded: Iterable[str]) -> set[str]:
+        """Recorded variables a library changes through its own current object: a cell calling pyplot
+        (``plt.title(...)`` draws on the current axes) may change any figure or axes a variable holds."""
+        prefixes = {_IMPLICIT_CURRENT[m.__name__] for n in loaded
+                    if isinstance(m := self.namespace.get(n), types.ModuleType) and m.__name__ in _IMPLICIT_CURRENT}
+        if not prefixes:
+            return set()
+        return {name for name in self.bindings if name in self.namespace
+                and type(self.namespace[name]).__module__.startswith(tuple(prefixes))}
 
     def related(self, names: set[str]) -> set[str]:
         """Recorded variables whose objects share mutable state with these names' objects (a view's base, a
@@ -181,15 +202,59 @@ class NamespaceTracker:
         changes: dict[str, Change] = {}
         by_instance: dict[str, Serialized] = {}
         seen: dict[int, str] = {}  # id -> instance of objects examined in this cell (`a = []; b = a`)
-        for name in sorted(stored | loaded):
+        self._shared, self._cell_objs, self._live, self._group_cache = None, {}, {}, {}
+        # What others contain or view is examined first, so their new keys are known when they are referenced.
+        reaches = {n: reach(self.namespace[n]) if n in self.namespace else set() for n in stored | loaded}
+        self._groups = self._mutual_groups(reaches, no_state)
+        for name in sorted(stored | loaded, key=lambda n: (len(reaches[n]), n)):
             if self.ignored(name) or name in changes:
                 continue
             change = self._examine(name, assigned=name in stored, no_state=no_state, by_instance=by_instance, seen=seen)
             if change is not None:
                 changes[name] = change
+                s = change.serialized
+                if change.op == "set" and s is not None and s.format != "unrestorable":
+                    self._cell_objs[change.obj_id] = (change.instance or "", s.key, self.namespace[name])
                 if change.op == "set" and name in self.bindings and change.obj_id == self.bindings[name].obj_id:
                     self._propagate_mutation(change, changes)
         return list(changes.values())
+
+    def _mutual_groups(self, reaches: dict[str, set[int]], no_state: bool) -> dict[str, tuple[str, ...]]:
+        """Variables whose objects reach each other (a figure and its axes, two lists holding each other):
+        stored together, as one pickle, so that each comes back holding the other's very object."""
+        if no_state:
+            return {}
+        ns = self.namespace
+        names = [n for n in reaches if n in ns and len(reaches[n]) > 1 and not self.ignored(n)
+                 and not self.secrets.is_secret(n) and not isinstance(ns[n], _IMMUTABLE_TYPES)]
+        parent = {n: n for n in names}
+
+        def find(n: str) -> str:
+            while parent[n] != n:
+                n = parent[n]
+            return n
+
+        for i, x in enumerate(names):
+            for y in names[i + 1:]:
+                if id(ns[x]) != id(ns[y]) and id(ns[y]) in reaches[x] and id(ns[x]) in reaches[y]:
+                    parent[find(x)] = find(y)
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(find(n), []).append(n)
+        return {n: tuple(sorted(g)) for g in groups.values() if len(g) > 1 for n in g}
+
+    def _shared_map(self) -> dict[int, tuple[str, str, Any]]:
+        """id -> (instance, key, object) of the recorded variables' objects as they are now (built once a cell,
+        when an object that reaches others is serialized)."""
+        if self._shared is None:
+            self._shared = {}
+            for name, binding in self.bindings.items():
+                obj = self.namespace.get(name)
+                if obj is not None and id(obj) == binding.obj_id and not binding.volatile and not binding.immutable \
+                        and not name.startswith("%"):
+                    self._shared[binding.obj_id] = (binding.instance, binding.key, obj)
+        return self._shared
+
 
     def _examine(
         self, name: str, *, assigned: bool, no_state: bool, by_instance: dict[str, Serialized], seen: dict[int, str]
@@ -222,10 +287,50 @@ class NamespaceTracker:
             result = secret_marker(obj)
         elif no_state:
             result = Serialized.unrestorable(obj, "not stored: the cell is marked %%durable --no-state")
+        elif name in self._groups:
+            result = self._serialize_group(name, obj)
         else:
-            result = _verified(obj, serialize(obj, namespace=self.namespace), self.namespace)
+            shared = self._shared_for(obj, instance)
+            result = _verified(obj, serialize(obj, namespace=self.namespace, shared=shared), self.namespace, self._live)
         by_instance[instance] = result
         return result
+
+    def _serialize_group(self, name: str, obj: Any) -> Serialized:
+        """A member of a group of variables reaching each other: the group pickled once, as ``{name: obj}``;
+        each member's record names itself (``member``) and carries its own type."""
+        members = self._groups[name]
+        group = self._group_cache.get(members)
+        if group is None:
+            objects = {n: self.namespace[n] for n in members}
+            shared = {}
+            for n in members:
+                shared.update(self._shared_for(self.namespace[n], "") or {})
+            for n in members:  # the members themselves are stored in the group, not referenced
+                shared.pop(id(self.namespace[n]), None)
+            group = _verified(objects, serialize(objects, namespace=self.namespace, shared=shared or None),
+                              self.namespace, self._live)
+            self._group_cache[members] = group
+        if group.format == "unrestorable":
+            return Serialized.unrestorable(obj, group.reason or "it cannot be pickled")
+        member = copy.copy(group)
+        member.member = name
+        member.type_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        return member
+
+    def _shared_for(self, obj: Any, instance: str) -> dict[int, tuple[str, str]] | None:
+        """The other variables' objects ``obj`` reaches (its members, what it views), as references; None when
+        it reaches nothing (an int, a plain array)."""
+        reached = reach(obj)
+        if len(reached) <= 1:
+            return None
+        recorded, changed = self._shared_map(), self._cell_objs  # changed in this cell: their new keys
+        shared: dict[int, tuple[str, str]] = {}
+        for i in reached:
+            entry = changed.get(i) or recorded.get(i)
+            if entry is not None and i != id(obj) and entry[0] != instance:
+                shared[i] = (entry[0], entry[1])
+                self._live[shared[i]] = entry[2]
+        return shared or None
 
     def _alias_instance(self, name: str, obj: Any) -> str:
         """The instance label of another recorded variable bound to this very object, else a new one."""
@@ -339,14 +444,17 @@ VERIFY_MAX_BYTES = 256 * 1024
 _PLAIN = (int, float, complex, str, bytes, bool, type(None))
 
 
-def _verified(obj: Any, result: Serialized, namespace: dict[str, Any]) -> Serialized:
+def _verified(obj: Any, result: Serialized, namespace: dict[str, Any],
+              live: dict[tuple[str, str], Any] | None = None) -> Serialized:
     """``result``, or an unrestorable marker when the stored pickle of ``obj`` does not load back."""
     if result.format != "pickle" or result.size > VERIFY_MAX_BYTES or isinstance(obj, _PLAIN):
         return result
     try:
+        refs = list(result.refs)
+        resolve = (lambda i: (live or {})[refs[i]]) if refs else None
         with _pyplot_untouched():
             deserialize("pickle", bytearray(result.to_bytes()), format_version=result.format_version,
-                        namespace=dict(namespace))
+                        namespace=dict(namespace), resolve=resolve)
     except Exception as exc:  # whatever unpickling raises: the object cannot come back from its pickle
         return Serialized.unrestorable(obj, f"it pickles, but the pickle does not load back ({_cause(exc)})")
     return result

@@ -112,8 +112,8 @@ class Durable(Configurable):
         self.params: dict[str, Any] = json.loads(os.environ.get(ENV_PARAMS) or "{}")
         self.store_path = session.resolve_store_path(notebook=self.notebook, configured=self.store)
         self.store_obj = _open_store(self.store_path)
-        self.loader = ObjectLoader(self.store_obj, shell.user_ns)
         self.restorer = Restorer(self)
+        self.loader = ObjectLoader(self.store_obj, shell.user_ns, lookup=self.restorer.lookup)
         self.session = KernelSession(self)
         self.run: DurableRun | None = None
         self.plan: ReplayPlan | None = None
@@ -565,7 +565,7 @@ class Durable(Configurable):
             new_path = session.resolve_store_path(notebook=identity)
             if new_path != self.store_path:
                 self.store_path, self.store_obj = new_path, _open_store(new_path)
-                self.loader = ObjectLoader(self.store_obj, self.shell.user_ns)
+                self.loader = ObjectLoader(self.store_obj, self.shell.user_ns, lookup=self.restorer.lookup)
         self.notebook = identity
         print(f"nbdurable: attached to notebook {identity!r} (store {self.store_path}).")
         if self.auto_resume:

@@ -37,7 +37,7 @@ from nbdurable.errors import (
 from nbdurable.kernel_ext.interpreter import apply_order, is_pseudo
 from nbdurable.kernel_ext.outputs import replay_outputs, show_notice
 from nbdurable.runtime.cells import classify
-from nbdurable.runtime.checkpoint import load_outputs
+from nbdurable.runtime.checkpoint import MISSING, load_outputs
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan
 from nbdurable.runtime.run import StepHandle
 
@@ -56,10 +56,20 @@ class Restorer:
         self.ext = ext
         self.last_batch = "[]"  # what the last restore_batch restored, JSON (read back by the runner)
 
+    def lookup(self, instance: str, key: str) -> Any:
+        """The object the namespace holds with this content (a recorded variable's), for a restored object that
+        holds or views it (``ObjectLoader``'s references); ``MISSING`` if none."""
+        ns = self.ext.shell.user_ns
+        for name, binding in self.ext.tracker.bindings.items():
+            if key in (binding.key, binding.alt_key) and name in ns and id(ns[name]) == binding.obj_id:
+                return ns[name]
+        return MISSING
+
     def apply_step(self, planned: PlannedStep) -> None:
         """Apply a recorded state delta to the namespace."""
         ext = self.ext
         ns = ext.shell.user_ns
+        ext.loader.expect(planned.variables)
         for ref in sorted(planned.variables, key=lambda r: apply_order(r["name"])):  # a stable sort: see interpreter.py
             name = ref["name"]
             if is_pseudo(name):

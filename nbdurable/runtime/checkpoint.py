@@ -21,6 +21,7 @@ from nbdurable.store import Store
 from nbdurable.store.records import VarRef
 
 DEFAULT_INLINE_MAX = 32 * 1024
+MISSING = object()  # what ObjectLoader.lookup returns when the namespace holds no such object
 OUTPUT_INLINE_MAX = 256 * 1024
 PAYLOAD_FORMATS = ("pickle", "ndarray", "parquet")
 
@@ -50,6 +51,10 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
             ref["inert"] = True
         if s.origin:
             ref["origin"] = s.origin
+        if s.refs:
+            ref["refs"] = [list(r) for r in s.refs]  # other variables it holds or views: (instance, key)
+        if s.member:
+            ref["member"] = s.member  # stored with the variables it reaches and that reach it: {name: obj}
         if s.has_payload:
             if s.size <= inline_max:
                 if s.key not in inlined:
@@ -75,10 +80,19 @@ def persist_changes(store: Store, changes: Iterable[Change], *, inline_max: int 
 class ObjectLoader:
     """Loads variable references, giving one Python object per (instance, content) so aliases stay aliases."""
 
-    def __init__(self, store: Store, namespace: dict[str, Any]) -> None:
+    def __init__(self, store: Store, namespace: dict[str, Any],
+                 lookup: Callable[[str, str], Any] | None = None) -> None:
         self.store = store
         self.namespace = namespace
         self._cache: dict[tuple[str | None, str | None], Any] = {}
+        self._pending: dict[tuple[str, str], VarRef] = {}
+        # (instance, key) -> the object the namespace holds with that content, or MISSING (``refs``)
+        self.lookup = lookup
+
+    def expect(self, refs: Iterable[VarRef]) -> None:
+        """The references about to be loaded together (one step's delta): an object referring to another
+        variable's object (``refs``) is given the one loaded for it, whichever is loaded first."""
+        self._pending = {(str(r.get("instance")), str(r.get("object"))): r for r in refs if r.get("op") == "set"}
 
     def load(self, ref: VarRef, *, step_label: str) -> Any:
         """The object a reference describes. Raises RestoreError naming the variable and its step."""
@@ -90,11 +104,17 @@ class ObjectLoader:
         cache_key = (ref.get("instance"), ref.get("object") or ref.get("module"))
         if cache_key in self._cache:
             return self._cache[cache_key]
+        group_key = ("group", ref.get("object")) if ref.get("member") else None
+        if group_key in self._cache:  # another member of its group was loaded: the group's objects are shared
+            obj = self._cache[group_key][ref["member"]]
+            self._cache[cache_key] = obj
+            return obj
         try:
+            resolve = self._resolver(ref, step_label) if ref.get("refs") else None
             if ref.get("frame"):
                 obj = frames.load(self.store, dict(ref))
             elif ref.get("delta"):
-                obj = deltas.load(self.store, dict(ref), self.namespace)
+                obj = deltas.load(self.store, dict(ref), self.namespace, resolve)
             else:
                 obj = deserialize(
                     str(ref.get("format")),
@@ -102,6 +122,7 @@ class ObjectLoader:
                     format_version=int(ref.get("format_version") or 1),
                     module=ref.get("module"),
                     namespace=self.namespace,
+                    resolve=resolve,
                 )
         except NbdurableError as exc:
             key = getattr(exc, "object_key", None) or (  # a delta names the part that failed
@@ -113,9 +134,35 @@ class ObjectLoader:
             )
             err.object_key = key  # type: ignore[attr-defined]  # the object file that failed to load, if any
             raise err from exc
+        if group_key is not None:
+            if not isinstance(obj, dict) or ref["member"] not in obj:
+                raise RestoreError(f"Cannot restore variable `{ref['name']}` from {step_label}: its group of "
+                                   "variables stored together does not hold it",
+                                   hint="its cell runs its own code instead.")
+            self._cache[group_key], obj = obj, obj[ref["member"]]
         self._cache[cache_key] = obj
         deltas.remember(self.store, str(ref["name"]), dict(ref))  # the next version of it is compared with this
         return obj
+
+    def _resolver(self, ref: VarRef, step_label: str) -> Callable[[int], Any]:
+        """How a pickle's references to other variables' objects are found: the object the namespace already
+        holds with that content, else the one loaded (or about to be) for that variable in this restore."""
+        targets = [(str(instance), str(key)) for instance, key in ref.get("refs") or []]
+
+        def resolve(index: int) -> Any:
+            instance, key = targets[index]
+            if (instance, key) in self._cache:
+                return self._cache[(instance, key)]
+            if self.lookup is not None and (found := self.lookup(instance, key)) is not MISSING:
+                return found
+            if (pending := self._pending.get((instance, key))) is not None:
+                return self.load(pending, step_label=step_label)
+            raise RestoreError(
+                f"`{ref['name']}` holds another variable's object (instance {instance}), which is not restored here",
+                hint="its cell runs its own code instead.",
+            )
+
+        return resolve
 
     def _payload(self, ref: VarRef) -> bytearray | memoryview | None:
         if ref.get("inline") is not None:

@@ -21,6 +21,7 @@ for a whole write); each changed piece is copied before it is written and its ha
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -162,7 +163,8 @@ def _write_delta(store: Store, s: Serialized, base: Base, spans: list[tuple[int,
     }
 
 
-def load(store: Store, ref: dict[str, Any], namespace: dict[str, Any]) -> object:
+def load(store: Store, ref: dict[str, Any], namespace: dict[str, Any],
+         resolve: Callable[[int], object] | None = None) -> object:
     """The object a delta reference describes: its base's buffers with the changed pieces copied over."""
     delta = ref["delta"]
     try:
@@ -188,7 +190,8 @@ def load(store: Store, ref: dict[str, Any], namespace: dict[str, Any]) -> object
             view[i * piece : i * piece + n] = patch_data[at : at + n]
         buffers.append(view)
     return deserialize_parts(str(ref.get("format")), patch_data[head_at : head_at + head_len], buffers,
-                             format_version=int(ref.get("format_version") or 1), namespace=namespace)
+                             format_version=int(ref.get("format_version") or 1), namespace=namespace,
+                             resolve=resolve)
 
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 from nbdurable.errors import RestoreError
@@ -41,12 +42,16 @@ __all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "assemble_frame", "deseria
            "frame_parts", "piece_key", "serialize"]
 
 
-def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serialized:
+def serialize(obj: object, *, namespace: dict[str, Any] | None = None,
+              shared: dict[int, tuple[str, str]] | None = None) -> Serialized:
     """Choose a format for ``obj``, hash it and return the ``Serialized`` (payload made by ``write()``).
 
     ``namespace`` is the notebook's globals: functions whose ``__globals__`` is that dict are saved
     without their globals and rebuilt on the restored namespace. Never raises for objects that cannot be
     pickled: they come back as format ``"unrestorable"`` with the reason.
+
+    ``shared`` maps other variables' objects (by identity) to their (instance, content key): inside a pickled
+    object they are references (``Serialized.refs``), and an array viewing one of them pickles as that view.
     """
     cls = type(obj)
     type_name = f"{cls.__module__}.{cls.__qualname__}"
@@ -56,13 +61,24 @@ def serialize(obj: object, *, namespace: dict[str, Any] | None = None) -> Serial
     if cls.__module__ == "numpy" and cls.__qualname__ == "ndarray":
         from nbdurable.serialization import _ndarray
 
+        if shared and _views_shared(obj, shared):  # a view of another variable's array: pickled as that view
+            return _serialize_pickle(obj, type_name, namespace, shared)
         if _ndarray.eligible(obj):  # type: ignore[arg-type]
             return _ndarray.serialize_ndarray(obj, type_name)  # type: ignore[arg-type]
     elif cls.__qualname__ == "DataFrame" and cls.__module__ in _PANDAS_MODULES:
         serialized = _serialize_frame(obj, type_name)
         if serialized is not None:
             return serialized
-    return _serialize_pickle(obj, type_name, namespace)
+    return _serialize_pickle(obj, type_name, namespace, shared)
+
+
+def _views_shared(arr: Any, shared: dict[int, tuple[str, str]]) -> bool:
+    base = arr.base
+    while base is not None and type(base).__name__ == "ndarray":
+        if id(base) in shared:
+            return True
+        base = base.base
+    return False
 
 
 def deserialize(
@@ -72,8 +88,10 @@ def deserialize(
     format_version: int = 1,
     module: str | None = None,
     namespace: dict[str, Any] | None = None,
+    resolve: Callable[[int], object] | None = None,
 ) -> object:
-    """Bring back an object from its format and payload.
+    """Bring back an object from its format and payload (``resolve(i)``: the object of the i-th variable a
+    pickle references, see ``serialize``'s ``shared``).
 
     Pass the payload as a ``bytearray`` (what the store reads) or any writable buffer, e.g. a memoryview
     of a file mapped with ``mmap.ACCESS_COPY``: arrays and big buffers are then restored as views of it,
@@ -104,7 +122,7 @@ def deserialize(
         return deserialize_frame(payload)
     from nbdurable.serialization._pickle import deserialize_pickle
 
-    return deserialize_pickle(payload, namespace)
+    return deserialize_pickle(payload, namespace, resolve)
 
 
 def deserialize_parts(
@@ -114,6 +132,7 @@ def deserialize_parts(
     *,
     format_version: int = 1,
     namespace: dict[str, Any] | None = None,
+    resolve: Callable[[int], object] | None = None,
 ) -> object:
     """Bring back an object whose payload was stored in parts (``runtime/deltas.py``): its head (header and
     pickle bytes) and its buffers (an array's memory, a pickle's out-of-band buffers), each assembled and
@@ -129,7 +148,7 @@ def deserialize_parts(
         return deserialize_ndarray_parts(head, buffers[0])
     from nbdurable.serialization._pickle import deserialize_pickle_parts
 
-    return deserialize_pickle_parts(head, buffers, namespace)
+    return deserialize_pickle_parts(head, buffers, namespace, resolve)
 
 
 def frame_parts(serialized: Serialized) -> Any:
@@ -183,11 +202,12 @@ def _serialize_frame(obj: object, type_name: str) -> Serialized | None:
         return None
 
 
-def _serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | None) -> Serialized:
+def _serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | None,
+                      shared: dict[int, tuple[str, str]] | None = None) -> Serialized:
     from nbdurable.serialization._pickle import serialize_pickle
 
     try:
-        return serialize_pickle(obj, type_name, namespace)
+        return serialize_pickle(obj, type_name, namespace, shared)
     except Exception as exc:  # whatever pickling raises means "cannot be saved"
         return _unrestorable(obj, type_name, f"{type(exc).__name__}: {exc}")
 

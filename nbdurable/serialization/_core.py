@@ -44,9 +44,11 @@ class Serialized:
         "format",
         "format_version",
         "key",
+        "member",
         "module",
         "origin",
         "reason",
+        "refs",
         "size",
         "type_name",
     )
@@ -70,6 +72,8 @@ class Serialized:
         self.module = module
         self.reason = reason
         self.origin = origin  # a module's file when it was recorded (says where a failed import looked)
+        self.refs: tuple[tuple[str, str], ...] = ()  # other variables' objects referenced: (instance, key)
+        self.member: str | None = None  # a group of variables stored together ({name: obj}): this one's name
 
     @classmethod
     def unrestorable(cls, obj: object, reason: str) -> Serialized:
@@ -201,6 +205,7 @@ class _VerifiedWrite(Serialized):
     def __init__(self, inner: ChunkedSerialized) -> None:
         super().__init__(key=inner.key, format=inner.format, type_name=inner.type_name, size=inner.size)
         self.format_version, self.module, self.reason = inner.format_version, inner.module, inner.reason
+        self.refs, self.member = inner.refs, inner.member
         self._inner = inner
 
     @property

@@ -18,6 +18,7 @@ import pickle
 import platform
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -49,13 +50,21 @@ _LOAD_NAMESPACE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Con
 )
 
 
-def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | None) -> ChunkedSerialized:
-    """Pickle ``obj`` (raises whatever pickling raises: the caller records it as unrestorable)."""
-    data, buffers = _dump(obj, namespace)
+def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | None,
+                     shared: dict[int, tuple[str, str]] | None = None) -> ChunkedSerialized:
+    """Pickle ``obj`` (raises whatever pickling raises: the caller records it as unrestorable).
+
+    ``shared`` maps the identity of other variables' objects to their (instance, content key): met inside
+    ``obj``, such an object is pickled as a reference to that variable (``refs``), not as a copy, and an
+    ndarray viewing one's memory as a view of it, so ``d = {'l': lst}``, ``w.data is arr`` and ``v = a[2:5]``
+    come back sharing what they shared. The content key covers the referenced objects' keys."""
+    data, buffers, refs = _dump(obj, namespace, shared or {})
     lengths = [b.nbytes for b in buffers]
     header = _header(data.nbytes, tuple(lengths))
     h = new_hasher(FORMAT)
     prefix = repr([data.nbytes, *lengths]).encode()  # where one part ends and the next begins
+    if refs:
+        prefix += repr([key for _instance, key in refs]).encode()
     h.update(prefix)
     chunks: list[Chunk] = [header, data]
     hashed = [1]
@@ -67,10 +76,12 @@ def serialize_pickle(obj: object, type_name: str, namespace: dict[str, Any] | No
         hashed.append(len(chunks))
         chunks.append(buf)
         h.update(buf)
-    return ChunkedSerialized(
+    result = ChunkedSerialized(
         chunks=chunks, hash_prefix=prefix, hashed=hashed, buffers=hashed[1:], key=h.hexdigest(), format=FORMAT,
         type_name=type_name,
     )
+    result.refs = tuple(refs)
+    return result
 
 
 @functools.lru_cache(maxsize=1024)
@@ -91,7 +102,8 @@ def _header(size: int, lengths: tuple[int, ...]) -> bytes:
     )
 
 
-def _dump(obj: object, namespace: dict[str, Any] | None) -> tuple[memoryview, list[memoryview]]:
+def _dump(obj: object, namespace: dict[str, Any] | None,
+          shared: dict[int, tuple[str, str]]) -> tuple[memoryview, list[memoryview], list[tuple[str, str]]]:
     """The pickle bytes and the out-of-band buffers (views of the objects' own memory)."""
     buffers: list[memoryview] = []
 
@@ -106,8 +118,9 @@ def _dump(obj: object, namespace: dict[str, Any] | None) -> tuple[memoryview, li
         return False  # false means out-of-band
 
     out = io.BytesIO()
-    NotebookPickler(out, namespace=namespace, buffer_callback=take_buffer).dump(obj)
-    return out.getbuffer(), buffers
+    pickler = NotebookPickler(out, namespace=namespace, buffer_callback=take_buffer, shared=shared, root=obj)
+    pickler.dump(obj)
+    return out.getbuffer(), buffers, pickler.refs
 
 
 class NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -119,11 +132,29 @@ class NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
         *,
         namespace: dict[str, Any] | None,
         buffer_callback: Any,
+        shared: dict[int, tuple[str, str]] | None = None,
+        root: object = None,
     ) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self._namespace = namespace
+        self._shared = shared or {}
+        self._root = root
+        self.refs: list[tuple[str, str]] = []  # (instance, key) of the variables referenced, in pid order
+
+    def persistent_id(self, obj: Any) -> Any:
+        """Another variable's object, met inside this one: a reference to it (``_REF``, its index in refs)."""
+        if not self._shared or obj is self._root:
+            return None
+        ref = self._shared.get(id(obj))
+        if ref is None:
+            return None
+        if ref not in self.refs:
+            self.refs.append(ref)
+        return (_REF, self.refs.index(ref))
 
     def reducer_override(self, obj: Any) -> Any:
+        if self._shared and type(obj).__name__ == "ndarray" and (view := _view_of_shared(obj, self._shared)):
+            return view
         if type(obj) is types.FunctionType and self._namespace is not None and obj.__globals__ is self._namespace:
             return _reduce_notebook_function(obj)
         if _is_open_file(obj):
@@ -147,6 +178,27 @@ def _is_open_file(obj: Any) -> bool:
             sys.__stdin__,
         )
     )
+
+
+_REF = "nbd-var"
+
+
+def _view_of_shared(arr: Any, shared: dict[int, tuple[str, str]]) -> tuple[Any, ...] | None:
+    """An ndarray viewing the memory of another variable's array: rebuilt as a view of it on load."""
+    base = arr.base
+    root = None
+    while base is not None and type(base).__name__ == "ndarray":
+        root, base = base, base.base
+    if root is None or id(root) not in shared or id(arr) in shared:
+        return None
+    offset = arr.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return (_rebuild_view, (root, arr.dtype, arr.shape, offset, arr.strides))
+
+
+def _rebuild_view(root: Any, dtype: Any, shape: tuple[int, ...], offset: int, strides: tuple[int, ...]) -> Any:
+    import numpy as np
+
+    return np.ndarray(shape, dtype=dtype, buffer=root, offset=offset, strides=strides)
 
 
 class _EmptyCell:
@@ -214,7 +266,8 @@ def set_function_state(func: types.FunctionType, state: dict[str, Any]) -> types
     return func
 
 
-def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> object:
+def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None,
+                       resolve: Callable[[int], object] | None = None) -> object:
     """Unpickle, with out-of-band buffers as views of the payload and notebook functions on ``namespace``."""
     meta, offset = decode_header(byte_view(payload), MAGIC, FORMAT)
     protocol, size, lengths = (
@@ -242,10 +295,11 @@ def deserialize_pickle(payload: Payload, namespace: dict[str, Any] | None) -> ob
             f"payload is {buffer.nbytes} bytes but its header describes {end} (truncated or padded)",
         )
     data, *buffers = [buffer[start : start + length] for start, length in spans]
-    return _load_on(namespace, data, buffers)
+    return _load_on(namespace, data, buffers, resolve)
 
 
-def deserialize_pickle_parts(head: Payload, buffers: list[memoryview], namespace: dict[str, Any] | None) -> object:
+def deserialize_pickle_parts(head: Payload, buffers: list[memoryview], namespace: dict[str, Any] | None,
+                             resolve: Callable[[int], object] | None = None) -> object:
     """Unpickle from a payload given in parts (a sub-object delta): the head (header and pickle bytes) and
     the out-of-band buffers, each already assembled and writable."""
     view = byte_view(head)
@@ -255,19 +309,35 @@ def deserialize_pickle_parts(head: Payload, buffers: list[memoryview], namespace
         raise corrupt(FORMAT, "the head of a delta lacks valid 'pickle' and 'buffers' lengths")
     if lengths != [b.nbytes for b in buffers]:
         raise corrupt(FORMAT, f"a delta's buffers are {[b.nbytes for b in buffers]} bytes, its header says {lengths}")
-    return _load_on(namespace, view[offset : offset + size], buffers)
+    return _load_on(namespace, view[offset : offset + size], buffers, resolve)
 
 
-def _load_on(namespace: dict[str, Any] | None, data: memoryview, buffers: list[memoryview]) -> object:
+def _load_on(namespace: dict[str, Any] | None, data: memoryview, buffers: list[memoryview],
+             resolve: Callable[[int], object] | None = None) -> object:
     token = _LOAD_NAMESPACE.set(namespace if namespace is not None else {})
     try:
-        return _loads(data, buffers)
+        return _loads(data, buffers, resolve)
     finally:
         _LOAD_NAMESPACE.reset(token)
 
 
-def _loads(data: memoryview, buffers: list[memoryview]) -> object:
+class _Unpickler(pickle.Unpickler):
+    """Resolves references to other variables (``persistent_id``) through ``resolve``."""
+
+    def __init__(self, data: memoryview, buffers: list[memoryview], resolve: Callable[[int], object]) -> None:
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> object:
+        if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _REF and isinstance(pid[1], int)):
+            raise pickle.UnpicklingError(f"unknown persistent reference {pid!r}")
+        return self._resolve(pid[1])
+
+
+def _loads(data: memoryview, buffers: list[memoryview], resolve: Callable[[int], object] | None = None) -> object:
     try:
+        if resolve is not None:
+            return _Unpickler(data, buffers, resolve).load()
         return pickle.loads(data, buffers=buffers)
     except ImportError as exc:  # incl. ModuleNotFoundError: a package the object needs is missing
         missing = exc.name or str(exc)

@@ -52,6 +52,10 @@ A variable reference (``VarRef``) in ``step_end.variables``::
      "origin": "/path/to/mod.py",      # optional, format "module": the file it was imported from
      "reason": "..." | None,            # for format "unrestorable"
      "inert": true,                     # optional: nothing to restore or rebuild (a closed file)
+     "refs": [[instance, key], ...],    # optional, a pickle holding (or an array viewing) other variables'
+                                        # objects: pickled as references to them, resolved on restore
+     "member": "fig",                   # optional: variables reaching each other (a figure and its axes) are
+                                        # one pickle {name: obj}; each record names its own member
      "pieces": {...},                   # optional, a big array/pickle written whole: its buffers' piece hashes
      "delta": {"base": {"object", "tag", "format", "piece", "buffers"},   # optional: stored as a delta
                "patch": {"object", "tag", "size"}, "head": [at, len], "piece": N,
@@ -102,6 +106,8 @@ class VarRef(TypedDict, total=False):
     inert: bool
     pieces: dict[str, Any]
     delta: dict[str, Any]
+    refs: list[list[str]]
+    member: str
 
 
 def part_objects(ref: dict[str, Any]) -> list[tuple[str, str | None, str]]:
