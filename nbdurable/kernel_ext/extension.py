@@ -30,6 +30,7 @@ from nbdurable.errors import (
     StoreError,
 )
 from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
+from nbdurable.kernel_ext.checkout import checkout as checkout_state
 from nbdurable.kernel_ext.flight import CellInFlight, Decision
 from nbdurable.kernel_ext.inputs import CellInputs
 from nbdurable.kernel_ext.interpreter import InterpreterState
@@ -117,6 +118,7 @@ class Durable(Configurable):
         self.inputs = CellInputs(self.tracker, str(self.store_path))
         self.executed_hashes: set[str] = set()  # cells executed in this session: run again, they execute again
         self.consumed: set[tuple[str, int]] = set()  # recorded executions restored (or re-run) in this session
+        self.fork: tuple[str, int] | None = None  # (run, cell) a checkout took the state of: the next run's origin
         self._not_durable: str | None = None  # why this session records nothing (the store refused to)
         self._last_code: str | None = None  # set by the last input transformer, before pre_run_cell
         self._registered = False
@@ -195,6 +197,7 @@ class Durable(Configurable):
                 print(f"nbdurable: could not finish run {self.run.run_id}: {exc}", file=sys.stderr)
                 self.run.abandon()
         self.run = None
+        self.fork = None  # a checkout's origin belongs to the run it started
 
     def finish_headless(self, status: str) -> None:
         """Called by the headless runner once every cell ran: only it knows the notebook is done."""
@@ -216,6 +219,8 @@ class Durable(Configurable):
         their code (what the next session would still resume)."""
         if self.plan is None:
             return []
+        if self.fork is not None:
+            return []  # a checkout's executions are copies in this run already (`%durable checkout`)
         return [p for p in self.plan.steps
                 if p.origin_key not in self.consumed and p.source_hash not in self.executed_hashes]
 
@@ -275,6 +280,8 @@ class Durable(Configurable):
                 root_run=self._root_of(self.plan.run_id) if self.plan and self.plan.run_id else None,
                 events=self.events,
                 inline_max=self.inline_max_bytes,
+                forked_from=self.fork[0] if self.fork else None,
+                forked_at_cell=self.fork[1] if self.fork else None,
             )
             self.tracker.instance_prefix = f"{self.run.run_id}:"
         return self.run
@@ -516,6 +523,12 @@ class Durable(Configurable):
         return self.restorer.last_batch
 
     # ----- what the magics call ----------------------------------------------------------------
+
+    def checkout(self, run_id: str, cell: int | None = None, step: str | None = None, *, arm: bool = True) -> str:
+        """`%durable checkout` as a Python call (a headless fork, a server): the namespace becomes the state of
+        ``run_id`` after ``cell`` and a new run forked from it starts; returns the summary. What was restored
+        is in ``last_batch`` (``[[run_id, ordinal], ...]``), as after ``restore_batch``."""
+        return checkout_state(self, run_id, cell=cell, step=step, arm=arm).summary()
 
     def start_fresh(self) -> None:
         """`%durable new`: end this run; the next cell starts a run that restores nothing."""

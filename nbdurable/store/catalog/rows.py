@@ -88,6 +88,8 @@ class Batch:
             "host": env.get("host"), "resumed_from": r.get("resumed_from"), "root_run": r.get("root_run") or run_id,
             "superseded_by": None, "steps_total": 0, "steps_executed": 0, "steps_restored": 0, "steps_failed": 0,
             "time_saved_s": 0.0, "duration_s": None, "wake_at": None, "waiting_for": None,
+            "forked_from": r.get("forked_from"),
+            "forked_at_cell": r["forked_at_cell"] if isinstance(r.get("forked_at_cell"), int) else None,
         }
 
     def on_run_end(self, run_id: str, r: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import duckdb
 
 from ...errors import StoreFormatError
 
-SCHEMA_VERSION = 3  # 3: events, consumed; ingest_state.final_offset
+SCHEMA_VERSION = 4  # 3: events, consumed; ingest_state.final_offset; 4: runs.forked_from, forked_at_cell
 TABLES = ("runs", "steps", "variables", "attempts", "events", "consumed", "objects", "outputs")  # documented
 
 # The SQL column types (``bulk`` maps each to its Arrow type); one-letter aliases keep the lists below short.
@@ -22,6 +22,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("started_at", _T), ("ended_at", _T), ("pid", _I), ("host", _V), ("resumed_from", _V), ("root_run", _V),
         ("superseded_by", _V), ("steps_total", _I), ("steps_executed", _I), ("steps_restored", _I),
         ("steps_failed", _I), ("time_saved_s", _F), ("duration_s", _F), ("wake_at", _T), ("waiting_for", _V),
+        ("forked_from", _V), ("forked_at_cell", _I),
     ],
     "steps": [
         ("run_id", _V), ("ordinal", _I), ("name", _V), ("parent", _I), ("source", _V), ("source_hash", _V),
