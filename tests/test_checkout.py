@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from nbdurable.runtime.checkout import load_state
 from nbdurable.store import Store
 
 from conftest import run_session
 from helpers import counting_cell, executions
-
-pytestmark = pytest.mark.kernel
 
 
 def _runs(store_dir: Path) -> list[str]:

@@ -97,13 +97,16 @@ class HeadlessRunner:
         on_cell: Callable[[int, dict[str, Any]], None] | None = None,
         on_cell_start: Callable[[int], None] | None = None,
         on_message: Callable[[int, Any], None] | None = None,
+        fork: tuple[str, int] | None = None,
     ) -> None:
         """``execution_timeout``: seconds a cell may run (nbclient's per-cell ``timeout``; None: no limit);
         ``start_timeout``: seconds the kernel may take to start. Callbacks: ``on_cell(index, meta)`` once a
         code cell is done (executed, restored, failed…; ``meta`` is its ``nbdurable`` metadata),
         ``on_cell_start(index)`` before a cell is sent to the kernel (not for the leading cells restored
         in one batch), ``on_message(index, output)`` for every kernel message of a cell, with the output it
-        added to the cell (None for other messages)."""
+        added to the cell (None for other messages). ``fork=(run, k)``: a fork (``headless/fork.py``): the
+        notebook's first k step cells are run ``run``'s cells 1..k, checked out in one request, and every cell
+        after them executes."""
         self.nb = nb
         self.notebook = str(notebook_path.resolve())
         self.store = Store.open(store_path)
@@ -117,6 +120,7 @@ class HeadlessRunner:
         self.fresh = fresh
         self.reuse = reuse  # also restore matching executions of the notebook's completed runs
         self.resume_run = resume_run
+        self.fork = fork
         self.autosave_seconds = autosave_seconds
         self.suspend_after = suspend_after
         self.start_timeout = start_timeout
@@ -191,7 +195,7 @@ class HeadlessRunner:
         return self.result
 
     def _resume_target(self) -> str | None:
-        if self.fresh:
+        if self.fresh or self.fork:
             return None
         if self.resume_run:
             if not self.store.journal_exists(self.resume_run):
@@ -205,7 +209,7 @@ class HeadlessRunner:
             with client.setup_kernel(env=env, cwd=str(self.cwd)):
                 self._displays = client._display_id_map  # filled outputs join it; _fold_executed keeps it right
                 plan = self._plan()
-                index = 0
+                index = self._checkout(client) if self.fork else 0
                 while index < len(self.nb.cells):
                     restored = self._restore_batch(client, plan, index)
                     if restored > index:
@@ -350,6 +354,35 @@ class HeadlessRunner:
         for (index, _), origin in zip(batch, done, strict=False):
             self._fill_restored(index, by_origin[origin], share)
         return batch[len(done) - 1][0] + 1
+
+    def _checkout(self, client: NotebookClient) -> int:
+        """A fork: the kernel checks out the source run's first k cells (one request, a new run forked from it),
+        and the notebook's first k step cells get their recorded outputs. Returns the index of the first cell
+        to send. A checkout that fails (the source's objects unreadable) is the fork's failing cell 0."""
+        from nbdurable.headless.fork import step_cells
+        from nbdurable.runtime.checkout import checkout_target
+
+        assert client.kc is not None and self.fork is not None
+        run_id, cells = self.fork
+        started = time.perf_counter()
+        reply = client.wait_for_reply(client.kc.execute(
+            f"{HANDLE_NAME}.checkout({run_id!r}, {cells}, arm=False)", silent=True, store_history=False,
+            user_expressions={"done": f"{HANDLE_NAME}.last_batch"},
+        ))  # fmt: skip
+        content = (reply or {}).get("content", {})
+        if content.get("status") != "ok":
+            raise CellExecutionError("", str(content.get("ename") or "Error"), str(content.get("evalue") or ""))
+        text = content.get("user_expressions", {}).get("done", {}).get("data", {}).get("text/plain", "'[]'")
+        done = [tuple(origin) for origin in json.loads(ast.literal_eval(text))]
+        if len(done) < cells:  # a secret literal, a cell that failed to rebuild an unstored value
+            raise CellExecutionError("", "RestoreError", f"only {len(done)} of the {cells} cells of run {run_id} "
+                                     "before the fork could be restored (`%durable checkout` in Jupyter says why)")
+        planned = {(p.run_id, p.ordinal): p for p in checkout_target(self.store, run_id, cell=cells).steps}
+        where = step_cells(self.nb)[:cells]
+        share = (time.perf_counter() - started) / max(1, len(done))
+        for index, origin in zip(where, done, strict=False):
+            self._fill_restored(index, planned[origin], share)
+        return where[-1] + 1 if where else 0
 
     # ----- outputs: restored cells filled from the journal, executed cells as the frontend shows them -----
 
@@ -512,6 +545,7 @@ class HeadlessRunner:
         self.nb.metadata[NOTICE_METADATA_KEY] = {
             "run_id": self.result.run_id,
             "resumed_from": self.result.resumed_from,
+            **({"forked_from": self.fork[0], "forked_at_cell": self.fork[1]} if self.fork else {}),
             "status": self.result.status,
             "store": str(self.store.path),
             "parameters": self.recorded,
