@@ -31,9 +31,13 @@ def test_checkout_restores_a_cells_state_with_aliases_and_removes_later_names(st
                          probes={"a": "a", "alias": "b is a", "x": "x", "z": "z",
                                  "gone": "[n for n in ('y', 'scratch') if n in globals()]"})
     assert second.probes == {"a": "[1, 2, 3]", "alias": "True", "x": "10", "z": "11", "gone": "[]"}
+    # a value mutated after a checkout comes back as recorded from the next checkout (no stale cache)
+    again = run_session(store_dir, [f"%durable checkout {first} --cell 2", "a.append(4)",
+                                    f"%durable checkout {first} --cell 2"], probes={"a": "a", "alias": "b is a"})
+    assert again.probes == {"a": "[1, 2, 3]", "alias": "True"}
     assert executions(counter) == ["c1", "c2", "c3"], "a checkout executes nothing"
     assert f"checked out run {first} after cell 2" in second.stdout
-    fork = _runs(store_dir)[-1]
+    fork = _runs(store_dir)[-3]  # the first session's fork (the second one made two)
     head = _head(store_dir, fork)
     assert (head["forked_from"], head["forked_at_cell"], head["resumed_from"]) == (first, 2, None)
     runs = Store.open(store_dir).catalog().query("SELECT run_id, status, forked_from, forked_at_cell FROM runs")

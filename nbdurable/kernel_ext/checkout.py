@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from nbdurable.capture.namespace import REDACTED, is_shell_name
 from nbdurable.errors import LeaseHeldError, RestoreError
 from nbdurable.runtime.checkout import CheckoutTarget, checkout_target
+from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan
 
 if TYPE_CHECKING:  # the extension calls these with itself
@@ -82,6 +83,7 @@ def checkout(ext: Durable, run_id: str, *, cell: int | None = None, step: str | 
         )
     ext.start_fresh()
     clear_namespace(ext)
+    ext.loader = ObjectLoader(ext.store_obj, ext.shell.user_ns)  # its cache holds objects loaded before: mutated since
     ext.fork = (target.run_id, target.cell)
     ext.plan = ReplayPlan(None, steps=list(target.steps) if arm else [])  # as a resume offers its run's
     run = ext.ensure_run()
