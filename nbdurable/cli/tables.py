@@ -79,7 +79,7 @@ def lineage(row: Any, forks: list[tuple[str, Any]] | None = None) -> str | None:
     origin = getattr(row, "forked_from", None)
     if not missing(origin):
         cell = getattr(row, "forked_at_cell", None)
-        at = 0 if missing(cell) else int(cell)
+        at = 0 if cell is None or missing(cell) else int(cell)
         lines.append(f"rerun of {origin} (nothing restored)" if at == 0 else
                      f"forked from {origin} after cell {at} (cells 1-{at} restored from it)")
     if forks:
