@@ -19,6 +19,7 @@ SUITE = {
     "catalog": [("catalog", [])],
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
+    "control": [("control_checkout", [])],
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
     "steps": [("steps", [])],
@@ -34,7 +35,7 @@ def main() -> None:
     for group in args.only or list(SUITE):
         for module, extra in SUITE[group]:
             quick = {"ambient": ["--repeats", "3"], "cell_overhead": ["--rounds", "2", "--cells", "100"],
-                     "checkpoint": ["--repeats", "1"],
+                     "checkpoint": ["--repeats", "1"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
