@@ -37,7 +37,9 @@ def test_checkout_restores_a_cells_state_with_aliases_and_removes_later_names(st
     assert again.probes == {"a": "[1, 2, 3]", "alias": "True"}
     assert executions(counter) == ["c1", "c2", "c3"], "a checkout executes nothing"
     assert f"checked out run {first} after cell 2" in second.stdout
-    fork = _runs(store_dir)[-3]  # the first session's fork (the second one made two)
+    forks = [r for r in _runs(store_dir) if _head(store_dir, r).get("forked_from")]
+    assert len(forks) == 2, "a fork per session that ran a cell after its checkout; a checkout alone makes no run"
+    fork = forks[0]
     head = _head(store_dir, fork)
     assert (head["forked_from"], head["forked_at_cell"], head["resumed_from"]) == (first, 2, None)
     runs = Store.open(store_dir).catalog().query("SELECT run_id, status, forked_from, forked_at_cell FROM runs")
@@ -75,6 +77,9 @@ def test_unrestorable_values_reexecute_their_cell_with_a_notice(store_dir: Path,
     assert second.probes == {"gen": "[0, 3, 6]", "m": "False"}
     assert executions(counter) == ["n", "gen", "after", "gen"], "only the cell of the unstored value runs again"
     assert "re-executing step 2" in second.stdout and "1 re-executed" in second.stdout
+    (fork,) = [r for r in _runs(store_dir) if _head(store_dir, r).get("forked_from")]
+    steps = Store.open(store_dir).catalog().steps(fork)
+    assert list(steps.status) == ["restored", "completed"], "the rebuilt cell is recorded as executed in the fork"
 
 
 def test_checkout_by_step_name_then_run_all_continues_the_fork(store_dir: Path, tmp_path: Path) -> None:

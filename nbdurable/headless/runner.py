@@ -366,7 +366,7 @@ class HeadlessRunner:
         run_id, cells = self.fork
         started = time.perf_counter()
         reply = client.wait_for_reply(client.kc.execute(
-            f"{HANDLE_NAME}.checkout({run_id!r}, {cells}, arm=False)", silent=True, store_history=False,
+            f"{HANDLE_NAME}.checkout({run_id!r}, {cells}, arm=False, start=True)", silent=True, store_history=False,
             user_expressions={"done": f"{HANDLE_NAME}.last_batch"},
         ))  # fmt: skip
         content = (reply or {}).get("content", {})

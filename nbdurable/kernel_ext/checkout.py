@@ -6,8 +6,9 @@ the namespace is emptied first (variables bound later, or only in this session, 
 cell of the fold sets again is never loaded; nothing is offered for dataflow restores but the checked-out
 executions themselves, as a resume offers its run's (Run All restores cells 1..N when their code and inputs match,
 and executes the rest; they are copies in the new run already, so none is left "to resume" when it ends).
-The new run begins at the checkout: its first steps are the checked-out cells, recorded as restored (copies
-naming their origin), so the fork's journal is self-contained like a resume's. Values that were not stored are
+The new run begins with the next cell (checking out states to look at them creates no runs): its first steps
+are the checked-out cells, recorded as restored (copies naming their origin), so the fork's journal is
+self-contained like a resume's. Values that were not stored are
 rebuilt by re-executing their cells from the recorded source, with a notice, as restore does; outputs are not
 replayed.
 """
@@ -25,6 +26,7 @@ from nbdurable.errors import LeaseHeldError, RestoreError
 from nbdurable.runtime.checkout import CheckoutTarget, checkout_target
 from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan
+from nbdurable.runtime.run import DurableRun
 
 if TYPE_CHECKING:  # the extension calls these with itself
     from nbdurable.kernel_ext.extension import Durable
@@ -36,7 +38,7 @@ class CheckoutResult:
 
     run_id: str  # the run checked out
     cell: int
-    new_run: str | None
+    new_run: str | None  # None: it starts with the next cell
     restored: list[list[Any]]  # [run_id, ordinal] of each recorded execution folded, in order (for a runner)
     reexecuted: int
     missing: list[str]
@@ -50,7 +52,8 @@ class CheckoutResult:
         text = (f"nbdurable: checked out run {self.run_id} after cell {self.cell} in {self.seconds * 1000:.0f} ms: "
                 f"{len(self.restored)} cell(s) restored{again}"
                 + f". Variables: {shown or '(none)'}.\n"
-                f"What runs next is recorded in run {self.new_run}, forked from {self.run_id} at cell {self.cell}; "
+                f"What runs next is recorded in {f'run {self.new_run}' if self.new_run else 'a new run'}, forked "
+                f"from {self.run_id} at cell {self.cell}; "
                 "Run All restores the checked-out cells whose code and inputs match and executes the rest.")
         if self.missing:
             text += "\nNot restored:\n" + "\n".join(f"  - {line}" for line in self.missing)
@@ -67,10 +70,11 @@ def clear_namespace(ext: Durable) -> None:
 
 
 def checkout(ext: Durable, run_id: str, *, cell: int | None = None, step: str | None = None,
-             arm: bool = True) -> CheckoutResult:
+             arm: bool = True, start: bool = False) -> CheckoutResult:
     """Make the namespace the state of ``run_id`` after ``cell`` (or its last cell named ``step``; default: its
-    last cell) and start a new run forked from it. ``arm``: offer the checked-out executions to Run All (a
-    headless fork does not: everything after the checkout executes)."""
+    last cell); the next run is forked from it. ``arm``: offer the checked-out executions to Run All (a headless
+    fork does not: everything after the checkout executes). The new run starts with the next cell (looking at
+    states creates no runs), or now with ``start`` or when a value must be rebuilt by re-executing its cell."""
     started = time.perf_counter()
     target = checkout_target(ext.store_obj, run_id, cell=cell, step=step)
     holder = ext.store_obj.lease_holder(target.run_id)
@@ -86,28 +90,35 @@ def checkout(ext: Durable, run_id: str, *, cell: int | None = None, step: str | 
     ext.loader = ObjectLoader(ext.store_obj, ext.shell.user_ns)  # its cache holds objects loaded before: mutated since
     ext.fork = (target.run_id, target.cell)
     ext.plan = ReplayPlan(None, steps=list(target.steps) if arm else [])  # as a resume offers its run's
-    run = ext.ensure_run()
+    if start:
+        ext.ensure_run()
     restored, reexecuted, missing = apply_target(ext, target)
     names = sorted(n for n in ext.shell.user_ns
                    if n not in ext.shell.user_ns_hidden and not is_shell_name(n))
-    result = CheckoutResult(target.run_id, target.cell, run.run_id, restored, reexecuted,
+    result = CheckoutResult(target.run_id, target.cell, ext.run.run_id if ext.run else None, restored, reexecuted,
                             [*target.skipped, *missing], names, time.perf_counter() - started)
     ext.restorer.last_batch = json.dumps(restored)
     return result
 
 
+def record_checked_out(ext: Durable, run: DurableRun) -> None:
+    """A run forked by a checkout starts: the checked-out cells become its first steps, as restored copies."""
+    for planned in ext.checked_out:
+        inputs = planned.inputs.to_record() if planned.inputs is not None else None
+        step = run.begin_step(source=planned.source, source_hash=planned.source_hash, name=planned.name,
+                              options=planned.options, inputs=inputs)
+        run.record_restored(step, planned)
+    ext.checked_out = []
+
+
 def apply_target(ext: Durable, target: CheckoutTarget) -> tuple[list[list[Any]], int, list[str]]:
-    """Fold the target's executions into the namespace, each recorded as a restored step of the new run."""
-    run = ext.run
-    assert run is not None
+    """Fold the target's executions into the namespace; each is a restored step of the new run (recorded when
+    it starts: ``record_checked_out``). A cell re-executed to rebuild a value starts the run first."""
     restorer = ext.restorer
     restored: list[list[Any]] = []
     reexecuted = 0
     missing: list[str] = []
-    for planned, needed in zip(target.steps, target.needed(), strict=True):
-        inputs = planned.inputs.to_record() if planned.inputs is not None else None
-        step = run.begin_step(source=planned.source, source_hash=planned.source_hash, name=planned.name,
-                              options=planned.options, inputs=inputs)
+    for number, (planned, needed) in enumerate(zip(target.steps, target.needed(), strict=True), start=1):
         reason = planned.execution_reason()
         if reason is None:
             try:
@@ -115,10 +126,18 @@ def apply_target(ext: Durable, target: CheckoutTarget) -> tuple[list[list[Any]],
             except Exception as exc:  # its cell can rebuild it
                 reason = restorer.unloadable(exc)
             else:
-                run.record_restored(step, planned)
-                ext.inputs.restored(planned, f"step {step.ordinal} of this run")
+                ext.inputs.restored(planned, f"cell {number} of the checkout")
                 restored.append([planned.run_id, planned.ordinal])
+                if ext.run is None:
+                    ext.checked_out.append(planned)
+                else:
+                    ext.checked_out = [planned]
+                    record_checked_out(ext, ext.run)
                 continue
+        run = ext.ensure_run()  # (records the cells checked out so far)
+        inputs = planned.inputs.to_record() if planned.inputs is not None else None
+        step = run.begin_step(source=planned.source, source_hash=planned.source_hash, name=planned.name,
+                              options=planned.options, inputs=inputs)
         if REDACTED in planned.source:
             run.end_step(step, status="failed", error={"ename": "RestoreError", "evalue": "its secret is not stored"})
             missing.append(f"{planned.label}: it assigns a secret literal, which is never stored; run its cell")

@@ -31,6 +31,7 @@ from nbdurable.errors import (
 )
 from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
 from nbdurable.kernel_ext.checkout import checkout as checkout_state
+from nbdurable.kernel_ext.checkout import record_checked_out
 from nbdurable.kernel_ext.flight import CellInFlight, Decision
 from nbdurable.kernel_ext.inputs import CellInputs
 from nbdurable.kernel_ext.interpreter import InterpreterState
@@ -119,6 +120,7 @@ class Durable(Configurable):
         self.executed_hashes: set[str] = set()  # cells executed in this session: run again, they execute again
         self.consumed: set[tuple[str, int]] = set()  # recorded executions restored (or re-run) in this session
         self.fork: tuple[str, int] | None = None  # (run, cell) a checkout took the state of: the next run's origin
+        self.checked_out: list[PlannedStep] = []  # the checkout's cells, recorded when the forked run starts
         self._not_durable: str | None = None  # why this session records nothing (the store refused to)
         self._last_code: str | None = None  # set by the last input transformer, before pre_run_cell
         self._registered = False
@@ -197,7 +199,7 @@ class Durable(Configurable):
                 print(f"nbdurable: could not finish run {self.run.run_id}: {exc}", file=sys.stderr)
                 self.run.abandon()
         self.run = None
-        self.fork = None  # a checkout's origin belongs to the run it started
+        self.fork, self.checked_out = None, []  # a checkout's origin belongs to the run it started
 
     def finish_headless(self, status: str) -> None:
         """Called by the headless runner once every cell ran: only it knows the notebook is done."""
@@ -284,6 +286,8 @@ class Durable(Configurable):
                 forked_at_cell=self.fork[1] if self.fork else None,
             )
             self.tracker.instance_prefix = f"{self.run.run_id}:"
+            if self.checked_out:
+                record_checked_out(self, self.run)
         return self.run
 
     def _root_of(self, run_id: str) -> str:
@@ -524,11 +528,13 @@ class Durable(Configurable):
 
     # ----- what the magics call ----------------------------------------------------------------
 
-    def checkout(self, run_id: str, cell: int | None = None, step: str | None = None, *, arm: bool = True) -> str:
+    def checkout(self, run_id: str, cell: int | None = None, step: str | None = None, *, arm: bool = True,
+                 start: bool = False) -> str:
         """`%durable checkout` as a Python call (a headless fork, a server): the namespace becomes the state of
-        ``run_id`` after ``cell`` and a new run forked from it starts; returns the summary. What was restored
-        is in ``last_batch`` (``[[run_id, ordinal], ...]``), as after ``restore_batch``."""
-        return checkout_state(self, run_id, cell=cell, step=step, arm=arm).summary()
+        ``run_id`` after ``cell``; the next cell (``start``: now) starts a run forked from it; returns the
+        summary. What was restored is in ``last_batch`` (``[[run_id, ordinal], ...]``), as after
+        ``restore_batch``."""
+        return checkout_state(self, run_id, cell=cell, step=step, arm=arm, start=start).summary()
 
     def start_fresh(self) -> None:
         """`%durable new`: end this run; the next cell starts a run that restores nothing."""
