@@ -97,3 +97,16 @@ def test_checkout_by_step_name_then_run_all_continues_the_fork(store_dir: Path, 
     bad = run_session(store_dir, [f"%durable checkout {first} --cell 9", f"%durable checkout {first} --step nope"])
     assert "has 3 cell(s): there is no cell 9" in bad.stdout
     assert "has no cell named 'nope'" in bad.stdout and "its named cells: scale" in bad.stdout
+
+
+def test_checkout_of_the_sessions_own_run_and_inside_a_cell_with_code(store_dir: Path) -> None:
+    session = run_session(store_dir, ["a = 1", "a = 2\nb = 3", "rid = __nbdurable__.run.run_id",
+                                      "%durable checkout {rid} --cell 1", "c = a + 10",
+                                      "d = 4\n%durable checkout {rid} --cell 1"],
+                          probes={"a": "a", "c": "c", "d": "d", "gone": "[n for n in ('b', 'rid') if n in globals()]"})
+    assert session.probes == {"a": "1", "c": "11", "d": "4", "gone": "[]"}
+    assert "it cannot run inside a cell with code" in session.stdout
+    first, fork = _runs(store_dir)
+    assert _head(store_dir, fork)["forked_from"] == first
+    statuses = Store.open(store_dir).catalog().query("SELECT run_id, status FROM runs ORDER BY run_id")
+    assert list(statuses.status) == ["completed", "failed"], "the own run ended at the checkout; the last cell failed"

@@ -94,6 +94,12 @@ def test_fork_of_an_edited_notebook_and_its_refusals(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "cell 3 of" in refused.stderr and "fork from cell 3" in refused.stderr
     beyond = run_cli("fork", source, "--from-cell", "9", "--no-progress", cwd=tmp_path)
     assert beyond.returncode == 2 and "has 4 cell(s)" in beyond.stderr
+    lease = Store.open(tmp_path / ".nbdurable").acquire_lease(source)  # as if its process still recorded it
+    try:
+        live = run_cli("fork", source, "--from-cell", "2", "--no-progress", cwd=tmp_path)
+    finally:
+        lease.release()
+    assert live.returncode == 2 and "still being recorded" in live.stderr
 
 
 def test_rerun_runs_the_same_inputs_again_and_from_a_cell(tmp_path: Path) -> None:

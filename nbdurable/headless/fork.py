@@ -72,6 +72,10 @@ def prepare_fork(store: Store, run_id: str, from_cell: int, *, overrides: dict[s
     """The notebook a fork of ``run_id`` from ``from_cell`` runs (see the module's rule); OptionsError (exit 2)
     when the rule cannot be kept, saying which cell and what to do."""
     run_id = resolve_run(store, run_id)
+    holder = store.lease_holder(run_id)
+    if holder is not None:
+        raise OptionsError(f"run {run_id} is still being recorded by process {holder.get('pid')} on "
+                           f"{holder.get('host')}", hint="fork it once it has finished (or stop it)")
     records = store.read_journal(run_id)
     head = next((r for r in records if r.get("t") == "run"), {})
     path = notebook or (Path(head["notebook_path"]) if head.get("notebook_path") else None)

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nbdurable.capture.namespace import REDACTED, is_shell_name
-from nbdurable.errors import LeaseHeldError, RestoreError
+from nbdurable.errors import LeaseHeldError, OptionsError, RestoreError
 from nbdurable.runtime.checkout import CheckoutTarget, checkout_target
 from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan
@@ -76,10 +76,14 @@ def checkout(ext: Durable, run_id: str, *, cell: int | None = None, step: str | 
     fork does not: everything after the checkout executes). The new run starts with the next cell (looking at
     states creates no runs), or now with ``start`` or when a value must be rebuilt by re-executing its cell."""
     started = time.perf_counter()
-    target = checkout_target(ext.store_obj, run_id, cell=cell, step=step)
+    if ext.flight is not None:
+        raise OptionsError("%durable checkout replaces the whole namespace: it cannot run inside a cell with code.",
+                           hint="put `%durable checkout RUN_ID --cell N` in a cell of its own.")
+    target = checkout_target(ext.store_obj, run_id, cell=cell, step=step)  # (a mistake raises before anything)
+    if ext.run is not None and ext.run.run_id == target.run_id:  # this session's own run: end it, then read it
+        ext.close()
+        target = checkout_target(ext.store_obj, target.run_id, cell=cell, step=step)
     holder = ext.store_obj.lease_holder(target.run_id)
-    if holder is not None and ext.run is not None and ext.run.run_id == target.run_id:
-        holder = None  # this session's own run: checking out its earlier state is fine
     if holder is not None:
         raise LeaseHeldError(
             f"Run {target.run_id} is being recorded by process {holder.get('pid')} on {holder.get('host')}.",
