@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+import pytest
+
 from nbdurable.runtime.checkout import load_state
 from nbdurable.store import Store
+from nbdurable.store.catalog.schema import SCHEMA_VERSION
 
 from conftest import run_session
 from helpers import counting_cell, executions
+from kernels import Kernel
 
 
 def _runs(store_dir: Path) -> list[str]:
@@ -110,3 +115,33 @@ def test_checkout_of_the_sessions_own_run_and_inside_a_cell_with_code(store_dir:
     assert _head(store_dir, fork)["forked_from"] == first
     statuses = Store.open(store_dir).catalog().query("SELECT run_id, status FROM runs ORDER BY run_id")
     assert list(statuses.status) == ["completed", "failed"], "the own run ended at the checkout; the last cell failed"
+
+
+@pytest.mark.kernel
+def test_checkout_in_a_real_kernel_prints_nothing_of_the_cells_and_the_catalog_rebuilds(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    env = {"NBDURABLE_STORE": str(store), "NBDURABLE_NOTEBOOK": str(tmp_path / "k.ipynb")}
+    kernel = Kernel(env, tmp_path)
+    try:
+        for cell in ["%load_ext nbdurable", "import numpy as np\nprint('building')\nbig = np.arange(2_000_000)",
+                     "view = big[::2]\nsame = big\nbig[0] = 7", "big = None"]:
+            reply, _ = kernel.execute(cell)
+            assert reply["status"] == "ok", reply
+        first = Store.open(store).run_ids()[-1]
+        reply, outputs = kernel.execute(f"%durable checkout {first} --cell 2")
+        assert reply["status"] == "ok", reply
+        text = "".join(o.get("text", "") for o in outputs)
+        assert "checked out run" in text and "building" not in text, "outputs are not replayed"
+        reply, outputs = kernel.execute("print(big[:2], view[:2], same is big)")
+        assert "[7 1] [7 2] True" in "".join(o.get("text", "") for o in outputs), outputs
+    finally:
+        kernel.close()
+    # a catalog of the previous schema is rebuilt from the journals, lineage included
+    catalog = Store.open(store).catalog()
+    catalog.ingest()
+    con = duckdb.connect(str(catalog.path))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION - 1)])
+    con.execute("DELETE FROM runs")  # only a rebuild from the journals brings them back
+    con.close()
+    runs = catalog.query("SELECT run_id, forked_from, forked_at_cell FROM runs ORDER BY run_id")
+    assert list(runs.forked_from.fillna("")) == ["", first] and int(runs.forked_at_cell.iloc[1]) == 2
