@@ -4,6 +4,9 @@ journal, the catalog, `show` and the run graph."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -73,6 +76,16 @@ def test_fork_with_new_parameters_restores_before_n_and_executes_from_n(tmp_path
     assert graph["run"]["forked_from"] == source and graph["run"]["forked_at_cell"] == 3
     statuses = [n["status"] for n in graph["nodes"]]
     assert statuses == ["restored", "restored", "restored", "completed", "completed", "completed"]
+    # the run graph's header says it (the report's own script, in a fake DOM)
+    report = run_cli("report", fork, "-o", "fork.html", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    node = shutil.which("node")
+    if node is not None:
+        js = Path(__file__).parent / "js" / "render_check.js"
+        check = subprocess.run([node, str(js), "report", str(tmp_path / "fork.html")], capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert f"forked from {source} after cell 3" in json.loads(check.stdout)["initial"]["graph"]["header"]
 
 
 def test_fork_of_an_edited_notebook_and_its_refusals(tmp_path: Path) -> None:
