@@ -3,8 +3,9 @@ cell 30 of a 40-cell notebook takes to reach its first executed cell.
 
 Checkout: a real IPython shell with the extension records a notebook whose cells build the state (a DataFrame,
 float arrays, an alias, small Python objects) and one cell more; then ``Durable.checkout(run, cell=N)`` (what
-``%durable checkout`` calls) makes the namespace the state after cell N, again and again (median). Big arrays
-are mapped lazily, so a second figure adds the first access of every variable (one byte of every page).
+``%durable checkout`` calls) makes the namespace the state after cell N, again and again (median; the forked
+run it leaves starts with the next cell, so its creation is not in the figure). Big arrays are mapped lazily,
+so a second figure adds the first access of every variable (one byte of every page).
 Baselines measured in the same run, on the same state: ``dill.load_session`` in a fresh process (the loaded
 objects are in memory at once: the same number serves both figures' baseline) and, when a Python with kishu
 is given (``--kishu-python``, or NBDURABLE_BENCH_KISHU_PYTHON; ``pip install kishu`` in a venv made with

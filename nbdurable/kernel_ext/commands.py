@@ -20,14 +20,16 @@ def status(ext: Durable) -> dict[str, str]:
     stats = run.stats if run else None
     replay = "none"
     if plan is not None:
-        source = f"run {plan.run_id}" if plan.run_id else "no unfinished run"
+        source = (f"run {plan.run_id}" if plan.run_id else
+                  f"the checkout of run {ext.fork[0]}" if ext.fork else "no unfinished run")
         if plan.reused:
             source += f" + {len(plan.reused)} execution(s) of completed runs (reuse)"
         replay = (f"{len(plan.steps) - len(ext.pending_steps())}/{len(plan.steps)} recorded execution(s) "
                   f"of {source} restored or replaced; cells restore when their code and inputs match")
     not_recording = f"(none: not recording: {ext._not_durable})" if ext._not_durable else None
     return {
-        "run": run.run_id if run else not_recording or "(starts with the next cell)",
+        "run": run.run_id if run else not_recording or "(starts with the next cell)"
+        + (f" (forked from run {ext.fork[0]} at cell {ext.fork[1]})" if ext.fork else ""),
         "notebook": ext.notebook or "(unnamed: `%durable attach NAME` to make it resumable)",
         "store": str(ext.store_path),
         "executed": str(stats.executed if stats else 0),
