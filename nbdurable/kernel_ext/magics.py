@@ -153,7 +153,8 @@ class DurableMagics(Magics):
     @argument("--cell", type=int, default=None, metavar="N",
               help="the state after this cell of the run, numbered as `nbdurable show` numbers them "
               "(default: its last cell; 0: before the first)")
-    @argument("--step", default=None, metavar="NAME", help="the state after the run's last cell named NAME (`%%%%durable --name`)")
+    @argument("--step", default=None, metavar="NAME",
+              help="the state after the run's last cell named NAME (`%%%%durable --name`)")
     def checkout(self, args: argparse.Namespace) -> None:
         """Make the namespace a run's state after one of its cells; what runs next is a new run forked from it."""
         print(self.ext.checkout(args.run_id, args.cell, args.step))
