@@ -19,7 +19,7 @@ SUITE = {
     "catalog": [("catalog", [])],
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
-    "control": [("control_cancel", [])],
+    "control": [("control_cancel", []), ("control_checkout", [])],
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
@@ -37,7 +37,7 @@ def main() -> None:
         for module, extra in SUITE[group]:
             quick = {"ambient": ["--repeats", "3"], "cell_overhead": ["--rounds", "2", "--cells", "100"],
                      "checkpoint": ["--repeats", "1"], "deltas": ["--repeats", "1"],
-                     "control_cancel": ["--repeats", "2"],
+                     "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}

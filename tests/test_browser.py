@@ -322,6 +322,47 @@ def test_history_explorer_filters_shows_a_run_and_compares_two(open_notebook: Op
     nb.screenshot("browser-history-compare")
 
 
+def test_history_explorer_forks_a_run_from_a_selected_cell(open_notebook: OpenNotebook, lab_server: LabServer,
+                                                          page: Any) -> None:
+    """The explorer's Fork button on a selected cell starts `nbdurable fork RUN --from-cell N`: after a refresh
+    the fork is listed, says how it ended, and its graph's header names the run it came from."""
+    source = lab_server.write_notebook("forkme", ["price = 10", "total = price * 3\nprint('total', total)"])
+    store = lab_server.root / "fork-store"  # a store of its own: the server's is shared by the module's tests
+    ran = subprocess.run([sys.executable, "-m", "nbdurable", "run", str(source), "--no-progress", "--store",
+                          str(store)], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    nb = open_notebook("explore", [f"import nbdurable as nbd\nnbd.HistoryExplorer(store={str(store)!r})"])
+    nb.run_cell(0)
+    explorer = nb.wait_output(0, "div.nbd-history", timeout=LOAD_TIMEOUT)
+    rows = explorer.locator("tr.nbd-run")
+    rows.first.wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    assert rows.count() == 1, "the headless run"
+    rows.first.click()
+    graph = explorer.locator("div.nbd-history-graph div.nbd-graph")
+    graph.locator("g.nbd-node").nth(1).wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    assert explorer.locator("button.nbd-fork").is_disabled(), "no cell selected yet"
+    graph.locator("g.nbd-node").nth(1).click()
+    fork = explorer.locator("button.nbd-fork", has_text="Fork from cell 2")
+    fork.wait_for(state="visible", timeout=LOAD_TIMEOUT)
+    fork.click()
+    action = explorer.locator("div.nbd-action")
+    action.wait_for(state="visible", timeout=LOAD_TIMEOUT)
+    assert "fork of" in action.inner_text() and "from cell 2" in action.inner_text()
+    deadline = time.monotonic() + 120
+    while "exit " not in action.inner_text() and time.monotonic() < deadline:  # the fork runs its own kernel
+        time.sleep(2)
+        refresh = explorer.locator("button.nbd-refresh")
+        if refresh.is_enabled():
+            refresh.click()
+    assert "exit 0: completed:" in action.inner_text(), action.inner_text()
+    assert rows.count() == 2
+    nb.screenshot("browser-history-fork")
+    rows.first.click()  # newest first: the fork
+    header = explorer.locator("div.nbd-history-graph div.nbd-graph div.nbd-header")
+    header.filter(has_text="forked from").wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    assert "after cell 1" in header.inner_text()
+
+
 REPORT_NOTEBOOK = [
     "import nbdurable as nbd\nrows = list(range(10))",
     "total = sum(rows)",

@@ -57,18 +57,11 @@ def nearby_stores(where: Path, depth: int = 2, limit: int = 8) -> list[Path]:
 
 
 def resolve_run(store: Store, run_id: str) -> str:
-    """``run_id``, or the one run of ``store`` whose id starts with it. The same error for every command."""
-    if run_id and store.journal_exists(run_id):
-        return run_id
-    matches = [r for r in store.run_ids() if r.startswith(run_id)] if run_id else []
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise RunNotFoundError(f"no run {run_id!r} in store {store.path}",
-                               hint="`nbdurable runs` lists run ids (a unique prefix of one is enough)")
-    shown = ", ".join(matches[:5]) + (" …" if len(matches) > 5 else "")
-    raise OptionsError(f"{len(matches)} runs of store {store.path} start with {run_id!r}: {shown}",
-                       hint="give more of the run id")
+    """``run_id``, or the one run of ``store`` whose id starts with it. The same error for every command
+    (``runtime.checkout.resolve_run``, which ``%durable checkout`` uses too)."""
+    from nbdurable.runtime.checkout import resolve_run as resolve
+
+    return resolve(store, run_id)
 
 
 class _Group(click.Group):

@@ -52,14 +52,17 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
              kernel: str | None, fresh: bool = False, resume_run: str | None = None, reuse: bool = False,
              progress: bool = True,
              suspend_after: float | None = None, execution_timeout: float | None = None,
-             start_timeout: float = 60.0, on_change: str = "continue") -> None:
+             start_timeout: float = 60.0, on_change: str = "continue", nb: Any = None,
+             fork: tuple[str, int] | None = None) -> None:
+    """Run ``notebook`` headless and report (``nb``: the notebook already prepared, e.g. a fork's; ``fork``:
+    see ``HeadlessRunner``)."""
     from tqdm import tqdm
 
     from nbdurable.headless.params import load_notebook
     from nbdurable.headless.result import executes
     from nbdurable.headless.runner import HeadlessRunner
 
-    nb = load_notebook(notebook, params, kernel)
+    nb = nb if nb is not None else load_notebook(notebook, params, kernel)
     code_cells = sum(1 for c in nb.cells if executes(c))
     bar = tqdm(total=code_cells, unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     counts = {"executed": 0, "restored": 0}
@@ -74,7 +77,7 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
         nb, notebook_path=notebook, store_path=_run_store(store, notebook), params=params,
         output_path=Path(output) if output else None, kernel_name=kernel, cwd=Path(cwd) if cwd else None,
         fresh=fresh, resume_run=resume_run, reuse=reuse, on_cell=on_cell, suspend_after=suspend_after,
-        execution_timeout=execution_timeout, start_timeout=start_timeout, on_change=on_change,
+        execution_timeout=execution_timeout, start_timeout=start_timeout, on_change=on_change, fork=fork,
         notify=lambda text: click.echo(f"nbdurable: {text}", err=True),
     )  # fmt: skip
     try:
@@ -86,6 +89,8 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
     finally:
         bar.close()
     resumed = f" (resumed run {result.resumed_from})" if result.resumed_from else ""
+    if fork:
+        resumed = f" (forked from run {fork[0]} after cell {fork[1]})"
     exited = (f"; the notebook exited early at cell {result.exited_at + 1} (sys.exit), the cells after it did not run"
               if result.exited_at is not None and result.status == "completed" else "")
     click.echo(
@@ -228,6 +233,10 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
                f"  started {tables.when(row.started_at)}  ended {tables.when(row.ended_at)}  "
                f"duration {tables.seconds(row.duration_s)}  saved {tables.seconds(row.time_saved_s or 0.0)}\n"
                f"  params {row.params or '{}'}  resumed from {resumed}")
+    forks = catalog.query("SELECT run_id, forked_at_cell FROM runs WHERE forked_from = ? ORDER BY run_id", [run_id])
+    lineage = tables.lineage(row, list(forks.itertuples(index=False, name=None)))
+    if lineage:
+        click.echo(f"  {lineage}")
     if row.status == "suspended":
         from nbdurable.errors import describe_suspension
 

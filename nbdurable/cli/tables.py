@@ -79,3 +79,19 @@ def step_status(status: Any, run_status: str) -> str:
     if status == "running" and run_status != "running":
         return "cut short"
     return str(status)
+
+
+def lineage(row: Any, forks: list[tuple[str, Any]] | None = None) -> str | None:
+    """Where a run came from and what was forked from it (``show``): ``forked from R after cell N`` (a rerun
+    from the start: ``rerun of R``), then the runs forked from it; None for a run with neither."""
+    lines = []
+    origin = getattr(row, "forked_from", None)
+    if not missing(origin):
+        cell = getattr(row, "forked_at_cell", None)
+        at = 0 if cell is None or missing(cell) else int(cell)
+        lines.append(f"rerun of {origin} (nothing restored)" if at == 0 else
+                     f"forked from {origin} after cell {at} (cells 1-{at} restored from it)")
+    if forks:
+        shown = [f"{run_id} (after cell {0 if missing(cell) else int(cell)})" for run_id, cell in forks[:5]]
+        lines.append("forked into " + ", ".join(shown) + (f" and {len(forks) - 5} more" if len(forks) > 5 else ""))
+    return "\n  ".join(lines) if lines else None

@@ -110,3 +110,37 @@ def describe_exception(exc: tuple[str, str] | None) -> str:
 def is_clean_exit(exc: tuple[str, str] | None) -> bool:
     """True for ``sys.exit()``, ``sys.exit(0)``, ``sys.exit(None)``, ``raise SystemExit``: an early, successful end."""
     return exc is not None and exc[0] == "SystemExit" and exc[1].strip() in CLEAN_EXIT_VALUES
+
+
+def interrupt_kernel(client: Any, wait: float) -> None:
+    """Interrupt the kernel's running cell and wait (up to ``wait`` seconds) for its reply: its step ends
+    `interrupted` and the kernel, idle, shuts down at once instead of being killed."""
+    from jupyter_core.utils import ensure_async, run_sync
+
+    async def interrupt() -> None:
+        assert client.km is not None and client.kc is not None
+        await ensure_async(client.km.interrupt_kernel())
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            msg = await ensure_async(client.kc.shell_channel.get_msg(timeout=left))
+            if msg.get("msg_type") == "execute_reply":
+                return
+
+    try:
+        run_sync(interrupt)()
+    except Exception:  # no reply in time (queue.Empty), or the kernel is gone: it is shut down next anyway
+        pass
+
+
+def take_notices(cell: Any) -> dict[str, Any]:
+    """Remove nbdurable's notices from a cell's outputs (they would make them differ from a clean run)."""
+    found: dict[str, Any] = {}
+    kept = []
+    for output in cell.get("outputs", []):
+        notice = notice_of(output)
+        if notice is None:
+            kept.append(output)
+        elif notice.get("notice") == "restored" or not found:
+            found = dict(notice)
+    cell.outputs = kept
+    return found

@@ -35,8 +35,10 @@ from nbdurable.headless.result import (
     executes,
     find_resumable_headless,
     first_exception,
+    interrupt_kernel,
     is_clean_exit,
     notice_of,
+    take_notices,
 )
 from nbdurable.runtime.cells import classify
 from nbdurable.runtime.changes import apply_policy
@@ -107,6 +109,7 @@ class HeadlessRunner:
         on_message: Callable[[int, Any], None] | None = None,
         on_change: str = "continue",
         notify: Callable[[str], None] | None = None,
+        fork: tuple[str, int] | None = None,
     ) -> None:
         """``execution_timeout``: seconds a cell may run (nbclient's per-cell ``timeout``; None: no limit);
         ``start_timeout``: seconds the kernel may take to start. Callbacks: ``on_cell(index, meta)`` once a
@@ -114,7 +117,9 @@ class HeadlessRunner:
         ``on_cell_start(index)`` before a cell is sent to the kernel (not for the leading cells restored
         in one batch), ``on_message(index, output)`` for every kernel message of a cell, with the output it
         added to the cell (None for other messages). ``on_change``: what a resume does when cells before its
-        resumption point changed (``runtime/changes.py``: ``continue`` or ``fail``); ``notify(text)`` is told."""
+        resumption point changed (``runtime/changes.py``: ``continue`` or ``fail``); ``notify(text)`` is told.
+        ``fork=(run, k)``: a fork (``headless/fork.py``): the notebook's first k step cells are run ``run``'s
+        cells 1..k, checked out in one request, and every cell after them executes."""
         self.nb = nb
         self.notebook = str(notebook_path.resolve())
         self.store = Store.open(store_path)
@@ -128,6 +133,7 @@ class HeadlessRunner:
         self.fresh = fresh
         self.reuse = reuse  # also restore matching executions of the notebook's completed runs
         self.resume_run = resume_run
+        self.fork = fork
         self.autosave_seconds = autosave_seconds
         self.suspend_after = suspend_after
         self.start_timeout = start_timeout
@@ -216,7 +222,7 @@ class HeadlessRunner:
         return self.result
 
     def _resume_target(self) -> str | None:
-        if self.fresh:
+        if self.fresh or self.fork:
             return None
         if self.resume_run:
             if not self.store.journal_exists(self.resume_run):
@@ -253,7 +259,7 @@ class HeadlessRunner:
     def _run_cells(self, client: NotebookClient) -> None:
         """Restore and execute the notebook's cells in order (consecutive restorable ones in one batch)."""
         plan = self._plan()
-        index = 0
+        index = self._checkout(client) if self.fork else 0
         while index < len(self.nb.cells):
             if self._watcher.cancelled:
                 raise _Cancelled
@@ -275,7 +281,7 @@ class HeadlessRunner:
                 break  # sys.exit(0): the notebook ends here, successfully (papermill's rule)
             except CellTimeoutError:
                 self._cell_stopped(index - 1, "failed")
-                self._interrupt(client)  # the cell still runs: stop it, its step ends `interrupted`
+                interrupt_kernel(client, INTERRUPT_WAIT_SECONDS)  # the cell runs on: stop it (step `interrupted`)
                 raise
         self._complete(client)
 
@@ -323,26 +329,6 @@ class HeadlessRunner:
                     self.result.status = "cancelled"
             except (NbdurableError, OSError):  # the journal could not be appended: the request stands
                 pass
-
-    @staticmethod
-    def _interrupt(client: NotebookClient) -> None:
-        """Interrupt the kernel's running cell and wait (a little) for its reply: its step ends `interrupted`
-        and the kernel, idle, shuts down at once instead of being killed."""
-        from jupyter_core.utils import ensure_async, run_sync
-
-        async def interrupt() -> None:
-            assert client.km is not None and client.kc is not None
-            await ensure_async(client.km.interrupt_kernel())
-            deadline = time.monotonic() + INTERRUPT_WAIT_SECONDS
-            while (left := deadline - time.monotonic()) > 0:
-                msg = await ensure_async(client.kc.shell_channel.get_msg(timeout=left))
-                if msg.get("msg_type") == "execute_reply":
-                    return
-
-        try:
-            run_sync(interrupt)()
-        except Exception:  # no reply in time (queue.Empty), or the kernel is gone: it is shut down next anyway
-            pass
 
     def _settle(self) -> None:
         """Take the run's status from its journal, now that its kernel is gone: the ``run_end`` record's, else
@@ -416,6 +402,35 @@ class HeadlessRunner:
         for (index, _), origin in zip(batch, done, strict=False):
             self._fill_restored(index, by_origin[origin], share)
         return batch[len(done) - 1][0] + 1
+
+    def _checkout(self, client: NotebookClient) -> int:
+        """A fork: the kernel checks out the source run's first k cells (one request, a new run forked from it),
+        and the notebook's first k step cells get their recorded outputs. Returns the index of the first cell
+        to send. A checkout that fails (the source's objects unreadable) is the fork's failing cell 0."""
+        from nbdurable.headless.fork import step_cells
+        from nbdurable.runtime.checkout import checkout_target
+
+        assert client.kc is not None and self.fork is not None
+        run_id, cells = self.fork
+        started = time.perf_counter()
+        reply = client.wait_for_reply(client.kc.execute(
+            f"{HANDLE_NAME}.checkout({run_id!r}, {cells}, arm=False, start=True)", silent=True, store_history=False,
+            user_expressions={"done": f"{HANDLE_NAME}.last_batch"},
+        ))  # fmt: skip
+        content = (reply or {}).get("content", {})
+        if content.get("status") != "ok":
+            raise CellExecutionError("", str(content.get("ename") or "Error"), str(content.get("evalue") or ""))
+        text = content.get("user_expressions", {}).get("done", {}).get("data", {}).get("text/plain", "'[]'")
+        done = [tuple(origin) for origin in json.loads(ast.literal_eval(text))]
+        if len(done) < cells:  # a secret literal, a cell that failed to rebuild an unstored value
+            raise CellExecutionError("", "RestoreError", f"only {len(done)} of the {cells} cells of run {run_id} "
+                                     "before the fork could be restored (`%durable checkout` in Jupyter says why)")
+        planned = {(p.run_id, p.ordinal): p for p in checkout_target(self.store, run_id, cell=cells).steps}
+        where = step_cells(self.nb)[:cells]
+        share = (time.perf_counter() - started) / max(1, len(done))
+        for index, origin in zip(where, done, strict=False):
+            self._fill_restored(index, planned[origin], share)
+        return where[-1] + 1 if where else 0
 
     # ----- outputs: restored cells filled from the journal, executed cells as the frontend shows them -----
 
@@ -492,7 +507,7 @@ class HeadlessRunner:
         self._running = None
         self._fold_executed(cell, cell_index)  # streams joined and folded as restored cells record them
         duration = time.perf_counter() - self._cell_started.get(cell_index, time.perf_counter())
-        info = self._take_notices(cell)
+        info = take_notices(cell)
         content = (execute_reply or {}).get("content", {})
         ok = content.get("status", "ok") == "ok"
         exception = None if ok else first_exception(cell, content)
@@ -535,7 +550,7 @@ class HeadlessRunner:
         self._running = None
         cell = self.nb.cells[index]
         self._fold_executed(cell, index)
-        self._take_notices(cell)
+        take_notices(cell)
         duration = time.perf_counter() - self._cell_started.get(index, time.perf_counter())
         meta = {"status": how, "duration": round(duration, 6)}
         cell.metadata[NOTICE_METADATA_KEY] = meta
@@ -543,20 +558,6 @@ class HeadlessRunner:
         self.result.stopped_at = index
         if self.on_cell:
             self.on_cell(index, meta)
-
-    @staticmethod
-    def _take_notices(cell: Any) -> dict[str, Any]:
-        """Remove nbdurable's notices from the outputs (they would make them differ from a clean run)."""
-        found: dict[str, Any] = {}
-        kept = []
-        for output in cell.get("outputs", []):
-            notice = notice_of(output)
-            if notice is None:
-                kept.append(output)
-            elif notice.get("notice") == "restored" or not found:
-                found = dict(notice)
-        cell.outputs = kept
-        return found
 
     # ----- results ------------------------------------------------------------------------
 
@@ -578,6 +579,7 @@ class HeadlessRunner:
         self.nb.metadata[NOTICE_METADATA_KEY] = {
             "run_id": self.result.run_id,
             "resumed_from": self.result.resumed_from,
+            **({"forked_from": self.fork[0], "forked_at_cell": self.fork[1]} if self.fork else {}),
             "status": self.result.status,
             "store": str(self.store.path),
             "parameters": self.recorded,

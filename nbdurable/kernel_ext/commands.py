@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nbdurable.errors import LeaseHeldError, NbdurableError, OptionsError, RunNotFoundError
+from nbdurable.errors import CompensationError, LeaseHeldError, NbdurableError, OptionsError, RunNotFoundError
 from nbdurable.runtime.changes import apply_policy
+from nbdurable.runtime.compensation import compensate_run
 from nbdurable.runtime.control import canceller, was_cancelled
 from nbdurable.runtime.planning import CellPlan, Simulation, format_plan, notebook_sources, plan_cells
 from nbdurable.runtime.replay import ReplayPlan, find_resumable
@@ -23,14 +24,16 @@ def status(ext: Durable) -> dict[str, str]:
     stats = run.stats if run else None
     replay = "none"
     if plan is not None:
-        source = f"run {plan.run_id}" if plan.run_id else "no unfinished run"
+        source = (f"run {plan.run_id}" if plan.run_id else
+                  f"the checkout of run {ext.fork[0]}" if ext.fork else "no unfinished run")
         if plan.reused:
             source += f" + {len(plan.reused)} execution(s) of completed runs (reuse)"
         replay = (f"{len(plan.steps) - len(ext.pending_steps())}/{len(plan.steps)} recorded execution(s) "
                   f"of {source} restored or replaced; cells restore when their code and inputs match")
     not_recording = f"(none: not recording: {ext._not_durable})" if ext._not_durable else None
     return {
-        "run": run.run_id if run else not_recording or "(starts with the next cell)",
+        "run": run.run_id if run else not_recording or "(starts with the next cell)"
+        + (f" (forked from run {ext.fork[0]} at cell {ext.fork[1]})" if ext.fork else ""),
         "notebook": ext.notebook or "(unnamed: `%durable attach NAME` to make it resumable)",
         "store": str(ext.store_path),
         "executed": str(stats.executed if stats else 0),
@@ -165,3 +168,20 @@ def _finish_cancelled(ext: Durable, request: dict[str, object], *, fresh: bool =
     ext.run = None
     if fresh:
         ext.start_fresh()
+
+
+def compensate(ext: Durable, reason: str) -> int:
+    """Run the compensations the current run owes (``runtime/compensation.py``); returns how many ran."""
+    return compensate_run(ext.run, ext.loader, reason=reason) if ext.run is not None else 0
+
+
+def finish_compensation(ext: Durable) -> None:
+    """The first cell a run resumed mid-compensation would execute: the compensations left run instead."""
+    __tracebackhide__ = True
+    ext.compensation_due = False
+    count = compensate(ext, "resumed a run that was compensating")
+    raise CompensationError(
+        f"the run this session resumes failed and was running its compensations: the {count} left ran now, "
+        "and this cell did not run",
+        hint="the run is over; the next `nbdurable run` (or `%durable new`) starts a fresh one",
+    )

@@ -25,13 +25,14 @@ from nbdurable.capture.names import analyze_code
 from nbdurable.capture.namespace import UNKNOWN, Change, NamespaceTracker, SecretRules
 from nbdurable.capture.secrets import DEFAULT_SECRET_PATTERNS
 from nbdurable.errors import (
-    CompensationError,
     NbdurableError,
     RunSuspended,
     StoreError,
 )
 from nbdurable.kernel_ext import commands
 from nbdurable.kernel_ext.attempts import CellAttempts, CellPolicyTransformer
+from nbdurable.kernel_ext.checkout import checkout as checkout_state
+from nbdurable.kernel_ext.checkout import record_checked_out
 from nbdurable.kernel_ext.flight import CellInFlight, Decision
 from nbdurable.kernel_ext.inputs import CellInputs
 from nbdurable.kernel_ext.interpreter import InterpreterState
@@ -41,7 +42,7 @@ from nbdurable.kernel_ext.restore import Restorer, error_record
 from nbdurable.runtime import session
 from nbdurable.runtime.cells import Cell, classify, source_hash
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, ObjectLoader
-from nbdurable.runtime.compensation import compensate_after_failure, compensate_run, compensating
+from nbdurable.runtime.compensation import compensate_after_failure, compensating
 from nbdurable.runtime.dataflow import Inputs, choose
 from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.identity import detect_notebook, notebook_identity
@@ -121,6 +122,8 @@ class Durable(Configurable):
         self.inputs = CellInputs(self.tracker, str(self.store_path))
         self.executed_hashes: set[str] = set()  # cells executed in this session: run again, they execute again
         self.consumed: set[tuple[str, int]] = set()  # recorded executions restored (or re-run) in this session
+        self.fork: tuple[str, int] | None = None  # (run, cell) a checkout took the state of: the next run's origin
+        self.checked_out: list[PlannedStep] = []  # the checkout's cells, recorded when the forked run starts
         self._not_durable: str | None = None  # why this session records nothing (the store refused to)
         self._last_code: str | None = None  # set by the last input transformer, before pre_run_cell
         self._registered = False
@@ -200,6 +203,7 @@ class Durable(Configurable):
                 print(f"nbdurable: could not finish run {self.run.run_id}: {exc}", file=sys.stderr)
                 self.run.abandon()
         self.run = None
+        self.fork, self.checked_out = None, []  # a checkout's origin belongs to the run it started
 
     def finish_headless(self, status: str) -> None:
         """Called by the headless runner once every cell ran: only it knows the notebook is done."""
@@ -221,6 +225,8 @@ class Durable(Configurable):
         their code (what the next session would still resume)."""
         if self.plan is None:
             return []
+        if self.fork is not None:
+            return []  # a checkout's executions are copies in this run already (`%durable checkout`)
         return [p for p in self.plan.steps
                 if p.origin_key not in self.consumed and p.source_hash not in self.executed_hashes]
 
@@ -281,8 +287,12 @@ class Durable(Configurable):
                 root_run=self._root_of(self.plan.run_id) if self.plan and self.plan.run_id else None,
                 events=self.events,
                 inline_max=self.inline_max_bytes,
+                forked_from=self.fork[0] if self.fork else None,
+                forked_at_cell=self.fork[1] if self.fork else None,
             )
             self.tracker.instance_prefix = f"{self.run.run_id}:"
+            if self.checked_out:
+                record_checked_out(self, self.run)
         return self.run
 
     def _root_of(self, run_id: str) -> str:
@@ -521,18 +531,11 @@ class Durable(Configurable):
     def _finish_compensation(self) -> None:
         """Body of the first cell a run resumed mid-compensation would execute (``COMPENSATE_CODE``)."""
         __tracebackhide__ = True
-        self.compensation_due = False
-        count = self.compensate("resumed a run that was compensating")
-        raise CompensationError(
-            f"the run this session resumes failed and was running its compensations: the {count} left ran now, "
-            "and this cell did not run",
-            hint="the run is over; the next `nbdurable run` (or `%durable new`) starts a fresh one",
-        )
+        commands.finish_compensation(self)
 
     def compensate(self, reason: str) -> int:
-        """Run the compensations the current run owes (``runtime/compensation.py``); the hook a cancel calls
-        in the kernel. Returns how many ran."""
-        return compensate_run(self.run, self.loader, reason=reason) if self.run is not None else 0
+        """The hook a cancel calls in the kernel (``commands.compensate``); returns how many ran."""
+        return commands.compensate(self, reason)
 
     def restore_batch(self, sources: list[str]) -> list[list[Any]]:
         """A headless runner's batch restore of consecutive cells (see ``Restorer.restore_batch``)."""
@@ -544,6 +547,14 @@ class Durable(Configurable):
         return self.restorer.last_batch
 
     # ----- what the magics call ----------------------------------------------------------------
+
+    def checkout(self, run_id: str, cell: int | None = None, step: str | None = None, *, arm: bool = True,
+                 start: bool = False) -> str:
+        """`%durable checkout` as a Python call (a headless fork, a server): the namespace becomes the state of
+        ``run_id`` after ``cell``; the next cell (``start``: now) starts a run forked from it; returns the
+        summary. What was restored is in ``last_batch`` (``[[run_id, ordinal], ...]``), as after
+        ``restore_batch``."""
+        return checkout_state(self, run_id, cell=cell, step=step, arm=arm, start=start).summary()
 
     def start_fresh(self) -> None:
         """`%durable new`: end this run; the next cell starts a run that restores nothing."""

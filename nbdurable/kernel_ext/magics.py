@@ -62,6 +62,7 @@ class DurableMagics(Magics):
         self.subcommands: dict[str, Callable[[argparse.Namespace], Any]] = {
             "status": self.status,
             "resume": self.resume,
+            "checkout": self.checkout,
             "plan": self.plan,
             "reuse": self.reuse,
             "new": self.new,
@@ -76,8 +77,8 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> Any:
-        """Durable execution of this notebook. Subcommands: status, resume, plan, reuse, new, cancel, attach,
-        runs, exclude, graph, history, help.
+        """Durable execution of this notebook. Subcommands: status, resume, checkout, plan, reuse, new, cancel,
+        attach, runs, exclude, graph, history, help.
 
         ``%durable help`` describes each; ``%durable SUBCOMMAND -h`` shows its options."""
         name, *rest = line.split(maxsplit=1) or ["help"]  # any whitespace ends the name: `status\t--all`
@@ -150,6 +151,18 @@ class DurableMagics(Magics):
         """Restore the namespace as of a run's last completed step, and arm restoring for Run All."""
         summary = commands.resume(self.ext, args.run_id, on_change=args.on_change, force=args.force)
         print(summary)
+
+    @magic_arguments("durable checkout")
+    @_help_option
+    @argument("run_id", help="the run whose state to take (a unique prefix of its id is enough)")
+    @argument("--cell", type=int, default=None, metavar="N",
+              help="the state after this cell of the run, numbered as `nbdurable show` numbers them "
+              "(default: its last cell; 0: before the first)")
+    @argument("--step", default=None, metavar="NAME",
+              help="the state after the run's last cell named NAME (`%%%%durable --name`)")
+    def checkout(self, args: argparse.Namespace) -> None:
+        """Make the namespace a run's state after one of its cells; what runs next is a new run forked from it."""
+        print(self.ext.checkout(args.run_id, args.cell, args.step))
 
     @magic_arguments("durable plan")
     @_help_option

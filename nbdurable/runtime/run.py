@@ -117,11 +117,14 @@ class DurableRun:
         root_run: str | None = None,
         events: EventBus | None = None,
         inline_max: int = DEFAULT_INLINE_MAX,
+        forked_from: str | None = None,
+        forked_at_cell: int | None = None,
     ) -> None:
         self.store = store
         self.run_id = new_run_id()
         self.notebook = notebook
         self.resumed_from = resumed_from
+        self.forked_from, self.forked_at_cell = forked_from, forked_at_cell
         self.root_run = root_run or self.run_id
         self.events = events or EventBus()
         self.inline_max = inline_max
@@ -144,11 +147,15 @@ class DurableRun:
             root_run=root_run,
             environment=_environment(),
             time_skipped=is_skipping(),
+            forked_from=forked_from,
+            forked_at_cell=forked_at_cell,
         )
         self._time_skipped = is_skipping()
         self._journal.append(record, sync=True)
         self._wait_scope: tuple[float, set[str]] | None = None
-        self.events.emit(RuntimeEvent("run_started", self.run_id, {"notebook": notebook, "resumed_from": resumed_from}))
+        self.events.emit(RuntimeEvent("run_started", self.run_id, {"notebook": notebook, "resumed_from": resumed_from,
+                                                                   "forked_from": forked_from,
+                                                                   "forked_at_cell": forked_at_cell}))
 
     @property
     def steps_recorded(self) -> int:

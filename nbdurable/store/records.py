@@ -4,7 +4,7 @@ A run's journal is a sequence of JSON records. The journal writer adds ``seq`` (
 ``ts`` (unix seconds) to every record. The runtime builds records with the functions below; the catalog
 ingests them. Record types:
 
-``run``        first record of every journal: who runs what.
+``run``        first record of every journal: who runs what (a fork: ``forked_from``, ``forked_at_cell``).
 ``step_start`` a step (a cell, or later an explicit step) begins.
 ``step_end``   a step ends: its status, timings, state delta (``variables``), ``outputs`` and ``error``.
                This is the commit record; the journal is fdatasync'ed after it.
@@ -143,8 +143,13 @@ def run_record(
     root_run: str | None = None,
     environment: dict[str, Any] | None = None,
     time_skipped: bool = False,
+    forked_from: str | None = None,
+    forked_at_cell: int | None = None,
 ) -> dict[str, Any]:
-    """The first record of a run's journal (``time_skipped``: its times are a time-skipping clock's)."""
+    """The first record of a run's journal (``time_skipped``: its times are a time-skipping clock's). A fork
+    (``%durable checkout``, ``nbdurable fork``/``rerun``) names the run it started from (``forked_from``) and
+    the cell of that run whose state it took (``forked_at_cell``: the state after that cell; 0 = before the
+    first). A fork is not a resume: it never supersedes its origin."""
     record = {
         "t": "run",
         "format": JOURNAL_FORMAT,
@@ -160,6 +165,8 @@ def run_record(
     }
     if time_skipped:
         record["time_skipped"] = True
+    if forked_from is not None:
+        record.update(forked_from=forked_from, forked_at_cell=forked_at_cell)
     return record
 
 

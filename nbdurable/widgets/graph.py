@@ -292,6 +292,8 @@ def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables:
         "started_at": _unix(run.get("started_at")), "ended_at": _unix(run.get("ended_at")),
         "duration_s": _num(run.get("duration_s")), "time_saved_s": _num(run.get("time_saved_s")) or 0.0,
         "resumed_from": run.get("resumed_from"), "wake_at": _unix(run.get("wake_at")),
+        "forked_from": run.get("forked_from") if isinstance(run.get("forked_from"), str) else None,
+        "forked_at_cell": None if _num(run.get("forked_at_cell")) is None else int(run["forked_at_cell"]),
         "waiting_for": json.loads(waiting) if isinstance(waiting, str) and waiting else None, "live": live,
     }
     return {"version": VERSION, "run": info, "nodes": tops, "edges": edges(tops)}
@@ -359,12 +361,13 @@ class LiveGraph:
             self._reset(run_id, notebook, [pending_node(k, c) for k, c in enumerate(pending)])
 
     def _reset(self, run_id: str | None, notebook: str | None, nodes: list[Node],
-               resumed_from: str | None = None) -> None:
+               resumed_from: str | None = None, fork: tuple[Any, Any] = (None, None)) -> None:
         self.graph = {
             "version": VERSION, "edges": [], "nodes": nodes,
             "run": {"run_id": run_id, "notebook": notebook, "kind": "interactive", "status": "running", "params": {},
                     "started_at": time.time(), "ended_at": None, "duration_s": None, "time_saved_s": 0.0,
-                    "resumed_from": resumed_from, "wake_at": None, "waiting_for": None, "live": True},
+                    "resumed_from": resumed_from, "wake_at": None, "waiting_for": None, "live": True,
+                    "forked_from": fork[0], "forked_at_cell": fork[1]},
         }
         self._nodes, self._child_parent = {}, {}
         self._send()
@@ -389,7 +392,8 @@ class LiveGraph:
         if self.graph["run"].get("run_id") == run_id:
             return
         pending = [n for n in self.graph["nodes"] if n["status"] == "pending"]  # still to come in the new run
-        self._reset(run_id, data.get("notebook"), pending, data.get("resumed_from"))
+        self._reset(run_id, data.get("notebook"), pending, data.get("resumed_from"),
+                    (data.get("forked_from"), data.get("forked_at_cell")))
 
     def _on_step_started(self, run_id: str, data: dict[str, Any]) -> None:
         ordinal, parent = int(data["ordinal"]), data.get("parent")

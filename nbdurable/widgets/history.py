@@ -7,6 +7,9 @@ The frontend (``static/history.js``, behind ``graph_core.js``) only edits traits
   queries the catalog as it is; ``refresh()`` (the refresh button) ingests new journal records first.
 - ``selected_run`` → ``graph`` (``build_graph``: GraphData); the frontend shows a clicked node's details.
 - ``compare`` (two run ids) → ``comparison`` (``compare.py``).
+- the Fork / Rerun buttons of the selected run's graph (``fork(run, from_cell)``, ``rerun(run)``) start
+  ``nbdurable fork``/``rerun`` as a process of its own (a headless run with its own kernel); ``action`` says
+  what it does, and how it ended once a refresh finds it finished (its last line: the run it recorded).
 - Anything that goes wrong (a bad filter, a run that disappeared, a locked catalog) becomes a line of
   ``error``, shown in the widget: never a traceback.
 
@@ -30,6 +33,9 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -260,6 +266,7 @@ class HistoryExplorer(anywidget.AnyWidget):
     comparison = traitlets.Any(None, allow_none=True).tag(sync=True)  # see compare.py, or None
     error = traitlets.Unicode("").tag(sync=True)  # what went wrong, one line per source; "" = nothing
     refreshed_at = traitlets.Float(0.0).tag(sync=True)  # unix seconds of the last ingest
+    action = traitlets.Unicode("").tag(sync=True)  # the last fork/rerun started here, and how it ended
 
     def __init__(self, store: str | os.PathLike[str] | Store | None = None, notebook: str | None = None,
                  **kwargs: Any) -> None:
@@ -269,6 +276,7 @@ class HistoryExplorer(anywidget.AnyWidget):
             kwargs["filters"] = {**dict(kwargs.get("filters") or {}), "notebook": notebook}
         self._ready = False
         self._errors: dict[str, str] = {}
+        self._jobs: list[tuple[subprocess.Popen[bytes], str, str]] = []  # (process, log file, what it does)
         self._store = default_store(store)
         super().__init__(**kwargs)
         self.on_msg(self._on_custom)
@@ -284,11 +292,46 @@ class HistoryExplorer(anywidget.AnyWidget):
     def refresh(self) -> None:
         """Ingest new journal records, then reload the runs, the selected run's graph and the comparison."""
         with self.hold_sync():
+            self._poll_jobs()
             self._guard("refresh", self._ingest)
             self._load_runs()
             self._guard("notebooks", self._load_notebooks)
             self._load_graph()
             self._load_comparison()
+
+    def fork(self, run_id: str, from_cell: int) -> None:
+        """Start ``nbdurable fork RUN --from-cell N`` (cells before N restored as the run recorded them)."""
+        self._start(["fork", run_id, "--from-cell", str(int(from_cell))], f"fork of {run_id} from cell {from_cell}")
+
+    def rerun(self, run_id: str) -> None:
+        """Start ``nbdurable rerun RUN``: its notebook with its parameters again, from the first cell."""
+        self._start(["rerun", run_id], f"rerun of {run_id}")
+
+    def _start(self, args: list[str], what: str) -> None:
+        fd, log = tempfile.mkstemp(prefix="nbdurable-history-", suffix=".log")
+        with os.fdopen(fd, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "nbdurable", *args, "--no-progress", "--store", str(self._store.path)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._jobs.append((process, log, what))
+        self.action = f"{what}: started (process {process.pid}); ↻ Refresh shows the new run"
+
+    def _poll_jobs(self) -> None:
+        """Say how the processes started here ended (the CLI's last line), once."""
+        for job in list(self._jobs):
+            process, log, what = job
+            if process.poll() is None:
+                continue
+            self._jobs.remove(job)
+            try:
+                with open(log, encoding="utf-8", errors="replace") as f:
+                    lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("[")]  # (kernel log lines)
+                os.unlink(log)
+            except OSError:
+                lines = []
+            said = next((ln for ln in lines if ln.startswith(("completed:", "failed:", "crashed:", "Error:"))),
+                        lines[-1] if lines else "")
+            self.action = f"{what}: exit {process.returncode}: {said}"
 
     def _ingest(self) -> None:
         try:
@@ -357,8 +400,16 @@ class HistoryExplorer(anywidget.AnyWidget):
             self._load_comparison()
 
     def _on_custom(self, widget: Any, content: Any, buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("type") == "refresh":
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "refresh":
             self.refresh()
+        elif content.get("type") in ("fork", "rerun") and self.selected_run:
+            run_id, cell = self.selected_run, content.get("cell")
+            if content["type"] == "rerun":
+                self._guard("action", lambda: self.rerun(run_id))
+            elif isinstance(cell, int) and cell >= 1:
+                self._guard("action", lambda: self.fork(run_id, cell))
 
     def _guard(self, source: str, action: Callable[[], None]) -> bool:
         """Run ``action``; its error (if any) becomes the ``source`` line of ``error``. True if it succeeded."""

@@ -92,6 +92,8 @@ class Batch:
             "time_saved_s": 0.0, "duration_s": None, "wake_at": None, "waiting_for": None,
             **dict.fromkeys(CANCEL_COLUMNS),
             "time_skipped": bool(r.get("time_skipped")),
+            "forked_from": r.get("forked_from"),
+            "forked_at_cell": r["forked_at_cell"] if isinstance(r.get("forked_at_cell"), int) else None,
         }
 
     def on_run_end(self, run_id: str, r: dict[str, Any]) -> None:

@@ -20,6 +20,10 @@ function _nbdGraphHeader(doc, data, now) {
   if (duration !== null) parts.push(item("took", nbdFormatDuration(duration), { "data-field": "duration" }));
   if (_nbdNum(run.time_saved_s) !== null && run.time_saved_s > 0) parts.push(item("saved", nbdFormatDuration(run.time_saved_s), { "data-field": "time-saved" }));
   if (run.resumed_from) parts.push(item("resumed from", String(run.resumed_from)));
+  if (run.forked_from) {
+    const at = _nbdNum(run.forked_at_cell) || 0;
+    parts.push(item(at ? "forked from" : "rerun of", String(run.forked_from) + (at ? " after cell " + at : ""), { "data-field": "lineage" }));
+  }
   if (run.params && typeof run.params === "object" && Object.keys(run.params).length) {
     const text = JSON.stringify(run.params);
     parts.push(_nbdEl(doc, "span", { "class": "nbd-header-item", "title": text }, ["params ", _nbdEl(doc, "code", null, _nbdTrunc(text, 70))]));

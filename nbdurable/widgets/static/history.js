@@ -2,7 +2,7 @@
 // Python sends `_esm` = the graph scripts (graph_*.js) + this file, and `_css` = graph.css + history.css: it
 // mounts their run view (nbdMountRunView: graph, timeline, details of the clicked node) for the selected run;
 // without them it draws a minimal graph. It only edits traits (filters, selected_run, selected_node, compare)
-// and sends {type: "refresh"}: the Python side queries the catalog. Everything is inside one const, so that
+// and sends {type: "refresh"} (and "fork"/"rerun" from the selected run's graph): the Python side does the work. Everything is inside one const, so that
 // no name here can collide with a declaration of the graph scripts. Selectors follow the DOM contract
 // (browser tests use them).
 
@@ -379,6 +379,21 @@ const nbdHistoryWidget = (() => {
       const close = h("button", { type: "button", class: "nbd-close", title: "Close the graph", text: "×" });
       close.addEventListener("click", () => save({ selected_run: "", selected_node: "" }));
       graphHead.append("Run ", h("span", { class: "nbd-mono", text: run.run_id }), close);
+      if (run.status && run.status !== "running") {
+        // Fork from the selected cell (its number: its place among the run's cells), or rerun the whole run.
+        const cells = (graph.nodes || []).filter((n) => n.status !== "pending");
+        const cell = cells.findIndex((n) => n.id === (model.get("selected_node") || "")) + 1;
+        const fork = h("button", { type: "button", class: "nbd-fork", text: cell ? `Fork from cell ${cell}` : "Fork…",
+          title: cell ? `A new headless run: cells 1-${cell - 1} restored as this run recorded them, cell ${cell} on executed`
+            : "Select a cell of the graph to fork the run from it" });
+        fork.disabled = !cell;
+        fork.addEventListener("click", () => { fork.disabled = true; model.send({ type: "fork", cell }); });
+        const rerun = h("button", { type: "button", class: "nbd-rerun", text: "Rerun",
+          title: "A new headless run of this run's notebook and parameters, every cell executed" });
+        rerun.addEventListener("click", () => { rerun.disabled = true; model.send({ type: "rerun" }); });
+        graphHead.append(" ", fork, " ", rerun);
+      }
+      if (model.get("action")) graphHead.append(h("div", { class: "nbd-action", text: model.get("action") }));
       if (viewRun !== run.run_id) {
         dropView();
         view = mountRunView(viewHost, (id) => save({ selected_node: id === null || id === undefined ? "" : String(id) }));
@@ -517,6 +532,8 @@ const nbdHistoryWidget = (() => {
     on("change:comparison", showCompare);
     on("change:selected_run", showSelection);
     on("change:graph", showGraph);
+    on("change:selected_node", showGraph);
+    on("change:action", showGraph);
     on("change:refreshed_at", () => { clearTimeout(refreshTimer); refreshButton.disabled = false; showRuns(); });
 
     showFilters();
