@@ -5,7 +5,9 @@ notebooks in ``bench/notebooks/`` (a 1M-row frame changed in 12 cells, one chang
 read by 20 cells; 12 cells each creating a 1 MB array), each run headless by nbdurable (``--fresh``, in
 this process, kernel start counted) and by plain nbclient in the same run, and by nbclient with
 ``dill.dump_session`` after every cell (dill sessions). Figures: the store's size (every file in it) against
-Chipmink's published total, with dill's total as the measured baseline; nbdurable's time against nbclient's.
+Chipmink's published total, with dill's total as the measured baseline; nbdurable's time against nbclient's;
+with a Python that has kishu (``--kishu-python`` or NBDURABLE_BENCH_KISHU_PYTHON), Kishu's store on the same
+cells in a plain IPython shell (its test mode) and its time against that shell without it.
 
 ``python -m bench.deltas objects``: in one IPython shell with nbdurable loaded, a 1 GiB ndarray gets 1% of
 its elements changed in one contiguous slice, and a 64 MB fitted scikit-learn estimator (k-nearest
@@ -117,7 +119,61 @@ def dill_sessions(path: Path, work: Path) -> tuple[float, int]:
     return run_nbclient(with_dill), tree_bytes(sessions)
 
 
-def workloads(repeats: int) -> list[Figure]:
+def kishu_child(name: str) -> None:
+    """In a Python with kishu: the workload's cells in a plain IPython shell, without and then with Kishu's
+    per-cell checkpointing (its test mode, as bench/control_checkout.py runs it); prints JSON: seconds of
+    each and the bytes Kishu stored."""
+    import json
+
+    import nbformat
+
+    work = Path(tempfile.mkdtemp(prefix=f"kishu-{name}-"))
+    os.environ["ENV_KISHU_TEST_MODE"] = "1"
+    os.environ["KISHU_PATH_ROOT"] = str(work)
+    from IPython.core.interactiveshell import InteractiveShell
+    from kishu.jupyterint import KishuForJupyter
+    from kishu.notebook_id import NotebookId
+
+    path = work / f"{name}.ipynb"
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nbformat.write(nb, path)
+    cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    shell = InteractiveShell.instance()
+    with contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        for cell in cells:
+            shell.run_cell(cell).raise_error()
+        plain = time.perf_counter() - start
+        shell.run_cell("%reset -f")
+        kishu = KishuForJupyter(NotebookId(key=f"bench-{name}", path=path, kernel_id="bench"), ip=shell)
+        kishu.install_kishu_hooks()
+        start = time.perf_counter()
+        for cell in cells:
+            shell.run_cell(cell).raise_error()
+        seconds = time.perf_counter() - start
+    stored = sum(f.stat().st_size for f in work.rglob("*") if f.is_file() and f != path)
+    print(json.dumps({"plain": plain, "kishu": seconds, "bytes": stored}))
+
+
+def kishu_figures(name: str, python: str, ours_size: float) -> list[Figure]:
+    """Kishu's store size and time on a workload, beside ours (a child process in the Python with kishu)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([python, "-m", "bench.deltas", "kishu-child", "--workload", name], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent, timeout=1800)
+    if proc.returncode != 0:
+        print(f"kishu on {name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return []
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    size = got["bytes"] / 1e6
+    return [Figure(f"{name}: store size vs Kishu", ours_size, "Kishu", size, "MB", "report only", True,
+                   f"Kishu's per-cell checkpoints in a plain IPython shell took {got['kishu'] / got['plain']:.2f}x "
+                   f"the plain shell's {got['plain']:.2f} s")]
+
+
+def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
     import shutil
     import statistics
 
@@ -145,15 +201,23 @@ def workloads(repeats: int) -> list[Figure]:
                    f"dill sessions {statistics.median(dill_t):.2f} s"),
             Figure(f"{name}: run time", o, "nbclient", p, "s", f"ratio <= {ratio_target:g}", o <= ratio_target * p),
         ]
+        if kishu_python:
+            figures += kishu_figures(name, kishu_python, size)
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["objects", "workloads"])
+    parser.add_argument("what", choices=["objects", "workloads", "kishu-child"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workload", choices=list(TARGETS))
+    parser.add_argument("--kishu-python", default=os.environ.get("NBDURABLE_BENCH_KISHU_PYTHON") or None,
+                        help="a Python with kishu installed (a venv made with --system-site-packages)")
     args = parser.parse_args()
-    emit(objects() if args.what == "objects" else workloads(args.repeats))
+    if args.what == "kishu-child":
+        kishu_child(args.workload)
+    else:
+        emit(objects() if args.what == "objects" else workloads(args.repeats, args.kishu_python))
 
 
 if __name__ == "__main__":

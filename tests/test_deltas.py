@@ -234,3 +234,33 @@ def test_storing_a_figure_leaves_pyplot_current_axes_alone(store_dir: Path) -> N
     session = run_session(store_dir, cells, probes={"title": "ax.get_title()", "figs": "plt.get_fignums()",
                                                     "current": "plt.gca() is ax"})
     assert session.probes == {"title": "'hello'", "figs": "[1]", "current": "True"}, session.stdout
+
+
+def test_a_figure_only_read_is_not_stored_again(store_dir: Path) -> None:
+    """matplotlib's callback registries advanced a counter at every pickle, so a figure never pickled to the
+    same bytes twice and every cell that only read `ax` stored the figure again."""
+    cells = ["import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
+             "ax.plot([1, 2], [3, 4])", "t1 = ax.get_title()", "t2 = len(ax.lines)", "ax.set_title('x')"]
+    session = run_session(store_dir, cells)
+    assert session.returncode == 0, session.stdout
+    steps = [sorted(ref["name"] for ref in record["variables"] if not ref["name"].startswith("%"))
+             for record in journal_records(store_dir, "step_end")]
+    assert steps == [["ax", "fig", "matplotlib", "plt"], ["t1"], ["t2"], ["ax", "fig"]], steps
+
+
+def test_a_big_object_whose_pickle_does_not_load_is_found_when_stored(store_dir: Path, tmp_path: Path) -> None:
+    """The trial load covers objects with big buffers too (their small pickle is loaded over views of the
+    live arrays): one that does not load back is recorded as not stored, with the reason, and its cell runs
+    again on resume instead of a restore that fails."""
+    counter = tmp_path / "count.txt"
+    cells = [counting_cell(counter, "make",
+                           "import numpy as np\nclass Model:\n    def __init__(self):\n"
+                           "        self.coef = np.ones(2**20)\n    def __setstate__(self, state):\n"
+                           "        raise AttributeError('a model of another version')\nmodel = Model()")]
+    crashed = run_session(store_dir, [*cells, KILL])
+    assert crashed.killed, crashed.stdout
+    (ref,) = refs_named(store_dir, "model")
+    assert ref["format"] == "unrestorable" and "does not load back" in ref["reason"], ref
+    resumed = run_session(store_dir, cells, probes={"n": "float(model.coef.sum())"})
+    assert resumed.probes == {"n": str(float(2**20))}, resumed.stdout
+    assert executions(counter) == ["make", "make"]

@@ -33,7 +33,7 @@ from typing import Any
 from nbdurable.capture.names import CellNames, reachable_globals
 from nbdurable.capture.reach import reach
 from nbdurable.capture.secrets import SecretRules as _WordRules
-from nbdurable.serialization import Serialized, deserialize, serialize
+from nbdurable.serialization import Serialized, deserialize, deserialize_parts, serialize
 from nbdurable.store.auth import object_tag
 
 ABSENT = ""  # the version of a name that is not defined (``runtime/dataflow.py``)
@@ -437,7 +437,8 @@ def secret_marker(obj: Any) -> Serialized:
 _SECRET_DIGEST_MAX = 1 << 20
 
 
-# Pickles up to this size are loaded back once when stored: an object that pickles but does not unpickle
+# Pickles of up to this many bytes (besides their big out-of-band buffers, given as views of the live memory)
+# are loaded back once when stored: an object that pickles but does not unpickle
 # (bokeh figures, objects whose __setstate__ expects what __getstate__ did not give) is then recorded as not
 # stored, with the real reason, and its cell runs again on resume instead of failing the restore.
 VERIFY_MAX_BYTES = 256 * 1024
@@ -446,15 +447,25 @@ _PLAIN = (int, float, complex, str, bytes, bool, type(None))
 
 def _verified(obj: Any, result: Serialized, namespace: dict[str, Any],
               live: dict[tuple[str, str], Any] | None = None) -> Serialized:
-    """``result``, or an unrestorable marker when the stored pickle of ``obj`` does not load back."""
-    if result.format != "pickle" or result.size > VERIFY_MAX_BYTES or isinstance(obj, _PLAIN):
+    """``result``, or an unrestorable marker when the stored pickle of ``obj`` does not load back. What is
+    loaded is the pickle's own bytes, up to VERIFY_MAX_BYTES of them; its big buffers (an estimator's arrays)
+    are given as views of the live memory, so a 1 GB model with a small pickle is checked as cheaply."""
+    chunked = result.chunked() if result.format == "pickle" else None
+    head = chunked.head() if chunked is not None else None
+    if result.format != "pickle" or isinstance(obj, _PLAIN) or \
+            (len(head) if head is not None else result.size) > VERIFY_MAX_BYTES:
         return result
     try:
         refs = list(result.refs)
         resolve = (lambda i: (live or {})[refs[i]]) if refs else None
         with _pyplot_untouched():
-            deserialize("pickle", bytearray(result.to_bytes()), format_version=result.format_version,
-                        namespace=dict(namespace), resolve=resolve)
+            if chunked is not None and head is not None:
+                buffers = [memoryview(chunked.chunks[i]).cast("B") for i in chunked.buffers]
+                deserialize_parts("pickle", head, buffers, format_version=result.format_version,
+                                  namespace=dict(namespace), resolve=resolve)
+            else:
+                deserialize("pickle", bytearray(result.to_bytes()), format_version=result.format_version,
+                            namespace=dict(namespace), resolve=resolve)
     except Exception as exc:  # whatever unpickling raises: the object cannot come back from its pickle
         return Serialized.unrestorable(obj, f"it pickles, but the pickle does not load back ({_cause(exc)})")
     return result

@@ -12,10 +12,12 @@ after a resume they read and write the live namespace, like the originals did.
 from __future__ import annotations
 
 import contextvars
+import copyreg
 import functools
 import io
 import pickle
 import platform
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -155,6 +157,8 @@ class NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
     def reducer_override(self, obj: Any) -> Any:
         if self._shared and type(obj).__name__ == "ndarray" and (view := _view_of_shared(obj, self._shared)):
             return view
+        if type(obj).__name__ == "CallbackRegistry" and type(obj).__module__ == "matplotlib.cbook":
+            return _reduce_callback_registry(obj)
         if type(obj) is types.FunctionType and self._namespace is not None and obj.__globals__ is self._namespace:
             return _reduce_notebook_function(obj)
         if _is_open_file(obj):
@@ -199,6 +203,22 @@ def _rebuild_view(root: Any, dtype: Any, shape: tuple[int, ...], offset: int, st
     import numpy as np
 
     return np.ndarray(shape, dtype=dtype, buffer=root, offset=offset, strides=strides)
+
+
+def _reduce_callback_registry(registry: Any) -> Any:
+    """matplotlib's ``CallbackRegistry.__getstate__`` takes ``next()`` of its id counter: every pickle of a
+    figure advanced it, so the same figure never pickled to the same bytes twice (a cell that only read
+    ``ax`` stored it again). The same state, with the counter's value read without advancing it."""
+    match = re.fullmatch(r"count\((\d+)\)", repr(getattr(registry, "_cid_gen", None)))
+    pickled, callbacks = getattr(registry, "_pickled_cids", None), getattr(registry, "callbacks", None)
+    if match is None or not isinstance(pickled, set) or not isinstance(callbacks, dict):
+        return NotImplemented  # another matplotlib than this rule knows: its own __getstate__ decides
+    values = dict(vars(registry))
+    values["callbacks"] = {s: {cid: proxy() for cid, proxy in d.items() if cid in pickled}
+                           for s, d in callbacks.items()}
+    values["_func_cid_map"] = None
+    values["_cid_gen"] = int(match.group(1))
+    return (copyreg.__newobj__, (type(registry),), values)  # type: ignore[attr-defined]
 
 
 class _EmptyCell:
