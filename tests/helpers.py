@@ -44,6 +44,7 @@ import inspect
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -106,6 +107,30 @@ def start_cli(*args: str, cwd: Path | str | None = None, env: Mapping[str, str |
               **popen: Any) -> subprocess.Popen[Any]:
     """``nbdurable ARGS`` started and not waited for (``popen``: stdout, stderr, text, ... for ``Popen``)."""
     return subprocess.Popen([*CLI, *args], cwd=cwd, env=clean_env(env), **popen)
+
+
+def start_run_until(cwd: Path, notebook: Path, marker: str = "started", *extra: str,
+                    env: Mapping[str, str | None] | None = None) -> subprocess.Popen[str]:
+    """``nbdurable run NOTEBOOK out.ipynb`` in the background, returned once a cell created ``cwd/marker``."""
+    proc = start_cli("run", notebook.name, "out.ipynb", "--no-progress", *extra, cwd=cwd, env=env,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (cwd / marker).exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the cell never started"
+        time.sleep(0.05)
+    return proc
+
+
+def write_notebook(path: Path, cells: list[str]) -> Path:
+    """A notebook of these code cells with the python3 kernelspec, written at ``path``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from nbdurable.store import Store
 from nbdurable.store.catalog.schema import SCHEMA_VERSION
 
 from conftest import run_session
-from helpers import executions, journal_records, run_cli, start_cli
+from helpers import executions, journal_records, run_cli, start_cli, start_run_until, write_notebook
 
 COUNT = "def count(what):\n    with open('counter.txt', 'a') as f:\n        f.write(what + '\\n')\n"
 # A cell busy in native code that a signal does not stop: SIGINT blocked in the kernel's main thread, then a
@@ -31,13 +31,7 @@ PY_LOOP = "import time, pathlib\npathlib.Path('started').touch()\nwhile not path
 
 
 def notebook(tmp_path: Path, *cells: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("import nbdurable as nbd\n" + COUNT + "count('setup')"),
-                *(nbformat.v4.new_code_cell(c) for c in cells)]
-    path = tmp_path / "flow.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(tmp_path / "flow.ipynb", ["import nbdurable as nbd\n" + COUNT + "count('setup')", *cells])
 
 
 def counted(tmp_path: Path) -> list[str]:
@@ -46,14 +40,7 @@ def counted(tmp_path: Path) -> list[str]:
 
 def start_run(tmp_path: Path, path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`nbdurable run` in the background, returned once its cell wrote `started`."""
-    proc = start_cli("run", path.name, "out.ipynb", "--no-progress", *extra, cwd=tmp_path, env=env,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while not (tmp_path / "started").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the cell never started"
-        time.sleep(0.05)
-    return proc
+    return start_run_until(tmp_path, path, "started", *extra, env=env)
 
 
 def only_run(tmp_path: Path) -> str:

@@ -15,7 +15,7 @@ from nbdurable.store import Store
 from nbdurable.widgets.graph import build_graph
 
 from conftest import run_session
-from helpers import executions, journal_records, run_cli
+from helpers import executions, journal_records, run_cli, start_run_until
 
 pytestmark = pytest.mark.kernel
 
@@ -176,23 +176,12 @@ def test_the_cancel_hook_compensates_between_cells_under_a_step_of_its_own(store
 def test_a_cancelled_headless_run_undoes_its_completed_steps_once(tmp_path: Path) -> None:
     """A cancel stops the running cell, then the compensations of the completed steps run in reverse order in
     the same kernel, each a durable step, before the run ends `cancelled`."""
-    import subprocess
-    import time
-
     from nbdurable.runtime.control import cancel_run
-
-    from helpers import start_cli
 
     wait = ("import time, pathlib\npathlib.Path('started').touch()\n"
             "while True:\n    time.sleep(0.05)")
     path = _notebook(tmp_path, "flight = reserve('flight')", "hotel = reserve('hotel', qty=2)", wait, "print('never')")
-    proc = start_cli("run", path.name, "out.ipynb", "--no-progress", cwd=tmp_path,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while not (tmp_path / "started").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the cell never started"
-        time.sleep(0.05)
+    proc = start_run_until(tmp_path, path)
     store = Store.open(tmp_path / ".nbdurable", create=False)
     [run_id] = store.run_ids()
     cancel_run(store, run_id, reason="trip called off", by="test")

@@ -13,7 +13,7 @@ import pytest
 
 from nbdurable.store import Store
 
-from helpers import clean_env, executions, run_cli, start_cli
+from helpers import clean_env, executions, run_cli, start_cli, write_notebook
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # headless runs that sleep, workers that wait for them
 
@@ -21,13 +21,7 @@ COUNT = "import pathlib\ndef count(what):\n    with open('counter.txt', 'a') as 
 
 
 def notebook(tmp_path: Path, *cells: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("import nbdurable as nbd\n" + COUNT + "count('setup')"),
-                *(nbformat.v4.new_code_cell(c) for c in cells)]
-    path = tmp_path / "flow.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(tmp_path / "flow.ipynb", ["import nbdurable as nbd\n" + COUNT + "count('setup')", *cells])
 
 
 def counted(tmp_path: Path) -> list[str]:
