@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from helpers import run_cli
@@ -22,9 +23,13 @@ def crashed_then_resumed(tmp_path: Path) -> Path:
     shutil.copy(HERE.parent / "notebooks" / "quickstart.ipynb", tmp_path / "nbs")
     first = run_cli("run", "nbs/quickstart.ipynb", "--no-progress", cwd=tmp_path)
     assert first.returncode == 1, first.output
-    second = run_cli("run", "nbs/quickstart.ipynb", "--no-progress", cwd=tmp_path)
+    second = run_cli("run", "nbs/quickstart.ipynb", "out.ipynb", cwd=tmp_path)  # with its progress bar
     assert second.returncode == 0, second.output
     assert "store nbs/.nbdurable" in second.stdout, "the summary says where the store is"
+    for done in (first, second):  # the kernels listen on Unix sockets, not TCP: no warning in the progress bar
+        assert "Kernel is running over TCP" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+    load_ext = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[1]
+    assert load_ext.source == "%load_ext nbdurable" and load_ext.outputs == [], "no 'already loaded' echo"
     return tmp_path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -228,10 +229,17 @@ def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_crashes_and_resumes(tmp_path: Path) -> None:
-    demo = run_cli("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
+def test_demo_crashes_and_resumes_quietly_and_removes_its_temporary_directory(tmp_path: Path) -> None:
+    tmp, runtime = tmp_path / "tmp", tmp_path / "runtime"
+    tmp.mkdir()
+    demo = run_cli("demo", cwd=tmp_path, timeout=300, env={"TMPDIR": str(tmp), "JUPYTER_RUNTIME_DIR": str(runtime)})
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "KILLED" in demo.stdout and "Resumed: 4 cells restored" in demo.stdout
+    assert demo.stderr == "", "no warning from the kernels (ipc transport) or anyone else"
+    store = re.search(r"^Store: (\S+), in the demo's temporary directory, removed with it", demo.stdout, re.M)
+    assert store and Path(store[1]).parent.parent == tmp, demo.stdout
+    assert list(tmp.iterdir()) == [], "the demo's directory (and nbclient's connection files) are gone"
+    assert list(runtime.iterdir()) == [], "the kernels' ipc sockets are removed with them"
 
 
 @pytest.mark.slow

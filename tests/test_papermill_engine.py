@@ -96,6 +96,7 @@ def test_one_summary_line_of_what_executed_and_what_was_restored(tmp_path: Path)
     assert re.fullmatch(rf"nbdurable: completed: run {RUN_ID} \(resumed run {first[0]}\): 1 executed, 2 restored "
                         r"\(saved .+\) in .+; store \.nbdurable", summary[0]), summary
     assert resumed.stderr.rstrip().endswith(summary[0])  # after the bar, on a line of its own
+    assert "without encryption" not in failed.stderr + resumed.stderr, "ipykernel's TCP warning (ipc transport)"
 
 
 def test_kernel_death_is_one_error_line_exit_code_1_and_the_same_command_resumes(tmp_path: Path) -> None:

@@ -36,7 +36,9 @@ from nbdurable.headless.result import (
     first_exception,
     is_clean_exit,
     notice_of,
+    without_load_ext_echo,
 )
+from nbdurable.kernelspec import local_kernel_config
 from nbdurable.runtime.cells import classify
 from nbdurable.runtime.checkpoint import load_outputs
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
@@ -160,6 +162,7 @@ class HeadlessRunner:
             startup_timeout=math.ceil(self.start_timeout),
             resources={"metadata": {"path": str(self.cwd)}},
             extra_arguments=["--ext", "nbdurable"],
+            config=local_kernel_config(),
             on_cell_start=self._on_cell_start,
             on_cell_executed=self._on_cell_executed,
         )
@@ -447,6 +450,7 @@ class HeadlessRunner:
             self.result.exited_at = cell_index
         elif cell.source.lstrip().startswith(("%durable", "%load_ext nbdurable", "%reload_ext nbdurable")):
             how = "control"
+            cell.outputs = without_load_ext_echo(cell.outputs)
         else:
             how = "executed" if ok else "failed"
             self.result.executed += int(ok)
