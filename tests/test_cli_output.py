@@ -76,3 +76,28 @@ def test_help_lists_whole_sentences_and_documents_every_option() -> None:
     runs = run_cli("runs", "--help", in_process=True).stdout
     assert "Only runs with this status." in runs and "--limit N" in runs and "1<=x" not in runs
     assert "2 usage error" in run_cli("run", "--help", in_process=True).stdout
+
+
+def test_a_file_that_is_not_a_notebook_is_one_clear_error(tmp_path: Path) -> None:
+    shutil.copy(HERE.parent / "README.md", tmp_path)
+    for command in ("run", "plan"):
+        result = run_cli(command, "README.md", cwd=tmp_path)
+        assert result.returncode == 2, result.output
+        assert result.stderr.splitlines() == [
+            "Error: README.md is not a Jupyter notebook: it is not JSON (an .ipynb file is)",
+            "  What to do: pass an .ipynb file (a Markdown or script notebook converts with "
+            "`jupytext --to ipynb FILE`)"], result.stderr  # no papermill UserWarning, no site-packages path
+
+
+@pytest.mark.kernel
+def test_parameters_without_a_parameters_cell_are_injected_with_our_warning(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('lr is', lr)")])
+    nbformat.write(nb, tmp_path / "train.ipynb")
+    result = run_cli("run", "train.ipynb", "out.ipynb", "-p", "lr", "0.1", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.output  # papermill's rule: injected anyway, in a new first cell
+    assert result.stderr.startswith("Warning: train.ipynb has no cell tagged `parameters`: -p lr went into a new "
+                                    "first cell"), result.stderr
+    assert "tag the cell that sets the defaults `parameters`" in result.stderr
+    assert "Input notebook does not contain" not in result.stderr, "papermill's bare log line"
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].source.strip() == "# Parameters\nlr = 0.1" and "lr is 0.1" in out.cells[1].outputs[0].text

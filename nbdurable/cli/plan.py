@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,20 +38,15 @@ def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[s
 
     A cell that executes is assumed to change what it assigns: a cell reading it is planned to execute, even
     if the real run then finds the value unchanged and restores it."""
-    from nbdurable.runtime.planning import format_plan, notebook_sources, plan_cells
+    from nbdurable.headless.params import load_parameters, recorded_params
+    from nbdurable.runtime.planning import format_plan, plan_cells
     from nbdurable.runtime.replay import ReplayPlan, find_resumable
     from nbdurable.runtime.session import resolve_store_path
     from nbdurable.store import Store
 
-    params: dict[str, object] = {}
-    if parameters or files:
-        from nbdurable.headless.params import load_parameters, recorded_params
-
-        params = load_parameters(parameters, files)
-        sources = _parameterized_sources(notebook, params)
-        recorded = recorded_params(params)
-    else:
-        sources, recorded = notebook_sources(notebook), {}
+    params = load_parameters(parameters, files)
+    sources = _parameterized_sources(notebook, params)  # (read as `run` reads it: the same error for a non-notebook)
+    recorded = recorded_params(params)
     identity = str(notebook.resolve())
     store_obj = Store.open(resolve_store_path(store, notebook=identity))
     run_id, note = (None, None) if fresh else find_resumable(store_obj, identity, recorded)
@@ -71,7 +67,7 @@ def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[s
     click.echo(format_plan(cells))
 
 
-def _parameterized_sources(notebook: Path, params: dict[str, object]) -> list[str | None]:
+def _parameterized_sources(notebook: Path, params: dict[str, Any]) -> list[str | None]:
     """The notebook's cells with the parameters injected as `nbdurable run` injects them."""
     from nbdurable.headless.params import load_notebook
     from nbdurable.headless.result import executes
