@@ -78,6 +78,19 @@ def test_help_lists_whole_sentences_and_documents_every_option() -> None:
     assert "2 usage error" in run_cli("run", "--help", in_process=True).stdout
 
 
+@pytest.mark.parametrize("command", ["run", "plan", "resume", "show", "runs", "report", "check", "gc", "send",
+                                     "worker"])
+def test_every_store_option_states_the_real_rule_and_no_range_notation(command: str) -> None:
+    text = run_cli(command, "--help", in_process=True).stdout
+    store = " ".join(text.split("--store DIR", 1)[1].split())  # the option's help, on one line
+    if command in ("run", "plan"):
+        assert "$NBDURABLE_STORE if set, else .nbdurable beside NOTEBOOK" in store, store
+    else:
+        assert ("$NBDURABLE_STORE if set, else the nearest .nbdurable in the working directory or one of its "
+                "parents") in store, store
+    assert not re.search(r"\[x?[<>]=?|<=x", text), f"click's range notation in `{command} --help`"
+
+
 def test_a_file_that_is_not_a_notebook_is_one_clear_error(tmp_path: Path) -> None:
     shutil.copy(HERE.parent / "README.md", tmp_path)
     for command in ("run", "plan"):

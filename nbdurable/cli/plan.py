@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from nbdurable.cli.base import main, store_option
+from nbdurable.cli.base import main, notebook_store_option
 
 
 def _transform(source: str) -> str:
@@ -29,7 +29,7 @@ def _transform(source: str) -> str:
 @click.option("--reuse", is_flag=True, help="Plan as `nbdurable run --reuse` (executions of completed runs too).")
 @click.option("--fresh", is_flag=True, help="Plan as `nbdurable run --fresh` (nothing resumed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cell instead of the table.")
-@store_option
+@notebook_store_option
 def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[str, ...], reuse: bool, fresh: bool,
          as_json: bool, store: str | None) -> None:
     """What `nbdurable run NOTEBOOK` (same options) would do with each cell: restore it (from which run and
