@@ -12,10 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 
 DEFAULT_NAME = "nbdurable"
 DISPLAY_NAME = "Python 3 (nbdurable)"
 IPC_PATH_MAX = 100  # bytes of an ipc socket's path prefix (a Unix socket name holds 107; "-<port>" follows)
+
+
+class QuietShutdownKernelManager(AsyncKernelManager):
+    """nbclient's kernel manager, minus the SIGINT jupyter_client sends a kernel before asking it to shut down.
+
+    Our runners shut a kernel down only once it has replied (or was interrupted and replied, or is dead), so
+    that interrupt has nothing to stop; landing while ipykernel still handles a message, it printed
+    "KeyboardInterrupt caught in kernel" to the terminal. A kernel that does not stop is still terminated,
+    then killed, as before."""
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
 
 
 def local_kernel_config() -> Any:
@@ -25,11 +40,12 @@ def local_kernel_config() -> Any:
     when the kernel is shut down. The kernel then listens on no TCP port that another local process could
     reach, and ipykernel has no cause for its "Kernel is running over TCP without encryption" warning, which
     broke into every progress bar. TCP stays where ipc cannot be had: Windows, or a runtime directory whose
-    path is too long for a Unix socket's name (about 100 bytes)."""
+    path is too long for a Unix socket's name (about 100 bytes). The manager is ``QuietShutdownKernelManager``."""
     from jupyter_core.paths import jupyter_runtime_dir
     from traitlets.config import Config
 
     config = Config()
+    config.NotebookClient.kernel_manager_class = QuietShutdownKernelManager
     runtime = Path(jupyter_runtime_dir())
     prefix = runtime / f"nbdurable-{secrets.token_hex(6)}"
     if os.name != "posix" or len(os.fsencode(prefix)) > IPC_PATH_MAX:
