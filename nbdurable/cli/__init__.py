@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 @main.command("install-kernel")
 @click.option("--user", is_flag=True, help="Install for the current user only.")
-@click.option("--name", default="nbdurable", show_default=True, help="Kernelspec name.")
+@click.option("--name", default="nbdurable", metavar="NAME", help="Kernelspec name (default: nbdurable).")
 @click.option("--prefix", default=None, metavar="DIR", help="Install under this prefix (e.g. a virtualenv).")
 def install_kernel(user: bool, name: str, prefix: str | None) -> None:
     """Register the "Python 3 (nbdurable)" kernel, which loads nbdurable at start."""
