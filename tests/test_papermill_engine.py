@@ -108,6 +108,7 @@ def test_kernel_death_is_one_error_line_exit_code_1_and_the_same_command_resumes
     died = papermill(tmp_path, nb.name, "out.ipynb")
     assert died.returncode == 1, died.stderr  # papermill's failure code, not its 138 for DeadKernelError
     assert "Traceback" not in died.stderr and "papermill.exceptions" not in died.stderr, died.stderr
+    assert "Kernel died while waiting" not in died.stderr, "nbclient's own line, before ours, in the bar"
     last = died.stderr.strip().splitlines()[-1]
     # cell 3 of the code cells is the notebook's 4th cell (after the markdown title)
     match = re.fullmatch(r"Error: the kernel died in cell 4 \(killed, out of memory, or a crash in native code\)\. "

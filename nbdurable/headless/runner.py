@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import logging
 import math
 import os
 import time
@@ -57,6 +58,11 @@ from nbdurable.runtime.session import (
 )
 from nbdurable.store import Store
 
+# nbclient's log, minus its "Kernel died while waiting for execute reply" (the runner reports a dead kernel itself,
+# once; under papermill that line broke into the progress bar before ours)
+NBCLIENT_LOG = logging.getLogger("nbdurable.headless.nbclient")
+NBCLIENT_LOG.addFilter(lambda record: not record.getMessage().startswith("Kernel died while waiting"))
+NBCLIENT_LOG.addHandler(logging.NullHandler())  # as traitlets' logger: shown where logging is set up (papermill)
 INTERRUPT_WAIT_SECONDS = 5.0  # a timed-out cell, interrupted: how long its reply is waited for
 SETTLE_SECONDS = 5.0  # at the end, how long a run still live (its kernel shutting down) is waited for
 
@@ -163,6 +169,7 @@ class HeadlessRunner:
             resources={"metadata": {"path": str(self.cwd)}},
             extra_arguments=["--ext", "nbdurable"],
             config=local_kernel_config(),
+            log=NBCLIENT_LOG,
             on_cell_start=self._on_cell_start,
             on_cell_executed=self._on_cell_executed,
         )
