@@ -67,6 +67,10 @@ def test_runs_and_show_are_readable_and_take_a_run_id_prefix(crashed_then_resume
         assert unknown.returncode == 2 and f"no run 'nope' in store {where / '.nbdurable'}" in unknown.stderr
     ambiguous = run_cli("show", "20", cwd=where)
     assert ambiguous.returncode == 2 and "2 runs of store" in ambiguous.stderr
+    plan = run_cli("plan", "quickstart.ipynb", cwd=where)  # the last run completed: a new run, unless --reuse
+    assert plan.returncode == 0 and "would start a new run" in plan.stdout, plan.output
+    assert re.search(r"^With --reuse, [1-9]\d* more cell\(s\) would be restored from completed runs", plan.stdout,
+                     re.M), plan.stdout
 
 
 def test_help_lists_whole_sentences_and_documents_every_option() -> None:

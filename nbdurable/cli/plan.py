@@ -65,6 +65,13 @@ def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[s
         source += f" ({note})"
     click.echo(f"nbdurable run {notebook.name} would start {source}:")
     click.echo(format_plan(cells))
+    if not reuse:  # completed runs are not resumed: say what opting in would restore
+        offered = ReplayPlan.from_run(store_obj, run_id) if run_id else ReplayPlan(None)
+        offered.add_reuse(store_obj, identity)
+        more = (sum(c.action == "restore" for c in plan_cells(sources, offered, transform=_transform))
+                - sum(c.action == "restore" for c in cells))
+        if more > 0:
+            click.echo(f"With --reuse, {more} more cell(s) would be restored from completed runs of this notebook.")
 
 
 def _parameterized_sources(notebook: Path, params: dict[str, Any]) -> list[str | None]:
