@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ class Kernel:
 
         reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
         return reply["content"], outputs
+
+    def interrupt_later(self, seconds: float) -> threading.Timer:
+        """SIGINT to the kernel in ``seconds``, as ``km.interrupt_kernel()`` sends it (to its process group), from
+        a timer thread. Not ``km.interrupt_kernel`` itself there: jupyter_client's sync API would create an
+        event loop in that short-lived thread and never close it; garbage-collected later (its self-pipe socket
+        finalized first), it raised "ValueError: Invalid file descriptor: -1" as a PytestUnraisableExceptionWarning
+        at the end of the test session."""
+        timer = threading.Timer(seconds, os.killpg, (os.getpgid(self.pid), signal.SIGINT))
+        timer.start()
+        return timer
 
     def start(self, code: str) -> None:
         """Send code without waiting for it."""

@@ -389,7 +389,7 @@ def test_malformed_magic_arguments_are_clear_errors_and_change_nothing(store_dir
     (["show", "../../etc"], 2, "no run '../../etc' in store "),
     (["resume", "no-such-run"], 2, "no run 'no-such-run' in store "),
     (["run", "missing.ipynb"], 2, "File 'missing.ipynb' does not exist"),
-    (["run", "empty.ipynb"], 2, "empty.ipynb is not a readable notebook"),
+    (["run", "empty.ipynb"], 2, "empty.ipynb is not a Jupyter notebook: it is not JSON"),
     (["run", "nb.ipynb", "-p", "a"], 2, "Option '-p' requires 2 arguments"),
     (["run", "nb.ipynb", "-p", "1x", "2"], 2, "-p 1x: not a valid parameter name"),
     (["run", "nb.ipynb", "-f", "list.yaml"], 2, "parameters file list.yaml is not a mapping"),

@@ -517,3 +517,78 @@ def test_run_graph_layout_fits_at_common_widths(open_notebook: OpenNotebook, pag
         bad = [h for h in headers if h["lines"] != 1 or h["clipped"]]
         assert headers and not bad, bad
     assert {"Duration", "Attempts", "Error"} <= {h["text"] for h in probe["headers"]}, probe["headers"]
+
+
+EXPLORER_LAYOUT_NOTEBOOK = [
+    "import pathlib, subprocess, sys, tempfile, nbformat\n"
+    "import nbdurable as nbd\n"
+    "work = pathlib.Path(tempfile.mkdtemp()) / 'quarterly-reports-for-the-pricing-team' / 'european-region'\n"
+    "work.mkdir(parents=True)\n"
+    "cells = [nbformat.v4.new_code_cell('region = \"eu\"\\nmarkup = 1.1', metadata={'tags': ['parameters']}),\n"
+    "         nbformat.v4.new_code_cell('base = list(range(1000))'),\n"
+    "         nbformat.v4.new_code_cell('import time\\ntime.sleep(0.2)\\ntotal = sum(base)'),\n"
+    "         nbformat.v4.new_code_cell('priced = [x * markup for x in base]\\nrevenue = round(sum(priced), 1)'),\n"
+    "         nbformat.v4.new_code_cell('summary = {\"region\": region, \"revenue\": revenue}')]\n"
+    "pricing = work / 'pricing-model-with-a-rather-long-name.ipynb'\n"
+    "nbformat.write(nbformat.v4.new_notebook(cells=cells), pricing)\n"
+    "for markup in ('1.1', '1.25'):\n"
+    "    subprocess.run([sys.executable, '-m', 'nbdurable', 'run', str(pricing), '--reuse', '--no-progress',\n"
+    "                    '-p', 'markup', markup, '-p', 'region', 'european-union-and-associated-states',\n"
+    "                    '--store', str(work / '.nbdurable')], check=True, capture_output=True)",
+    "nbd.HistoryExplorer(store=work / '.nbdurable')",
+]
+
+# Every cell of the explorer's tables (runs, comparison): its text not cut (scrollWidth within clientWidth),
+# its box inside the explorer and the output area; no ellipsis without a tooltip; no table wider than its box.
+EXPLORER_PROBE = """explorer => {
+  const area = explorer.closest('.jp-OutputArea-output') || explorer;
+  const box = explorer.getBoundingClientRect(), abox = area.getBoundingClientRect();
+  const right = Math.min(box.right, abox.right) + 1;
+  const cells = Array.from(explorer.querySelectorAll('table th, table td')).filter(c => c.offsetParent !== null);
+  const bad = cells.filter(c => {
+    const r = c.getBoundingClientRect(), style = getComputedStyle(c);
+    const ellipsis = style.textOverflow === 'ellipsis' && c.scrollWidth > c.clientWidth && !c.title;
+    return c.scrollWidth > c.clientWidth + 1 || r.right > right || ellipsis;
+  }).map(c => c.textContent);
+  const wide = Array.from(explorer.querySelectorAll('table')).filter(t => t.getBoundingClientRect().right > right)
+    .map(t => t.className);
+  return {cells: cells.length, bad: bad, wide: wide, scrolls: explorer.scrollWidth > explorer.clientWidth + 1,
+          notebooks: Array.from(explorer.querySelectorAll('td.nbd-notebook-cell')).map(c => [c.textContent, c.title]),
+          steps: Array.from(explorer.querySelectorAll('tr.nbd-run td.nbd-steps-cell')).map(c => c.textContent)};
+}"""
+
+
+@pytest.mark.parametrize("width", [1000, 1400])
+def test_history_explorer_fits_beside_the_file_browser(open_notebook: OpenNotebook, page: Any, width: int) -> None:
+    """The explorer at 1000 and 1400 px with JupyterLab's file browser open: no clipped cell in the runs table
+    or the comparison (their cells wrap), notebooks shown short with the full path as a tooltip, and a filter
+    it cannot read (`markup>>1`) is a red error line, not "No runs match"."""
+    page.set_viewport_size({"width": width, "height": 900})
+    nb = open_notebook(f"explorer_layout_{width}", EXPLORER_LAYOUT_NOTEBOOK)
+    page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
+    page.locator("#filebrowser").wait_for(state="visible", timeout=LOAD_TIMEOUT)
+    nb.run_cell(0, timeout=120_000)
+    nb.run_cell(1)
+    explorer = nb.wait_output(1, "div.nbd-history", timeout=LOAD_TIMEOUT)
+    rows = explorer.locator("tr.nbd-run")
+    rows.nth(1).wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    for index in range(2):
+        rows.nth(index).locator("input.nbd-compare-pick").check()
+    compare = explorer.locator("div.nbd-compare")
+    compare.locator("tr.nbd-var-diff").first.wait_for(state="attached", timeout=LOAD_TIMEOUT)
+    probe = explorer.evaluate(EXPLORER_PROBE)
+    nb.screenshot(f"browser-history-layout-{width}")
+    compare.scroll_into_view_if_needed()
+    nb.screenshot(f"browser-history-layout-compare-{width}")
+    assert probe["cells"] > 20 and probe["bad"] == [] and probe["wide"] == [] and not probe["scrolls"], probe
+    assert any("restored" in text for text in probe["steps"]), probe["steps"]
+    for label, title in probe["notebooks"]:
+        assert label == "pricing-model-with-a-rather-long-name.ipynb", label
+        assert title.startswith("/") and title.endswith("/european-region/pricing-model-with-a-rather-long-name.ipynb")
+
+    explorer.locator("input.nbd-filter-params").fill("markup>>1")
+    error = explorer.locator(".nbd-history-error")
+    error.wait_for(state="visible", timeout=LOAD_TIMEOUT)
+    assert "bad parameter filter 'markup>>1'" in error.inner_text()
+    assert error.evaluate("e => getComputedStyle(e).color") == "rgb(179, 38, 30)", "the red error line"
+    nb.screenshot(f"browser-history-filter-error-{width}")

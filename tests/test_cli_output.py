@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from helpers import run_cli
@@ -22,9 +23,13 @@ def crashed_then_resumed(tmp_path: Path) -> Path:
     shutil.copy(HERE.parent / "notebooks" / "quickstart.ipynb", tmp_path / "nbs")
     first = run_cli("run", "nbs/quickstart.ipynb", "--no-progress", cwd=tmp_path)
     assert first.returncode == 1, first.output
-    second = run_cli("run", "nbs/quickstart.ipynb", "--no-progress", cwd=tmp_path)
+    second = run_cli("run", "nbs/quickstart.ipynb", "out.ipynb", cwd=tmp_path)  # with its progress bar
     assert second.returncode == 0, second.output
     assert "store nbs/.nbdurable" in second.stdout, "the summary says where the store is"
+    for done in (first, second):  # the kernels listen on Unix sockets, not TCP: no warning in the progress bar
+        assert "Kernel is running over TCP" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+    load_ext = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[1]
+    assert load_ext.source == "%load_ext nbdurable" and load_ext.outputs == [], "no 'already loaded' echo"
     return tmp_path
 
 
@@ -62,6 +67,10 @@ def test_runs_and_show_are_readable_and_take_a_run_id_prefix(crashed_then_resume
         assert unknown.returncode == 2 and f"no run 'nope' in store {where / '.nbdurable'}" in unknown.stderr
     ambiguous = run_cli("show", "20", cwd=where)
     assert ambiguous.returncode == 2 and "2 runs of store" in ambiguous.stderr
+    plan = run_cli("plan", "quickstart.ipynb", cwd=where)  # the last run completed: a new run, unless --reuse
+    assert plan.returncode == 0 and "would start a new run" in plan.stdout, plan.output
+    assert re.search(r"^With --reuse, [1-9]\d* more cell\(s\) would be restored from completed runs", plan.stdout,
+                     re.M), plan.stdout
 
 
 def test_help_lists_whole_sentences_and_documents_every_option() -> None:
@@ -71,3 +80,41 @@ def test_help_lists_whole_sentences_and_documents_every_option() -> None:
     runs = run_cli("runs", "--help", in_process=True).stdout
     assert "Only runs with this status." in runs and "--limit N" in runs and "1<=x" not in runs
     assert "2 usage error" in run_cli("run", "--help", in_process=True).stdout
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "resume", "show", "runs", "report", "check", "gc", "send",
+                                     "worker"])
+def test_every_store_option_states_the_real_rule_and_no_range_notation(command: str) -> None:
+    text = run_cli(command, "--help", in_process=True).stdout
+    store = " ".join(text.split("--store DIR", 1)[1].split())  # the option's help, on one line
+    if command in ("run", "plan"):
+        assert "$NBDURABLE_STORE if set, else .nbdurable beside NOTEBOOK" in store, store
+    else:
+        assert ("$NBDURABLE_STORE if set, else the nearest .nbdurable in the working directory or one of its "
+                "parents") in store, store
+    assert not re.search(r"\[x?[<>]=?|<=x", text), f"click's range notation in `{command} --help`"
+
+
+def test_a_file_that_is_not_a_notebook_is_one_clear_error(tmp_path: Path) -> None:
+    shutil.copy(HERE.parent / "README.md", tmp_path)
+    for command in ("run", "plan"):
+        result = run_cli(command, "README.md", cwd=tmp_path)
+        assert result.returncode == 2, result.output
+        assert result.stderr.splitlines() == [
+            "Error: README.md is not a Jupyter notebook: it is not JSON (an .ipynb file is)",
+            "  What to do: pass an .ipynb file (a Markdown or script notebook converts with "
+            "`jupytext --to ipynb FILE`)"], result.stderr  # no papermill UserWarning, no site-packages path
+
+
+@pytest.mark.kernel
+def test_parameters_without_a_parameters_cell_are_injected_with_our_warning(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('lr is', lr)")])
+    nbformat.write(nb, tmp_path / "train.ipynb")
+    result = run_cli("run", "train.ipynb", "out.ipynb", "-p", "lr", "0.1", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.output  # papermill's rule: injected anyway, in a new first cell
+    assert result.stderr.startswith("Warning: train.ipynb has no cell tagged `parameters`: -p lr went into a new "
+                                    "first cell"), result.stderr
+    assert "tag the cell that sets the defaults `parameters`" in result.stderr
+    assert "Input notebook does not contain" not in result.stderr, "papermill's bare log line"
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].source.strip() == "# Parameters\nlr = 0.1" and "lr is 0.1" in out.cells[1].outputs[0].text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -228,10 +229,17 @@ def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_crashes_and_resumes(tmp_path: Path) -> None:
-    demo = run_cli("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path, timeout=300)
+def test_demo_crashes_and_resumes_quietly_and_removes_its_temporary_directory(tmp_path: Path) -> None:
+    tmp, runtime = tmp_path / "tmp", tmp_path / "runtime"
+    tmp.mkdir()
+    demo = run_cli("demo", cwd=tmp_path, timeout=300, env={"TMPDIR": str(tmp), "JUPYTER_RUNTIME_DIR": str(runtime)})
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "KILLED" in demo.stdout and "Resumed: 4 cells restored" in demo.stdout
+    assert demo.stderr == "", "no warning from the kernels (ipc transport) or anyone else"
+    store = re.search(r"^Store: (\S+), in the demo's temporary directory, removed with it", demo.stdout, re.M)
+    assert store and Path(store[1]).parent.parent == tmp, demo.stdout
+    assert list(tmp.iterdir()) == [], "the demo's directory (and nbclient's connection files) are gone"
+    assert list(runtime.iterdir()) == [], "the kernels' ipc sockets are removed with them"
 
 
 @pytest.mark.slow
@@ -264,3 +272,20 @@ def test_control_cell_splits_the_batch_restore(tmp_path: Path) -> None:
     # params, injected parameters, setup, cell1, cell2 | the control cell | cell3 | cell4-6, total
     assert statuses == ["restored"] * 5 + ["control"] + ["restored"] + ["executed"] * 4
     assert counter(tmp_path).count("cell3") == 1 and counter(tmp_path).count("cell4") == 2
+
+
+def test_the_kernel_gets_no_sigint_at_shutdown(tmp_path: Path) -> None:
+    """jupyter_client interrupts a kernel before asking it to shut down; landing while ipykernel still handled
+    a message, that SIGINT printed "KeyboardInterrupt caught in kernel". The runner's kernels are spared it."""
+    marker = tmp_path / "sigint.txt"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import pathlib, signal\n"
+        "kernel = get_ipython().kernel\n"  # (ipykernel sets SIGINT's handler around each message: not any more)
+        "kernel.pre_handler_hook = kernel.post_handler_hook = lambda: None\n"
+        f"signal.signal(signal.SIGINT, lambda *a: pathlib.Path({str(marker)!r}).write_text('interrupted'))")])
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    result = run_cli("run", "nb.ipynb", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.output
+    time.sleep(0.5)  # (a signal sent at shutdown would be handled before the kernel exits; margin for its write)
+    assert not marker.exists(), "the kernel was sent SIGINT on its way out"
+    assert "KeyboardInterrupt" not in result.stderr

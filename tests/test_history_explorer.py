@@ -20,7 +20,7 @@ from nbdurable.store import Store, records
 from nbdurable.widgets import static_text
 from nbdurable.widgets.compare import compare, compare_runs, match_steps
 from nbdurable.widgets.graph import build_graph
-from nbdurable.widgets.history import MAX_RUNS, HistoryExplorer, filters_query, parse_time
+from nbdurable.widgets.history import MAX_RUNS, HistoryExplorer, filters_query, notebook_label, parse_time
 
 from widget_comm import recording_comms
 
@@ -199,6 +199,8 @@ def test_one_query_with_a_limit(store: Store) -> None:
     ({"params": "lr="}, "no value after the operator"),
     ({"params": "=3"}, "bad parameter filter '=3'"),
     ({"params": "flag>true"}, "compares numbers or text"),
+    ({"params": "markup>>1"}, "bad parameter filter 'markup>>1': the value '>1' starts with an operator"),
+    ({"params": "lr=<3"}, "the value '<3' starts with an operator"),
     ({"status": "exploded"}, "unknown run status 'exploded'"),
     ({"since": "last tuesday"}, "bad date 'last tuesday' for since"),
     ({"until": "2024-13-45"}, "bad date '2024-13-45' for until"),
@@ -352,3 +354,10 @@ def test_esm_is_the_graph_scripts_then_history_and_parses(tmp_path: Path) -> Non
     module.write_text(text)
     proc = subprocess.run([node, "--check", str(module)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_notebooks_are_shown_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert notebook_label(str(tmp_path / "reports" / "q3.ipynb")) == "reports/q3.ipynb"  # below the working dir
+    assert notebook_label("/elsewhere/deep/path/train.ipynb") == "train.ipynb"  # the full path is the tooltip
+    assert notebook_label("quickstart") == "quickstart" and notebook_label(None) is None

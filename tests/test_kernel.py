@@ -50,6 +50,9 @@ def test_kernel_killed_mid_cell_resumes_with_outputs(tmp_path: Path) -> None:
     finally:
         kernel.close()
     assert all(reply["status"] == "ok" for reply, _ in results), results
+    notice = [(o["name"], o["text"]) for o in results[0][1] if o["output_type"] == "stream"]
+    assert [name for name, text in notice if "nbdurable: resuming run" in text] == ["stdout"], (
+        "the resuming notice is information, not an error (JupyterLab shows stderr in red)", notice)
     load_out, display_out = results[1][1], results[2][1]
     assert "loading" in text_of(load_out) and "restored from step 1" in text_of(load_out)
     kinds = [o["output_type"] for o in display_out]

@@ -87,9 +87,13 @@ def test_approvals_notebook_waits_for_the_event(tmp_path: Path) -> None:
 
 
 def test_history_notebook_queries_past_runs(tmp_path: Path) -> None:
-    notebook = tmp_path / "history.ipynb"
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "tmp").mkdir()
+    notebook = tmp_path / "nbs" / "history.ipynb"
     shutil.copyfile(NOTEBOOKS / "history.ipynb", notebook)
-    nb = execute(notebook, {"NBDURABLE_NOTEBOOK": str(notebook), "NBDURABLE_STORE": str(tmp_path / ".nbdurable")})
+    nb = execute(notebook, {"NBDURABLE_NOTEBOOK": str(notebook), "TMPDIR": str(tmp_path / "tmp")})
+    assert [p.name for p in notebook.parent.iterdir()] == ["history.ipynb"], "nothing written beside the notebook"
+    assert list((tmp_path / "tmp").iterdir()) == [], "its temporary directory is removed when the kernel shuts down"
     code = [c for c in nb.cells if c.cell_type == "code"]
 
     def shown(marker: str) -> str:
@@ -97,6 +101,7 @@ def test_history_notebook_queries_past_runs(tmp_path: Path) -> None:
         return "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in cell.outputs)
 
     assert shown("nbdurable run").count("completed: run") == 3
+    assert "Kernel is running over TCP" not in shown("nbdurable run"), "no warning of the runner's kernels"
     listing = shown("status='completed'")  # notebook given relative to the working directory
     assert listing.count("'region':") == 3 and listing.count("completed") == 3
     assert "'region': 'us'" in shown("params={'region': 'us'})[[")

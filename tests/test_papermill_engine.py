@@ -96,6 +96,7 @@ def test_one_summary_line_of_what_executed_and_what_was_restored(tmp_path: Path)
     assert re.fullmatch(rf"nbdurable: completed: run {RUN_ID} \(resumed run {first[0]}\): 1 executed, 2 restored "
                         r"\(saved .+\) in .+; store \.nbdurable", summary[0]), summary
     assert resumed.stderr.rstrip().endswith(summary[0])  # after the bar, on a line of its own
+    assert "without encryption" not in failed.stderr + resumed.stderr, "ipykernel's TCP warning (ipc transport)"
 
 
 def test_kernel_death_is_one_error_line_exit_code_1_and_the_same_command_resumes(tmp_path: Path) -> None:
@@ -107,6 +108,7 @@ def test_kernel_death_is_one_error_line_exit_code_1_and_the_same_command_resumes
     died = papermill(tmp_path, nb.name, "out.ipynb")
     assert died.returncode == 1, died.stderr  # papermill's failure code, not its 138 for DeadKernelError
     assert "Traceback" not in died.stderr and "papermill.exceptions" not in died.stderr, died.stderr
+    assert "Kernel died while waiting" not in died.stderr, "nbclient's own line, before ours, in the bar"
     last = died.stderr.strip().splitlines()[-1]
     # cell 3 of the code cells is the notebook's 4th cell (after the markdown title)
     match = re.fullmatch(r"Error: the kernel died in cell 4 \(killed, out of memory, or a crash in native code\)\. "

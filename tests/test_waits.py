@@ -3,9 +3,10 @@ killed with SIGKILL where a crash is the point)."""
 
 from __future__ import annotations
 
+import gc
 import json
-import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,7 @@ def test_interactive_waits_count_down_in_place_and_are_interruptible(tmp_path: P
         for code, shown in (("import nbdurable as nbd\nnbd.sleep('1m')", "sleeping until"),
                             ("nbd.wait_for_event('never.sent')", "waiting for event 'never.sent'")):
             messages: list[dict] = []
-            threading.Timer(2.5, kernel.km.interrupt_kernel).start()
+            kernel.interrupt_later(2.5)
             begun = time.monotonic()
             reply = kernel.kc.execute_interactive(code, timeout=60, output_hook=messages.append)
             assert time.monotonic() - begun < 20 and reply["content"]["ename"] == "KeyboardInterrupt"
@@ -153,6 +154,10 @@ def test_interactive_waits_count_down_in_place_and_are_interruptible(tmp_path: P
             assert any(m["msg_type"] == "update_display_data" for m in displays)  # refreshed in place, not appended
     finally:
         kernel.close()
+    with warnings.catch_warnings(record=True) as caught:  # what the test's threads left for the collector
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    assert not [w for w in caught if "unclosed event loop" in str(w.message)], "an event loop left to the collector"
     sleep = next(r for r in journal_records(store_dir, "step_start") if r["name"] == "nbd.sleep")
     assert sleep["options"]["wake_at"] > time.time()  # recorded before the wait: a resume waits only what is left
     assert not [r for r in journal_records(store_dir, "step_end") if r["ordinal"] == sleep["ordinal"]]  # never ended

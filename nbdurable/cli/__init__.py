@@ -19,7 +19,7 @@ __all__ = ["main"]
 
 @main.command("install-kernel")
 @click.option("--user", is_flag=True, help="Install for the current user only.")
-@click.option("--name", default="nbdurable", show_default=True, help="Kernelspec name.")
+@click.option("--name", default="nbdurable", metavar="NAME", help="Kernelspec name (default: nbdurable).")
 @click.option("--prefix", default=None, metavar="DIR", help="Install under this prefix (e.g. a virtualenv).")
 def install_kernel(user: bool, name: str, prefix: str | None) -> None:
     """Register the "Python 3 (nbdurable)" kernel, which loads nbdurable at start."""
@@ -64,13 +64,15 @@ def runs(store: str | None, notebook: str | None, status: str | None, limit: int
 
 @main.command("demo")
 @click.option("--dir", "workdir", default=None, metavar="DIR",
-              help="Where to run (default: a new temporary directory).")
+              help="Run in DIR and keep the notebook, its output and the store there (default: a temporary "
+              "directory, removed at the end).")
 def demo(workdir: str | None) -> None:
     """Run a bundled notebook, kill its kernel mid-run, run it again, and show what was restored."""
-    from nbdurable.demo import run_demo, summarize
+    from nbdurable.demo import run_demo, summarize, temporary_workdir
 
-    report = run_demo(Path(workdir) if workdir else None, echo=click.echo)
-    click.echo(summarize(report))
+    with temporary_workdir(Path(workdir) if workdir else None) as where:
+        report = run_demo(where, echo=click.echo, kept=workdir is not None)
+        click.echo(summarize(report))
     if not any(r.how == "restored" for r in report.second):
         click.echo("Error: nothing was restored on the second run.", err=True)
         sys.exit(EXIT_FAILED)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -64,6 +64,34 @@ def resolve_run(store: Store, run_id: str) -> str:
     return resolve(store, run_id)
 
 
+if TYPE_CHECKING:  # click >= 8.2 types ParamType by its value; 8.1's is no generic at run time
+    _NumberType = click.ParamType[float]
+else:
+    _NumberType = click.ParamType
+
+
+class AtLeast(_NumberType):
+    """A number of at least ``minimum`` (more than it if ``exclusive``). click's ranges would print their
+    bounds in --help as ``[x>=0]``; the help text says them in words, and a bad value gets a sentence."""
+
+    def __init__(self, minimum: float, *, integer: bool = False, exclusive: bool = False) -> None:
+        self.minimum, self.integer, self.exclusive = minimum, integer, exclusive
+        self.name = "integer" if integer else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number: float = value
+        else:
+            try:
+                number = int(value) if self.integer else float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not {'a whole number' if self.integer else 'a number'}", param, ctx)
+        if number < self.minimum or (self.exclusive and number == self.minimum):
+            bound = self.minimum if self.integer or not float(self.minimum).is_integer() else int(self.minimum)
+            self.fail(f"must be {'more than' if self.exclusive else 'at least'} {bound}, not {value}", param, ctx)
+        return number
+
+
 class _Group(click.Group):
     """Turns nbdurable errors into one clear message and the documented exit code; lists each command with
     the whole first sentence of its help (click cuts it to the terminal's width mid-phrase)."""
@@ -94,7 +122,13 @@ class _Group(click.Group):
 
 store_option = click.option(
     "--store", "store", metavar="DIR", default=None,
-    help="Store directory (default: $NBDURABLE_STORE, else the nearest .nbdurable in this directory or a parent)."
+    help="The store directory. Default: $NBDURABLE_STORE if set, else the nearest .nbdurable in the working "
+    "directory or one of its parents (as git finds its repository).",
+)
+notebook_store_option = click.option(
+    "--store", "store", metavar="DIR", default=None,
+    help="The store directory. Default: $NBDURABLE_STORE if set, else .nbdurable beside NOTEBOOK (where "
+    "Jupyter's kernels record it); created by the first run.",
 )
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nbdurable.cli.base import EXIT_FAILED, main, open_store, store_option
+from nbdurable.cli.base import EXIT_FAILED, AtLeast, main, open_store, store_option
 
 if TYPE_CHECKING:
     from nbdurable.errors import LeaseHeldError
@@ -61,8 +61,8 @@ def _echo_check(report: CheckReport) -> None:
 
 @main.command("gc")
 @store_option
-@click.option("--keep-last", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
-              help="Keep the N most recent runs of each notebook "
+@click.option("--keep-last", type=AtLeast(0, integer=True), default=10, metavar="N",
+              help="Keep the N (default 10) most recent runs of each notebook "
                    "(live, unfinished and resumed-from runs are always kept).")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option("--prune-runs", is_flag=True,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from nbdurable.cli.base import main, store_option
+from nbdurable.cli.base import main, notebook_store_option
 
 
 def _transform(source: str) -> str:
@@ -28,7 +29,7 @@ def _transform(source: str) -> str:
 @click.option("--reuse", is_flag=True, help="Plan as `nbdurable run --reuse` (executions of completed runs too).")
 @click.option("--fresh", is_flag=True, help="Plan as `nbdurable run --fresh` (nothing resumed).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cell instead of the table.")
-@store_option
+@notebook_store_option
 def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[str, ...], reuse: bool, fresh: bool,
          as_json: bool, store: str | None) -> None:
     """What `nbdurable run NOTEBOOK` (same options) would do with each cell: restore it (from which run and
@@ -37,20 +38,15 @@ def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[s
 
     A cell that executes is assumed to change what it assigns: a cell reading it is planned to execute, even
     if the real run then finds the value unchanged and restores it."""
-    from nbdurable.runtime.planning import format_plan, notebook_sources, plan_cells
+    from nbdurable.headless.params import load_parameters, recorded_params
+    from nbdurable.runtime.planning import format_plan, plan_cells
     from nbdurable.runtime.replay import ReplayPlan, find_resumable
     from nbdurable.runtime.session import resolve_store_path
     from nbdurable.store import Store
 
-    params: dict[str, object] = {}
-    if parameters or files:
-        from nbdurable.headless.params import load_parameters, recorded_params
-
-        params = load_parameters(parameters, files)
-        sources = _parameterized_sources(notebook, params)
-        recorded = recorded_params(params)
-    else:
-        sources, recorded = notebook_sources(notebook), {}
+    params = load_parameters(parameters, files)
+    sources = _parameterized_sources(notebook, params)  # (read as `run` reads it: the same error for a non-notebook)
+    recorded = recorded_params(params)
     identity = str(notebook.resolve())
     store_obj = Store.open(resolve_store_path(store, notebook=identity))
     run_id, note = (None, None) if fresh else find_resumable(store_obj, identity, recorded)
@@ -69,9 +65,16 @@ def plan(notebook: Path, parameters: tuple[tuple[str, str], ...], files: tuple[s
         source += f" ({note})"
     click.echo(f"nbdurable run {notebook.name} would start {source}:")
     click.echo(format_plan(cells))
+    if not reuse:  # completed runs are not resumed: say what opting in would restore
+        offered = ReplayPlan.from_run(store_obj, run_id) if run_id else ReplayPlan(None)
+        offered.add_reuse(store_obj, identity)
+        more = (sum(c.action == "restore" for c in plan_cells(sources, offered, transform=_transform))
+                - sum(c.action == "restore" for c in cells))
+        if more > 0:
+            click.echo(f"With --reuse, {more} more cell(s) would be restored from completed runs of this notebook.")
 
 
-def _parameterized_sources(notebook: Path, params: dict[str, object]) -> list[str | None]:
+def _parameterized_sources(notebook: Path, params: dict[str, Any]) -> list[str | None]:
     """The notebook's cells with the parameters injected as `nbdurable run` injects them."""
     from nbdurable.headless.params import load_notebook
     from nbdurable.headless.result import executes

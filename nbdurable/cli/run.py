@@ -10,7 +10,16 @@ from typing import Any
 import click
 
 from nbdurable.cli import tables
-from nbdurable.cli.base import EXIT_FAILED, EXIT_SUSPENDED, main, open_store, resolve_run, store_option
+from nbdurable.cli.base import (
+    EXIT_FAILED,
+    EXIT_SUSPENDED,
+    AtLeast,
+    main,
+    notebook_store_option,
+    open_store,
+    resolve_run,
+    store_option,
+)
 from nbdurable.errors import OptionsError, RunNotFoundError
 from nbdurable.runtime.session import resolve_store_path
 
@@ -25,21 +34,22 @@ on_change_option = click.option(
 )
 
 suspend_option = click.option(
-    "--suspend-after", "suspend_after", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-    help="Suspend the run (exit code 3) at a durable sleep or event wait longer than this (default 60).",
+    "--suspend-after", "suspend_after", type=AtLeast(0), default=None, metavar="SECONDS",
+    help="Suspend the run (exit code 3) at a durable sleep or event wait longer than this many seconds "
+    "(default 60).",
 )
 
 
 def timeout_options(command: Any) -> Any:
     """``--execution-timeout`` and ``--start-timeout``, as papermill's options of the same names."""
     command = click.option(
-        "--start-timeout", "start_timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
-        show_default=True, metavar="SECONDS", help="How long the kernel may take to start.",
+        "--start-timeout", "start_timeout", type=AtLeast(0, exclusive=True), default=60.0,
+        metavar="SECONDS", help="How many seconds the kernel may take to start (default 60).",
     )(command)
     return click.option(
-        "--execution-timeout", "execution_timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-        help="Fail a cell that runs longer than this (it is interrupted; the run is resumable, and that cell "
-        "runs again on resume). Default (or 0): no limit.",
+        "--execution-timeout", "execution_timeout", type=AtLeast(0), default=None, metavar="SECONDS",
+        help="Fail a cell that runs longer than this many seconds (it is interrupted; the run is resumable, and "
+        "that cell runs again on resume). Default (or 0): no limit.",
     )(command)
 
 
@@ -128,10 +138,10 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
               help="Also restore the cells whose code and inputs match an execution of any completed run of this "
               "notebook (a rerun after a fix executes only what the fix reaches; a parameter sweep shares the "
               "cells that do not read the parameters).")
-@store_option
-@click.option("--cwd", type=click.Path(exists=True, file_okay=False),
+@notebook_store_option
+@click.option("--cwd", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Working directory of the kernel (default: the notebook's).")
-@click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
+@click.option("--kernel", default=None, metavar="NAME", help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @suspend_option
 @on_change_option
@@ -170,8 +180,9 @@ def run(notebook: Path, output: str | None, parameters: tuple[tuple[str, str], .
 @click.argument("run_id")
 @click.argument("output", required=False, type=click.Path(dir_okay=False))
 @store_option
-@click.option("--cwd", type=click.Path(exists=True, file_okay=False), help="Working directory of the kernel.")
-@click.option("--kernel", default=None, help="Kernel name (default: the notebook's kernelspec).")
+@click.option("--cwd", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Working directory of the kernel (default: the notebook's).")
+@click.option("--kernel", default=None, metavar="NAME", help="Kernel name (default: the notebook's kernelspec).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("--force", is_flag=True, help="Resume RUN_ID even though it was cancelled.")
 @suspend_option

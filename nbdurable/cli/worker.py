@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from nbdurable.cli.base import main, open_store, store_option
+from nbdurable.cli.base import AtLeast, main, open_store, store_option
 from nbdurable.cli.run import on_change_option, suspend_option
 from nbdurable.errors import OptionsError
 
@@ -51,9 +51,10 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
 @main.command("worker")
 @store_option
 @click.option("--once", is_flag=True, help="One pass: resume the runs due now, then exit.")
-@click.option("--poll", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
-              help="Seconds between passes.")
-@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N", help="Exit after resuming N runs.")
+@click.option("--poll", type=AtLeast(0.1), default=10.0, metavar="SECONDS",
+              help="Seconds between passes, at least 0.1 (default 10).")
+@click.option("--max-runs", type=AtLeast(1, integer=True), default=None, metavar="N",
+              help="Exit after resuming N runs (at least 1).")
 @suspend_option
 @on_change_option
 def worker(store: str | None, once: bool, poll: float, max_runs: int | None, suspend_after: float | None,

@@ -2,7 +2,8 @@
 
 The bundled ``demo.ipynb`` is a small pipeline (load, features, train, evaluate). The first run is
 killed with SIGKILL while the evaluation cell runs; the second run of the same notebook restores the
-finished cells from the store instead of executing them.
+finished cells from the store instead of executing them. Without ``--dir`` it runs in a temporary directory,
+removed at the end (``temporary_workdir``); the kernels use the ipc transport (``local_kernel_config``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from nbdurable.kernelspec import local_kernel_config
 from nbdurable.runtime.session import ENV_NOTEBOOK, ENV_STORE, NOTICE_METADATA_KEY
 
 DEMO_NOTEBOOK = Path(__file__).with_name("demo.ipynb")
@@ -43,6 +46,7 @@ class DemoReport:
     """Both runs of the demo."""
 
     workdir: Path
+    kept: bool = True  # False: workdir was a temporary directory, removed after the demo
     first: list[CellReport] = field(default_factory=list)
     second: list[CellReport] = field(default_factory=list)
     first_seconds: float = 0.0
@@ -96,6 +100,7 @@ def _execute(path: Path, timer: _Timer) -> float:
         nb,
         timeout=600,
         kernel_name="python3",
+        config=local_kernel_config(),
         resources={"metadata": {"path": str(path.parent)}},
         on_cell_start=timer.on_start,
         on_cell_executed=timer.on_executed,
@@ -111,17 +116,47 @@ def _execute(path: Path, timer: _Timer) -> float:
     return time.perf_counter() - started
 
 
-def run_demo(workdir: Path | None = None, *, echo: Callable[[str], None] = print) -> DemoReport:
-    """Run the demo in ``workdir`` (a new temporary directory by default)."""
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="nbdurable-demo-"))
+@contextmanager
+def temporary_workdir(workdir: Path | None) -> Iterator[Path]:
+    """``workdir`` as given (kept), else a new temporary directory removed on the way out."""
+    if workdir is not None:
+        yield Path(workdir)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="nbdurable-demo-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` (the kernels inherit them), the previous values back afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_demo(workdir: Path, *, echo: Callable[[str], None] = print, kept: bool = True) -> DemoReport:
+    """Run the demo in ``workdir`` (``kept``: the caller keeps it; else it is a temporary directory)."""
     workdir.mkdir(parents=True, exist_ok=True)
     notebook = workdir / "demo.ipynb"
     shutil.copyfile(DEMO_NOTEBOOK, notebook)
     nb = nbformat.read(notebook, as_version=4)
     kill_index = next(i for i, c in enumerate(nb.cells) if KILL_CELL_MARKER in c.source)
-    os.environ[ENV_NOTEBOOK] = str(notebook.resolve())
-    os.environ[ENV_STORE] = str(workdir / ".nbdurable")
-    report = DemoReport(workdir)
+    with _environment({ENV_NOTEBOOK: str(notebook.resolve()), ENV_STORE: str(workdir / ".nbdurable")}):
+        return _both_runs(notebook, kill_index, DemoReport(workdir, kept=kept), echo)
+
+
+def _both_runs(notebook: Path, kill_index: int, report: DemoReport, echo: Callable[[str], None]) -> DemoReport:
+    workdir = report.workdir
     echo(f"nbdurable demo in {workdir}\n\n"
          f"Run 1: executing {notebook.name}; the kernel is killed during cell {kill_index}.")
     first = _Timer(echo, kill_index, kill_after=1.0)
@@ -139,11 +174,14 @@ def summarize(report: DemoReport) -> str:
     restored = [r for r in report.second if r.how == "restored"]
     executed = [r for r in report.second if r.how == "executed"]
     original = sum(r.seconds for r in report.first if r.index in {x.index for x in restored})
+    store = report.workdir / ".nbdurable"
     return (
         f"\nResumed: {len(restored)} cells restored in {sum(r.seconds for r in restored):.2f} s "
         f"(they took {original:.2f} s to compute), {len(executed)} executed.\n"
         f"Run 1 took {report.first_seconds:.1f} s before the kill; run 2 took {report.second_seconds:.1f} s, "
         f"kernel start included.\n"
-        f"Output notebook: {report.workdir / 'demo.out.ipynb'}\n"
-        f"History: NBDURABLE_STORE={report.workdir / '.nbdurable'} nbdurable runs"
+        + (f"Output notebook: {report.workdir / 'demo.out.ipynb'}\n"
+           f"Store: {store}  (`nbdurable runs --store {store}` lists both runs)" if report.kept else
+           f"Store: {store}, in the demo's temporary directory, removed with it "
+           "(`nbdurable demo --dir DIR` keeps the notebook, its output and the store)")
     )

@@ -100,3 +100,9 @@ def compensate_in_kernel(client: Any, code: str) -> None:
         client.wait_for_reply(client.kc.execute(code, silent=True), timeout=COMPENSATE_TIMEOUT_S)
     except Exception:  # a dead or unresponsive kernel: the run is cancelled all the same
         pass
+
+
+def kernel_ids(client: Any) -> tuple[int | None, int | None]:
+    """A runner's kernel's pid and process group (what the watcher signals); (None, None) before it starts."""
+    provisioner = getattr(getattr(client, "km", None), "provisioner", None)
+    return getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)

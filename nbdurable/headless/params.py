@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import keyword
+import logging
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,13 +61,22 @@ def _is_name(name: object) -> bool:
 
 
 def load_notebook(path: Path, params: dict[str, Any], kernel_name: str | None) -> nbformat.NotebookNode:
-    """Read a notebook and inject the parameters (papermill's rules, so papermill users get the same cells)."""
+    """Read a notebook and inject the parameters (papermill's rules, so papermill users get the same cells).
+
+    A file that is no notebook is one OptionsError (papermill's loader would also warn, with its own source
+    path, about a name not ending in .ipynb). Parameters for a notebook without a cell tagged ``parameters``
+    are injected as papermill injects them, in a new first cell, with a warning of ours on stderr instead of
+    papermill's bare log line: a cell of the notebook that assigns the same name later overrides them."""
     try:
-        nb = load_notebook_node(str(path))  # papermill's loader: the metadata its parameterizer expects
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The specified file", UserWarning)  # the error below says more
+            nb = load_notebook_node(str(path))  # papermill's loader: the metadata its parameterizer expects
     except FileNotFoundError:
         raise OptionsError(f"no notebook at {path}", hint="check the path") from None
     except Exception as exc:  # nbformat raises many kinds for a file that is not a notebook
-        raise OptionsError(f"{path} is not a readable notebook: {exc}", hint="open it in Jupyter to check it") from exc
+        raise OptionsError(f"{path} is not a Jupyter notebook: {_unreadable(exc)}",
+                           hint="pass an .ipynb file (a Markdown or script notebook converts with "
+                           "`jupytext --to ipynb FILE`)") from exc
     if params:
         # A notebook that names no kernel (written by a script) runs on python3, as nbclient would run it.
         language = None
@@ -73,8 +85,36 @@ def load_notebook(path: Path, params: dict[str, Any], kernel_name: str | None) -
         if (not (nb.metadata.get("kernelspec") or {}).get("language")
                 and not (nb.metadata.get("language_info") or {}).get("name")):
             language = "python"
-        nb = parameterize_notebook(nb, params, kernel_name=kernel_name, language=language)
+        if not any(PARAMETERS_TAG in (cell.get("metadata", {}).get("tags") or []) for cell in nb.cells):
+            print(no_parameters_cell(path, params), file=sys.stderr)
+        papermill_log = logging.getLogger("papermill")
+        quiet = papermill_log.disabled
+        papermill_log.disabled = True  # its "does not contain a cell with tag 'parameters'": ours says more
+        try:
+            nb = parameterize_notebook(nb, params, kernel_name=kernel_name, language=language)
+        finally:
+            papermill_log.disabled = quiet
     return cast(nbformat.NotebookNode, nb)
+
+
+PARAMETERS_TAG = "parameters"  # the tag of the cell papermill injects parameters after
+
+
+def no_parameters_cell(path: Path, params: dict[str, Any]) -> str:
+    """The warning for parameters given to a notebook that has no cell tagged ``parameters``."""
+    names = ", ".join(f"-p {name}" for name in params)
+    return (f"Warning: {path} has no cell tagged `parameters`: {names} went into a new first cell, as papermill "
+            "does, so a cell of the notebook that assigns the same name overrides it.\n"
+            "  What to do: tag the cell that sets the defaults `parameters` (JupyterLab: the property inspector's "
+            "Cell Tags); parameters are then injected right after it.")
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why nbformat could not read a file, in a few words (its message quotes the start of the file)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "does not appear to be JSON" in text or isinstance(exc, ValueError) and "JSON" in text:
+        return "it is not JSON (an .ipynb file is)"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 DEFAULT_KERNEL = "python3"

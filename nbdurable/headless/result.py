@@ -144,3 +144,14 @@ def take_notices(cell: Any) -> dict[str, Any]:
             found = dict(notice)
     cell.outputs = kept
     return found
+
+
+ALREADY_LOADED = "The nbdurable extension is already loaded."  # IPython's %load_ext, the extension loaded by --ext
+
+
+def without_load_ext_echo(outputs: list[Any]) -> list[Any]:
+    """A cell's outputs without IPython's "already loaded, use %reload_ext" lines: the runner's kernel loads
+    the extension at start (``--ext nbdurable``), so the notebook's own ``%load_ext nbdurable`` always gets
+    them, and they are no output of the notebook (a Jupyter kernel that loads it once shows none)."""
+    return [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stdout"
+                                       and "".join(o.get("text", "")).startswith(ALREADY_LOADED))]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import logging
 import math
 import os
 import time
@@ -28,7 +29,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from nbdurable.errors import NbdurableError, OptionsError
-from nbdurable.headless.cancel import CancelWatcher, compensate_in_kernel, describe_cancel
+from nbdurable.headless.cancel import CancelWatcher, compensate_in_kernel, describe_cancel, kernel_ids
 from nbdurable.headless.result import (
     RunResult,
     describe_exception,
@@ -39,7 +40,9 @@ from nbdurable.headless.result import (
     is_clean_exit,
     notice_of,
     take_notices,
+    without_load_ext_echo,
 )
+from nbdurable.kernelspec import local_kernel_config
 from nbdurable.runtime.cells import classify
 from nbdurable.runtime.changes import apply_policy
 from nbdurable.runtime.checkpoint import load_outputs
@@ -61,6 +64,11 @@ from nbdurable.runtime.session import (
 )
 from nbdurable.store import Store
 
+# nbclient's log, minus its "Kernel died while waiting for execute reply" (the runner reports a dead kernel itself,
+# once; under papermill that line broke into the progress bar before ours)
+NBCLIENT_LOG = logging.getLogger("nbdurable.headless.nbclient")
+NBCLIENT_LOG.addFilter(lambda record: not record.getMessage().startswith("Kernel died while waiting"))
+NBCLIENT_LOG.addHandler(logging.NullHandler())  # as traitlets' logger: shown where logging is set up (papermill)
 INTERRUPT_WAIT_SECONDS = 5.0  # a timed-out cell, interrupted: how long its reply is waited for
 SETTLE_SECONDS = 5.0  # at the end, how long a run still live (its kernel shutting down) is waited for
 
@@ -183,6 +191,8 @@ class HeadlessRunner:
             startup_timeout=math.ceil(self.start_timeout),
             resources={"metadata": {"path": str(self.cwd)}},
             extra_arguments=["--ext", "nbdurable"],
+            config=local_kernel_config(),
+            log=NBCLIENT_LOG,
             on_cell_start=self._on_cell_start,
             on_cell_executed=self._on_cell_executed,
         )
@@ -202,8 +212,8 @@ class HeadlessRunner:
             env[ENV_TIME_SKIP] = "1"
         self._client = client
         self._watcher = CancelWatcher(self.store, run_id=self._find_run_id, resumed_from=self.result.resumed_from,
-                                      since=self._started_wall, kernel=self._kernel_ids, grace=cancel_grace(),
-                                      busy=lambda: self._running is not None)
+                                      since=self._started_wall, kernel=lambda: kernel_ids(self._client),
+                                      grace=cancel_grace(), busy=lambda: self._running is not None)
         try:
             self._watcher.start()
             self._run_client(client, env)
@@ -308,11 +318,6 @@ class HeadlessRunner:
             by, error = "cancelled", describe_cancel(self._watcher.request)
         self.result.stopped_by, self.result.error = by, error
         self.result.status = "crashed" if by in ("kernel_died", "kernel_start") else "failed"
-
-    def _kernel_ids(self) -> tuple[int | None, int | None]:
-        """The kernel's pid and process group (what the cancel watcher signals)."""
-        provisioner = getattr(self._client.km, "provisioner", None) if self._client is not None else None
-        return getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)
 
     def _settle_cancel(self) -> None:
         """A cancelled run ends ``cancelled``: its kernel finished it so when it could; a kernel killed after
@@ -528,6 +533,7 @@ class HeadlessRunner:
             self.result.exited_at = cell_index
         elif cell.source.lstrip().startswith(("%durable", "%load_ext nbdurable", "%reload_ext nbdurable")):
             how = "control"
+            cell.outputs = without_load_ext_echo(cell.outputs)
         else:
             how = "executed" if ok else "failed"
             self.result.executed += int(ok)

@@ -249,7 +249,7 @@ class Durable(Configurable):
                 what += (" and " if what else "") + f"{len(self.plan.reused)} of completed runs (reuse)"
             print(f"nbdurable: resuming {what}: a cell is restored instead of executed when its code and what "
                   "it reads match a recorded execution (`%durable plan` tells which; `%durable new` starts over).",
-                  file=sys.stderr)
+                  file=sys.stdout)  # information, not a warning: JupyterLab shows stderr in red
         return run_id
 
     def set_reuse(self, on: bool) -> None:

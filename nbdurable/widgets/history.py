@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import PurePath
 from typing import Any
 
 import anywidget
@@ -100,6 +101,9 @@ def _param_value(text: str, term: str) -> Any:
     try:
         value = json.loads(text)
     except ValueError:
+        if text[0] in "<>=!":  # markup>>1, lr=<3: a mistyped operator, not a text to compare with
+            raise OptionsError(f"bad parameter filter {term!r}: the value {text!r} starts with an operator",
+                               hint=_PARAMS_HINT + "; quote a text that starts with one: name='>1'") from None
         return text  # bare text: opt=adam
     if isinstance(value, float) and not math.isfinite(value):
         return text  # json reads NaN and Infinity; as a filter they are words
@@ -228,7 +232,22 @@ def run_row(row: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         params = {}
     out["params"] = params if isinstance(params, dict) else {}
+    out["notebook_label"] = notebook_label(out.get("notebook"))
     return out
+
+
+def notebook_label(notebook: Any) -> str | None:
+    """A notebook as the runs table shows it (the full path is its tooltip): relative to the working directory
+    when it lies below it, else its file name; a name stays a name."""
+    if not isinstance(notebook, str) or not notebook:
+        return None
+    path = PurePath(notebook)
+    if not path.is_absolute():
+        return notebook
+    try:
+        return str(path.relative_to(os.getcwd()))
+    except ValueError:
+        return path.name or notebook
 
 
 def error_text(exc: BaseException) -> str:

@@ -68,6 +68,17 @@ const nbdHistoryWidget = (() => {
     return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
   }
 
+  function fmtTimeShort(t) {  // the runs table: "12-06 17:52" this year, the date alone before (title: in full)
+    const full = fmtTime(t);
+    if (full === "—") return full;
+    return full.slice(0, 4) === String(new Date().getFullYear()) ? full.slice(5, 16) : full.slice(0, 10);
+  }
+
+  function shortRunId(runId) {  // the random tail of a run id (its head is the start time, a column of its own)
+    const tail = String(runId || "").split("-").pop();
+    return tail && tail.length >= 4 && tail !== runId ? tail : String(runId || "");
+  }
+
   function fmtValue(v) {
     if (v === undefined) return "—";
     return typeof v === "string" ? v : JSON.stringify(v);
@@ -192,9 +203,11 @@ const nbdHistoryWidget = (() => {
     const tbody = h("tbody");
     const table = h("table", { class: "nbd-runs" },
       h("thead", {}, h("tr", {},
-        h("th", { title: "Tick two runs to compare them", text: "⇄" }), h("th", { text: "run" }), h("th", { text: "notebook" }),
-        h("th", { text: "status" }), h("th", { text: "started" }), h("th", { class: "nbd-num", text: "duration" }),
-        h("th", { text: "steps" }), h("th", { class: "nbd-num", text: "saved" }), h("th", { text: "parameters" }))),
+        h("th", { title: "Tick two runs to compare them", text: "⇄" }),
+        h("th", { title: "The run (its id in the tooltip), its status and when it started", text: "run" }),
+        h("th", { text: "notebook" }), h("th", { class: "nbd-num", title: "How long it ran; the time restores saved",
+          text: "duration" }),
+        h("th", { text: "steps" }), h("th", { text: "parameters" }))),
       tbody);
     const compareSlot = h("div", { class: "nbd-history-compare-slot" });
     const graphPanel = h("div", { class: "nbd-history-graph" });
@@ -280,13 +293,13 @@ const nbdHistoryWidget = (() => {
       save({ selected_run: runId, selected_node: "" });
     }
 
-    function stepsText(run) {
-      const parts = [`${run.steps_total ?? 0}`];
+    function stepsCell(run) {  // the total, and below it how many ran, were restored, failed
       const detail = [];
       if (run.steps_executed) detail.push(`${run.steps_executed} ran`);
       if (run.steps_restored) detail.push(`${run.steps_restored} restored`);
       if (run.steps_failed) detail.push(`${run.steps_failed} failed`);
-      return detail.length ? `${parts[0]} (${detail.join(", ")})` : parts[0];
+      return h("td", { class: "nbd-wrap nbd-steps-cell" }, String(run.steps_total ?? 0),
+        detail.length ? h("div", { class: "nbd-sub", text: detail.join(" · ") }) : null);
     }
 
     function runRow(run, picked, selected) {
@@ -299,14 +312,15 @@ const nbdHistoryWidget = (() => {
       const tr = h("tr", { class: "nbd-run" + (isSelected ? " nbd-selected" : ""), "data-run-id": run.run_id,
         "data-status": run.status || "", tabindex: 0, "aria-selected": String(isSelected) },
         h("td", {}, pick),
-        h("td", { class: "nbd-mono", title: run.run_id, text: run.run_id }),
-        h("td", { title: run.notebook_path || "", text: run.notebook || "—" }),
-        h("td", {}, badge(run.status)),
-        h("td", { text: fmtTime(run.started_at) }),
-        h("td", { class: "nbd-num", text: fmtDuration(run.duration_s) }),
-        h("td", { text: stepsText(run) }),
-        h("td", { class: "nbd-num", text: run.time_saved_s ? fmtDuration(run.time_saved_s) : "—" }),
-        h("td", { class: "nbd-mono nbd-params-cell", title: params, text: params || "—" }));
+        h("td", { class: "nbd-run-cell" }, h("span", { class: "nbd-mono", title: run.run_id, text: shortRunId(run.run_id) }),
+          " ", badge(run.status),
+          h("div", { class: "nbd-sub", title: `started ${fmtTime(run.started_at)}`, text: fmtTimeShort(run.started_at) })),
+        h("td", { class: "nbd-wrap nbd-notebook-cell", title: run.notebook_path || run.notebook || "",
+          text: run.notebook_label || run.notebook || "—" }),
+        h("td", { class: "nbd-num" }, fmtDuration(run.duration_s),
+          run.time_saved_s ? h("div", { class: "nbd-sub", text: `saved ${fmtDuration(run.time_saved_s)}` }) : null),
+        stepsCell(run),
+        h("td", { class: "nbd-wrap nbd-mono nbd-params-cell", text: params || "—" }));
       tr.addEventListener("click", () => select(run.run_id));
       tr.addEventListener("keydown", (e) => {
         if (e.target !== tr) return;
@@ -322,7 +336,7 @@ const nbdHistoryWidget = (() => {
       const picked = model.get("compare") || [];
       const selected = model.get("selected_run") || "";
       tbody.replaceChildren(...runs.map((run) => runRow(run, picked, selected)));
-      if (!runs.length) tbody.append(h("tr", { class: "nbd-empty" }, h("td", { colspan: 9, text: "No runs match these filters." })));
+      if (!runs.length) tbody.append(h("tr", { class: "nbd-empty" }, h("td", { colspan: 6, text: "No runs match these filters." })));
       const total = model.get("total") || 0;
       const refreshed = model.get("refreshed_at");
       count.textContent = (total > runs.length
@@ -427,7 +441,7 @@ const nbdHistoryWidget = (() => {
     function durationBars(row, max) {
       const bar = (which, side) => {
         if (!side) return h("div", { class: "nbd-dbar-row" }, missing(`${which}: —`));
-        const width = Math.max(1, Math.round(((side.duration_s || 0) / max) * 120));
+        const width = Math.max(1, Math.round(((side.duration_s || 0) / max) * 80));
         const div = h("div", { class: `nbd-dbar nbd-${which}`, title: `${which}: ${fmtDuration(side.duration_s)}` });
         div.style.width = `${width}px`;
         return h("div", { class: "nbd-dbar-row" }, div, h("span", { text: fmtDuration(side.duration_s) }));
@@ -491,17 +505,18 @@ const nbdHistoryWidget = (() => {
       const max = Math.max(1e-6, ...steps.flatMap((r) => [(r.a && r.a.duration_s) || 0, (r.b && r.b.duration_s) || 0]));
       panel.append(h("table", { class: "nbd-compare-steps" },
         h("thead", {}, h("tr", {},
-          h("th", { text: "a #" }), h("th", { text: "b #" }), h("th", { text: "step" }), h("th", { text: "status a" }),
-          h("th", { text: "status b" }), h("th", { text: "duration" }), h("th", { class: "nbd-num", text: "Δ" }), h("th", { text: "difference" }))),
+          h("th", { title: "The step's number in run a / in run b", text: "#" }), h("th", { text: "step" }),
+          h("th", { title: "In run a, then in run b", text: "status" }), h("th", { text: "duration" }),
+          h("th", { class: "nbd-num", text: "Δ" }), h("th", { text: "difference" }))),
         h("tbody", {}, steps.map((row) => {
           const side = row.b || row.a || {};
           return h("tr", { class: "nbd-step-diff", "data-differs": String(row.differs), "data-change": row.change,
             "data-a-ordinal": row.a ? row.a.ordinal : null, "data-b-ordinal": row.b ? row.b.ordinal : null },
-            h("td", { class: "nbd-num" }, row.a ? String(row.a.ordinal) : missing()),
-            h("td", { class: "nbd-num" }, row.b ? String(row.b.ordinal) : missing()),
+            h("td", { class: "nbd-num" }, row.a ? String(row.a.ordinal) : missing(), " / ",
+              row.b ? String(row.b.ordinal) : missing()),
             h("td", { class: "nbd-mono", title: side.source || "", text: row.label }),
-            h("td", {}, row.a ? badge(row.a.status) : missing()),
-            h("td", {}, row.b ? badge(row.b.status) : missing()),
+            h("td", { class: "nbd-statuses" }, row.a ? badge(row.a.status) : missing(), h("br"),
+              row.b ? badge(row.b.status) : missing()),
             h("td", {}, durationBars(row, max)),
             h("td", { class: "nbd-num", text: fmtDelta(row.duration_delta_s) }),
             h("td", { class: "nbd-reasons" }, (row.reasons || []).join("; ") || missing("same"),
