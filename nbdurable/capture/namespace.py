@@ -217,7 +217,7 @@ class NamespaceTracker:
                     self._cell_objs[change.obj_id] = (change.instance or "", s.key, self.namespace[name])
                 if change.op == "set" and name in self.bindings and change.obj_id == self.bindings[name].obj_id:
                     self._propagate_mutation(change, changes)
-        return list(changes.values())
+        return [changes[name] for name in sorted(changes)]  # recorded (and restored) in name order, as ever
 
     def _mutual_groups(self, reaches: dict[str, set[int]], no_state: bool) -> dict[str, tuple[str, ...]]:
         """Variables whose objects reach each other (a figure and its axes, two lists holding each other):
