@@ -192,3 +192,46 @@ def test_a_cancelled_headless_run_undoes_its_completed_steps_once(tmp_path: Path
     records = journal_records(tmp_path / ".nbdurable")
     assert [name for name, _ in _compensation_steps(records)] == ["compensate:reserve", "compensate:reserve"]
     assert [r for r in records if r["t"] == "run_end"][-1]["status"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_a_cancelled_suspended_run_undoes_its_steps_in_a_new_kernel_once(tmp_path: Path) -> None:
+    """A suspended run has no kernel: `nbdurable cancel` starts one that restores the run's state, runs the
+    compensations (newest first, once), and ends the resuming run cancelled; a second cancel runs nothing."""
+    path = _notebook(tmp_path, "flight = reserve('flight')", "hotel = reserve('hotel', qty=2)",
+                     "nbd.sleep('1h')", "print('never')")
+    first = run_cli("run", path.name, "out.ipynb", "--suspend-after", "0", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 3, first.output
+    store = Store.open(tmp_path / ".nbdurable", create=False)
+    [suspended] = store.run_ids()
+    cancelled = run_cli("cancel", suspended, "--reason", "trip called off", cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.output
+    assert "owes 2 compensation(s)" in cancelled.output and "all ran" in cancelled.output, cancelled.output
+    assert executions(tmp_path / "log.txt") == ["book-flight", "book-hotel", "undo-hotel-hotel#2-2",
+                                                "undo-flight-flight#1-1"]
+    resuming = [r for r in store.run_ids() if r != suspended]
+    assert len(resuming) == 1
+    ends = [r for r in journal_records(tmp_path / ".nbdurable" / "journals" / f"{resuming[0]}.jsonl", "run_end")]
+    assert ends[-1]["status"] == "cancelled" and ends[-1]["cancel"]["reason"] == "trip called off", ends
+    again = run_cli("cancel", suspended, cwd=tmp_path)
+    assert again.returncode == 0 and "owes" not in again.output, again.output
+    assert len(executions(tmp_path / "log.txt")) == 4  # nothing ran twice
+
+
+@pytest.mark.slow
+def test_a_run_whose_kernel_is_killed_by_a_cancel_undoes_its_steps_in_a_new_kernel(tmp_path: Path) -> None:
+    """A cell stuck in native code outlives the grace period: its kernel is killed, so `nbdurable run` has a new
+    kernel run the compensations before it exits 4."""
+    from test_cancel import STUCK_IN_C
+
+    from nbdurable.runtime.control import cancel_run
+
+    path = _notebook(tmp_path, "flight = reserve('flight')", STUCK_IN_C)
+    proc = start_run_until(tmp_path, path, env={"NBDURABLE_CANCEL_GRACE": "1"})
+    store = Store.open(tmp_path / ".nbdurable", create=False)
+    [run_id] = store.run_ids()
+    cancel_run(store, run_id, reason="stuck", by="test")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 4, out + err
+    assert "owes 1 compensation(s)" in err and "all ran" in err, err
+    assert executions(tmp_path / "log.txt") == ["book-flight", "undo-flight-flight#1-1"]

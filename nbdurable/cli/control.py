@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -34,7 +35,28 @@ def cancel(run_id: str, reason: str | None, wait: float, store: str | None) -> N
     opened = open_store(store)
     outcome = cancel_run(opened, resolve_run(opened, run_id), reason=reason, wait=wait)
     click.echo(outcome.describe())
+    if outcome.status == "cancelled":  # undos no kernel ran (a suspended run, a killed kernel) run now
+        compensate_report(opened, outcome.run_id, outcome.request)
     if outcome.status != "cancelled":
         click.echo("The request stands: the run ends cancelled when its process next checks (a headless run "
                    "within its grace period, an interactive one at its next cell).", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def compensate_report(store: Any, run_id: str, request: dict[str, Any]) -> None:
+    """Run the compensations a run cancelled without a kernel still owes (``headless/compensate.py``) and
+    say so; nothing when it owes none."""
+    from nbdurable.headless.compensate import compensate_cancelled
+    from nbdurable.runtime.compensation import pending
+    from nbdurable.runtime.control import chain_head
+
+    run_id = chain_head(store, run_id)  # a run that already ran some of them resumed it
+    owed = len(pending(store, run_id))
+    if not owed:
+        return
+    click.echo(f"nbdurable: run {run_id} owes {owed} compensation(s): running them in a new kernel …", err=True)
+    result = compensate_cancelled(store, run_id, request)
+    left = len(pending(store, chain_head(store, run_id)))
+    done = "all ran" if not left else f"{left} still owed (`nbdurable cancel {run_id}` runs them again)"
+    click.echo(f"nbdurable: compensations of run {run_id}: {done}"
+               + (f" (run {result.run_id}, cancelled)" if result is not None and result.run_id else ""), err=True)

@@ -20,6 +20,7 @@ from nbdurable.cli.base import (
     resolve_run,
     store_option,
 )
+from nbdurable.cli.control import compensate_report
 from nbdurable.errors import OptionsError, RunNotFoundError
 from nbdurable.runtime.session import resolve_store_path
 
@@ -118,6 +119,8 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
     if result.status == "cancelled":
         click.echo(f"Cancelled{at}: {result.error or 'cancelled'}. The run is over for good "
                    f"(`nbdurable resume {result.run_id} --force` would go on from there).", err=True)
+        if result.run_id is not None and result.cancel:  # its kernel was killed: the undos run in a new one
+            compensate_report(runner.store, result.run_id, result.cancel)
         sys.exit(EXIT_CANCELLED)
     if result.interrupted:
         click.echo(f"Interrupted{at}. Run the same command again to resume from there.", err=True)

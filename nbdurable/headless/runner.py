@@ -95,6 +95,8 @@ class _Client(NotebookClient):
 class HeadlessRunner:
     """Executes one (already parameterized) notebook durably."""
 
+    restore_only = False  # a subclass that only brings a run's state back (restores, executes nothing)
+
     def __init__(
         self,
         nb: nbformat.NotebookNode,
@@ -248,7 +250,8 @@ class HeadlessRunner:
                 try:
                     self._run_cells(client)
                 except (_Cancelled, CellExecutionError):
-                    self._compensate_cancelled(client)
+                    if self._watcher.request is not None:  # the stopped kernel undoes the run's completed steps
+                        compensate_in_kernel(client, f"{HANDLE_NAME}.compensate('cancelled')")
                     raise
         except _Cancelled:
             self._stopped("cancelled", "")
@@ -281,6 +284,8 @@ class HeadlessRunner:
             index += 1
             if not executes(cell):
                 continue
+            if self.restore_only:  # (``headless/compensate.py``) the run's state is back: what follows is its own
+                break
             if self._watcher.cancelled:  # (asked during a batch restore)
                 raise _Cancelled
             try:
@@ -294,10 +299,6 @@ class HeadlessRunner:
                 interrupt_kernel(client, INTERRUPT_WAIT_SECONDS)  # the cell runs on: stop it (step `interrupted`)
                 raise
         self._complete(client)
-
-    def _compensate_cancelled(self, client: NotebookClient) -> None:
-        if self._watcher.request is not None:
-            compensate_in_kernel(client, f"{HANDLE_NAME}.compensate('cancelled')")
 
     def _complete(self, client: NotebookClient) -> None:
         """Every cell ran, or one ended the notebook early: the run completed.
