@@ -235,3 +235,13 @@ def test_a_run_whose_kernel_is_killed_by_a_cancel_undoes_its_steps_in_a_new_kern
     assert proc.returncode == 4, out + err
     assert "owes 1 compensation(s)" in err and "all ran" in err, err
     assert executions(tmp_path / "log.txt") == ["book-flight", "undo-flight-flight#1-1"]
+
+
+def test_durable_cancel_in_a_session_undoes_its_steps_first(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    cells = [SAGA, "flight = reserve('flight')", "hotel = reserve('hotel', qty=2)", "%durable cancel --reason done"]
+    session = run_session(store, cells, workdir=tmp_path)
+    assert session.returncode == 0 and all(c["success"] for c in session.cells), session.stdout
+    assert "2 compensation(s) ran" in session.stdout, session.stdout
+    assert executions(tmp_path / "log.txt") == ["book-flight", "book-hotel", "undo-hotel-hotel#2-2",
+                                                "undo-flight-flight#1-1"]

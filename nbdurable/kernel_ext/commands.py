@@ -137,11 +137,13 @@ def cancel(ext: Durable, reason: str | None) -> str:
         raise OptionsError("%durable cancel: this session has no run to cancel (no cell recorded since it "
                            "started, or since its last run ended).",
                            hint="`nbdurable cancel RUN_ID` cancels another run (`%durable runs --all` lists them)")
+    undone = compensate(ext, "cancelled")  # the run's completed steps are undone first, newest first
     request = ext.store_obj.request_cancel(run.run_id, by=canceller(), reason=reason)
     _finish_cancelled(ext, request)
     why = f" ({reason})" if reason else ""
-    return (f"nbdurable: run {run.run_id} cancelled{why}: nothing resumes it. The next cell starts a new run; "
-            "nothing is restored from earlier runs.")
+    undid = f" {undone} compensation(s) ran." if undone else ""
+    return (f"nbdurable: run {run.run_id} cancelled{why}: nothing resumes it.{undid} The next cell starts a new "
+            "run; nothing is restored from earlier runs.")
 
 
 def end_if_cancelled(ext: Durable) -> None:
