@@ -127,3 +127,19 @@ def test_durable_resume_lists_the_changes_and_fails_on_request(tmp_path: Path) -
     assert "not resuming: the code changed" in session.stdout and "cell 1 edited" in session.stdout
     assert "Continuing (--on-change continue)" in session.stdout and "restored 2 step(s)" in session.stdout
     assert session.probes["y"] == "2"
+
+
+def test_a_session_loaded_on_an_edited_notebook_says_which_cells_changed(tmp_path: Path) -> None:
+    """The resume a session makes at `%load_ext` (the notebook's last run) lists the cells edited, inserted or
+    removed since that run recorded them, as `%durable resume` does; Run All then executes just those."""
+    store = tmp_path / "store"
+    path = tmp_path / "nb.ipynb"
+    first = ["x = 1", "y = x + 1", "z = 5"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in first]), path)
+    run_session(store, first, notebook=str(path))
+    edited = ["x = 2", "y = x + 1", "z = 5"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in edited]), path)
+    session = run_session(store, edited, notebook=str(path), probes={"y": "y"})
+    assert "the code changed under run" in session.stdout and "cell 1 edited" in session.stdout, session.stdout
+    assert "cells 1, 2 execute" in session.stdout, session.stdout
+    assert session.probes["y"] == "3" and session.stdout.count("restored from step") == 1

@@ -99,6 +99,26 @@ def _code_changed(ext: Durable, run_id: str, on_change: str) -> str | None:
     return apply_policy(ext.store_obj, run_id, notebook_sources(path), on_change, transform=ext.transform_bypassing)
 
 
+def announce_resume(ext: Durable, run_id: str | None) -> None:
+    """What a session loaded on a notebook with recorded executions says: the run it goes on from, and the
+    cells of the notebook's file changed since that run recorded them (they execute; the rule decides)."""
+    plan = ext.plan
+    if plan is None or not (plan.steps or plan.reused):
+        return
+    what = f"run {run_id}: {len(plan.steps)} recorded cell execution(s)" if run_id else ""
+    if plan.reused:
+        what += (" and " if what else "") + f"{len(plan.reused)} of completed runs (reuse)"
+    print(f"nbdurable: resuming {what}: a cell is restored instead of executed when its code and what it reads "
+          "match a recorded execution (`%durable plan` tells which; `%durable new` starts over).",
+          file=sys.stdout)  # information, not a warning: JupyterLab shows stderr in red
+    try:
+        changed = _code_changed(ext, run_id, "continue") if run_id else None
+    except NbdurableError:  # a notebook file that does not read: the session goes on, cell by cell
+        changed = None
+    if changed:
+        print(f"nbdurable: {changed}", file=sys.stdout)
+
+
 def plan_of_file(ext: Durable, notebook: str | None, *, quiet: bool = False) -> list[CellPlan]:
     """What Run All of the notebook file (``notebook``, else this notebook's own, as last saved) would do now,
     from this session's state. ``quiet``: an empty plan, not an error, when there is no such file."""

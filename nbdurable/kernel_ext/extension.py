@@ -243,13 +243,8 @@ class Durable(Configurable):
         if run_id is not None:
             self.arm(ReplayPlan.from_run(self.store_obj, run_id))
         self.set_reuse(self.reuse)
-        if announce and self.plan is not None and (self.plan.steps or self.plan.reused):
-            what = f"run {run_id}: {len(self.plan.steps)} recorded cell execution(s)" if run_id else ""
-            if self.plan.reused:
-                what += (" and " if what else "") + f"{len(self.plan.reused)} of completed runs (reuse)"
-            print(f"nbdurable: resuming {what}: a cell is restored instead of executed when its code and what "
-                  "it reads match a recorded execution (`%durable plan` tells which; `%durable new` starts over).",
-                  file=sys.stdout)  # information, not a warning: JupyterLab shows stderr in red
+        if announce:
+            commands.announce_resume(self, run_id)
         return run_id
 
     def set_reuse(self, on: bool) -> None:
