@@ -140,8 +140,9 @@ def sql(
         runs       one row per run: run_id, notebook, notebook_path, kind, params (JSON), status, started_at,
                    ended_at, pid, host, resumed_from, root_run, superseded_by, steps_total, steps_executed,
                    steps_restored, steps_failed, time_saved_s, duration_s, wake_at, waiting_for (JSON),
-                   cancelled_by, cancel_reason, cancel_requested_at (who cancelled the run, why, when)
-                   time_skipped (its times are a time-skipping clock's: ``nbd.testing``)
+                   cancelled_by, cancel_reason, cancel_requested_at (who cancelled the run, why, when),
+                   time_skipped (its times are a time-skipping clock's: ``nbd.testing``), forked_from,
+                   forked_at_cell (the run and cell whose state it started from: checkout, fork, rerun)
         steps      one row per step: run_id, ordinal, name, parent (the cell of an explicit step), source,
                    source_hash, status, started_at, ended_at, duration_s, always, no_state, restored_from_run,
                    restored_from_ordinal, error_ename, error_evalue, error_traceback

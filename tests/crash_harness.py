@@ -34,7 +34,7 @@ runs cached by notebook content). After every trial it checks:
 - every run's journal keeps the dataflow rule: ``helpers.dataflow_violations(records) == []`` (each restored
   step read exactly the versions its session held when it began).
 
-``tests/test_crash.py`` runs 20 trials in CI; the soak mode runs 500 and prints the figures (trials,
+``tests/test_crash.py`` runs 12 trials in CI; the soak mode runs 500 and prints the figures (trials,
 kills by target, edits by kind and how many came after a commit, records and restored steps checked,
 violations — which must be 0). A kill's moment is drawn from the launch of the run, so that start-up is hit
 too; on a loaded machine most kills then land before the first cell, and most edits change a notebook

@@ -255,7 +255,6 @@ class NamespaceTracker:
                     self._shared[binding.obj_id] = (binding.instance, binding.key, obj)
         return self._shared
 
-
     def _examine(
         self, name: str, *, assigned: bool, no_state: bool, by_instance: dict[str, Serialized], seen: dict[int, str]
     ) -> Change | None:
