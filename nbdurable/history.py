@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -291,6 +292,7 @@ def _create_vars(con: duckdb.DuckDBPyConnection, store: Store, run_id: str, name
     hint = (f"DataFrame variables of run {run_id}: {', '.join(f'vars.{n}' for n in queryable)}" if queryable
             else f"run {run_id} has no DataFrame variable stored as Parquet")
     wanted = {n.replace('""', '"') for n in named}
+    frame_refs = functools.cache(lambda: _frame_refs(store, run_id))  # the journal read once, if ever
     for name, (key, fmt) in frames.items():
         if fmt != "parquet":
             if name in wanted:
@@ -302,7 +304,7 @@ def _create_vars(con: duckdb.DuckDBPyConnection, store: Store, run_id: str, name
             continue
         view = f'vars."{name.replace(chr(34), chr(34) * 2)}"'
         path = store.object_path(str(key))
-        if not path.is_file() and (by_column := _frame_ref(store, run_id, name, str(key))) is not None:
+        if not path.is_file() and (by_column := frame_refs().get((name, str(key)))) is not None:
             con.execute(f"CREATE VIEW {view} AS {_columns_side_by_side(store, by_column)}")
         elif _is_plain_parquet(path):
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({quote_literal(str(path))})")
@@ -313,14 +315,15 @@ def _create_vars(con: duckdb.DuckDBPyConnection, store: Store, run_id: str, name
     return hint
 
 
-def _frame_ref(store: Store, run_id: str, name: str, key: str) -> dict[str, Any] | None:
-    """The ``frame`` of a DataFrame stored column by column (``runtime/frames.py``), else None."""
-    for record in reversed(store.read_journal(run_id)):
+def _frame_refs(store: Store, run_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(name, object key) -> the ``frame`` of each DataFrame the run stored column by column
+    (``runtime/frames.py``)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in store.read_journal(run_id):
         for ref in record.get("variables") or [] if record.get("t") == "step_end" else []:
-            if isinstance(ref, dict) and ref.get("name") == name and ref.get("object") == key:
-                frame = ref.get("frame")
-                return frame if isinstance(frame, dict) else None
-    return None
+            if isinstance(ref, dict) and isinstance(ref.get("frame"), dict):
+                found[(str(ref.get("name")), str(ref.get("object")))] = ref["frame"]
+    return found
 
 
 def _columns_side_by_side(store: Store, frame: dict[str, Any]) -> str:

@@ -55,6 +55,9 @@ from nbdurable.store import read_records
 
 CLI = [sys.executable, "-m", "nbdurable"]
 KILL = "import os; os.kill(os.getpid(), 9)"  # a cell that SIGKILLs its own process (shell or kernel)
+# A cell body that kills its kernel the first time it runs (a marker file remembers), and passes after.
+DIES_ONCE = ("import pathlib\nif not pathlib.Path('died-once').exists():\n"
+             "    pathlib.Path('died-once').touch()\n    " + KILL)
 
 
 # ----------------------------------------------------------------------------------------- environment

@@ -27,7 +27,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from helpers import KILL, clean_env, counting_cell, executions, journal_records, run_cli, start_cli
+from helpers import DIES_ONCE, KILL, clean_env, counting_cell, executions, journal_records, run_cli, start_cli
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # `nbdurable run` and papermill with real kernels
 
@@ -364,10 +364,8 @@ def test_help_and_readme_document_the_exit_codes_and_timeouts(tmp_path: Path) ->
 
 def test_papermill_kernel_death_is_one_papermill_error_and_the_same_command_resumes(tmp_path: Path) -> None:
     counter = tmp_path / "counter.txt"
-    dies = ("import pathlib\nif not pathlib.Path('died-once').exists():\n"
-            "    pathlib.Path('died-once').touch()\n    " + KILL)
-    nb = notebook(tmp_path / "nb.ipynb", "x = 1", counting_cell(counter, "one"), counting_cell(counter, "two", dies),
-                  counting_cell(counter, "three"))
+    nb = notebook(tmp_path / "nb.ipynb", "x = 1", counting_cell(counter, "one"),
+                  counting_cell(counter, "two", DIES_ONCE), counting_cell(counter, "three"))
     died = papermill(tmp_path, nb.name, "out.ipynb")
     assert died.returncode not in (0, 138), died.stderr
     last = died.stderr.strip().splitlines()[-1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import KILL, clean_env, counting_cell, executions
+from helpers import DIES_ONCE, KILL, clean_env, counting_cell, executions
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -101,10 +101,8 @@ def test_one_summary_line_of_what_executed_and_what_was_restored(tmp_path: Path)
 
 def test_kernel_death_is_one_error_line_exit_code_1_and_the_same_command_resumes(tmp_path: Path) -> None:
     counter = tmp_path / "counter.txt"
-    dies = ("import pathlib\nif not pathlib.Path('died-once').exists():\n"
-            "    pathlib.Path('died-once').touch()\n    " + KILL)
-    nb = notebook(tmp_path / "nb.ipynb", "x = 1", counting_cell(counter, "one"), counting_cell(counter, "two", dies),
-                  counting_cell(counter, "three"))
+    nb = notebook(tmp_path / "nb.ipynb", "x = 1", counting_cell(counter, "one"),
+                  counting_cell(counter, "two", DIES_ONCE), counting_cell(counter, "three"))
     died = papermill(tmp_path, nb.name, "out.ipynb")
     assert died.returncode == 1, died.stderr  # papermill's failure code, not its 138 for DeadKernelError
     assert "Traceback" not in died.stderr and "papermill.exceptions" not in died.stderr, died.stderr

@@ -133,6 +133,7 @@ class NamespaceTracker:
         self._shared: dict[int, tuple[str, str, Any]] | None = None  # this cell's, see ``_shared_map``
         self._cell_objs: dict[int, tuple[str, str, Any]] = {}  # objects this cell changed: (instance, key, obj)
         self._groups: dict[str, tuple[str, ...]] = {}  # this cell's groups of mutually reaching variables
+        self._cell_reach: dict[int, set[int]] = {}  # this cell's reach of each candidate's object, by identity
         self._group_cache: dict[tuple[str, ...], Serialized] = {}
         self._live: dict[tuple[str, str], Any] = {}  # (instance, key) -> object, for a check's trial load
         self._reach: dict[str, set[int]] = {}  # recorded name -> identities its object reaches (``reach.py``)
@@ -205,6 +206,7 @@ class NamespaceTracker:
         self._shared, self._cell_objs, self._live, self._group_cache = None, {}, {}, {}
         # What others contain or view is examined first, so their new keys are known when they are referenced.
         reaches = {n: reach(self.namespace[n]) if n in self.namespace else set() for n in stored | loaded}
+        self._cell_reach = {id(self.namespace[n]): r for n, r in reaches.items() if n in self.namespace}
         self._groups = self._mutual_groups(reaches, no_state)
         for name in sorted(stored | loaded, key=lambda n: (len(reaches[n]), n)):
             if self.ignored(name) or name in changes:
@@ -319,7 +321,7 @@ class NamespaceTracker:
     def _shared_for(self, obj: Any, instance: str) -> dict[int, tuple[str, str]] | None:
         """The other variables' objects ``obj`` reaches (its members, what it views), as references; None when
         it reaches nothing (an int, a plain array)."""
-        reached = reach(obj)
+        reached = self._cell_reach.get(id(obj)) or reach(obj)  # computed once a cell (compute_delta)
         if len(reached) <= 1:
             return None
         recorded, changed = self._shared_map(), self._cell_objs  # changed in this cell: their new keys

@@ -8,6 +8,8 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
+from nbdurable.headless.result import duration
+
 # Why a run ended, by status (the last word `runs` and `show` give on a run).
 ENDINGS = {
     "completed": "completed",
@@ -40,16 +42,7 @@ def when(value: Any) -> str:
 
 def seconds(value: Any) -> str:
     """A duration: ``850 ms``, ``2.0 s``, ``3 min 05 s``, ``1 h 02 min``; ``-`` when missing."""
-    if missing(value):
-        return "-"
-    s = float(value)
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+    return "-" if missing(value) else duration(float(value))
 
 
 def notebook(value: Any) -> str:

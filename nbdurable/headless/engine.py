@@ -31,7 +31,7 @@ from papermill.exceptions import PapermillException, PapermillExecutionError
 from papermill.log import logger
 
 from nbdurable.errors import SuspendedError
-from nbdurable.headless.result import RunResult, executes
+from nbdurable.headless.result import RunResult, duration, executes
 from nbdurable.headless.runner import HeadlessRunner
 from nbdurable.runtime.session import ENV_REUSE, NOTICE_METADATA_KEY, resolve_store_path
 
@@ -156,17 +156,6 @@ def _is_notice(output: Any) -> bool:
     return isinstance(meta, dict) and "notice" in meta
 
 
-def _seconds(value: float) -> str:
-    """A duration as ``nbdurable run`` shows it: ``850 ms``, ``2.0 s``, ``3 min 05 s``, ``1 h 02 min``."""
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.1f} s"
-    if value < 3600:
-        return f"{int(value // 60)} min {int(value % 60):02d} s"
-    return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
-
-
 def _summary(result: RunResult, store: Path) -> str:
     """The run in one line, as ``nbdurable run`` reports it."""
     resumed = f" (resumed run {result.resumed_from})" if result.resumed_from else ""
@@ -178,7 +167,7 @@ def _summary(result: RunResult, store: Path) -> str:
         where = str(store)
     where = str(store) if where.startswith("..") else where
     return (f"nbdurable: {result.status}: run {result.run_id}{resumed}: {result.executed} executed, "
-            f"{result.restored} restored (saved {_seconds(result.time_saved)}) in {_seconds(result.seconds)}"
+            f"{result.restored} restored (saved {duration(result.time_saved)}) in {duration(result.seconds)}"
             f"{exited}; store {where}")
 
 

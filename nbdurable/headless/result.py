@@ -155,3 +155,15 @@ def without_load_ext_echo(outputs: list[Any]) -> list[Any]:
     them, and they are no output of the notebook (a Jupyter kernel that loads it once shows none)."""
     return [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stdout"
                                        and "".join(o.get("text", "")).startswith(ALREADY_LOADED))]
+
+
+def duration(value: float) -> str:
+    """A duration as runs are reported (``nbdurable run``, ``show``, the papermill engine): ``850 ms``,
+    ``2.0 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60):02d} s"
+    return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
