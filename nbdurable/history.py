@@ -143,7 +143,8 @@ def sql(
                    steps_restored, steps_failed, time_saved_s, duration_s, wake_at, waiting_for (JSON),
                    cancelled_by, cancel_reason, cancel_requested_at (who cancelled the run, why, when),
                    time_skipped (its times are a time-skipping clock's: ``nbd.testing``), forked_from,
-                   forked_at_cell (the run and cell whose state it started from: checkout, fork, rerun)
+                   forked_at_cell (the run and cell whose state it started from: checkout, fork, rerun),
+                   origin (JSON: what started the run when no person did), schedule, trigger, parent_run
         steps      one row per step: run_id, ordinal, name, parent (the cell of an explicit step), source,
                    source_hash, status, started_at, ended_at, duration_s, always, no_state, restored_from_run,
                    restored_from_ordinal, error_ename, error_evalue, error_traceback

@@ -53,10 +53,12 @@ from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, pa
 from nbdurable.runtime.session import (
     ENV_KIND,
     ENV_NOTEBOOK,
+    ENV_ORIGIN,
     ENV_OUTPUT,
     ENV_PARAMS,
     ENV_RESUME,
     ENV_REUSE,
+    ENV_RUN_ID,
     ENV_STORE,
     ENV_SUSPEND_AFTER,
     HANDLE_NAME,
@@ -120,6 +122,8 @@ class HeadlessRunner:
         on_change: str = "continue",
         notify: Callable[[str], None] | None = None,
         fork: tuple[str, int] | None = None,
+        run_id: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> None:
         """``execution_timeout``: seconds a cell may run (nbclient's per-cell ``timeout``; None: no limit);
         ``start_timeout``: seconds the kernel may take to start. Callbacks: ``on_cell(index, meta)`` once a
@@ -129,7 +133,8 @@ class HeadlessRunner:
         added to the cell (None for other messages). ``on_change``: what a resume does when cells before its
         resumption point changed (``runtime/changes.py``: ``continue`` or ``fail``); ``notify(text)`` is told.
         ``fork=(run, k)``: a fork (``headless/fork.py``): the notebook's first k step cells are run ``run``'s
-        cells 1..k, checked out in one request, and every cell after them executes."""
+        cells 1..k, checked out in one request, and every cell after them executes. ``run_id``, ``origin``:
+        the id the run takes and what started it (a launcher's: ``headless/launch.py``)."""
         self.nb = nb
         self.notebook = str(notebook_path.resolve())
         self.store = Store.open(store_path)
@@ -140,23 +145,15 @@ class HeadlessRunner:
         self.output_path = output_path
         self.kernel_name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
         self.cwd = cwd or notebook_path.resolve().parent
-        self.fresh = fresh
+        self.fresh, self.resume_run, self.fork, self.run_id, self.origin = fresh, resume_run, fork, run_id, origin
         self.reuse = reuse  # also restore matching executions of the notebook's completed runs
-        self.resume_run = resume_run
-        self.fork = fork
-        self.autosave_seconds = autosave_seconds
-        self.suspend_after = suspend_after
-        self.start_timeout = start_timeout
+        self.autosave_seconds, self.suspend_after, self.start_timeout = autosave_seconds, suspend_after, start_timeout
         # 0: no limit, as in papermill; a whole number of seconds reads "after 2 seconds" in nbclient's error
         self.execution_timeout = (int(execution_timeout) if execution_timeout and float(execution_timeout).is_integer()
                                   else execution_timeout or None)
-        self.on_cell = on_cell
-        self.on_cell_start = on_cell_start
-        self.on_message = on_message
-        self.on_change, self.notify = on_change, notify
-        self.result = RunResult(status="running")
-        self._started_wall = time.time()
-        self._last_save = 0.0
+        self.on_cell, self.on_cell_start, self.on_message = on_cell, on_cell_start, on_message
+        self.on_change, self.notify, self.result = on_change, notify, RunResult(status="running")
+        self._started_wall, self._last_save = time.time(), 0.0
         self._cell_started: dict[int, float] = {}
         self._running: int | None = None  # the cell sent to the kernel and not done yet
         self._final_written = False  # the output notebook was written as completed, before the kernel was told
@@ -207,6 +204,8 @@ class HeadlessRunner:
             ENV_RESUME: self.result.resumed_from or "",
             ENV_REUSE: "1" if self.reuse else "",
             ENV_OUTPUT: str(self.output_path.resolve()) if self.output_path else "",
+            **({ENV_RUN_ID: self.run_id} if self.run_id else {}),
+            **({ENV_ORIGIN: json.dumps(self.origin, sort_keys=True)} if self.origin else {}),
         }
         if self.suspend_after is not None:
             env[ENV_SUSPEND_AFTER] = str(self.suspend_after)
@@ -569,7 +568,9 @@ class HeadlessRunner:
     # ----- results ------------------------------------------------------------------------
 
     def _find_run_id(self) -> str | None:
-        """The run this execution recorded: the newest journal of this notebook since we started."""
+        """The run this execution recorded: its chosen id, or the newest journal of this notebook since we started."""
+        if self.run_id:
+            return self.run_id if self.store.journal_exists(self.run_id) else None
         for run_id in reversed(self.store.run_ids()):
             head = self.store.journal_head(run_id) or {}
             if head.get("ts", 0) < self._started_wall - 1.0:  # older than this execution: not ours

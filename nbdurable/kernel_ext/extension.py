@@ -47,13 +47,14 @@ from nbdurable.runtime.dataflow import Inputs, choose
 from nbdurable.runtime.events import EventBus
 from nbdurable.runtime.identity import detect_notebook, notebook_identity
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, find_resumable
-from nbdurable.runtime.run import DurableRun, StepHandle
+from nbdurable.runtime.run import DurableRun, StepHandle, launch_origin
 from nbdurable.runtime.session import (
     ENV_KIND,
     ENV_OUTPUT,
     ENV_PARAMS,
     ENV_RESUME,
     ENV_REUSE,
+    ENV_RUN_ID,
     ENV_SUSPEND_AFTER,
     HANDLE_NAME,
 )
@@ -284,6 +285,8 @@ class Durable(Configurable):
                 inline_max=self.inline_max_bytes,
                 forked_from=self.fork[0] if self.fork else None,
                 forked_at_cell=self.fork[1] if self.fork else None,
+                run_id=os.environ.pop(ENV_RUN_ID, "") or None,  # a launcher's id names this session's first run
+                origin=launch_origin(self.store_obj, self.plan.run_id if self.plan else None),
             )
             self.tracker.instance_prefix = f"{self.run.run_id}:"
             if self.checked_out:

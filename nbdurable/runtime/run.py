@@ -12,6 +12,7 @@ The runtime knows nothing of IPython: the kernel extension and the headless engi
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import secrets
@@ -32,6 +33,7 @@ from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.control import pending_cancel
 from nbdurable.runtime.events import EventBus, RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep, chain_scope
+from nbdurable.runtime.session import ENV_ORIGIN
 from nbdurable.store import Store
 from nbdurable.store.records import (
     StepStatus,
@@ -101,6 +103,20 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def launch_origin(store: Store, resumed_from: str | None) -> dict[str, Any] | None:
+    """What started the run about to begin: a launcher's ``NBDURABLE_ORIGIN`` (JSON), else the origin of the
+    run it resumes (a resume carries its chain's origin), else None (a person did)."""
+    text = os.environ.get(ENV_ORIGIN)
+    if text:
+        try:
+            origin = json.loads(text)
+        except ValueError:
+            origin = None
+        return origin if isinstance(origin, dict) else None
+    head = (store.journal_head(resumed_from) or {}) if resumed_from else {}
+    return head.get("origin") if isinstance(head.get("origin"), dict) else None
+
+
 class DurableRun:
     """Records one run of a notebook into a store. Not thread-safe: one executing thread drives it."""
 
@@ -119,9 +135,14 @@ class DurableRun:
         inline_max: int = DEFAULT_INLINE_MAX,
         forked_from: str | None = None,
         forked_at_cell: int | None = None,
+        run_id: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> None:
+        """``run_id``: an id chosen before the run started (a launcher's), else a new one; ``origin``: what
+        started the run (``records.run_record``)."""
         self.store = store
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()
+        self.origin = dict(origin or {})
         self.notebook = notebook
         self.resumed_from = resumed_from
         self.forked_from, self.forked_at_cell = forked_from, forked_at_cell
@@ -149,6 +170,7 @@ class DurableRun:
             time_skipped=is_skipping(),
             forked_from=forked_from,
             forked_at_cell=forked_at_cell,
+            origin=self.origin,
         )
         self._time_skipped = is_skipping()
         self._journal.append(record, sync=True)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreFormatError
 from . import records
+from .claims import ClaimsMixin
 from .control import ControlMixin
 from .crypto import encryption_key
 from .events import EventsMixin
@@ -38,13 +39,13 @@ from .objects import ObjectsMixin
 if TYPE_CHECKING:
     from .catalog import Catalog
 
-_SUBDIRS = ("journals", "objects", "leases", "tmp", "events", "control")
+_SUBDIRS = ("journals", "objects", "leases", "tmp", "events", "control", "claims")
 _REOPENED_SUFFIX = ".reopened"  # = catalog.REOPENED_SUFFIX (the catalog imports duckdb: not imported here)
 _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
 
-class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin):
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin):
     """A store directory. Create or open one with ``Store.open(path)``."""
 
     FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums

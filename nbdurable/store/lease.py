@@ -189,6 +189,38 @@ def _held_error(run_id: str, info: dict[str, Any] | None) -> LeaseHeldError:
     )
 
 
+def acquire_lease_file(path: pathlib.Path, run_id: str) -> Lease:
+    """Take the lease kept in ``path`` (a run's, or a claim's: ``store/claims.py``) for this process's life;
+    LeaseHeldError if a live process (this one included) holds it. ``run_id`` names it in errors."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the lease file {path}: {exc.strerror}",
+                         hint="check the store directory's permissions") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        info = _read_info_fd(fd)
+        os.close(fd)
+        raise _held_error(run_id, info) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(
+            f"the file system of {path} does not support file locks ({exc.strerror})",
+            hint="put the store on a local disk (NBDURABLE_STORE)",
+        ) from exc
+    previous = _read_info_fd(fd)
+    if _foreign(previous) and _fresh(previous or {}):
+        # flock does not reach across hosts: a fresh heartbeat from another host means it is alive.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        raise _held_error(run_id, previous)
+    now = time.time()
+    info = {"pid": os.getpid(), "host": _host(), "acquired": now, "heartbeat": now, "run_id": run_id}
+    _write_info(fd, info)
+    return Lease(run_id, path, fd, info)
+
+
 class LeasesMixin:
     """The lease half of ``Store``."""
 
@@ -199,34 +231,7 @@ class LeasesMixin:
 
     def acquire_lease(self, run_id: str) -> Lease:
         """Take the run's lease; LeaseHeldError if a live process (this one included) holds it."""
-        path = self._lease_path(run_id)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open the lease file {path}: {exc.strerror}",
-                             hint="check the store directory's permissions") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info = _read_info_fd(fd)
-            os.close(fd)
-            raise _held_error(run_id, info) from None
-        except OSError as exc:
-            os.close(fd)
-            raise StoreError(
-                f"the file system of {path} does not support file locks ({exc.strerror})",
-                hint="put the store on a local disk (NBDURABLE_STORE)",
-            ) from exc
-        previous = _read_info_fd(fd)
-        if _foreign(previous) and _fresh(previous or {}):
-            # flock does not reach across hosts: a fresh heartbeat from another host means it is alive.
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-            raise _held_error(run_id, previous)
-        now = time.time()
-        info = {"pid": os.getpid(), "host": _host(), "acquired": now, "heartbeat": now, "run_id": run_id}
-        _write_info(fd, info)
-        return Lease(run_id, path, fd, info)
+        return acquire_lease_file(self._lease_path(run_id), run_id)
 
     def is_live(self, run_id: str) -> bool:
         """True if a live process holds the run's lease (on another host: its heartbeat is fresh)."""

@@ -145,11 +145,14 @@ def run_record(
     time_skipped: bool = False,
     forked_from: str | None = None,
     forked_at_cell: int | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The first record of a run's journal (``time_skipped``: its times are a time-skipping clock's). A fork
     (``%durable checkout``, ``nbdurable fork``/``rerun``) names the run it started from (``forked_from``) and
     the cell of that run whose state it took (``forked_at_cell``: the state after that cell; 0 = before the
-    first). A fork is not a resume: it never supersedes its origin."""
+    first). A fork is not a resume: it never supersedes its origin. ``origin``: what started the run when
+    not a person (a JSON object: ``schedule`` and ``slot``, ``trigger`` and ``event``, ``parent_run`` and
+    ``parent_step``, ``claim``...); a run resuming it carries the same origin."""
     record = {
         "t": "run",
         "format": JOURNAL_FORMAT,
@@ -167,6 +170,8 @@ def run_record(
         record["time_skipped"] = True
     if forked_from is not None:
         record.update(forked_from=forked_from, forked_at_cell=forked_at_cell)
+    if origin:
+        record["origin"] = origin
     return record
 
 

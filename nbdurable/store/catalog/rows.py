@@ -94,6 +94,7 @@ class Batch:
             "time_skipped": bool(r.get("time_skipped")),
             "forked_from": r.get("forked_from"),
             "forked_at_cell": r["forked_at_cell"] if isinstance(r.get("forked_at_cell"), int) else None,
+            **_origin_columns(r.get("origin")),
         }
 
     def on_run_end(self, run_id: str, r: dict[str, Any]) -> None:
@@ -209,3 +210,13 @@ _HANDLERS = {
     "step_start": Batch.on_step_start, "step_end": Batch.on_step_end, "attempt": Batch.on_attempt,
     "consumed": Batch.on_consumed, "time_skip": Batch.on_time_skip,
 }
+
+
+def _origin_columns(origin: Any) -> dict[str, Any]:
+    """A run's ``origin`` (what started it) as the ``runs`` columns: the whole JSON and the names filtered on."""
+    if not isinstance(origin, dict):
+        return {"origin": None, "schedule": None, "trigger": None, "parent_run": None}
+    named = {key: origin[key] if isinstance(origin.get(key), str) else None
+             for key in ("schedule", "trigger", "parent_run")}
+    return {"origin": json.dumps(origin, sort_keys=True, default=str), **named}
+

@@ -10,8 +10,8 @@ import duckdb
 
 from ...errors import StoreFormatError
 
-SCHEMA_VERSION = 4  # 3: events, consumed; ingest_state.final_offset; 4: interrupted vs cancelled,
-# runs.cancel_*, runs.time_skipped, runs.forked_from, forked_at_cell
+SCHEMA_VERSION = 5  # 3: events, consumed; ingest_state.final_offset; 4: interrupted vs cancelled,
+# runs.cancel_*, runs.time_skipped, runs.forked_from, forked_at_cell; 5: runs.origin, schedule, trigger, parent_run
 TABLES = ("runs", "steps", "variables", "attempts", "events", "consumed", "objects", "outputs")  # documented
 
 # The SQL column types (``bulk`` maps each to its Arrow type); one-letter aliases keep the lists below short.
@@ -26,6 +26,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("cancelled_by", _V), ("cancel_reason", _V), ("cancel_requested_at", _T),
         ("time_skipped", _B),
         ("forked_from", _V), ("forked_at_cell", _I),
+        ("origin", _V), ("schedule", _V), ("trigger", _V), ("parent_run", _V),
     ],
     "steps": [
         ("run_id", _V), ("ordinal", _I), ("name", _V), ("parent", _I), ("source", _V), ("source_hash", _V),

@@ -1,0 +1,153 @@
+"""Starting headless runs in their own processes, cheaply: what the worker engine, triggers, schedules and
+child runs share.
+
+A run the engine starts executes in a process of its own (its kernel is a further process), so a failing
+or killed run never takes the engine down, and the engine never waits on a run. Starting a Python process
+that imports the runner (nbclient, papermill, nbformat, zmq) costs several hundred milliseconds; the
+launcher instead forks each run from a *forkserver* that imported them once (``multiprocessing``'s
+``forkserver`` start method with these modules preloaded), which costs a few milliseconds. A run so
+started keeps going if the engine dies: it is an ordinary headless run holding its own lease.
+
+``LaunchSpec`` says what to run: the notebook, its parameters, its ``origin`` (what started it, recorded in
+its ``run`` record) and the id it takes (``run_id``, chosen before it starts so a claim can name it), or a
+run to resume. With ``claim=(kind, key)`` the child holds that claim's lease (``store/claims.py``) for
+its life: a claim whose starter died before the run's journal existed is then recognisably orphaned.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate"]
+EXIT_CODES = {"completed": 0, "failed": 1, "suspended": 3, "cancelled": 4, "interrupted": 130}
+EXIT_CLAIM_HELD = 75  # another live process is starting the claim's run: this one did nothing
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """A run to start: a new one of ``notebook`` (``run_id`` pre-chosen or new) or ``resume_run``."""
+
+    store: str
+    notebook: str
+    params: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    resume_run: str | None = None
+    claim: tuple[str, str] | None = None
+    output_path: str | None = None
+    cwd: str | None = None
+    suspend_after: float | None = None
+    env: dict[str, str] = field(default_factory=dict)  # set in the child before anything runs
+    log_path: str | None = None  # the child's stdout/stderr (default: discarded)
+
+
+@dataclass
+class Launched:
+    """A started run's process."""
+
+    spec: LaunchSpec
+    process: Any  # multiprocessing.Process
+    started_at: float
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.process.is_alive())
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode  # type: ignore[no-any-return]
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.process.join(timeout)
+        return self.exitcode
+
+
+class Launcher:
+    """Starts runs from a forkserver that imported the headless runner once (started on first use)."""
+
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._ctx: Any = None
+
+    def _context(self) -> Any:
+        with self._lock:
+            if self._ctx is None:
+                methods = multiprocessing.get_all_start_methods()
+                ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+                if ctx.get_start_method() == "forkserver":
+                    ctx.set_forkserver_preload(PRELOAD)
+                self._ctx = ctx
+            return self._ctx
+
+    def warm(self) -> None:
+        """Start the forkserver now (it imports the runner once), so the first run starts fast too."""
+        ctx = self._context()
+        if ctx.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
+    def start(self, spec: LaunchSpec) -> Launched:
+        """Start ``spec`` in a new process and return at once."""
+        process = self._context().Process(target=_child_main, args=(spec,), daemon=False,
+                                          name=f"nbdurable-run-{spec.run_id or spec.resume_run or 'new'}")
+        process.start()
+        return Launched(spec, process, time.time())
+
+
+def _child_main(spec: LaunchSpec) -> None:
+    """The started process: redirect output, hold the claim, run (or resume) the notebook, exit with the
+    run's status as ``nbdurable run`` would (0, 1, 3 suspended, 4 cancelled)."""
+    os.environ.update(spec.env)
+    if spec.log_path:
+        fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    else:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.setsid()  # its own session: a Ctrl-C or a kill of the engine's process group does not reach it
+    from nbdurable.headless.compensate import compensate_cancelled
+    from nbdurable.headless.params import load_notebook, secrets_from_environment
+    from nbdurable.headless.runner import HeadlessRunner
+    from nbdurable.store import Store
+
+    store = Store.open(spec.store)
+    lease = None
+    if spec.claim is not None:
+        lease = store.hold_claim(*spec.claim)
+        if lease is None or (spec.run_id and store.journal_exists(spec.run_id)):
+            os._exit(EXIT_CLAIM_HELD)
+    params = spec.params
+    if spec.resume_run:
+        params = secrets_from_environment(params, spec.resume_run)
+    notebook = Path(spec.notebook)
+    runner = HeadlessRunner(
+        load_notebook(notebook, params, None), notebook_path=notebook, store_path=Path(spec.store), params=params,
+        output_path=Path(spec.output_path) if spec.output_path else None,
+        cwd=Path(spec.cwd) if spec.cwd and Path(spec.cwd).is_dir() else None, resume_run=spec.resume_run,
+        fresh=spec.resume_run is None,  # a started run never picks up another unfinished run of the same params
+        suspend_after=spec.suspend_after, run_id=None if spec.resume_run else spec.run_id,
+        origin=spec.origin or None, notify=lambda text: print(f"nbdurable: {text}", file=sys.stderr, flush=True),
+    )  # fmt: skip
+    result = runner.execute()
+    print(f"{result.status}: run {result.run_id}: {result.executed} executed, {result.restored} restored"
+          + (f": {result.error}" if result.error else ""), file=sys.stderr, flush=True)
+    if result.status == "cancelled" and result.run_id and result.cancel:
+        compensate_cancelled(store, result.run_id, result.cancel)
+    if lease is not None:
+        lease.release()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_CODES.get(result.status, 1))
+
+
+__all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "LaunchSpec", "Launched", "Launcher"]

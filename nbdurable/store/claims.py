@@ -1,0 +1,140 @@
+"""Claims: "this key starts exactly one run", recorded durably before the run starts.
+
+A schedule's slot, a trigger's event, an idempotency key, a parent's child-run call: each names at most one
+run, and the name must hold across crashes and several workers on one store. A claim is one authenticated
+line (``encode_line``) in ``claims/<kind>/<digest>.claim``, written to a temporary file, fsync'ed and
+*linked* into place (never replaced: of two workers claiming the same key, exactly one wins and both see
+the winner's claim). It holds the key, the id of the run it starts (chosen before the run exists:
+``NBDURABLE_RUN_ID``) and whatever its kind needs to start that run again.
+
+Between the claim and the run's first journal record lies a kernel start. The process starting the run
+holds the claim's *lease* (``claims/<kind>/<digest>.lease``, the same flock + heartbeat as a run's) until
+the run's journal exists, so a claim is in one of three states (``claim_state``): ``started`` (the run's
+journal exists: from then on it is an ordinary run, resumed like any other), ``starting`` (its lease is
+held by a live process), ``orphaned`` (neither: the starter died before the run began; whoever takes the
+lease next starts the same run id again — still exactly one run for the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import LeaseHeldError, OptionsError
+from .journal import _checked_body, encode_line, fsync_dir, io_error
+from .lease import Lease, acquire_lease_file
+
+CLAIMS_DIR = "claims"
+CLAIM_SUFFIX = ".claim"
+ClaimState = Literal["started", "starting", "orphaned"]
+
+
+def _check_kind(kind: str) -> str:
+    if not kind or not kind.replace("-", "").replace("_", "").isalnum():
+        raise OptionsError(f"claim kind {kind!r} must be letters, digits, '-' or '_'",
+                           hint="use a short word such as 'slot', 'event' or 'child'")
+    return kind
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+
+class ClaimsMixin:
+    """The claims half of ``Store``."""
+
+    path: pathlib.Path
+
+    if TYPE_CHECKING:
+        def journal_exists(self, run_id: str) -> bool: ...  # JournalsMixin
+
+    def _claim_path(self, kind: str, key: str, suffix: str = CLAIM_SUFFIX) -> pathlib.Path:
+        return self.path / CLAIMS_DIR / _check_kind(kind) / (_digest(key) + suffix)
+
+    def claim(self, kind: str, key: str, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Record durably that ``key`` (of ``kind``) starts the run ``record["run_id"]``. Returns ``(won,
+        claim)``: ``won`` is True for the one caller whose claim stands; everyone gets the standing claim."""
+        existing = self.read_claim(kind, key)
+        if existing is not None:
+            return False, existing
+        claim = {**record, "kind": kind, "key": key, "claimed_at": record.get("claimed_at", time.time())}
+        final = self._claim_path(kind, key)
+        tmp = self.path / "tmp" / f"claim-{final.stem}-{os.getpid()}-{time.monotonic_ns()}"
+        won = False
+        try:
+            final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(encode_line(claim))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, final)  # never replaces: the first claim stands
+                won = True
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            raise io_error(exc, f"recording the {kind} claim {key!r}", final) from exc
+        standing = self.read_claim(kind, key)
+        return won, standing if standing is not None else claim
+
+    def read_claim(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The claim of ``key``, or None (none, or one that fails its tag: never used)."""
+        return _read(self._claim_path(kind, key), key)
+
+    def claims(self, kind: str) -> list[dict[str, Any]]:
+        """Every valid claim of ``kind``, oldest first."""
+        directory = self.path / CLAIMS_DIR / _check_kind(kind)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        found = [c for name in names if name.endswith(CLAIM_SUFFIX) and (c := _read(directory / name, None))]
+        return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
+
+    def hold_claim(self, kind: str, key: str) -> Lease | None:
+        """Take the claim's lease (held until released or this process ends), or None if a live process
+        holds it. The starter of the claim's run holds it until the run's journal exists."""
+        path = self._claim_path(kind, key, ".lease")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        claim = self.read_claim(kind, key) or {}
+        try:
+            return acquire_lease_file(path, str(claim.get("run_id") or key))
+        except LeaseHeldError:
+            return None
+
+    def claim_state(self, claim: dict[str, Any]) -> ClaimState:
+        """``started`` (its run's journal exists), ``starting`` (a live process holds its lease) or
+        ``orphaned`` (its starter died before the run began: start it again under the same run id)."""
+        run_id = claim.get("run_id")
+        if isinstance(run_id, str) and self.journal_exists(run_id):
+            return "started"
+        lease = self.hold_claim(str(claim["kind"]), str(claim["key"]))
+        if lease is None:
+            return "started" if isinstance(run_id, str) and self.journal_exists(run_id) else "starting"
+        lease.release()
+        return "started" if isinstance(run_id, str) and self.journal_exists(run_id) else "orphaned"
+
+
+def _read(path: pathlib.Path, key: str | None) -> dict[str, Any] | None:
+    try:
+        line = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
+    try:
+        claim = json.loads(body.decode("utf-8")) if body is not None else None
+    except ValueError:
+        return None
+    if not isinstance(claim, dict) or not isinstance(claim.get("key"), str):
+        return None
+    return claim if key is None or claim["key"] == key else None
+
+
+__all__ = ["CLAIMS_DIR", "ClaimState", "ClaimsMixin"]
