@@ -116,3 +116,31 @@ def test_a_resume_of_a_launched_run_keeps_its_origin(tmp_path: Path) -> None:
     assert len(resumed) == 1
     head = store.journal_head(resumed[0])
     assert head["resumed_from"] == run_id and head["origin"] == {"trigger": "t1"}
+
+
+@pytest.mark.kernel
+def test_dispatcher_starts_open_claims_by_priority_within_a_keys_limit(tmp_path: Path) -> None:
+    from nbdurable.headless.dispatch import Dispatcher
+
+    nb = write_notebook(tmp_path / "nb.ipynb", ["# parameters\nn = 0", "import time\ntime.sleep(0.5)"])
+    store = Store.open(tmp_path / "store")
+    ids = {}
+    for n, priority in [(1, 0), (2, 5), (3, 0)]:
+        ids[n] = new_run_id()
+        store.claim("event", f"e{n}", {"run_id": ids[n], "notebook": str(nb), "params": {"n": n},
+                                       "origin": {"trigger": "t"}, "priority": priority,
+                                       "flow_key": "customer=7", "flow_limit": 1})
+    lines: list[tuple[str, dict]] = []
+    dispatcher = Dispatcher(store, log=lambda event, **f: lines.append((event, f)), max_concurrent=3)
+    deadline = time.monotonic() + 180
+    while store.open_claims() or dispatcher.running:
+        dispatcher.tick()
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
+    runs = store.catalog().query("SELECT run_id, started_at, ended_at, status, origin FROM runs ORDER BY started_at")
+    assert list(runs["status"]) == ["completed"] * 3
+    assert list(runs["run_id"])[0] == ids[2]  # the higher priority first
+    spans = list(zip(runs["started_at"], runs["ended_at"], strict=True))
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False)), spans  # never two at once
+    assert any(event == "run_deferred" for event, _ in lines)  # the limit held some back
+    assert all('"flow_key": "customer=7"' in o for o in runs["origin"])

@@ -11,7 +11,9 @@ started keeps going if the engine dies: it is an ordinary headless run holding i
 ``LaunchSpec`` says what to run: the notebook, its parameters, its ``origin`` (what started it, recorded in
 its ``run`` record) and the id it takes (``run_id``, chosen before it starts so a claim can name it), or a
 run to resume. With ``claim=(kind, key)`` the child holds that claim's lease (``store/claims.py``) for
-its life: a claim whose starter died before the run's journal existed is then recognisably orphaned.
+its life: a claim whose starter died before the run's journal existed is then recognisably orphaned. With
+``slot=(key, limit)`` it holds one of the key's concurrency slots (``Store.hold_slot``) for its life, or
+exits at once without running when all are taken.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate"]
 EXIT_CODES = {"completed": 0, "failed": 1, "suspended": 3, "cancelled": 4, "interrupted": 130}
 EXIT_CLAIM_HELD = 75  # another live process is starting the claim's run: this one did nothing
+EXIT_NO_SLOT = 76  # every concurrency slot of the run's flow key is held: this one did nothing (start it later)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class LaunchSpec:
     run_id: str | None = None
     resume_run: str | None = None
     claim: tuple[str, str] | None = None
+    slot: tuple[str, int] | None = None  # (flow key, limit): the run holds one of the key's slots for its life
     output_path: str | None = None
     cwd: str | None = None
     suspend_after: float | None = None
@@ -126,6 +130,9 @@ def _child_main(spec: LaunchSpec) -> None:
         lease = store.hold_claim(*spec.claim)
         if lease is None or (spec.run_id and store.journal_exists(spec.run_id)):
             os._exit(EXIT_CLAIM_HELD)
+    slot = store.hold_slot(*spec.slot) if spec.slot is not None else None
+    if spec.slot is not None and slot is None:
+        os._exit(EXIT_NO_SLOT)
     params = spec.params
     if spec.resume_run:
         params = secrets_from_environment(params, spec.resume_run)
@@ -143,11 +150,12 @@ def _child_main(spec: LaunchSpec) -> None:
           + (f": {result.error}" if result.error else ""), file=sys.stderr, flush=True)
     if result.status == "cancelled" and result.run_id and result.cancel:
         compensate_cancelled(store, result.run_id, result.cancel)
-    if lease is not None:
-        lease.release()
+    for held in (slot, lease):
+        if held is not None:
+            held.release()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_CODES.get(result.status, 1))
 
 
-__all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "LaunchSpec", "Launched", "Launcher"]
+__all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "EXIT_NO_SLOT", "LaunchSpec", "Launched", "Launcher"]

@@ -30,11 +30,13 @@ from .lease import Lease, acquire_lease_file
 
 CLAIMS_DIR = "claims"
 CLAIM_SUFFIX = ".claim"
+STARTED_SUFFIX = ".started"
+SLOTS_DIR = "_slots"  # concurrency slots of flow-control keys (``hold_slot``), not a kind of claim
 ClaimState = Literal["started", "starting", "orphaned"]
 
 
 def _check_kind(kind: str) -> str:
-    if not kind or not kind.replace("-", "").replace("_", "").isalnum():
+    if not kind or kind.startswith("_") or not kind.replace("-", "").replace("_", "").isalnum():
         raise OptionsError(f"claim kind {kind!r} must be letters, digits, '-' or '_'",
                            hint="use a short word such as 'slot', 'event' or 'child'")
     return kind
@@ -97,6 +99,38 @@ class ClaimsMixin:
             return []
         found = [c for name in names if name.endswith(CLAIM_SUFFIX) and (c := _read(directory / name, None))]
         return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
+
+    def open_claims(self) -> list[dict[str, Any]]:
+        """Every claim of every kind not yet marked started (``mark_started``): the engine's queue, oldest
+        first."""
+        root = self.path / CLAIMS_DIR
+        found: list[dict[str, Any]] = []
+        for kind in sorted(os.listdir(root)) if root.is_dir() else []:
+            directory = root / kind
+            if kind.startswith("_") or not directory.is_dir():
+                continue
+            names = set(os.listdir(directory))
+            found += [c for name in names if name.endswith(CLAIM_SUFFIX)
+                      and name[: -len(CLAIM_SUFFIX)] + STARTED_SUFFIX not in names
+                      and (c := _read(directory / name, None))]
+        return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
+
+    def mark_started(self, kind: str, key: str) -> None:
+        """Note that the claim's run exists (an empty marker): ``open_claims`` skips it from now on."""
+        self._claim_path(kind, key, STARTED_SUFFIX).touch(mode=0o600)
+
+    def hold_slot(self, key: str, limit: int) -> Lease | None:
+        """One of the ``limit`` concurrency slots of ``key`` (a flow-control key), held until released or
+        this process ends; None when all are held by live processes. A run's process holds its slot, so at
+        most ``limit`` runs of a key execute at once across every process sharing the store."""
+        directory = self.path / CLAIMS_DIR / SLOTS_DIR
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for i in range(max(1, limit)):
+            try:
+                return acquire_lease_file(directory / f"{_digest(key)}.{i}.lease", f"slot {i} of {key}")
+            except LeaseHeldError:
+                continue
+        return None
 
     def hold_claim(self, kind: str, key: str) -> Lease | None:
         """Take the claim's lease (held until released or this process ends), or None if a live process
