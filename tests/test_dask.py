@@ -127,6 +127,29 @@ def test_an_executor_of_the_wrong_type_is_a_clear_error_and_journals_nothing(ker
     assert children(store, "wrong") == ([], [], [])
 
 
+def test_timeouts_apply_where_items_run_and_a_broken_pool_is_an_executor_error(kernel) -> None:
+    k, store, _ = kernel
+    reply, _ = k.execute("def spins(i):\n    while True:\n        i += 1\n"
+                         "nbd.map(spins, [1], executor=client, timeout=0.3)", timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "StepTimeoutError", reply
+    reply, _ = k.execute("def dies(i):\n    os._exit(3)\nwith ProcessPoolExecutor(1) as dying:\n"
+                         "    nbd.map(dies, [1, 2], executor=dying)", timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "ExecutorError", reply
+    assert "create a new one and run the cell again" in reply["evalue"]
+    _, ends, _ = children(store, "dies")
+    assert [r["status"] for r in ends] == ["failed", "failed"]
+
+
+def test_an_interrupted_map_cancels_the_items_not_started(kernel) -> None:
+    k, _, effects = kernel
+    run(k, "def sleepy(i):\n    (EFFECTS / f'sleepy-{i}').touch()\n    time.sleep(1)\n    return i")
+    k.interrupt_later(1.5)
+    reply, _ = k.execute("nbd.map(sleepy, range(40), executor=client)", timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    time.sleep(2.5)  # what was running ends; nothing else may start
+    assert 4 <= len(list(effects.glob("sleepy-*"))) <= 12, "4 threads ran the first items; the rest was cancelled"
+
+
 def test_a_dask_worker_killed_mid_map_is_retried_by_dask(kernel, cluster) -> None:
     k, store, effects = kernel
     run(k, "def slow(i):\n    (EFFECTS / f'slow-{i}-{os.getpid()}').touch()\n    time.sleep(1.5)\n    return i * 3")

@@ -77,7 +77,8 @@ def ship(obj: object) -> bytes:
     functions and classes defined in a notebook travel by value. Not stored: no header, no versions."""
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=5)
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
 
 
 def unship(data: bytes) -> Any:
