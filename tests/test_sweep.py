@@ -76,6 +76,39 @@ def test_a_sweep_on_dask_workers(tmp_path: Path) -> None:
     assert runners and runners <= worker_pids, "each combination's runner ran in a Dask worker's process"
 
 
+@pytest.mark.slow
+def test_a_dask_worker_killed_mid_combination_is_retried_and_the_run_resumes(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed", reason="pip install 'nbdurable[dask]'")
+    import os
+    import signal
+    import subprocess
+
+    from helpers import start_cli
+
+    nb = write_notebook(tmp_path / "slow.ipynb", [
+        "a = 1",
+        f"import os, pathlib, time\nwith open({str(tmp_path / 'count.txt')!r}, 'a') as f:\n    f.write('load\\n')",
+        f"with open({str(tmp_path / 'count.txt')!r}, 'a') as f:\n    f.write('slow\\n')\n"
+        f"pathlib.Path({str(tmp_path / 'runner.pid')!r}).write_text(str(os.getppid()))\n"
+        f"time.sleep(0 if pathlib.Path({str(tmp_path / 'runner.pid')!r} + '.killed').exists() else 120)",
+        "print('done', a)",
+    ])
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        proc = start_cli("sweep", nb.name, "-p", "a", "1", "--dask", cluster.scheduler_address, cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pid_file = tmp_path / "runner.pid"
+        deadline = time.monotonic() + 120
+        while not pid_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        (tmp_path / "runner.pid.killed").touch()
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the Dask worker running the combination's runner
+        out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    assert "1 of 1 combinations completed" in out and "(resumed run " in err, out + err
+    assert executions(tmp_path / "count.txt") == ["load", "slow", "slow"], "the cells the kernel completed restored"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("-p", "lr"), "-p lr has no values"),
     (("-p", "lr", "0.1", "-p"), "-p needs a parameter name and values"),
@@ -91,6 +124,13 @@ def test_bad_sweep_input_is_a_usage_error_and_runs_nothing(tmp_path: Path, args:
     result = run_cli("sweep", nb.name, *args, cwd=tmp_path, in_process=True)
     assert result.returncode == 2 and message in result.stderr and "What to do:" in result.stderr, result.output
     assert not counter.exists() and not (tmp_path / ".nbdurable").exists()
+
+
+def test_a_file_that_is_no_notebook_is_one_error_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "notes.ipynb").write_text("# not JSON")
+    result = run_cli("sweep", "notes.ipynb", "-p", "a", "1", "2", cwd=tmp_path, in_process=True)
+    assert result.returncode == 2 and "notes.ipynb is not a Jupyter notebook" in result.stderr, result.output
+    assert "sweep:" not in result.stderr and not (tmp_path / ".nbdurable").exists()
 
 
 def test_an_unreachable_dask_scheduler_is_a_usage_error(tmp_path: Path) -> None:

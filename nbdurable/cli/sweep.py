@@ -12,7 +12,7 @@ import click
 
 from nbdurable.cli import tables
 from nbdurable.cli.base import EXIT_FAILED, EXIT_SUSPENDED, AtLeast, main, notebook_store_option
-from nbdurable.cli.run import _run_store, timeout_options
+from nbdurable.cli.run import EXIT_INTERRUPTED, _run_store, timeout_options
 from nbdurable.errors import OptionsError
 
 
@@ -72,7 +72,7 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
     \b
     Exit codes: 0 every combination completed; 1 one or more failed (or could not run);
     2 usage error (bad -p, an unreachable --dask scheduler); 3 none failed but some suspended
-    themselves (`nbdurable worker` resumes them)."""
+    themselves (`nbdurable worker` resumes them); 130 interrupted (Ctrl-C)."""
     from nbdurable.headless.placement import DaskPlacement, LocalPool, Placement
     from nbdurable.headless.sweep import grid
 
@@ -80,6 +80,9 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
     if dask_address and workers:
         raise OptionsError("--dask and --workers exclude each other",
                            hint="--dask ADDRESS runs on a Dask cluster, --workers N on this machine")
+    from nbdurable.headless.params import load_notebook
+
+    load_notebook(notebook, combos[0], kernel)  # a file that is no notebook: one error, before anything is placed
     specs = _combinations(notebook, combos, store, output_dir, kernel, execution_timeout, start_timeout)
     placement: Placement = (DaskPlacement(dask_address) if dask_address
                             else LocalPool(workers or max(1, min(os.cpu_count() or 1, len(combos)))))
@@ -88,6 +91,10 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
                f"store {tables.notebook(specs[0].store)}", err=True)
     try:
         outcomes = _run_all(placement, specs)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. Run the same sweep again: completed combinations are not run again, the others "
+                   "resume.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         placement.close()
     click.echo(_summary(outcomes))
