@@ -319,3 +319,24 @@ def test_map_on_a_thread_pool_executor_journals_each_item(cell) -> None:
     ordinals = {r["ordinal"] for r in starts}
     assert sum(r["t"] == "step_end" and r["ordinal"] in ordinals and r["status"] == "completed" for r in records) == 4
     assert len(attempts(store, run)) == 4
+
+
+def test_map_on_an_executor_skips_retry_delays_on_a_time_skipping_clock() -> None:
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed: set[int] = set()
+
+    def once_flaky(i: int) -> int:
+        if i not in failed:
+            failed.add(i)
+            raise ConnectionError("once")
+        return i
+
+    started = _time.perf_counter()
+    with nbd.testing.time_skipping() as virtual, ThreadPoolExecutor(2) as pool:
+        before = virtual.now()
+        assert nbd.map(once_flaky, range(3), executor=pool,
+                       retry=nbd.RetryPolicy(max_attempts=2, initial_interval="1h", max_interval="1h")) == [0, 1, 2]
+        assert virtual.now() - before >= 3600
+    assert _time.perf_counter() - started < 5

@@ -31,6 +31,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from nbdurable.errors import ExecutorError, OptionsError
+from nbdurable.runtime.clock import clock, is_skipping
 from nbdurable.runtime.deadline import deadline
 from nbdurable.serialization import ship, unship
 
@@ -192,7 +193,7 @@ def run_items(executor: Any, fn: Callable[[Any], Any], pending: list[Pending], *
                 if delay is None:
                     results[index] = (False, value)
                 else:
-                    heapq.heappush(retries, (time.monotonic() + delay, index))
+                    heapq.heappush(retries, (time.monotonic() + _backoff(delay), index))
             due = []
             while retries and retries[0][0] <= time.monotonic():
                 due.append(heapq.heappop(retries)[1])
@@ -202,6 +203,14 @@ def run_items(executor: Any, fn: Callable[[Any], Any], pending: list[Pending], *
         backend.cancel(list(live.values()))
         raise
     return results
+
+
+def _backoff(delay: float) -> float:
+    """Real seconds to wait before a retry: none on a time-skipping clock (its time moves on at once instead)."""
+    if is_skipping():
+        clock().sleep(delay)
+        return 0.0
+    return delay
 
 
 def _wait(done: queue.SimpleQueue[tuple[int, Any]], retries: list[tuple[float, int]]) -> list[tuple[int, Any]]:
