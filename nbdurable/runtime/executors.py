@@ -71,8 +71,11 @@ def _call(fn: Callable[[Any], Any], timeout: float | None, item: Any) -> Outcome
     try:
         with deadline(timeout):
             return True, fn(item)
-    except BaseException as exc:  # the kernel's retry policy decides, not the executor
+    except Exception as exc:  # the kernel's retry policy decides, not the executor
         return False, exc
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt where it ran: an error of this item, not the kernel's
+        return False, ExecutorError(f"an nbd.map item raised {type(exc).__name__}({exc}) where it ran",
+                                    hint="raise an Exception to fail an item (the step's retry policy applies)")
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,47 +165,59 @@ def run_items(executor: Any, fn: Callable[[Any], Any], pending: list[Pending], *
     if not pending:
         meanwhile()
         return {}
-    backend = _Backend(executor, fn, pending[0][2].timeout, name)
-    done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-    live: dict[int, Any] = {}
-    retries: list[tuple[float, int]] = []  # (when, index) of attempts to submit again
-    by_index = {index: (item, attempts) for index, item, attempts in pending}
-    results: dict[int, Outcome] = {}
-
-    def submit(indexes: list[int]) -> None:
-        for index in indexes:
-            by_index[index][1].start()
-        for index, future in zip(indexes, backend.submit([by_index[i][0] for i in indexes]), strict=True):
-            live[index] = future
-            future.add_done_callback(lambda _f, i=index: done.put((i, _f)))
-
+    batch = _Batch(_Backend(executor, fn, pending[0][2].timeout, name), pending)
     try:
-        submit([index for index, _, _ in pending])
+        batch.submit([index for index, _, _ in pending])
         meanwhile()
-        while live or retries:
-            ready = _wait(done, retries)
-            futures = [f for i, f in ready if live.get(i) is f]
-            indexes = [i for i, f in ready if live.get(i) is f]
-            for index, (ok, value) in zip(indexes, backend.outcomes(futures), strict=True):
-                del live[index]
-                attempts = by_index[index][1]
-                if ok:
-                    results[index] = (True, attempts.succeeded(value))
-                    continue
-                delay = attempts.failed(value)
-                if delay is None:
-                    results[index] = (False, value)
-                else:
-                    heapq.heappush(retries, (time.monotonic() + _backoff(delay), index))
-            due = []
-            while retries and retries[0][0] <= time.monotonic():
-                due.append(heapq.heappop(retries)[1])
-            if due:
-                submit(due)
+        while batch.live or batch.retries:
+            batch.settle(_wait(batch.done, batch.retries))
+            batch.submit(batch.due())
     except BaseException:
-        backend.cancel(list(live.values()))
+        batch.backend.cancel(list(batch.live.values()))
         raise
-    return results
+    return batch.results
+
+
+class _Batch:
+    """The calls of one map in flight: their futures, the retries waiting for their delay, the final outcomes."""
+
+    def __init__(self, backend: _Backend, pending: list[Pending]) -> None:
+        self.backend = backend
+        self.by_index = {index: (item, attempts) for index, item, attempts in pending}
+        self.done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()  # filled by the futures' callbacks
+        self.live: dict[int, Any] = {}  # index -> the future of its current attempt
+        self.retries: list[tuple[float, int]] = []  # heap of (when, index): attempts to submit again
+        self.results: dict[int, Outcome] = {}
+
+    def submit(self, indexes: list[int]) -> None:
+        if not indexes:
+            return
+        for index in indexes:
+            self.by_index[index][1].start()
+        for index, future in zip(indexes, self.backend.submit([self.by_index[i][0] for i in indexes]), strict=True):
+            self.live[index] = future
+            future.add_done_callback(lambda f, i=index: self.done.put((i, f)))
+
+    def settle(self, ready: list[tuple[int, Any]]) -> None:
+        """Record the finished attempts: a result commits its call, an error fails it or schedules a retry."""
+        current = [(i, f) for i, f in ready if self.live.get(i) is f]
+        outcomes = self.backend.outcomes([f for _, f in current])
+        for (index, _), (ok, value) in zip(current, outcomes, strict=True):
+            del self.live[index]
+            attempts = self.by_index[index][1]
+            if ok:
+                self.results[index] = (True, attempts.succeeded(value))
+            elif (delay := attempts.failed(value)) is None:
+                self.results[index] = (False, value)
+            else:
+                heapq.heappush(self.retries, (time.monotonic() + _backoff(delay), index))
+
+    def due(self) -> list[int]:
+        """The retries whose delay is over, taken off the heap."""
+        due = []
+        while self.retries and self.retries[0][0] <= time.monotonic():
+            due.append(heapq.heappop(self.retries)[1])
+        return due
 
 
 def _backoff(delay: float) -> float:
