@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import heapq
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -96,66 +97,116 @@ def _call_shipped(fn_data: bytes, timeout: float | None, item_data: bytes) -> by
 
 
 class _Backend:
-    """How items are submitted to one kind of executor and their outcomes read."""
+    """How items are submitted to a ``concurrent.futures.Executor`` and their outcomes read."""
 
     def __init__(self, executor: Any, fn: Callable[[Any], Any], timeout: float | None, name: str) -> None:
         self.executor, self.fn, self.timeout = executor, fn, timeout
-        self.dask = is_dask_client(executor)
-        self.token = f"nbd.map-{name}-{uuid.uuid4().hex[:8]}"
-        self.shipped = not self.dask and not isinstance(executor, ThreadPoolExecutor)
+        self.shipped = not isinstance(executor, ThreadPoolExecutor)
         self.fn_data = ship(fn) if self.shipped else b""
-        self.attempt = 0
 
     def submit(self, items: list[Any]) -> list[Any]:
-        """Futures for ``items``, in one batch on Dask."""
-        self.attempt += 1
+        """Futures for ``items`` (ExecutorError when the executor refuses them)."""
         try:
-            if self.dask:
-                keys = [f"{self.token}-{self.attempt}-{i}" for i in range(len(items))]
-                return list(self.executor.map(functools.partial(_call, self.fn, self.timeout), items, key=keys,
-                                              pure=False, retries=0))
-            if self.shipped:
-                return [self.executor.submit(_call_shipped, self.fn_data, self.timeout, ship(item)) for item in items]
-            return [self.executor.submit(_call, self.fn, self.timeout, item) for item in items]
+            return self._submit(items)
         except Exception as exc:
             raise ExecutorError(f"nbd.map could not submit its items to {type(self.executor).__name__}: "
                                 f"{type(exc).__name__}: {exc}",
                                 hint="check the executor (is it shut down? does the function pickle?)") from exc
 
-    def outcomes(self, futures: list[Any]) -> list[Outcome]:
-        """The outcomes of finished futures (on Dask, the successful ones gathered in one request)."""
-        if self.dask:
-            finished = [f for f in futures if f.status == "finished"]
-            gathered = dict(zip(finished, self.executor.gather(finished), strict=True)) if finished else {}
-            return [gathered[f] if f in gathered else (False, _lost(f)) for f in futures]
-        out = []
-        for future in futures:
-            try:
-                value = future.result()
-            except BaseException as exc:  # a broken pool, a cancelled future
-                out.append((False, ExecutorError(
-                    f"the executor could not run an nbd.map item: {type(exc).__name__}: {exc}",
-                    hint="a process pool whose process died is broken: create a new one and run the cell again "
-                    "(completed items are not run again)")))
-                continue
-            out.append(unship(value) if self.shipped else value)
-        return out
+    def _submit(self, items: list[Any]) -> list[Any]:
+        if self.shipped:
+            return [self.executor.submit(_call_shipped, self.fn_data, self.timeout, ship(item)) for item in items]
+        return [self.executor.submit(_call, self.fn, self.timeout, item) for item in items]
+
+    def watch(self, index: int, future: Any, done: queue.SimpleQueue[tuple[int, Any, Any]]) -> None:
+        """Put ``(index, future, payload)`` on ``done`` once ``future`` finished."""
+        future.add_done_callback(lambda f: done.put((index, f, None)))
+
+    def outcome(self, future: Any, payload: Any) -> Outcome:
+        """The outcome of a finished future."""
+        try:
+            value = future.result()
+        except BaseException as exc:  # a broken pool, a cancelled future
+            return False, ExecutorError(
+                f"the executor could not run an nbd.map item: {type(exc).__name__}: {exc}",
+                hint="a process pool whose process died is broken: create a new one and run the cell again "
+                "(completed items are not run again)")
+        return unship(value) if self.shipped else value  # type: ignore[no-any-return]
 
     def cancel(self, futures: list[Any]) -> None:
-        if self.dask:
-            self.executor.cancel(futures)
-        else:
-            for future in futures:
-                future.cancel()
+        for future in futures:
+            future.cancel()
+
+    def close(self) -> None:
+        """Stop whatever the backend started."""
 
 
-def _lost(future: Any) -> BaseException:
-    """What a Dask task that did not finish ended with (KilledWorker after too many lost workers)."""
+class _DaskBackend(_Backend):
+    """A Dask client: one ``client.map`` per batch; a feeder thread follows the tasks as they finish
+    (``as_completed``) and gathers each batch of results in one request, so the kernel's thread only journals."""
+
+    def __init__(self, executor: Any, fn: Callable[[Any], Any], timeout: float | None, name: str) -> None:
+        import distributed
+
+        self.executor, self.fn, self.timeout, self.shipped = executor, fn, timeout, False
+        self.token, self.batch = f"nbd.map-{name}-{uuid.uuid4().hex[:8]}", 0
+        self.completed: Any = distributed.as_completed([], loop=executor.loop)  # type: ignore[no-untyped-call]
+        self.indexes: dict[Any, int] = {}  # a future's key -> its item's index
+        self.done: queue.SimpleQueue[tuple[int, Any, Any]] | None = None
+        self.stopped = threading.Event()
+        self.feeder: threading.Thread | None = None
+
+    def _submit(self, items: list[Any]) -> list[Any]:
+        self.batch += 1
+        keys = [f"{self.token}-{self.batch}-{i}" for i in range(len(items))]
+        return list(self.executor.map(functools.partial(_call, self.fn, self.timeout), items, key=keys, pure=False,
+                                      retries=0))  # fn's exceptions come back as values: nothing for Dask to retry
+
+    def watch(self, index: int, future: Any, done: queue.SimpleQueue[tuple[int, Any, Any]]) -> None:
+        self.indexes[future.key], self.done = index, done
+        self.completed.add(future)
+        if self.feeder is None:
+            self.feeder = threading.Thread(target=self._feed, args=(done,), name="nbdurable-map-dask", daemon=True)
+            self.feeder.start()
+
+    def _feed(self, done: queue.SimpleQueue[tuple[int, Any, Any]]) -> None:
+        while not self.stopped.is_set():
+            try:
+                batch = self.completed.next_batch(block=True)
+            except StopIteration:  # nothing in flight (retries waiting for their delay)
+                self.stopped.wait(0.02)
+                continue
+            for future, payload in zip(batch, self._results(batch), strict=True):
+                done.put((self.indexes[future.key], future, payload))
+
+    def _results(self, batch: list[Any]) -> list[Any]:
+        """The finished futures' results in one request; for the others, their exception."""
+        finished = [f for f in batch if f.status == "finished"]
+        try:
+            gathered = dict(zip(finished, self.executor.gather(finished), strict=True)) if finished else {}
+        except Exception:  # a result lost on the way (its worker died): each on its own, Dask recomputes it
+            gathered = {}
+        return [gathered[f] if f in gathered else _result_or_exception(f) for f in batch]
+
+    def outcome(self, future: Any, payload: Any) -> Outcome:
+        if isinstance(payload, tuple) and len(payload) == 2 and isinstance(payload[0], bool):
+            return payload
+        return False, payload if isinstance(payload, BaseException) else ExecutorError(
+            f"the Dask task of an nbd.map item ended {future.status}")
+
+    def cancel(self, futures: list[Any]) -> None:
+        self.executor.cancel(futures)
+
+    def close(self) -> None:
+        self.stopped.set()
+
+
+def _result_or_exception(future: Any) -> Any:
+    """A Dask future's result, or the exception it ended with (KilledWorker after too many lost workers)."""
     try:
-        exc = future.exception()
-    except BaseException as cancelled:  # a cancelled future raises here
-        exc = cancelled
-    return exc if isinstance(exc, BaseException) else ExecutorError(f"the Dask task ended {future.status}")
+        return future.result()
+    except BaseException as exc:  # a cancelled or failed task
+        return exc
 
 
 def run_items(executor: Any, fn: Callable[[Any], Any], pending: list[Pending], *, name: str,
@@ -165,7 +216,8 @@ def run_items(executor: Any, fn: Callable[[Any], Any], pending: list[Pending], *
     if not pending:
         meanwhile()
         return {}
-    batch = _Batch(_Backend(executor, fn, pending[0][2].timeout, name), pending)
+    kind = _DaskBackend if is_dask_client(executor) else _Backend
+    batch = _Batch(kind(executor, fn, pending[0][2].timeout, name), pending)
     try:
         batch.submit([index for index, _, _ in pending])
         meanwhile()
@@ -175,6 +227,8 @@ def run_items(executor: Any, fn: Callable[[Any], Any], pending: list[Pending], *
     except BaseException:
         batch.backend.cancel(list(batch.live.values()))
         raise
+    finally:
+        batch.backend.close()
     return batch.results
 
 
@@ -184,7 +238,7 @@ class _Batch:
     def __init__(self, backend: _Backend, pending: list[Pending]) -> None:
         self.backend = backend
         self.by_index = {index: (item, attempts) for index, item, attempts in pending}
-        self.done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()  # filled by the futures' callbacks
+        self.done: queue.SimpleQueue[tuple[int, Any, Any]] = queue.SimpleQueue()  # (index, future, payload)
         self.live: dict[int, Any] = {}  # index -> the future of its current attempt
         self.retries: list[tuple[float, int]] = []  # heap of (when, index): attempts to submit again
         self.results: dict[int, Outcome] = {}
@@ -196,14 +250,15 @@ class _Batch:
             self.by_index[index][1].start()
         for index, future in zip(indexes, self.backend.submit([self.by_index[i][0] for i in indexes]), strict=True):
             self.live[index] = future
-            future.add_done_callback(lambda f, i=index: self.done.put((i, f)))
+            self.backend.watch(index, future, self.done)
 
-    def settle(self, ready: list[tuple[int, Any]]) -> None:
+    def settle(self, ready: list[tuple[int, Any, Any]]) -> None:
         """Record the finished attempts: a result commits its call, an error fails it or schedules a retry."""
-        current = [(i, f) for i, f in ready if self.live.get(i) is f]
-        outcomes = self.backend.outcomes([f for _, f in current])
-        for (index, _), (ok, value) in zip(current, outcomes, strict=True):
+        for index, future, payload in ready:
+            if self.live.get(index) is not future:
+                continue
             del self.live[index]
+            ok, value = self.backend.outcome(future, payload)
             attempts = self.by_index[index][1]
             if ok:
                 self.results[index] = (True, attempts.succeeded(value))
@@ -228,7 +283,8 @@ def _backoff(delay: float) -> float:
     return delay
 
 
-def _wait(done: queue.SimpleQueue[tuple[int, Any]], retries: list[tuple[float, int]]) -> list[tuple[int, Any]]:
+def _wait(done: queue.SimpleQueue[tuple[int, Any, Any]],
+          retries: list[tuple[float, int]]) -> list[tuple[int, Any, Any]]:
     """The futures finished so far (at least one, unless a retry is due first)."""
     while True:
         timeout = _POLL if not retries else max(0.0, min(_POLL, retries[0][0] - time.monotonic()))
