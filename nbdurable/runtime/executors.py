@@ -4,7 +4,8 @@
 ``steps.map`` reserves every call's place and journals the beginnings in item order before anything runs
 (as without an executor), then hands the calls that have no recorded result to ``run_items``, which
 submits them in one batch (``client.map``; ``submit`` per item on other executors), lets the kernel
-replay the recorded calls meanwhile, and commits each result as it comes back. A kernel killed mid-map
+replay the recorded calls meanwhile, and commits each result as it comes back (the kernel's thread only
+journals: on Dask a feeder thread gathers the finished results in batches). A kernel killed mid-map
 therefore resumes by submitting only the missing items.
 
 Shipping: Dask pickles the function with cloudpickle itself; for other executors (a process pool) the
