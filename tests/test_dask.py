@@ -143,11 +143,16 @@ def test_timeouts_apply_where_items_run_and_a_broken_pool_is_an_executor_error(k
 def test_an_interrupted_map_cancels_the_items_not_started(kernel) -> None:
     k, _, effects = kernel
     run(k, "def sleepy(i):\n    (EFFECTS / f'sleepy-{i}').touch()\n    time.sleep(1)\n    return i")
-    k.interrupt_later(1.5)
-    reply, _ = k.execute("nbd.map(sleepy, range(40), executor=client)", timeout=60)
+    k.start("nbd.map(sleepy, range(40), executor=client)")
+    deadline = time.monotonic() + 60
+    while len(list(effects.glob("sleepy-*"))) < 4:  # the cluster's 4 threads are busy
+        assert time.monotonic() < deadline, "the items never started"
+        time.sleep(0.05)
+    k.interrupt_later(0).join()
+    reply = k.kc.get_shell_msg(timeout=60)["content"]
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     time.sleep(2.5)  # what was running ends; nothing else may start
-    assert 4 <= len(list(effects.glob("sleepy-*"))) <= 12, "4 threads ran the first items; the rest was cancelled"
+    assert len(list(effects.glob("sleepy-*"))) <= 12, "the items not started were cancelled"
 
 
 def test_a_dask_worker_killed_mid_map_is_retried_by_dask(kernel, cluster) -> None:
