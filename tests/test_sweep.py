@@ -28,12 +28,17 @@ def grid_notebook(tmp_path: Path) -> tuple[Path, Path]:
         "    raise ValueError('diverged')\nscore = sum(data)",
         "print('score', score)",
     ])
+    tag_parameters(nb)
+    return nb, counter
+
+
+def tag_parameters(nb: Path) -> None:
+    """Tag the first cell ``parameters`` (papermill injects after it)."""
     import nbformat
 
     notebook = nbformat.read(nb, as_version=4)
     notebook.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(notebook, nb)
-    return nb, counter
 
 
 @pytest.mark.slow
@@ -107,6 +112,23 @@ def test_a_dask_worker_killed_mid_combination_is_retried_and_the_run_resumes(tmp
     assert proc.returncode == 0, out + err
     assert "1 of 1 combinations completed" in out and "(resumed run " in err, out + err
     assert executions(tmp_path / "count.txt") == ["load", "slow", "slow"], "the cells the kernel completed restored"
+
+
+@pytest.mark.slow
+def test_reuse_runs_the_cells_that_do_not_read_the_parameters_once(tmp_path: Path) -> None:
+    import json
+
+    nb = write_notebook(tmp_path / "shared.ipynb", [
+        "lr = 0.1", "features = list(range(100))\nprint('prepared')", "loss = sum(features) * lr\nprint(loss)"])
+    tag_parameters(nb)
+    result = run_cli("sweep", nb.name, "-p", "lr", "0.1", "0.01", "0.001", "--workers", "1", "--reuse",
+                     "--output-dir", "out", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.output
+    statuses = {}
+    for out in sorted((tmp_path / "out").iterdir()):
+        cells = json.loads(out.read_text())["cells"]
+        statuses[out.name] = [c["metadata"]["nbdurable"]["status"] for c in cells if "prepared" in "".join(c["source"])]
+    assert sorted(statuses.values()) == [["executed"], ["restored"], ["restored"]], statuses
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -56,10 +56,14 @@ def parse_grid(tokens: tuple[str, ...]) -> list[tuple[str, list[Any]]]:
 @click.option("--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Write each combination's output notebook here (<name>-<param>=<value>….ipynb).")
 @click.option("--kernel", default=None, metavar="NAME", help="Kernel name (default: the notebook's kernelspec).")
+@click.option("--reuse", is_flag=True,
+              help="Also restore the cells whose code and inputs match an execution of any completed run of this "
+              "notebook (as `run --reuse`): the cells that do not read the swept parameters run once, in the "
+              "combinations that ran first.")
 @timeout_options
 def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, workers: int | None,
-          store: str | None, output_dir: Path | None, kernel: str | None, execution_timeout: float | None,
-          start_timeout: float) -> None:
+          store: str | None, output_dir: Path | None, kernel: str | None, reuse: bool,
+          execution_timeout: float | None, start_timeout: float) -> None:
     """Run NOTEBOOK once for every combination of parameter values, each a durable run.
 
     `-p NAME VALUE [VALUE…]` (repeatable) gives a parameter's values, typed as `run -p` types them; the
@@ -83,7 +87,7 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
     from nbdurable.headless.params import load_notebook
 
     load_notebook(notebook, combos[0], kernel)  # a file that is no notebook: one error, before anything is placed
-    specs = _combinations(notebook, combos, store, output_dir, kernel, execution_timeout, start_timeout)
+    specs = _combinations(notebook, combos, store, output_dir, kernel, reuse, execution_timeout, start_timeout)
     placement: Placement = (DaskPlacement(dask_address) if dask_address
                             else LocalPool(workers or max(1, min(os.cpu_count() or 1, len(combos)))))
     click.echo(f"sweep: {len(combos)} combination{'s' if len(combos) > 1 else ''} of "
@@ -106,7 +110,7 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
 
 
 def _combinations(notebook: Path, combos: list[dict[str, Any]], store: str | None, output_dir: Path | None,
-                  kernel: str | None, execution_timeout: float | None, start_timeout: float) -> list[Any]:
+                  kernel: str | None, reuse: bool, execution_timeout: float | None, start_timeout: float) -> list[Any]:
     from nbdurable.headless.sweep import Combination, output_path
 
     store_path = str(_run_store(store, notebook).resolve())
@@ -114,7 +118,7 @@ def _combinations(notebook: Path, combos: list[dict[str, Any]], store: str | Non
         output_dir.mkdir(parents=True, exist_ok=True)
     return [Combination(str(notebook.resolve()), store_path, params,
                         str(output_path(output_dir.resolve(), notebook, params)) if output_dir else None,
-                        kernel, execution_timeout, start_timeout) for params in combos]
+                        kernel, reuse, execution_timeout, start_timeout) for params in combos]
 
 
 def _run_all(placement: Any, specs: list[Any]) -> list[Any]:

@@ -49,6 +49,7 @@ class Combination:
     params: dict[str, Any]
     output: str | None = None
     kernel: str | None = None
+    reuse: bool = False
     execution_timeout: float | None = None
     start_timeout: float = 60.0
 
@@ -108,6 +109,7 @@ def _execute(combination: Combination) -> Outcome:
         load_notebook(notebook, combination.params, combination.kernel), notebook_path=notebook,
         store_path=Path(combination.store), params=combination.params,
         output_path=Path(combination.output) if combination.output else None, kernel_name=combination.kernel,
+        reuse=combination.reuse,
         execution_timeout=combination.execution_timeout, start_timeout=combination.start_timeout,
         notify=notices.append,
     )  # fmt: skip
