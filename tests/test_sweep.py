@@ -66,6 +66,7 @@ def test_a_two_by_two_sweep_with_one_failure_and_a_rerun_that_resumes_only_it(tm
                                   + ["fit-2-20"]), "only the failed combination's failed cell ran again"
 
 
+@pytest.mark.slow
 def test_a_sweep_on_dask_workers(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed", reason="pip install 'nbdurable[dask]'")
     nb, counter = grid_notebook(tmp_path)
@@ -155,6 +156,7 @@ def test_a_file_that_is_no_notebook_is_one_error_before_anything_runs(tmp_path: 
     assert "sweep:" not in result.stderr and not (tmp_path / ".nbdurable").exists()
 
 
+@pytest.mark.slow  # 5 s: the connection timeout
 def test_an_unreachable_dask_scheduler_is_a_usage_error(tmp_path: Path) -> None:
     pytest.importorskip("distributed", reason="pip install 'nbdurable[dask]'")
     nb, counter = grid_notebook(tmp_path)
