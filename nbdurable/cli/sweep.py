@@ -77,6 +77,7 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
     Exit codes: 0 every combination completed; 1 one or more failed (or could not run);
     2 usage error (bad -p, an unreachable --dask scheduler); 3 none failed but some suspended
     themselves (`nbdurable worker` resumes them); 130 interrupted (Ctrl-C)."""
+    from nbdurable.headless.params import load_notebook
     from nbdurable.headless.placement import DaskPlacement, LocalPool, Placement
     from nbdurable.headless.sweep import grid
 
@@ -84,8 +85,6 @@ def sweep(notebook: Path, grid_args: tuple[str, ...], dask_address: str | None, 
     if dask_address and workers:
         raise OptionsError("--dask and --workers exclude each other",
                            hint="--dask ADDRESS runs on a Dask cluster, --workers N on this machine")
-    from nbdurable.headless.params import load_notebook
-
     load_notebook(notebook, combos[0], kernel)  # a file that is no notebook: one error, before anything is placed
     specs = _combinations(notebook, combos, store, output_dir, kernel, reuse, execution_timeout, start_timeout)
     placement: Placement = (DaskPlacement(dask_address) if dask_address
