@@ -9,7 +9,8 @@ back to back so both see the same machine noise:
   per round, opened by an untimed warm-up cell), timed until ``wait_durable`` returns, so the journal's
   grouped fdatasync of every call's records is counted.
 
-Added cost per item = the median over rounds of (nbdurable − raw) / N, each round's pair timed back to back. Afterwards the journals must show every call
+Added cost per item = the median over rounds of (nbdurable − raw) / N, each round's pair timed back to
+back. Afterwards the journals must show every call
 begun, executed once (one attempt) and committed, nothing restored.
 """
 
