@@ -132,6 +132,22 @@ def test_reuse_runs_the_cells_that_do_not_read_the_parameters_once(tmp_path: Pat
     assert sorted(statuses.values()) == [["executed"], ["restored"], ["restored"]], statuses
 
 
+@pytest.mark.slow
+def test_what_a_combinations_runner_says_is_shown_under_its_line(tmp_path: Path) -> None:
+    nb = write_notebook(tmp_path / "edited.ipynb", [
+        "a = 1", "b = a + 1", f"import os\nassert os.path.exists({str(tmp_path / 'fixed')!r}), 'not yet'"])
+    tag_parameters(nb)
+    first = run_cli("sweep", nb.name, "-p", "a", "5", "--workers", "1", cwd=tmp_path, timeout=300)
+    assert first.returncode == 1 and "AssertionError: not yet" in first.stderr, first.output
+    write_notebook(nb, ["a = 1", "b = a + 2", f"import os\nassert os.path.exists({str(tmp_path / 'fixed')!r})"])
+    tag_parameters(nb)
+    (tmp_path / "fixed").touch()
+    second = run_cli("sweep", nb.name, "-p", "a", "5", "--workers", "1", cwd=tmp_path, timeout=300)
+    assert second.returncode == 0, second.output
+    notices = [line for line in second.stderr.splitlines() if line.startswith("    nbdurable: ")]
+    assert notices and any("changed" in line for line in notices), second.stderr
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("-p", "lr"), "-p lr has no values"),
     (("-p", "lr", "0.1", "-p"), "-p needs a parameter name and values"),

@@ -138,6 +138,8 @@ def _run_all(placement: Any, specs: list[Any]) -> list[Any]:
             outcome = Outcome(specs[i].params, "error", NOT_RUN, error=f"{type(exc).__name__}: {exc}")
         outcomes[i] = outcome
         click.echo(f"[{done}/{len(specs)}] {_line(outcome)}", err=True)
+        for notice in outcome.notices:  # what the runner told (cells changed under a resumed run, …)
+            click.echo(f"    nbdurable: {notice}", err=True)
     return outcomes
 
 

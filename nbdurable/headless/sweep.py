@@ -9,6 +9,8 @@ so one combination never stops the others.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -105,8 +107,10 @@ def _execute(combination: Combination) -> Outcome:
 
     notebook = Path(combination.notebook)
     notices: list[str] = []
+    with contextlib.redirect_stderr(io.StringIO()):  # its warning (no `parameters` cell) was shown by the sweep
+        nb = load_notebook(notebook, combination.params, combination.kernel)
     runner = HeadlessRunner(
-        load_notebook(notebook, combination.params, combination.kernel), notebook_path=notebook,
+        nb, notebook_path=notebook,
         store_path=Path(combination.store), params=combination.params,
         output_path=Path(combination.output) if combination.output else None, kernel_name=combination.kernel,
         reuse=combination.reuse,
