@@ -97,7 +97,7 @@ def test_map_on_a_process_pool_ships_with_cloudpickle(kernel) -> None:
     assert [r["status"] for r in ends] == ["completed"] * 3
 
 
-def test_exceptions_in_fn_follow_the_steps_retry_policy_not_daskS(kernel) -> None:
+def test_exceptions_in_fn_follow_the_steps_retry_policy_not_dasks_retries(kernel) -> None:
     k, store, effects = kernel
     run(k, "def flaky(i):\n    mark = EFFECTS / f'flaky-{i}'\n    if not mark.exists():\n        mark.touch()\n"
         "        raise ConnectionError(f'item {i} failed once')\n    return i\n"
