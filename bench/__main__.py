@@ -20,6 +20,7 @@ SUITE = {
     "cells": [("cell_overhead", []), ("cell_overhead", ["--big"])],
     "checkpoint": [("checkpoint", ["ndarray"]), ("checkpoint", ["frame"])],
     "control": [("control_cancel", []), ("control_checkout", [])],
+    "dask": [("dask_map", [])],
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
@@ -39,7 +40,7 @@ def main() -> None:
                      "checkpoint": ["--repeats", "1"], "deltas": ["--repeats", "1"],
                      "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
-                     "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
+                     "headless": ["--repeats", "1"], "steps": ["--rounds", "2"], "dask_map": ["--rounds", "2"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)
             rows = run_child(module, *extra, *(quick.get(module, []) if args.quick else []))

@@ -18,6 +18,7 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
     CompensationError,
     CorruptJournalError,
     CorruptObjectError,
+    ExecutorError,
     LeaseHeldError,
     NbdurableError,
     NondeterminismError,
@@ -116,6 +117,7 @@ __all__ = [
     "CompensationError",
     "StepTimeoutError",
     "SuspendedError",
+    "ExecutorError",
     "RetryAfter",
     "RunSuspended",
 ]

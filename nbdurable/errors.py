@@ -109,6 +109,11 @@ class StepTimeoutError(NbdurableError):
         super().__init__(message, hint=hint)
 
 
+class ExecutorError(NbdurableError):
+    """An executor could not run a call of ``nbd.map`` (the function or an item could not be sent, the result
+    could not come back, the pool broke), or a sweep's placement failed."""
+
+
 class SuspendedError(NbdurableError):
     """A headless run suspended itself where a suspension cannot be reported otherwise (papermill)."""
 
@@ -175,6 +180,7 @@ __all__ = [
     "CompensationError",
     "StepTimeoutError",
     "SuspendedError",
+    "ExecutorError",
     "RetryAfter",
     "RunSuspended",
 ]

@@ -83,11 +83,11 @@ def test_help_lists_whole_sentences_and_documents_every_option() -> None:
 
 
 @pytest.mark.parametrize("command", ["run", "plan", "resume", "show", "runs", "report", "check", "gc", "send",
-                                     "worker"])
+                                     "worker", "sweep"])
 def test_every_store_option_states_the_real_rule_and_no_range_notation(command: str) -> None:
     text = run_cli(command, "--help", in_process=True).stdout
     store = " ".join(text.split("--store DIR", 1)[1].split())  # the option's help, on one line
-    if command in ("run", "plan"):
+    if command in ("run", "plan", "sweep"):
         assert "$NBDURABLE_STORE if set, else .nbdurable beside NOTEBOOK" in store, store
     else:
         assert ("$NBDURABLE_STORE if set, else the nearest .nbdurable in the working directory or one of its "

@@ -284,3 +284,59 @@ def test_timeouts_interrupt_attempts_in_the_main_thread_workers_and_async(cell) 
 
     assert quick() == "done"
     _time.sleep(1.2)  # the cancelled alarm must never fire afterwards
+
+
+def test_map_on_an_executor_outside_a_durable_cell_runs_with_retries_and_checks_the_executor() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed: set[int] = set()
+
+    def once_flaky(i: int) -> int:
+        if i not in failed:
+            failed.add(i)
+            raise ConnectionError("once")
+        return -i
+
+    with ThreadPoolExecutor(2) as pool:
+        assert nbd.map(once_flaky, range(5), executor=pool,
+                       retry=nbd.RetryPolicy(max_attempts=2, initial_interval=0)) == [0, -1, -2, -3, -4]
+        with pytest.raises(ConnectionError):
+            nbd.map(once_flaky, [7], executor=pool)
+    with pytest.raises(OptionsError, match="not builtins.str"):
+        nbd.map(once_flaky, [1], executor="tcp://127.0.0.1:8786")
+
+
+def test_map_on_a_thread_pool_executor_journals_each_item(cell) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, run = cell
+    with ThreadPoolExecutor(2) as pool:
+        assert nbd.map(lambda i: i * 10, range(4), executor=pool, name="tens") == [0, 10, 20, 30]
+    run.wait_durable()
+    records = store.read_journal(run.run_id)
+    starts = [r for r in records if r["t"] == "step_start" and r.get("name") == "tens"]
+    assert [r["options"]["seq"] for r in starts] == [1, 2, 3, 4]
+    ordinals = {r["ordinal"] for r in starts}
+    assert sum(r["t"] == "step_end" and r["ordinal"] in ordinals and r["status"] == "completed" for r in records) == 4
+    assert len(attempts(store, run)) == 4
+
+
+def test_map_on_an_executor_skips_retry_delays_on_a_time_skipping_clock() -> None:
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed: set[int] = set()
+
+    def once_flaky(i: int) -> int:
+        if i not in failed:
+            failed.add(i)
+            raise ConnectionError("once")
+        return i
+
+    started = _time.perf_counter()
+    with nbd.testing.time_skipping() as virtual, ThreadPoolExecutor(2) as pool:
+        before = virtual.now()
+        assert nbd.map(once_flaky, range(3), executor=pool,
+                       retry=nbd.RetryPolicy(max_attempts=2, initial_interval="1h", max_interval="1h")) == [0, 1, 2]
+        assert virtual.now() - before >= 3600
+    assert _time.perf_counter() - started < 5

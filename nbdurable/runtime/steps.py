@@ -28,6 +28,7 @@ from nbdurable.errors import NondeterminismError, NonRetryableError, OptionsErro
 from nbdurable.runtime.checkpoint import ObjectLoader
 from nbdurable.runtime.clock import clock
 from nbdurable.runtime.deadline import deadline
+from nbdurable.runtime.executors import check_executor, run_items
 from nbdurable.runtime.policy import NO_RETRY, Duration, RetryPolicy, parse_duration
 from nbdurable.runtime.replay import RecordedCall
 from nbdurable.runtime.run import DurableRun, StepHandle
@@ -295,8 +296,10 @@ def step(fn: F | None = None, *, name: str | None = None, retry: RetryPolicy | N
 
 
 def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, retry: RetryPolicy | None = None,  # noqa: A001 - public `nbd.map`
-        name: str | None = None, timeout: Duration | None = None) -> list[Any]:
-    """``[fn(item) for item in items]`` with each call a durable step, ``concurrency`` at a time in threads.
+        name: str | None = None, timeout: Duration | None = None, executor: Any = None) -> list[Any]:
+    """``[fn(item) for item in items]`` with each call a durable step, ``concurrency`` at a time in threads,
+    or on ``executor`` (a ``dask.distributed.Client`` or any ``concurrent.futures.Executor``; see
+    ``executors.py``: the kernel journals every call, the executor runs them).
 
     Call positions are reserved in item order before anything runs, so a resume replays exactly the
     items that completed and runs only the missing ones. Results come back in item order; the first
@@ -305,11 +308,15 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, r
     if concurrency < 1:
         raise OptionsError(f"concurrency must be at least 1, not {concurrency}",
                            hint="e.g. nbd.map(fn, items, concurrency=8)")
+    if executor is not None:
+        check_executor(executor)
     default_name, default_retry, default_timeout = getattr(fn, "nbdurable_step", (None, None, None))
     func = getattr(fn, "__wrapped__", fn) if default_name else fn
     step_name, policy = name or default_name or func.__qualname__, retry or default_retry or NO_RETRY
     items = list(items)
     prepared = [_prepare(step_name, (item,), {}, policy, timeout or default_timeout) for item in items]
+    if executor is not None:
+        return _map_on(executor, func, items, prepared, step_name)
 
     def one(index: int) -> Any:
         slot, attempts = prepared[index]
@@ -320,3 +327,26 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, r
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nbdurable-map") as pool:
         futures = [pool.submit(one, i) for i in range(len(items))]
     return [f.result() for f in futures]
+
+
+def _map_on(executor: Any, func: Callable[..., Any], items: list[Any], prepared: list[tuple[Slot | None, Attempts]],
+            step_name: str) -> list[Any]:
+    """``map`` on an executor: the calls without a recorded result submitted at once, the others replayed here."""
+    outcomes: dict[int, tuple[bool, Any]] = {}
+    replays = [(i, slot) for i, (slot, _) in enumerate(prepared) if slot is not None and slot.recorded is not None]
+
+    def replay() -> None:
+        for index, slot in replays:
+            try:
+                outcomes[index] = (True, _current_context().replay(slot))
+            except Exception as exc:  # a recorded error, raised again in item order below
+                outcomes[index] = (False, exc)
+
+    pending = [(i, items[i], attempts) for i, (slot, attempts) in enumerate(prepared)
+               if slot is None or slot.recorded is None]
+    outcomes.update(run_items(executor, func, pending, name=step_name, meanwhile=replay))
+    for index in range(len(items)):
+        ok, value = outcomes[index]
+        if not ok:
+            raise value
+    return [outcomes[i][1] for i in range(len(items))]

@@ -39,7 +39,7 @@ from nbdurable.serialization._core import (
 _PANDAS_MODULES = ("pandas", "pandas.core.frame")  # pandas 3 says "pandas", pandas 2 the defining module
 
 __all__ = ["FORMATS", "FORMAT_VERSION", "Serialized", "assemble_frame", "deserialize", "deserialize_parts",
-           "frame_parts", "piece_key", "serialize"]
+           "frame_parts", "piece_key", "serialize", "ship", "unship"]
 
 
 def serialize(obj: object, *, namespace: dict[str, Any] | None = None,
@@ -70,6 +70,22 @@ def serialize(obj: object, *, namespace: dict[str, Any] | None = None,
         if serialized is not None:
             return serialized
     return _serialize_pickle(obj, type_name, namespace, shared)
+
+
+def ship(obj: object) -> bytes:
+    """``obj`` as bytes for another process of this program (``nbd.map`` on a process pool): cloudpickle, so
+    functions and classes defined in a notebook travel by value. Not stored: no header, no versions."""
+    import cloudpickle
+
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
+
+
+def unship(data: bytes) -> Any:
+    """The object ``ship`` turned into ``data``."""
+    import pickle
+
+    return pickle.loads(data)
 
 
 def _views_shared(arr: Any, shared: dict[int, tuple[str, str]]) -> bool:
