@@ -1,0 +1,23 @@
+"""Schedules and triggers as the API and the dashboard show them.
+
+TODO(issue 17): schedules, triggers and the orchestration worker are being built (issue 17); until they are
+merged these return no entries. The lead wires them here: ``list_schedules`` returns one dict per schedule
+(``name``, ``notebook``, ``cron``, ``next_fire_at`` (unix seconds), ``paused``), ``list_triggers`` one per
+trigger (``name``, ``event``, ``notebook``, ``match``); the dashboard's panes show those keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nbdurable.store import Store
+
+
+def list_schedules(store: Store) -> list[dict[str, Any]]:
+    """The store's schedules with their next fire times. TODO(issue 17): none until schedules exist."""
+    return []
+
+
+def list_triggers(store: Store) -> list[dict[str, Any]]:
+    """The store's event triggers. TODO(issue 17): none until triggers exist."""
+    return []
