@@ -33,7 +33,7 @@ def page() -> str:
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f'<meta name="generator" content="nbdurable {__version__}">\n'
-        "<title>nbdurable</title>\n"
+        '<title>nbdurable</title>\n<link rel="icon" href="data:,">\n'
         f"<style>\n{inline_style(graph_css)}\n</style>\n<style>\n{inline_style(own_css)}\n</style>\n"
         f"</head>\n<body>\n{body}\n<script>\n{inline_script(script)}\n</script>\n</body>\n</html>\n"
     )
