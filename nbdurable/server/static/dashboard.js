@@ -77,13 +77,16 @@
   }
 
   function mergeRows(changed) {
-    let unseen = false;
+    let unseen = false, waits = false;
     for (const row of changed) {
+      const before = state.rows.find(function (r) { return r.run_id === row.run_id; });
+      waits = waits || row.status === "suspended" || (before && before.status === "suspended");
       const i = state.rows.findIndex(function (r) { return r.run_id === row.run_id; });
       if (i >= 0) state.rows[i] = row; else unseen = true;
       if (row.run_id === state.selected) loadRun(row.run_id);
     }
     if (unseen) loadRuns(); else drawRuns();
+    if (waits || unseen) loadApprovals();  /* a run that began or ended waiting for an event */
   }
 
   /* ----- the selected run ------------------------------------------------------------------------- */
@@ -173,10 +176,14 @@
     ]);
   }
 
-  function loadSide() {
+  function loadApprovals() {
     api("GET", "/api/approvals").then(function (b) {
       fillList("nbd-approvals", b.approvals, drawApproval, "no run waits for an approval");
     }).catch(function (err) { say(errorText(err)); });
+  }
+
+  function loadSide() {
+    loadApprovals();
     api("GET", "/api/events?limit=20").then(function (b) {
       fillList("nbd-events", b.events, function (e) {
         return el("li", { "data-event-id": e.id }, [el("code", {}, e.name), " · ", nbdFormatTime(e.sent_at),
