@@ -142,9 +142,10 @@ def bench_events(work: Path, seconds: float) -> list[Figure]:
 
 
 def bench_runs_list(work: Path, repeats: int) -> tuple[list[Figure], Path]:
-    from bench.catalog import build_store
     from nbdurable.store import Store
     from nbdurable.widgets.history import filters_query
+
+    from bench.catalog import build_store
 
     root = work / "big-store"
     t0 = time.perf_counter()

@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from browser import free_port, subprocess_env
 from nbdurable.store import Store, records
+
+from browser import free_port, subprocess_env
 
 
 @dataclass

@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from serve_helpers import Served, served, write_run
 
 from nbdurable.errors import OptionsError
 from nbdurable.server import auth
 from nbdurable.server.body import MAX_BODY
 from nbdurable.store import Store
-from serve_helpers import Served, served, write_run
 
 pytestmark = pytest.mark.timeout(120)
 

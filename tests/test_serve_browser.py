@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
+from serve_helpers import Served, served, write_run
+
+from nbdurable.server.engine import WorkerEngine
+from nbdurable.store import Store
 
 from browser import screenshot
 from helpers import write_notebook
-from nbdurable.server.engine import WorkerEngine
-from nbdurable.store import Store
-from serve_helpers import Served, served, write_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serve_helpers import start_server_process
 
 from nbdurable.store import Store
-from serve_helpers import start_server_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from serve_helpers import Served, served
 
-from helpers import write_notebook
 from nbdurable.server.engine import WorkerEngine
 from nbdurable.store import Store
-from serve_helpers import Served, served
+
+from helpers import write_notebook
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -20,11 +20,11 @@ from nbdurable.store import Store, records
 
 pytest.importorskip("opentelemetry.sdk", reason="the [otel] extra: pip install 'nbdurable[otel]'")
 
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from conftest import run_session  # noqa: E402
-from helpers import clean_env  # noqa: E402
+from conftest import run_session
+from helpers import clean_env
 
 SETUP = """
 from nbdurable.runtime import tracing

@@ -176,14 +176,14 @@ class RunTracer:
 
         head = self.store.journal_head(event.run_id) or {}
         self._trace[event.run_id] = trace_id_of(trace_root(self.store, event.run_id))
-        origin = head.get("origin") if isinstance(head.get("origin"), dict) else {}
+        origin: dict[str, Any] = head["origin"] if isinstance(head.get("origin"), dict) else {}
         parent = None
         if origin.get("parent_run"):
             parent_run, step = str(origin["parent_run"]), origin.get("parent_step")
             parent = NonRecordingSpan(SpanContext(
                 trace_id=self._trace[event.run_id], span_id=span_id_of(parent_run, step if step is None else int(step)),
                 is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)))
-        params = head.get("params") if isinstance(head.get("params"), dict) else {}
+        params: dict[str, Any] = head["params"] if isinstance(head.get("params"), dict) else {}
         self._spans[(event.run_id, None)] = self._start(event.run_id, None, "run", parent, {
             "nbdurable.run_id": event.run_id, "nbdurable.notebook": event.data.get("notebook"),
             "nbdurable.kind": head.get("kind"), "nbdurable.params": sorted(str(k) for k in params),
