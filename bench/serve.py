@@ -4,7 +4,7 @@ table in Chromium at 10,000 runs.
 Servers run as processes of their own (``python -m nbdurable serve --no-engine`` on loopback), the load
 generator here:
 
-- events: ``CLIENTS`` concurrent HTTP/1.1 keep-alive clients (asyncio + httpx) POST events for ``--seconds``;
+- events: ``CLIENTS`` concurrent HTTP/1.1 keep-alive clients (asyncio streams) POST events for ``--seconds``;
   each reply comes after the event is fsync'ed (file and directory). Figures: events/s, p50 and p99 latency.
   Baselines in the same run: the bare durable write (``Store.send_event`` in a loop, one thread: what the
   disk allows per writer) and a bare Starlette endpoint on uvicorn answering 202 without storing (what
@@ -82,26 +82,38 @@ def _serve(store: Path, root: Path, token: str, *, bare: bool = False) -> tuple[
 
 
 async def _load(base: str, token: str, seconds: float) -> tuple[float, list[float]]:
-    """(events/s, latencies in s) of CLIENTS concurrent senders for ``seconds``."""
+    """(events/s, latencies in s) of CLIENTS concurrent keep-alive senders for ``seconds``. A minimal HTTP/1.1
+    client on asyncio streams (an HTTP library would spend more of a shared 2-core machine than the server)."""
+    host, port = base.removeprefix("http://").split(":")
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
-                                 timeout=30) as client:
-        async def sender(k: int) -> None:
-            n = 0
+
+    async def sender(k: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        n = 0
+        try:
             while time.perf_counter() < stop_at:
+                body = f'{{"sender": {k}, "n": {n}}}'.encode()
+                head = (f"POST /api/events/bench.tick HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                 t0 = time.perf_counter()
-                answer = await client.post("/api/events/bench.tick", json={"sender": k, "n": n})
-                if answer.status_code != 202:
-                    raise RuntimeError(f"POST answered {answer.status_code}: {answer.text}")
+                writer.write(head + body)
+                status = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                if b" 202 " not in status:
+                    raise RuntimeError(f"POST answered {status!r}")
                 latencies.append(time.perf_counter() - t0)
                 n += 1
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(sender(k) for k in range(CLIENTS)))
-        elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, latencies
+    start = time.perf_counter()
+    await asyncio.gather(*(sender(k) for k in range(CLIENTS)))
+    return len(latencies) / (time.perf_counter() - start), latencies
 
 
 def _pct(values: list[float], q: float) -> float:
