@@ -289,8 +289,9 @@ def test_stream_sends_run_changes(server: Served) -> None:
                     write_run(server.store, run_id, status="completed")
                 if name == "runs" and any(r["run_id"] == run_id for r in seen[-1][1]["runs"]):
                     break
-    rows = [r for n, d in seen if n == "runs" for r in d["runs"] if r["run_id"] == run_id]
+    rows = [r for n, d in seen if n == "runs" for r in d["runs"]]
     assert rows and rows[-1]["status"] == "completed"
+    assert {r["run_id"] for r in rows} == {run_id}  # only what changed: not the runs that did not
 
 
 def test_event_files_of_the_store_unchanged_by_keys(tmp_path: Path) -> None:

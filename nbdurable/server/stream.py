@@ -46,6 +46,7 @@ class Watcher:
         self._queues: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self._dirs: tuple[int, int] = (0, 0)
         self._sizes: dict[str, int] = {}  # journal sizes of the runs not finished
+        self._known: set[str] = set()  # every run id seen (a new journal is a new id)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -95,6 +96,7 @@ class Watcher:
 
     def _baseline(self) -> None:
         self._dirs = self._dir_mtimes()
+        self._known = set(self.store.run_ids())
         self._sizes = self._open_sizes(self._open_runs())
 
     def _dir_mtimes(self) -> tuple[int, int]:
@@ -122,10 +124,13 @@ class Watcher:
         journals_changed, events_changed = dirs[0] != self._dirs[0], dirs[1] != self._dirs[1]
         self._dirs = dirs
         candidates = set(self._sizes)
-        if journals_changed:
-            candidates |= {r for r in self.store.run_ids() if r not in self._sizes} | set(self._open_runs())
+        new: set[str] = set()
+        if journals_changed:  # a new run, or a finished run's journal reopened (its marker file)
+            ids = set(self.store.run_ids())
+            new, self._known = ids - self._known, self._known | ids
+            candidates |= new | set(self._open_runs())
         sizes = self._open_sizes(sorted(candidates))
-        changed = sorted(r for r, size in sizes.items() if self._sizes.get(r) != size)
+        changed = sorted(r for r, size in sizes.items() if r in new or self._sizes.get(r) != size)
         messages: list[tuple[str, dict[str, Any]]] = []
         if changed:
             rows = self.store.catalog().query(
