@@ -159,3 +159,21 @@ def test_nothing_subscribes_without_otel_variables(tmp_path: Path, monkeypatch: 
     probe = subprocess.run([sys.executable, "-c", "import sys, nbdurable.kernel_ext, nbdurable.runtime.tracing; "
                             "print('opentelemetry' in sys.modules)"], env=clean_env(), capture_output=True, text=True)
     assert probe.stdout.strip() == "False"  # not even imported
+
+
+def test_the_server_traces_its_requests(tmp_path: Path) -> None:
+    from serve_helpers import served
+
+    exporter = InMemorySpanExporter()
+    tracing.use_provider(tracing.tracer_provider(SimpleSpanProcessor(exporter)))
+    try:
+        with served(Store.open(tmp_path / "s"), tmp_path) as server:
+            with server.client() as c:
+                assert c.post("/api/events/traced", json={}).status_code == 202
+            with server.client(token="wrong-token-of-some-length") as c:
+                assert c.get("/api/runs").status_code == 401
+    finally:
+        tracing.use_provider(None)
+    spans = [(s.name, s.attributes["url.path"], s.attributes["http.response.status_code"])
+             for s in exporter.get_finished_spans()]
+    assert ("HTTP POST", "/api/events/traced", 202) in spans and ("HTTP GET", "/api/runs", 401) in spans

@@ -61,10 +61,15 @@ def exporter_name() -> str | None:
 def install(bus: EventBus, store: Store, *, provider: Any = None) -> Callable[[], None] | None:
     """Emit the spans of the runs announced on ``bus`` (of ``store``); returns the function that stops it, or
     None when there is nothing to emit to (no SDK, no exporter asked for, and no ``provider`` given)."""
-    provider = provider or _chosen[0] or configured_provider()
+    provider = provider or chosen_provider()
     if provider is None:
         return None
     return bus.subscribe(RunTracer(provider, store))
+
+
+def chosen_provider() -> Any:
+    """The provider spans go to: ``use_provider``'s, else the environment's (None: no traces)."""
+    return _chosen[0] or configured_provider()
 
 
 def use_provider(provider: Any) -> None:

@@ -23,12 +23,14 @@ from starlette.schemas import SchemaGenerator
 
 from nbdurable._version import __version__
 from nbdurable.errors import NbdurableError
+from nbdurable.runtime import tracing
 from nbdurable.server import api
 from nbdurable.server.auth import TokenMiddleware
 from nbdurable.server.dashboard import dashboard
 from nbdurable.server.engine import ENGINE, Engine
 from nbdurable.server.state import ServerState
 from nbdurable.server.stream import Watcher, stream
+from nbdurable.server.telemetry import RequestSpans
 from nbdurable.store import Store
 
 SCHEMAS = SchemaGenerator({
@@ -112,7 +114,11 @@ def create_app(store: Store, root: Path, token: str, *, engine: Callable[..., En
                 running.stop()
             state.launcher.stop()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(TokenMiddleware, token=token)],
+    middleware = [Middleware(TokenMiddleware, token=token)]
+    provider = tracing.chosen_provider()
+    if provider is not None:  # OpenTelemetry asked for: a span per request, outermost
+        middleware.insert(0, Middleware(RequestSpans, provider=provider))
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                     exception_handlers={NbdurableError: _error, HTTPException: _http_error, Exception: _error})
     app.state.nbd = state
     app.state.watcher = watcher
