@@ -263,11 +263,14 @@ def test_approvals_listed_and_sent_with_the_waits_match(server: Served, client: 
 def test_schedules_triggers_and_openapi(client: httpx.Client) -> None:
     assert client.get("/api/schedules").json() == {"schedules": []}
     assert client.get("/api/triggers").json() == {"triggers": []}
+    assert client.post("/api/schedules/nightly/pause").status_code == 404
+    assert client.post("/api/schedules/nightly/resume").status_code == 404
     schema = client.get("/api/openapi.json").json()
     paths = schema["paths"]
     for path in ("/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/cancel", "/api/runs/{run_id}/resume",
                  "/api/runs/{run_id}/rerun", "/api/runs/{run_id}/report", "/api/events", "/api/events/{name}",
-                 "/api/approvals/{wait}", "/api/schedules", "/api/triggers", "/api/stream"):
+                 "/api/approvals/{wait}", "/api/schedules", "/api/schedules/{name}/pause", "/api/triggers",
+                 "/api/stream"):
         assert path in paths, path
     assert set(paths["/api/runs"]) == {"get", "post"}
     unknown = client.get("/api/nothing")
@@ -302,3 +305,21 @@ def test_event_files_of_the_store_unchanged_by_keys(tmp_path: Path) -> None:
     from nbdurable.store.maintenance import check_store
 
     assert check_store(store).damage == []
+
+
+def test_a_launch_that_fails_says_why(tmp_path: Path) -> None:
+    """Resume of a run whose notebook is gone: 202 with the new run's id, then GET says it failed to start,
+    with the command's own error (no kernel started)."""
+    store = Store.open(tmp_path / "s")
+    run = write_run(store, "20240601T000000000-eeeeee", status="failed")  # its notebook /work/nb.ipynb is gone
+    with served(store, tmp_path) as s, s.client() as c:
+        answer = c.post(f"/api/runs/{run}/resume")
+        assert answer.status_code == 202 and answer.json()["resumes"] == run
+        new = answer.json()["run_id"]
+        deadline = time.monotonic() + 60
+        while (state := c.get(f"/api/runs/{new}").json()["run"])["status"] == "starting":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert state["status"] == "failed to start" and state["exit_code"] != 0
+        assert "nb.ipynb" in state["log"]
+        assert not store.journal_path(new).exists()

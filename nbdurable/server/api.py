@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from nbdurable.errors import OptionsError, RequestError, RunNotFoundError
 from nbdurable.server.body import read_json
-from nbdurable.server.orchestration import list_schedules, list_triggers
+from nbdurable.server.orchestration import list_schedules, list_triggers, set_paused
 from nbdurable.server.state import ServerState, client_name
 from nbdurable.store.journal import is_run_id
 
@@ -289,6 +289,19 @@ async def schedules(request: Request) -> Response:
       200: {description: "{schedules: [...]}"}
     """
     return JSONResponse({"schedules": await run_in_threadpool(list_schedules, _state(request).store)})
+
+
+async def pause_schedule(request: Request) -> Response:
+    """Pause or resume a schedule (the path ends with /pause or /resume).
+    ---
+    summary: Pause or resume a schedule
+    responses:
+      200: {description: "{schedule: {...}}"}
+      404: {description: no such schedule}
+    """
+    paused = request.url.path.endswith("/pause")
+    name = str(request.path_params["name"])
+    return JSONResponse({"schedule": await run_in_threadpool(set_paused, _state(request).store, name, paused)})
 
 
 async def triggers(request: Request) -> Response:

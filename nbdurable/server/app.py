@@ -68,6 +68,8 @@ ROUTES = [
     Route("/api/approvals", api.list_approvals, methods=["GET"]),
     Route("/api/approvals/{wait:path}", api.post_approval, methods=["POST"]),
     Route("/api/schedules", api.schedules, methods=["GET"]),
+    Route("/api/schedules/{name}/pause", api.pause_schedule, methods=["POST"]),
+    Route("/api/schedules/{name}/resume", api.pause_schedule, methods=["POST"]),
     Route("/api/triggers", api.triggers, methods=["GET"]),
     Route("/api/stream", stream, methods=["GET"]),
 ]

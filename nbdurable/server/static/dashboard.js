@@ -192,8 +192,16 @@
     }).catch(function (err) { say(errorText(err)); });
     api("GET", "/api/schedules").then(function (b) {
       fillList("nbd-schedules", b.schedules, function (s) {
-        return el("li", { "data-schedule": s.name || "" }, [el("code", {}, s.name || "?"), " · ", s.notebook || "",
-          el("div", {}, (s.cron || "") + (s.paused ? " · paused" : " · next " + nbdFormatTime(s.next_fire_at)))]);
+        const toggle = el("button", { type: "button", "data-schedule-action": s.paused ? "resume" : "pause" },
+          s.paused ? "Resume" : "Pause");
+        toggle.addEventListener("click", function () {
+          api("POST", "/api/schedules/" + encodeURIComponent(s.name) + "/" + (s.paused ? "resume" : "pause"), {})
+            .then(function () { loadSide(); }).catch(function (err) { say(errorText(err)); });
+        });
+        return el("li", { "data-schedule": s.name || "", "data-paused": s.paused ? "true" : "false" }, [
+          el("code", {}, s.name || "?"), " · ", s.notebook || "",
+          el("div", { "class": "nbd-dash-row" }, [(s.cron || "") + (s.paused ? " · paused" : " · next " +
+            nbdFormatTime(s.next_fire_at)), toggle])]);
       }, "no schedules");
     }).catch(function (err) { say(errorText(err)); });
     api("GET", "/api/triggers").then(function (b) {
