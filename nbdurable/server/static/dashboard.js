@@ -170,7 +170,8 @@
     yes.addEventListener("click", function () { decide(true); });
     no.addEventListener("click", function () { decide(false); });
     return el("li", { "data-approval-run": a.run_id, "data-event": a.event }, [
-      el("div", {}, [el("code", {}, a.event), " · ", a.notebook || "", a.match ? " · " + JSON.stringify(a.match) : ""]),
+      el("div", { title: a.notebook || "" }, [el("code", {}, a.event), " · ", String(a.notebook || "").split("/").pop(),
+        a.match ? " · " + JSON.stringify(a.match) : ""]),
       el("div", {}, el("code", {}, a.run_id)),
       el("div", { "class": "nbd-dash-row" }, [payload, yes, no]),
     ]);
