@@ -323,3 +323,25 @@ def test_a_launch_that_fails_says_why(tmp_path: Path) -> None:
         assert state["status"] == "failed to start" and state["exit_code"] != 0
         assert "nb.ipynb" in state["log"]
         assert not store.journal_path(new).exists()
+
+
+def test_run_id_from_the_environment_is_taken_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$NBDURABLE_RUN_ID (how the server knows a launched run's id): the process's first run takes it, once;
+    an id the store already has, or one not shaped like a run id, is never taken."""
+    from nbdurable.runtime.run import DurableRun
+    from nbdurable.runtime.session import ENV_RUN_ID
+
+    store = Store.open(tmp_path / "s")
+    monkeypatch.setenv(ENV_RUN_ID, "20240101T000000000-abcdef")
+    first = DurableRun(store, notebook="nb")
+    first.finish("completed")
+    second = DurableRun(store, notebook="nb")
+    second.finish("completed")
+    assert first.run_id == "20240101T000000000-abcdef" and second.run_id != first.run_id
+    monkeypatch.setenv(ENV_RUN_ID, first.run_id)  # already in the store
+    third = DurableRun(store, notebook="nb")
+    third.finish("completed")
+    monkeypatch.setenv(ENV_RUN_ID, "../../etc")
+    fourth = DurableRun(store, notebook="nb")
+    fourth.finish("completed")
+    assert len({first.run_id, third.run_id, fourth.run_id}) == 3 and "etc" not in fourth.run_id
