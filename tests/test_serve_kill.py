@@ -21,6 +21,8 @@ SENDERS = 4
 def test_acknowledged_events_survive_a_kill(tmp_path: Path) -> None:
     store_path, log = tmp_path / "store", tmp_path / "serve.log"
     server = start_server_process(store_path, tmp_path, log)
+    printed = log.read_text()
+    assert f"dashboard {server.base_url}/?token={server.token}" in printed and "token from $NBDURABLE_TOKEN" in printed
     acked: dict[str, str] = {}  # idempotency key -> event id, for every 202/200 received
     tried: set[str] = set()
     stop = threading.Event()
