@@ -24,6 +24,7 @@ SUITE = {
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
+    "serve": [("serve", [])],
     "steps": [("steps", [])],
 }
 
@@ -41,7 +42,8 @@ def main() -> None:
                      "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"], "dask_map": ["--rounds", "2"],
-                     "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
+                     "catalog": ["--repeats", "5", "--ingest-repeats", "1"],
+                     "serve": ["--seconds", "2", "--repeats", "5", "--render-repeats", "2"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)
             rows = run_child(module, *extra, *(quick.get(module, []) if args.quick else []))
             figures += [Figure(**row) for row in rows]

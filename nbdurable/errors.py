@@ -118,6 +118,15 @@ class SuspendedError(NbdurableError):
     """A headless run suspended itself where a suspension cannot be reported otherwise (papermill)."""
 
 
+class RequestError(NbdurableError):
+    """An HTTP request to ``nbdurable serve`` that cannot be served as asked; ``status`` is its HTTP status
+    (400 malformed, 401 token, 403 outside the root, 404 unknown, 409 conflict, 413 too large)."""
+
+    def __init__(self, message: str, *, status: int = 400, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
 class RetryAfter(Exception):  # a request, not an error: `raise nbd.RetryAfter(30)`
     """Raise it inside a step to be retried after ``seconds`` (counts as a failed attempt)."""
 
@@ -181,6 +190,7 @@ __all__ = [
     "StepTimeoutError",
     "SuspendedError",
     "ExecutorError",
+    "RequestError",
     "RetryAfter",
     "RunSuspended",
 ]

@@ -89,14 +89,14 @@ def script_json(data: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _inline_script(code: str) -> str:
+def inline_script(code: str) -> str:
     """JavaScript source as the text of an inline ``<script>``: a ``</script`` or ``<!--`` in it (in a string,
     a regular expression or a comment, where ``<\\/`` and ``<\\!`` mean the same) would end or confuse it."""
     code = re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE)
     return code.replace("<!--", "<\\!--")
 
 
-def _inline_style(css: str) -> str:
+def inline_style(css: str) -> str:
     """A stylesheet as the text of a ``<style>``: a ``</style`` in it (in a string or a comment, where ``<\\/``
     means the same) would end it."""
     return re.sub(r"</(style)", r"<\\/\1", css, flags=re.IGNORECASE)
@@ -141,7 +141,7 @@ def report_html(graph: dict[str, Any], *, generated_at: float | None = None) -> 
         f'<meta name="generator" content="nbdurable {esc(nbd_version)}">\n'
         f"<title>{esc(title)}</title>\n"
         f"<style>\n{_PAGE_CSS}\n</style>\n"
-        f"<style>\n{_inline_style(css)}\n</style>\n"
+        f"<style>\n{inline_style(css)}\n</style>\n"
         "</head>\n<body>\n"
         '<main class="nbd-report">\n'
         f"<h1>nbdurable run <code>{esc(run_id)}</code></h1>\n"
@@ -151,7 +151,7 @@ def report_html(graph: dict[str, Any], *, generated_at: float | None = None) -> 
         f'is in the page source (the script element "{DATA_ELEMENT_ID}").</p></noscript>\n'
         "</main>\n"
         f'<script type="application/json" id="{DATA_ELEMENT_ID}">{script_json(graph)}</script>\n'
-        f"<script>\n{_inline_script(core)}\n{boot}\n</script>\n"
+        f"<script>\n{inline_script(core)}\n{boot}\n</script>\n"
         "</body>\n</html>\n"
     )
 
@@ -175,4 +175,4 @@ def write_report(store: Store | str | os.PathLike[str], run_id: str, path: str |
     return target
 
 
-__all__ = ["report_html", "script_json", "write_report"]
+__all__ = ["inline_script", "inline_style", "report_html", "script_json", "write_report"]

@@ -22,6 +22,7 @@ MAX_LINES = 600
 LAYERS: list[set[str]] = [
     {"__main__"},
     {"", "cli"},
+    {"server"},
     {"headless", "kernel_ext", "demo"},
     {"report"},
     {"widgets", "history", "kernelspec", "testing"},

@@ -6,6 +6,7 @@ from typing import Any
 
 from nbdurable.kernel_ext.extension import Durable
 from nbdurable.kernel_ext.magics import DurableMagics
+from nbdurable.runtime import tracing
 
 _ATTR = "_nbdurable_extension"
 
@@ -18,7 +19,8 @@ def load_ipython_extension(shell: Any) -> None:
     magics = DurableMagics(shell, ext)
     shell.register_magics(magics)
     ext.register()
-    setattr(shell, _ATTR, (ext, magics))
+    untrace = tracing.install(ext.events, ext.store_obj)  # OpenTelemetry spans, when asked for (OTEL_*)
+    setattr(shell, _ATTR, (ext, magics, untrace))
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -26,8 +28,10 @@ def unload_ipython_extension(shell: Any) -> None:
     loaded = getattr(shell, _ATTR, None)
     if loaded is None:
         return
-    ext, magics = loaded
-    ext.unregister()
+    ext, magics, untrace = loaded
+    ext.unregister()  # ends the run: its span ends before the tracer goes
+    if untrace is not None:
+        untrace()
     for kind in ("line", "cell"):
         for name in magics.magics[kind]:
             shell.magics_manager.magics[kind].pop(name, None)

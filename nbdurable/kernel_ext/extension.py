@@ -54,7 +54,6 @@ from nbdurable.runtime.session import (
     ENV_PARAMS,
     ENV_RESUME,
     ENV_REUSE,
-    ENV_RUN_ID,
     ENV_SUSPEND_AFTER,
     HANDLE_NAME,
 )
@@ -285,7 +284,6 @@ class Durable(Configurable):
                 inline_max=self.inline_max_bytes,
                 forked_from=self.fork[0] if self.fork else None,
                 forked_at_cell=self.fork[1] if self.fork else None,
-                run_id=os.environ.pop(ENV_RUN_ID, "") or None,  # a launcher's id names this session's first run
                 origin=launch_origin(self.store_obj, self.plan.run_id if self.plan else None),
             )
             self.tracker.instance_prefix = f"{self.run.run_id}:"

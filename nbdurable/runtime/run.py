@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import secrets
 import socket
 import sys
@@ -33,7 +34,7 @@ from nbdurable.runtime.committer import Committer
 from nbdurable.runtime.control import pending_cancel
 from nbdurable.runtime.events import EventBus, RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep, chain_scope
-from nbdurable.runtime.session import ENV_ORIGIN
+from nbdurable.runtime.session import ENV_ORIGIN, ENV_RUN_ID
 from nbdurable.store import Store
 from nbdurable.store.records import (
     StepStatus,
@@ -59,6 +60,18 @@ def _variable_summary(v: Change | VarRef) -> dict[str, Any]:
         return {"name": v.name, "op": v.op, "type": s.type_name, "size_bytes": s.size, "format": s.format}
     return {"name": v.get("name"), "op": v.get("op"), "type": v.get("type"), "size_bytes": v.get("size"),
             "format": v.get("format")}
+
+
+_RUN_ID_RE = re.compile(r"\d{8}T\d{9}-[0-9a-f]{6}")
+
+
+def requested_run_id(store: Store) -> str | None:
+    """The run id ``$NBDURABLE_RUN_ID`` asks for (taken once per process: removed from the environment), if it
+    has the form of a run id and the store has no run with it."""
+    wanted = os.environ.pop(ENV_RUN_ID, "")
+    if not _RUN_ID_RE.fullmatch(wanted) or store.journal_path(wanted).exists():
+        return None
+    return wanted
 
 
 def new_run_id() -> str:
@@ -141,7 +154,7 @@ class DurableRun:
         """``run_id``: an id chosen before the run started (a launcher's), else a new one; ``origin``: what
         started the run (``records.run_record``)."""
         self.store = store
-        self.run_id = run_id or new_run_id()
+        self.run_id = run_id or requested_run_id(store) or new_run_id()
         self.origin = dict(origin or {})
         self.notebook = notebook
         self.resumed_from = resumed_from

@@ -37,7 +37,8 @@ ENV_RESUME = "NBDURABLE_RESUME"  # set by a runner: the run to resume ("" = star
 ENV_REUSE = "NBDURABLE_REUSE"  # "1": also restore matching executions of any completed run of the notebook
 ENV_OUTPUT = "NBDURABLE_OUTPUT"  # set by a runner: where it writes the output notebook (recorded for the worker)
 ENV_SUSPEND_AFTER = "NBDURABLE_SUSPEND_AFTER"  # set by a runner: overrides Durable.suspend_after
-ENV_RUN_ID = "NBDURABLE_RUN_ID"  # set by a launcher: the id the session's first run takes (known before it starts)
+ENV_RUN_ID = "NBDURABLE_RUN_ID"  # set by who starts a run and must know its id (the server): the process's first
+# new run takes it (once; a run id already in the store is never reused)
 ENV_ORIGIN = "NBDURABLE_ORIGIN"  # set by a launcher: what started the run, JSON (schedule, trigger, parent run...)
 HANDLE_NAME = "__nbdurable__"  # the extension's name in the user namespace (what transformed cells call)
 NOTICE_METADATA_KEY = "nbdurable"  # output/cell metadata key marking nbdurable's notices

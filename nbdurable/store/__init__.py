@@ -10,6 +10,7 @@ A store is a directory::
     leases/<run>.lease      one writer per run (flock + heartbeat)
     tmp/                    temporary files, renamed into objects/ and events/
     events/<id>.json        events sent with `nbd.send_event` / `nbdurable send` (one file each)
+    idempotency/<sha256>    the event id sent with an idempotency key (`send_event_once`, the server's API)
     control/<run>.cancel    a durable request to cancel a run (`nbdurable cancel`; who, when, why)
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog

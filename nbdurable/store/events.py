@@ -5,10 +5,16 @@ An event is one authenticated journal line (``encode_line``) ``{"id", "name", "d
 by time and a reader can skip the ones sent before a run started without opening them. One file per
 event means any number of processes send at once without a lock, and a crashed sender leaves either a
 whole event or nothing (a temp file that ``Store.open`` sweeps).
+
+Idempotency keys (``send_event_once``, the HTTP API's ``Idempotency-Key``): ``idempotency/<sha256 of the
+key>`` names the id of the event sent with that key. It is claimed *before* the event is written (a
+hard link of a fsync'ed temp file: exactly one sender wins, across processes), so a sender that crashed
+between the claim and the event leaves an id that the retry fills in: one event per key, never two.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -25,6 +31,9 @@ from .journal import _checked_body, encode_line, fsync_dir, io_error
 EVENT_SUFFIX = ".json"
 _ID_RE = re.compile(r"(\d{19,20})-[0-9a-f]{8}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+IDEMPOTENCY_DIR = "idempotency"
+MAX_IDEMPOTENCY_KEY = 200  # characters
+_CLAIM_WAIT_S = 2.0  # how long a second sender waits for the first one's event file before writing it itself
 MAX_DATA_DEPTH = 100  # nesting of an event's data: any reader's stack (a kernel's is deep) parses it back
 
 
@@ -50,18 +59,63 @@ class EventsMixin:
     def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
         """Store an event durably (fsync'ed before this returns); returns it with its id."""
         check_event_name(name)
-        try:
-            json.dumps(data)
-        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the interpreter's limit
-            raise OptionsError(f"event data must be JSON (dicts, lists, strings, numbers, booleans, None): {exc}",
-                               hint="send plain data, e.g. {'week': 47}") from None
-        if _nested_deeper_than(data, MAX_DATA_DEPTH):
-            raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: "
-                               "a waiting run could not read it back",
-                               hint="send flatter data, e.g. {'week': 47}")
+        _check_data(data)
+        now = time.time_ns()
+        return self._write_event({"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data,
+                                  "sent_at": now / 1e9, "sender": _sender()})
+
+    def send_event_once(self, name: str, data: Any, key: str) -> tuple[dict[str, Any], bool]:
+        """Store an event durably unless one was sent with the idempotency ``key``: returns (the event,
+        True) when this call stored it, (the first event sent with ``key``, False) when it stored nothing."""
+        check_event_name(name)
+        _check_data(data)
+        check_idempotency_key(key)
         now = time.time_ns()
         event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
-                 "sender": {"pid": os.getpid(), "host": socket.gethostname()}}
+                 "sender": _sender(), "idempotency_key": key}
+        claimed = self._claim_key(key, event["id"])
+        if claimed == event["id"]:
+            return self._write_event(event), True
+        deadline = time.monotonic() + _CLAIM_WAIT_S
+        while (first := self.read_event(claimed)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first sender is writing it, or crashed before it did
+        if first is not None:
+            return first, False
+        # The first sender claimed the key and died before its event was durable (it never acknowledged
+        # it): this retry stores the event under the claimed id.
+        event["id"], event["sent_at"] = claimed, _event_time(claimed)
+        return self._write_event(event), True
+
+    def _claim_key(self, key: str, event_id: str) -> str:
+        """The event id ``key`` names: ``event_id`` if this call claimed it, else the earlier claim's."""
+        directory = self.path / IDEMPOTENCY_DIR
+        final = directory / hashlib.sha256(key.encode("utf-8")).hexdigest()
+        tmp = self.path / "tmp" / f"key-{event_id}"
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(encode_line({"key": key, "event_id": event_id}))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, final)  # atomic create-if-absent: one claimant wins
+                fsync_dir(directory)
+                return event_id
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            line = final.read_bytes()
+        except OSError as exc:
+            raise io_error(exc, f"claiming the idempotency key of an event {key!r}", final) from exc
+        body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
+        claim = json.loads(body.decode("utf-8")) if body is not None else None
+        if not isinstance(claim, dict) or not _ID_RE.fullmatch(str(claim.get("event_id"))):
+            raise OptionsError(f"the idempotency key file {final} is damaged",
+                               hint="run `nbdurable check`; send the event with a new key")
+        return str(claim["event_id"])
+
+    def _write_event(self, event: dict[str, Any]) -> dict[str, Any]:
         directory = self.path / "events"
         tmp = self.path / "tmp" / f"event-{event['id']}"
         final = directory / f"{event['id']}{EVENT_SUFFIX}"
@@ -73,7 +127,7 @@ class EventsMixin:
             os.replace(tmp, final)
             fsync_dir(directory)
         except OSError as exc:
-            raise io_error(exc, f"storing event {name!r}", final) from exc
+            raise io_error(exc, f"storing event {event['name']!r}", final) from exc
         return event
 
     def events(self, *, name: str | None = None, after: float | None = None) -> list[dict[str, Any]]:
@@ -114,6 +168,30 @@ class EventsMixin:
         return event if isinstance(event, dict) and event.get("id") == event_id else None
 
 
+def check_idempotency_key(key: str) -> str:
+    """``key`` if it is a usable idempotency key (1-200 printable characters), else OptionsError."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise OptionsError(f"not an idempotency key: {str(key)[:80]!r}",
+                           hint=f"use 1-{MAX_IDEMPOTENCY_KEY} printable characters, e.g. a UUID")
+    return key
+
+
+def _sender() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _check_data(data: Any) -> None:
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the interpreter's limit
+        raise OptionsError(f"event data must be JSON (dicts, lists, strings, numbers, booleans, None): {exc}",
+                           hint="send plain data, e.g. {'week': 47}") from None
+    if _nested_deeper_than(data, MAX_DATA_DEPTH):
+        raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: "
+                           "a waiting run could not read it back",
+                           hint="send flatter data, e.g. {'week': 47}")
+
+
 def _nested_deeper_than(data: Any, limit: int) -> bool:
     """Whether ``data`` has containers more than ``limit`` levels deep (iterative: any depth, no recursion)."""
     stack = [(data, 1)]
@@ -126,4 +204,4 @@ def _nested_deeper_than(data: Any, limit: int) -> bool:
     return False
 
 
-__all__ = ["EventsMixin", "check_event_name"]
+__all__ = ["EventsMixin", "check_event_name", "check_idempotency_key"]
