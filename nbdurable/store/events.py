@@ -38,8 +38,12 @@ def check_event_name(name: str) -> str:
     return name
 
 
-def _event_time(event_id: str) -> float:
+def event_time(event_id: str) -> float:
+    """When the event ``event_id`` was sent (unix seconds, from its id: no read)."""
     return int(event_id.split("-", 1)[0]) / 1e9
+
+
+_event_time = event_time
 
 
 class EventsMixin:
@@ -126,4 +130,4 @@ def _nested_deeper_than(data: Any, limit: int) -> bool:
     return False
 
 
-__all__ = ["EventsMixin", "check_event_name"]
+__all__ = ["EventsMixin", "check_event_name", "event_time"]
