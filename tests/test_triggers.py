@@ -334,3 +334,14 @@ def test_trigger_commands_and_their_errors(tmp_path: Path, nb: Path) -> None:
     assert "[paused]" in cli("trigger", "list").stdout
     assert cli("trigger", "delete", "orders").returncode == 0
     assert "no triggers" in cli("trigger", "list").stdout
+
+
+def test_the_worker_decides_trigger_events(tmp_path: Path, nb: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    store.add_trigger(define_trigger("t", nb, on="ping"))
+    event = store.send_event("ping", {"n": 1})["id"]
+    worked = run_cli("worker", "--once", "--store", str(tmp_path / "store"), cwd=tmp_path)
+    assert worked.returncode == 0, worked.output
+    (claim,) = store.claims("event")
+    assert claim["event_id"] == event
+    assert f"trigger_fired trigger=t event_id={event} run_id={claim['run_id']} claim=event:t:{event}" in worked.stderr
