@@ -23,6 +23,8 @@ SUITE = {
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
+    # issue 17; helper sched's schedule-evaluation figure (1,000 schedules, slots checked per second) goes here too
+    "orchestration": [("orchestration", ["trigger"]), ("orchestration", ["overhead"])],
     "steps": [("steps", [])],
 }
 
@@ -40,7 +42,8 @@ def main() -> None:
                      "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
-                     "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
+                     "catalog": ["--repeats", "5", "--ingest-repeats", "1"],
+                     "orchestration": ["--repeats", "2", "--runs", "4"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)
             rows = run_child(module, *extra, *(quick.get(module, []) if args.quick else []))
             figures += [Figure(**row) for row in rows]
