@@ -345,3 +345,44 @@ def test_the_worker_decides_trigger_events(tmp_path: Path, nb: Path) -> None:
     (claim,) = store.claims("event")
     assert claim["event_id"] == event
     assert f"trigger_fired trigger=t event_id={event} run_id={claim['run_id']} claim=event:t:{event}" in worked.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_killed_at_random_moments_decide_every_event_once(tmp_path: Path, nb: Path) -> None:
+    import random
+    import signal
+    import subprocess
+
+    from helpers import start_cli
+
+    store = Store.open(tmp_path / "store")
+    store.add_trigger(define_trigger("t", nb, on="ping"))
+    store.add_trigger(define_trigger("i", nb, on="ping", flow=FlowControl(idempotency_key='event["k"]')))
+    sent: list[str] = []
+
+    def sender() -> None:
+        for n in range(80):
+            sent.append(store.send_event("ping", {"n": n, "k": n % 7})["id"])
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    rng = random.Random(17)
+    args = ("worker", "--poll", "0.1", "--store", str(tmp_path / "store"))
+    for _ in range(3):
+        workers = [start_cli(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for _ in range(2)]
+        time.sleep(rng.uniform(0.8, 2.0))
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+    thread.join()
+    final = run_cli("worker", "--once", "--store", str(tmp_path / "store"), cwd=tmp_path)
+    assert final.returncode == 0, final.output
+    claims = store.claims("event")
+    assert sorted(c["event_id"] for c in claims) == sorted(sent)  # every event once, none twice
+    assert len({c["run_id"] for c in claims}) == len(sent)
+    idem = store.claims("idem")
+    assert sorted(c["key"] for c in idem) == [f"i:{k}" for k in range(7)]  # one run per key value
+    duplicates = [d for d in store.claims("dropped") if d["trigger"] == "i"]
+    assert len(duplicates) == len(sent) - 7 and {d["reason"] for d in duplicates} == {"duplicate"}
