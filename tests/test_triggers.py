@@ -247,8 +247,10 @@ def test_rate_drop_records_the_excess_and_delay_spaces_the_runs(tmp_path: Path, 
     starts = sorted(c["not_before"] for c in delayed[2:])
     decided = delayed[0]["decided_at"]
     assert starts[0] == pytest.approx(decided + 60, abs=1) and starts[2] == pytest.approx(decided + 120, abs=1)
-    assert trigger_counts(store, store.trigger("delay")) == {"runs": 5, "delayed": 3, "dropped": 0, "duplicates": 0}
-    assert trigger_counts(store, store.trigger("drop")) == {"runs": 2, "delayed": 0, "dropped": 3, "duplicates": 0}
+    assert trigger_counts(store, store.trigger("delay")) == {"runs": 5, "delayed": 3, "dropped": 0, "duplicates": 0,
+                                                             "notebook_missing": 0}
+    assert trigger_counts(store, store.trigger("drop")) == {"runs": 2, "delayed": 0, "dropped": 3, "duplicates": 0,
+                                                            "notebook_missing": 0}
     # a restarted worker sees the tokens taken: a new event is dropped, not run
     store.send_event("hit", {"n": 9, "k": 0})
     TriggerPass(store, Log()).tick()
@@ -386,3 +388,40 @@ def test_two_workers_killed_at_random_moments_decide_every_event_once(tmp_path: 
     assert sorted(c["key"] for c in idem) == [f"i:{k}" for k in range(7)]  # one run per key value
     duplicates = [d for d in store.claims("dropped") if d["trigger"] == "i"]
     assert len(duplicates) == len(sent) - 7 and {d["reason"] for d in duplicates} == {"duplicate"}
+
+
+def test_a_restarted_pass_starts_from_the_cursor_and_keeps_open_bursts(tmp_path: Path, nb: Path) -> None:
+    import shutil
+
+    store = Store.open(tmp_path / "store")
+    store.add_trigger(define_trigger("t", nb, on="ping"))
+    store.add_trigger(define_trigger("d", nb, on="ping", flow=FlowControl(debounce=60.0)))
+    for n in range(3):
+        store.send_event("ping", {"n": n})
+    last = store.events(name="ping")[-1]
+    time.sleep(0.01)
+    assert TriggerPass(store, Log(), lag=0, cursor_every=0).tick() == 3
+    assert store.read_trigger_cursor("t")["after"] > last["sent_at"]
+    assert store.read_trigger_cursor("d")["after"] == pytest.approx(last["sent_at"])  # the open burst's last event
+    shutil.rmtree(tmp_path / "store" / "claims" / "event")  # without the cursor, a new pass would claim them again
+    assert TriggerPass(store, Log()).tick() == 0 and store.claims("event") == []
+    # the debounce trigger's restarted pass folds its open burst again from the last event
+    restarted = TriggerPass(store, Log())
+    restarted.tick()
+    assert [b.event_id for b in restarted._progress[("d", store.trigger("d")["created_at"])].bursts.open.values()] == [
+        last["id"]]
+    store.delete_trigger("t")
+    assert store.read_trigger_cursor("t") is None
+
+
+def test_an_event_for_a_trigger_whose_notebook_is_gone_is_recorded_not_run(tmp_path: Path, nb: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    store.add_trigger(define_trigger("t", nb, on="ping"))
+    nb.unlink()
+    store.send_event("ping", {"n": 1})
+    log = Log()
+    assert TriggerPass(store, log).tick() == 0
+    assert store.open_claims() == [] and [f["reason"] for f in log.of("trigger_dropped")] == ["notebook_missing"]
+    assert trigger_counts(store, store.trigger("t"))["notebook_missing"] == 1
+    listed = run_cli("trigger", "list", "--store", str(tmp_path / "store"), cwd=tmp_path, in_process=True)
+    assert "notebook missing 1" in listed.stdout

@@ -107,7 +107,9 @@ def list_triggers(as_json: bool, store: str | None) -> None:
         notebook = _relative(definition["notebook"])
         click.echo(f"{definition['name']}  [{state}]  on {definition['on']}{match} → {notebook}")
         click.echo(f"    flow: {FlowControl.from_dict(definition.get('flow') or {}).describe()}; since {created}")
-        click.echo("    runs {runs} (delayed {delayed}), dropped {dropped}, duplicates {duplicates}".format(**counts))
+        missing = f", notebook missing {counts['notebook_missing']}" if counts["notebook_missing"] else ""
+        click.echo("    runs {runs} (delayed {delayed}), dropped {dropped}, duplicates {duplicates}".format(**counts)
+                   + missing)
     if not as_json and not opened.triggers():
         click.echo("no triggers (add one with `nbdurable trigger add NAME NOTEBOOK --on EVENT`)")
 

@@ -12,8 +12,9 @@ events sent since its last tick and *decides* each matching one, durably, as a c
   decision with reason ``duplicate``.
 - ``debounce`` claim ``"<trigger>:<last event id>"``: made once a burst of events of a key went quiet for
   the debounce period; the run gets that last event's data.
-- ``dropped`` decision ``"<trigger>:<event id>"`` (no run): excess under ``--rate … --rate-mode drop``, or a
-  duplicate. Under ``--rate-mode delay`` the run is claimed with ``not_before`` instead.
+- ``dropped`` decision ``"<trigger>:<event id>"`` (no run): excess under ``--rate … --rate-mode drop``, a
+  duplicate, or an event that found the trigger's notebook gone (its run would fail at once, forever).
+  Under ``--rate-mode delay`` the run is claimed with ``not_before`` instead.
 
 Claims make it exactly once: however many workers tick and however often one crashes, an event's key
 names one decision, and the first one recorded stands. Each decision is logged (``log(event, **fields)``).
@@ -44,6 +45,7 @@ from nbdurable.store.events import check_event_name, event_time
 from nbdurable.store.triggers import check_trigger_name
 
 LAG = 10.0  # seconds an event file may appear after its id's time (its write and fsync): looked back on
+CURSOR_EVERY = 5.0  # seconds of progress between two writes of a trigger's cursor
 RUN_KINDS = ("event", "idem", "debounce")  # the claims of a trigger that start runs
 DECISION_KIND, RATE_KIND = "dropped", "rate"  # decisions that start none
 
@@ -107,13 +109,15 @@ def resume_trigger(store: Store, name: str) -> bool:
 
 def trigger_counts(store: Store, trigger: dict[str, Any]) -> dict[str, int]:
     """What the trigger decided so far: runs claimed (``runs``; ``delayed`` of them by a rate limit), events
-    ``dropped`` by the rate limit, ``duplicates`` of an idempotency key."""
+    ``dropped`` by the rate limit, ``duplicates`` of an idempotency key, events that found the notebook gone
+    (``notebook_missing``)."""
     mine = _mine(trigger)
     runs = [c for kind in RUN_KINDS for c in store.claims(kind) if mine(c)]
     decisions = [c for c in store.claims(DECISION_KIND) if mine(c)]
     return {"runs": len(runs), "delayed": sum(1 for c in runs if c.get("not_before")),
             "dropped": sum(1 for c in decisions if c.get("reason") == "rate"),
-            "duplicates": sum(1 for c in decisions if c.get("reason") == "duplicate")}
+            "duplicates": sum(1 for c in decisions if c.get("reason") == "duplicate"),
+            "notebook_missing": sum(1 for c in decisions if c.get("reason") == "notebook_missing")}
 
 
 def _mine(trigger: dict[str, Any]) -> Any:
@@ -131,13 +135,14 @@ class _Progress:
     flow: FlowControl
     seen: set[str] = field(default_factory=set)  # events decided at or after ``after``
     bursts: Bursts | None = None
+    saved: float = 0.0  # the ``after`` of the cursor last written
 
 
 class TriggerPass:
     """Decides new events for every trigger of a store (``tick``): claims runs, records drops, logs each."""
 
-    def __init__(self, store: Store, log: Log, *, lag: float = LAG) -> None:
-        self.store, self.log, self.lag = store, log, lag
+    def __init__(self, store: Store, log: Log, *, lag: float = LAG, cursor_every: float = CURSOR_EVERY) -> None:
+        self.store, self.log, self.lag, self.cursor_every = store, log, lag, cursor_every
         self.decided = 0
         self._progress: dict[tuple[str, float], _Progress] = {}
         self._events: dict[str, dict[str, Any] | None] = {}
@@ -162,9 +167,20 @@ class TriggerPass:
         found = self._progress.get((trigger["name"], trigger["created_at"]))
         if found is None:
             flow = FlowControl.from_dict(trigger.get("flow") or {})
-            found = _Progress(float(trigger["created_at"]), flow,
-                              bursts=Bursts(flow.debounce) if flow.debounce else None)
+            after = float(trigger["created_at"])
+            cursor = self.store.read_trigger_cursor(trigger["name"]) or {}
+            if cursor.get("incarnation") == trigger["created_at"]:
+                after = max(after, float(cursor.get("after") or 0))
+            found = _Progress(after, flow, bursts=Bursts(flow.debounce) if flow.debounce else None, saved=after)
         return found
+
+    def _save(self, trigger: dict[str, Any], progress: _Progress) -> None:
+        """Write the trigger's cursor now and then: the events a restarted pass need not read again (an open
+        debounce burst's last event stays after it, so the burst is folded again)."""
+        safe = min([progress.after, *(b.sent_at for b in (progress.bursts.open.values() if progress.bursts else []))])
+        if safe - progress.saved >= self.cursor_every:
+            self.store.write_trigger_cursor(trigger["name"], {"incarnation": trigger["created_at"], "after": safe})
+            progress.saved = safe
 
     def _tick_trigger(self, trigger: dict[str, Any], progress: _Progress, ids: list[str], now: float) -> int:
         claimed = 0
@@ -186,6 +202,7 @@ class TriggerPass:
                                        now, debounced=burst.count, flow_value=key) == "claimed"
         progress.after = max(progress.after, now - self.lag)
         progress.seen = {i for i in progress.seen if event_time(i) >= progress.after}
+        self._save(trigger, progress)
         return claimed
 
     def _event(self, event_id: str) -> dict[str, Any] | None:
@@ -199,6 +216,9 @@ class TriggerPass:
         key = f"{name}:{event['id']}"
         if any(self.store.read_claim(kind, key) is not None for kind in ("event", DECISION_KIND)):
             return 0  # decided by another worker, or before a restart
+        if not Path(trigger["notebook"]).is_file():  # a run would fail at once, and be started again and again
+            self._drop(trigger, event, "notebook_missing", notebook=trigger["notebook"])
+            return 0
         if flow.idempotency_key is not None:
             value = compile_key(flow.idempotency_key).evaluate(data)
             if value is not None:

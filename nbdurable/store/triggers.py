@@ -5,6 +5,7 @@ parameters, the flow control, when it was created and its pauses). ``add_trigger
 place, so of two processes adding the same name exactly one succeeds; ``update_trigger`` (pause, resume)
 writes a new file and renames it over the old one; a reader sees the old definition or the new one, never a
 mix. A file that fails its tag (edited by hand, damaged, another user's key) is never used.
+``triggers/<name>.cursor`` remembers how far the trigger pass got (a shortcut for a restarted worker).
 
 Decisions that start no run (an event dropped by a rate limit, a duplicate of an idempotency key, a rate
 token taken) are recorded as claims too (``record_decision``): first stands, and durable before they are
@@ -27,6 +28,7 @@ from .journal import _checked_body, encode_line, fsync_dir, io_error
 
 TRIGGERS_DIR = "triggers"
 TRIGGER_SUFFIX = ".trigger"
+CURSOR_SUFFIX = ".cursor"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -123,11 +125,29 @@ class TriggersMixin:
         path = self._trigger_path(name)
         try:
             path.unlink()
+            path.with_suffix(CURSOR_SUFFIX).unlink(missing_ok=True)
             fsync_dir(path.parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise io_error(exc, f"deleting the trigger {name!r}", path) from exc
+
+    def read_trigger_cursor(self, name: str) -> dict[str, Any] | None:
+        """Where a trigger pass got to (``write_trigger_cursor``), or None."""
+        return _read(self._trigger_path(name).with_suffix(CURSOR_SUFFIX))
+
+    def write_trigger_cursor(self, name: str, cursor: dict[str, Any]) -> None:
+        """Remember where a trigger pass got to (``{"name", "incarnation", "after"}``): every event sent before
+        ``after`` is decided, so a restarted pass need not read them again. Only a shortcut: not fsync'ed (a
+        lost cursor means reading more events again, never deciding one twice: claims do that)."""
+        final = self._trigger_path(name).with_suffix(CURSOR_SUFFIX)
+        tmp = self.path / "tmp" / f"cursor-{final.stem}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            tmp.write_bytes(encode_line({**cursor, "name": name}))
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise io_error(exc, f"writing the cursor of trigger {name!r}", final) from exc
 
     def record_decision(self, kind: str, key: str, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """A claim that starts no run (``kind`` e.g. ``dropped``, ``rate``): first stands, as ``claim``; marked
@@ -148,7 +168,7 @@ def _read(path: pathlib.Path) -> dict[str, Any] | None:
         definition = json.loads(body.decode("utf-8")) if body is not None else None
     except ValueError:
         return None
-    if not isinstance(definition, dict) or definition.get("name") != path.name[: -len(TRIGGER_SUFFIX)]:
+    if not isinstance(definition, dict) or definition.get("name") != path.name[: -len(path.suffix)]:
         return None
     return definition
 
