@@ -38,7 +38,7 @@ def tagged_notebook(path: Path, body: str = BODY, defaults: str = "event = {}\ng
 
 
 def drive(store: Store, done: Callable[[], bool], *, timeout: float = 240, max_concurrent: int = 3,
-          log_dir: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+          log_dir: Path | None = None, suspend_after: float | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Tick a trigger pass and a dispatcher (the worker's engine passes) until ``done()`` and the queue is empty."""
     import time
 
@@ -49,7 +49,7 @@ def drive(store: Store, done: Callable[[], bool], *, timeout: float = 240, max_c
 
     passer = TriggerPass(store, log)
     dispatcher = Dispatcher(store, log=log, max_concurrent=max_concurrent,
-                            log_dir=str(log_dir) if log_dir else None)
+                            log_dir=str(log_dir) if log_dir else None, suspend_after=suspend_after)
     deadline = time.monotonic() + timeout
     while True:
         passer.tick()
@@ -209,3 +209,17 @@ def test_idempotency_key_runs_each_value_once(flow_scenario: dict[str, Any]) -> 
     assert sorted((r["params"]["event"]["payment"], r["params"]["event"]["n"]) for r in runs) == [("p1", 0), ("p2", 2)]
     dropped = [d for d in flow_scenario["store"].claims("dropped") if d["trigger"] == "idem"]
     assert [d["reason"] for d in dropped] == ["duplicate"]
+
+
+def test_a_suspended_run_holds_no_slot_of_its_key(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    nb = tagged_notebook(tmp_path / "job.ipynb", "import nbdurable as nbd\nif event.get('wait'):\n    nbd.sleep('1h')")
+    store.add_trigger(define_trigger("jobs", nb, on="job", flow=FlowControl(concurrency=1, key='event["customer"]')))
+    store.send_event("job", {"customer": "acme", "wait": True})
+    store.send_event("job", {"customer": "acme", "wait": False})
+    drive(store, lambda: len(triggered_runs(store, "jobs")) >= 2 and all(
+        r["status"] != "running" for r in triggered_runs(store, "jobs")), suspend_after=1.0)
+    first, second = triggered_runs(store, "jobs")
+    waiting, other = (first, second) if first["params"]["event"]["wait"] else (second, first)
+    assert (waiting["status"], other["status"]) == ("suspended", "completed")
+    assert second["started"] >= first["ended"]  # one at a time (whichever took the slot first), yet both ran
