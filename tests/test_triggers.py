@@ -76,6 +76,8 @@ def test_debounce_bursts_fire_once_quiet_with_the_last_event() -> None:
     (key, burst), = bursts.due(108.0)
     assert key == "a" and (burst.event_id, burst.data, burst.count) == ("e3", {"v": 3}, 3)
     assert [k for k, _ in bursts.due(109.0)] == ["b"] and bursts.open == {}
+    assert not bursts.add("a", "e0", 99.0, {"v": 0}) and bursts.open == {}  # read late: its burst ran already
+    assert bursts.add("a", "e4", 120.0, {"v": 4})  # a new burst
 
 
 def test_flow_control_refuses_combinations_that_mean_nothing() -> None:
@@ -282,6 +284,7 @@ def test_idempotency_key_starts_one_run_per_value_per_window(tmp_path: Path, nb:
 def test_debounce_claims_once_a_key_went_quiet(tmp_path: Path, nb: Path) -> None:
     store = Store.open(tmp_path / "store")
     store.add_trigger(define_trigger("t", nb, on="edit", flow=FlowControl(debounce=0.6, key='event["doc"]')))
+    store.add_trigger(define_trigger("whole", nb, on="edit", flow=FlowControl(debounce=0.6, concurrency=1)))
     passer = TriggerPass(store, Log())
     for n in range(4):
         store.send_event("edit", {"doc": "a", "n": n})
@@ -290,17 +293,19 @@ def test_debounce_claims_once_a_key_went_quiet(tmp_path: Path, nb: Path) -> None
         time.sleep(0.15)
     last_a = store.events(name="edit")[-2]["id"]
     deadline = time.monotonic() + 5
-    while len(_runs(store, "debounce")) < 2:
+    while len(_runs(store, "debounce")) < 3:
         passer.tick()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    claims = _runs(store, "debounce")
+    (whole,) = [c for c in _runs(store, "debounce") if c["trigger"] == "whole"]
+    assert whole["origin"]["debounced"] == 8 and whole["flow_key"] == "trigger:whole"  # no --key: one burst
+    claims = [c for c in _runs(store, "debounce") if c["trigger"] == "t"]
     assert sorted(c["params"]["event"]["doc"] for c in claims) == ["a", "b"]
     assert all(c["params"]["event"]["n"] == 3 and c["origin"]["debounced"] == 4 for c in claims)
     assert f"t:{last_a}" in {c["key"] for c in claims}
     assert claims[0]["decided_at"] - claims[0]["event_time"] >= 0.6
-    TriggerPass(store, Log()).tick()  # a restart folds the same bursts: the same claims, nothing new
-    assert len(_runs(store, "debounce")) == 2
+    assert TriggerPass(store, Log()).tick() == 0  # a restart folds the same bursts: the same claims, nothing new
+    assert len(_runs(store, "debounce")) == 3
 
 
 # ----- the command line, bad input ---------------------------------------------------------------------

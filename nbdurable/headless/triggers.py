@@ -199,7 +199,8 @@ class TriggerPass:
             for key, burst in progress.bursts.due(now):
                 event = {"id": burst.event_id, "data": burst.data}
                 claimed += self._start(trigger, progress.flow, event, "debounce", f"{trigger['name']}:{burst.event_id}",
-                                       now, debounced=burst.count, flow_value=key) == "claimed"
+                                       now, debounced=burst.count,
+                                       flow_value=None if progress.flow.key is None else key) == "claimed"
         progress.after = max(progress.after, now - self.lag)
         progress.seen = {i for i in progress.seen if event_time(i) >= progress.after}
         self._save(trigger, progress)
@@ -251,11 +252,11 @@ class TriggerPass:
 
     def _start(self, trigger: dict[str, Any], flow: FlowControl, event: dict[str, Any], kind: str, key: str,
                now: float, *, debounced: int | None = None, flow_value: str | None = None) -> str:
-        """Claim the run of ``event`` (after the rate limit): "claimed", "dropped", or "lost" (another event
-        holds ``key``)."""
+        """Claim the run of ``event`` (after the rate limit): "claimed", "dropped", "decided" (before: by another
+        pass, or by this one before a restart) or "lost" (another event holds ``key``)."""
         existing = self.store.read_claim(kind, key)
         if existing is not None:
-            return "claimed" if existing.get("event_id") == event["id"] else "lost"
+            return "decided" if existing.get("event_id") == event["id"] else "lost"
         if self.store.read_claim(DECISION_KIND, f"{trigger['name']}:{event['id']}") is not None:
             return "dropped"
         data = event.get("data")
@@ -286,7 +287,7 @@ class TriggerPass:
             record["output_path"] = str(Path(trigger["output_dir"]) / f"{stem}-{run_id}.ipynb")
         won, standing = self.store.claim(kind, key, record)
         if not won:
-            return "claimed" if standing.get("event_id") == event["id"] else "lost"
+            return "decided" if standing.get("event_id") == event["id"] else "lost"
         self.decided += 1
         self.log("trigger_delayed" if "not_before" in record else "trigger_fired", trigger=trigger["name"],
                  event_id=event["id"], run_id=run_id, claim=f"{kind}:{key}", flow_key=record.get("flow_key"),

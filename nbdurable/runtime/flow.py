@@ -186,9 +186,13 @@ class Bursts:
 
     period: float
     open: dict[str, Burst] = field(default_factory=dict)
+    fired: dict[str, float] = field(default_factory=dict)  # key -> when the last event of its last burst was sent
 
     def add(self, key: str, event_id: str, sent_at: float, data: Any) -> bool:
-        """Add an event; True if it starts a new burst."""
+        """Add an event; True if it starts a new burst. An event sent before the last event of a burst that
+        already fired (read late) belonged to that burst: ignored."""
+        if sent_at <= self.fired.get(key, -math.inf):
+            return False
         burst = self.open.get(key)
         if burst is None:
             self.open[key] = Burst(event_id, sent_at, data)
@@ -201,8 +205,9 @@ class Bursts:
     def due(self, now: float) -> list[tuple[str, Burst]]:
         """The bursts whose last event is at least ``period`` old at ``now``, removed from the open ones."""
         done = [(key, burst) for key, burst in self.open.items() if now - burst.sent_at >= self.period]
-        for key, _ in done:
+        for key, burst in done:
             del self.open[key]
+            self.fired[key] = burst.sent_at
         return sorted(done, key=lambda kb: (kb[1].sent_at, kb[1].event_id))
 
 
