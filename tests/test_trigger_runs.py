@@ -75,7 +75,8 @@ def test_events_from_send_and_from_a_kernel_start_one_run_each(tmp_path: Path) -
     store_dir = tmp_path / "store"
     nb = tagged_notebook(tmp_path / "on_order.ipynb", "assert event['plan'] == 'pro' and greeting == 'hi'")
     added = run_cli("trigger", "add", "orders", str(nb), "--on", "order", "--match", '{"plan": "pro"}',
-                    "-p", "greeting", "hi", "--store", str(store_dir), cwd=tmp_path, in_process=True)
+                    "-p", "greeting", "hi", "--output-dir", "out", "--store", str(store_dir), cwd=tmp_path,
+                    in_process=True)
     assert added.returncode == 0, added.output
     sent = run_cli("send", "order", "--data", '{"plan": "pro", "n": 1}', "--store", str(store_dir), cwd=tmp_path)
     assert sent.returncode == 0, sent.output
@@ -94,6 +95,8 @@ def test_events_from_send_and_from_a_kernel_start_one_run_each(tmp_path: Path) -
     events = {e["data"]["n"]: e["id"] for e in store.events(name="order")}
     assert sorted(r["origin"]["event"] for r in runs) == sorted([events[1], events[3]])
     assert sorted(sent.stdout.split()) == [events[1]]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(f"on_order-{r['run_id']}.ipynb" for r in runs)
 
 
 def _overlaps(spans: list[tuple[float, float]]) -> int:

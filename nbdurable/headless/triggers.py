@@ -56,7 +56,8 @@ DECISION_KIND, RATE_KIND = "dropped", "rate"  # decisions that start none
 def define_trigger(name: str, notebook: str | Path, *, on: str, match: Any = None,
                    params: dict[str, Any] | None = None, flow: FlowControl | None = None,
                    output_dir: str | Path | None = None) -> dict[str, Any]:
-    """A checked trigger definition, ready for ``Store.add_trigger``; OptionsError for bad input."""
+    """A checked trigger definition, ready for ``Store.add_trigger``; OptionsError for bad input. Creates
+    ``output_dir`` if missing."""
     check_trigger_name(name)
     check_event_name(on)
     if match is not None and not isinstance(match, dict):
@@ -70,10 +71,16 @@ def define_trigger(name: str, notebook: str | Path, *, on: str, match: Any = Non
     if "event" in params:
         raise OptionsError("-p event: the parameter `event` is the triggering event's data",
                            hint="name the parameter otherwise; declare `event = {}` in the parameters cell")
+    flow = (flow or FlowControl()).check()
+    out = Path(output_dir).expanduser().resolve() if output_dir else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # the runs write their notebooks there
+        except OSError as exc:
+            raise OptionsError(f"cannot create the output directory {out}: {exc.strerror}",
+                               hint="pass a directory you can write to") from None
     return {"name": name, "on": on, "match": match or None, "notebook": str(path), "params": params,
-            "flow": (flow or FlowControl()).check().to_dict(),
-            "output_dir": str(Path(output_dir).expanduser().resolve()) if output_dir else None,
-            "created_at": time.time(), "pauses": []}
+            "flow": flow.to_dict(), "output_dir": str(out) if out else None, "created_at": time.time(), "pauses": []}
 
 
 def is_paused(trigger: dict[str, Any]) -> bool:
