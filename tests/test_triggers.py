@@ -5,6 +5,7 @@ the ``nbdurable trigger`` commands with bad input. Runs started from these claim
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -341,6 +342,12 @@ def test_trigger_commands_and_their_errors(tmp_path: Path, nb: Path) -> None:
     assert "[paused]" in cli("trigger", "list").stdout
     assert cli("trigger", "delete", "orders").returncode == 0
     assert "no triggers" in cli("trigger", "list").stdout
+    limited = cli("trigger", "add", "pay", str(nb), "--on", "pay", "--rate", "2/1m", "--rate-mode", "delay",
+                  "--idempotency-key", 'event["id"]', "--idempotency-window", "1h")
+    assert "rate 2/60s (delay), idempotent on event[\"id\"] for 3600s" in limited.stdout, limited.output
+    (row,) = [json.loads(line) for line in cli("trigger", "list", "--json").stdout.splitlines()]
+    assert row["flow"]["rate"] == [2, 60.0] and row["flow"]["idempotency_window"] == 3600.0
+    assert row["paused"] is False and row["counts"]["runs"] == 0
 
 
 def test_the_worker_decides_trigger_events(tmp_path: Path, nb: Path) -> None:
