@@ -372,6 +372,7 @@ def test_two_workers_killed_at_random_moments_decide_every_event_once(tmp_path: 
     store = Store.open(tmp_path / "store")
     store.add_trigger(define_trigger("t", nb, on="ping"))
     store.add_trigger(define_trigger("i", nb, on="ping", flow=FlowControl(idempotency_key='event["k"]')))
+    store.add_trigger(define_trigger("r", nb, on="ping", flow=FlowControl(rate=(5, 3600.0))))
     sent: list[str] = []
 
     def sender() -> None:
@@ -393,13 +394,18 @@ def test_two_workers_killed_at_random_moments_decide_every_event_once(tmp_path: 
     thread.join()
     final = run_cli("worker", "--once", "--store", str(tmp_path / "store"), cwd=tmp_path)
     assert final.returncode == 0, final.output
-    claims = store.claims("event")
+    claims = [c for c in store.claims("event") if c["trigger"] == "t"]
     assert sorted(c["event_id"] for c in claims) == sorted(sent)  # every event once, none twice
     assert len({c["run_id"] for c in claims}) == len(sent)
     idem = store.claims("idem")
     assert sorted(c["key"] for c in idem) == [f"i:{k}" for k in range(7)]  # one run per key value
     duplicates = [d for d in store.claims("dropped") if d["trigger"] == "i"]
     assert len(duplicates) == len(sent) - 7 and {d["reason"] for d in duplicates} == {"duplicate"}
+    # the rate limit: never more than 5 runs (a kill between a token and its claim only wastes the token), and
+    # every event decided once: a run or a drop, never both, never neither
+    limited = [c["event_id"] for c in store.claims("event") if c["trigger"] == "r"]
+    dropped = [d["event_id"] for d in store.claims("dropped") if d["trigger"] == "r"]
+    assert 1 <= len(limited) <= 5 and sorted(limited + dropped) == sorted(sent)
 
 
 def test_a_restarted_pass_starts_from_the_cursor_and_keeps_open_bursts(tmp_path: Path, nb: Path) -> None:
