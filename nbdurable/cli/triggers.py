@@ -64,7 +64,7 @@ def add(name: str, notebook: Path, on: str, match: str | None, parameters: tuple
         concurrency: int | None, key: str | None, debounce: str | None, rate: str | None, rate_mode: str,
         priority: int, idempotency_key: str | None, idempotency_window: str, output_dir: str | None,
         store: str | None) -> None:
-    """Add the trigger NAME, which starts one run of NOTEBOOK for every event EVENT sent from now on.
+    """Add the trigger NAME, which starts one run of NOTEBOOK for every event --on EVENT sent from now on.
 
     Only events whose data contains --match count. The run's parameter `event` is the event's data (declare
     `event = {}` in the cell tagged `parameters`); `-p` adds parameters. `nbdurable worker` decides each
