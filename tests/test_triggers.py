@@ -443,3 +443,28 @@ def test_an_event_for_a_trigger_whose_notebook_is_gone_is_recorded_not_run(tmp_p
     assert trigger_counts(store, store.trigger("t"))["notebook_missing"] == 1
     listed = run_cli("trigger", "list", "--store", str(tmp_path / "store"), cwd=tmp_path, in_process=True)
     assert "notebook missing 1" in listed.stdout
+
+
+def test_two_passes_debounce_one_burst_into_one_claim(tmp_path: Path, nb: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    store.add_trigger(define_trigger("d", nb, on="edit", flow=FlowControl(debounce=0.3)))
+    passes = [TriggerPass(Store.open(tmp_path / "store"), Log()) for _ in range(2)]
+    for n in range(3):
+        store.send_event("edit", {"n": n})
+        passes[n % 2].tick()
+    time.sleep(0.4)
+    assert sum(p.tick() for p in passes) == 1  # both fold the same burst; its last event's claim stands once
+    (claim,) = store.claims("debounce")
+    assert claim["params"]["event"] == {"n": 2}
+
+
+def test_a_damaged_cursor_is_ignored(tmp_path: Path, nb: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    store.add_trigger(define_trigger("t", nb, on="ping"))
+    store.send_event("ping", {"n": 1})
+    future = {"name": "t", "incarnation": store.trigger("t")["created_at"], "after": time.time() + 3600}
+    store.write_trigger_cursor("t", future)
+    path = tmp_path / "store" / "triggers" / "t.cursor"
+    path.write_bytes(path.read_bytes().replace(b'"after"', b'"aftex"'))  # planted or damaged: fails its tag
+    assert store.read_trigger_cursor("t") is None
+    assert TriggerPass(store, Log()).tick() == 1  # read from the trigger's creation, not skipped an hour ahead
