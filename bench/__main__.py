@@ -25,6 +25,8 @@ SUITE = {
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
     "serve": [("serve", [])],
+    # issue 17; helper sched's schedule-evaluation figure (1,000 schedules, slots checked per second) goes here too
+    "orchestration": [("orchestration", ["trigger"]), ("orchestration", ["overhead"])],
     "steps": [("steps", [])],
 }
 

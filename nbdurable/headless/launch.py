@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate"]
+PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate",
+           # jupyter_client imports these when it looks up a kernelspec (IPython.paths, ipykernel.kernelspec):
+           # about a second per run if each forked run imported them again
+           "IPython", "ipykernel.kernelspec"]
 EXIT_CODES = {"completed": 0, "failed": 1, "suspended": 3, "cancelled": 4, "interrupted": 130}
 EXIT_CLAIM_HELD = 75  # another live process is starting the claim's run: this one did nothing
 EXIT_NO_SLOT = 76  # every concurrency slot of the run's flow key is held: this one did nothing (start it later)

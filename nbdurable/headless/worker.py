@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdurable.errors import LeaseHeldError, OptionsError
+from nbdurable.headless.triggers import TriggerPass, text_log
 from nbdurable.runtime.clock import clock
 from nbdurable.runtime.control import was_cancelled
 from nbdurable.runtime.replay import chain_scope
@@ -98,12 +99,14 @@ class Worker:
         self.store, self.log, self.suspend_after, self.on_change = store, log, suspend_after, on_change
         self.resumed = 0
         self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file): logged once
+        self.triggers = TriggerPass(store, text_log(log))
 
     def work(self, *, once: bool, poll: float, max_runs: int | None) -> int:
         """Resume due runs until stopped (``once``: one pass); returns how many runs it resumed."""
         self.log(f"worker started on store {self.store.path}"
                  + (" (one pass)" if once else f" (polling every {poll:g} s)"))
         while True:
+            self.triggers.tick()  # claims the runs of new events (the engine's dispatch pass starts them)
             for due in due_runs(self.store):
                 if max_runs is not None and self.resumed >= max_runs:
                     break

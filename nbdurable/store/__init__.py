@@ -12,6 +12,8 @@ A store is a directory::
     events/<id>.json        events sent with `nbd.send_event` / `nbdurable send` (one file each)
     idempotency/<sha256>    the event id sent with an idempotency key (`send_event_once`, the server's API)
     control/<run>.cancel    a durable request to cancel a run (`nbdurable cancel`; who, when, why)
+    claims/<kind>/…         claims: "this key starts exactly one run" (store/claims.py)
+    triggers/<name>.trigger event triggers' definitions (store/triggers.py)
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog
     gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
@@ -36,6 +38,7 @@ from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
 from .lease import Lease, LeasesMixin
 from .objects import ObjectsMixin
+from .triggers import TriggersMixin
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -46,7 +49,8 @@ _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
 
-class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin):
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin,
+            TriggersMixin):
     """A store directory. Create or open one with ``Store.open(path)``."""
 
     FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums

@@ -47,7 +47,8 @@ def check_event_name(name: str) -> str:
     return name
 
 
-def _event_time(event_id: str) -> float:
+def event_time(event_id: str) -> float:
+    """When the event ``event_id`` was sent (unix seconds, from its id: no read)."""
     return int(event_id.split("-", 1)[0]) / 1e9
 
 
@@ -83,7 +84,7 @@ class EventsMixin:
             return first, False
         # The first sender claimed the key and died before its event was durable (it never acknowledged
         # it): this retry stores the event under the claimed id.
-        event["id"], event["sent_at"] = claimed, _event_time(claimed)
+        event["id"], event["sent_at"] = claimed, event_time(claimed)
         return self._write_event(event), True
 
     def _claim_key(self, key: str, event_id: str) -> str:
@@ -151,7 +152,7 @@ class EventsMixin:
             return []
         ids = sorted(n[: -len(EVENT_SUFFIX)] for n in names
                      if n.endswith(EVENT_SUFFIX) and _ID_RE.fullmatch(n[: -len(EVENT_SUFFIX)]))
-        return [i for i in ids if after is None or _event_time(i) >= after]
+        return [i for i in ids if after is None or event_time(i) >= after]
 
     def read_event(self, event_id: str) -> dict[str, Any] | None:
         """One event, or None if its file is missing or damaged."""
@@ -204,4 +205,4 @@ def _nested_deeper_than(data: Any, limit: int) -> bool:
     return False
 
 
-__all__ = ["EventsMixin", "check_event_name", "check_idempotency_key"]
+__all__ = ["EventsMixin", "check_event_name", "check_idempotency_key", "event_time"]
