@@ -142,5 +142,22 @@ def test_dispatcher_starts_open_claims_by_priority_within_a_keys_limit(tmp_path:
     assert list(runs["run_id"])[0] == ids[2]  # the higher priority first
     spans = list(zip(runs["started_at"], runs["ended_at"], strict=True))
     assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False)), spans  # never two at once
-    assert any(event == "run_deferred" for event, _ in lines)  # the limit held some back
+    # the limit held the others back in the queue: none was started only to find every slot taken
+    assert [event for event, _ in lines].count("run_started") == 3 and not any(e == "run_deferred" for e, _ in lines)
     assert all('"flow_key": "customer=7"' in o for o in runs["origin"])
+
+
+def test_a_claim_whose_process_dies_before_its_run_begins_is_retried_with_backoff(tmp_path: Path) -> None:
+    from nbdurable.headless.dispatch import Dispatcher
+
+    store = Store.open(tmp_path / "store")
+    (tmp_path / "broken.ipynb").write_text("{ not a notebook")
+    store.claim("event", "e1", {"run_id": new_run_id(), "notebook": str(tmp_path / "broken.ipynb"), "params": {}})
+    lines: list[tuple[str, dict]] = []
+    dispatcher = Dispatcher(store, log=lambda event, **f: lines.append((event, f)), max_concurrent=2)
+    assert dispatcher.tick() == 1
+    dispatcher.drain(60)
+    failed = [f for event, f in lines if event == "run_failed_to_start"]
+    assert len(failed) == 1 and failed[0]["attempts"] == 1 and failed[0]["retry_in_s"] == 2.0
+    assert dispatcher.tick() == 0  # backing off: not started again at once
+    assert [c["key"] for c in store.open_claims()] == ["e1"]  # still queued, nothing lost

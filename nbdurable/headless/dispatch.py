@@ -12,7 +12,10 @@ any crash. ``Dispatcher.tick`` starts open claims through the ``Launcher``:
   holds one of the key's slots (``Store.hold_slot``) for its life and exits without running if none is
   free, leaving its claim open (so a limit is never exceeded, even by two dispatchers racing);
 - a claim another live process is starting is left alone; one whose starter died before its run began is
-  started again under the same run id; one whose run exists is marked started and leaves the queue.
+  started again under the same run id (one this dispatcher started that died so is retried with an
+  exponential backoff, logged); one whose run exists is marked started and leaves the queue;
+- a claim whose key's slots are all held by this dispatcher's own runs is not started (it would only exit
+  for want of a slot, and a lower-priority claim could take the slot first).
 
 The claim record's launch fields: ``run_id``, ``notebook``, ``params``, ``origin``, and optionally
 ``output_path``, ``cwd``, ``priority``, ``flow_key``, ``flow_limit``, ``not_before``. Each decision is one
@@ -31,6 +34,7 @@ from nbdurable.runtime.clock import clock
 from nbdurable.store import Store
 
 Log = Callable[..., None]  # log(event, **fields): one structured line
+MAX_RETRY_DELAY = 300.0  # a claim whose process keeps dying before its run begins is retried at most this rarely
 
 
 def launch_spec(store: Store, claim: dict[str, Any], *, env: dict[str, str] | None = None,
@@ -63,6 +67,8 @@ class Dispatcher:
     running: dict[tuple[str, str], Launched] = field(default_factory=dict)
     started: int = 0
     on_exit: Callable[[Launched], None] | None = None  # told when a started process ends
+    _failures: dict[tuple[str, str], int] = field(default_factory=dict)  # starts that died before their run began
+    _retry_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def tick(self) -> int:
         """One pass over the queue; returns how many runs it started."""
@@ -78,7 +84,9 @@ class Dispatcher:
             if state == "started":
                 self.store.mark_started(*ident)
                 continue
-            if state == "starting" or float(claim.get("not_before") or 0) > now:
+            if state == "starting" or float(claim.get("not_before") or 0) > now or self._retry_at.get(ident, 0) > now:
+                continue
+            if self._own_slots_full(claim):  # its key's slots are all this dispatcher's: the next one waits here
                 continue
             if len(self.running) >= self.max_concurrent:
                 break
@@ -90,6 +98,13 @@ class Dispatcher:
                      priority=int(claim.get("priority") or 0), flow_key=claim.get("flow_key"),
                      recovered=state == "orphaned" and bool(claim.get("claimed_at", now) < now - 5))
         return count
+
+    def _own_slots_full(self, claim: dict[str, Any]) -> bool:
+        key, limit = claim.get("flow_key"), claim.get("flow_limit")
+        if not isinstance(key, str) or not isinstance(limit, int):
+            return False
+        mine = sum(1 for launched in self.running.values() if launched.spec.slot and launched.spec.slot[0] == key)
+        return mine >= limit
 
     def reap(self) -> list[Launched]:
         """Forget the processes that ended (logging how); returns them."""
@@ -104,6 +119,14 @@ class Dispatcher:
                 continue
             if self.store.journal_exists(str(launched.spec.run_id)):
                 self.store.mark_started(*ident)
+                self._failures.pop(ident, None)
+            else:  # it died before its run began (an unreadable notebook, a kernel that never started): back off
+                failures = self._failures[ident] = self._failures.get(ident, 0) + 1
+                delay = min(2.0 ** failures, MAX_RETRY_DELAY)
+                self._retry_at[ident] = clock().now() + delay
+                self.log("run_failed_to_start", run_id=launched.spec.run_id, claim=f"{ident[0]}:{ident[1]}",
+                         exit_code=code, attempts=failures, retry_in_s=delay, log=launched.spec.log_path)
+                continue
             self.log("run_exited", run_id=launched.spec.run_id, exit_code=code,
                      seconds=round(time.time() - launched.started_at, 3))
             if self.on_exit is not None:

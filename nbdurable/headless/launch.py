@@ -95,12 +95,11 @@ class Launcher:
             return self._ctx
 
     def warm(self) -> None:
-        """Start the forkserver now (it imports the runner once), so the first run starts fast too."""
-        ctx = self._context()
-        if ctx.get_start_method() == "forkserver":
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
+        """Start the forkserver now and wait until it imported the runner (a first, empty child is forked
+        after the preload), so the first run starts fast too."""
+        process = self._context().Process(target=_noop, daemon=True, name="nbdurable-warm")
+        process.start()
+        process.join()
 
     def start(self, spec: LaunchSpec) -> Launched:
         """Start ``spec`` in a new process and return at once."""
@@ -108,6 +107,10 @@ class Launcher:
                                           name=f"nbdurable-run-{spec.run_id or spec.resume_run or 'new'}")
         process.start()
         return Launched(spec, process, time.time())
+
+
+def _noop() -> None:
+    """What ``Launcher.warm`` forks: nothing."""
 
 
 def _child_main(spec: LaunchSpec) -> None:
