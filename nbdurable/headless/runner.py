@@ -201,7 +201,7 @@ class HeadlessRunner:
         env = {
             **os.environ,
             ENV_NOTEBOOK: self.notebook,
-            ENV_STORE: str(self.store.path),
+            ENV_STORE: self.store.location,
             ENV_KIND: "headless",
             ENV_PARAMS: params_key(self.recorded),
             ENV_RESUME: self.result.resumed_from or "",
@@ -238,7 +238,7 @@ class HeadlessRunner:
             return None
         if self.resume_run:
             if not self.store.journal_exists(self.resume_run):
-                raise OptionsError(f"no run {self.resume_run!r} in store {self.store.path}",
+                raise OptionsError(f"no run {self.resume_run!r} in store {self.store.display}",
                                    hint="`nbdurable runs` lists run ids")
             return self.resume_run
         return find_resumable_headless(self.store, self.notebook, self.recorded)
@@ -588,7 +588,7 @@ class HeadlessRunner:
             "resumed_from": self.result.resumed_from,
             **({"forked_from": self.fork[0], "forked_at_cell": self.fork[1]} if self.fork else {}),
             "status": self.result.status,
-            "store": str(self.store.path),
+            "store": self.store.display,
             "parameters": self.recorded,
         }
         if self.output_path is None:

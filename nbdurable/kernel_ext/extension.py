@@ -573,7 +573,7 @@ class Durable(Configurable):
                 self.store_path, self.store_obj = new_path, _open_store(new_path)
                 self.loader = ObjectLoader(self.store_obj, self.shell.user_ns, lookup=self.restorer.lookup)
         self.notebook = identity
-        print(f"nbdurable: attached to notebook {identity!r} (store {self.store_path}).")
+        print(f"nbdurable: attached to notebook {identity!r} (store {self.store_obj.display}).")
         if self.auto_resume:
             self.arm_latest(announce=True)
 

@@ -38,6 +38,20 @@ def check_event_name(name: str) -> str:
     return name
 
 
+def validate_event(name: str, data: Any) -> None:
+    """OptionsError unless ``name`` is an event name and ``data`` JSON a waiting run can read back."""
+    check_event_name(name)
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the interpreter's limit
+        raise OptionsError(f"event data must be JSON (dicts, lists, strings, numbers, booleans, None): {exc}",
+                           hint="send plain data, e.g. {'week': 47}") from None
+    if _nested_deeper_than(data, MAX_DATA_DEPTH):
+        raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: "
+                           "a waiting run could not read it back",
+                           hint="send flatter data, e.g. {'week': 47}")
+
+
 def _event_time(event_id: str) -> float:
     return int(event_id.split("-", 1)[0]) / 1e9
 
@@ -49,16 +63,7 @@ class EventsMixin:
 
     def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
         """Store an event durably (fsync'ed before this returns); returns it with its id."""
-        check_event_name(name)
-        try:
-            json.dumps(data)
-        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the interpreter's limit
-            raise OptionsError(f"event data must be JSON (dicts, lists, strings, numbers, booleans, None): {exc}",
-                               hint="send plain data, e.g. {'week': 47}") from None
-        if _nested_deeper_than(data, MAX_DATA_DEPTH):
-            raise OptionsError(f"event data is nested more than {MAX_DATA_DEPTH} levels deep: "
-                               "a waiting run could not read it back",
-                               hint="send flatter data, e.g. {'week': 47}")
+        validate_event(name, data)
         now = time.time_ns()
         event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
                  "sender": {"pid": os.getpid(), "host": socket.gethostname()}}
