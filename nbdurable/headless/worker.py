@@ -156,7 +156,8 @@ class Worker:
         output = head.get("output_path")
         cwd = (head.get("environment") or {}).get("cwd")
         runner = HeadlessRunner(
-            load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.location, params=params,
+            load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.location,
+            params=params,
             output_path=Path(output) if output else None, cwd=Path(cwd) if cwd and Path(cwd).is_dir() else None,
             resume_run=run_id, suspend_after=self.suspend_after, on_change=self.on_change,
             notify=lambda text: self.log(f"run {run_id}: {text}"),

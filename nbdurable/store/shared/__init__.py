@@ -40,10 +40,10 @@ FORMAT_VERSION = 2  # as a directory store's: journal lines and objects authenti
 
 
 def cache_dir(url: str) -> pathlib.Path:
-    """This machine's cache directory of the store at ``url`` (keyed by server, port, database, user; never
-    by the password): ``$NBDURABLE_CACHE_DIR`` or ``$XDG_CACHE_HOME/nbdurable`` or ``~/.cache/nbdurable``."""
+    """This machine's cache directory of the store at ``url`` (keyed by the URL without its password):
+    ``$NBDURABLE_CACHE_DIR`` or ``$XDG_CACHE_HOME/nbdurable`` or ``~/.cache/nbdurable``."""
     parts = urllib.parse.urlsplit(url)
-    ident = f"{parts.username}@{parts.hostname}:{parts.port}{parts.path}"
+    ident = redact(url)  # server, port, database, user, options (a search_path): never the password
     base = os.environ.get("NBDURABLE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nbdurable")
     name = (parts.path.strip("/") or "postgres").replace("/", "_")[:40]

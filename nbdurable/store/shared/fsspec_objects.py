@@ -99,6 +99,17 @@ class FsspecObjectsMixin(ObjectsMixin):
         except FileNotFoundError:
             raise self._not_found(key) from None
 
+    def object_mtime(self, key: str) -> float:
+        """When an object was last written or touched (unix seconds); FileNotFoundError if it is missing."""
+        remote = self._remote(key)
+        if _is_local(self._fs):
+            return os.stat(remote).st_mtime
+        try:
+            return float(self._fs.modified(remote).timestamp())
+        except (NotImplementedError, AttributeError):
+            self._fs.size(remote)  # FileNotFoundError if missing
+            return 0.0  # no modification time: old enough
+
     def write_object(self, key: str, write: Callable[[BinaryIO], int | None]) -> tuple[int, str]:
         """Store an object unless it exists; return its size and authentication tag (``ObjectsMixin``)."""
         remote = self._remote(key)

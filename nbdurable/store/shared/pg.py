@@ -58,6 +58,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             acquired double precision NOT NULL,
             heartbeat double precision NOT NULL,
             expires_at timestamptz NOT NULL);
+        -- what `nbdurable check --repair` set aside (journal rows after a damaged one, damaged events): a
+        -- repair never deletes data
+        CREATE TABLE nbd_aside (
+            kind text NOT NULL,
+            ident text NOT NULL,
+            seq bigint,
+            body bytea NOT NULL,
+            tag text NOT NULL,
+            set_aside_at timestamptz NOT NULL DEFAULT now());
     """),
     # Issue 17's tables (schedules, triggers, slot claims, queue) come next, as migration 2 and on.
 ]

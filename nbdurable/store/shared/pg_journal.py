@@ -252,6 +252,38 @@ class PgJournalsMixin:
             raise database_error(exc, self.url, "reading new records for the catalog") from None
         return records, events, str(next_mark)
 
+    def salvage_journal(self, run_id: str, bad_seq: int) -> int:
+        """Move the rows of ``run_id`` from ``bad_seq`` on into ``nbd_aside`` (one transaction); how many."""
+        import psycopg
+
+        try:
+            with pool(self.url).connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute("INSERT INTO nbd_aside (kind, ident, seq, body, tag) SELECT 'journal', run_id, seq, body, "
+                            "tag FROM nbd_records WHERE run_id = %s AND seq >= %s", [run_id, bad_seq])
+                cur.execute("DELETE FROM nbd_records WHERE run_id = %s AND seq >= %s", [run_id, bad_seq])
+                return cur.rowcount
+        except psycopg.Error as exc:
+            raise database_error(exc, self.url, f"salvaging the journal of run {run_id}") from None
+
+    def set_aside_event(self, event_id: str) -> None:
+        """Move a damaged event row into ``nbd_aside``."""
+        self._query("WITH gone AS (DELETE FROM nbd_events WHERE id = %s RETURNING id, body, tag) "
+                    "INSERT INTO nbd_aside (kind, ident, body, tag) SELECT 'event', id, body, tag FROM gone",
+                    [event_id], f"setting event {event_id} aside")
+
+    def aside_bodies(self) -> list[bytes]:
+        """The bodies of every row set aside (gc keeps the objects they name)."""
+        return [bytes(b) for (b,) in self._query("SELECT body FROM nbd_aside", None, "reading rows set aside")]
+
+    def setting(self, key: str) -> str | None:
+        """A store-wide setting (``nbd_settings``), or None."""
+        rows = self._query("SELECT value FROM nbd_settings WHERE key = %s", [key], "reading a setting")
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._query("INSERT INTO nbd_settings VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [key, value], "writing a setting")
+
     def delete_journal(self, run_id: str) -> None:
         """Delete a run's journal, its records and lease (gc --prune-runs)."""
         self._query("DELETE FROM nbd_journals WHERE run_id = %s", [run_id], f"deleting the journal of run {run_id}")
