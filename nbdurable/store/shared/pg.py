@@ -123,16 +123,21 @@ def pool(url: str) -> Any:
         if entry is not None and entry[0] == os.getpid():
             return entry[1]
         try:
-            import psycopg  # noqa: F401
+            import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise StoreError("a PostgreSQL store needs psycopg 3 and psycopg-pool",
                              hint="pip install 'nbdurable[postgres]'") from exc
+        timeout = float(os.environ.get("NBDURABLE_PG_CONNECT_TIMEOUT", "10"))
+        try:  # once directly: a wrong URL fails at once with libpq's reason (a pool would retry until its timeout)
+            psycopg.connect(url, connect_timeout=max(int(timeout), 1)).close()
+        except psycopg.Error as exc:
+            raise _connect_error(url, exc) from None
         size = int(os.environ.get("NBDURABLE_PG_POOL_SIZE", "4"))
         new = ConnectionPool(url, min_size=1, max_size=max(size, 1), open=False, name="nbdurable",
                              kwargs={"autocommit": True, "application_name": "nbdurable"})
         try:
-            new.open(wait=True, timeout=float(os.environ.get("NBDURABLE_PG_CONNECT_TIMEOUT", "10")))
+            new.open(wait=True, timeout=timeout)
         except Exception as exc:  # PoolTimeout hides the cause: connect once to report it
             new.close()
             raise _connect_error(url, exc) from None
@@ -148,14 +153,7 @@ def pool(url: str) -> Any:
 
 
 def _connect_error(url: str, exc: BaseException) -> StoreError:
-    import psycopg
-
-    try:
-        psycopg.connect(url, connect_timeout=5).close()
-        cause = str(exc)
-    except Exception as direct:
-        cause = str(direct)
-    return StoreError(f"cannot connect to the PostgreSQL store {redact(url)}: {scrub(cause.strip(), url)}",
+    return StoreError(f"cannot connect to the PostgreSQL store {redact(url)}: {scrub(str(exc).strip(), url)}",
                       hint="start the server (e.g. pg_ctlcluster 15 main start) or fix NBDURABLE_STORE / --store")
 
 

@@ -168,7 +168,7 @@ class PgJournalsMixin:
 
         def _query(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
 
-    def _not_found(self, run_id: str) -> RunNotFoundError:
+    def _no_run(self, run_id: str) -> RunNotFoundError:
         return RunNotFoundError(f"no run {run_id!r} in the store {redact(self.url)}",
                                 hint="`nbdurable runs` lists the run ids of this store")
 
@@ -179,7 +179,7 @@ class PgJournalsMixin:
 
     def _existing_journal(self, run_id: str) -> str:
         if not self.journal_exists(run_id):
-            raise self._not_found(run_id)
+            raise self._no_run(run_id)
         return run_id
 
     def new_journal(self, run_id: str) -> PgJournalWriter:
