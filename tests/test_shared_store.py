@@ -238,8 +238,8 @@ def test_migrations_apply_once_under_concurrent_openers(pg_db: str) -> None:
 
     url = new_store_url(pg_db)
     script = f"from nbdurable.store.shared.pg import pool; pool({url!r})"
-    procs = [subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-             for _ in range(4)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(4)]
     assert [p.wait(60) for p in procs] == [0] * 4
     with psycopg.connect(url) as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]

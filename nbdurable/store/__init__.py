@@ -137,12 +137,13 @@ def is_store_url(location: object) -> bool:
     return isinstance(location, str) and location.lower().startswith(("postgresql://", "postgres://"))
 
 
-def open_shared(url: str, *, create: bool = True) -> Store:
-    """The shared store at ``url`` (imported on first use: psycopg and fsspec cost a local store nothing)."""
+def open_shared(url: str, *, create: bool = True, objects: str | None = None) -> Store:
+    """The shared store at ``url`` (imported on first use: psycopg and fsspec cost a local store nothing);
+    ``objects``: where its objects are (default: ``NBDURABLE_OBJECTS``, else what the store records)."""
     from .shared import SharedStore
 
     Store.register(SharedStore)
-    return SharedStore.open(url, create=create)  # type: ignore[return-value]
+    return SharedStore.open(url, create=create, objects=objects)  # type: ignore[return-value]
 
 
 def _make_root(root: pathlib.Path) -> None:
@@ -213,7 +214,7 @@ def _check_format(format_file: pathlib.Path, supported: int) -> None:
         )
 
 
-__all__ = ["Store", "JournalWriter", "Lease", "Catalog", "records", "read_records"]
+__all__ = ["Store", "JournalWriter", "Lease", "Catalog", "is_store_url", "open_shared", "records", "read_records"]
 
 
 def __getattr__(name: str) -> Any:
