@@ -23,6 +23,7 @@ SUITE = {
     "dataflow": [("dataflow", ["inputs"]), ("dataflow", ["plan"]), ("dataflow", ["edit"])],
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
+    "scale": [("scale", []), ("read_model", [])],
     "steps": [("steps", [])],
 }
 
@@ -39,7 +40,8 @@ def main() -> None:
                      "checkpoint": ["--repeats", "1"], "deltas": ["--repeats", "1"],
                      "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
-                     "headless": ["--repeats", "1"], "steps": ["--rounds", "2"],
+                     "headless": ["--repeats", "1"], "steps": ["--rounds", "2"], "scale": ["--rounds", "2"],
+                     "read_model": ["--runs", "100", "--repeats", "5"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)
             rows = run_child(module, *extra, *(quick.get(module, []) if args.quick else []))
