@@ -53,6 +53,35 @@ def test_a_killed_headless_run_resumes_and_check_history_sql_work(pg_store: str,
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=clean_env(env), capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.split("\n")[:2] == ["['completed', 'crashed']", "6"], done.stdout + done.stderr
+    # the widgets' data and the report, from the shared store's catalog
+    from nbdurable.report import write_report
+    from nbdurable.widgets.graph import build_graph
+    from nbdurable.widgets.history import HistoryExplorer
+
+    store = SharedStore.open(pg_store)
+    latest = max(store.run_ids())
+    graph = build_graph(store, latest)  # type: ignore[arg-type]
+    assert [n["status"] for n in graph["nodes"]].count("restored") == 6
+    assert write_report(store, latest, tmp_path / "r.html").stat().st_size > 1000  # type: ignore[arg-type]
+    explorer = HistoryExplorer(store)  # type: ignore[arg-type]
+    assert explorer.total == 2 and not explorer.error
+
+
+def test_a_password_in_the_url_is_never_shown(pg_store: str, tmp_path: Path) -> None:
+    """The server trusts local connections, so a password in the URL is accepted and ignored: the run
+    works, and nothing it prints or writes shows the password."""
+    secret = "Sup3r-s3cret-pw"
+    url = pg_store.replace("postgres@", f"postgres:{secret}@")
+    env = shared(url)
+    shutil.copyfile(NOTEBOOKS / "pipeline.ipynb", tmp_path / "pipeline.ipynb")
+    first = run_cli("run", "pipeline.ipynb", "out.ipynb", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path, env=env)
+    second = run_cli("run", "pipeline.ipynb", "out.ipynb", "-p", "kill_at", "2", "--no-progress", cwd=tmp_path,
+                     env=env)
+    shown = [first.output, second.output, (tmp_path / "out.ipynb").read_text(),
+             run_cli("runs", cwd=tmp_path, env=env).output, run_cli("check", cwd=tmp_path, env=env).output,
+             run_cli("show", "nope", cwd=tmp_path, env=env).output]
+    assert second.returncode == 0 and "postgres:***@" in second.output, second.output
+    assert not [text for text in shown if secret in text]
 
 
 def test_the_kernel_killed_from_outside_resumes(pg_store: str, tmp_path: Path) -> None:

@@ -66,10 +66,11 @@ class _Query:
 
 
 class SharedStore(_Query, PgJournalsMixin, PgLeasesMixin, PgEventsMixin, FsspecObjectsMixin):
-    """A store in PostgreSQL with objects on fsspec. Open it with ``Store.open(url)`` (registered as a
-    virtual subclass of ``Store``)."""
+    """A store in PostgreSQL with objects on fsspec. Open it with ``Store.open(url)``; a virtual subclass of
+    ``Store`` (``Store.__subclasshook__``)."""
 
     FORMAT_VERSION = FORMAT_VERSION
+    shared_store = True  # ``Store.__subclasshook__``: isinstance(shared, Store) holds
 
     def __init__(self, url: str, objects_url: str) -> None:
         """Use ``Store.open(url)`` (or ``SharedStore.open``): it connects, migrates and checks the settings."""
