@@ -119,7 +119,7 @@ class Durable(Configurable):
         self.run: DurableRun | None = None
         self.plan: ReplayPlan | None = None
         self.flight: CellInFlight | None = None
-        self.inputs = CellInputs(self.tracker, str(self.store_path))
+        self.inputs = CellInputs(self.tracker, self.store_obj.local_dirs)
         self.executed_hashes: set[str] = set()  # cells executed in this session: run again, they execute again
         self.consumed: set[tuple[str, int]] = set()  # recorded executions restored (or re-run) in this session
         self.fork: tuple[str, int] | None = None  # (run, cell) a checkout took the state of: the next run's origin

@@ -129,6 +129,11 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
         """How messages name this store: its directory."""
         return str(self.path)
 
+    @property
+    def local_dirs(self) -> list[str]:
+        """The local directories this store writes (its files are nobody's inputs): the store directory."""
+        return [str(self.path)]
+
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
 

@@ -129,6 +129,13 @@ class SharedStore(_Query, PgJournalsMixin, PgLeasesMixin, PgEventsMixin, FsspecO
         """The URL without its password."""
         return redact(self.url)
 
+    @property
+    def local_dirs(self) -> list[str]:
+        """The local directories this store writes: its cache, and the objects' root when it is local."""
+        from .fsspec_objects import _is_local
+
+        return [str(self.path), *([self._root] if _is_local(self._fs) else [])]
+
     def journal_path(self, run_id: str) -> pathlib.Path:
         raise StoreError(f"a shared store keeps run {run_id}'s journal as rows, not a file",
                          hint="use Store.read_journal / journal_rows")
