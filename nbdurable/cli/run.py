@@ -54,7 +54,7 @@ def timeout_options(command: Any) -> Any:
     )(command)
 
 
-def _run_store(store: str | None, notebook: Path) -> Path:
+def _run_store(store: str | None, notebook: Path) -> Path | str:
     """``--store``, else NBDURABLE_STORE, else ``.nbdurable`` beside the notebook (as in Jupyter)."""
     return resolve_store_path(store, notebook=str(notebook.resolve()))
 

@@ -102,7 +102,7 @@ class HeadlessRunner:
         nb: nbformat.NotebookNode,
         *,
         notebook_path: Path,
-        store_path: Path,
+        store_path: Path | str,
         params: dict[str, Any],
         output_path: Path | None,
         kernel_name: str | None = None,

@@ -578,12 +578,12 @@ class Durable(Configurable):
             self.arm_latest(announce=True)
 
 
-def _open_store(path: Path) -> Store:
+def _open_store(path: Path | str) -> Store:
     """``Store.open``, with a directory it cannot create or read reported as a StoreError saying what to do."""
     try:
         return Store.open(path)
     except OSError as exc:
-        raise io_error(exc, "opening the store", path) from exc
+        raise io_error(exc, "opening the store", Path(path)) from exc
 
 
 def _show_approval(store: Any, name: str, match: dict[str, Any] | None, timeout_at: float | None) -> Any:

@@ -50,7 +50,7 @@ def resolve_store_path(explicit: str | os.PathLike[str] | None = None, *, notebo
     working directory. A ``postgresql://`` URL (a shared store) is returned as it is, a string."""
     for given in (explicit, os.environ.get(ENV_STORE), configured):
         if given:
-            return given if is_store_url(given) else Path(given).expanduser()
+            return given if isinstance(given, str) and is_store_url(given) else Path(given).expanduser()
     if notebook and Path(notebook).is_absolute():
         return Path(notebook).parent / STORE_DIRNAME
     here = Path.cwd()

@@ -53,9 +53,9 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
     FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums
 
     @classmethod
-    def __subclasshook__(cls, subclass: type) -> bool | type[NotImplemented]:  # type: ignore[valid-type]
+    def __subclasshook__(cls, subclass: type) -> Any:
         """``SharedStore`` (``store/shared``, which cannot import this module) counts as a ``Store``."""
-        if cls is Store and getattr(subclass, "shared_store", False):
+        if cls is Store and getattr(subclass, "shared_store", False) is True:
             return True
         return NotImplemented
 

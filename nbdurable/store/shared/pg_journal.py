@@ -242,7 +242,7 @@ class PgJournalsMixin:
             with pool(self.url).connection() as conn, conn.transaction(), conn.cursor() as cur:
                 cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 cur.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-                (next_mark,) = cur.fetchone()  # type: ignore[misc]
+                (next_mark,) = cur.fetchone() or ("0",)
                 cur.execute("SELECT run_id, seq, body, tag FROM nbd_records WHERE xid >= %s::xid8 "
                             "ORDER BY run_id, seq", [low])
                 records = [(r, int(q), bytes(b), t) for r, q, b, t in cur.fetchall()]
@@ -261,7 +261,7 @@ class PgJournalsMixin:
                 cur.execute("INSERT INTO nbd_aside (kind, ident, seq, body, tag) SELECT 'journal', run_id, seq, body, "
                             "tag FROM nbd_records WHERE run_id = %s AND seq >= %s", [run_id, bad_seq])
                 cur.execute("DELETE FROM nbd_records WHERE run_id = %s AND seq >= %s", [run_id, bad_seq])
-                return cur.rowcount
+                return int(cur.rowcount)
         except psycopg.Error as exc:
             raise database_error(exc, self.url, f"salvaging the journal of run {run_id}") from None
 
