@@ -146,6 +146,9 @@ def test_a_tampered_journal_row_is_never_used(pg_store: str) -> None:
                  "'step_evil_'), 'UTF8') WHERE seq = 3")
     with pytest.raises(CorruptJournalError, match="record 3"):
         store.read_journal("r1")
+    with pytest.raises(CorruptJournalError, match="record 3"):
+        store.catalog().ingest()  # the catalog takes nothing from record 3 on
+    assert store.catalog().query("SELECT last_seq FROM ingest_state", ingest=False)["last_seq"].tolist() == [2]
     report = check_store(store)
     assert any("line 3" in what for what, _ in report.damage)
     actions, refused = repair_store(store, report)
@@ -325,3 +328,18 @@ def test_s3_objects_through_moto(pg_store: str, monkeypatch: pytest.MonkeyPatch)
                     os.environ[k] = v
     finally:
         server.stop()
+
+
+def test_tampered_event_and_cancel_rows_are_never_used(pg_store: str) -> None:
+    store = SharedStore.open(pg_store)
+    event = store.send_event("go", {"n": 1})
+    store.new_journal("r1").close()
+    store.request_cancel("r1", by="ann", reason="x")
+    store._query("UPDATE nbd_events SET body = convert_to(replace(convert_from(body, 'UTF8'), '\"n\":1', "
+                 "'\"n\":2'), 'UTF8')")
+    store._query("UPDATE nbd_cancels SET tag = repeat('0', 64)")
+    with pytest.warns(UserWarning, match="damaged event"):
+        assert store.events() == []
+    assert store.read_event(event["id"]) is None and store.cancel_request("r1") is None
+    assert store.catalog().query("SELECT count(*) AS n FROM events")["n"].tolist() == [0]
+    assert check_store(store).damaged_events == [event["id"]]
