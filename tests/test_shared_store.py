@@ -96,7 +96,8 @@ def test_a_killed_holders_lease_is_taken_over(any_store: str, tmp_path: Path) ->
 def test_an_expired_lease_of_another_host_is_taken_over(pg_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SharedStore.open(pg_store)
     store.new_journal("r1").close()
-    store._query("INSERT INTO nbd_leases VALUES ('r1', 't', 1, 'elsewhere', 0, 0, now() + interval '1 hour')")
+    store._query("INSERT INTO nbd_leases VALUES ('r1', 't', 1, 'elsewhere', 'another-boot', 0, 0, "
+                 "now() + interval '1 hour')")
     with pytest.raises(LeaseHeldError, match="elsewhere"):
         store.acquire_lease("r1")
     assert store.is_live("r1")  # another host, heartbeat fresh: alive whatever its pid

@@ -55,6 +55,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             token text NOT NULL,
             pid integer NOT NULL,
             host text NOT NULL,
+            boot_id text NOT NULL,  -- the holder's process table: kernel boot id and pid namespace
             acquired double precision NOT NULL,
             heartbeat double precision NOT NULL,
             expires_at timestamptz NOT NULL);

@@ -5,7 +5,8 @@ A holder's heartbeat thread pushes ``expires_at`` forward every ``timeout / 3`` 
 expiry has passed belongs to a dead holder and is taken over by the next ``acquire_lease`` (one
 ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at < now()``: of two takers, one wins). On the
 holder's own host a dead pid is known at once, as flock knows it for a local store: its lease is taken
-over without waiting for the expiry. The timeout is ``NBDURABLE_LEASE_TIMEOUT`` seconds (default 30).
+over without waiting for the expiry ("this host": the same kernel boot and pid namespace, since host names
+repeat across machines and containers share a kernel). The timeout is ``NBDURABLE_LEASE_TIMEOUT`` seconds (default 30).
 """
 
 from __future__ import annotations
@@ -35,9 +36,23 @@ def lease_timeout() -> float:
         return DEFAULT_TIMEOUT_S
 
 
-def _pid_dead_here(pid: int, host: str) -> bool:
-    """True if ``pid`` on ``host`` is this host's and no longer exists (a zombie counts as dead)."""
-    if host != socket.gethostname() or pid == os.getpid():
+def boot_id() -> str:
+    """Where a pid means this process table: the kernel's boot id and this pid namespace (Linux), so that
+    containers of one machine, or machines of one host name, never judge each other's pids; elsewhere the
+    host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{f.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return socket.gethostname()
+
+
+_BOOT = boot_id()
+
+
+def _pid_dead_here(pid: int, boot: str) -> bool:
+    """True if ``pid`` is of this process table (``boot_id``) and no longer exists (a zombie counts as dead)."""
+    if boot != _BOOT or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -140,7 +155,7 @@ class PgLeasesMixin:
         def _query(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
 
     def _lease_row(self, run_id: str) -> tuple[Any, ...] | None:
-        rows = self._query("SELECT token, pid, host, acquired, heartbeat, expires_at > now() FROM nbd_leases "
+        rows = self._query("SELECT token, pid, host, acquired, heartbeat, expires_at > now(), boot_id FROM nbd_leases "
                            "WHERE run_id = %s", [run_id], f"reading the lease of run {run_id}")
         return rows[0] if rows else None
 
@@ -148,7 +163,7 @@ class PgLeasesMixin:
         """Take the run's lease; LeaseHeldError if a live process (this one included) holds it."""
         check_run_id(run_id)
         row = self._lease_row(run_id)
-        if row is not None and row[5] and _pid_dead_here(row[1], row[2]):
+        if row is not None and row[5] and _pid_dead_here(row[1], row[6]):
             # Its holder died on this host: expire it now (only if it is still that holder's).
             self._query("UPDATE nbd_leases SET expires_at = now() - interval '1 second' WHERE run_id = %s "
                         "AND token = %s", [run_id, row[0]], f"taking over the lease of run {run_id}")
@@ -156,12 +171,13 @@ class PgLeasesMixin:
         now = time.time()
         info = {"pid": os.getpid(), "host": socket.gethostname(), "acquired": now, "heartbeat": now, "run_id": run_id}
         won = self._query(
-            "INSERT INTO nbd_leases AS l (run_id, token, pid, host, acquired, heartbeat, expires_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) "
+            "INSERT INTO nbd_leases AS l (run_id, token, pid, host, boot_id, acquired, heartbeat, expires_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) "
             "ON CONFLICT (run_id) DO UPDATE SET token = excluded.token, pid = excluded.pid, host = excluded.host, "
-            "acquired = excluded.acquired, heartbeat = excluded.heartbeat, expires_at = excluded.expires_at "
-            "WHERE l.expires_at < now() RETURNING token",
-            [run_id, token, info["pid"], info["host"], now, now, lease_timeout()], f"taking the lease of run {run_id}")
+            "boot_id = excluded.boot_id, acquired = excluded.acquired, heartbeat = excluded.heartbeat, "
+            "expires_at = excluded.expires_at WHERE l.expires_at < now() RETURNING token",
+            [run_id, token, info["pid"], info["host"], _BOOT, now, now, lease_timeout()],
+            f"taking the lease of run {run_id}")
         if not won:
             raise _held_error(run_id, self._lease_row(run_id))
         return PgLease(self, run_id, token, info)
@@ -171,19 +187,19 @@ class PgLeasesMixin:
         if not is_run_id(run_id):
             return False
         row = self._lease_row(run_id)
-        return row is not None and bool(row[5]) and not _pid_dead_here(row[1], row[2])
+        return row is not None and bool(row[5]) and not _pid_dead_here(row[1], row[6])
 
     def lease_holder(self, run_id: str) -> dict[str, Any] | None:
         """``{"pid", "host", "acquired", "heartbeat"}`` of the live holder of the run's lease, else None."""
         row = self._lease_row(run_id) if is_run_id(run_id) else None
-        if row is None or not row[5] or _pid_dead_here(row[1], row[2]):
+        if row is None or not row[5] or _pid_dead_here(row[1], row[6]):
             return None
         return dict(zip(HOLDER_KEYS, row[1:5], strict=True))
 
     def _check_not_driven_elsewhere(self, run_id: str) -> None:
         """LeaseHeldError if a live process other than this one holds the run's lease."""
         row = self._lease_row(run_id)
-        if row is None or not row[5] or _pid_dead_here(row[1], row[2]):
+        if row is None or not row[5] or _pid_dead_here(row[1], row[6]):
             return
         with _held_lock:
             mine = _held.get((self.url, run_id)) == row[0]
