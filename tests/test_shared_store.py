@@ -344,3 +344,19 @@ def test_tampered_event_and_cancel_rows_are_never_used(pg_store: str) -> None:
     assert store.read_event(event["id"]) is None and store.cancel_request("r1") is None
     assert store.catalog().query("SELECT count(*) AS n FROM events")["n"].tolist() == [0]
     assert check_store(store).damaged_events == [event["id"]]
+
+
+def test_an_encrypted_shared_store(pg_store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NBDURABLE_ENCRYPTION_KEY", "11" * 32)
+    store = SharedStore.open(pg_store)
+    with store.new_journal("r1") as w:
+        w.append({"t": "run", "notebook": "secret-notebook"})
+    _, tag = store.write_object(KEY, lambda f: f.write(b"secret payload"))
+    assert b"secret" not in b"".join(b for _, b, _ in store.journal_rows("r1"))
+    assert b"secret payload" not in (tmp_path / "objects" / "objects" / KEY[:2] / KEY[2:]).read_bytes()
+    assert store.read_journal("r1")[0]["notebook"] == "secret-notebook"
+    assert bytes(store.read_object(KEY, tag)) == b"secret payload"
+    assert store.catalog().query("SELECT notebook FROM runs")["notebook"].tolist() == ["secret-notebook"]
+    monkeypatch.delenv("NBDURABLE_ENCRYPTION_KEY")
+    with pytest.raises(StoreFormatError, match="encrypted"):
+        SharedStore.open(pg_store)
