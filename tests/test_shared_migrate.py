@@ -33,6 +33,7 @@ def _contents(store: Store) -> dict[str, object]:
             "cancels": {r: store.cancel_request(r) for r in store.run_ids()}}
 
 
+@pytest.mark.slow
 def test_migrate_is_idempotent_and_resumes_after_kill(pg_store: str, tmp_path: Path) -> None:
     source = Store.open(tmp_path / "local")
     _synthetic(source, 200)
