@@ -72,6 +72,7 @@ def main() -> None:
     url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            os.environ["NBDURABLE_CACHE_DIR"] = tmp  # the shared store's catalog cache goes with it
             local = Store.open(Path(tmp) / "store")
             shared = _shared(url, Path(tmp) / "objects")
             figures = []

@@ -538,6 +538,11 @@ def soak(trials: int, seed: int, workers: int, root: Path | None = None, *, prog
             print(f"trial {s}: kills {result.kills or ['none']}, edits {result.edits or ['none']}, runs {result.runs}, "
                   f"records {result.records}, restored {result.restored}, violations {len(result.violations)}, "
                   f"{result.seconds:.0f} s", file=sys.stderr, flush=True)
+        url_file = base / f"trial-{s}" / STORE_URL_FILE
+        if url_file.exists():  # a shared store's catalog cache is outside the trial's directory
+            from pg import drop_cache
+
+            drop_cache(url_file.read_text())
         if root is None and not result.violations:  # a long soak must not fill the disk; failures are kept
             shutil.rmtree(base / f"trial-{s}", ignore_errors=True)
         return result
