@@ -27,6 +27,7 @@ SUITE = {
     "serve": [("serve", [])],
     # issue 17; helper sched's schedule-evaluation figure (1,000 schedules, slots checked per second) goes here too
     "orchestration": [("orchestration", ["trigger"]), ("orchestration", ["overhead"])],
+    "scale": [("scale", []), ("read_model", [])],
     "steps": [("steps", [])],
 }
 
@@ -44,6 +45,8 @@ def main() -> None:
                      "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"], "dask_map": ["--rounds", "2"],
+                     "scale": ["--rounds", "2"],
+                     "read_model": ["--runs", "100", "--repeats", "5"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"],
                      "serve": ["--seconds", "2", "--repeats", "5", "--render-repeats", "2"]}
             print(f"running {module} {' '.join(extra)} …", file=sys.stderr, flush=True)

@@ -236,12 +236,12 @@ def _resolve_run(con: duckdb.DuckDBPyConnection, store: Store, run: str | None) 
         rows = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC NULLS LAST, "
                            "run_id DESC LIMIT 1").fetchall()
         if not rows:
-            raise RunNotFoundError(f"the store {store.path} has no runs: vars.<name> has no run to read",
+            raise RunNotFoundError(f"the store {store.display} has no runs: vars.<name> has no run to read",
                                    hint="run a notebook first")
         return str(rows[0][0])
     if (not isinstance(run, str)
             or not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run]).fetchall()[0][0]):
-        raise RunNotFoundError(f"no run {run!r} in the store {store.path}",
+        raise RunNotFoundError(f"no run {run!r} in the store {store.display}",
                                hint="nbd.history() lists the runs of this store")
     return run
 

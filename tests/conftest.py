@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,32 @@ def run_session(store: Path | None, cells: list[str], *, notebook: str | None = 
 def store_dir(tmp_path: Path) -> Path:
     """A fresh store location (created on first use by nbdurable)."""
     return tmp_path / "store"
+
+
+@pytest.fixture(scope="module")
+def pg_db() -> Iterator[str]:
+    """A PostgreSQL database of this test module's own (skips with how to start a server if none answers)."""
+    from pg import database
+
+    with database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_store(pg_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh shared store's URL (its own schema), objects in a temporary directory (``file://``)."""
+    from pg import drop_cache, new_store_url
+
+    url = new_store_url(pg_db)
+    monkeypatch.setenv("NBDURABLE_OBJECTS", (tmp_path / "objects").as_uri())
+    yield url
+    drop_cache(url)
+
+
+@pytest.fixture(params=["local", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store location on each backend: a directory, and a PostgreSQL store (objects on ``file://``)."""
+    if request.param == "local":
+        yield str(tmp_path / "store")
+        return
+    yield request.getfixturevalue("pg_store")

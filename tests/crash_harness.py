@@ -4,6 +4,7 @@ between the killed attempts, the notebook may be edited.
 One command::
 
     python tests/crash_harness.py --trials 500 [--seed N] [--workers 2] [--no-edits] [--late-kills]
+                                  [--shared postgresql://…/DATABASE]
 
 Each trial runs ``nbdurable run`` on a notebook with heavy state writes (a 32 MB array committed in the
 background, a DataFrame, 300 small variables, a loop of 40 explicit steps, an in-place update of the
@@ -165,6 +166,26 @@ def write_notebook(directory: Path, cells: list[str] | None = None) -> Path:
 
 
 RUN = ["run", "heavy.ipynb", "out.ipynb", "--no-progress", "--store", "store"]  # in the trial's directory
+STORE_URL_FILE = "store.url"  # a trial on a shared store: the store's URL (``--shared``), else ./store
+
+
+def store_arg(directory: Path) -> str:
+    """The trial's ``--store``: ``store`` (a directory in it), or the shared store's URL."""
+    url = directory / STORE_URL_FILE
+    return url.read_text() if url.exists() else "store"
+
+
+def run_args(directory: Path) -> list[str]:
+    """``RUN`` with the trial's store."""
+    return [*RUN[:-1], store_arg(directory)]
+
+
+def open_store(directory: Path) -> Any:
+    """The trial's store (a directory or a shared store)."""
+    from nbdurable.store import Store
+
+    where = store_arg(directory)
+    return Store.open(where if "://" in where else directory / where)
 
 
 def outputs(path: Path) -> list[list[dict[str, Any]]]:
@@ -266,6 +287,8 @@ def _kernel_pid(runner: int) -> int | None:
 
 
 def _journals(directory: Path) -> set[str]:
+    if (directory / STORE_URL_FILE).exists():
+        return set(open_store(directory).run_ids())
     return {p.name for p in (directory / "store" / "journals").glob("*.jsonl")}
 
 
@@ -275,7 +298,7 @@ def _killed_attempt(directory: Path, rng: random.Random, window: float, *, late:
     drawn from the moment the run's journal appears (its kernel is up) instead of the launch."""
     target = rng.choice(TARGETS)
     before = _journals(directory)
-    proc = start_cli(*RUN, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(*run_args(directory), cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if late:
         up = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < up and not _journals(directory) - before:
@@ -305,7 +328,7 @@ def _killed_attempt(directory: Path, rng: random.Random, window: float, *, late:
 
 
 def run_trial(root: Path, seed: int, expected: Expected, window: float, *, edits: bool = True,
-              late: bool = False) -> TrialResult:
+              late: bool = False, shared: str | None = None) -> TrialResult:
     """One trial in its own directory: 1-3 random kills (the notebook maybe edited after each), then runs until
     one completes; then the checks against a clean run of the final notebook."""
     rng = random.Random(seed)
@@ -314,6 +337,14 @@ def run_trial(root: Path, seed: int, expected: Expected, window: float, *, edits
     begun = time.monotonic()
     directory = root / f"trial-{seed}"
     directory.mkdir()
+    if shared is not None:  # a store of its own in the shared database: a schema
+        from pg import new_store_url
+
+        from nbdurable.store import open_shared
+
+        url = new_store_url(shared)
+        open_shared(url, objects=(directory / "objects").as_uri())  # records where its objects go
+        (directory / STORE_URL_FILE).write_text(url)
     cells = list(CELLS)
     write_notebook(directory, cells)
     attempts = rng.randint(1, 3)
@@ -346,18 +377,15 @@ def run_trial(root: Path, seed: int, expected: Expected, window: float, *, edits
 def _completed(directory: Path) -> bool:
     """True if the newest run of the trial's store completed."""
     from nbdurable.runtime.replay import journal_status
-    from nbdurable.store import Store
 
-    store = Store.open(directory / "store")
+    store = open_store(directory)
     run_ids = store.run_ids()
     return bool(run_ids) and journal_status(store, run_ids[-1])[0] == "completed"
 
 
 def _has_commits(directory: Path) -> bool:
     """True if a run of the trial's store committed a step (a cell or a step call, executed or restored)."""
-    from nbdurable.store import Store
-
-    store = Store.open(directory / "store")
+    store = open_store(directory)
     return any(r.get("t") == "step_end" and r.get("status") in ("completed", "restored")
                for run_id in store.run_ids() for r in store.read_journal(run_id))
 
@@ -365,7 +393,7 @@ def _has_commits(directory: Path) -> bool:
 def _complete(directory: Path, result: TrialResult) -> None:
     """Run the notebook again until a run completes (each resumes the last)."""
     for _ in range(5):
-        done = run_cli(*RUN, cwd=directory, timeout=300)
+        done = run_cli(*run_args(directory), cwd=directory, timeout=300)
         result.runs += 1
         if done.returncode == 0:
             return
@@ -420,16 +448,14 @@ class _Run:
 
 def check(directory: Path, expected: list[list[dict[str, Any]]], result: TrialResult) -> None:
     """The invariants listed in the module docstring; violations are appended to ``result``."""
-    from nbdurable.store import Store
-
-    verdict = run_cli("check", "--store", "store", cwd=directory, timeout=300)
+    verdict = run_cli("check", "--store", store_arg(directory), cwd=directory, timeout=300)
     if verdict.returncode != 0:
         result.violations.append(f"nbdurable check failed: {verdict.stdout[-2000:]}")
     if not (directory / "out.ipynb").exists():
         result.violations.append("the completed run wrote no output notebook")
     elif outputs(directory / "out.ipynb") != expected:
         result.violations.append("the final outputs differ from a clean run's of the final notebook")
-    store = Store.open(directory / "store")
+    store = open_store(directory)
     committed: dict[Identity, int] = {}  # an execution's identity -> index of the run that committed it
     pid_run: dict[int, _Run] = {}
     for index, run_id in enumerate(store.run_ids()):
@@ -492,10 +518,11 @@ def _marks(directory: Path, pid_run: dict[int, _Run], committed: dict[Identity, 
                                      f"committed it with the same code and inputs")
 
 
-def soak(trials: int, seed: int, workers: int, root: Path | None = None, *,
-         progress: bool = False, edits: bool = True, late_kills: bool = False) -> list[TrialResult]:
+def soak(trials: int, seed: int, workers: int, root: Path | None = None, *, progress: bool = False,
+         edits: bool = True, late_kills: bool = False, shared: str | None = None) -> list[TrialResult]:
     """Run ``trials`` trials, ``workers`` at a time (with ``edits``, the notebook edited between killed attempts;
-    with ``late_kills``, every kill once the run's kernel is up, mostly in its cells); returns their results
+    with ``late_kills``, every kill once the run's kernel is up, mostly in its cells; with ``shared``, a
+    PostgreSQL database URL, each trial on a shared store of its own there); returns their results
     (with ``progress``, a line per finished trial on stderr, so a long soak shows how it goes)."""
     base = root or Path(tempfile.mkdtemp(prefix="nbd-crash-"))
     found, seconds = clean_run(base)
@@ -506,11 +533,16 @@ def soak(trials: int, seed: int, workers: int, root: Path | None = None, *,
         window = 1.2 * _span(base / "clean")
 
     def trial(s: int) -> TrialResult:
-        result = run_trial(base, s, expected, window, edits=edits, late=late_kills)
+        result = run_trial(base, s, expected, window, edits=edits, late=late_kills, shared=shared)
         if progress:
             print(f"trial {s}: kills {result.kills or ['none']}, edits {result.edits or ['none']}, runs {result.runs}, "
                   f"records {result.records}, restored {result.restored}, violations {len(result.violations)}, "
                   f"{result.seconds:.0f} s", file=sys.stderr, flush=True)
+        url_file = base / f"trial-{s}" / STORE_URL_FILE
+        if url_file.exists():  # a shared store's catalog cache is outside the trial's directory
+            from pg import drop_cache
+
+            drop_cache(url_file.read_text())
         if root is None and not result.violations:  # a long soak must not fill the disk; failures are kept
             shutil.rmtree(base / f"trial-{s}", ignore_errors=True)
         return result
@@ -531,9 +563,7 @@ def soak(trials: int, seed: int, workers: int, root: Path | None = None, *,
 
 def _span(directory: Path) -> float:
     """Seconds from the first record of the run in ``directory`` to its last."""
-    from nbdurable.store import Store
-
-    store = Store.open(directory / "store")
+    store = open_store(directory)
     records = store.read_journal(store.run_ids()[-1])
     return float(records[-1]["ts"]) - float(records[0]["ts"])
 
@@ -568,9 +598,13 @@ def main() -> None:
     parser.add_argument("--late-kills", action="store_true",
                         help="draw each kill's moment from when the run's kernel is up (its journal appears), "
                              "not from the launch: most kills then land in cells, after commits")
+    parser.add_argument("--shared", metavar="DATABASE_URL", default=None,
+                        help="run each trial on a shared store (PostgreSQL, objects on file://): a schema of its own "
+                             "in this database")
     args = parser.parse_args()
     started = time.monotonic()
-    results = soak(args.trials, args.seed, args.workers, progress=True, edits=args.edits, late_kills=args.late_kills)
+    results = soak(args.trials, args.seed, args.workers, progress=True, edits=args.edits, late_kills=args.late_kills,
+                   shared=args.shared)
     print(summary(results) + f"\nseed {args.seed}; edits {'on' if args.edits else 'off'}"
           f"{'; late kills' if args.late_kills else ''}; {time.monotonic() - started:.0f} s")
     sys.exit(1 if any(r.violations for r in results) else 0)

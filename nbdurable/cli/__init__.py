@@ -80,7 +80,19 @@ def demo(workdir: str | None) -> None:
 
 def _register_commands() -> None:
     """Commands defined in the package's other modules attach themselves to ``main``."""
-    from nbdurable.cli import control, fork, maintenance, plan, report, run, serve, sweep, triggers, worker  # noqa: F401
+    from nbdurable.cli import (  # noqa: F401
+        control,
+        fork,
+        maintenance,
+        migrate,
+        plan,
+        report,
+        run,
+        serve,
+        sweep,
+        triggers,
+        worker,
+    )
 
 
 _register_commands()

@@ -28,7 +28,7 @@ def open_store(store: str | None, *, create: bool = False) -> Store:
     the working directory or a parent, like git); one that does not exist is a usage error unless ``create``,
     and the error names the stores found nearby."""
     path = resolve_store_path(store)
-    if not create and not path.exists():  # a typo in --store is a usage error, not damage
+    if not create and isinstance(path, Path) and not path.exists():  # a typo in --store is a usage error, not damage
         nearby = nearby_stores(Path.cwd())
         found = (f"; stores nearby: {', '.join(str(p) for p in nearby)} (pass one with --store)" if nearby
                  else "; a store is created by the first run, beside its notebook")

@@ -34,7 +34,7 @@ def _fork(run_id: str, from_cell: int, output: str | None, overrides: dict[str, 
     opened = open_store(store)
     plan = prepare_fork(opened, run_id, from_cell, overrides=overrides, notebook=notebook, kernel=options["kernel"])
     _execute(plan.notebook_path, output or (plan.output_path if default_output else None), plan.params,
-             store=str(opened.path), nb=plan.nb, fork=(plan.source, plan.restored_cells), **options)
+             store=opened.location, nb=plan.nb, fork=(plan.source, plan.restored_cells), **options)
 
 
 @main.command("fork")

@@ -24,7 +24,7 @@ def check(store: str | None, repair: bool) -> None:
 
     st = open_store(store)
     report = check_store(st)
-    click.echo(f"Store {st.path}")
+    click.echo(f"Store {st.display}")
     _echo_check(report)
     refused: list[LeaseHeldError] = []
     if repair:

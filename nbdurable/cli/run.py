@@ -54,7 +54,7 @@ def timeout_options(command: Any) -> Any:
     )(command)
 
 
-def _run_store(store: str | None, notebook: Path) -> Path:
+def _run_store(store: str | None, notebook: Path) -> Path | str:
     """``--store``, else NBDURABLE_STORE, else ``.nbdurable`` beside the notebook (as in Jupyter)."""
     return resolve_store_path(store, notebook=str(notebook.resolve()))
 
@@ -107,7 +107,7 @@ def _execute(notebook: Path, output: str | None, params: dict[str, Any], *, stor
     click.echo(
         f"{result.status}: run {result.run_id}{resumed}: {result.executed} executed, {result.restored} restored "
         f"(saved {tables.seconds(result.time_saved)}) in {tables.seconds(result.seconds)}{exited}"
-        + (f"; output {output}" if output else "") + f"; store {tables.notebook(str(runner.store.path))}"
+        + (f"; output {output}" if output else "") + f"; store {tables.notebook(runner.store.display)}"
     )
     if result.status == "completed":
         return
@@ -217,7 +217,7 @@ def resume(run_id: str, output: str | None, store: str | None, cwd: str | None, 
 
     _execute(Path(notebook), output or head.get("output_path"),
              secrets_from_environment(head.get("params") or {}, run_id),
-             store=store or str(opened.path), cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
+             store=store or opened.location, cwd=cwd, kernel=kernel, resume_run=run_id, progress=progress,
              suspend_after=suspend_after, execution_timeout=execution_timeout, start_timeout=start_timeout,
              on_change=on_change)
 
@@ -233,7 +233,7 @@ def show(run_id: str, store: str | None, as_json: bool) -> None:
     catalog = opened.catalog()
     runs = catalog.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     if runs.empty:
-        raise RunNotFoundError(f"no run {run_id!r} in store {opened.path}", hint="`nbdurable runs` lists run ids")
+        raise RunNotFoundError(f"no run {run_id!r} in store {opened.display}", hint="`nbdurable runs` lists run ids")
     steps = catalog.steps(run_id)
     if as_json:
         click.echo(json.dumps({"run": runs.iloc[0].to_dict(), "steps": steps.to_dict("records")}, default=str,

@@ -56,6 +56,6 @@ def compensate_cancelled(store: Store, run_id: str, request: dict[str, Any]) -> 
                              hint="restore the notebook file, then `nbdurable cancel` the run again to run them")
     params = secrets_from_environment(head.get("params") or {}, run_id)
     nb = load_notebook(Path(notebook), params, None)
-    runner = CompensatingRunner(nb, request=request, notebook_path=Path(notebook), store_path=store.path,
+    runner = CompensatingRunner(nb, request=request, notebook_path=Path(notebook), store_path=store.location,
                                 params=params, output_path=None, resume_run=run_id)
     return runner.execute()

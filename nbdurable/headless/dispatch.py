@@ -45,7 +45,7 @@ def launch_spec(store: Store, claim: dict[str, Any], *, env: dict[str, str] | No
     if isinstance(key, str) and isinstance(limit, int):
         origin.update(flow_key=key, flow_limit=limit)  # a resume of the run holds a slot of the same key
     return LaunchSpec(
-        str(store.path), str(claim["notebook"]), params=dict(claim.get("params") or {}), origin=origin,
+        store.location, str(claim["notebook"]), params=dict(claim.get("params") or {}), origin=origin,
         run_id=str(claim["run_id"]), claim=(str(claim["kind"]), str(claim["key"])),
         slot=(key, limit) if isinstance(key, str) and isinstance(limit, int) else None,
         output_path=claim.get("output_path"), cwd=claim.get("cwd"), suspend_after=suspend_after, env=dict(env or {}),

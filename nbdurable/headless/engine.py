@@ -110,7 +110,7 @@ class DurableEngine(Engine):  # type: ignore[misc]
         nb_man.cleanup_pbar()  # the bar ends where the run did, then the summary goes on a line of its own
         if result.interrupted:
             raise KeyboardInterrupt
-        logger.info(_summary(result, runner.store.path))
+        logger.info(_summary(result, runner.store.display))
         if result.status == "suspended":
             raise SuspendedError(
                 f"run {result.run_id} suspended itself ({result.describe_suspension()})",
@@ -156,7 +156,7 @@ def _is_notice(output: Any) -> bool:
     return isinstance(meta, dict) and "notice" in meta
 
 
-def _summary(result: RunResult, store: Path) -> str:
+def _summary(result: RunResult, store: Path | str) -> str:
     """The run in one line, as ``nbdurable run`` reports it."""
     resumed = f" (resumed run {result.resumed_from})" if result.resumed_from else ""
     exited = (f"; the notebook exited early at cell {result.exited_at + 1} (sys.exit), the cells after it did not run"
@@ -165,7 +165,7 @@ def _summary(result: RunResult, store: Path) -> str:
         where = os.path.relpath(store)
     except ValueError:  # another drive (Windows)
         where = str(store)
-    where = str(store) if where.startswith("..") else where
+    where = str(store) if where.startswith("..") or "://" in str(store) else where
     return (f"nbdurable: {result.status}: run {result.run_id}{resumed}: {result.executed} executed, "
             f"{result.restored} restored (saved {duration(result.time_saved)}) in {duration(result.seconds)}"
             f"{exited}; store {where}")

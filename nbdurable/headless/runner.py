@@ -104,7 +104,7 @@ class HeadlessRunner:
         nb: nbformat.NotebookNode,
         *,
         notebook_path: Path,
-        store_path: Path,
+        store_path: Path | str,
         params: dict[str, Any],
         output_path: Path | None,
         kernel_name: str | None = None,
@@ -198,7 +198,7 @@ class HeadlessRunner:
         env = {
             **os.environ,
             ENV_NOTEBOOK: self.notebook,
-            ENV_STORE: str(self.store.path),
+            ENV_STORE: self.store.location,
             ENV_KIND: "headless",
             ENV_PARAMS: params_key(self.recorded),
             ENV_RESUME: self.result.resumed_from or "",
@@ -237,7 +237,7 @@ class HeadlessRunner:
             return None
         if self.resume_run:
             if not self.store.journal_exists(self.resume_run):
-                raise OptionsError(f"no run {self.resume_run!r} in store {self.store.path}",
+                raise OptionsError(f"no run {self.resume_run!r} in store {self.store.display}",
                                    hint="`nbdurable runs` lists run ids")
             return self.resume_run
         return find_resumable_headless(self.store, self.notebook, self.recorded)
@@ -589,7 +589,7 @@ class HeadlessRunner:
             "resumed_from": self.result.resumed_from,
             **({"forked_from": self.fork[0], "forked_at_cell": self.fork[1]} if self.fork else {}),
             "status": self.result.status,
-            "store": str(self.store.path),
+            "store": self.store.display,
             "parameters": self.recorded,
         }
         if self.output_path is None:

@@ -103,7 +103,7 @@ class Worker:
 
     def work(self, *, once: bool, poll: float, max_runs: int | None) -> int:
         """Resume due runs until stopped (``once``: one pass); returns how many runs it resumed."""
-        self.log(f"worker started on store {self.store.path}"
+        self.log(f"worker started on store {self.store.display}"
                  + (" (one pass)" if once else f" (polling every {poll:g} s)"))
         while True:
             self.triggers.tick()  # claims the runs of new events (the engine's dispatch pass starts them)
@@ -159,7 +159,8 @@ class Worker:
         output = head.get("output_path")
         cwd = (head.get("environment") or {}).get("cwd")
         runner = HeadlessRunner(
-            load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.path, params=params,
+            load_notebook(notebook, params, None), notebook_path=notebook, store_path=self.store.location,
+            params=params,
             output_path=Path(output) if output else None, cwd=Path(cwd) if cwd and Path(cwd).is_dir() else None,
             resume_run=run_id, suspend_after=self.suspend_after, on_change=self.on_change,
             notify=lambda text: self.log(f"run {run_id}: {text}"),

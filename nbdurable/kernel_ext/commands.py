@@ -35,7 +35,7 @@ def status(ext: Durable) -> dict[str, str]:
         "run": run.run_id if run else not_recording or "(starts with the next cell)"
         + (f" (forked from run {ext.fork[0]} at cell {ext.fork[1]})" if ext.fork else ""),
         "notebook": ext.notebook or "(unnamed: `%durable attach NAME` to make it resumable)",
-        "store": str(ext.store_path),
+        "store": ext.store_obj.display,
         "executed": str(stats.executed if stats else 0),
         "restored": str(stats.restored if stats else 0),
         "failed": str(stats.failed if stats else 0),
@@ -57,7 +57,7 @@ def resume(ext: Durable, run_id: str | None, *, on_change: str = "continue", for
                 hint="`%durable runs --all` lists the runs of this store; pass one: `%durable resume RUN_ID`.",
             )
     if not ext.store_obj.journal_exists(run_id):
-        raise RunNotFoundError(f"No run {run_id!r} in store {ext.store_path}.",
+        raise RunNotFoundError(f"No run {run_id!r} in store {ext.store_obj.display}.",
                                hint="`%durable runs --all` lists run ids.")
     holder = ext.store_obj.lease_holder(run_id)
     if holder is not None:

@@ -119,7 +119,7 @@ class Durable(Configurable):
         self.run: DurableRun | None = None
         self.plan: ReplayPlan | None = None
         self.flight: CellInFlight | None = None
-        self.inputs = CellInputs(self.tracker, str(self.store_path))
+        self.inputs = CellInputs(self.tracker, self.store_obj.local_dirs)
         self.executed_hashes: set[str] = set()  # cells executed in this session: run again, they execute again
         self.consumed: set[tuple[str, int]] = set()  # recorded executions restored (or re-run) in this session
         self.fork: tuple[str, int] | None = None  # (run, cell) a checkout took the state of: the next run's origin
@@ -574,17 +574,17 @@ class Durable(Configurable):
                 self.store_path, self.store_obj = new_path, _open_store(new_path)
                 self.loader = ObjectLoader(self.store_obj, self.shell.user_ns, lookup=self.restorer.lookup)
         self.notebook = identity
-        print(f"nbdurable: attached to notebook {identity!r} (store {self.store_path}).")
+        print(f"nbdurable: attached to notebook {identity!r} (store {self.store_obj.display}).")
         if self.auto_resume:
             self.arm_latest(announce=True)
 
 
-def _open_store(path: Path) -> Store:
+def _open_store(path: Path | str) -> Store:
     """``Store.open``, with a directory it cannot create or read reported as a StoreError saying what to do."""
     try:
         return Store.open(path)
     except OSError as exc:
-        raise io_error(exc, "opening the store", path) from exc
+        raise io_error(exc, "opening the store", Path(path)) from exc
 
 
 def _show_approval(store: Any, name: str, match: dict[str, Any] | None, timeout_at: float | None) -> Any:

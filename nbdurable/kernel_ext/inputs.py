@@ -24,6 +24,7 @@ import builtins
 import os
 import site
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from nbdurable.capture.names import CellNames, reachable_globals
@@ -45,10 +46,10 @@ class _OpenedFiles:
         self.ignored: tuple[str, ...] = ()
         self._installed = False
 
-    def install(self, store_path: str) -> None:
+    def install(self, store_paths: Sequence[str]) -> None:
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # nbdurable's own modules
         roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), site.getusersitepackages(),
-                 os.path.abspath(store_path), package}
+                 *(os.path.abspath(p) for p in store_paths), package}
         self.ignored = tuple(sorted({os.path.join(os.path.realpath(r), "") for r in roots if r}
                                     | {"/proc/", "/sys/", "/dev/"}))
         if not self._installed:
@@ -84,11 +85,12 @@ _OPENED = _OpenedFiles()
 class CellInputs:
     """The versions one shell knows, and the reads of its executing cells."""
 
-    def __init__(self, tracker: NamespaceTracker, store_path: str) -> None:
+    def __init__(self, tracker: NamespaceTracker, store_paths: Sequence[str]) -> None:
+        """``store_paths``: the local directories the store writes (its own files are no cell's inputs)."""
         self.tracker = tracker
         self.ambient: dict[str, str] = {}  # pseudo-variable -> version ("" or absent: initial)
         self.writers: dict[str, str] = {}  # name -> the cell that last changed it (for the reasons shown)
-        _OPENED.install(store_path)
+        _OPENED.install(store_paths)
 
     def reset(self) -> None:
         self.ambient.clear()

@@ -31,10 +31,10 @@ def resolve_run(store: Store, run_id: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise RunNotFoundError(f"no run {run_id!r} in store {store.path}",
+        raise RunNotFoundError(f"no run {run_id!r} in store {store.display}",
                                hint="`nbdurable runs` lists run ids (a unique prefix of one is enough)")
     shown = ", ".join(matches[:5]) + (" …" if len(matches) > 5 else "")
-    raise OptionsError(f"{len(matches)} runs of store {store.path} start with {run_id!r}: {shown}",
+    raise OptionsError(f"{len(matches)} runs of store {store.display} start with {run_id!r}: {shown}",
                        hint="give more of the run id")
 
 

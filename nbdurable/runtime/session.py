@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nbdurable.store import Store
+from nbdurable.store import Store, is_store_url
 
 if TYPE_CHECKING:  # typing only: the steps module imports this one
     from nbdurable.runtime.events import EventBus
@@ -46,18 +46,14 @@ STORE_DIRNAME = ".nbdurable"
 
 
 def resolve_store_path(explicit: str | os.PathLike[str] | None = None, *, notebook: str | None = None,
-                       configured: str | os.PathLike[str] | None = None) -> Path:
+                       configured: str | os.PathLike[str] | None = None) -> Path | str:
     """The one store-path rule: ``explicit`` (a ``--store`` option), else ``$NBDURABLE_STORE``, else
     ``configured`` (``c.Durable.store``), else ``.nbdurable`` beside ``notebook`` when it is a path, else the
     nearest ``.nbdurable`` in the working directory or one of its parents, else ``.nbdurable`` in the
-    working directory."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get(ENV_STORE)
-    if env:
-        return Path(env).expanduser()
-    if configured:
-        return Path(configured).expanduser()
+    working directory. A ``postgresql://`` URL (a shared store) is returned as it is, a string."""
+    for given in (explicit, os.environ.get(ENV_STORE), configured):
+        if given:
+            return given if isinstance(given, str) and is_store_url(given) else Path(given).expanduser()
     if notebook and Path(notebook).is_absolute():
         return Path(notebook).parent / STORE_DIRNAME
     here = Path.cwd()

@@ -18,12 +18,14 @@ A store is a directory::
     catalog.lock            queue (flock) of the processes that want the catalog
     gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
 
-The store knows nothing of IPython or of the runtime. Everything a shared backend (PostgreSQL, fsspec)
-would replace sits behind ``Store``.
+The store knows nothing of IPython or of the runtime. A ``postgresql://`` URL in place of the directory
+opens a shared store instead (``store/shared/``: PostgreSQL for journals, events, leases and cancel
+requests, fsspec for objects), a virtual subclass of ``Store`` with the same interface.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import pathlib
@@ -49,11 +51,19 @@ _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
 
-class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin,
-            TriggersMixin):
-    """A store directory. Create or open one with ``Store.open(path)``."""
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin, TriggersMixin,
+            metaclass=abc.ABCMeta):
+    """A store directory. Create or open one with ``Store.open(path)`` (a ``postgresql://`` URL opens a
+    ``SharedStore``)."""
 
     FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums
+
+    @classmethod
+    def __subclasshook__(cls, subclass: type) -> Any:
+        """``SharedStore`` (``store/shared``, which cannot import this module) counts as a ``Store``."""
+        if cls is Store and getattr(subclass, "shared_store", False) is True:
+            return True
+        return NotImplemented
 
     def __init__(self, path: pathlib.Path) -> None:
         """Use ``Store.open``: it checks and creates the layout."""
@@ -62,10 +72,13 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Store:
         """Open a store directory; with ``create=True`` (default) create it (mode 0o700) if missing or empty.
+        A ``postgresql://`` URL opens the shared store there (``store/shared``).
 
         Raises StoreFormatError if it is missing (``create=False``), is a non-empty directory without a FORMAT
         file, has an unreadable FORMAT, or was written by a newer nbdurable.
         """
+        if is_store_url(path):
+            return open_shared(str(path), create=create)
         root = pathlib.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         if not root.exists():
             if not create:
@@ -112,6 +125,21 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
 
         return Catalog(self)
 
+    @property
+    def location(self) -> str:
+        """What names this store to another process (``--store``, ``NBDURABLE_STORE``): its directory."""
+        return str(self.path)
+
+    @property
+    def display(self) -> str:
+        """How messages name this store: its directory."""
+        return str(self.path)
+
+    @property
+    def local_dirs(self) -> list[str]:
+        """The local directories this store writes (its files are nobody's inputs): the store directory."""
+        return [str(self.path)]
+
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
 
@@ -120,6 +148,19 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
 
     def __hash__(self) -> int:
         return hash(self.path)
+
+
+def is_store_url(location: object) -> bool:
+    """True if ``location`` is a ``postgresql://`` URL (a shared store), not a directory."""
+    return isinstance(location, str) and location.lower().startswith(("postgresql://", "postgres://"))
+
+
+def open_shared(url: str, *, create: bool = True, objects: str | None = None) -> Store:
+    """The shared store at ``url`` (imported on first use: psycopg and fsspec cost a local store nothing);
+    ``objects``: where its objects are (default: ``NBDURABLE_OBJECTS``, else what the store records)."""
+    from .shared import SharedStore
+
+    return SharedStore.open(url, create=create, objects=objects)  # type: ignore[return-value]
 
 
 def _make_root(root: pathlib.Path) -> None:
@@ -190,7 +231,7 @@ def _check_format(format_file: pathlib.Path, supported: int) -> None:
         )
 
 
-__all__ = ["Store", "JournalWriter", "Lease", "Catalog", "records", "read_records"]
+__all__ = ["Store", "JournalWriter", "Lease", "Catalog", "is_store_url", "open_shared", "records", "read_records"]
 
 
 def __getattr__(name: str) -> Any:

@@ -47,6 +47,12 @@ def check_event_name(name: str) -> str:
     return name
 
 
+def validate_event(name: str, data: Any) -> None:
+    """OptionsError unless ``name`` is an event name and ``data`` JSON a waiting run can read back."""
+    check_event_name(name)
+    _check_data(data)
+
+
 def event_time(event_id: str) -> float:
     """When the event ``event_id`` was sent (unix seconds, from its id: no read)."""
     return int(event_id.split("-", 1)[0]) / 1e9
@@ -205,4 +211,4 @@ def _nested_deeper_than(data: Any, limit: int) -> bool:
     return False
 
 
-__all__ = ["EventsMixin", "check_event_name", "check_idempotency_key", "event_time"]
+__all__ = ["EventsMixin", "check_event_name", "check_idempotency_key", "event_time", "validate_event"]

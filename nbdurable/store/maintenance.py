@@ -72,6 +72,8 @@ class JournalScan:
 
 def scan_journal(store: Store, run_id: str) -> JournalScan:
     """Read a journal without raising for damage: a corrupt line ends the records and is noted."""
+    if _shared(store):
+        return _scan_rows(run_id, store.journal_rows(run_id))  # type: ignore[attr-defined]
     path = store.journal_path(run_id)
     try:
         return _scan_lines(run_id, path, path.read_bytes())
@@ -104,9 +106,28 @@ def _scan_lines(run_id: str, path: pathlib.Path, data: bytes) -> JournalScan:
     return scan
 
 
+def _shared(store: Store) -> bool:
+    """A shared store (``store/shared``): journals as rows, settings in the database."""
+    return hasattr(store, "journal_rows")
+
+
+def _scan_rows(run_id: str, rows: list[tuple[int, bytes, str]]) -> JournalScan:
+    """A shared store's journal rows as a scan: the bad "line" is the seq of the first row failing its tag."""
+    scan = JournalScan(run_id, pathlib.Path(run_id), [], len(rows), len(rows))
+    for seq, body, tag in rows:
+        record, why = _decode(body + b"\t" + tag.encode("ascii"))
+        if record is None:
+            scan.bad_line, scan.bad_why = seq, why
+            return scan
+        scan.records.append(record)
+    return scan
+
+
 def _aside_keys(store: Store) -> set[str]:
     """Every object key named in the damaged journals that repairs kept aside, damaged lines included."""
     keys: set[str] = set()
+    if _shared(store):
+        return {k.decode() for body in store.aside_bodies() for k in _KEY_IN_JSON.findall(body)}  # type: ignore[attr-defined]
     for path in (store.path / "journals").glob(f"*{_ASIDE}*"):
         try:
             keys.update(key.decode() for key in _KEY_IN_JSON.findall(path.read_bytes()))
@@ -286,6 +307,10 @@ def repair_store(store: Store, report: CheckReport) -> tuple[list[str], list[Lea
             except LeaseHeldError as exc:
                 refused.append(exc)
     for event_id in report.damaged_events:
+        if _shared(store):
+            store.set_aside_event(event_id)  # type: ignore[attr-defined]
+            actions.append(f"event {event_id}: set aside (table nbd_aside)")
+            continue
         path = store.path / "events" / f"{event_id}{EVENT_SUFFIX}"
         with contextlib.suppress(FileNotFoundError):
             aside = _keep_aside(path)
@@ -304,6 +329,10 @@ def _repair_journal(store: Store, run_id: str) -> str:
     with store.acquire_lease(run_id):
         scan = scan_journal(store, run_id)  # again, under the lease: it may have changed since the check
         name = f"journals/{scan.path.name}"
+        if scan.bad_line is not None and _shared(store):
+            moved = store.salvage_journal(run_id, scan.bad_line)  # type: ignore[attr-defined]
+            return (f"{name}: record {scan.bad_line} was damaged; {moved} records from it on are kept in the table "
+                    f"nbd_aside; the {len(scan.records)} records before it stay")
         if scan.bad_line is not None:
             return f"{name}: {_salvage(store, scan)}"
         if scan.torn:
@@ -403,6 +432,10 @@ def _prune(store: Store, report: GcReport) -> None:
     for run_id in report.collected:
         try:
             with store.acquire_lease(run_id):
+                if _shared(store):
+                    store.delete_journal(run_id)  # type: ignore[attr-defined]
+                    report.pruned.append(run_id)
+                    continue
                 store.journal_path(run_id).unlink(missing_ok=True)
                 store.reopened_marker(run_id).unlink(missing_ok=True)
                 store._lease_path(run_id).unlink(missing_ok=True)
@@ -413,32 +446,37 @@ def _prune(store: Store, report: GcReport) -> None:
         except OSError as exc:
             raise io_error(exc, f"deleting the journal of run {run_id}", store.journal_path(run_id)) from exc
     report.collected = [r for r in report.collected if r not in report.kept]
-    fsync_dir(store.path / "journals")
+    if not _shared(store):
+        fsync_dir(store.path / "journals")
 
 
 def _delete_objects(store: Store, needed: set[str], report: GcReport, cutoff: float) -> None:
     """Delete (in a dry run: count) the object files not ``needed`` last modified before ``cutoff``."""
     for key in [k for k in store.object_keys() if k not in needed]:
-        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: nothing to do
-            stat = store.object_path(key).stat()
-            if stat.st_mtime > cutoff:
+        with contextlib.suppress(FileNotFoundError, StoreError):  # deleted meanwhile: nothing to do
+            if store.object_mtime(key) > cutoff:
                 report.spared_recent += 1
             else:
+                size = store.object_size(key)
                 if not report.dry_run:
                     store.delete_object(key)
-                report.deleted, report.freed = report.deleted + 1, report.freed + stat.st_size
+                report.deleted, report.freed = report.deleted + 1, report.freed + size
 
 
 def read_collected(store: Store) -> set[str]:
     """The runs whose objects garbage collection may have deleted (``gc.json``; unreadable: none)."""
     with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        return {r for r in json.loads((store.path / GC_FILE).read_bytes()).get("collected_runs") if isinstance(r, str)}
+        data = (store.setting(GC_FILE) or "") if _shared(store) else (store.path / GC_FILE).read_bytes()  # type: ignore[attr-defined]
+        return {r for r in json.loads(data).get("collected_runs") if isinstance(r, str)}
     return set()
 
 
 def write_collected(store: Store, runs: set[str]) -> None:
     """Replace ``gc.json`` atomically, listing only the runs that still have a journal."""
     existing = [r for r in sorted(runs) if store.journal_exists(r)]
+    if _shared(store):
+        store.set_setting(GC_FILE, json.dumps({"collected_runs": existing}))  # type: ignore[attr-defined]
+        return
     tmp = store.path / "tmp" / f"{GC_FILE}.{os.getpid()}"
     try:
         _write_synced(tmp, json.dumps({"collected_runs": existing}, indent=0).encode() + b"\n")

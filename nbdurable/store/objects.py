@@ -172,6 +172,10 @@ class ObjectsMixin:
         except FileNotFoundError:
             raise self._not_found(key) from None
 
+    def object_mtime(self, key: str) -> float:
+        """When an object was last written or touched (unix seconds); FileNotFoundError if it is missing."""
+        return self.object_path(key).stat().st_mtime
+
     def write_object(self, key: str, write: Callable[[BinaryIO], int | None]) -> tuple[int, str]:
         """Store an object unless it exists; return its size and its authentication tag (hex).
 

@@ -113,7 +113,7 @@ def load_runs(store: Store, run_ids: Sequence[str]) -> list[RunData]:
                                  for row in runs.to_dict("records")}
     for run_id in run_ids:
         if run_id not in by_id:
-            raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
+            raise RunNotFoundError(f"no run {run_id!r} in the store {store.display}",
                                    hint="it may have been deleted (nbdurable gc --prune-runs): refresh the list")
     for row in steps.to_dict("records"):
         by_id[row["run_id"]]["steps"].append(json_row(row))

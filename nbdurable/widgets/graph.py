@@ -217,7 +217,7 @@ def build_graph(store: Store, run_id: str, *, pending: list[CellPlan] | None = N
         ("SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id]),
     ])
     if runs.empty:
-        raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
+        raise RunNotFoundError(f"no run {run_id!r} in the store {store.display}",
                                hint="`nbdurable runs` (or nbd.history()) lists the run ids of this store")
     return graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
                            attempts.to_dict("records"), pending=pending, live=live)

@@ -330,7 +330,8 @@ class HistoryExplorer(anywidget.AnyWidget):
         fd, log = tempfile.mkstemp(prefix="nbdurable-history-", suffix=".log")
         with os.fdopen(fd, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "nbdurable", *args, "--no-progress", "--store", str(self._store.path)],
+                [sys.executable, "-m", "nbdurable", *args, "--no-progress"],
+                env={**os.environ, "NBDURABLE_STORE": self._store.location},  # not argv: a URL may hold a password
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._jobs.append((process, log, what))
         self.action = f"{what}: started (process {process.pid}); ↻ Refresh shows the new run"

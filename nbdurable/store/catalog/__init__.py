@@ -103,7 +103,8 @@ class Catalog(SessionMixin, IngestMixin):
         with self._session() as con:
             self._ingest(con)
             if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
-                raise RunNotFoundError(f"no run {run_id!r} in the store {self.store.path}",
+                where = getattr(self.store, "display", self.store.path)
+                raise RunNotFoundError(f"no run {run_id!r} in the store {where}",
                                        hint="`nbdurable runs` lists the run ids of this store")
             return self._fetch(con, "SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id])
 

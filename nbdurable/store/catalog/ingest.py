@@ -32,6 +32,7 @@ from ..journal import JOURNAL_SUFFIX, is_run_id, read_records
 from .bulk import apply_batch, insert_rows, run_sql, update_consumers
 from .rows import Batch, unix_us
 from .schema import get_meta, reset_schema, set_meta
+from .shared_ingest import ingest_shared
 
 BATCH_RECORDS = 200_000  # records per ingest transaction: bounds memory on a first ingest of a big store
 REOPENED_SUFFIX = ".reopened"  # journals/<run>.reopened: Store.append_journal reopened a journal
@@ -60,8 +61,11 @@ class IngestMixin:
     def _ingest(self, con: duckdb.DuckDBPyConnection) -> int:
         """Ingest new records of all journals, and new events; then mark runs whose process died as crashed."""
         with _gc_paused():
-            total, errors = self._ingest_journals(con)
-            self._ingest_events(con)  # after the journals: a reset there empties the events table too
+            if hasattr(self.store, "changes_since"):  # a shared store (PostgreSQL): rows, not files
+                total, errors = ingest_shared(con, self.store)  # type: ignore[arg-type]
+            else:
+                total, errors = self._ingest_journals(con)
+                self._ingest_events(con)  # after the journals: a reset there empties the events table too
         self._mark_crashed(con)
         if errors:
             raise errors[0]

@@ -1,0 +1,115 @@
+"""Events (``nbd_events``) and cancel requests (``nbd_cancels``) in PostgreSQL: one row each, the same
+authenticated line (body and HMAC-SHA256 tag) an event or cancel file holds. A row failing its tag is
+never used: the event is skipped with a warning, the cancel request ignored (``nbdurable check`` reports
+both). The first cancel request of a run stands (``ON CONFLICT DO NOTHING``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from ..events import _ID_RE, event_time, validate_event
+from ..journal import _checked_body, check_run_id, encode_line
+from .pg_journal import split_line
+
+
+def open_line_row(body: bytes, tag: str) -> dict[str, Any] | None:
+    """The JSON object of an authenticated row, or None (fails its tag, or not a JSON object)."""
+    checked = _checked_body(bytes(body) + b"\t" + tag.encode("ascii"))
+    try:
+        value = json.loads(checked.decode("utf-8")) if checked is not None else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class PgEventsMixin:
+    """Events and cancel requests of ``SharedStore``."""
+
+    if TYPE_CHECKING:
+        def _query(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
+
+    def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
+        """Store an event durably (committed with a synchronous WAL flush); returns it with its id."""
+        validate_event(name, data)
+        now = time.time_ns()
+        event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
+                 "sender": {"pid": os.getpid(), "host": socket.gethostname()}}
+        self.put_event_line(event["id"], encode_line(event))
+        return event
+
+    def put_event_line(self, event_id: str, line: bytes) -> None:
+        """Store an event's authenticated line under its id (kept if present: migration is idempotent)."""
+        body, tag = split_line(line)
+        self._query("INSERT INTO nbd_events (id, body, tag) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [event_id, body, tag], f"storing event {event_id}")
+
+    def events(self, *, name: str | None = None, after: float | None = None) -> list[dict[str, Any]]:
+        """Stored events, oldest first; only those called ``name`` and sent at or after ``after``."""
+        found = []
+        for event_id, body, tag in self._event_rows(after):
+            event = open_line_row(body, tag)
+            if event is None or event.get("id") != event_id:
+                warnings.warn(f"nbdurable: skipping the damaged event {event_id}", stacklevel=2)
+            elif name is None or event.get("name") == name:
+                found.append(event)
+        return found
+
+    def _event_rows(self, after: float | None) -> list[tuple[str, bytes, str]]:
+        low = f"{int(after * 1e9):020d}" if after is not None else ""
+        return self._query("SELECT id, body, tag FROM nbd_events WHERE id >= %s ORDER BY id", [low], "reading events")
+
+    def event_ids(self, *, after: float | None = None) -> list[str]:
+        """Ids of the stored events sent at or after ``after`` (unix seconds), oldest first."""
+        low = f"{int(after * 1e9):020d}" if after is not None else ""
+        ids = [i for (i,) in self._query("SELECT id FROM nbd_events WHERE id >= %s ORDER BY id", [low],
+                                         "listing events")]
+        return [i for i in ids if _ID_RE.fullmatch(i) and (after is None or event_time(i) >= after)]
+
+    def read_event(self, event_id: str) -> dict[str, Any] | None:
+        """One event, or None if it is missing or damaged."""
+        rows = self._query("SELECT body, tag FROM nbd_events WHERE id = %s", [event_id], f"reading event {event_id}")
+        event = open_line_row(*rows[0]) if rows else None
+        return event if event is not None and event.get("id") == event_id else None
+
+    def event_rows(self) -> list[tuple[str, bytes, str]]:
+        """Every event row (id, body, tag), unchecked (maintenance)."""
+        return [(i, bytes(b), t) for i, b, t in self._event_rows(None)]
+
+    # ----- cancel requests
+
+    def request_cancel(self, run_id: str, *, by: str | None, reason: str | None) -> dict[str, Any]:
+        """Record durably that ``run_id`` is to be cancelled; returns the request (the first one stands)."""
+        check_run_id(run_id)
+        request = {"run_id": run_id, "by": by, "reason": reason, "requested_at": time.time()}
+        self.put_cancel_line(run_id, encode_line(request))
+        return self.cancel_request(run_id) or request
+
+    def put_cancel_line(self, run_id: str, line: bytes) -> None:
+        """Store a cancel request's authenticated line (a run's first request stands)."""
+        body, tag = split_line(line)
+        self._query("INSERT INTO nbd_cancels (run_id, body, tag) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [run_id, body, tag], f"recording the cancel request of run {run_id}")
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """True if ``run_id`` was asked to cancel (one indexed lookup)."""
+        return bool(self._query("SELECT 1 FROM nbd_cancels WHERE run_id = %s", [run_id], "polling for a cancel"))
+
+    def cancel_request(self, run_id: str) -> dict[str, Any] | None:
+        """The cancel request of ``run_id``, or None (none, or one failing its tag)."""
+        rows = self._query("SELECT body, tag FROM nbd_cancels WHERE run_id = %s", [run_id], "reading a cancel request")
+        request = open_line_row(*rows[0]) if rows else None
+        return request if request is not None and request.get("run_id") == run_id else None
+
+    def cancel_rows(self) -> list[tuple[str, bytes, str]]:
+        """Every cancel request row (run_id, body, tag), unchecked (maintenance)."""
+        return [(r, bytes(b), t) for r, b, t in self._query("SELECT run_id, body, tag FROM nbd_cancels", None,
+                                                            "listing cancel requests")]
+
+
+__all__ = ["PgEventsMixin", "open_line_row"]
