@@ -11,6 +11,7 @@ A store is a directory::
     tmp/                    temporary files, renamed into objects/ and events/
     events/<id>.json        events sent with `nbd.send_event` / `nbdurable send` (one file each)
     control/<run>.cancel    a durable request to cancel a run (`nbdurable cancel`; who, when, why)
+    schedules/<name>.json   a schedule's definition (`nbdurable schedule add`); <name>.state its cursor
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog
     gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
@@ -35,6 +36,7 @@ from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
 from .lease import Lease, LeasesMixin
 from .objects import ObjectsMixin
+from .schedules import SchedulesMixin
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -45,7 +47,8 @@ _FORMAT_FILE = "FORMAT"
 _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.open; not foreign content
 
 
-class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin):
+class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin,
+            SchedulesMixin):
     """A store directory. Create or open one with ``Store.open(path)``."""
 
     FORMAT_VERSION = 2  # 2: journal lines and objects authenticated (HMAC-SHA256); 1 had plain checksums

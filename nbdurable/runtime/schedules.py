@@ -1,0 +1,202 @@
+"""Schedule arithmetic, pure: a schedule's slots, the next one, and which missed slots a catch-up policy runs.
+
+A schedule fires at *slots*: the times its cron expression names in its time zone (croniter over zone-aware
+datetimes, so a daily ``0 6 * * *`` in ``Europe/Paris`` stays at 06:00 local across daylight-saving changes),
+or every ``every`` seconds aligned on the Unix epoch (``--every 1h`` fires on the hour, UTC). Around a
+daylight-saving change: a wall time that does not exist (spring forward) fires at the first time after it
+(croniter's rule: ``30 2 * * *`` fires at 03:00 that day); a wall time that occurs twice (fall back) fires
+once, at its first occurrence, unless the hour field is a wildcard (``*/30 * * * *`` fires every 30 real
+minutes through the repeated hour, as an interval should).
+
+Slots are Unix seconds. A slot is named in UTC for its claim key (``slot_key``: ``2026-12-06T14:15:00Z``) and
+in the schedule's zone, with its offset, for the run's ``scheduled_at`` parameter (``slot_iso``).
+
+After downtime the worker finds several slots due at once. A slot older than the grace period (``grace``
+seconds before now) was *missed*; the catch-up policy decides which run: ``all`` (every missed slot, oldest
+first), ``latest`` (only the most recent slot), ``none`` (no missed slot: only slots within the grace).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from nbdurable.errors import OptionsError
+
+CATCHUP_POLICIES = ("all", "latest", "none")
+MAX_SLOTS = 100_000  # slots listed at once (a year of minutes is 525,600: a backfill that big is refused)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_UTC = dt.timezone.utc
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a schedule fires: a cron expression in a zone, or a fixed interval in seconds."""
+
+    cron: str | None = None
+    tz: str = "UTC"
+    every: float | None = None
+
+    @classmethod
+    def of(cls, definition: dict[str, Any]) -> Timing:
+        """The timing of a stored schedule definition."""
+        every = definition.get("every")
+        return cls(definition.get("cron"), str(definition.get("tz") or "UTC"),
+                   float(every) if every is not None else None)
+
+    def describe(self) -> str:
+        """``cron '*/15 * * * *' (Europe/Paris)`` or ``every 15m``."""
+        if self.cron is not None:
+            return f"cron '{self.cron}' ({self.tz})"
+        return f"every {format_interval(self.every or 0)}"
+
+
+def check_name(name: str) -> str:
+    """A schedule (or trigger) name: letters, digits, '.', '_', '-', at most 100, not starting with a sign."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise OptionsError(f"{name!r} is not a valid schedule name",
+                           hint="use letters, digits, '.', '_' or '-' (at most 100, starting with a letter or digit), "
+                                "e.g. nightly-report")
+    return name
+
+
+def zone(name: str) -> dt.tzinfo:
+    """The IANA time zone ``name`` (``UTC`` accepted); an unknown zone is an OptionsError."""
+    if name.upper() == "UTC":
+        return _UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise OptionsError(f"unknown time zone {name!r}",
+                           hint="give an IANA zone name such as 'Europe/Paris', 'America/New_York' or 'UTC'") from None
+
+
+def check_cron(expr: str) -> str:
+    """A five-field cron expression croniter accepts; anything else is an OptionsError."""
+    fields = expr.split() if isinstance(expr, str) else []
+    if len(fields) != 5 or not croniter.is_valid(" ".join(fields)):
+        raise OptionsError(f"not a cron expression: {expr!r}",
+                           hint="five fields: minute hour day-of-month month day-of-week, "
+                                "e.g. '*/15 * * * *' or '0 6 * * 1-5'")
+    return " ".join(fields)
+
+
+def check_timing(cron: str | None, tz: str | None, every: float | None) -> Timing:
+    """Exactly one of ``cron`` / ``every``; ``tz`` only with ``cron``; a positive interval."""
+    if (cron is None) == (every is None):
+        raise OptionsError("give --cron EXPR or --every DURATION (one of them)",
+                           hint="e.g. --cron '0 6 * * *' --tz Europe/Paris, or --every 15m")
+    if every is not None:
+        if tz is not None:
+            raise OptionsError("--tz applies to --cron only (an --every interval is counted in seconds since the "
+                               "Unix epoch)", hint="drop --tz, or give the times with --cron")
+        if not math.isfinite(every) or every < 1:
+            raise OptionsError(f"--every must be at least 1 second, not {format_interval(every)}",
+                               hint="e.g. --every 15m, --every 1h, --every 1d")
+        return Timing(every=float(every))
+    zone(tz or "UTC")
+    return Timing(cron=check_cron(str(cron)), tz=tz or "UTC")
+
+
+def format_interval(seconds: float) -> str:
+    """``900`` -> ``15m``; ``86400`` -> ``1d``; ``90`` -> ``90s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@lru_cache(maxsize=4096)
+def _wildcard_hour(cron: str) -> bool:
+    return cron.split()[1].startswith("*")
+
+
+def _repeated_wall_time(when: dt.datetime) -> bool:
+    """True if ``when`` is the second occurrence of its wall time (a fall-back hour)."""
+    first = when.replace(tzinfo=None).replace(tzinfo=when.tzinfo, fold=0)
+    return first.timestamp() != when.timestamp()
+
+
+def slots(timing: Timing, after: float, until: float, *, limit: int = MAX_SLOTS) -> list[float]:
+    """The slots in ``(after, until]``, oldest first (at most ``limit``)."""
+    found: list[float] = []
+    if timing.every is not None:
+        step = timing.every
+        k = math.floor(after / step) + 1
+        while len(found) < limit and (slot := k * step) <= until:
+            if slot > after:
+                found.append(slot)
+            k += 1
+        return found
+    assert timing.cron is not None
+    tz = zone(timing.tz)
+    it = croniter(timing.cron, dt.datetime.fromtimestamp(after, tz))
+    skip_repeats = not _wildcard_hour(timing.cron) and tz is not _UTC
+    while len(found) < limit:
+        when = it.get_next(dt.datetime)
+        slot = when.timestamp()
+        if slot > until:
+            break
+        if slot > after and not (skip_repeats and _repeated_wall_time(when)):
+            found.append(slot)
+    return found
+
+
+def next_slot(timing: Timing, after: float) -> float:
+    """The first slot after ``after``."""
+    if timing.every is not None:
+        return (math.floor(after / timing.every) + 1) * timing.every
+    window = 366 * 86400.0
+    while True:  # a cron that fires only on 29 February still fires within 8 years
+        found = slots(timing, after, after + window, limit=1)
+        if found:
+            return found[0]
+        after, window = after + window, window * 2
+
+
+def catch_up(policy: str, due: list[float], now: float, grace: float) -> tuple[list[float], list[float]]:
+    """Split the due slots ``due`` (oldest first, all ``<= now``) into (to run, skipped) by ``policy``."""
+    if policy not in CATCHUP_POLICIES:
+        raise OptionsError(f"unknown catch-up policy {policy!r}", hint="use all, latest or none")
+    missed = [s for s in due if s <= now - grace]
+    recent = [s for s in due if s > now - grace]
+    if policy == "all":
+        return missed + recent, []
+    if policy == "latest":
+        run = recent or missed[-1:]
+        return run, [s for s in due if s not in run]
+    return recent, missed
+
+
+def slot_key(slot: float) -> str:
+    """The slot in UTC, to the second: ``2026-12-06T14:15:00Z`` (claim keys, logs)."""
+    return dt.datetime.fromtimestamp(slot, _UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def slot_iso(timing: Timing, slot: float) -> str:
+    """The slot in the schedule's zone with its offset: ``2026-12-06T15:15:00+01:00`` (``scheduled_at``)."""
+    return dt.datetime.fromtimestamp(slot, zone(timing.tz)).isoformat()
+
+
+def parse_time(text: str, tz: str = "UTC") -> float:
+    """An ISO 8601 date or time (``2026-12-01``, ``2026-12-01T06:00``, with or without offset; naive ones
+    are in ``tz``) as Unix seconds."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise OptionsError(f"not a date or time: {text!r}",
+                           hint="use ISO 8601, e.g. 2026-12-01 or 2026-12-01T06:00 or 2026-12-01T06:00+01:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone(tz))
+    return when.timestamp()
+
+
+__all__ = ["CATCHUP_POLICIES", "MAX_SLOTS", "Timing", "catch_up", "check_cron", "check_name", "check_timing",
+           "format_interval", "next_slot", "parse_time", "slot_iso", "slot_key", "slots", "zone"]
