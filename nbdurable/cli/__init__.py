@@ -80,7 +80,7 @@ def demo(workdir: str | None) -> None:
 
 def _register_commands() -> None:
     """Commands defined in the package's other modules attach themselves to ``main``."""
-    from nbdurable.cli import control, fork, maintenance, plan, report, run, worker  # noqa: F401
+    from nbdurable.cli import control, fork, maintenance, plan, report, run, schedule, worker  # noqa: F401
 
 
 _register_commands()

@@ -131,11 +131,12 @@ def fire_schedules(store: Store, *, log: Log, grace: float) -> list[float]:
 
 
 def next_fire(store: Store, definition: dict[str, Any], now: float) -> float | None:
-    """When the schedule fires next (None while paused): its first slot after its cursor and... now."""
+    """When the schedule fires next (None while paused): its first slot after its cursor, which is in the past
+    when no worker evaluated it since (it fires as soon as one does, by its catch-up policy)."""
     if definition.get("paused"):
         return None
-    cursor = store.schedule_cursor(definition["name"]) or float(definition.get("created_at") or now)
-    return next_slot(Timing.of(definition), max(cursor, now) if definition.get("catchup") != "all" else cursor)
+    cursor = store.schedule_cursor(definition["name"])
+    return next_slot(Timing.of(definition), float(definition.get("created_at") or now) if cursor is None else cursor)
 
 
 __all__ = ["SLOT_KIND", "claim_slots", "fire_schedules", "make_schedule", "next_fire", "slot_claim"]
