@@ -6,6 +6,7 @@ The runs themselves (real kernels, killed workers) are in tests/test_engine.py."
 from __future__ import annotations
 
 import datetime as dt
+import random
 import threading
 import time
 from pathlib import Path
@@ -228,3 +229,26 @@ def test_schedule_commands_add_list_pause_resume_backfill_delete(tmp_path: Path)
     assert all(c["origin"].get("backfill") and c["params"]["region"] == "eu" for c in opened.claims(SLOT_KIND))
     assert "deleted" in cli("delete", "daily").stdout and opened.schedules() == []
     assert "no schedules" in cli("list").stdout
+
+
+def test_the_day_by_day_evaluation_gives_the_slots_croniters_own_walk_gives() -> None:
+    """Expressions croniter expands to plain fields are evaluated day by day (fast); the result must be what
+    croniter's iteration gives, across zones and daylight-saving changes (random windows, fixed seed)."""
+    from nbdurable.runtime.schedules import _compiled, _croniter_slots, _fast_slots, zone
+
+    exprs = ["*/15 * * * *", "0 6 * * 1-5", "*/5 9-17 * * *", "0 0 1,15 * 5", "30 2 * * *", "0 2 * * *",
+             "*/30 * * * *", "15 1-3 * * 0", "0 0 29 2 *", "0 0 31 * *", "45 23 * 1,3,10 *", "* 2 * * *"]
+    rng = random.Random(17)
+    compared = 0
+    for expr in exprs:
+        for tz in ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Sydney"]:
+            for _ in range(4):
+                after = rng.uniform(1.77e9, 1.80e9)
+                until = after + rng.uniform(3600, 6 * 86400)
+                fast = _fast_slots(_compiled(expr), zone(tz), after, until, 100_000)
+                assert fast == _croniter_slots(Timing(cron=expr, tz=tz), after, until, 100_000), (expr, tz, after)
+                compared += len(fast)
+    assert compared > 1_500
+    assert _compiled("0 0 L * *") is None and _compiled("0 0 * * 5#2") is None  # left to croniter's walk
+    last_days = slots(Timing(cron="0 0 L * *"), paris(2026, 1, 15), paris(2026, 4, 15))
+    assert [slot_key(s)[:10] for s in last_days] == ["2026-01-31", "2026-02-28", "2026-03-31"]

@@ -136,9 +136,19 @@ def slots(timing: Timing, after: float, until: float, *, limit: int = MAX_SLOTS)
             k += 1
         return found
     assert timing.cron is not None
+    compiled = _compiled(timing.cron)
+    if compiled is None:  # L, W, #: croniter walks them
+        return _croniter_slots(timing, after, until, limit)
+    return _fast_slots(compiled, zone(timing.tz), after, until, limit)
+
+
+def _croniter_slots(timing: Timing, after: float, until: float, limit: int) -> list[float]:
+    """The slots in ``(after, until]`` by croniter's own iteration (any expression croniter reads)."""
+    assert timing.cron is not None
     tz = zone(timing.tz)
     it = croniter(timing.cron, dt.datetime.fromtimestamp(after, tz))
     skip_repeats = not _wildcard_hour(timing.cron) and tz is not _UTC
+    found: list[float] = []
     while len(found) < limit:
         when = it.get_next(dt.datetime)
         slot = when.timestamp()
@@ -147,6 +157,93 @@ def slots(timing: Timing, after: float, until: float, *, limit: int = MAX_SLOTS)
         if slot > after and not (skip_repeats and _repeated_wall_time(when)):
             found.append(slot)
     return found
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A cron expression's fields as croniter expands them (None: ``*``), and its times of day."""
+
+    doms: frozenset[int] | None
+    months: frozenset[int] | None
+    dows: frozenset[int] | None
+    times: tuple[tuple[int, int], ...]  # (hour, minute), in order
+    wildcard_hour: bool
+
+
+@lru_cache(maxsize=4096)
+def _compiled(cron: str) -> _Compiled | None:
+    """The expression expanded by croniter, or None when it uses what only croniter's walk handles."""
+    fields, nth = croniter.expand(cron)
+    if nth or len(fields) != 5:
+        return None
+    sets: list[frozenset[int] | None] = []
+    for values in fields:
+        if values == ["*"]:
+            sets.append(None)
+        elif all(isinstance(v, int) for v in values):
+            sets.append(frozenset(values))
+        else:
+            return None
+    minutes, hours, doms, months, dows = sets
+    times = tuple((h, m) for h in sorted(hours if hours is not None else range(24))
+                  for m in sorted(minutes if minutes is not None else range(60)))
+    return _Compiled(doms, months, frozenset(d % 7 for d in dows) if dows is not None else None, times,
+                     hours is None)
+
+
+def _day_matches(c: _Compiled, day: dt.date) -> bool:
+    """Cron's day rule: the month, and the day of month *or* of week when both are restricted."""
+    if c.months is not None and day.month not in c.months:
+        return False
+    dom_ok = c.doms is None or day.day in c.doms
+    dow_ok = c.dows is None or (day.weekday() + 1) % 7 in c.dows
+    if c.doms is not None and c.dows is not None:
+        return dom_ok or dow_ok
+    return dom_ok and dow_ok
+
+
+def _fast_slots(c: _Compiled, tz: dt.tzinfo, after: float, until: float, limit: int) -> list[float]:
+    """The slots in ``(after, until]`` day by day from the expanded fields (same rules as the walk)."""
+    found: list[float] = []
+    day = dt.datetime.fromtimestamp(after, tz).date()
+    last = dt.datetime.fromtimestamp(until, tz).date()
+    one = dt.timedelta(days=1)
+    while day <= last and len(found) < limit:
+        if _day_matches(c, day):
+            todays: list[float] = []
+            for hour, minute in c.times:
+                todays += _local_slots(dt.datetime(day.year, day.month, day.day, hour, minute), tz, c.wildcard_hour)
+            for slot in sorted(set(todays)):
+                if after < slot <= until and (not found or slot > found[-1]):
+                    found.append(slot)
+        day += one
+    return found[:limit]
+
+
+def _local_slots(wall: dt.datetime, tz: dt.tzinfo, both_folds: bool) -> list[float]:
+    """The instants of a wall time: one; none that exist (a spring-forward gap: the transition instead);
+    or two (a fall-back hour: the first, and the second too for a wildcard hour)."""
+    if tz is _UTC:
+        return [wall.replace(tzinfo=_UTC).timestamp()]
+    first, second = wall.replace(tzinfo=tz, fold=0).timestamp(), wall.replace(tzinfo=tz, fold=1).timestamp()
+    if first == second:
+        return [first]
+    if first < second:
+        return [first, second] if both_folds else [first]
+    return [_transition(tz, second, first)]
+
+
+def _transition(tz: dt.tzinfo, low: float, high: float) -> float:
+    """The instant in ``(low, high]`` where ``tz``'s offset changes (to the second)."""
+    after = dt.datetime.fromtimestamp(high, tz).utcoffset()
+    lo, hi = math.floor(low), math.ceil(high)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, tz).utcoffset() == after:
+            hi = mid
+        else:
+            lo = mid
+    return float(hi)
 
 
 def next_slot(timing: Timing, after: float) -> float:
