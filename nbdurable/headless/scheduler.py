@@ -10,7 +10,8 @@ exactly one run however many workers evaluate it and whenever they crash.
 
 ``fire_schedules`` is the worker's pass: for each active schedule, the slots between its cursor (how far a
 worker evaluated it, ``Store.schedule_cursor``; at first its creation time) and now, split by the catch-up
-policy into slots to claim and slots skipped, the claims made, then the cursor moved to now. A worker that
+policy into slots to claim and slots skipped, the claims made, then the cursor moved to now (only when a
+slot was due: an idle pass writes nothing). A worker that
 dies between the claims and the cursor claims the same slots again next time: the claims stand, nothing
 starts twice. On the time-skipping clock a worker whose clock is behind a cursor (a new process after a
 skipping one) first skips to it: the cursor is the store's notion of how far simulated time went.
@@ -125,7 +126,8 @@ def fire_schedules(store: Store, *, log: Log, grace: float) -> list[float]:
         if skipped:
             log("slots_skipped", schedule=name, count=len(skipped), first=slot_key(skipped[0]),
                 last=slot_key(skipped[-1]), catchup=definition.get("catchup"))
-        store.advance_schedule_cursor(name, due[-1] if len(due) == MAX_SLOTS else now)
+        if due:  # nothing due: the cursor may stay (the same range holds no slot), no file written per tick
+            store.advance_schedule_cursor(name, due[-1] if len(due) == MAX_SLOTS else now)
         wakeups.append(next_slot(timing, now))
     return wakeups
 

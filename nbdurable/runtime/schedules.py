@@ -18,6 +18,7 @@ first), ``latest`` (only the most recent slot), ``none`` (no missed slot: only s
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import math
 import re
@@ -205,14 +206,25 @@ def _day_matches(c: _Compiled, day: dt.date) -> bool:
 def _fast_slots(c: _Compiled, tz: dt.tzinfo, after: float, until: float, limit: int) -> list[float]:
     """The slots in ``(after, until]`` day by day from the expanded fields (same rules as the walk)."""
     found: list[float] = []
-    day = dt.datetime.fromtimestamp(after, tz).date()
-    last = dt.datetime.fromtimestamp(until, tz).date()
+    start, end = dt.datetime.fromtimestamp(after, tz), dt.datetime.fromtimestamp(until, tz)
+    day, last = start.date(), end.date()
     one = dt.timedelta(days=1)
+    minutes = [h * 60 + m for h, m in c.times]
     while day <= last and len(found) < limit:
         if _day_matches(c, day):
+            # only the times of day near the window's ends on its first and last day (3 h: beyond any DST shift)
+            lo = bisect.bisect_left(minutes, start.hour * 60 + start.minute - 180) if day == start.date() else 0
+            hi = bisect.bisect_right(minutes, end.hour * 60 + end.minute + 180) if day == last else len(minutes)
             todays: list[float] = []
-            for hour, minute in c.times:
-                todays += _local_slots(dt.datetime(day.year, day.month, day.day, hour, minute), tz, c.wildcard_hour)
+            inside, cutoff = len(found), None
+            for hour, minute in c.times[lo:hi]:
+                if cutoff is not None and hour * 60 + minute > cutoff:
+                    break  # enough slots found, and past any DST reordering of the ones before
+                new = _local_slots(dt.datetime(day.year, day.month, day.day, hour, minute), tz, c.wildcard_hour)
+                todays += new
+                inside += sum(after < t <= until for t in new)
+                if cutoff is None and inside >= limit:
+                    cutoff = hour * 60 + minute + 180
             for slot in sorted(set(todays)):
                 if after < slot <= until and (not found or slot > found[-1]):
                     found.append(slot)
