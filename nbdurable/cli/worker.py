@@ -68,7 +68,7 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
 @on_change_option
 def worker(store: str | None, max_concurrent: int, once: bool, poll: float, max_runs: int | None, log_format: str,
            run_logs: Path | None, suspend_after: float | None, on_change: str) -> None:
-    """Run the engine: fire schedules, resume suspended runs when they are due, start the runs claimed.
+    """Run the engine that fires schedules, resumes suspended runs when due and starts claimed runs.
 
     Each pass claims the due slots of every schedule (`nbdurable schedule`), resumes the suspended runs that
     are due (a `nbd.sleep` whose time came, a `nbd.wait_for_event` whose event arrived or whose wait timed
