@@ -19,6 +19,7 @@ import nbformat
 import pytest
 
 from nbdurable.headless.scheduler import make_schedule
+from nbdurable.history import history
 from nbdurable.runtime.schedules import Timing, slot_iso, slots
 from nbdurable.store import Store
 
@@ -153,6 +154,9 @@ def test_each_catch_up_policy_after_six_hours_without_a_worker(tmp_path: Path) -
     frame = store.catalog().query("SELECT status, schedule, params FROM runs")
     assert set(frame["status"]) == {"completed"} and len(frame) == 7
     assert all('"scheduled_at"' in p for p in frame["params"])
+    latest = history(schedule="latest", store=store)  # the history filters by schedule
+    assert sorted(p["scheduled_at"] for p in latest["params"]) == [due[-1], nxt] and set(latest["schedule"]) == {
+        "latest"}
 
 
 def test_two_workers_on_one_store_start_no_slot_twice(tmp_path: Path) -> None:
