@@ -3,7 +3,8 @@ across worker SIGKILLs and two workers on one store), each catch-up policy after
 and the concurrency limits (--max-concurrent, a schedule's --concurrency) measured from the runs' own times.
 
 Sizes: the cron test runs 12 slots of a 15-minute cron (3 simulated hours on the time-skipping clock) with 3
-worker kills; with NBDURABLE_SOAK=1 it runs the full 30 days, 2,880 slots (hours of kernels: not in CI).
+worker kills; with NBDURABLE_SOAK=1 it runs the full 30 days, 2,880 slots (hours of kernels: not in CI);
+NBDURABLE_SOAK_SLOTS=N runs N slots.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def add_past(store: Store, name: str, nb: Path, *, every: float, hours: float, *
 
 
 def test_a_cron_over_simulated_days_with_three_worker_kills_runs_every_slot_exactly_once(tmp_path: Path) -> None:
-    count = 2880 if os.environ.get("NBDURABLE_SOAK") else 12
+    count = int(os.environ.get("NBDURABLE_SOAK_SLOTS") or (2880 if os.environ.get("NBDURABLE_SOAK") else 12))
     nb = notebook(tmp_path / "tick.ipynb")
     added = run_cli("schedule", "add", "tick", nb.name, "--cron", "*/15 * * * *", "--store", "store", cwd=tmp_path)
     assert added.returncode == 0, added.output

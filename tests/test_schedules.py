@@ -133,6 +133,8 @@ def test_definitions_are_stored_authenticated_replaced_atomically_and_names_are_
         _schedule(tmp_path, "../x", every=60)
     with pytest.raises(OptionsError, match="no notebook at"):
         make_schedule("x", tmp_path / "missing.ipynb", every=60)
+    with pytest.raises(OptionsError, match="never fires"):
+        _schedule(tmp_path, "feb31", cron="0 0 31 2 *")
 
 
 def _claimed(store: Store) -> dict[str, dict]:

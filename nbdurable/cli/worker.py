@@ -88,4 +88,6 @@ def worker(store: str | None, max_concurrent: int, once: bool, poll: float, max_
         engine.work(once=once, poll=poll, max_runs=int(max_runs) if max_runs is not None else None)
     except KeyboardInterrupt:
         pass
+    finally:
+        engine.close()
     log("worker_stopped", resumed=engine.resumed, started=engine.new_runs, running=engine.running)

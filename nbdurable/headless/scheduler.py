@@ -59,6 +59,7 @@ def make_schedule(name: str, notebook: str | os.PathLike[str], *, cron: str | No
         raise OptionsError(f"unknown catch-up policy {catchup!r}", hint="use --catchup all, latest or none")
     if concurrency is not None and concurrency < 1:
         raise OptionsError(f"--concurrency must be at least 1, not {concurrency}", hint="e.g. --concurrency 1")
+    next_slot(timing, clock().now())  # one that never fires (31 February) is an OptionsError now
     if params and "scheduled_at" in params:
         raise OptionsError("the parameter scheduled_at is set by the schedule (each run gets its slot's time)",
                            hint="drop -p scheduled_at")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -193,6 +194,12 @@ class Worker:
                 return False
             self.wakeups.append(not_before)
         return True
+
+    def close(self) -> None:
+        """Remove the temporary directory of the started runs' output (not a ``run_logs`` directory); the
+        runs still going keep writing to their open files."""
+        if not self.keep_logs:
+            shutil.rmtree(self.run_logs, ignore_errors=True)
 
     # ----- the passes -------------------------------------------------------------------------------------
 

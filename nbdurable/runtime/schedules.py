@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from nbdurable.errors import OptionsError
 
@@ -151,7 +151,10 @@ def _croniter_slots(timing: Timing, after: float, until: float, limit: int) -> l
     skip_repeats = not _wildcard_hour(timing.cron) and tz is not _UTC
     found: list[float] = []
     while len(found) < limit:
-        when = it.get_next(dt.datetime)
+        try:
+            when = it.get_next(dt.datetime)
+        except CroniterBadDateError:  # no further date matches
+            break
         slot = when.timestamp()
         if slot > until:
             break
@@ -263,11 +266,13 @@ def next_slot(timing: Timing, after: float) -> float:
     if timing.every is not None:
         return (math.floor(after / timing.every) + 1) * timing.every
     window = 366 * 86400.0
-    while True:  # a cron that fires only on 29 February still fires within 8 years
+    for _ in range(5):  # 31 years: a cron that fires only on 29 February still fires within 8
         found = slots(timing, after, after + window, limit=1)
         if found:
             return found[0]
         after, window = after + window, window * 2
+    raise OptionsError(f"the cron expression {timing.cron!r} never fires (no such day)",
+                       hint="check the day-of-month and month fields, e.g. '0 0 31 2 *' names 31 February")
 
 
 def catch_up(policy: str, due: list[float], now: float, grace: float) -> tuple[list[float], list[float]]:
