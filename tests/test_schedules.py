@@ -254,3 +254,12 @@ def test_the_day_by_day_evaluation_gives_the_slots_croniters_own_walk_gives() ->
     assert _compiled("0 0 L * *") is None and _compiled("0 0 * * 5#2") is None  # left to croniter's walk
     last_days = slots(Timing(cron="0 0 L * *"), paris(2026, 1, 15), paris(2026, 4, 15))
     assert [slot_key(s)[:10] for s in last_days] == ["2026-01-31", "2026-02-28", "2026-03-31"]
+
+
+def test_history_filters_by_schedule_and_refuses_a_non_name(tmp_path: Path) -> None:
+    from nbdurable.history import history
+
+    store = Store.open(tmp_path / "store")
+    assert history(schedule="nightly", store=store).empty
+    with pytest.raises(OptionsError, match="schedule must be a schedule's name"):
+        history(schedule=3, store=store)  # type: ignore[arg-type]
