@@ -263,3 +263,18 @@ def test_history_filters_by_schedule_and_refuses_a_non_name(tmp_path: Path) -> N
     assert history(schedule="nightly", store=store).empty
     with pytest.raises(OptionsError, match="schedule must be a schedule's name"):
         history(schedule=3, store=store)  # type: ignore[arg-type]
+
+
+def test_each_decision_is_one_line_of_json_or_one_sentence() -> None:
+    import json
+
+    from nbdurable.headless.worker_log import format_line
+
+    fields = {"schedule": "nightly", "slot": "2026-12-06T06:00:00+01:00", "run_id": "r1", "backfill": False}
+    line = format_line("slot_claimed", fields, json_format=True, now=0.0)
+    assert "\n" not in line and json.loads(line) == {"ts": "1970-01-01T00:00:00.000+00:00", "event": "slot_claimed",
+                                                     **fields}
+    text = format_line("slot_claimed", fields, json_format=False)
+    assert text.endswith("schedule nightly: slot 2026-12-06T06:00:00+01:00 claimed as run r1")
+    assert format_line("something_new", {"a": 1}, json_format=False).endswith("something_new a=1")
+    assert format_line("run_resumed", {"run_id": "r1"}, json_format=False).endswith("run_resumed run_id=r1")

@@ -118,8 +118,7 @@ class Worker:
                                      on_exit=self._run_exited)
         self.resuming: dict[str, Launched] = {}
         self.resumed = 0  # resumes that ran (their process did not stand down)
-        self.deferred = 0  # started processes that stood down (another worker had it, no free slot, refused)
-        self.dispatch_deferred = 0
+        self.dispatch_deferred = 0  # new runs' processes that stood down (another worker had it, no free slot)
         self.max_runs: int | None = None
         self.wakeups: list[float] = []  # filled by the passes: when something is due next
         self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file, refused): logged once
@@ -166,7 +165,7 @@ class Worker:
     @property
     def started(self) -> int:
         """Runs this worker started (new and resumed) that did not stand down."""
-        return self.dispatcher.started + self.resumed + len(self.resuming) - self.deferred
+        return self.new_runs + self.resumed + len(self.resuming)
 
     @property
     def new_runs(self) -> int:
@@ -277,7 +276,6 @@ class Worker:
             del self.resuming[run_id]
             code, output = launched.exitcode, self._read_output(launched)
             if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT, EXIT_REFUSED):
-                self.deferred += 1
                 if code == EXIT_REFUSED:
                     self._skip(run_id, f"cannot resume it: {output.refused}")
                 else:
@@ -312,7 +310,6 @@ class Worker:
 
     def _dispatch_log(self, event: str, **fields: Any) -> None:
         if event == "run_deferred":
-            self.deferred += 1
             self.dispatch_deferred += 1
         self.log(event, **fields)
 
