@@ -29,6 +29,7 @@ from helpers import run_cli, start_cli
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 SKIP = {"NBDURABLE_TIME_SKIP": "1"}
+SLOTS = int(os.environ.get("NBDURABLE_SOAK_SLOTS") or (2880 if os.environ.get("NBDURABLE_SOAK") else 12))
 
 
 def notebook(path: Path, work: float = 0.0) -> Path:
@@ -89,8 +90,9 @@ def add_past(store: Store, name: str, nb: Path, *, every: float, hours: float, *
     store.add_schedule(make_schedule(name, nb, every=every, created_at=time.time() - hours * 3600, **options))
 
 
+@pytest.mark.timeout(120 + SLOTS * 20)
 def test_a_cron_over_simulated_days_with_three_worker_kills_runs_every_slot_exactly_once(tmp_path: Path) -> None:
-    count = int(os.environ.get("NBDURABLE_SOAK_SLOTS") or (2880 if os.environ.get("NBDURABLE_SOAK") else 12))
+    count = SLOTS
     nb = notebook(tmp_path / "tick.ipynb")
     added = run_cli("schedule", "add", "tick", nb.name, "--cron", "*/15 * * * *", "--store", "store", cwd=tmp_path)
     assert added.returncode == 0, added.output
@@ -103,7 +105,7 @@ def test_a_cron_over_simulated_days_with_three_worker_kills_runs_every_slot_exac
     command = ["worker", "--poll", "0.1", "--max-concurrent", "2", "--store", "store"]
     worker = start_cli(*command, cwd=tmp_path, env=SKIP, stderr=subprocess.DEVNULL)
     killed = 0
-    deadline = time.monotonic() + 60 + count * 15
+    deadline = time.monotonic() + 60 + count * 18
     try:
         while True:
             runs = slot_runs(store, "tick")

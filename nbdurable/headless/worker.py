@@ -102,7 +102,12 @@ def _resumed_by_another(store: Store, run_id: str) -> bool:
 
 
 class Worker:
-    """The engine over one store: ``tick`` runs ``passes``; ``work`` ticks until stopped."""
+    """The engine over one store: ``tick`` runs ``passes``; ``work`` ticks until stopped.
+
+    A pass is a callable without arguments run once per tick, in order: a source of runs claims them (the
+    dispatch pass starts them); a pass that knows when it will next have work appends that time to
+    ``self.wakeups`` (an idle worker on the skipping clock skips to the nearest). Starting runs itself, a
+    pass stays within ``self._capacity()``."""
 
     def __init__(self, store: Store, *, log: Log, max_concurrent: int = 4, suspend_after: float | None = None,
                  on_change: str = "continue", grace: float = 60.0, run_logs: str | None = None,
