@@ -87,7 +87,8 @@ def add_past(store: Store, name: str, nb: Path, *, every: float, hours: float, *
     now = time.time()
     if now % every > every - 5 or now % every < 90:  # keep the newest slot clear of now and of the grace
         time.sleep(95 - now % every if now % every < 90 else every - now % every + 95)
-    store.add_schedule(make_schedule(name, nb, every=every, created_at=time.time() - hours * 3600, **options))
+    store.add_schedule(make_schedule(name, nb, every=every, created_at=time.time() - hours * 3600, cwd=str(nb.parent),
+                                     **options))
 
 
 @pytest.mark.timeout(120 + SLOTS * 20)
@@ -191,3 +192,31 @@ def test_max_concurrent_and_a_schedules_concurrency_are_never_exceeded(tmp_path:
     assert len(everything) == 7 and len(limited) == 3
     assert max_overlap(everything) <= 3 and max_overlap(limited) == 1, (everything, limited)
     assert max_overlap(everything) >= 2  # the limit is what held them back, not a serial worker
+
+
+def test_a_worker_killed_with_sigkill_leaves_its_runs_running(tmp_path: Path) -> None:
+    nb = tmp_path / "nb.ipynb"
+    doc = nbformat.v4.new_notebook()
+    doc.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("scheduled_at = None")
+    params.metadata["tags"] = ["parameters"]
+    doc.cells = [params, nbformat.v4.new_code_cell(
+        "import pathlib, time\npathlib.Path('started').touch()\n"
+        "while not pathlib.Path('go').exists():\n    time.sleep(0.05)")]
+    nbformat.write(doc, nb)
+    store = Store.open(tmp_path / "store")
+    add_past(store, "slow", nb, every=3600, hours=1)
+    worker = start_cli("worker", "--poll", "0.2", "--store", "store", cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists():
+        assert worker.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    (tmp_path / "go").touch()
+    [run_id] = store.run_ids()
+    deadline = time.monotonic() + 60
+    while ended(store, run_id) is None:
+        assert time.monotonic() < deadline, "the run died with its worker"
+        time.sleep(0.1)
+    assert ended(store, run_id) == "completed"
