@@ -25,8 +25,7 @@ SUITE = {
     "deltas": [("deltas", ["objects"]), ("deltas", ["workloads"])],
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
     "serve": [("serve", [])],
-    # issue 17; helper sched's schedule-evaluation figure (1,000 schedules, slots checked per second) goes here too
-    "orchestration": [("orchestration", ["trigger"]), ("orchestration", ["overhead"])],
+    "orchestration": [("orchestration", ["trigger"]), ("orchestration", ["overhead"]), ("schedule_eval", [])],
     "scale": [("scale", []), ("read_model", [])],
     "steps": [("steps", [])],
 }

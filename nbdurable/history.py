@@ -58,6 +58,7 @@ def history(
     params: Mapping[str, Any] | None = None,
     limit: int | None = 100,
     store: str | os.PathLike[str] | Store | None = None,
+    schedule: str | None = None,
 ) -> pandas.DataFrame:
     """Runs of the store, newest first, as a DataFrame (one row per run, the columns of the ``runs`` table).
 
@@ -69,6 +70,7 @@ def history(
     - ``params``: parameter values the run must have, e.g. ``{"region": "eu"}`` (compared as JSON).
     - ``limit``: at most this many runs (None: all).
     - ``store``: a path or Store; default the loaded extension's store, else $NBDURABLE_STORE, else ./.nbdurable.
+    - ``schedule``: only runs started by this schedule (``nbdurable schedule``), and the runs resuming them.
 
     ``params`` and ``waiting_for`` come back decoded (dicts), the times as timezone-aware UTC timestamps.
     Bad arguments raise OptionsError.
@@ -109,6 +111,11 @@ def history(
             # A JSON pointer (RFC 6901) names the key whatever characters it holds.
             where.append("json_extract(params, ?) = json(?)")
             args += ["/" + key.replace("~", "~0").replace("/", "~1"), encoded]
+    if schedule is not None:
+        if not isinstance(schedule, str):
+            raise OptionsError(f"schedule must be a schedule's name, not {schedule!r}", hint="e.g. schedule='nightly'")
+        where.append("schedule = ?")
+        args.append(schedule)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise OptionsError(f"limit must be a non-negative integer or None, not {limit!r}", hint="for example limit=100")
     clause = f"WHERE {' AND '.join(where)}" if where else ""

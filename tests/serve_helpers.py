@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Served:
     token: str
     store: Store
     root: Path
+    messages: list[str] = field(default_factory=list)  # what the server (and its engine) logged
 
     def client(self, token: str | None = "default", **kwargs: Any) -> httpx.Client:
         """An HTTP client for the server; ``token`` None: none sent; default: the server's."""
@@ -51,7 +52,8 @@ def served(store: Store, root: Path, *, engine: Any = None, token: str | None = 
 
     token = token or secrets.token_urlsafe(24)
     port = free_port()
-    app = create_app(store, root, token, engine=engine, log=lambda message: None)
+    messages: list[str] = []
+    app = create_app(store, root, token, engine=engine, log=messages.append)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -61,7 +63,7 @@ def served(store: Store, root: Path, *, engine: Any = None, token: str | None = 
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield Served(f"http://127.0.0.1:{port}", token, store, root)
+        yield Served(f"http://127.0.0.1:{port}", token, store, root, messages)
     finally:
         server.should_exit = True
         thread.join(15)

@@ -99,3 +99,45 @@ def test_cancel_a_live_run(server: Served) -> None:
         assert answer.status_code == 200 and answer.json()["status"] in ("requested", "cancelled")
         wait_status(c, run_id, ("cancelled",), timeout=60)
         assert c.post(f"/api/runs/{run_id}/cancel").status_code == 409
+
+
+def test_an_event_over_http_starts_a_triggered_run_and_schedules_are_listed_and_paused(server: Served) -> None:
+    from nbdurable.headless.scheduler import make_schedule
+    from nbdurable.headless.triggers import define_trigger
+
+    store = server.store
+    root = server.root
+    write_notebook(root / "on_order.ipynb", ["event = {}", "print('order', event['id'])"])
+    import nbformat
+
+    notebook = nbformat.read(root / "on_order.ipynb", as_version=4)
+    notebook.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(notebook, root / "on_order.ipynb")
+    store.add_trigger(define_trigger("orders", root / "on_order.ipynb", on="order.created", match={"plan": "pro"}))
+    store.add_schedule(make_schedule("nightly", root / "hello.ipynb", cron="0 3 * * *", tz="Europe/Paris"))
+    with server.client() as c:
+        triggers = c.get("/api/triggers").json()["triggers"]
+        assert [(t["name"], t["event"], t["match"], t["paused"]) for t in triggers] == [
+            ("orders", "order.created", {"plan": "pro"}, False)]
+        schedules = c.get("/api/schedules").json()["schedules"]
+        assert [(s["name"], s["paused"]) for s in schedules] == [("nightly", False)]
+        assert schedules[0]["next_fire_at"] > time.time() - 86400
+        paused = c.post("/api/schedules/nightly/pause", json={})
+        assert paused.status_code == 200 and paused.json()["schedule"]["paused"] is True
+        assert c.get("/api/schedules").json()["schedules"][0]["next_fire_at"] is None
+        assert c.post("/api/schedules/nightly/resume", json={}).json()["schedule"]["paused"] is False
+        assert c.post("/api/schedules/nope/pause", json={}).status_code == 404
+        c.post("/api/events/order.created", json={"plan": "free", "id": 1})  # does not match
+        sent = c.post("/api/events/order.created", json={"plan": "pro", "id": 2})
+        assert sent.status_code == 202
+        deadline = time.monotonic() + 180
+        while True:
+            runs = [r for r in c.get("/api/runs").json()["runs"] if r["notebook"].endswith("on_order.ipynb")]
+            if runs and runs[0]["status"] == "completed":
+                break
+            assert time.monotonic() < deadline, (c.get("/api/runs").json(), server.messages)
+            time.sleep(0.3)
+        assert len(runs) == 1 and runs[0]["params"] == {"event": {"plan": "pro", "id": 2}}
+        detail = c.get(f"/api/runs/{runs[0]['run_id']}").json()
+        assert detail["lineage"]["origin"]["trigger"] == "orders"
+        assert c.get("/api/triggers").json()["triggers"][0]["counts"]["runs"] == 1

@@ -88,6 +88,7 @@ def _register_commands() -> None:
         plan,
         report,
         run,
+        schedule,
         serve,
         sweep,
         triggers,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -50,27 +49,45 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
 
 @main.command("worker")
 @store_option
-@click.option("--once", is_flag=True, help="One pass: resume the runs due now, then exit.")
+@click.option("--max-concurrent", type=AtLeast(1, integer=True), default=4, metavar="N",
+              help="At most N runs started by this worker execute at once (default 4; at least 1).")
+@click.option("--once", is_flag=True,
+              help="One pass: fire the slots due now, resume the runs due now, start the runs waiting to start; "
+                   "wait for them to end, then exit.")
 @click.option("--poll", type=AtLeast(0.1), default=10.0, metavar="SECONDS",
               help="Seconds between passes, at least 0.1 (default 10).")
 @click.option("--max-runs", type=AtLeast(1, integer=True), default=None, metavar="N",
-              help="Exit after resuming N runs (at least 1).")
+              help="Start (or resume) at most N runs, wait for them to end, then exit (at least 1).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              help="How decisions are logged to stderr: one readable line each (text, the default) or one JSON "
+                   "object each (json: ts, event and the event's fields).")
+@click.option("--run-logs", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Keep each started run's own output (stdout/stderr of its process) in DIR. Default: a temporary "
+                   "directory; what a run prints that matters (notices, how it ended) is in the worker's log.")
 @suspend_option
 @on_change_option
-def worker(store: str | None, once: bool, poll: float, max_runs: int | None, suspend_after: float | None,
-           on_change: str) -> None:
-    """Resume suspended runs when they are due: a `nbd.sleep` whose time came, a `nbd.wait_for_event`
-    whose event arrived or whose wait timed out. Runs them one at a time, like `nbdurable resume`; two
-    workers on one store never resume the same run; a cancelled run is never resumed. Logs what it does to
-    stderr (per run: cells changed under it, and what --on-change decided); Ctrl-C stops it."""
+def worker(store: str | None, max_concurrent: int, once: bool, poll: float, max_runs: int | None, log_format: str,
+           run_logs: Path | None, suspend_after: float | None, on_change: str) -> None:
+    """Run the engine that fires schedules, resumes suspended runs when due and starts claimed runs.
+
+    Each pass claims the due slots of every schedule (`nbdurable schedule`), resumes the suspended runs that
+    are due (a `nbd.sleep` whose time came, a `nbd.wait_for_event` whose event arrived or whose wait timed
+    out) and starts the claimed runs in priority order. Every run executes in a process of its own (it keeps
+    going if the worker is killed), at most --max-concurrent at once. Several workers on one store cooperate:
+    a slot starts one run, a suspended run is resumed once, a cancelled run never. Logs each decision to stderr,
+    one line each; Ctrl-C stops it (the runs it started go on)."""
     from nbdurable.headless.worker import Worker
+    from nbdurable.headless.worker_log import format_line
 
-    def log(message: str) -> None:
-        click.echo(f"{dt.datetime.now().isoformat(sep=' ', timespec='seconds')} {message}", err=True)
+    def log(event: str, **fields: Any) -> None:
+        click.echo(format_line(event, fields, json_format=log_format == "json"), err=True)
 
-    runner = Worker(open_store(store), log=log, suspend_after=suspend_after, on_change=on_change)
+    engine = Worker(open_store(store), log=log, max_concurrent=int(max_concurrent), suspend_after=suspend_after,
+                    on_change=on_change, grace=max(60.0, 3 * poll), run_logs=str(run_logs) if run_logs else None)
     try:
-        count = runner.work(once=once, poll=poll, max_runs=max_runs)
+        engine.work(once=once, poll=poll, max_runs=int(max_runs) if max_runs is not None else None)
     except KeyboardInterrupt:
-        count = runner.resumed
-    log(f"worker stopped: resumed {count} run(s)")
+        pass
+    finally:
+        engine.close()
+    log("worker_stopped", resumed=engine.resumed, started=engine.new_runs, running=engine.running)

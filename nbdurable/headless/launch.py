@@ -13,11 +13,16 @@ its ``run`` record) and the id it takes (``run_id``, chosen before it starts so 
 run to resume. With ``claim=(kind, key)`` the child holds that claim's lease (``store/claims.py``) for
 its life: a claim whose starter died before the run's journal existed is then recognisably orphaned. With
 ``slot=(key, limit)`` it holds one of the key's concurrency slots (``Store.hold_slot``) for its life, or
-exits at once without running when all are taken.
+exits at once without running when all are taken. A resume (``resume_run``) holds the resumed run's lease
+for its life and exits at once if another process holds it or a run already resumed it: of two engines
+resuming one suspended run, one does. ``on_change`` is ``nbdurable resume --on-change``; a run the
+runner refuses to start (an ``OptionsError``: changed code under ``fail``, a secret parameter missing)
+prints ``nbdurable-refused: <JSON message>`` and exits with ``EXIT_REFUSED``.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -34,6 +39,8 @@ PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.
 EXIT_CODES = {"completed": 0, "failed": 1, "suspended": 3, "cancelled": 4, "interrupted": 130}
 EXIT_CLAIM_HELD = 75  # another live process is starting the claim's run: this one did nothing
 EXIT_NO_SLOT = 76  # every concurrency slot of the run's flow key is held: this one did nothing (start it later)
+EXIT_REFUSED = 77  # the runner refused the run (OptionsError, printed as ``nbdurable-refused: <JSON>``)
+REFUSED_PREFIX = "nbdurable-refused: "
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class LaunchSpec:
     output_path: str | None = None
     cwd: str | None = None
     suspend_after: float | None = None
+    on_change: str = "continue"  # a resume whose cells before its resumption point changed: continue or fail
     env: dict[str, str] = field(default_factory=dict)  # set in the child before anything runs
     log_path: str | None = None  # the child's stdout/stderr (default: discarded)
 
@@ -125,9 +133,8 @@ def _child_main(spec: LaunchSpec) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     os.setsid()  # its own session: a Ctrl-C or a kill of the engine's process group does not reach it
+    from nbdurable.errors import OptionsError
     from nbdurable.headless.compensate import compensate_cancelled
-    from nbdurable.headless.params import load_notebook, secrets_from_environment
-    from nbdurable.headless.runner import HeadlessRunner
     from nbdurable.store import Store
 
     store = Store.open(spec.store)
@@ -136,22 +143,16 @@ def _child_main(spec: LaunchSpec) -> None:
         lease = store.hold_claim(*spec.claim)
         if lease is None or (spec.run_id and store.journal_exists(spec.run_id)):
             os._exit(EXIT_CLAIM_HELD)
+    if spec.resume_run:
+        lease = _hold_resumed(store, spec.resume_run)
     slot = store.hold_slot(*spec.slot) if spec.slot is not None else None
     if spec.slot is not None and slot is None:
         os._exit(EXIT_NO_SLOT)
-    params = spec.params
-    if spec.resume_run:
-        params = secrets_from_environment(params, spec.resume_run)
-    notebook = Path(spec.notebook)
-    runner = HeadlessRunner(
-        load_notebook(notebook, params, None), notebook_path=notebook, store_path=Path(spec.store), params=params,
-        output_path=Path(spec.output_path) if spec.output_path else None,
-        cwd=Path(spec.cwd) if spec.cwd and Path(spec.cwd).is_dir() else None, resume_run=spec.resume_run,
-        fresh=spec.resume_run is None,  # a started run never picks up another unfinished run of the same params
-        suspend_after=spec.suspend_after, run_id=None if spec.resume_run else spec.run_id,
-        origin=spec.origin or None, notify=lambda text: print(f"nbdurable: {text}", file=sys.stderr, flush=True),
-    )  # fmt: skip
-    result = runner.execute()
+    try:
+        result = _execute(spec, store)
+    except OptionsError as exc:
+        print(REFUSED_PREFIX + json.dumps(str(exc)), file=sys.stderr, flush=True)
+        os._exit(EXIT_REFUSED)
     print(f"{result.status}: run {result.run_id}: {result.executed} executed, {result.restored} restored"
           + (f": {result.error}" if result.error else ""), file=sys.stderr, flush=True)
     if result.status == "cancelled" and result.run_id and result.cancel:
@@ -164,4 +165,41 @@ def _child_main(spec: LaunchSpec) -> None:
     os._exit(EXIT_CODES.get(result.status, 1))
 
 
-__all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "EXIT_NO_SLOT", "LaunchSpec", "Launched", "Launcher"]
+def _hold_resumed(store: Any, run_id: str) -> Any:
+    """The lease of the run being resumed, held for this process's life; exits (``EXIT_CLAIM_HELD``) if a live
+    process holds it or a run resuming it exists already (read under the lease: fresher than any catalog)."""
+    from nbdurable.errors import LeaseHeldError
+
+    try:
+        lease = store.acquire_lease(run_id)
+    except LeaseHeldError:
+        os._exit(EXIT_CLAIM_HELD)
+    if any((store.journal_head(other) or {}).get("resumed_from") == run_id
+           for other in store.run_ids() if other > run_id):
+        os._exit(EXIT_CLAIM_HELD)
+    return lease
+
+
+def _execute(spec: LaunchSpec, store: Any) -> Any:
+    """Run (or resume) the spec's notebook in this process; the runner's result."""
+    from nbdurable.headless.params import load_notebook, secrets_from_environment
+    from nbdurable.headless.runner import HeadlessRunner
+
+    params = spec.params
+    if spec.resume_run:
+        params = secrets_from_environment(params, spec.resume_run)
+    notebook = Path(spec.notebook)
+    runner = HeadlessRunner(
+        load_notebook(notebook, params, None), notebook_path=notebook, store_path=Path(spec.store), params=params,
+        output_path=Path(spec.output_path) if spec.output_path else None,
+        cwd=Path(spec.cwd) if spec.cwd and Path(spec.cwd).is_dir() else None, resume_run=spec.resume_run,
+        fresh=spec.resume_run is None,  # a started run never picks up another unfinished run of the same params
+        suspend_after=spec.suspend_after, run_id=None if spec.resume_run else spec.run_id,
+        origin=spec.origin or None, on_change=spec.on_change,
+        notify=lambda text: print(f"nbdurable: {text}", file=sys.stderr, flush=True),
+    )  # fmt: skip
+    return runner.execute()
+
+
+__all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "EXIT_NO_SLOT", "EXIT_REFUSED", "REFUSED_PREFIX", "LaunchSpec", "Launched",
+           "Launcher"]

@@ -305,7 +305,7 @@ async def pause_schedule(request: Request) -> Response:
 
 
 async def triggers(request: Request) -> Response:
-    """Event triggers (issue 17).
+    """Event triggers.
     ---
     summary: List triggers
     responses:

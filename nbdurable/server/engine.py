@@ -1,9 +1,9 @@
-"""The engine the server runs for its lifetime: today the worker (``headless/worker.py``), resuming suspended
-runs when they are due, on a thread of its own.
+"""The engine the server runs for its lifetime: the worker (``headless/worker.py``: schedules fired, events
+decided by the triggers, suspended runs resumed, claimed runs started, each in a process of its own), its
+passes on a thread of its own.
 
 ``ENGINE`` is the one place that says which engine runs: anything with ``start()`` and ``stop()`` built as
-``ENGINE(store, log=..., poll=...)``. The orchestration worker (schedules and triggers, issue 17) replaces it
-with a one-line change here.
+``ENGINE(store, log=..., poll=...)``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from nbdurable.headless.worker import Worker, due_runs
+from nbdurable.headless.worker import Worker
+from nbdurable.headless.worker_log import describe
 from nbdurable.store import Store
 
 
@@ -29,8 +30,10 @@ class Engine(Protocol):
 class WorkerEngine:
     """``Worker`` passes every ``poll`` seconds on a daemon thread until ``stop()``."""
 
-    def __init__(self, store: Store, *, log: Callable[[str], None], poll: float = 2.0) -> None:
-        self.worker = Worker(store, log=log)
+    def __init__(self, store: Store, *, log: Callable[[str], None], poll: float = 2.0,
+                 max_concurrent: int = 4) -> None:
+        self.worker = Worker(store, log=lambda event, **fields: log(describe(event, fields)),
+                             max_concurrent=max_concurrent)
         self.poll, self.log = poll, log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nbdurable-serve-worker", daemon=True)
@@ -44,18 +47,16 @@ class WorkerEngine:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.worker.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                for due in due_runs(self.worker.store):
-                    if self._stop.is_set():
-                        break
-                    self.worker.resume(due)
+                self.worker.tick(skip=False)
             except Exception as exc:  # a pass that failed (a locked catalog...): logged, the next one retries
                 self.log(f"worker pass failed: {exc}")
             self._stop.wait(self.poll)
 
 
 ENGINE: Callable[..., Engine] = WorkerEngine
-"""The engine ``nbdurable serve`` runs (issue 17: the orchestration worker takes this place)."""
+"""The engine ``nbdurable serve`` runs."""
