@@ -109,6 +109,16 @@ class StepTimeoutError(NbdurableError):
         super().__init__(message, hint=hint)
 
 
+class ChildRunFailed(NbdurableError):
+    """A child run (``nbd.run_notebook``) ended without completing: failed, cancelled, crashed or interrupted.
+    ``run_id`` is the child's id, ``status`` how it ended. Under the call's retry policy a retry starts a new
+    child run."""
+
+
+class ChildRunTimeoutError(NbdurableError, TimeoutError):
+    """A child run's handle (``nbd.run_notebook(..., wait=False)``) did not end within ``result(timeout=...)``."""
+
+
 class SuspendedError(NbdurableError):
     """A headless run suspended itself where a suspension cannot be reported otherwise (papermill)."""
 
@@ -148,6 +158,10 @@ def describe_suspension(wake_at: float | None, waiting_for: dict[str, Any] | Non
     def at(ts: float) -> str:
         return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
+    if waiting_for and waiting_for.get("child"):
+        children = waiting_for.get("children") or [waiting_for["child"]]
+        return (f"waiting for child run {children[0]}" if len(children) == 1
+                else f"waiting for {len(children)} child runs ({', '.join(children)})")
     if waiting_for:
         match = waiting_for.get("match")
         text = f"waiting for event {waiting_for.get('name')!r}" + (f" matching {match}" if match else "")
@@ -175,6 +189,8 @@ __all__ = [
     "CompensationError",
     "StepTimeoutError",
     "SuspendedError",
+    "ChildRunFailed",
+    "ChildRunTimeoutError",
     "RetryAfter",
     "RunSuspended",
 ]

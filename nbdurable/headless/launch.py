@@ -133,6 +133,9 @@ def _child_main(spec: LaunchSpec) -> None:
     slot = store.hold_slot(*spec.slot) if spec.slot is not None else None
     if spec.slot is not None and slot is None:
         os._exit(EXIT_NO_SLOT)
+    if spec.run_id and not spec.resume_run and store.cancel_requested(spec.run_id):
+        _end_cancelled_unstarted(store, spec)  # e.g. a child run whose parent was cancelled before it started
+        os._exit(EXIT_CODES["cancelled"])
     params = spec.params
     if spec.resume_run:
         params = secrets_from_environment(params, spec.resume_run)
@@ -156,6 +159,16 @@ def _child_main(spec: LaunchSpec) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_CODES.get(result.status, 1))
+
+
+def _end_cancelled_unstarted(store: Any, spec: LaunchSpec) -> None:
+    """A claimed run asked to cancel before it started: its journal says so (run, then run_end cancelled), so
+    its claim is started and its run terminal, without a kernel."""
+    from nbdurable.runtime.run import DurableRun
+
+    run = DurableRun(store, notebook=str(Path(spec.notebook).resolve()), notebook_path=str(Path(spec.notebook).resolve()),
+                     kind="headless", params=spec.params, run_id=spec.run_id, origin=spec.origin or None)
+    run.finish("cancelled", cancel=store.cancel_request(spec.run_id))
 
 
 __all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "EXIT_NO_SLOT", "LaunchSpec", "Launched", "Launcher"]
