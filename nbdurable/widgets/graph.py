@@ -209,18 +209,63 @@ def build_graph(store: Store, run_id: str, *, pending: list[CellPlan] | None = N
     ``pending``: the cells Run All has not reached yet (a live session), shown as pending nodes saying what
     Run All will do with them (``runtime/planning.py``).
     Raises RunNotFoundError for a run the store does not have."""
-    runs, steps, variables, attempts = store.catalog().query_many([
+    runs, steps, variables, attempts, children, callers = store.catalog().query_many([
         ("SELECT * FROM runs WHERE run_id = ?", [run_id]),
         ("SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id]),
         ("SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? ORDER BY ordinal, name",
          [run_id]),
         ("SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id]),
+        (CHILDREN_SQL, [run_id, run_id]),
+        (f"SELECT s.run_id, s.ordinal, c.source_hash FROM steps s JOIN steps c ON c.run_id = s.run_id AND c.ordinal = "
+         f"s.parent WHERE s.name = 'nbd.run_notebook' AND s.run_id IN (SELECT parent_run FROM ({CHILDREN_SQL}))",
+         [run_id, run_id]),
     ])
     if runs.empty:
         raise RunNotFoundError(f"no run {run_id!r} in the store {store.path}",
                                hint="`nbdurable runs` (or nbd.history()) lists the run ids of this store")
-    return graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
-                           attempts.to_dict("records"), pending=pending, live=live)
+    graph = graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
+                            attempts.to_dict("records"), pending=pending, live=live)
+    callers_by = {(str(r["run_id"]), int(r["ordinal"])): str(r["source_hash"]) for r in callers.to_dict("records")}
+    add_child_runs(graph, run_id, steps.to_dict("records"), children.to_dict("records"), callers_by)
+    return graph
+
+
+# The child runs (``nbd.run_notebook``) of a run's resume chain: those whose origin names its root.
+CHILDREN_SQL = ("SELECT run_id, notebook, status, parent_run, origin FROM runs WHERE json_extract_string(origin, "
+                "'$.parent_root') = (SELECT coalesce(root_run, run_id) FROM runs WHERE run_id = ?) "
+                "OR parent_run = ? ORDER BY run_id")
+
+
+def add_child_runs(graph: Graph, run_id: str, steps: list[dict[str, Any]], children: list[dict[str, Any]],
+                   callers: dict[tuple[str, int], str]) -> None:
+    """Draw each child run as a node after the cell that called it (``kind`` ``child_run``, ``child_run`` =
+    {run_id, notebook, status, attempt}), with a ``child`` edge from that cell. A child called by an earlier
+    run of the chain hangs from this run's cell with the same code (``callers``: (run, call step) -> the calling
+    cell's source hash)."""
+    parent_of = {int(r["ordinal"]): int(r["parent"]) for r in steps if _num(r.get("parent")) is not None}
+    by_hash = {str(r["source_hash"]): int(r["ordinal"]) for r in steps if _num(r.get("parent")) is None}
+    nodes: list[Node] = graph["nodes"]
+    for child in children:
+        origin = json.loads(child["origin"]) if isinstance(child.get("origin"), str) else {}
+        step = _num(origin.get("parent_step"))
+        if child.get("parent_run") == run_id and step is not None:
+            cell = parent_of.get(int(step))
+        else:
+            cell = by_hash.get(callers.get((str(child.get("parent_run")), int(step or 0)), ""))
+        caller = next((n for n in nodes if n["ordinal"] is not None and n["ordinal"] == cell), None)
+        if caller is None:
+            continue
+        name = str(child.get("notebook") or "").rsplit("/", 1)[-1]
+        node = new_node(None, None, "", _str(child.get("status")) or "running", node_id=f"r{child['run_id']}")
+        node.update(kind="child_run", label=f"child run: {name}", reads=[],
+                    child_run={"run_id": child["run_id"], "notebook": child.get("notebook"),
+                               "status": _str(child.get("status")), "attempt": _num(origin.get("attempt"))})
+        caller.setdefault("child_runs", []).append(child["run_id"])
+        position = nodes.index(caller) + 1
+        while position < len(nodes) and nodes[position].get("kind") == "child_run":
+            position += 1
+        nodes.insert(position, node)
+        graph["edges"].append({"source": caller["id"], "target": node["id"], "variables": [], "kind": "child"})
 
 
 def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables: list[dict[str, Any]],

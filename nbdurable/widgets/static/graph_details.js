@@ -73,7 +73,18 @@ function nbdRenderDetails(container, node, options) {
         ]),
       ]);
     }
-    if (!node.parent) {
+    if (node.child_run) {   /* a child run (nbd.run_notebook): a link to its own graph */
+      const id = String(node.child_run.run_id);
+      _nbdAppend(root, [
+        _nbdEl(doc, "h4", null, "Child run"),
+        _nbdEl(doc, "div", { "class": "nbd-child-run" }, [
+          _nbdEl(doc, "a", { "class": "nbd-run-link", "href": encodeURIComponent(id) + ".html", "data-run-id": id,
+            "title": "Open the graph of run " + id }, "Open run " + id),
+          node.child_run.notebook ? " \u00b7 " + String(node.child_run.notebook) : null,
+          _nbdNum(node.child_run.attempt) !== null ? " \u00b7 attempt " + node.child_run.attempt : null,
+        ]),
+      ]);
+    } else if (!node.parent) {
       _nbdAppend(root, [
         _nbdEl(doc, "h4", null, "Source"),
         _nbdEl(doc, "pre", { "class": "nbd-source" }, _nbdEl(doc, "code", null, String(node.source || ""))),
@@ -134,6 +145,13 @@ function nbdRenderDetails(container, node, options) {
   else container.appendChild(root);
   container.__nbdDetails = { root: root, key: key, options: options };
   const pick = function (event) {
+    const link = _nbdClosest(event.target, "nbd-run-link", root);
+    const onOpenRun = container.__nbdDetails && container.__nbdDetails.options.onOpenRun;
+    if (link && event.type === "click" && typeof onOpenRun === "function") {
+      if (event.preventDefault) event.preventDefault();
+      onOpenRun(link.getAttribute("data-run-id"));
+      return;
+    }
     if (event.type === "keydown" && event.key !== "Enter" && event.key !== " ") return;
     const row = _nbdClosest(event.target, "nbd-detail-child", root);
     const onSelect = container.__nbdDetails && container.__nbdDetails.options.onSelect;
