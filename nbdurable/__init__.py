@@ -38,8 +38,8 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
 
 if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays cheap for the command line
     from nbdurable import testing
-    from nbdurable.history import history, sql
     from nbdurable.headless.children import run_notebook
+    from nbdurable.history import history, sql
     from nbdurable.runtime.children import result
     from nbdurable.runtime.compensation import compensate
     from nbdurable.runtime.policy import RetryPolicy

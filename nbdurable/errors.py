@@ -114,6 +114,10 @@ class ChildRunFailed(NbdurableError):
     ``run_id`` is the child's id, ``status`` how it ended. Under the call's retry policy a retry starts a new
     child run."""
 
+    def __init__(self, message: str, *, hint: str | None = None, run_id: str = "", status: str = "failed") -> None:
+        super().__init__(message, hint=hint)
+        self.run_id, self.status = run_id, status
+
 
 class ChildRunTimeoutError(NbdurableError, TimeoutError):
     """A child run's handle (``nbd.run_notebook(..., wait=False)``) did not end within ``result(timeout=...)``."""

@@ -9,6 +9,7 @@ Each child run counts its executions in a side-effect file (``count-<n>.txt``: o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -35,7 +36,8 @@ from helpers import write_notebook
 from kernels import Kernel
 
 CHILD = ["# parameters\nn = 1",
-         "import nbdurable as nbd\nwith open(f'count-{n}.txt', 'a') as f:\n    f.write('ran\\n')\nnbd.result({'sq': n * n})"]
+         "import nbdurable as nbd\nwith open(f'count-{n}.txt', 'a') as f:\n    f.write('ran\\n')\n"
+         "nbd.result({'sq': n * n})"]
 FLAKY = ["import nbdurable as nbd, pathlib\np = pathlib.Path('flaky-count.txt')\n"
          "p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
          "if len(p.read_text()) < 3:\n    raise RuntimeError(f'flaky attempt {len(p.read_text())}')\nnbd.result('ok')"]
@@ -95,6 +97,11 @@ class Engine:
         return str((self.store.journal_head(run_id) or {})["notebook_path"])
 
 
+def completed(store: Store, run_id: str) -> bool:
+    """True once the newest run of ``run_id``'s resume chain completed."""
+    return journal_status(store, chain_head(store, run_id))[0] == "completed"
+
+
 def kill_tree(pid: int, kernel_pid_file: Path) -> None:
     """kill -9 the parent's runner process and its kernel (whose pid its first cell wrote)."""
     for victim in (pid, int(kernel_pid_file.read_text()) if kernel_pid_file.exists() else None):
@@ -132,7 +139,7 @@ def test_parent_killed_at_random_points_starts_one_child(tmp_path: Path) -> None
         kill_tree(launched.process.pid, where / "kernel.pid")
         launched.wait(30)
         engine = Engine(store, where)
-        engine.run_until(lambda: journal_status(store, chain_head(store, run_id))[0] == "completed", resume=run_id)
+        engine.run_until(functools.partial(completed, store, run_id), resume=run_id)
         assert json.loads((where / "got.json").read_text()) == {"sq": 49}, (point, engine.log)
         assert runs(where, 7) == 1, (point, engine.log)  # the child executed exactly once
         assert len(store.claims("child")) == 1
@@ -157,7 +164,7 @@ def test_headless_fan_out_claims_every_child_before_suspending(tmp_path: Path) -
     assert len(claimed) == 3 and sorted(end["waiting_for"]["children"]) == sorted(claimed)
     assert why_due(store, run_id, time.time()) is None and next_deadline(store, run_id) is None
     engine = Engine(store, where)
-    engine.run_until(lambda: journal_status(store, chain_head(store, run_id))[0] == "completed")
+    engine.run_until(functools.partial(completed, store, run_id))
     assert json.loads((where / "got.json").read_text()) == [{"sq": 1}, {"sq": 4}, {"sq": 9}]
     assert [runs(where, n) for n in (1, 2, 3)] == [1, 1, 1]
     resumed = [line["line"] for event, line in engine.log if event == "worker" and "resuming" in line["line"]]
@@ -225,7 +232,8 @@ def test_interactive_child_runs_wait_handles_retries_fan_out_and_the_graph(tmp_p
         assert reply["status"] == "ok" and "True {'sq': 25}" in text, text
 
         reply, _, text = run("s = nbd.run_notebook('slow.ipynb', wait=False)\ntry:\n    s.result(timeout=0.5)\n"
-                             "except nbd.ChildRunTimeoutError as e:\n    print('timed out', type(e).__mro__[1].__name__)\n"
+                             "except nbd.ChildRunTimeoutError as e:\n"
+                             "    print('timed out', type(e).__mro__[1].__name__)\n"
                              "import pathlib; pathlib.Path('go').touch()\nprint(s.result(timeout=120))")
         assert reply["status"] == "ok" and "timed out" in text and "None" in text, text
 
@@ -239,7 +247,8 @@ def test_interactive_child_runs_wait_handles_retries_fan_out_and_the_graph(tmp_p
         assert (where / "flaky-count.txt").read_text() == "xxx"  # three children: two failed, one completed
 
         reply, _, text = run("try:\n    nbd.run_notebook('bad.ipynb', retry=nbd.RetryPolicy(max_attempts=2, "
-                             "initial_interval=0))\nexcept nbd.ChildRunFailed as e:\n    print('failed:', e.status, e.message)")
+                             "initial_interval=0))\nexcept nbd.ChildRunFailed as e:\n"
+                             "    print('failed:', e.status, e.message)")
         assert reply["status"] == "ok" and "failed: failed" in text and "ValueError: bad child" in text, text
         reply, _, text = run("print(nbd.current_run_id())")
         parent_run = text.strip()

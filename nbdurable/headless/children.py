@@ -52,7 +52,7 @@ from nbdurable.runtime.clock import clock
 from nbdurable.runtime.policy import NO_RETRY, RetryPolicy
 from nbdurable.runtime.run import new_run_id
 from nbdurable.runtime.session import ENV_ORIGIN, ENV_RUN_ID, current_step_context, default_store
-from nbdurable.runtime.steps import Attempts, StepContext
+from nbdurable.runtime.steps import Attempts
 from nbdurable.store import Store
 
 POLL_S = 0.1  # how often a waiting parent looks at its children
@@ -139,7 +139,8 @@ def run_notebook(path: str | os.PathLike[str], params: dict[str, Any] | None = N
 def _check(path: str | os.PathLike[str], params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """The child notebook's absolute path (relative to the parent notebook's directory) and its parameters."""
     if not isinstance(path, (str, os.PathLike)):
-        raise OptionsError(f"run_notebook takes a notebook path, not {path!r}", hint="e.g. nbd.run_notebook('child.ipynb')")
+        raise OptionsError(f"run_notebook takes a notebook path, not {path!r}",
+                           hint="e.g. nbd.run_notebook('child.ipynb')")
     if params is not None and not isinstance(params, dict):
         raise OptionsError(f"params must be a dict of parameter values, not {params!r}",
                            hint="e.g. nbd.run_notebook('child.ipynb', {'n': 3})")
@@ -229,10 +230,11 @@ def _waiting_line(states: list[ChildState]) -> str:
 
 
 def _failure(store: Store, state: ChildState) -> ChildRunFailed:
-    error = ChildRunFailed(f"child run {state.current or state.run_id} ended {state.status}: {child_error(store, state)}",
+    which = state.current or state.run_id
+    error = ChildRunFailed(f"child run {which} ended {state.status}: {child_error(store, state)}",
                            hint=f"see it with `nbdurable show {state.current or state.run_id}`; give run_notebook a "
-                           "retry=nbd.RetryPolicy(...) to start a new child run when one fails")
-    error.run_id, error.status = state.run_id, state.status
+                           "retry=nbd.RetryPolicy(...) to start a new child run when one fails",
+                           run_id=state.run_id, status=state.status)
     return error
 
 

@@ -166,7 +166,8 @@ def _end_cancelled_unstarted(store: Any, spec: LaunchSpec) -> None:
     its claim is started and its run terminal, without a kernel."""
     from nbdurable.runtime.run import DurableRun
 
-    run = DurableRun(store, notebook=str(Path(spec.notebook).resolve()), notebook_path=str(Path(spec.notebook).resolve()),
+    notebook = str(Path(spec.notebook).resolve())
+    run = DurableRun(store, notebook=notebook, notebook_path=notebook,
                      kind="headless", params=spec.params, run_id=spec.run_id, origin=spec.origin or None)
     run.finish("cancelled", cancel=store.cancel_request(spec.run_id))
 

@@ -107,10 +107,11 @@ def child_error(store: Store, state: ChildState) -> str:
     failed = [r for r in records if r.get("t") == "step_end" and r.get("status") == "failed" and r.get("error")]
     error = failed[-1]["error"] if failed else {}
     why = f"{error.get('ename')}: {error.get('evalue')}" if error.get("ename") else ""
-    end = next((r for r in reversed(records) if r.get("t") == "run_end"), {})
+    end: dict[str, Any] = next((r for r in reversed(records) if r.get("t") == "run_end"), {})
     cancel = end.get("cancel") if isinstance(end.get("cancel"), dict) else None
     if state.status == "cancelled" and cancel:
-        why = f"cancelled by {cancel.get('by') or 'someone'}" + (f": {cancel['reason']}" if cancel.get("reason") else "")
+        why = f"cancelled by {cancel.get('by') or 'someone'}"
+        why += f": {cancel['reason']}" if cancel.get("reason") else ""
     return why or {"crashed": "its process died", "interrupted": "it was interrupted"}.get(state.status, state.status)
 
 
