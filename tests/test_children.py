@@ -13,7 +13,9 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,8 @@ from nbdurable.widgets.graph import build_graph
 from helpers import write_notebook
 from kernels import Kernel
 
+JS = Path(__file__).parent / "js"
+NODE = shutil.which("node")
 CHILD = ["# parameters\nn = 1",
          "import nbdurable as nbd\nwith open(f'count-{n}.txt', 'a') as f:\n    f.write('ran\\n')\n"
          "nbd.result({'sq': n * n})"]
@@ -276,6 +280,22 @@ def test_interactive_child_runs_wait_handles_retries_fan_out_and_the_graph(tmp_p
     assert len(second_cell["child_runs"]) == 1
     child_graph = build_graph(store, second_cell["child_runs"][0])  # the link's target: the child's own graph
     assert child_graph["run"]["status"] == "completed"
+    if NODE is not None:  # the report draws them: dashed child-run boxes, cells numbered without them, a link
+        from nbdurable.report import write_report
+
+        write_report(store, parent_run, where / "parent.html")
+        child_id = second_cell["child_runs"][0]
+        check = subprocess.run([NODE, str(JS / "render_check.js"), "report", str(where / "parent.html"),
+                                f"#r{child_id}"], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        drawn = json.loads(check.stdout)["initial"]
+        boxes = [n for n in drawn["nodes"] if "nbd-node-child-run" in n["cls"]]
+        assert len(boxes) == len(child_nodes) and all(n["text"].startswith("child run: ") for n in boxes)
+        assert f"\u2197 run {child_id}" in next(n["text"] for n in boxes if n["id"] == f"r{child_id}")
+        cells = [n["text"].split(" | ")[0] for n in drawn["nodes"] if "nbd-node-child-run" not in n["cls"]]
+        assert cells == [f"#{k}" for k in range(1, len(cells) + 1)]
+        assert drawn["details"]["nodeId"] == f"r{child_id}"
+        assert drawn["runLinks"] == [[child_id, f"{child_id}.html"]]
 
 
 # ----- no kernel ------------------------------------------------------------------------------------

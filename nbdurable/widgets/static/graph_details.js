@@ -46,7 +46,7 @@ function nbdRenderDetails(container, node, options) {
     const add = function (k, v) { if (v !== null && v !== undefined && v !== "") meta.push(_nbdEl(doc, "dt", null, k), _nbdEl(doc, "dd", null, v)); };
     if (node.parent) add("Child step of", String(node.parent.label || node.parent.id));
     if (_nbdNum(node.cell) !== null) add("Cell", "#" + node.cell);
-    add("Step", node.ordinal === null || node.ordinal === undefined ? "not run yet in this run (" + node.id + ")" : "#" + node.ordinal);
+    if (!node.child_run) add("Step", node.ordinal === null || node.ordinal === undefined ? "not run yet in this run (" + node.id + ")" : "#" + node.ordinal);
     add("Started", nbdFormatTime(node.started_at));
     add("Ended", nbdFormatTime(node.ended_at));
     const d = _nbdNodeDuration(node, now);
@@ -60,6 +60,7 @@ function nbdRenderDetails(container, node, options) {
     if (_nbdNum(node.time_saved_s) !== null) add("Time saved", nbdFormatDuration(node.time_saved_s));
     if (Array.isArray(node.attempts) && node.attempts.length > 1) add("Attempts", String(node.attempts.length));
     if (node.waiting_for) add("Waiting for", String(node.waiting_for));
+    if (Array.isArray(node.child_runs) && node.child_runs.length) add("Child runs", node.child_runs.join(", "));
     if (Array.isArray(node.reads) && node.reads.length) add("Reads", node.reads.join(", "));
     _nbdAppend(root, _nbdEl(doc, "dl", { "class": "nbd-details-meta" }, meta));
 

@@ -75,7 +75,7 @@ function _nbdRenderNode(doc, node, p, expanded, now, cell) {
   if (plan) tooltip.push(_nbdPlanText(plan));
   if (node.error) tooltip.push(nbdStripAnsi((node.error.ename || "Error") + ": " + (node.error.evalue || "")));
   const g = _nbdSvg(doc, "g", {
-    "class": node.kind === "child_run" ? "nbd-node nbd-node-child-run" : "nbd-node", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "data-cell": cell, "transform": "translate(" + p.x + "," + p.y + ")",
+    "class": node.kind === "child_run" ? "nbd-node nbd-node-child-run" : "nbd-node", "data-kind": node.kind || "cell", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "data-cell": cell, "transform": "translate(" + p.x + "," + p.y + ")",
     "tabindex": "0", "role": "button", "aria-label": _nbdTrunc(tooltip.join(", "), 200),
   });
   _nbdAppend(g, [
@@ -217,7 +217,8 @@ function _nbdBuildSvg(doc, data, expanded, now) {
 function _nbdApplySelection(st) {
   st.nodeEls.forEach(function (g, id) {
     const on = st.selected !== null && st.selected !== undefined && id === String(st.selected);
-    g.setAttribute("class", on ? "nbd-node nbd-selected" : "nbd-node");
+    const base = g.getAttribute("data-kind") === "child_run" ? "nbd-node nbd-node-child-run" : "nbd-node";
+    g.setAttribute("class", on ? base + " nbd-selected" : base);
     g.setAttribute("aria-pressed", on ? "true" : "false");
     for (const c of g.querySelectorAll ? Array.from(g.querySelectorAll(".nbd-child")) : []) {
       c.setAttribute("class", c.getAttribute("data-node-id") === String(st.selected) ? "nbd-child nbd-selected" : "nbd-child");
