@@ -35,7 +35,8 @@ from nbdurable.store import Store
 
 VERSION = 1
 MAX_CHILD_STEPS = 500  # child steps listed per node; ``children["total"]`` keeps the true count
-SLEEP, WAIT = "nbd.sleep", "nbd.wait_for_event"
+SLEEP, WAIT, CHILD = "nbd.sleep", "nbd.wait_for_event", "nbd.run_notebook"
+WAITS = (SLEEP, WAIT, CHILD)  # child steps during which their cell waits
 _BUILTINS = frozenset(dir(builtins))
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -90,6 +91,8 @@ def _cut(text: str) -> str:
 def _waiting_text(name: str | None, options: dict[str, Any]) -> str | None:
     if name == SLEEP and options.get("wake_at"):
         return "sleeping until " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(options["wake_at"])))
+    if name == CHILD:
+        return f"waiting for a child run of {str(options.get('notebook') or '?').rsplit('/', 1)[-1]}"
     if name == WAIT:
         text = f"waiting for event {options.get('event')!r}"
         if options.get("match"):
@@ -363,7 +366,7 @@ def _derive_status(node: Node) -> None:
     if node["status"] != "running":
         return
     for child in reversed(node["child_steps"]):
-        if child["status"] == "running" and child["name"] in (SLEEP, WAIT):
+        if child["status"] == "running" and child["name"] in WAITS:
             node["status"] = "sleeping" if child["name"] == SLEEP else "waiting"
             return
     last = node["attempts"][-1] if node["attempts"] else None
@@ -465,7 +468,7 @@ class LiveGraph:
         cell["children"]["total"] = cell["children"].get("total", 0) + 1
         if len(cell["child_steps"]) < MAX_CHILD_STEPS:
             cell["child_steps"].append(child)
-        if name in (SLEEP, WAIT):
+        if name in WAITS:
             cell["status"] = "sleeping" if name == SLEEP else "waiting"
             cell["waiting_for"] = _waiting_text(name, data.get("options") or {})
             self._send()  # a cell that starts waiting changes status: a step change
@@ -515,7 +518,8 @@ class LiveGraph:
             if status == "restored" and data.get("time_saved"):
                 run = self.graph["run"]
                 run["time_saved_s"] = (run.get("time_saved_s") or 0.0) + float(data["time_saved"])
-            self.graph["edges"] = edges(self.graph["nodes"])
+            kept = [e for e in self.graph["edges"] if e.get("kind") == "child"]  # child-run edges (build_graph)
+            self.graph["edges"] = edges(self.graph["nodes"]) + kept
             self._send()
             return
         cell, child = self._child(ordinal)
@@ -525,7 +529,7 @@ class LiveGraph:
             child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"),
                          error=_error_text(error))
         _count_children(cell)
-        if ((cell["status"] in ("sleeping", "waiting") and data.get("name") in (SLEEP, WAIT))
+        if ((cell["status"] in ("sleeping", "waiting") and data.get("name") in WAITS)
                 or cell["status"] == "retrying"):
             cell["status"], cell["waiting_for"] = "running", None
             self._send()
