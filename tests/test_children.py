@@ -34,7 +34,7 @@ from nbdurable.runtime.run import new_run_id
 from nbdurable.store import Store
 from nbdurable.widgets.graph import build_graph
 
-from helpers import write_notebook
+from helpers import run_cli, write_notebook
 from kernels import Kernel
 
 JS = Path(__file__).parent / "js"
@@ -176,6 +176,34 @@ def test_headless_fan_out_claims_every_child_before_suspending(tmp_path: Path) -
     history = nbd.history(store=store, parent_run=run_id)
     assert sorted(history.run_id) == sorted(claimed)
     assert set(history.status) == {"completed"} and all(o["parent_root"] == run_id for o in history.origin)
+    shown = run_cli("show", claimed[0], "--store", str(store.path), in_process=True)
+    assert shown.returncode == 0 and f"child run of {run_id}" in shown.stdout, shown.output
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_headless_failing_child_is_retried_as_new_children_under_the_policy(tmp_path: Path) -> None:
+    where = notebooks(tmp_path)
+    parent = write_notebook(where / "parent.ipynb", [
+        "import json, pathlib, nbdurable as nbd
+"
+        "r = nbd.run_notebook('flaky.ipynb', retry=nbd.RetryPolicy(max_attempts=3, initial_interval=0))
+"
+        "pathlib.Path('got.json').write_text(json.dumps(r))",
+    ])
+    store = Store.open(where / "store")
+    run_id = new_run_id()
+    assert Launcher().start(LaunchSpec(str(store.path), str(parent), run_id=run_id)).wait(180) == 3
+    Engine(store, where).run_until(functools.partial(completed, store, run_id), timeout=400)
+    assert json.loads((where / "got.json").read_text()) == "ok"
+    assert (where / "flaky-count.txt").read_text() == "xxx"  # one execution per child: 2 failed, the third completed
+    claims = sorted(store.claims("child"), key=lambda c: c["origin"]["attempt"])
+    assert [c["key"].rsplit("#", 1)[1] for c in claims] == ["1", "2", "3"]
+    assert [child_state(store, c["run_id"]).status for c in claims] == ["failed", "failed", "completed"]
+    final = chain_head(store, run_id)
+    attempts = [r for r in store.read_journal(final) if r.get("t") == "attempt"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3] and attempts[0]["error"]["ename"] == "ChildRunFailed"
+    assert "flaky attempt 1" in attempts[0]["error"]["evalue"]
 
 
 @pytest.mark.kernel
