@@ -185,10 +185,8 @@ def test_headless_fan_out_claims_every_child_before_suspending(tmp_path: Path) -
 def test_headless_failing_child_is_retried_as_new_children_under_the_policy(tmp_path: Path) -> None:
     where = notebooks(tmp_path)
     parent = write_notebook(where / "parent.ipynb", [
-        "import json, pathlib, nbdurable as nbd
-"
-        "r = nbd.run_notebook('flaky.ipynb', retry=nbd.RetryPolicy(max_attempts=3, initial_interval=0))
-"
+        "import json, pathlib, nbdurable as nbd\n"
+        "r = nbd.run_notebook('flaky.ipynb', retry=nbd.RetryPolicy(max_attempts=3, initial_interval=0))\n"
         "pathlib.Path('got.json').write_text(json.dumps(r))",
     ])
     store = Store.open(where / "store")
