@@ -142,6 +142,11 @@ def test_parent_killed_at_random_points_starts_one_child(tmp_path: Path) -> None
             time.sleep(rng.uniform(0.2, 4.0))
         kill_tree(launched.process.pid, where / "kernel.pid")
         launched.wait(30)
+        # where the kill landed: before the claim, after it (parent not yet suspended), or after the suspension
+        suspended = store.journal_exists(run_id) and journal_status(store, run_id)[0] == "suspended"
+        landed = ("after suspending" if suspended else
+                  "after the claim" if store.claims("child") else "before the claim")
+        print(f"trial {trial}: kill at {point}: landed {landed}")
         engine = Engine(store, where)
         engine.run_until(functools.partial(completed, store, run_id), resume=run_id)
         assert json.loads((where / "got.json").read_text()) == {"sq": 49}, (point, engine.log)
