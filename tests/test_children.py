@@ -24,7 +24,7 @@ import pytest
 
 import nbdurable as nbd
 from nbdurable.errors import OptionsError
-from nbdurable.headless.dispatch import Dispatcher
+from nbdurable.headless.dispatch import Dispatcher, launch_spec
 from nbdurable.headless.launch import Launcher, LaunchSpec
 from nbdurable.headless.worker import Worker, due_runs, next_deadline, why_due
 from nbdurable.runtime.children import child_state
@@ -90,7 +90,7 @@ class Engine:
             self.dispatcher.tick()
             for due in due_runs(self.store):
                 self.worker.resume(due)
-            if resume is not None:  # a killed parent: resumed as `nbdurable resume` would
+            if resume is not None and self.store.journal_exists(resume):  # a killed parent: `nbdurable resume`
                 head = chain_head(self.store, resume)
                 if journal_status(self.store, head)[0] in ("crashed", "interrupted", "failed"):
                     launcher.start(LaunchSpec(str(self.store.path), self.notebook(head), resume_run=head)).wait(180)
@@ -103,7 +103,7 @@ class Engine:
 
 def completed(store: Store, run_id: str) -> bool:
     """True once the newest run of ``run_id``'s resume chain completed."""
-    return journal_status(store, chain_head(store, run_id))[0] == "completed"
+    return store.journal_exists(run_id) and journal_status(store, chain_head(store, run_id))[0] == "completed"
 
 
 def kill_tree(pid: int, kernel_pid_file: Path) -> None:
@@ -132,7 +132,11 @@ def test_parent_killed_at_random_points_starts_one_child(tmp_path: Path) -> None
         ])
         store = Store.open(where / "store")
         run_id = new_run_id()
-        launched = Launcher().start(LaunchSpec(str(store.path), str(parent), run_id=run_id))
+        # the parent is itself a claimed run (as a trigger's would be): killed before its journal exists, the
+        # engine starts it again under the same id
+        _, claim = store.claim("event", f"parent-{trial}", {"run_id": run_id, "notebook": str(parent), "params": {},
+                                                            "origin": {"trigger": "test"}})
+        launched = Launcher().start(launch_spec(store, claim))
         point = rng.choice(["claim", "delay"])
         if point == "claim":  # right after the child's claim is on disk (before the parent suspends, mostly)
             deadline = time.monotonic() + 120
@@ -155,6 +159,8 @@ def test_parent_killed_at_random_points_starts_one_child(tmp_path: Path) -> None
         child = store.claims("child")[0]["run_id"]
         assert child_state(store, child).status == "completed"
         assert child_runs(store, run_id) == [child]
+        by_trigger = set(nbd.history(store=store, trigger="test", limit=None).run_id)
+        assert run_id in by_trigger and child not in by_trigger  # (its resumes inherit the origin)
 
 
 @pytest.mark.kernel
@@ -285,6 +291,10 @@ def test_interactive_child_runs_wait_handles_retries_fan_out_and_the_graph(tmp_p
                              "initial_interval=0))\nexcept nbd.ChildRunFailed as e:\n"
                              "    print('failed:', e.status, e.message)")
         assert reply["status"] == "ok" and "failed: failed" in text and "ValueError: bad child" in text, text
+        (where / "broken.ipynb").write_text("{ not a notebook")
+        reply, _, text = run("try:\n    nbd.run_notebook('broken.ipynb')\nexcept nbd.ChildRunFailed as e:\n"
+                             "    print('never started:', e.message)")
+        assert reply["status"] == "ok" and "never started: child run" in text and "could not start" in text, text
         reply, _, text = run("print(nbd.current_run_id())")
         parent_run = text.strip()
     finally:
@@ -292,7 +302,7 @@ def test_interactive_child_runs_wait_handles_retries_fan_out_and_the_graph(tmp_p
     assert [runs(where, n) for n in (1, 2, 3, 4, 5)] == [1, 1, 1, 1, 1]
     store = Store.open(store_dir)
     history = nbd.history(store=store, parent_run=parent_run, limit=None)
-    assert len(history) == 1 + 1 + 1 + 3 + 3 + 2  # child 4, child 5, slow, fan-out, flaky x3, bad x2
+    assert len(history) == 1 + 1 + 1 + 3 + 3 + 2  # child 4, child 5, slow, fan-out, flaky x3, bad x2 (broken: no run)
     flaky = history[history.notebook.str.endswith("flaky.ipynb")].sort_values("run_id")
     assert list(flaky.status) == ["failed", "failed", "completed"]
     assert [o["attempt"] for o in flaky.origin] == [1, 2, 3]

@@ -37,7 +37,7 @@ from typing import Any
 
 from nbdurable.errors import ChildRunFailed, ChildRunTimeoutError, OptionsError, RunSuspended
 from nbdurable.headless.dispatch import launch_spec
-from nbdurable.headless.launch import Launched, Launcher
+from nbdurable.headless.launch import EXIT_CLAIM_HELD, Launched, Launcher
 from nbdurable.runtime.children import (
     CHILD_KIND,
     RUN_NOTEBOOK,
@@ -59,6 +59,7 @@ POLL_S = 0.1  # how often a waiting parent looks at its children
 SHOW_EVERY = 1.0
 _launcher = Launcher()  # this process's (the kernel's): started on the first child it starts itself
 _launched: dict[str, Launched] = {}  # child run id -> its process, started from this process
+_claims: dict[str, dict[str, Any]] = {}  # child run id -> its claim, once read
 
 
 @dataclass(frozen=True)
@@ -170,12 +171,32 @@ def claim_child(store: Store, key: str, notebook: str, params: dict[str, Any], o
 
 def start_child(store: Store, run_id: str) -> None:
     """Start the claimed child ``run_id`` from this process unless it exists or another process is starting it."""
-    if run_id in _launched and _launched[run_id].alive:
+    before = _launched.get(run_id)
+    if before is not None and (before.alive or before.exitcode != EXIT_CLAIM_HELD):
+        return  # running, or ended (``_never_started`` says why if its run never began)
+    claim = _claims.get(run_id) or next((c for c in store.claims(CHILD_KIND) if c.get("run_id") == run_id), None)
+    if claim is None:
         return
-    claim = next((c for c in store.claims(CHILD_KIND) if c.get("run_id") == run_id), None)
-    if claim is None or store.claim_state(claim) != "orphaned":
+    _claims[run_id] = claim
+    if store.claim_state(claim) != "orphaned":
         return
-    _launched[run_id] = _launcher.start(launch_spec(store, claim, env=_child_env()))
+    logs = store.path / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    _launched[run_id] = _launcher.start(launch_spec(store, claim, env=_child_env(), log_dir=str(logs)))
+
+
+def _never_started(store: Store, run_id: str) -> ChildRunFailed | None:
+    """The error of a child this process started whose process ended before its run existed (a notebook it
+    could not read, a parameter it could not inject...), with the end of its log; None otherwise."""
+    launched = _launched.get(run_id)
+    if launched is None or launched.alive or launched.exitcode == EXIT_CLAIM_HELD or store.journal_exists(run_id):
+        return None
+    log = Path(launched.spec.log_path or "")
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
+    return ChildRunFailed(f"child run {run_id} could not start (exit code {launched.exitcode})"
+                          + (": " + " / ".join(tail) if tail else ""),
+                          hint=f"see its log {log}; fix the child notebook, then run the cell again",
+                          run_id=run_id, status="failed")
 
 
 def _child_env() -> dict[str, str]:
@@ -200,6 +221,8 @@ def wait_children(store: Store, run_ids: list[str], *, timeout: float | None = N
             raise RunSuspended(waiting_for={"child": pending[0], "children": pending})
         for run_id in pending:
             start_child(store, run_id)
+            if (error := _never_started(store, run_id)) is not None:
+                raise error
         if deadline is not None and time.monotonic() >= deadline:
             raise ChildRunTimeoutError(f"child run {pending[0]} has not ended after {timeout:g} s",
                                        hint="wait longer (result(timeout=None) waits as long as it takes), or look "
