@@ -348,6 +348,8 @@ def test_run_notebook_and_result_reject_bad_input_clearly(tmp_path: Path) -> Non
     notebooks(tmp_path)
     with pytest.raises(OptionsError, match="no notebook .*missing.ipynb"):
         run_notebook(tmp_path / "missing.ipynb")
+    with pytest.raises(OptionsError, match="must be JSON values"):
+        run_notebook(tmp_path / "child.ipynb", params={"when": object()})
     with pytest.raises(OptionsError, match="params must be a dict"):
         run_notebook(tmp_path / "child.ipynb", params=[1, 2])  # type: ignore[arg-type]
     with pytest.raises(OptionsError, match="not in a durable cell"):

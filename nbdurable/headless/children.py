@@ -27,6 +27,7 @@ first failed child's ``ChildRunFailed`` is raised once all ended (no retries in 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -95,7 +96,6 @@ def run_notebook(path: str | os.PathLike[str], params: dict[str, Any] | None = N
         base = f"outside/{new_run_id()}/{secrets.token_hex(4)}"
         attempts = Attempts(policy)
         origin: dict[str, Any] = {}
-        run_ids: list[str] = []
     else:
         store = context.run.store
         slot = context.reserve(RUN_NOTEBOOK, (notebook, params), {"wait": wait})
@@ -109,12 +109,10 @@ def run_notebook(path: str | os.PathLike[str], params: dict[str, Any] | None = N
                             lambda status, value: context.end(handle, status, value))
         origin = {"parent_run": context.run.run_id, "parent_root": context.run.root_run,
                   "parent_step": handle.ordinal}
-        run_ids = []
     while True:
         attempts.start()
         run_id = claim_child(store, claim_key(base, attempts.attempt), notebook, params,
                              {**origin, "attempt": attempts.attempt})
-        run_ids.append(run_id)
         if context is None or context.suspend_after is None:
             start_child(store, run_id)
         if not wait:
@@ -130,8 +128,9 @@ def run_notebook(path: str | os.PathLike[str], params: dict[str, Any] | None = N
             if store.read_claim(CHILD_KIND, claim_key(base, attempts.attempt + 1)) is None:
                 clock().sleep(delay)  # (a resume that finds the next attempt claimed does not wait again)
             continue
-        except BaseException as exc:  # a suspension, an interrupt: the call stays open (resumed later)
-            if not isinstance(exc, RunSuspended) and context is not None:
+        except BaseException as exc:  # a suspension or an interrupt leaves the call open (a resume waits again)
+            if not isinstance(exc, RunSuspended):
+                attempts.policy = NO_RETRY  # anything else (the result unreadable...) fails the call
                 attempts.failed(exc)
             raise
         return attempts.succeeded(value)
@@ -145,6 +144,12 @@ def _check(path: str | os.PathLike[str], params: dict[str, Any] | None) -> tuple
     if params is not None and not isinstance(params, dict):
         raise OptionsError(f"params must be a dict of parameter values, not {params!r}",
                            hint="e.g. nbd.run_notebook('child.ipynb', {'n': 3})")
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        raise OptionsError(f"the child's parameters must be JSON values ({exc})",
+                           hint="pass strings, numbers, booleans, None, lists and dicts, as `nbdurable run -p` "
+                           "would") from None
     candidate = Path(path).expanduser()
     if not candidate.is_absolute():
         candidate = _parent_directory() / candidate
