@@ -369,3 +369,33 @@ def test_a_child_claim_is_one_run_and_cancel_requests_reach_unstarted_children(t
     assert claim_child(store, "r/x:1:1#1", str(tmp_path / "c.ipynb"), {}, origin) == first  # the claim stands
     assert child_state(store, first).status == "pending" and not child_state(store, first).ended
     assert child_runs(store, "20260101T000000000-aaaaaa") == []  # the parent has no journal: no chain
+
+
+def test_a_run_graph_opens_a_child_runs_own_graph_when_its_link_is_clicked(tmp_path: Path) -> None:
+    import anywidget  # noqa: F401  (imported before recording comms: importing it resets the comm factory)
+    import ipywidgets  # noqa: F401
+
+    from nbdurable.runtime.run import DurableRun
+    from nbdurable.widgets.run_graph import RunGraph
+
+    from widget_comm import recording_comms
+
+    store = Store.open(tmp_path / "store")
+    parent = DurableRun(store, notebook="parent.ipynb", kind="headless")
+    cell = parent.begin_step(source="r = nbd.run_notebook('child.ipynb')", source_hash="h1")
+    call = parent.begin_step(source="", source_hash="a", name="nbd.run_notebook", parent=cell.ordinal)
+    child = DurableRun(store, notebook="child.ipynb", kind="headless",
+                       origin={"parent_run": parent.run_id, "parent_root": parent.run_id,
+                               "parent_step": call.ordinal, "attempt": 1})
+    child.finish("completed")
+    parent.end_child(call, "completed", changes=[])
+    parent.end_step(cell, status="completed")
+    parent.finish("completed")
+    with recording_comms():
+        widget = RunGraph(parent.run_id, store=store)
+    [node] = [n for n in widget.graph["nodes"] if n.get("kind") == "child_run"]
+    assert node["child_run"]["run_id"] == child.run_id and node["id"] == f"r{child.run_id}"
+    widget.comm.click({"type": "open_run", "run_id": child.run_id})  # the details' "Open run" link
+    assert widget.graph["run"]["run_id"] == child.run_id and widget.graph["run"]["status"] == "completed"
+    widget.comm.click({"type": "open_run", "run_id": "20990101T000000000-ffffff"})  # unknown: the view stays
+    assert widget.graph["run"]["run_id"] == child.run_id
