@@ -384,10 +384,12 @@ def test_a_run_graph_opens_a_child_runs_own_graph_when_its_link_is_clicked(tmp_p
     parent = DurableRun(store, notebook="parent.ipynb", kind="headless")
     cell = parent.begin_step(source="r = nbd.run_notebook('child.ipynb')", source_hash="h1")
     call = parent.begin_step(source="", source_hash="a", name="nbd.run_notebook", parent=cell.ordinal)
-    child = DurableRun(store, notebook="child.ipynb", kind="headless",
-                       origin={"parent_run": parent.run_id, "parent_root": parent.run_id,
-                               "parent_step": call.ordinal, "attempt": 1})
-    child.finish("completed")
+    origin = {"parent_run": parent.run_id, "parent_root": parent.run_id, "parent_step": call.ordinal, "attempt": 1}
+    child = DurableRun(store, notebook="child.ipynb", kind="headless", origin=origin)
+    child.finish("suspended", wake_at=time.time())
+    resumed = DurableRun(store, notebook="child.ipynb", kind="headless", origin=origin, resumed_from=child.run_id,
+                         root_run=child.run_id)  # the worker resumed the child: still one child run, completed
+    resumed.finish("completed")
     parent.end_child(call, "completed", changes=[])
     parent.end_step(cell, status="completed")
     parent.finish("completed")
@@ -395,7 +397,9 @@ def test_a_run_graph_opens_a_child_runs_own_graph_when_its_link_is_clicked(tmp_p
         widget = RunGraph(parent.run_id, store=store)
     [node] = [n for n in widget.graph["nodes"] if n.get("kind") == "child_run"]
     assert node["child_run"]["run_id"] == child.run_id and node["id"] == f"r{child.run_id}"
-    widget.comm.click({"type": "open_run", "run_id": child.run_id})  # the details' "Open run" link
-    assert widget.graph["run"]["run_id"] == child.run_id and widget.graph["run"]["status"] == "completed"
+    assert node["status"] == "completed"
+    assert node["child_run"]["current"] == resumed.run_id
+    widget.comm.click({"type": "open_run", "run_id": resumed.run_id})  # the details' "Open run" link
+    assert widget.graph["run"]["run_id"] == resumed.run_id and widget.graph["run"]["status"] == "completed"
     widget.comm.click({"type": "open_run", "run_id": "20990101T000000000-ffffff"})  # unknown: the view stays
-    assert widget.graph["run"]["run_id"] == child.run_id
+    assert widget.graph["run"]["run_id"] == resumed.run_id

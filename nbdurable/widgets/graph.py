@@ -233,18 +233,22 @@ def build_graph(store: Store, run_id: str, *, pending: list[CellPlan] | None = N
     return graph
 
 
-# The child runs (``nbd.run_notebook``) of a run's resume chain: those whose origin names its root.
-CHILDREN_SQL = ("SELECT run_id, notebook, status, parent_run, origin FROM runs WHERE json_extract_string(origin, "
+# The child runs (``nbd.run_notebook``) of a run's resume chain: those whose origin names its root; one per child
+# (its first run, which its id names), with the status of the newest run of the child's own resume chain.
+CHILDREN_SQL = ("SELECT r.run_id, r.notebook, coalesce((SELECT s.status FROM runs s WHERE s.root_run = r.run_id "
+                "AND s.run_id <> r.run_id ORDER BY s.run_id DESC LIMIT 1), r.status) AS status, coalesce((SELECT "
+                "max(s.run_id) FROM runs s WHERE s.root_run = r.run_id), r.run_id) AS current, r.parent_run, "
+                "r.origin FROM runs r WHERE r.resumed_from IS NULL AND (json_extract_string(r.origin, "
                 "'$.parent_root') = (SELECT coalesce(root_run, run_id) FROM runs WHERE run_id = ?) "
-                "OR parent_run = ? ORDER BY run_id")
+                "OR r.parent_run = ?) ORDER BY r.run_id")
 
 
 def add_child_runs(graph: Graph, run_id: str, steps: list[dict[str, Any]], children: list[dict[str, Any]],
                    callers: dict[tuple[str, int], str]) -> None:
     """Draw each child run as a node after the cell that called it (``kind`` ``child_run``, ``child_run`` =
-    {run_id, notebook, status, attempt}), with a ``child`` edge from that cell. A child called by an earlier
-    run of the chain hangs from this run's cell with the same code (``callers``: (run, call step) -> the calling
-    cell's source hash)."""
+    {run_id, current (the newest run of its resume chain), notebook, status, attempt}), with a ``child`` edge
+    from that cell. A child called by an earlier run of the chain hangs from this run's cell with the same code
+    (``callers``: (run, call step) -> the calling cell's source hash)."""
     parent_of = {int(r["ordinal"]): int(r["parent"]) for r in steps if _num(r.get("parent")) is not None}
     by_hash = {str(r["source_hash"]): int(r["ordinal"]) for r in steps if _num(r.get("parent")) is None}
     nodes: list[Node] = graph["nodes"]
@@ -261,7 +265,8 @@ def add_child_runs(graph: Graph, run_id: str, steps: list[dict[str, Any]], child
         name = str(child.get("notebook") or "").rsplit("/", 1)[-1]
         node = new_node(None, None, "", _str(child.get("status")) or "running", node_id=f"r{child['run_id']}")
         node.update(kind="child_run", label=f"child run: {name}", reads=[],
-                    child_run={"run_id": child["run_id"], "notebook": child.get("notebook"),
+                    child_run={"run_id": child["run_id"], "current": _str(child.get("current")) or child["run_id"],
+                               "notebook": child.get("notebook"),
                                "status": _str(child.get("status")), "attempt": _num(origin.get("attempt"))})
         caller.setdefault("child_runs", []).append(child["run_id"])
         position = nodes.index(caller) + 1

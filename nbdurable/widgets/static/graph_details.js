@@ -75,7 +75,7 @@ function nbdRenderDetails(container, node, options) {
       ]);
     }
     if (node.child_run) {   /* a child run (nbd.run_notebook): a link to its own graph */
-      const id = String(node.child_run.run_id);
+      const id = String(node.child_run.current || node.child_run.run_id);   /* the newest run of its chain */
       _nbdAppend(root, [
         _nbdEl(doc, "h4", null, "Child run"),
         _nbdEl(doc, "div", { "class": "nbd-child-run" }, [
