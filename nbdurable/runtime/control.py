@@ -78,11 +78,11 @@ class CancelOutcome:
 
 
 def child_runs(store: Store, run_id: str) -> list[str]:
-    """The child runs (``nbd.run_notebook``) that ``run_id`` or a run it resumes claimed, cancelled with it:
-    those started (from their ``run`` records' ``origin.parent_run``) and those claimed but not started yet
-    (from the ``child`` claims), oldest first."""
+    """The child runs (``nbd.run_notebook``) that a run of ``run_id``'s resume chain claimed (the runs it resumes
+    and the runs resuming it), cancelled with it: those started (from their ``run`` records'
+    ``origin.parent_run``) and those claimed but not started yet (from the ``child`` claims), oldest first."""
     chain: set[str] = set()
-    current: str | None = run_id
+    current: str | None = chain_head(store, run_id) if store.journal_exists(run_id) else run_id
     while current and current not in chain and store.journal_exists(current):
         chain.add(current)
         current = (store.journal_head(current) or {}).get("resumed_from")
