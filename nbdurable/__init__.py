@@ -15,6 +15,8 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
     AuthenticationError,
     CatalogLockedError,
     ChangedDuringWriteError,
+    ChildRunFailed,
+    ChildRunTimeoutError,
     CompensationError,
     CorruptJournalError,
     CorruptObjectError,
@@ -38,7 +40,9 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
 
 if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays cheap for the command line
     from nbdurable import testing
+    from nbdurable.headless.children import run_notebook
     from nbdurable.history import history, sql
+    from nbdurable.runtime.children import result
     from nbdurable.runtime.compensation import compensate
     from nbdurable.runtime.policy import RetryPolicy
     from nbdurable.runtime.steps import map as map  # noqa: A004  (not in __all__: `import *` keeps the builtin)
@@ -55,6 +59,7 @@ _LAZY = {
     "sleep_until": "nbdurable.runtime.waits", "wait_for_event": "nbdurable.runtime.waits",
     # the widgets import anywidget/ipywidgets: only when asked for (a kernel recording steps never is)
     "RunGraph": "nbdurable.widgets", "HistoryExplorer": "nbdurable.widgets",
+    "run_notebook": "nbdurable.headless.children", "result": "nbdurable.runtime.children",
     "testing": "nbdurable.testing",  # a module: nbd.testing.time_skipping()
 }
 
@@ -99,6 +104,8 @@ __all__ = [
     "RunGraph",
     "HistoryExplorer",
     "testing",
+    "run_notebook",
+    "result",
     # the errors (nbdurable.errors.__all__)
     "NbdurableError",
     "StoreError",
@@ -122,6 +129,8 @@ __all__ = [
     "ExecutorError",
     "RetryAfter",
     "RunSuspended",
+    "ChildRunFailed",
+    "ChildRunTimeoutError",
 ]
 
 

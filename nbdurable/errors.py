@@ -114,6 +114,20 @@ class ExecutorError(NbdurableError):
     could not come back, the pool broke), or a sweep's placement failed."""
 
 
+class ChildRunFailed(NbdurableError):
+    """A child run (``nbd.run_notebook``) ended without completing: failed, cancelled, crashed or interrupted.
+    ``run_id`` is the child's id, ``status`` how it ended. Under the call's retry policy a retry starts a new
+    child run."""
+
+    def __init__(self, message: str, *, hint: str | None = None, run_id: str = "", status: str = "failed") -> None:
+        super().__init__(message, hint=hint)
+        self.run_id, self.status = run_id, status
+
+
+class ChildRunTimeoutError(NbdurableError, TimeoutError):
+    """A child run's handle (``nbd.run_notebook(..., wait=False)``) did not end within ``result(timeout=...)``."""
+
+
 class SuspendedError(NbdurableError):
     """A headless run suspended itself where a suspension cannot be reported otherwise (papermill)."""
 
@@ -162,6 +176,10 @@ def describe_suspension(wake_at: float | None, waiting_for: dict[str, Any] | Non
     def at(ts: float) -> str:
         return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
+    if waiting_for and waiting_for.get("child"):
+        children = waiting_for.get("children") or [waiting_for["child"]]
+        return (f"waiting for child run {children[0]}" if len(children) == 1
+                else f"waiting for {len(children)} child runs ({', '.join(children)})")
     if waiting_for:
         match = waiting_for.get("match")
         text = f"waiting for event {waiting_for.get('name')!r}" + (f" matching {match}" if match else "")
@@ -191,6 +209,8 @@ __all__ = [
     "SuspendedError",
     "ExecutorError",
     "RequestError",
+    "ChildRunFailed",
+    "ChildRunTimeoutError",
     "RetryAfter",
     "RunSuspended",
 ]

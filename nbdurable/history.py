@@ -58,7 +58,10 @@ def history(
     params: Mapping[str, Any] | None = None,
     limit: int | None = 100,
     store: str | os.PathLike[str] | Store | None = None,
+    *,
     schedule: str | None = None,
+    trigger: str | None = None,
+    parent_run: str | None = None,
 ) -> pandas.DataFrame:
     """Runs of the store, newest first, as a DataFrame (one row per run, the columns of the ``runs`` table).
 
@@ -70,9 +73,14 @@ def history(
     - ``params``: parameter values the run must have, e.g. ``{"region": "eu"}`` (compared as JSON).
     - ``limit``: at most this many runs (None: all).
     - ``store``: a path or Store; default the loaded extension's store, else $NBDURABLE_STORE, else ./.nbdurable.
-    - ``schedule``: only runs started by this schedule (``nbdurable schedule``), and the runs resuming them.
+    - ``schedule`` / ``trigger``: runs a schedule or a trigger of that name started (``nbdurable schedule``,
+      ``nbdurable trigger``).
+    - ``parent_run``: child runs (``nbd.run_notebook``) of that run, or of any run of its resume chain (the
+      run's root or any run resuming it).
 
-    ``params`` and ``waiting_for`` come back decoded (dicts), the times as timezone-aware UTC timestamps.
+    Columns include what started a run: ``origin`` (a dict: schedule, trigger, parent run, claim...; None
+    for a run a person started), ``schedule``, ``trigger`` and ``parent_run``.
+    ``params``, ``waiting_for`` and ``origin`` come back decoded (dicts), the times as timezone-aware UTC timestamps.
     Bad arguments raise OptionsError.
     """
     where: list[str] = []
@@ -95,6 +103,15 @@ def history(
         if bound is not None:
             where.append(f"started_at {op} ?")
             args.append(_utc_naive(bound, name))
+    for value, column in ((schedule, "schedule"), (trigger, "trigger")):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(_name(value, column))
+    if parent_run is not None:
+        parent = _name(parent_run, "parent_run")
+        where.append("(parent_run = ? OR json_extract_string(origin, '$.parent_root') = ? OR json_extract_string("
+                     "origin, '$.parent_root') = (SELECT coalesce(root_run, run_id) FROM runs WHERE run_id = ?))")
+        args += [parent, parent, parent]
     if params is not None:
         if not isinstance(params, Mapping):
             raise OptionsError(f"params must be a dict of parameter values, not {params!r}",
@@ -111,11 +128,6 @@ def history(
             # A JSON pointer (RFC 6901) names the key whatever characters it holds.
             where.append("json_extract(params, ?) = json(?)")
             args += ["/" + key.replace("~", "~0").replace("/", "~1"), encoded]
-    if schedule is not None:
-        if not isinstance(schedule, str):
-            raise OptionsError(f"schedule must be a schedule's name, not {schedule!r}", hint="e.g. schedule='nightly'")
-        where.append("schedule = ?")
-        args.append(schedule)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise OptionsError(f"limit must be a non-negative integer or None, not {limit!r}", hint="for example limit=100")
     clause = f"WHERE {' AND '.join(where)}" if where else ""
@@ -124,11 +136,19 @@ def history(
         sql_text += " LIMIT ?"
         args.append(limit)
     frame = default_store(store).catalog().query(sql_text, args)
-    for column in ("params", "waiting_for"):
+    for column in ("params", "waiting_for", "origin"):
         frame[column] = [json.loads(v) if isinstance(v, str) else None for v in frame[column]]
     for column in _TIME_COLUMNS:
         frame[column] = frame[column].dt.tz_localize("UTC")
     return frame
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise OptionsError(f"{what} must be a name (a non-empty string), not {value!r}",
+                           hint=f"e.g. nbd.history({what}='nightly')" if what != "parent_run"
+                           else "e.g. nbd.history(parent_run=nbd.current_run_id())")
+    return value
 
 
 def sql(

@@ -261,7 +261,7 @@ def test_history_filters_by_schedule_and_refuses_a_non_name(tmp_path: Path) -> N
 
     store = Store.open(tmp_path / "store")
     assert history(schedule="nightly", store=store).empty
-    with pytest.raises(OptionsError, match="schedule must be a schedule's name"):
+    with pytest.raises(OptionsError, match="schedule must be a name"):
         history(schedule=3, store=store)  # type: ignore[arg-type]
 
 

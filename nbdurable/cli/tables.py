@@ -3,6 +3,7 @@ notebooks relative to the working directory, a step numbered by its cell, and wh
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from datetime import datetime, timezone
@@ -76,7 +77,8 @@ def step_status(status: Any, run_status: str) -> str:
 
 def lineage(row: Any, forks: list[tuple[str, Any]] | None = None) -> str | None:
     """Where a run came from and what was forked from it (``show``): ``forked from R after cell N`` (a rerun
-    from the start: ``rerun of R``), then the runs forked from it; None for a run with neither."""
+    from the start: ``rerun of R``), ``child run of R`` (``nbd.run_notebook``), then the runs forked from it;
+    None for a run with none of these."""
     lines = []
     origin = getattr(row, "forked_from", None)
     if not missing(origin):
@@ -84,6 +86,14 @@ def lineage(row: Any, forks: list[tuple[str, Any]] | None = None) -> str | None:
         at = 0 if cell is None or missing(cell) else int(cell)
         lines.append(f"rerun of {origin} (nothing restored)" if at == 0 else
                      f"forked from {origin} after cell {at} (cells 1-{at} restored from it)")
+    parent = getattr(row, "parent_run", None)
+    if isinstance(parent, str) and parent:  # nbd.run_notebook started it
+        try:
+            attempt = json.loads(getattr(row, "origin", None) or "{}").get("attempt")
+        except (TypeError, ValueError, AttributeError):
+            attempt = None
+        lines.append(f"child run of {parent}" + (f" (attempt {attempt})" if isinstance(attempt, int) and attempt > 1
+                                                 else ""))
     if forks:
         shown = [f"{run_id} (after cell {0 if missing(cell) else int(cell)})" for run_id, cell in forks[:5]]
         lines.append("forked into " + ", ".join(shown) + (f" and {len(forks) - 5} more" if len(forks) > 5 else ""))

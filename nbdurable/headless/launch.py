@@ -148,6 +148,9 @@ def _child_main(spec: LaunchSpec) -> None:
     slot = store.hold_slot(*spec.slot) if spec.slot is not None else None
     if spec.slot is not None and slot is None:
         os._exit(EXIT_NO_SLOT)
+    if spec.run_id and not spec.resume_run and store.cancel_requested(spec.run_id):
+        _end_cancelled_unstarted(store, spec)  # e.g. a child run whose parent was cancelled before it started
+        os._exit(EXIT_CODES["cancelled"])
     try:
         result = _execute(spec, store)
     except OptionsError as exc:
@@ -199,6 +202,17 @@ def _execute(spec: LaunchSpec, store: Any) -> Any:
         notify=lambda text: print(f"nbdurable: {text}", file=sys.stderr, flush=True),
     )  # fmt: skip
     return runner.execute()
+
+
+def _end_cancelled_unstarted(store: Any, spec: LaunchSpec) -> None:
+    """A claimed run asked to cancel before it started: its journal says so (run, then run_end cancelled), so
+    its claim is started and its run terminal, without a kernel."""
+    from nbdurable.runtime.run import DurableRun
+
+    notebook = str(Path(spec.notebook).resolve())
+    run = DurableRun(store, notebook=notebook, notebook_path=notebook,
+                     kind="headless", params=spec.params, run_id=spec.run_id, origin=spec.origin or None)
+    run.finish("cancelled", cancel=store.cancel_request(spec.run_id))
 
 
 __all__ = ["EXIT_CLAIM_HELD", "EXIT_CODES", "EXIT_NO_SLOT", "EXIT_REFUSED", "REFUSED_PREFIX", "LaunchSpec", "Launched",

@@ -8,7 +8,8 @@ Each decision is one structured log line (``worker_log.py``).
 Resuming suspended runs:
 
 A run suspended on ``nbd.sleep`` is due once its wake-up time passed; one suspended on
-``nbd.wait_for_event`` once a matching event it has not consumed arrived, or its wait timed out. The
+``nbd.wait_for_event`` once a matching event it has not consumed arrived, or its wait timed out; one
+suspended on ``nbd.run_notebook`` once its child runs ended. The
 catalog lists the suspended runs nobody resumed yet; the run's final journal record says what it waits
 for. Before resuming a run the worker takes that run's lease (a suspended run's lease is free), so two
 workers never resume the same run: the second finds it held, and by the time it is free again a run
@@ -49,6 +50,7 @@ from nbdurable.headless.launch import (
     LaunchSpec,
 )
 from nbdurable.headless.triggers import TriggerPass
+from nbdurable.runtime.children import child_state
 from nbdurable.runtime.clock import clock
 from nbdurable.runtime.control import was_cancelled
 from nbdurable.runtime.replay import chain_scope
@@ -77,6 +79,12 @@ def why_due(store: Store, run_id: str, now: float) -> str | None:
     """Why the suspended run ``run_id`` is due now, or None if it still waits."""
     end = store.read_journal(run_id)[-1]
     waiting = end.get("waiting_for")
+    if waiting and waiting.get("child"):  # nbd.run_notebook: due once every child it waits for ended
+        states = [child_state(store, str(c)) for c in waiting.get("children") or [waiting["child"]]]
+        if not all(s.ended for s in states):
+            return None
+        return "its child run" + (f" {states[0].run_id} ended {states[0].status}" if len(states) == 1
+                                  else f"s ended ({', '.join(s.run_id + ' ' + s.status for s in states)})")
     if waiting:
         after, consumed = chain_scope(store, run_id)
         event = find_event(store, str(waiting.get("name")), waiting.get("match"), after=after, consumed=consumed)
@@ -92,6 +100,8 @@ def next_deadline(store: Store, run_id: str) -> float | None:
     """When the suspended run ``run_id`` is due by time (its wake-up time, or its event wait's timeout)."""
     end = store.read_journal(run_id)[-1]
     waiting = end.get("waiting_for")
+    if waiting and waiting.get("child"):
+        return None  # a child run ends when it ends
     when = waiting.get("timeout_at") if waiting else end.get("wake_at")
     return float(when) if isinstance(when, (int, float)) else None
 

@@ -6,6 +6,7 @@
 - a run no live process holds (suspended, waiting for an event, failed, interrupted, crashed) is cancelled
   where it stands: under its lease, a ``run_end`` record with status ``cancelled`` (who, when, why) is
   appended to its journal;
+- the run's child runs (``nbd.run_notebook``, ``child_runs``) are cancelled with it, recursively;
 - a live run is ended by the process that holds it: a headless runner watches for the request
   (``headless/cancel.py``), interrupts its kernel and kills it after a grace period; whoever finishes the
   run (``DurableRun.finish``) finishes it ``cancelled`` when a request is pending (``pending_cancel``).
@@ -77,9 +78,21 @@ class CancelOutcome:
 
 
 def child_runs(store: Store, run_id: str) -> list[str]:
-    """The runs started by ``run_id`` as its children, cancelled with it. Child runs do not exist yet: none.
-    (The seam for them: once a run can start runs, list them here, from their ``run`` records.)"""
-    return []
+    """The child runs (``nbd.run_notebook``) that a run of ``run_id``'s resume chain claimed (the runs it resumes
+    and the runs resuming it), cancelled with it: those started (from their ``run`` records'
+    ``origin.parent_run``) and those claimed but not started yet (from the ``child`` claims), oldest first."""
+    chain: set[str] = set()
+    current: str | None = chain_head(store, run_id) if store.journal_exists(run_id) else run_id
+    while current and current not in chain and store.journal_exists(current):
+        chain.add(current)
+        current = (store.journal_head(current) or {}).get("resumed_from")
+    found = {str(c["run_id"]) for c in store.claims("child")
+             if (c.get("origin") or {}).get("parent_run") in chain and c.get("run_id")}
+    root = min(chain, default=run_id)
+    for other in store.run_ids():
+        if other > root and ((store.journal_head(other) or {}).get("origin") or {}).get("parent_run") in chain:
+            found.add(other)
+    return sorted(found)
 
 
 def chain_head(store: Store, run_id: str) -> str:
@@ -109,7 +122,7 @@ def cancel_run(store: Store, run_id: str, *, reason: str | None = None, by: str 
         return CancelOutcome(target, run_id, "cancelled", _journal_cancel(store, target) or {}, already=True)
     request = store.request_cancel(target, by=by or canceller(), reason=reason)
     for child in child_runs(store, target):
-        cancel_run(store, child, reason=reason, by=request.get("by"))
+        _cancel_child(store, child, reason=reason, by=request.get("by"))
     deadline = time.monotonic() + max(0.0, wait)
     while True:
         if not store.is_live(target) and end_cancelled(store, target, request):
@@ -122,6 +135,19 @@ def cancel_run(store: Store, run_id: str, *, reason: str | None = None, by: str 
         if time.monotonic() >= deadline:
             return CancelOutcome(target, run_id, "requested", request, holder=store.lease_holder(target))
         time.sleep(POLL_S)
+
+
+def _cancel_child(store: Store, run_id: str, *, reason: str | None, by: str | None) -> None:
+    """Cancel a child run with its parent: one claimed but not started yet only gets the request (its
+    launcher ends it cancelled before it runs anything); one that completed stays as it is."""
+    why = f"its parent run was cancelled{': ' + reason if reason else ''}"
+    if not store.journal_exists(run_id):
+        store.request_cancel(run_id, by=by, reason=why)
+        return
+    try:
+        cancel_run(store, run_id, reason=why, by=by)
+    except OptionsError:  # it completed
+        pass
 
 
 def end_cancelled(store: Store, run_id: str, request: dict[str, Any]) -> bool:

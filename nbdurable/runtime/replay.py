@@ -188,7 +188,7 @@ class ReplayPlan:
         return cut.calls
 
 
-WAIT_STEPS = ("nbd.sleep", "nbd.wait_for_event")
+WAIT_STEPS = ("nbd.sleep", "nbd.wait_for_event", "nbd.run_notebook")  # (a child-run call waits for its child)
 
 
 def _cut_short(records: list[dict[str, Any]]) -> list[CutShort]:

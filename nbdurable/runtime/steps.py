@@ -304,10 +304,14 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, concurrency: int = 4, r
     Call positions are reserved in item order before anything runs, so a resume replays exactly the
     items that completed and runs only the missing ones. Results come back in item order; the first
     failing item's error is raised once the others finished. ``fn`` may be an ``@nbd.step`` function
-    (its name and retry policy are used)."""
+    (its name and retry policy are used). ``fn`` may be ``nbd.run_notebook`` (or a ``functools.partial`` of
+    it): a fan-out of child runs (``headless/children.py``)."""
     if concurrency < 1:
         raise OptionsError(f"concurrency must be at least 1, not {concurrency}",
                            hint="e.g. nbd.map(fn, items, concurrency=8)")
+    fan_out = getattr(fn.func if isinstance(fn, functools.partial) else fn, "nbdurable_fanout", None)
+    if fan_out is not None:  # nbd.run_notebook: child runs, all claimed before any is waited for
+        return fan_out(fn, items)  # type: ignore[no-any-return]
     if executor is not None:
         check_executor(executor)
     default_name, default_retry, default_timeout = getattr(fn, "nbdurable_step", (None, None, None))

@@ -35,7 +35,8 @@ from nbdurable.store import Store
 
 VERSION = 1
 MAX_CHILD_STEPS = 500  # child steps listed per node; ``children["total"]`` keeps the true count
-SLEEP, WAIT = "nbd.sleep", "nbd.wait_for_event"
+SLEEP, WAIT, CHILD = "nbd.sleep", "nbd.wait_for_event", "nbd.run_notebook"
+WAITS = (SLEEP, WAIT, CHILD)  # child steps during which their cell waits
 _BUILTINS = frozenset(dir(builtins))
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -90,6 +91,8 @@ def _cut(text: str) -> str:
 def _waiting_text(name: str | None, options: dict[str, Any]) -> str | None:
     if name == SLEEP and options.get("wake_at"):
         return "sleeping until " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(options["wake_at"])))
+    if name == CHILD:
+        return f"waiting for a child run of {str(options.get('notebook') or '?').rsplit('/', 1)[-1]}"
     if name == WAIT:
         text = f"waiting for event {options.get('event')!r}"
         if options.get("match"):
@@ -209,18 +212,68 @@ def build_graph(store: Store, run_id: str, *, pending: list[CellPlan] | None = N
     ``pending``: the cells Run All has not reached yet (a live session), shown as pending nodes saying what
     Run All will do with them (``runtime/planning.py``).
     Raises RunNotFoundError for a run the store does not have."""
-    runs, steps, variables, attempts = store.catalog().query_many([
+    runs, steps, variables, attempts, children, callers = store.catalog().query_many([
         ("SELECT * FROM runs WHERE run_id = ?", [run_id]),
         ("SELECT * FROM steps WHERE run_id = ? ORDER BY ordinal", [run_id]),
         ("SELECT ordinal, name, op, type, size_bytes, format FROM variables WHERE run_id = ? ORDER BY ordinal, name",
          [run_id]),
         ("SELECT * FROM attempts WHERE run_id = ? ORDER BY ordinal, attempt", [run_id]),
+        (CHILDREN_SQL, [run_id, run_id]),
+        (f"SELECT s.run_id, s.ordinal, c.source_hash FROM steps s JOIN steps c ON c.run_id = s.run_id AND c.ordinal = "
+         f"s.parent WHERE s.name = 'nbd.run_notebook' AND s.run_id IN (SELECT parent_run FROM ({CHILDREN_SQL}))",
+         [run_id, run_id]),
     ])
     if runs.empty:
         raise RunNotFoundError(f"no run {run_id!r} in the store {store.display}",
                                hint="`nbdurable runs` (or nbd.history()) lists the run ids of this store")
-    return graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
-                           attempts.to_dict("records"), pending=pending, live=live)
+    graph = graph_from_rows(runs.to_dict("records")[0], steps.to_dict("records"), variables.to_dict("records"),
+                            attempts.to_dict("records"), pending=pending, live=live)
+    callers_by = {(str(r["run_id"]), int(r["ordinal"])): str(r["source_hash"]) for r in callers.to_dict("records")}
+    add_child_runs(graph, run_id, steps.to_dict("records"), children.to_dict("records"), callers_by)
+    return graph
+
+
+# The child runs (``nbd.run_notebook``) of a run's resume chain: those whose origin names its root; one per child
+# (its first run, which its id names), with the status of the newest run of the child's own resume chain.
+CHILDREN_SQL = ("SELECT r.run_id, r.notebook, coalesce((SELECT s.status FROM runs s WHERE s.root_run = r.run_id "
+                "AND s.run_id <> r.run_id ORDER BY s.run_id DESC LIMIT 1), r.status) AS status, coalesce((SELECT "
+                "max(s.run_id) FROM runs s WHERE s.root_run = r.run_id), r.run_id) AS current, r.parent_run, "
+                "r.origin FROM runs r WHERE r.resumed_from IS NULL AND (json_extract_string(r.origin, "
+                "'$.parent_root') = (SELECT coalesce(root_run, run_id) FROM runs WHERE run_id = ?) "
+                "OR r.parent_run = ?) ORDER BY r.run_id")
+
+
+def add_child_runs(graph: Graph, run_id: str, steps: list[dict[str, Any]], children: list[dict[str, Any]],
+                   callers: dict[tuple[str, int], str]) -> None:
+    """Draw each child run as a node after the cell that called it (``kind`` ``child_run``, ``child_run`` =
+    {run_id, current (the newest run of its resume chain), notebook, status, attempt}), with a ``child`` edge
+    from that cell. A child called by an earlier run of the chain hangs from this run's cell with the same code
+    (``callers``: (run, call step) -> the calling cell's source hash)."""
+    parent_of = {int(r["ordinal"]): int(r["parent"]) for r in steps if _num(r.get("parent")) is not None}
+    by_hash = {str(r["source_hash"]): int(r["ordinal"]) for r in steps if _num(r.get("parent")) is None}
+    nodes: list[Node] = graph["nodes"]
+    for child in children:
+        origin = json.loads(child["origin"]) if isinstance(child.get("origin"), str) else {}
+        step = _num(origin.get("parent_step"))
+        if child.get("parent_run") == run_id and step is not None:
+            cell = parent_of.get(int(step))
+        else:
+            cell = by_hash.get(callers.get((str(child.get("parent_run")), int(step or 0)), ""))
+        caller = next((n for n in nodes if n["ordinal"] is not None and n["ordinal"] == cell), None)
+        if caller is None:
+            continue
+        name = str(child.get("notebook") or "").rsplit("/", 1)[-1]
+        node = new_node(None, None, "", _str(child.get("status")) or "running", node_id=f"r{child['run_id']}")
+        node.update(kind="child_run", label=f"child run: {name}", reads=[],
+                    child_run={"run_id": child["run_id"], "current": _str(child.get("current")) or child["run_id"],
+                               "notebook": child.get("notebook"),
+                               "status": _str(child.get("status")), "attempt": _num(origin.get("attempt"))})
+        caller.setdefault("child_runs", []).append(child["run_id"])
+        position = nodes.index(caller) + 1
+        while position < len(nodes) and nodes[position].get("kind") == "child_run":
+            position += 1
+        nodes.insert(position, node)
+        graph["edges"].append({"source": caller["id"], "target": node["id"], "variables": [], "kind": "child"})
 
 
 def graph_from_rows(run: dict[str, Any], steps: list[dict[str, Any]], variables: list[dict[str, Any]],
@@ -318,7 +371,7 @@ def _derive_status(node: Node) -> None:
     if node["status"] != "running":
         return
     for child in reversed(node["child_steps"]):
-        if child["status"] == "running" and child["name"] in (SLEEP, WAIT):
+        if child["status"] == "running" and child["name"] in WAITS:
             node["status"] = "sleeping" if child["name"] == SLEEP else "waiting"
             return
     last = node["attempts"][-1] if node["attempts"] else None
@@ -420,7 +473,7 @@ class LiveGraph:
         cell["children"]["total"] = cell["children"].get("total", 0) + 1
         if len(cell["child_steps"]) < MAX_CHILD_STEPS:
             cell["child_steps"].append(child)
-        if name in (SLEEP, WAIT):
+        if name in WAITS:
             cell["status"] = "sleeping" if name == SLEEP else "waiting"
             cell["waiting_for"] = _waiting_text(name, data.get("options") or {})
             self._send()  # a cell that starts waiting changes status: a step change
@@ -470,7 +523,8 @@ class LiveGraph:
             if status == "restored" and data.get("time_saved"):
                 run = self.graph["run"]
                 run["time_saved_s"] = (run.get("time_saved_s") or 0.0) + float(data["time_saved"])
-            self.graph["edges"] = edges(self.graph["nodes"])
+            kept = [e for e in self.graph["edges"] if e.get("kind") == "child"]  # child-run edges (build_graph)
+            self.graph["edges"] = edges(self.graph["nodes"]) + kept
             self._send()
             return
         cell, child = self._child(ordinal)
@@ -480,7 +534,7 @@ class LiveGraph:
             child.update(status=status, ended_at=data.get("ended_at"), duration_s=data.get("duration"),
                          error=_error_text(error))
         _count_children(cell)
-        if ((cell["status"] in ("sleeping", "waiting") and data.get("name") in (SLEEP, WAIT))
+        if ((cell["status"] in ("sleeping", "waiting") and data.get("name") in WAITS)
                 or cell["status"] == "retrying"):
             cell["status"], cell["waiting_for"] = "running", None
             self._send()

@@ -39,6 +39,8 @@ class RunGraph(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._unsubscribe: Any = None
         self._send_lock = threading.Lock()
+        self._store = store
+        self.on_msg(self._on_custom)
         current = active_session()
         if run_id is not None:
             if not isinstance(run_id, str) or not run_id:
@@ -65,6 +67,24 @@ class RunGraph(anywidget.AnyWidget):
     def _publish(self, graph: Graph) -> None:
         with self._send_lock:  # nbd.map worker threads emit events too: one update at a time, in order
             self.graph = graph
+
+    def show_run(self, run_id: str) -> None:
+        """Show the run ``run_id`` instead (a child run's link in the details: its own graph); a live widget
+        stops following the current run."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        current = active_session()
+        store = current.store if self._store is None and current is not None else default_store(self._store)
+        self.selected = ""
+        self.graph = build_graph(store, run_id)
+
+    def _on_custom(self, widget: Any, content: Any, buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "open_run" and isinstance(content.get("run_id"), str):
+            try:
+                self.show_run(content["run_id"])
+            except Exception as exc:  # e.g. a run this store does not have: said in the log, the view stays
+                print(f"nbdurable: cannot show run {content['run_id']}: {exc}")
 
     def close(self) -> None:
         """Stop following the run and close the widget."""

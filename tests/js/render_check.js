@@ -5,8 +5,9 @@
  *       GRAPH.js: the graph scripts concatenated in load order (static_text("graph") of nbdurable.widgets);
  *       the run view and the RunGraph widget (with a fake anywidget model) on a GraphData fixture:
  *       select, expand, live re-render, the timeline, cleanup.
- *   node render_check.js report REPORT.html
- *       runs the report's own inline script in a fake page and summarizes what it drew.
+ *   node render_check.js report REPORT.html [#NODE]
+ *       runs the report's own inline script in a fake page (opened at #NODE, default #s1) and summarizes what
+ *       it drew.
  */
 "use strict";
 const fs = require("fs");
@@ -32,6 +33,7 @@ function summary(doc) {
     })),
     edges: doc.querySelectorAll("path.nbd-edge").map((p) => [p.getAttribute("data-source"), p.getAttribute("data-target")]),
     edgeTitles: doc.querySelectorAll("g.nbd-edge-group title").map((t) => t.textContent),
+    runLinks: doc.querySelectorAll("a.nbd-run-link").map((a) => [a.getAttribute("data-run-id"), a.getAttribute("href")]),
     children: doc.querySelectorAll(".nbd-child").map((c) => ({ ordinal: c.getAttribute("data-ordinal"), status: c.getAttribute("data-status"), text: c.textContent })),
     expandText: doc.querySelectorAll(".nbd-expand").map((e) => e.textContent),
     details: details && { nodeId: details.getAttribute("data-node-id"), text: details.textContent,
@@ -147,7 +149,7 @@ function fixture(corePath, widgetPath, dataPath) {
   return out;
 }
 
-function report(htmlPath) {
+function report(htmlPath, hash) {
   const html = fs.readFileSync(htmlPath, "utf8");
   const scripts = [];
   const re = /<script\b([^>]*)>([\s\S]*?)<\/script>/gi;
@@ -168,7 +170,7 @@ function report(htmlPath) {
   }
   const code = scripts.filter((s) => !/type=/.test(s.attrs)).map((s) => s.text);
   const replaced = [];
-  const ctx = vm.createContext({ document: doc, console, location: { hash: "#s1" },
+  const ctx = vm.createContext({ document: doc, console, location: { hash: hash || "#s1" },
                                  history: { replaceState: (a, b, url) => replaced.push(url) } });
   for (const c of code) vm.runInContext(c, ctx, { filename: "report-inline.js" });
   const out = { scripts: scripts.length, inline: code.length, initial: summary(doc) };
@@ -182,5 +184,5 @@ function report(htmlPath) {
 }
 
 const [mode, ...args] = process.argv.slice(2);
-const result = mode === "report" ? report(args[0]) : fixture(args[0], args[1], args[2]);
+const result = mode === "report" ? report(args[0], args[1]) : fixture(args[0], args[1], args[2]);
 process.stdout.write(JSON.stringify(result));

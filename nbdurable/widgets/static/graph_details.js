@@ -46,7 +46,7 @@ function nbdRenderDetails(container, node, options) {
     const add = function (k, v) { if (v !== null && v !== undefined && v !== "") meta.push(_nbdEl(doc, "dt", null, k), _nbdEl(doc, "dd", null, v)); };
     if (node.parent) add("Child step of", String(node.parent.label || node.parent.id));
     if (_nbdNum(node.cell) !== null) add("Cell", "#" + node.cell);
-    add("Step", node.ordinal === null || node.ordinal === undefined ? "not run yet in this run (" + node.id + ")" : "#" + node.ordinal);
+    if (!node.child_run) add("Step", node.ordinal === null || node.ordinal === undefined ? "not run yet in this run (" + node.id + ")" : "#" + node.ordinal);
     add("Started", nbdFormatTime(node.started_at));
     add("Ended", nbdFormatTime(node.ended_at));
     const d = _nbdNodeDuration(node, now);
@@ -60,6 +60,7 @@ function nbdRenderDetails(container, node, options) {
     if (_nbdNum(node.time_saved_s) !== null) add("Time saved", nbdFormatDuration(node.time_saved_s));
     if (Array.isArray(node.attempts) && node.attempts.length > 1) add("Attempts", String(node.attempts.length));
     if (node.waiting_for) add("Waiting for", String(node.waiting_for));
+    if (Array.isArray(node.child_runs) && node.child_runs.length) add("Child runs", node.child_runs.join(", "));
     if (Array.isArray(node.reads) && node.reads.length) add("Reads", node.reads.join(", "));
     _nbdAppend(root, _nbdEl(doc, "dl", { "class": "nbd-details-meta" }, meta));
 
@@ -73,7 +74,18 @@ function nbdRenderDetails(container, node, options) {
         ]),
       ]);
     }
-    if (!node.parent) {
+    if (node.child_run) {   /* a child run (nbd.run_notebook): a link to its own graph */
+      const id = String(node.child_run.current || node.child_run.run_id);   /* the newest run of its chain */
+      _nbdAppend(root, [
+        _nbdEl(doc, "h4", null, "Child run"),
+        _nbdEl(doc, "div", { "class": "nbd-child-run" }, [
+          _nbdEl(doc, "a", { "class": "nbd-run-link", "href": encodeURIComponent(id) + ".html", "data-run-id": id,
+            "title": "Open the graph of run " + id }, "Open run " + id),
+          node.child_run.notebook ? " \u00b7 " + String(node.child_run.notebook) : null,
+          _nbdNum(node.child_run.attempt) !== null ? " \u00b7 attempt " + node.child_run.attempt : null,
+        ]),
+      ]);
+    } else if (!node.parent) {
       _nbdAppend(root, [
         _nbdEl(doc, "h4", null, "Source"),
         _nbdEl(doc, "pre", { "class": "nbd-source" }, _nbdEl(doc, "code", null, String(node.source || ""))),
@@ -134,6 +146,13 @@ function nbdRenderDetails(container, node, options) {
   else container.appendChild(root);
   container.__nbdDetails = { root: root, key: key, options: options };
   const pick = function (event) {
+    const link = _nbdClosest(event.target, "nbd-run-link", root);
+    const onOpenRun = container.__nbdDetails && container.__nbdDetails.options.onOpenRun;
+    if (link && event.type === "click" && typeof onOpenRun === "function") {
+      if (event.preventDefault) event.preventDefault();
+      onOpenRun(link.getAttribute("data-run-id"));
+      return;
+    }
     if (event.type === "keydown" && event.key !== "Enter" && event.key !== " ") return;
     const row = _nbdClosest(event.target, "nbd-detail-child", root);
     const onSelect = container.__nbdDetails && container.__nbdDetails.options.onSelect;

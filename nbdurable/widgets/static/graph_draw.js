@@ -75,7 +75,7 @@ function _nbdRenderNode(doc, node, p, expanded, now, cell) {
   if (plan) tooltip.push(_nbdPlanText(plan));
   if (node.error) tooltip.push(nbdStripAnsi((node.error.ename || "Error") + ": " + (node.error.evalue || "")));
   const g = _nbdSvg(doc, "g", {
-    "class": "nbd-node", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "data-cell": cell, "transform": "translate(" + p.x + "," + p.y + ")",
+    "class": node.kind === "child_run" ? "nbd-node nbd-node-child-run" : "nbd-node", "data-kind": node.kind || "cell", "data-node-id": node.id, "data-status": status, "data-label": String(node.label || node.id), "data-cell": cell, "transform": "translate(" + p.x + "," + p.y + ")",
     "tabindex": "0", "role": "button", "aria-label": _nbdTrunc(tooltip.join(", "), 200),
   });
   _nbdAppend(g, [
@@ -125,7 +125,10 @@ function _nbdRenderNode(doc, node, p, expanded, now, cell) {
     ]));
     x += w + 6;
   }
-  if (x === 13 && node.waiting_for) {
+  if (node.child_run) {   /* a child run: its id, and that its own graph is one click away (details) */
+    _nbdAppend(g, _nbdSvg(doc, "text", { "class": "nbd-node-wait nbd-child-run-id", "x": 13, "y": 56 },
+      "\u2197 run " + _nbdTrunc(String(node.child_run.run_id), 30)));
+  } else if (x === 13 && node.waiting_for) {
     _nbdAppend(g, _nbdSvg(doc, "text", { "class": "nbd-node-wait", "x": 13, "y": 56 }, _nbdTrunc(node.waiting_for, 34)));
   } else if (x === 13 && node.error) {
     _nbdAppend(g, _nbdSvg(doc, "text", { "class": "nbd-node-wait", "x": 13, "y": 56 },
@@ -200,8 +203,9 @@ function _nbdBuildSvg(doc, data, expanded, now) {
     edgeLayer.appendChild(group);
   }
   const nodeEls = new Map();
+  let cellNo = 0;
   nodes.forEach(function (n, i) {
-    const g = _nbdRenderNode(doc, n, lay.pos[i], expanded, now, i + 1);
+    const g = _nbdRenderNode(doc, n, lay.pos[i], expanded, now, n.kind === "child_run" ? 0 : ++cellNo);
     nodeEls.set(String(n.id), g);
     nodeLayer.appendChild(g);
   });
@@ -213,7 +217,8 @@ function _nbdBuildSvg(doc, data, expanded, now) {
 function _nbdApplySelection(st) {
   st.nodeEls.forEach(function (g, id) {
     const on = st.selected !== null && st.selected !== undefined && id === String(st.selected);
-    g.setAttribute("class", on ? "nbd-node nbd-selected" : "nbd-node");
+    const base = g.getAttribute("data-kind") === "child_run" ? "nbd-node nbd-node-child-run" : "nbd-node";
+    g.setAttribute("class", on ? base + " nbd-selected" : base);
     g.setAttribute("aria-pressed", on ? "true" : "false");
     for (const c of g.querySelectorAll ? Array.from(g.querySelectorAll(".nbd-child")) : []) {
       c.setAttribute("class", c.getAttribute("data-node-id") === String(st.selected) ? "nbd-child nbd-selected" : "nbd-child");

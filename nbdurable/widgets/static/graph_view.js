@@ -1,6 +1,7 @@
 /* nbdurable graph_view.js: a run view (nbdMountRunView): graph and details, the timeline in a tab or below. */
 
-/* Mounts a run view into `el`. options: {onSelect(id), layout: "tabs" (Graph | Timeline, the widget) or
+/* Mounts a run view into `el`. options: {onSelect(id), onOpenRun(runId) (a child run's link: show that run;
+ * without it the link goes to RUN_ID.html, the report's default name), layout: "tabs" (Graph | Timeline, the widget) or
  * "stacked" (the timeline under the graph, the report)}. Returns {update(data, selected), setSelected(id),
  * destroy()}. */
 function nbdMountRunView(el, options) {
@@ -32,8 +33,8 @@ function nbdMountRunView(el, options) {
   let data = null, selected = null;
   const findNode = function (id) {
     const node = _nbdFindNode(data, id);
-    if (node && !node.parent) {   /* the cell's position in the run, as the graph numbers it */
-      const i = data.nodes.indexOf(node);
+    if (node && !node.parent && node.kind !== "child_run") {   /* the cell's position in the run, as the graph numbers it */
+      const i = data.nodes.filter(function (n) { return n.kind !== "child_run"; }).indexOf(node);
       return Object.assign({}, node, { cell: i + 1 });
     }
     return node;
@@ -45,7 +46,7 @@ function nbdMountRunView(el, options) {
   };
   const render = function () {
     nbdRenderGraph(graphBox, data, { selected: selected, onSelect: userSelect });
-    nbdRenderDetails(detailsBox, findNode(selected), { now: _nbdClock(data), onSelect: userSelect });
+    nbdRenderDetails(detailsBox, findNode(selected), { now: _nbdClock(data), onSelect: userSelect, onOpenRun: options.onOpenRun });
     nbdRenderGantt(ganttBox, data, { selected: selected, onSelect: userSelect });  /* hidden in the Graph tab: cheap */
   };
   const onTab = function (event) {

@@ -143,10 +143,10 @@ const nbdHistoryWidget = (() => {
   }
 
   // A run view: the graph scripts' (graph and timeline tabs, details on the side), else the minimal one above.
-  function mountRunView(host, onSelect) {
+  function mountRunView(host, onSelect, onOpenRun) {
     if (typeof nbdMountRunView === "function") {
       try {
-        return nbdMountRunView(host, { layout: "tabs", onSelect });
+        return nbdMountRunView(host, { layout: "tabs", onSelect, onOpenRun });
       } catch (err) {
         console.error("nbdurable: nbdMountRunView failed", err);
         host.replaceChildren();
@@ -410,7 +410,8 @@ const nbdHistoryWidget = (() => {
       if (model.get("action")) graphHead.append(h("div", { class: "nbd-action", text: model.get("action") }));
       if (viewRun !== run.run_id) {
         dropView();
-        view = mountRunView(viewHost, (id) => save({ selected_node: id === null || id === undefined ? "" : String(id) }));
+        view = mountRunView(viewHost, (id) => save({ selected_node: id === null || id === undefined ? "" : String(id) }),
+          (runId) => save({ selected_run: runId, selected_node: "" }));  // a child run's link: its own graph
         viewRun = run.run_id;
       }
       view.update(graph, model.get("selected_node") || null);

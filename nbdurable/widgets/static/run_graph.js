@@ -10,6 +10,7 @@ export default {
         model.set("selected", id === null || id === undefined ? "" : String(id));
         model.save_changes();
       },
+      onOpenRun(runId) { model.send({ type: "open_run", run_id: String(runId) }); },  /* a child run: its graph */
     });
     const onGraph = () => view.update(model.get("graph"), model.get("selected") || null);
     const onSelected = () => view.setSelected(model.get("selected") || null);
