@@ -41,7 +41,7 @@ from nbdurable.errors import (  # the error hierarchy is part of the public API 
 if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays cheap for the command line
     from nbdurable import testing
     from nbdurable.headless.children import run_notebook
-    from nbdurable.history import history, sql
+    from nbdurable.run_history import history, sql
     from nbdurable.runtime.children import result
     from nbdurable.runtime.compensation import compensate
     from nbdurable.runtime.policy import RetryPolicy
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # imported on first use (below): `import nbdurable` stays che
 
 # The public API by the module that defines it, imported when first used.
 _LAZY = {
-    "history": "nbdurable.history", "sql": "nbdurable.history", "RetryPolicy": "nbdurable.runtime.policy",
+    "history": "nbdurable.run_history", "sql": "nbdurable.run_history", "RetryPolicy": "nbdurable.runtime.policy",
     "map": "nbdurable.runtime.steps", "run_step": "nbdurable.runtime.steps", "step": "nbdurable.runtime.steps",
     "compensate": "nbdurable.runtime.compensation",
     "send_event": "nbdurable.runtime.waits", "sleep": "nbdurable.runtime.waits",

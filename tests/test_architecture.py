@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"server"},
     {"headless", "kernel_ext", "demo"},
     {"report"},
-    {"widgets", "history", "kernelspec", "testing"},
+    {"widgets", "run_history", "kernelspec", "testing"},
     {"runtime"},
     {"capture"},
     {"serialization"},

@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from nbdurable.headless.scheduler import make_schedule
-from nbdurable.history import history
+from nbdurable.run_history import history
 from nbdurable.runtime.schedules import Timing, slot_iso, slots
 from nbdurable.store import Store
 

@@ -436,7 +436,7 @@ def test_exported_and_lazy() -> None:
     import subprocess
     import sys
 
-    assert {"history", "sql"} <= set(nbd.__all__) and nbd.history.__module__ == "nbdurable.history"
+    assert {"history", "sql"} <= set(nbd.__all__) and nbd.history.__module__ == "nbdurable.run_history"
     code = "import sys, nbdurable; print(sorted(m for m in ('duckdb', 'pyarrow', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # `import nbdurable` stays cheap: the catalog's libraries load on first use

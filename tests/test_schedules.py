@@ -257,7 +257,7 @@ def test_the_day_by_day_evaluation_gives_the_slots_croniters_own_walk_gives() ->
 
 
 def test_history_filters_by_schedule_and_refuses_a_non_name(tmp_path: Path) -> None:
-    from nbdurable.history import history
+    from nbdurable.run_history import history
 
     store = Store.open(tmp_path / "store")
     assert history(schedule="nightly", store=store).empty

@@ -112,7 +112,8 @@ def _combinations(notebook: Path, combos: list[dict[str, Any]], store: str | Non
                   kernel: str | None, reuse: bool, execution_timeout: float | None, start_timeout: float) -> list[Any]:
     from nbdurable.headless.sweep import Combination, output_path
 
-    store_path = str(_run_store(store, notebook).resolve())
+    where = _run_store(store, notebook)
+    store_path = where if isinstance(where, str) else str(where.resolve())  # a shared store's URL as it is
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
     return [Combination(str(notebook.resolve()), store_path, params,

@@ -139,8 +139,10 @@ class Worker:
         self.wakeups: list[float] = []  # filled by the passes: when something is due next
         self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file, refused): logged once
         self.triggers = TriggerPass(store, log)
-        self.passes: list[Callable[[], object]] = [self.fire_schedules, self.triggers.tick, self.resume_due,
-                                                   self.dispatch]
+        # A shared store (PostgreSQL) keeps no schedules, triggers or claims yet: its worker only resumes runs.
+        self.orchestrates = all(hasattr(store, name) for name in ("schedules", "triggers", "open_claims"))
+        self.passes: list[Callable[[], object]] = ([self.fire_schedules, self.triggers.tick, self.resume_due,
+                                                    self.dispatch] if self.orchestrates else [self.resume_due])
 
     # ----- the loop ---------------------------------------------------------------------------------------
 
@@ -150,6 +152,9 @@ class Worker:
         self.max_runs = max_runs
         self.log("worker_started", store=self.store.display, max_concurrent=self.max_concurrent,
                  mode="one pass" if once else f"polling every {poll:g} s")
+        if not self.orchestrates:
+            self.log("worker_limited", why="this store keeps no schedules, triggers or claims yet (a shared "
+                     "store): the worker only resumes suspended runs")
         self.tick(skip=True)
         while not (once or self.limit_reached()):
             time.sleep(poll)
@@ -205,7 +210,7 @@ class Worker:
         if self.running:
             return False
         now = clock().now()
-        for claim in self.store.open_claims():
+        for claim in self.store.open_claims() if self.orchestrates else []:
             not_before = float(claim.get("not_before") or 0)
             if not_before <= now:
                 return False

@@ -28,6 +28,12 @@ def open_line_row(body: bytes, tag: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _low_id(after: float | None) -> str:
+    """The smallest event id sent at or after ``after`` may have, with a millisecond to spare: ``after * 1e9``
+    is a float whose last digits are rounding (the exact comparison is ``event_time(id) >= after``)."""
+    return "" if after is None else f"{max(0, int(after * 1e9) - 1_000_000):020d}"
+
+
 class PgEventsMixin:
     """Events and cancel requests of ``SharedStore``."""
 
@@ -56,17 +62,17 @@ class PgEventsMixin:
             event = open_line_row(body, tag)
             if event is None or event.get("id") != event_id:
                 warnings.warn(f"nbdurable: skipping the damaged event {event_id}", stacklevel=2)
-            elif name is None or event.get("name") == name:
+            elif (name is None or event.get("name") == name) and (after is None or event_time(event_id) >= after):
                 found.append(event)
         return found
 
     def _event_rows(self, after: float | None) -> list[tuple[str, bytes, str]]:
-        low = f"{int(after * 1e9):020d}" if after is not None else ""
+        low = _low_id(after)
         return self._query("SELECT id, body, tag FROM nbd_events WHERE id >= %s ORDER BY id", [low], "reading events")
 
     def event_ids(self, *, after: float | None = None) -> list[str]:
         """Ids of the stored events sent at or after ``after`` (unix seconds), oldest first."""
-        low = f"{int(after * 1e9):020d}" if after is not None else ""
+        low = _low_id(after)
         ids = [i for (i,) in self._query("SELECT id FROM nbd_events WHERE id >= %s ORDER BY id", [low],
                                          "listing events")]
         return [i for i in ids if _ID_RE.fullmatch(i) and (after is None or event_time(i) >= after)]
