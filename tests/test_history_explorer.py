@@ -361,3 +361,33 @@ def test_notebooks_are_shown_short(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert notebook_label(str(tmp_path / "reports" / "q3.ipynb")) == "reports/q3.ipynb"  # below the working dir
     assert notebook_label("/elsewhere/deep/path/train.ipynb") == "train.ipynb"  # the full path is the tooltip
     assert notebook_label("quickstart") == "quickstart" and notebook_label(None) is None
+
+
+def test_the_origin_filter_finds_runs_by_schedule_trigger_or_parent(store: Store) -> None:
+    """Issue 17, item 6: the explorer filters by what started a run (and its rows say it)."""
+    started = {}
+    for name, origin in [("by_schedule", {"schedule": "nightly", "slot": "s"}), ("by_trigger", {"trigger": "orders"}),
+                         ("person", None), ("parent", None)]:
+        run = DurableRun(store, notebook=name, kind="headless", origin=origin)
+        run.finish("completed")
+        started[name] = run.run_id
+    child = DurableRun(store, notebook="child", kind="headless",
+                       origin={"parent_run": started["parent"], "parent_root": started["parent"], "parent_step": 1})
+    child.finish("completed")
+    with recording_comms():
+        w = HistoryExplorer(store=store)
+
+    def shown(origin: str) -> list[str]:
+        w.comm.receive({"method": "update", "state": {"filters": {"origin": origin}}})
+        assert w.error == "", w.error
+        return [r["notebook"] for r in w.runs]
+
+    assert shown("schedule:nightly") == ["by_schedule"] and shown("trigger:ord*") == ["by_trigger"]
+    assert shown("orders") == ["by_trigger"] and shown("nightly") == ["by_schedule"]
+    assert shown(f"parent:{started['parent']}") == ["child"]
+    assert len(shown("")) == 5
+    row = next(r for r in w.runs if r["notebook"] == "by_trigger")
+    assert (row["trigger"], row["schedule"], row["parent_run"]) == ("orders", None, None)
+    w.comm.receive({"method": "update", "state": {"filters": {"origin": "cron:nightly"}}})
+    assert "bad origin filter 'cron:nightly'" in w.error and "schedule:NAME" in w.error
+    w.close()

@@ -52,11 +52,15 @@ from nbdurable.widgets.assets import static_text
 from nbdurable.widgets.compare import compare_runs, json_row
 
 MAX_RUNS = 200
-FILTER_KEYS = ("notebook", "status", "params", "since", "until")
+FILTER_KEYS = ("notebook", "status", "params", "since", "until", "origin")
 RUN_COLUMNS = (
     "run_id, notebook, notebook_path, kind, status, epoch(started_at) AS started_at, epoch(ended_at) AS ended_at, "
-    "duration_s, steps_total, steps_executed, steps_restored, steps_failed, time_saved_s, params, resumed_from"
+    "duration_s, steps_total, steps_executed, steps_restored, steps_failed, time_saved_s, params, resumed_from, "
+    "schedule, trigger, parent_run"
 )
+ORIGIN_KINDS = {"schedule": "schedule", "trigger": "trigger", "parent": "parent_run"}
+_ORIGIN_HINT = ("write schedule:NAME, trigger:NAME or parent:RUN_ID (a bare name matches a schedule or a trigger; "
+                "* and ? for a pattern)")
 
 _KEY = re.compile(r"[A-Za-z_][\w\-]*(?:\.[\w\-]+)*")
 _TERM = re.compile(rf"\s*({_KEY.pattern})\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*", re.DOTALL)
@@ -208,6 +212,10 @@ def filters_query(filters: dict[str, Any], *, limit: int = MAX_RUNS, now: float 
         conditions, cargs = params_conditions(f["params"])
         where += conditions
         args += cargs
+    if f["origin"]:
+        conditions, oargs = origin_condition(f["origin"])
+        where.append(conditions)
+        args += oargs
     since, until = parse_time(f["since"], now=now), parse_time(f["until"], end=True, now=now)
     if since is not None and until is not None and since > until:
         raise OptionsError(f"since ({f['since']}) is after until ({f['until']})", hint="swap them, or clear one")
@@ -221,6 +229,26 @@ def filters_query(filters: dict[str, Any], *, limit: int = MAX_RUNS, now: float 
     sql = (f"SELECT {RUN_COLUMNS}, count(*) OVER () AS total FROM runs {clause} "
            "ORDER BY runs.started_at DESC NULLS LAST, run_id DESC LIMIT ?")
     return sql, [*args, int(limit)]
+
+
+def origin_condition(text: str) -> tuple[str, list[Any]]:
+    """The ``origin`` filter (what started the run) as one SQL condition: ``schedule:NAME``, ``trigger:NAME``,
+    ``parent:RUN_ID`` (child runs of that run or of its resume chain), or a bare name (a schedule's or a
+    trigger's); ``*``/``?`` make it a pattern. OptionsError for an unknown kind."""
+    kind, sep, name = text.partition(":")
+    if not sep:
+        kind, name = "", text
+    kind, name = kind.strip().lower(), name.strip()
+    if kind and kind not in ORIGIN_KINDS or not name:
+        raise OptionsError(f"bad origin filter {text!r}", hint=_ORIGIN_HINT)
+    op = "GLOB" if any(ch in name for ch in "*?[") else "="
+    if kind == "parent":
+        return (f"(parent_run {op} ? OR json_extract_string(origin, '$.parent_root') {op} ? OR "
+                "json_extract_string(origin, '$.parent_root') = (SELECT coalesce(max(root_run), ?) FROM runs p "
+                "WHERE p.run_id = ?))", [name, name, name, name])
+    if kind:
+        return f"{ORIGIN_KINDS[kind]} {op} ?", [name]
+    return f"(schedule {op} ? OR trigger {op} ?)", [name, name]
 
 
 def run_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +299,7 @@ class HistoryExplorer(anywidget.AnyWidget):
     _esm = static_text("graph", "history.js")
     _css = static_text("graph.css", "history.css")
 
-    filters = traitlets.Dict().tag(sync=True)  # {"notebook", "status", "params", "since", "until"}: text
+    filters = traitlets.Dict().tag(sync=True)  # {"notebook", "status", "params", "since", "until", "origin"}: text
     runs: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)  # run rows, newest first, at most MAX_RUNS
     total = traitlets.Int(0).tag(sync=True)  # runs matching the filters
     limit = traitlets.Int(MAX_RUNS).tag(sync=True)

@@ -52,11 +52,17 @@
     });
   }
 
+  function startedBy(row) {  // what started the run, when no person did
+    const text = row.schedule ? "schedule " + row.schedule : row.trigger ? "trigger " + row.trigger
+      : row.parent_run ? "child of " + row.parent_run : "";
+    return text ? el("div", { "class": "nbd-dash-sub" }, text) : null;
+  }
+
   function runCells(row) {
     const steps = (row.steps_total || 0) + (row.steps_restored ? " (" + row.steps_restored + " restored)" : "");
     return [
       el("td", { title: row.run_id }, el("code", {}, row.run_id)),
-      el("td", { title: row.notebook || "" }, row.notebook_label || row.notebook || "(unnamed)"),
+      el("td", { title: row.notebook || "" }, [row.notebook_label || row.notebook || "(unnamed)", startedBy(row)]),
       el("td", {}, _nbdPill(doc, row.status)),
       el("td", {}, nbdFormatTime(row.started_at)),
       el("td", {}, row.duration_s === null || row.duration_s === undefined ? "" : nbdFormatDuration(row.duration_s)),
@@ -113,6 +119,9 @@
     const meta = [run.notebook || "", run.params && Object.keys(run.params).length ? "params " + JSON.stringify(run.params) : "",
       lineage.resumed_from ? "resumes " + lineage.resumed_from : "",
       lineage.forked_from ? "forked from " + lineage.forked_from : "",
+      lineage.origin && lineage.origin.schedule ? "schedule " + lineage.origin.schedule : "",
+      lineage.origin && lineage.origin.trigger ? "trigger " + lineage.origin.trigger : "",
+      lineage.origin && lineage.origin.parent_run ? "child of " + lineage.origin.parent_run : "",
       (lineage.resumed_by || []).length ? "resumed by " + lineage.resumed_by.join(", ") : "",
       run.status === "suspended" ? nbdDescribeWait(run) : ""].filter(Boolean);
     $("nbd-run-meta").textContent = meta.join(" · ");

@@ -8,7 +8,7 @@
 
 const nbdHistoryWidget = (() => {
   const RUN_STATUSES = ["running", "completed", "failed", "suspended", "interrupted", "cancelled", "crashed"];
-  const FILTER_KEYS = ["notebook", "status", "params", "since", "until"];
+  const FILTER_KEYS = ["notebook", "status", "params", "since", "until", "origin"];
   const COLOURS = {
     pending: "#c7ccd1", running: "#2f80ed", completed: "#27ae60", restored: "#8e44ad", failed: "#eb5757",
     retrying: "#f2994a", sleeping: "#56ccf2", waiting: "#f2c94c", suspended: "#9b9b9b",
@@ -194,6 +194,9 @@ const nbdHistoryWidget = (() => {
         "aria-label": "Started since", title: "A date, date and time, or a duration ago (24h, 7d)" }),
       until: h("input", { type: "text", class: "nbd-filter-until", placeholder: "until: date or 1h",
         "aria-label": "Started until", title: "A date (the whole day), date and time, or a duration ago" }),
+      origin: h("input", { type: "text", class: "nbd-filter-origin", placeholder: "started by: schedule:nightly",
+        "aria-label": "Started by", title: "schedule:NAME, trigger:NAME or parent:RUN_ID (a bare name: a schedule "
+          + "or a trigger); * and ? for a pattern" }),
     };
     const datalist = h("datalist", { id: listId });
     const refreshButton = h("button", { type: "button", class: "nbd-refresh", title: "Look for new runs", text: "↻ Refresh" });
@@ -213,7 +216,8 @@ const nbdHistoryWidget = (() => {
     const graphPanel = h("div", { class: "nbd-history-graph" });
     const root = h("div", { class: "nbd-history" },
       h("div", { class: "nbd-history-toolbar" },
-        inputs.notebook, datalist, inputs.status, inputs.params, inputs.since, inputs.until, clearButton, refreshButton),
+        inputs.notebook, datalist, inputs.status, inputs.params, inputs.since, inputs.until, inputs.origin, clearButton,
+        refreshButton),
       errorSlot, count, h("div", { class: "nbd-history-table-wrap" }, table), compareSlot, graphPanel);
     el.replaceChildren(root);
 
@@ -232,7 +236,7 @@ const nbdHistoryWidget = (() => {
       save({ filters: f });
     }
 
-    for (const key of ["notebook", "params", "since", "until"]) {
+    for (const key of ["notebook", "params", "since", "until", "origin"]) {
       inputs[key].addEventListener("input", () => {
         clearTimeout(debounce);
         debounce = setTimeout(pushFilters, DEBOUNCE_MS);
@@ -302,6 +306,12 @@ const nbdHistoryWidget = (() => {
         detail.length ? h("div", { class: "nbd-sub", text: detail.join(" · ") }) : null);
     }
 
+    function startedBy(run) {  // what started the run, when no person did: a schedule, a trigger, a parent run
+      const text = run.schedule ? `schedule ${run.schedule}` : run.trigger ? `trigger ${run.trigger}`
+        : run.parent_run ? `child of ${shortRunId(run.parent_run)}` : "";
+      return text ? h("div", { class: "nbd-sub nbd-started-by", text }) : null;
+    }
+
     function runRow(run, picked, selected) {
       const pick = h("input", { type: "checkbox", class: "nbd-compare-pick", title: "Compare",
         "aria-label": `Compare run ${run.run_id}`, checked: picked.includes(run.run_id) });
@@ -315,8 +325,8 @@ const nbdHistoryWidget = (() => {
         h("td", { class: "nbd-run-cell" }, h("span", { class: "nbd-mono", title: run.run_id, text: shortRunId(run.run_id) }),
           " ", badge(run.status),
           h("div", { class: "nbd-sub", title: `started ${fmtTime(run.started_at)}`, text: fmtTimeShort(run.started_at) })),
-        h("td", { class: "nbd-wrap nbd-notebook-cell", title: run.notebook_path || run.notebook || "",
-          text: run.notebook_label || run.notebook || "—" }),
+        h("td", { class: "nbd-wrap nbd-notebook-cell", title: run.notebook_path || run.notebook || "" },
+          run.notebook_label || run.notebook || "—", startedBy(run)),
         h("td", { class: "nbd-num" }, fmtDuration(run.duration_s),
           run.time_saved_s ? h("div", { class: "nbd-sub", text: `saved ${fmtDuration(run.time_saved_s)}` }) : null),
         stepsCell(run),
