@@ -193,7 +193,7 @@ def _execute(spec: LaunchSpec, store: Any) -> Any:
         params = secrets_from_environment(params, spec.resume_run)
     notebook = Path(spec.notebook)
     runner = HeadlessRunner(
-        load_notebook(notebook, params, None), notebook_path=notebook, store_path=Path(spec.store), params=params,
+        load_notebook(notebook, params, None), notebook_path=notebook, store_path=spec.store, params=params,
         output_path=Path(spec.output_path) if spec.output_path else None,
         cwd=Path(spec.cwd) if spec.cwd and Path(spec.cwd).is_dir() else None, resume_run=spec.resume_run,
         fresh=spec.resume_run is None,  # a started run never picks up another unfinished run of the same params

@@ -213,8 +213,8 @@ def filters_query(filters: dict[str, Any], *, limit: int = MAX_RUNS, now: float 
         where += conditions
         args += cargs
     if f["origin"]:
-        conditions, oargs = origin_condition(f["origin"])
-        where.append(conditions)
+        condition, oargs = origin_condition(f["origin"])
+        where.append(condition)
         args += oargs
     since, until = parse_time(f["since"], now=now), parse_time(f["until"], end=True, now=now)
     if since is not None and until is not None and since > until:
