@@ -18,14 +18,13 @@ lease next starts the same run id again — still exactly one run for the key).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import LeaseHeldError, OptionsError
-from .journal import _checked_body, encode_line, fsync_dir, io_error
+from .journal import encode_line, fsync_dir, io_error, read_signed_file
 from .lease import Lease, acquire_lease_file
 
 CLAIMS_DIR = "claims"
@@ -157,16 +156,8 @@ class ClaimsMixin:
 
 
 def _read(path: pathlib.Path, key: str | None) -> dict[str, Any] | None:
-    try:
-        line = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
-    try:
-        claim = json.loads(body.decode("utf-8")) if body is not None else None
-    except ValueError:
-        return None
-    if not isinstance(claim, dict) or not isinstance(claim.get("key"), str):
+    claim = read_signed_file(path)
+    if claim is None or not isinstance(claim.get("key"), str):
         return None
     return claim if key is None or claim["key"] == key else None
 

@@ -10,13 +10,12 @@ and when never changes. The request is the cause; the run's ``run_end`` record w
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
 from typing import Any
 
-from .journal import _checked_body, check_run_id, encode_line, fsync_dir, io_error
+from .journal import check_run_id, encode_line, fsync_dir, io_error, read_signed_file
 
 CONTROL_DIR = "control"
 CANCEL_SUFFIX = ".cancel"
@@ -62,16 +61,8 @@ class ControlMixin:
 
     def cancel_request(self, run_id: str) -> dict[str, Any] | None:
         """The cancel request of ``run_id``, or None (none, or a damaged file: ``nbdurable check`` reports)."""
-        try:
-            line = self._cancel_path(run_id).read_bytes()
-        except FileNotFoundError:
-            return None
-        body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
-        try:
-            request = json.loads(body.decode("utf-8")) if body is not None else None
-        except ValueError:
-            return None
-        return request if isinstance(request, dict) and request.get("run_id") == run_id else None
+        request = read_signed_file(self._cancel_path(run_id))
+        return request if request is not None and request.get("run_id") == run_id else None
 
 
 __all__ = ["CANCEL_SUFFIX", "CONTROL_DIR", "ControlMixin"]

@@ -112,6 +112,21 @@ def _checked_body(line: bytes) -> bytes | None:
     return open_line(body)
 
 
+def read_signed_file(path: pathlib.Path) -> dict[str, Any] | None:
+    """The JSON object of a one-line authenticated file (a claim, a definition, a cancel request), else None:
+    no such file, a torn or damaged line, one that fails its tag, or not an object."""
+    try:
+        line = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
+    try:
+        record = json.loads(body.decode("utf-8")) if body is not None else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_records(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[str, Any]], int, bool]:
     """Read the valid records of a journal from byte ``offset`` (which must start a line).
 

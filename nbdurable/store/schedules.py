@@ -14,14 +14,13 @@ a ``pause`` never races a worker's write. Losing it costs nothing but work: slot
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
 from typing import Any
 
 from ..errors import OptionsError
-from .journal import _checked_body, encode_line, fsync_dir, io_error
+from .journal import encode_line, fsync_dir, io_error, read_signed_file
 
 SCHEDULES_DIR = "schedules"
 DEFINITION_SUFFIX = ".json"
@@ -121,16 +120,8 @@ class SchedulesMixin:
 
 
 def _read(path: pathlib.Path) -> dict[str, Any] | None:
-    try:
-        line = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
-    try:
-        record = json.loads(body.decode("utf-8")) if body is not None else None
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("name"), str) else None
+    record = read_signed_file(path)
+    return record if record is not None and isinstance(record.get("name"), str) else None
 
 
 __all__ = ["SCHEDULES_DIR", "SchedulesMixin"]

@@ -15,7 +15,6 @@ acted on; their *started* marker is written before the claim itself, so they nev
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
@@ -24,7 +23,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OptionsError
-from .journal import _checked_body, encode_line, fsync_dir, io_error
+from .journal import encode_line, fsync_dir, io_error, read_signed_file
 
 TRIGGERS_DIR = "triggers"
 TRIGGER_SUFFIX = ".trigger"
@@ -159,16 +158,8 @@ class TriggersMixin:
 
 
 def _read(path: pathlib.Path) -> dict[str, Any] | None:
-    try:
-        line = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    body = _checked_body(line[:-1]) if line.endswith(b"\n") else None
-    try:
-        definition = json.loads(body.decode("utf-8")) if body is not None else None
-    except ValueError:
-        return None
-    if not isinstance(definition, dict) or definition.get("name") != path.name[: -len(path.suffix)]:
+    definition = read_signed_file(path)
+    if definition is None or definition.get("name") != path.name[: -len(path.suffix)]:
         return None
     return definition
 
