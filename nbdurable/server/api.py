@@ -216,7 +216,10 @@ async def post_event(request: Request) -> Response:
     name = str(request.path_params["name"])
     data = await read_json(request, required=False)
     key = request.headers.get("idempotency-key")
-    event, stored = await run_in_threadpool(_state(request).send_event, name, data, key)
+    if key is None:
+        event, stored = await _state(request).events.send(name, data), True
+    else:
+        event, stored = await run_in_threadpool(_state(request).send_event_once, name, data, key)
     return JSONResponse({"id": event["id"], "name": event["name"], "duplicate": not stored},
                         status_code=202 if stored else 200)
 

@@ -114,6 +114,7 @@ def create_app(store: Store, root: Path, token: str, *, engine: Callable[..., En
             await watcher.stop()
             if running is not None:
                 running.stop()
+            state.events.stop()
             state.launcher.stop()
 
     middleware = [Middleware(TokenMiddleware, token=token)]

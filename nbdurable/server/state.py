@@ -11,6 +11,7 @@ from typing import Any
 from nbdurable.errors import OptionsError, RequestError
 from nbdurable.runtime.control import cancel_run, chain_head
 from nbdurable.runtime.replay import journal_status
+from nbdurable.server.batch import EventBatcher
 from nbdurable.server.launch import Launcher
 from nbdurable.store import Store
 
@@ -29,11 +30,12 @@ class ServerState:
     store: Store
     root: Path
     launcher: Launcher
+    events: EventBatcher
 
     @classmethod
     def open(cls, store: Store, root: Path) -> ServerState:
         """The state of a server on ``store`` confined to ``root``."""
-        return cls(store, root.resolve(), Launcher(store, root))
+        return cls(store, root.resolve(), Launcher(store, root), EventBatcher(store))
 
     def run_details(self, run_id: str) -> dict[str, Any]:
         """``GET /api/runs/{id}``: the run (as its graph's header), its lineage and its graph."""
@@ -79,10 +81,9 @@ class ServerState:
             raise RequestError(f"run {run_id} was cancelled", status=409,
                                hint='send {"force": true} to resume it anyway')
 
-    def send_event(self, name: str, data: Any, key: str | None) -> tuple[dict[str, Any], bool]:
-        """Store an event (with an idempotency key: at most once per key); (the event, stored now)."""
-        if key is None:
-            return self.store.send_event(name, data), True
+    def send_event_once(self, name: str, data: Any, key: str) -> tuple[dict[str, Any], bool]:
+        """Store an event at most once per idempotency key; (the event, stored now). Events without a key go
+        through ``events`` (the group commit)."""
         return self.store.send_event_once(name, data, key)
 
     def recent_events(self, name: str | None, limit: int) -> list[dict[str, Any]]:
@@ -121,7 +122,7 @@ class ServerState:
                                    hint="GET /api/approvals lists the runs waiting for an event")
         match = waiting[0]["match"] if len(waiting) == 1 and isinstance(waiting[0]["match"], dict) else {}
         data = {**match, **payload, "approved": approved}
-        event, _ = self.send_event(wait, data, key)
+        event = self.store.send_event(wait, data) if key is None else self.send_event_once(wait, data, key)[0]
         return {"id": event["id"], "event": wait, "data": event["data"],
                 "waiting_runs": [a["run_id"] for a in waiting]}
 

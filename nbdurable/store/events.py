@@ -65,24 +65,25 @@ class EventsMixin:
 
     def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
         """Store an event durably (fsync'ed before this returns); returns it with its id."""
-        check_event_name(name)
-        _check_data(data)
-        now = time.time_ns()
-        return self._write_event({"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data,
-                                  "sent_at": now / 1e9, "sender": _sender()})
+        event = new_event(name, data)
+        self._write_events([event])
+        return event
+
+    def send_events(self, events: list[dict[str, Any]]) -> None:
+        """Store events made by ``new_event`` durably, together: each file fsync'ed, the directory once for all
+        (a group commit: what a server receiving many events at once does). Raises StoreError if any could not
+        be stored (some may have been: a sender that retries may store one twice, as after a crash)."""
+        self._write_events(events)
 
     def send_event_once(self, name: str, data: Any, key: str) -> tuple[dict[str, Any], bool]:
         """Store an event durably unless one was sent with the idempotency ``key``: returns (the event,
         True) when this call stored it, (the first event sent with ``key``, False) when it stored nothing."""
-        check_event_name(name)
-        _check_data(data)
         check_idempotency_key(key)
-        now = time.time_ns()
-        event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
-                 "sender": _sender(), "idempotency_key": key}
+        event = new_event(name, data, key=key)
         claimed = self._claim_key(key, event["id"])
         if claimed == event["id"]:
-            return self._write_event(event), True
+            self._write_events([event])
+            return event, True
         deadline = time.monotonic() + _CLAIM_WAIT_S
         while (first := self.read_event(claimed)) is None and time.monotonic() < deadline:
             time.sleep(0.01)  # the first sender is writing it, or crashed before it did
@@ -91,7 +92,8 @@ class EventsMixin:
         # The first sender claimed the key and died before its event was durable (it never acknowledged
         # it): this retry stores the event under the claimed id.
         event["id"], event["sent_at"] = claimed, event_time(claimed)
-        return self._write_event(event), True
+        self._write_events([event])
+        return event, True
 
     def _claim_key(self, key: str, event_id: str) -> str:
         """The event id ``key`` names: ``event_id`` if this call claimed it, else the earlier claim's."""
@@ -122,20 +124,27 @@ class EventsMixin:
                                hint="run `nbdurable check`; send the event with a new key")
         return str(claim["event_id"])
 
-    def _write_event(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _write_events(self, events: list[dict[str, Any]]) -> None:
         directory = self.path / "events"
-        tmp = self.path / "tmp" / f"event-{event['id']}"
-        final = directory / f"{event['id']}{EVENT_SUFFIX}"
+        pending: list[tuple[pathlib.Path, pathlib.Path]] = []
+        final = directory
         try:
-            with open(tmp, "wb") as f:
-                f.write(encode_line(event))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            for event in events:
+                tmp = self.path / "tmp" / f"event-{event['id']}"
+                final = directory / f"{event['id']}{EVENT_SUFFIX}"
+                with open(tmp, "wb") as f:
+                    pending.append((tmp, final))
+                    f.write(encode_line(event))
+                    f.flush()
+                    os.fsync(f.fileno())
+            for tmp, final in pending:
+                os.replace(tmp, final)
             fsync_dir(directory)
         except OSError as exc:
-            raise io_error(exc, f"storing event {event['name']!r}", final) from exc
-        return event
+            for tmp, _ in pending:
+                tmp.unlink(missing_ok=True)
+            what = f"event {events[0]['name']!r}" if len(events) == 1 else f"{len(events)} events"
+            raise io_error(exc, f"storing {what}", final) from exc
 
     def events(self, *, name: str | None = None, after: float | None = None) -> list[dict[str, Any]]:
         """Stored events, oldest first; only those called ``name`` and sent at or after ``after``.
@@ -173,6 +182,19 @@ class EventsMixin:
         except (ValueError, RecursionError):  # authenticated but not JSON (a writer bug), or nested past the limit
             return None
         return event if isinstance(event, dict) and event.get("id") == event_id else None
+
+
+def new_event(name: str, data: Any = None, *, key: str | None = None) -> dict[str, Any]:
+    """A new event ``name`` carrying ``data`` (OptionsError if either is invalid), not yet stored: its id is the
+    time now in nanoseconds and a random suffix. ``key``: its idempotency key, recorded in it."""
+    check_event_name(name)
+    _check_data(data)
+    now = time.time_ns()
+    event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
+             "sender": _sender()}
+    if key is not None:
+        event["idempotency_key"] = key
+    return event
 
 
 def check_idempotency_key(key: str) -> str:

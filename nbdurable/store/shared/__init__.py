@@ -64,6 +64,16 @@ class _Query:
         except psycopg.Error as exc:
             raise database_error(exc, self.url, doing or "querying the store") from None
 
+    def _many(self, sql: str, rows: list[list[Any]], doing: str) -> None:
+        """Run one statement for each of ``rows``, all in one transaction (one commit, one WAL flush)."""
+        import psycopg
+
+        try:
+            with pool(self.url).connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows)
+        except psycopg.Error as exc:
+            raise database_error(exc, self.url, doing) from None
+
 
 class SharedStore(_Query, PgJournalsMixin, PgLeasesMixin, PgEventsMixin, FsspecObjectsMixin):
     """A store in PostgreSQL with objects on fsspec. Open it with ``Store.open(url)``; a virtual subclass of

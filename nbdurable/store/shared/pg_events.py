@@ -6,14 +6,11 @@ both). The first cancel request of a run stands (``ON CONFLICT DO NOTHING``)."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ..events import _ID_RE, event_time, validate_event
+from ..events import _ID_RE, event_time, new_event
 from ..journal import _checked_body, check_run_id, encode_line
 from .pg_journal import split_line
 
@@ -39,15 +36,19 @@ class PgEventsMixin:
 
     if TYPE_CHECKING:
         def _query(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
+        def _many(self, sql: str, rows: list[list[Any]], doing: str) -> None: ...
 
     def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
         """Store an event durably (committed with a synchronous WAL flush); returns it with its id."""
-        validate_event(name, data)
-        now = time.time_ns()
-        event = {"id": f"{now:020d}-{secrets.token_hex(4)}", "name": name, "data": data, "sent_at": now / 1e9,
-                 "sender": {"pid": os.getpid(), "host": socket.gethostname()}}
+        event = new_event(name, data)
         self.put_event_line(event["id"], encode_line(event))
         return event
+
+    def send_events(self, events: list[dict[str, Any]]) -> None:
+        """Store events made by ``new_event`` durably, together: one transaction, one WAL flush."""
+        rows = [[event["id"], *split_line(encode_line(event))] for event in events]
+        self._many("INSERT INTO nbd_events (id, body, tag) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows,
+                   f"storing {len(rows)} events")
 
     def put_event_line(self, event_id: str, line: bytes) -> None:
         """Store an event's authenticated line under its id (kept if present: migration is idempotent)."""
