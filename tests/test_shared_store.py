@@ -25,6 +25,7 @@ from nbdurable.errors import (
     StoreFormatError,
 )
 from nbdurable.store import Store
+from nbdurable.store.events import new_event
 from nbdurable.store.maintenance import check_store, collect_garbage, repair_store
 from nbdurable.store.shared import SharedStore
 from nbdurable.store.shared.pg import MIGRATIONS, close_pools, migrate, pool, redact
@@ -329,6 +330,17 @@ def test_s3_objects_through_moto(pg_store: str, monkeypatch: pytest.MonkeyPatch)
                     os.environ[k] = v
     finally:
         server.stop()
+
+
+def test_an_event_writer_stores_batches(any_store: str) -> None:
+    store = Store.open(any_store)
+    writer = store.open_event_writer()
+    batches = [[new_event("tick", {"b": b, "i": i}) for i in range(5)] for b in range(3)]
+    for batch in batches:
+        writer.write(batch)
+    assert [e["data"] for e in store.events(name="tick")] == [{"b": b, "i": i} for b in range(3) for i in range(5)]
+    writer.close()
+    assert [e["id"] for e in store.events()] == [e["id"] for batch in batches for e in batch]
 
 
 def test_tampered_event_and_cancel_rows_are_never_used(pg_store: str) -> None:

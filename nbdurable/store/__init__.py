@@ -37,6 +37,7 @@ from . import records
 from .claims import ClaimsMixin
 from .control import ControlMixin
 from .crypto import encryption_key
+from .event_log import EventLog, recover_event_log
 from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
 from .lease import Lease, LeasesMixin
@@ -98,7 +99,13 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
             (root / sub).mkdir(mode=0o700, exist_ok=True)
         store = cls(root)
         store._sweep_tmp()
+        recover_event_log(store)
         return store
+
+    def open_event_writer(self) -> EventLog:
+        """A writer storing batches of events durably with one sync each (``event_log.py``): for a process
+        receiving many events at once. One thread writes; ``close()`` it when done."""
+        return EventLog(self)
 
     def append_journal(self, run_id: str) -> JournalWriter:
         """Reopen an existing journal to append (``JournalsMixin.append_journal``), leaving the marker

@@ -69,11 +69,6 @@ class EventsMixin:
         self._write_events([event])
         return event
 
-    def send_events(self, events: list[dict[str, Any]]) -> None:
-        """Store events made by ``new_event`` durably, together: each file fsync'ed, the directory once for all
-        (a group commit: what a server receiving many events at once does). Raises StoreError if any could not
-        be stored (some may have been: a sender that retries may store one twice, as after a crash)."""
-        self._write_events(events)
 
     def send_event_once(self, name: str, data: Any, key: str) -> tuple[dict[str, Any], bool]:
         """Store an event durably unless one was sent with the idempotency ``key``: returns (the event,
@@ -125,26 +120,33 @@ class EventsMixin:
         return str(claim["event_id"])
 
     def _write_events(self, events: list[dict[str, Any]]) -> None:
+        self.write_event_files([(event["id"], encode_line(event)) for event in events], durable=True)
+
+    def write_event_files(self, lines: list[tuple[str, bytes]], *, durable: bool) -> None:
+        """Write each event's authenticated line as ``events/<id>.json`` (a temp file renamed into place: a
+        reader sees all of it or nothing). ``durable``: fsync each file, then the directory once; else leave
+        that to the caller (``event_log.EventLog``, whose segment holds the lines durably)."""
         directory = self.path / "events"
         pending: list[tuple[pathlib.Path, pathlib.Path]] = []
         final = directory
         try:
-            for event in events:
-                tmp = self.path / "tmp" / f"event-{event['id']}"
-                final = directory / f"{event['id']}{EVENT_SUFFIX}"
+            for event_id, line in lines:
+                tmp = self.path / "tmp" / f"event-{event_id}"
+                final = directory / f"{event_id}{EVENT_SUFFIX}"
                 with open(tmp, "wb") as f:
                     pending.append((tmp, final))
-                    f.write(encode_line(event))
-                    f.flush()
-                    os.fsync(f.fileno())
+                    f.write(line)
+                    if durable:
+                        f.flush()
+                        os.fsync(f.fileno())
             for tmp, final in pending:
                 os.replace(tmp, final)
-            fsync_dir(directory)
+            if durable:
+                fsync_dir(directory)
         except OSError as exc:
             for tmp, _ in pending:
                 tmp.unlink(missing_ok=True)
-            what = f"event {events[0]['name']!r}" if len(events) == 1 else f"{len(events)} events"
-            raise io_error(exc, f"storing {what}", final) from exc
+            raise io_error(exc, f"storing {len(lines)} event(s)", final) from exc
 
     def events(self, *, name: str | None = None, after: float | None = None) -> list[dict[str, Any]]:
         """Stored events, oldest first; only those called ``name`` and sent at or after ``after``.

@@ -50,6 +50,10 @@ class PgEventsMixin:
         self._many("INSERT INTO nbd_events (id, body, tag) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows,
                    f"storing {len(rows)} events")
 
+    def open_event_writer(self) -> _EventWriter:
+        """A writer storing batches of events durably, one transaction each (as ``Store.open_event_writer``)."""
+        return _EventWriter(self)
+
     def put_event_line(self, event_id: str, line: bytes) -> None:
         """Store an event's authenticated line under its id (kept if present: migration is idempotent)."""
         body, tag = split_line(line)
@@ -120,3 +124,16 @@ class PgEventsMixin:
 
 
 __all__ = ["PgEventsMixin", "open_line_row"]
+
+
+class _EventWriter:
+    """Batches of events into a shared store: ``write`` commits each batch in one transaction."""
+
+    def __init__(self, store: PgEventsMixin) -> None:
+        self.store = store
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        self.store.send_events(events)
+
+    def close(self) -> None:
+        """Nothing to finish: each batch was committed."""
