@@ -112,6 +112,18 @@ MATRIX: dict[str, tuple[str, dict[str, Case]]] = {
         "fit in place": ("lgbm2 = lgb.LGBMRegressor(n_estimators=3, verbose=-1)", "lgbm2.fit(Xl, yl)",
                          "lgbm2.predict(Xl[:2]).round(5).tolist()"),
     }),
+    "xgboost": ("import numpy as np\nimport xgboost as xgb\nrng = np.random.default_rng(2)\n"
+                "Xx = rng.random((60, 2))\nyx = Xx[:, 1] * 2", {
+        "set_params": ("xgbm = xgb.XGBRegressor(n_estimators=3)", "xgbm.set_params(max_depth=2)",
+                       "xgbm.get_params()['max_depth']"),
+        "fit in place": ("xgbm2 = xgb.XGBRegressor(n_estimators=3)", "xgbm2.fit(Xx, yx)",
+                         "xgbm2.predict(Xx[:2]).round(5).tolist()"),
+        "booster trained on (DMatrix)": ("dtrain = xgb.DMatrix(Xx, label=yx)\n"
+                                         "booster = xgb.train({'max_depth': 2}, dtrain, num_boost_round=2)",
+                                         "booster = xgb.train({'max_depth': 2}, dtrain, num_boost_round=2, "
+                                         "xgb_model=booster)",
+                                         "booster.predict(xgb.DMatrix(Xx[:2])).round(5).tolist()"),
+    }),
 }
 _MODULES = {"sklearn": "sklearn", "skimage": "skimage", "builtins": "collections"}
 
