@@ -41,7 +41,7 @@ def _limit(request: Request) -> int:
 
 def _run_id(request: Request) -> str:
     run_id = str(request.path_params["run_id"])
-    if not is_run_id(run_id) or not _state(request).store.journal_path(run_id).exists():
+    if not is_run_id(run_id) or not _state(request).store.journal_exists(run_id):
         if is_run_id(run_id) and _state(request).launcher.launched(run_id) is not None:
             return run_id
         raise RequestError(f"no run {run_id!r} in the store", status=404,
@@ -88,7 +88,7 @@ async def get_run(request: Request) -> Response:
     run_id = _run_id(request)
     state = _state(request)
     launch = state.launcher.launched(run_id)
-    if not state.store.journal_path(run_id).exists() and launch is not None:
+    if not state.store.journal_exists(run_id) and launch is not None:
         return JSONResponse({"run": launch.state(), "lineage": {}, "graph": None})
     return JSONResponse(await run_in_threadpool(state.run_details, run_id))
 

@@ -73,7 +73,7 @@ class Launcher:
     def start_run(self, notebook: Path, params: dict[str, Any], *, fresh: bool) -> Launch:
         """``nbdurable run NOTEBOOK`` with ``params`` (a JSON file of them, read as YAML: JSON is YAML)."""
         run_id = new_run_id()
-        args = ["run", str(notebook), "--store", str(self.store.path), "--no-progress"]
+        args = ["run", str(notebook), "--store", self.store.location, "--no-progress"]
         if params:
             file = self.store.path / "tmp" / f"serve-params-{run_id}.json"
             file.write_text(json.dumps(params), encoding="utf-8")
@@ -83,13 +83,13 @@ class Launcher:
 
     def resume(self, run_id: str, *, force: bool) -> Launch:
         """``nbdurable resume RUN_ID`` (``--force``: even a cancelled one)."""
-        return self._start(new_run_id(), ["resume", run_id, "--store", str(self.store.path), "--no-progress",
+        return self._start(new_run_id(), ["resume", run_id, "--store", self.store.location, "--no-progress",
                                           *(["--force"] if force else [])], f"resume of {run_id}")
 
     def rerun(self, run_id: str, from_cell: int) -> Launch:
         """``nbdurable rerun RUN_ID --from-cell N``."""
         return self._start(new_run_id(), ["rerun", run_id, "--from-cell", str(from_cell), "--store",
-                                          str(self.store.path), "--no-progress"], f"rerun of {run_id}")
+                                          self.store.location, "--no-progress"], f"rerun of {run_id}")
 
     def launched(self, run_id: str) -> Launch | None:
         """The launch of ``run_id``, if this server started it."""
@@ -100,12 +100,12 @@ class Launcher:
         """Collect ended processes (no zombies); forget the launches whose run exists."""
         with self._lock:
             for run_id, launch in list(self._launches.items()):
-                if launch.process.poll() is not None and self.store.journal_path(run_id).exists():
+                if launch.process.poll() is not None and self.store.journal_exists(run_id):
                     del self._launches[run_id]
 
     def _start(self, run_id: str, args: list[str], what: str, *, cwd: Path | None = None) -> Launch:
         self.reap()
-        env = {**os.environ, ENV_RUN_ID: run_id, ENV_STORE: str(self.store.path)}
+        env = {**os.environ, ENV_RUN_ID: run_id, ENV_STORE: self.store.location}
         log = self.store.path / "tmp" / f"serve-{run_id}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", "nbdurable", *args], cwd=cwd or self.root, env=env,

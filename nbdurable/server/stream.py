@@ -1,9 +1,10 @@
 """The live stream: ``GET /api/stream``, server-sent events of run changes and new events.
 
 One watcher per server (however many clients listen), polling every ``POLL_S`` seconds while someone
-listens, and cheaply: the ``journals/`` and ``events/`` directories' mtimes and the sizes of the journals of
-runs that have not finished (a finished run's journal only grows when it is reopened, which touches the
-directory). Only when something changed does it ingest the catalog and read the changed runs' rows.
+listens, and cheaply: the store's change marks (``Store.change_marks``: on a local store the ``journals/`` and
+``events/`` directories' mtimes; on a shared store the newest record's transaction and event id) and the
+journal sizes of runs that have not finished (a finished run's journal only grows when it is reopened, which
+moves the first mark). Only when something changed does it ingest the catalog and read the changed runs' rows.
 
 Messages (``event:`` name, ``data:`` JSON): ``runs`` ``{"runs": [run rows as GET /api/runs gives them]}``;
 ``events`` ``{}`` (new events: GET /api/events); ``hello`` ``{}`` once at connection; a ``: ping`` comment
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,20 +31,13 @@ QUEUE_MAX = 200
 _FINISHED = ("completed", "cancelled")
 
 
-def _mtime(path: Any) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
 class Watcher:
     """Polls the store for run changes and fans them out to the stream's subscribers."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._queues: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
-        self._dirs: tuple[int, int] = (0, 0)
+        self._marks: tuple[Any, Any] = (None, None)
         self._sizes: dict[str, int] = {}  # journal sizes of the runs not finished
         self._known: set[str] = set()  # every run id seen (a new journal is a new id)
         self._task: asyncio.Task[None] | None = None
@@ -95,41 +88,29 @@ class Watcher:
                 queue.put_nowait(("resync", {}))
 
     def _baseline(self) -> None:
-        self._dirs = self._dir_mtimes()
+        self._marks = self.store.change_marks()
         self._known = set(self.store.run_ids())
-        self._sizes = self._open_sizes(self._open_runs())
-
-    def _dir_mtimes(self) -> tuple[int, int]:
-        return _mtime(self.store.path / "journals"), _mtime(self.store.path / "events")
+        self._sizes = self.store.journal_sizes(self._open_runs())
 
     def _open_runs(self) -> list[str]:
         table = self.store.catalog().query(
             f"SELECT run_id FROM runs WHERE status NOT IN {_FINISHED} OR status IS NULL")
         return [str(r) for r in table["run_id"]]
 
-    def _open_sizes(self, run_ids: list[str]) -> dict[str, int]:
-        sizes = {}
-        for run_id in run_ids:
-            try:
-                sizes[run_id] = os.stat(self.store.journal_path(run_id)).st_size
-            except FileNotFoundError:
-                continue
-        return sizes
-
     def poll(self) -> list[tuple[str, dict[str, Any]]]:
         """What changed since the last poll, as stream messages (blocking: the thread pool calls it)."""
         from nbdurable.widgets.history import RUN_COLUMNS, run_row
 
-        dirs = self._dir_mtimes()
-        journals_changed, events_changed = dirs[0] != self._dirs[0], dirs[1] != self._dirs[1]
-        self._dirs = dirs
+        marks = self.store.change_marks()
+        journals_changed, events_changed = marks[0] != self._marks[0], marks[1] != self._marks[1]
+        self._marks = marks
         candidates = set(self._sizes)
         new: set[str] = set()
         if journals_changed:  # a new run, or a finished run's journal reopened (its marker file)
             ids = set(self.store.run_ids())
             new, self._known = ids - self._known, self._known | ids
             candidates |= new | set(self._open_runs())
-        sizes = self._open_sizes(sorted(candidates))
+        sizes = self.store.journal_sizes(sorted(candidates))
         changed = sorted(r for r, size in sizes.items() if r in new or self._sizes.get(r) != size)
         messages: list[tuple[str, dict[str, Any]]] = []
         if changed:

@@ -54,6 +54,13 @@ def is_run_id(run_id: str) -> bool:
     return isinstance(run_id, str) and _RUN_ID_RE.fullmatch(run_id) is not None
 
 
+def _mtime_ns(path: pathlib.Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
 def fsync_dir(path: pathlib.Path) -> None:
     """fsync a directory so that a file created or renamed in it survives a power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -453,6 +460,21 @@ class JournalsMixin:
     def journal_exists(self, run_id: str) -> bool:
         """True if the run has a journal in this store."""
         return is_run_id(run_id) and self.journal_path(run_id).is_file()
+
+    def journal_sizes(self, run_ids: list[str]) -> dict[str, int]:
+        """A mark per run that grows with its journal (its size in bytes); runs without a journal left out."""
+        sizes = {}
+        for run_id in run_ids:
+            try:
+                sizes[run_id] = os.stat(self.journal_path(run_id)).st_size
+            except FileNotFoundError:
+                continue
+        return sizes
+
+    def change_marks(self) -> tuple[int, int]:
+        """Two cheap marks: the first changes when a run is created or a finished run's journal reopened, the
+        second when an event arrives (the ``journals`` and ``events`` directories' mtimes)."""
+        return _mtime_ns(self.path / "journals"), _mtime_ns(self.path / "events")
 
     def run_ids(self) -> list[str]:
         """The ids of all runs with a journal, sorted ascending."""

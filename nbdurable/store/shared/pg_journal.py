@@ -177,6 +177,21 @@ class PgJournalsMixin:
         return is_run_id(run_id) and bool(
             self._query("SELECT 1 FROM nbd_journals WHERE run_id = %s", [run_id], "looking a run up"))
 
+    def journal_sizes(self, run_ids: list[str]) -> dict[str, int]:
+        """A mark per run that grows with its journal (its last record's seq); runs without a journal left out."""
+        rows = self._query("SELECT j.run_id, coalesce(max(r.seq), 0) FROM nbd_journals j LEFT JOIN nbd_records r "
+                           "ON r.run_id = j.run_id WHERE j.run_id = ANY(%s) GROUP BY j.run_id", [list(run_ids)],
+                           "reading the journals' lengths")
+        return {str(run_id): int(seq) for run_id, seq in rows}
+
+    def change_marks(self) -> tuple[str, str]:
+        """Two cheap marks: the first changes when a journal gains a record (a new run, a reopened one, or any
+        step), the second when an event arrives (the newest record's transaction, the newest event id)."""
+        rows = self._query("SELECT coalesce((SELECT xid::text FROM nbd_records ORDER BY xid DESC LIMIT 1), ''), "
+                           "coalesce((SELECT id FROM nbd_events ORDER BY id DESC LIMIT 1), '')", None,
+                           "polling the store for changes")
+        return str(rows[0][0]), str(rows[0][1])
+
     def _existing_journal(self, run_id: str) -> str:
         if not self.journal_exists(run_id):
             raise self._no_run(run_id)
