@@ -69,7 +69,7 @@ def requested_run_id(store: Store) -> str | None:
     """The run id ``$NBDURABLE_RUN_ID`` asks for (taken once per process: removed from the environment), if it
     has the form of a run id and the store has no run with it."""
     wanted = os.environ.pop(ENV_RUN_ID, "")
-    if not _RUN_ID_RE.fullmatch(wanted) or store.journal_path(wanted).exists():
+    if not _RUN_ID_RE.fullmatch(wanted) or store.journal_exists(wanted):
         return None
     return wanted
 
