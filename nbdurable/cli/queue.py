@@ -109,7 +109,8 @@ def list_queues(as_json: bool, store: str | None) -> None:
             click.echo(json.dumps(row))
         return
     if not rows:
-        click.echo("no queues yet: `nbdurable submit NOTEBOOK --queue NAME` makes one")
+        click.echo("no run waits in any queue and no queue has a limit (`nbdurable submit NOTEBOOK --queue NAME` "
+                   "queues a run; `nbdurable queue set NAME --concurrency N` bounds a queue)")
         return
     width = max(len(str(r["queue"])) for r in rows)
     click.echo(f"{'queue':<{width}}  concurrency  waiting")
