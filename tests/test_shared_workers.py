@@ -3,7 +3,8 @@
 machine) is SIGKILLed every few seconds; a queue's concurrency across workers, measured from the runs' own
 times; a schedule and a trigger on a shared store served by two workers, each firing once.
 
-Every run completes exactly once (one fresh run per submitted run; a killed one resumed, never started
+CI runs 40 queued runs; NBDURABLE_SOAK=1 the issue's 100 (NBDURABLE_QUEUE_RUNS=N any number, NBDURABLE_SEED picks
+the kills). Every run completes exactly once (one fresh run per submitted run; a killed one resumed, never started
 again); no cell commits twice: across a run's resume chain each cell's execution is committed once (the
 journal's primary key ``(run_id, seq)`` refuses a record written twice), and `nbdurable check` passes."""
 
@@ -26,13 +27,14 @@ from nbdurable.store.shared import SharedStore
 from helpers import run_cli, start_cli
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
-RUNS = int(os.environ.get("NBDURABLE_QUEUE_RUNS") or 100)
+# the issue's 100 runs with NBDURABLE_SOAK=1 (about 8 minutes on a busy 2-core machine: 100 kernel starts); CI runs 40
+RUNS = int(os.environ.get("NBDURABLE_QUEUE_RUNS") or (100 if os.environ.get("NBDURABLE_SOAK") else 40))
 # a killed worker's claims wait for their leases to expire: short here (a run's own lease is taken over at once
 # on its host, its pid being dead); a small pool per process: 4 workers, 8 runs and their kernels on one server
 FAST = {"NBDURABLE_LEASE_TIMEOUT": "8", "NBDURABLE_PG_POOL_SIZE": "2"}
 
 
-def notebook(path: Path, *, work: float = 0.3, cells: int = 3) -> Path:
+def notebook(path: Path, *, work: float = 0.2, cells: int = 3) -> Path:
     """A parameterized notebook (``n``, ``event``) of ``cells`` cells sleeping ``work`` s each."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -80,6 +82,8 @@ def heads(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def end_status(store: Store, run_id: str) -> str | None:
+    if not store.journal_exists(run_id):
+        return None
     ends = [r for r in store.read_journal(run_id) if r.get("t") == "run_end"]
     return str(ends[-1]["status"]) if ends else None
 
@@ -189,8 +193,9 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
                 worker.wait(60)
             except subprocess.TimeoutExpired:
                 kill_machine(worker)
-    assert kills >= 3
     found = chains(store, submitted)
+    print(f"{RUNS} runs, {kills} kills, {sum(len(c) > 1 for c in found.values())} resumed after a kill")
+    assert kills >= 3
     fresh = [h for h in heads(store).values() if not h.get("resumed_from")]
     assert sorted(h["run_id"] for h in fresh) == sorted(submitted)  # each queued run started once, never again
     assert {r: end_status(store, c[-1]) for r, c in found.items() if end_status(store, c[-1]) != "completed"} == {}

@@ -67,6 +67,20 @@ class _Query:
         except psycopg.Error as exc:
             raise database_error(exc, self.url, doing or "querying the store") from None
 
+    def _query_lazy(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]:
+        """``_query`` committed without waiting for the WAL flush (``synchronous_commit = off``): visible to
+        every process at once, durable a moment later. Only for writes whose loss in a server crash costs
+        work, never a decision (a claim's lease taken, a queue marker: taken or marked again)."""
+        import psycopg
+
+        try:
+            with pool(self.url).connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET LOCAL synchronous_commit = off")
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise database_error(exc, self.url, doing or "querying the store") from None
+
     def _many(self, sql: str, rows: list[list[Any]], doing: str) -> None:
         """Run one statement for each of ``rows``, all in one transaction (one commit, one WAL flush)."""
         import psycopg

@@ -14,7 +14,9 @@ the server's clock, a dead pid on this host taken over at once), named ``claim:<
 
 ``take_claim`` is the queue's one atomic statement: the next open claim (priority, then age) that no live
 process is starting, selected ``FOR UPDATE SKIP LOCKED`` and its lease taken in the same statement, so any
-number of workers on any machines take distinct claims without waiting on each other. The worker hands
+number of workers on any machines take distinct claims without waiting on each other. It and the queue's
+markers commit without waiting for the WAL flush (``_query_lazy``): lost in a server crash they cost a
+take again, never a second run (the claim and the run's journal decide that, and they are durable). The worker hands
 the lease to the process that starts the run (``hold_claim(..., token=)``), which heartbeats it until the
 run ends; a worker killed in between leaves a lease that expires, and the claim is taken again.
 """
@@ -52,6 +54,7 @@ class PgClaimsMixin:
 
     if TYPE_CHECKING:
         def _query(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
+        def _query_lazy(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
         def journal_exists(self, run_id: str) -> bool: ...
         def acquire_row_lease(self, ident: str) -> PgLease | None: ...
         def adopt_row_lease(self, ident: str, token: str) -> PgLease | None: ...
@@ -113,13 +116,13 @@ class PgClaimsMixin:
 
     def mark_started(self, kind: str, key: str) -> None:
         """Note that the claim's run exists: ``open_claims`` and ``take_claim`` skip it from now on."""
-        self._query("UPDATE nbd_claims SET started = true WHERE kind = %s AND key = %s AND NOT started", [kind, key],
-                    f"marking the {kind} claim {key!r} started")
+        self._query_lazy("UPDATE nbd_claims SET started = true WHERE kind = %s AND key = %s AND NOT started",
+                         [kind, key], f"marking the {kind} claim {key!r} started")
 
     def mark_finished(self, kind: str, key: str) -> None:
         """Note that the claim's run (or the last run of its resume chain) ended or suspended."""
-        self._query("UPDATE nbd_claims SET started = true, finished = true WHERE kind = %s AND key = %s", [kind, key],
-                    f"marking the {kind} claim {key!r} finished")
+        self._query_lazy("UPDATE nbd_claims SET started = true, finished = true WHERE kind = %s AND key = %s",
+                         [kind, key], f"marking the {kind} claim {key!r} finished")
 
     def hold_claim(self, kind: str, key: str, token: str | None = None) -> PgLease | None:
         """Take the claim's lease (held until released or this process ends: then it expires), or None if a
@@ -171,7 +174,7 @@ class PgClaimsMixin:
               full_queues: list[str]) -> tuple[str, str, bytes, str, str | None] | None:
         token = os.urandom(16).hex()
         wall = time.time()
-        rows = self._query(
+        rows = self._query_lazy(
             """WITH next AS (
                    SELECT c.kind, c.key, c.body, c.tag, 'claim:' || c.kind || ':' || c.digest AS ident
                    FROM nbd_claims c
@@ -206,7 +209,8 @@ class PgClaimsMixin:
         return str(kind), str(key), bytes(body), str(tag), won
 
     def _release_token(self, ident: str, token: str) -> None:
-        self._query("DELETE FROM nbd_leases WHERE run_id = %s AND token = %s", [ident, token], f"releasing {ident}")
+        self._query_lazy("DELETE FROM nbd_leases WHERE run_id = %s AND token = %s", [ident, token],
+                         f"releasing {ident}")
 
     def hold_slot(self, key: str, limit: int) -> PgLease | None:
         """One of the ``limit`` concurrency slots of ``key`` (a flow-control key or a queue), held until
