@@ -36,6 +36,7 @@ class Recovery:
         self._resumed_from: dict[str, str] = {}  # run -> the run it resumes (journal heads never change)
         self._successor: dict[str, str] = {}
         self._given_up: set[str] = set()
+        self._mine: dict[str, tuple[str, str]] = {}  # run this worker is resuming -> its claim
 
     def tick(self, capacity: Callable[[], int], *, busy: set[str]) -> int:
         """Resume each unfinished claim's crashed run (none of ``busy``: runs this worker drives or is
@@ -66,8 +67,18 @@ class Recovery:
                 break
             self.log("run_recovering", run_id=tail, claim=f"{ident[0]}:{ident[1]}", chain=len(chain),
                      why="its process died mid-run (no end record, its lease expired)")
-            started += bool(self.resume(tail, "its process died mid-run"))
+            if self.resume(tail, "its process died mid-run"):
+                self._mine[tail] = ident
+                started += 1
         return started
+
+    def resume_ended(self, run_id: str, exit_code: int | None) -> None:
+        """The resume of ``run_id`` this worker started ended: with an exit code (not killed), its claim is
+        finished whatever the status (a kernel that died under a live runner is the notebook's doing, not
+        a lost machine: not resumed again and again)."""
+        ident = self._mine.pop(run_id, None)
+        if ident is not None and exit_code is not None and exit_code >= 0:
+            self.store.mark_finished(*ident)
 
     def _learn_heads(self) -> None:
         """Read the heads of the runs not seen yet (each once): which run resumes which."""

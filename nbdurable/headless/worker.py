@@ -306,6 +306,7 @@ class Worker:
                 continue
             del self.resuming[run_id]
             code, output = launched.exitcode, self._read_output(launched)
+            self.recovery.resume_ended(run_id, None if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT) else code)
             if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT, EXIT_REFUSED):
                 if code == EXIT_REFUSED:
                     self._skip(run_id, f"cannot resume it: {output.refused}")
