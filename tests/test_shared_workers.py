@@ -1,6 +1,6 @@
 """The run queue and the worker engine with real kernels: `nbdurable submit` on a directory and a shared store;
 100 queued runs through 4 workers on a shared store while one worker (with its runs and their kernels: a lost
-machine) is SIGKILLed every few seconds; a queue's concurrency across workers, measured from the runs' own
+machine) is SIGKILLed every 5-10 s; a queue's concurrency across workers, measured from the runs' own
 times; a schedule and a trigger on a shared store served by two workers, each firing once.
 
 CI runs 40 queued runs; NBDURABLE_SOAK=1 the issue's 100 (NBDURABLE_QUEUE_RUNS=N any number, NBDURABLE_SEED picks
@@ -63,6 +63,28 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def _is_kernel(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ipykernel" in f.read()
+    except OSError:
+        return False
+
+
+def _mid_run_worker(store: Store, workers: list[subprocess.Popen[Any]]) -> int | None:
+    """The index of a worker one of whose runs committed a cell and has not ended (its kernel holds the run's
+    lease), else None."""
+    for run_id in store.run_ids():
+        records = store.read_journal(run_id)
+        holder = store.lease_holder(run_id)
+        if holder is None or not any(r.get("t") == "step_end" for r in records) or records[-1].get("t") == "run_end":
+            continue
+        for i, worker in enumerate(workers):
+            if holder["pid"] in descendants(worker.pid):
+                return i
+    return None
 
 
 def kill_machine(worker: subprocess.Popen[Any]) -> None:
@@ -152,12 +174,55 @@ def test_submit_queues_a_run_that_a_worker_of_its_queue_starts(kind: str, tmp_pa
     assert run_cli("queue", "list", cwd=tmp_path, env=env).stdout.split("\n")[1].split() == ["reports", "1", "0"]
 
 
+@pytest.mark.parametrize("kind", ["local", "postgresql"])
+def test_a_run_whose_machine_died_is_resumed_by_another_worker_from_its_last_committed_cell(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    location = str(tmp_path / "store") if kind == "local" else request.getfixturevalue("pg_store")
+    if kind == "postgresql":
+        SharedStore.open(location)
+    env = {"NBDURABLE_STORE": location, **FAST}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("open('first.txt', 'a').write('x')"),
+                nbformat.v4.new_code_cell("import os, time\nopen('second.txt', 'a').write('x')\n"
+                                          "while not os.path.exists('go'):\n    time.sleep(0.1)")]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    submitted = run_cli("submit", "nb.ipynb", cwd=tmp_path, env=env)
+    assert submitted.returncode == 0, submitted.output
+    run_id = submitted.stdout.strip()
+    first = start_cli("worker", "--poll", "0.2", cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "second.txt").exists():
+        assert time.monotonic() < deadline, "the run never reached its second cell"
+        time.sleep(0.1)
+    kill_machine(first)  # the worker, the run's process and its kernel, mid-cell
+    (tmp_path / "go").touch()
+    second = start_cli("worker", "--poll", "0.2", "--log-format", "json", cwd=tmp_path, env=env,
+                       stderr=subprocess.PIPE, text=True)
+    store = Store.open(location)
+    try:
+        while end_status(store, chains(store, [run_id])[run_id][-1]) is None or store.unfinished_claims():
+            assert time.monotonic() < deadline + 60, "the run was not recovered (or its claim not finished)"
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGINT)
+        log = second.communicate(timeout=60)[1]
+    chain = chains(store, [run_id])[run_id]
+    assert len(chain) == 2 and end_status(store, chain[1]) == "completed", log
+    assert '"event": "run_recovering"' in log and run_id in log
+    assert (tmp_path / "first.txt").read_text() == "x"  # committed before the kill: restored, not run again
+    assert (tmp_path / "second.txt").read_text() == "xx"  # cut short by the kill: executed again
+    statuses = [r["status"] for r in store.read_journal(chain[1]) if r.get("t") == "step_end"]
+    assert statuses == ["restored", "completed"]
+    assert store.unfinished_claims() == [] and store.open_claims() == []
+
+
 @pytest.mark.timeout(900)
 def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_exactly_once(
         pg_store: str, tmp_path: Path) -> None:
     SharedStore.open(pg_store)
     env = {"NBDURABLE_STORE": pg_store, **FAST}
-    notebook(tmp_path / "nb.ipynb")
+    notebook(tmp_path / "nb.ipynb", work=0.5)  # cells long enough for kills to land mid-cell, not only in start-ups
     store = Store.open(pg_store)
     submitted = []
     for i in range(RUNS):  # (as `nbdurable submit` does, without a process per run)
@@ -170,7 +235,7 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
     command = ["worker", "--poll", "0.3", "--max-concurrent", "2"]
     workers = [start_cli(*command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL) for _ in range(4)]
     rng = random.Random(os.environ.get("NBDURABLE_SEED", "19"))
-    kills, next_kill = 0, time.monotonic() + rng.uniform(3, 6)
+    kills, next_kill = 0, time.monotonic() + rng.uniform(5, 10)
     deadline = time.monotonic() + 800
     try:
         while True:
@@ -178,13 +243,17 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
             if ended == RUNS:
                 break
             assert time.monotonic() < deadline, f"{ended} of {RUNS} runs ended after {kills} kills"
-            if time.monotonic() >= next_kill and ended < RUNS * 0.9:
-                victim = rng.randrange(len(workers))
+            mid_run = _mid_run_worker(store, workers) if kills == 0 else None
+            if time.monotonic() >= next_kill and ended < RUNS * 0.9 and (kills > 0 or mid_run is not None):
+                busy = [i for i, w in enumerate(workers) if any(_is_kernel(p) for p in descendants(w.pid))]
+                victim = rng.choice(busy or list(range(len(workers))))  # preferably one whose runs execute
+                if mid_run is not None:  # the first kill lands mid-run for sure: a worker whose run committed a cell
+                    victim = mid_run
                 kill_machine(workers[victim])
                 kills += 1
                 workers[victim] = start_cli(*command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-                next_kill = time.monotonic() + rng.uniform(3, 6)
-            time.sleep(0.5)
+                next_kill = time.monotonic() + rng.uniform(5, 10)
+            time.sleep(0.2 if kills == 0 else 0.5)
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGINT)

@@ -90,12 +90,14 @@ class Dispatcher:
     queues: list[str] | None = None  # serve only the claims of these queues (None: every queue)
     _failures: dict[tuple[str, str], int] = field(default_factory=dict)  # starts that died before their run began
     _retry_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    _noted: set[tuple[str, str]] = field(default_factory=set)  # running claims already marked started
 
     def tick(self) -> int:
         """One pass over the queue; returns how many runs it started. Each claim is taken by the store's
         ``take_claim`` (on PostgreSQL one ``FOR UPDATE SKIP LOCKED`` statement), so dispatchers on any
         number of machines take distinct claims."""
         self.reap()
+        self._note_started()
         count = 0
         now = clock().now()
         exclude = set(self.running) | {ident for ident, at in self._retry_at.items() if at > now}
@@ -123,6 +125,15 @@ class Dispatcher:
                      recovered=bool(claim.get("claimed_at", now) < now - 5))
         return count
 
+    def _note_started(self) -> None:
+        """Mark the claims of this dispatcher's running processes started as soon as their runs exist (not
+        only when the process ends): if this machine dies now, the run is an unfinished claim at once, and
+        another worker's recovery resumes it without waiting for the claim's lease to expire."""
+        for ident, launched in self.running.items():
+            if ident not in self._noted and self.store.journal_exists(str(launched.spec.run_id)):
+                self.store.mark_started(*ident)
+                self._noted.add(ident)
+
     def _own_full_flows(self) -> set[str]:
         """Flow keys whose slots are all held by this dispatcher's runs: their next claim waits here (it would
         only exit for want of a slot, and a lower-priority claim could take the slot first)."""
@@ -138,6 +149,7 @@ class Dispatcher:
         ended = [(ident, launched) for ident, launched in self.running.items() if not launched.alive]
         for ident, launched in ended:
             del self.running[ident]
+            self._noted.discard(ident)
             code = launched.exitcode
             if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT):
                 self.log("run_deferred", run_id=launched.spec.run_id, claim=f"{ident[0]}:{ident[1]}",
