@@ -26,7 +26,7 @@ SUITE = {
     "headless": [("headless", ["trivial"]), ("headless", ["resume"])],
     "serve": [("serve", [])],
     "orchestration": [("orchestration", ["trigger"]), ("orchestration", ["overhead"]), ("schedule_eval", [])],
-    "scale": [("scale", []), ("read_model", [])],
+    "scale": [("scale", []), ("read_model", []), ("queue", ["claim"]), ("queue", ["throughput"])],
     "steps": [("steps", [])],
 }
 
@@ -44,7 +44,7 @@ def main() -> None:
                      "control_cancel": ["--repeats", "2"], "control_checkout": ["--repeats", "1"],
                      "dataflow": ["--repeats", "1", "--work", "0.2"],
                      "headless": ["--repeats", "1"], "steps": ["--rounds", "2"], "dask_map": ["--rounds", "2"],
-                     "scale": ["--rounds", "2"],
+                     "scale": ["--rounds", "2"], "queue": ["--claims", "200", "--runs", "40"],
                      "read_model": ["--runs", "100", "--repeats", "5"],
                      "catalog": ["--repeats", "5", "--ingest-repeats", "1"],
                      "serve": ["--seconds", "2", "--repeats", "5", "--render-repeats", "2"]}

@@ -86,6 +86,7 @@ def _register_commands() -> None:
         maintenance,
         migrate,
         plan,
+        queue,
         report,
         run,
         schedule,

@@ -64,26 +64,33 @@ def send(name: str, data: str | None, data_file: Path | None, store: str | None)
 @click.option("--run-logs", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Keep each started run's own output (stdout/stderr of its process) in DIR. Default: a temporary "
                    "directory; what a run prints that matters (notices, how it ended) is in the worker's log.")
+@click.option("--queue", "queues", multiple=True, metavar="NAME",
+              help="Start only queued runs of the queue NAME (`nbdurable submit --queue`; runs from schedules, "
+                   "triggers and child runs are in the queue `default`). Repeatable. Default: every queue.")
 @suspend_option
 @on_change_option
 def worker(store: str | None, max_concurrent: int, once: bool, poll: float, max_runs: int | None, log_format: str,
-           run_logs: Path | None, suspend_after: float | None, on_change: str) -> None:
+           run_logs: Path | None, queues: tuple[str, ...], suspend_after: float | None, on_change: str) -> None:
     """Run the engine that fires schedules, resumes suspended runs when due and starts claimed runs.
 
     Each pass claims the due slots of every schedule (`nbdurable schedule`), resumes the suspended runs that
     are due (a `nbd.sleep` whose time came, a `nbd.wait_for_event` whose event arrived or whose wait timed
     out) and starts the claimed runs in priority order. Every run executes in a process of its own (it keeps
-    going if the worker is killed), at most --max-concurrent at once. Several workers on one store cooperate:
-    a slot starts one run, a suspended run is resumed once, a cancelled run never. Logs each decision to stderr,
+    going if the worker is killed), at most --max-concurrent at once. Several workers on one store (on a
+    shared store, on any machines) cooperate: a slot or a submitted run starts one run, a suspended run is
+    resumed once, a cancelled run never, and a run whose process died mid-run (its lease expired) is
+    resumed from its last committed cell by one of them. Logs each decision to stderr,
     one line each; Ctrl-C stops it (the runs it started go on)."""
     from nbdurable.headless.worker import Worker
     from nbdurable.headless.worker_log import format_line
+    from nbdurable.store.queues import check_queue_name
 
     def log(event: str, **fields: Any) -> None:
         click.echo(format_line(event, fields, json_format=log_format == "json"), err=True)
 
     engine = Worker(open_store(store), log=log, max_concurrent=int(max_concurrent), suspend_after=suspend_after,
-                    on_change=on_change, grace=max(60.0, 3 * poll), run_logs=str(run_logs) if run_logs else None)
+                    on_change=on_change, grace=max(60.0, 3 * poll), run_logs=str(run_logs) if run_logs else None,
+                    queues=[check_queue_name(q) for q in queues] or None)
     try:
         engine.work(once=once, poll=poll, max_runs=int(max_runs) if max_runs is not None else None)
     except KeyboardInterrupt:

@@ -1,19 +1,27 @@
 """The engine's queue: claims decided, runs not yet started, started in priority order within the limits.
 
-Every run the engine starts was first *claimed* (``store/claims.py``): a schedule's slot, a trigger's
-event, a parent's child-run call. The claim is the durable decision "this key starts exactly one run, with
-this notebook, these parameters, this origin"; the open claims are therefore the queue, and it survives
-any crash. ``Dispatcher.tick`` starts open claims through the ``Launcher``:
+Every run the engine starts was first *claimed* (``store/claims.py``): a schedule's slot, a trigger's event, a
+parent's child-run call, a run submitted to a queue (``nbdurable submit``). The claim is the durable decision
+"this key starts exactly one run, with this notebook, these parameters, this origin"; the open claims are
+therefore the queue, and it survives any crash. ``Dispatcher.tick`` starts open claims through the
+``Launcher``:
 
 - in order of ``priority`` (higher first), then claim time; none before its ``not_before`` time (debounce,
   delayed rate-limited events) on the process's clock;
-- at most ``max_concurrent`` runs of this dispatcher at once (its own processes);
+- at most ``max_concurrent`` runs of this dispatcher at once (its own processes); only claims of its
+  ``queues`` (``nbdurable worker --queue``; a claim names its queue, else it is in ``default``);
+- at most a queue's ``concurrency`` (``nbdurable queue set``) of its runs at once across every process
+  sharing the store: the run holds one of the queue's slots, as for a flow key below, and a queue whose
+  slots are all busy is not taken from;
 - at most ``flow_limit`` runs per ``flow_key`` across every process sharing the store: the started run
   holds one of the key's slots (``Store.hold_slot``) for its life and exits without running if none is
   free, leaving its claim open (so a limit is never exceeded, even by two dispatchers racing);
 - a claim another live process is starting is left alone; one whose starter died before its run began is
   started again under the same run id (one this dispatcher started that died so is retried with an
-  exponential backoff, logged); one whose run exists is marked started and leaves the queue;
+  exponential backoff, logged); one whose run exists is marked started and leaves the queue; a run that
+  ended is marked finished (one whose process died mid-run is resumed by the worker's recovery pass);
+- the store chooses each claim (``Store.take_claim``: the queue's order and these filters); on a shared
+  store that is one ``SELECT ... FOR UPDATE SKIP LOCKED`` taking the claim's lease, handed to the run;
 - a claim whose key's slots are all held by this dispatcher's own runs is not started (it would only exit
   for want of a slot, and a lower-priority claim could take the slot first).
 
@@ -32,25 +40,37 @@ from typing import Any
 from nbdurable.headless.launch import EXIT_CLAIM_HELD, EXIT_NO_SLOT, Launched, Launcher, LaunchSpec
 from nbdurable.runtime.clock import clock
 from nbdurable.store import Store
+from nbdurable.store.claims import DEFAULT_QUEUE, queue_of
+from nbdurable.store.queues import queue_limits, queue_slot_key
 
 Log = Callable[..., None]  # log(event, **fields): one structured line
 MAX_RETRY_DELAY = 300.0  # a claim whose process keeps dying before its run begins is retried at most this rarely
 
 
 def launch_spec(store: Store, claim: dict[str, Any], *, env: dict[str, str] | None = None,
-                log_dir: str | None = None, suspend_after: float | None = None) -> LaunchSpec:
-    """The run a claim starts."""
+                log_dir: str | None = None, suspend_after: float | None = None, claim_token: str | None = None,
+                queue_limits: dict[str, int] | None = None) -> LaunchSpec:
+    """The run a claim starts (``claim_token``: the claim's lease ``take_claim`` took, handed to the run)."""
     key, limit = claim.get("flow_key"), claim.get("flow_limit")
     origin = {**(claim.get("origin") or {}), "claim": [claim["kind"], claim["key"]]}
     if isinstance(key, str) and isinstance(limit, int):
         origin.update(flow_key=key, flow_limit=limit)  # a resume of the run holds a slot of the same key
+    queue = queue_of(claim)
+    if queue != DEFAULT_QUEUE:
+        origin["queue"] = queue  # a resume of the run holds a slot of its queue too
     return LaunchSpec(
         store.location, str(claim["notebook"]), params=dict(claim.get("params") or {}), origin=origin,
         run_id=str(claim["run_id"]), claim=(str(claim["kind"]), str(claim["key"])),
         slot=(key, limit) if isinstance(key, str) and isinstance(limit, int) else None,
+        queue_slot=queue_slot(queue, queue_limits or {}), claim_token=claim_token,
         output_path=claim.get("output_path"), cwd=claim.get("cwd"), suspend_after=suspend_after, env=dict(env or {}),
         log_path=f"{log_dir}/{claim['run_id']}.log" if log_dir else None,
     )  # fmt: skip
+
+
+def queue_slot(queue: str | None, limits: dict[str, int]) -> tuple[str, int] | None:
+    """The slot key and concurrency of a bounded queue (``nbdurable queue set``), else None."""
+    return (queue_slot_key(queue), limits[queue]) if queue is not None and queue in limits else None
 
 
 @dataclass
@@ -67,50 +87,69 @@ class Dispatcher:
     running: dict[tuple[str, str], Launched] = field(default_factory=dict)
     started: int = 0
     on_exit: Callable[[Launched], None] | None = None  # told when a started process ends
+    queues: list[str] | None = None  # serve only the claims of these queues (None: every queue)
     _failures: dict[tuple[str, str], int] = field(default_factory=dict)  # starts that died before their run began
     _retry_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    _noted: set[tuple[str, str]] = field(default_factory=set)  # running claims already marked started
 
     def tick(self) -> int:
-        """One pass over the queue; returns how many runs it started."""
+        """One pass over the queue; returns how many runs it started. Each claim is taken by the store's
+        ``take_claim`` (on PostgreSQL one ``FOR UPDATE SKIP LOCKED`` statement), so dispatchers on any
+        number of machines take distinct claims."""
         self.reap()
+        self._note_started()
         count = 0
         now = clock().now()
-        for claim in sorted(self.store.open_claims(), key=lambda c: (-int(c.get("priority") or 0),
-                                                                      c.get("claimed_at", 0), c["key"])):
-            ident = (str(claim["kind"]), str(claim["key"]))
-            if ident in self.running:
-                continue
-            state = self.store.claim_state(claim)
-            if state == "started":
-                self.store.mark_started(*ident)
-                continue
-            if state == "starting" or float(claim.get("not_before") or 0) > now or self._retry_at.get(ident, 0) > now:
-                continue
-            if self._own_slots_full(claim):  # its key's slots are all this dispatcher's: the next one waits here
-                continue
-            if len(self.running) >= self.max_concurrent:
+        exclude = set(self.running) | {ident for ident, at in self._retry_at.items() if at > now}
+        limits = queue_limits(self.store.queues())
+        full_queues = {queue for queue, limit in limits.items()
+                       if self.store.slots_busy(queue_slot_key(queue), limit) >= limit}
+        while len(self.running) < self.max_concurrent:
+            taken = self.store.take_claim(now=now, queues=self.queues, exclude=exclude,
+                                          full_flows=self._own_full_flows(), full_queues=full_queues)
+            if taken is None:
                 break
-            spec = launch_spec(self.store, claim, env=self.env, log_dir=self.log_dir, suspend_after=self.suspend_after)
+            claim = taken.claim
+            ident = (str(claim["kind"]), str(claim["key"]))
+            exclude.add(ident)
+            spec = launch_spec(self.store, claim, env=self.env, log_dir=self.log_dir, suspend_after=self.suspend_after,
+                               claim_token=taken.token, queue_limits=limits)
             self.running[ident] = self.launcher.start(spec)
             self.started += 1
             count += 1
+            if spec.queue_slot is not None and sum(1 for launched in self.running.values() if launched.spec.queue_slot
+                                                   == spec.queue_slot) >= spec.queue_slot[1]:
+                full_queues.add(queue_of(claim))
             self.log("run_started", run_id=spec.run_id, claim=f"{ident[0]}:{ident[1]}", notebook=spec.notebook,
-                     priority=int(claim.get("priority") or 0), flow_key=claim.get("flow_key"),
-                     recovered=state == "orphaned" and bool(claim.get("claimed_at", now) < now - 5))
+                     priority=int(claim.get("priority") or 0), flow_key=claim.get("flow_key"), queue=queue_of(claim),
+                     recovered=bool(claim.get("claimed_at", now) < now - 5))
         return count
 
-    def _own_slots_full(self, claim: dict[str, Any]) -> bool:
-        key, limit = claim.get("flow_key"), claim.get("flow_limit")
-        if not isinstance(key, str) or not isinstance(limit, int):
-            return False
-        mine = sum(1 for launched in self.running.values() if launched.spec.slot and launched.spec.slot[0] == key)
-        return mine >= limit
+    def _note_started(self) -> None:
+        """Mark the claims of this dispatcher's running processes started as soon as their runs exist (not
+        only when the process ends): if this machine dies now, the run is an unfinished claim at once, and
+        another worker's recovery resumes it without waiting for the claim's lease to expire."""
+        for ident, launched in self.running.items():
+            if ident not in self._noted and self.store.journal_exists(str(launched.spec.run_id)):
+                self.store.mark_started(*ident)
+                self._noted.add(ident)
+
+    def _own_full_flows(self) -> set[str]:
+        """Flow keys whose slots are all held by this dispatcher's runs: their next claim waits here (it would
+        only exit for want of a slot, and a lower-priority claim could take the slot first)."""
+        counts: dict[str, int] = {}
+        for launched in self.running.values():
+            if launched.spec.slot:
+                counts[launched.spec.slot[0]] = counts.get(launched.spec.slot[0], 0) + 1
+        return {key for launched in self.running.values() if launched.spec.slot
+                for key, limit in [launched.spec.slot] if counts[key] >= limit}
 
     def reap(self) -> list[Launched]:
         """Forget the processes that ended (logging how); returns them."""
         ended = [(ident, launched) for ident, launched in self.running.items() if not launched.alive]
         for ident, launched in ended:
             del self.running[ident]
+            self._noted.discard(ident)
             code = launched.exitcode
             if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT):
                 self.log("run_deferred", run_id=launched.spec.run_id, claim=f"{ident[0]}:{ident[1]}",
@@ -119,6 +158,8 @@ class Dispatcher:
                 continue
             if self.store.journal_exists(str(launched.spec.run_id)):
                 self.store.mark_started(*ident)
+                if code is not None and code >= 0:  # it ended (or suspended); a killed one is the worker's to recover
+                    self.store.mark_finished(*ident)
                 self._failures.pop(ident, None)
             else:  # it died before its run began (an unreadable notebook, a kernel that never started): back off
                 failures = self._failures[ident] = self._failures.get(ident, 0) + 1

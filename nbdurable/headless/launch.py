@@ -8,16 +8,17 @@ launcher instead forks each run from a *forkserver* that imported them once (``m
 ``forkserver`` start method with these modules preloaded), which costs a few milliseconds. A run so
 started keeps going if the engine dies: it is an ordinary headless run holding its own lease.
 
-``LaunchSpec`` says what to run: the notebook, its parameters, its ``origin`` (what started it, recorded in
-its ``run`` record) and the id it takes (``run_id``, chosen before it starts so a claim can name it), or a
-run to resume. With ``claim=(kind, key)`` the child holds that claim's lease (``store/claims.py``) for
-its life: a claim whose starter died before the run's journal existed is then recognisably orphaned. With
-``slot=(key, limit)`` it holds one of the key's concurrency slots (``Store.hold_slot``) for its life, or
-exits at once without running when all are taken. A resume (``resume_run``) holds the resumed run's lease
-for its life and exits at once if another process holds it or a run already resumed it: of two engines
-resuming one suspended run, one does. ``on_change`` is ``nbdurable resume --on-change``; a run the
-runner refuses to start (an ``OptionsError``: changed code under ``fail``, a secret parameter missing)
-prints ``nbdurable-refused: <JSON message>`` and exits with ``EXIT_REFUSED``.
+``LaunchSpec`` says what to run: the notebook, its parameters, its ``origin`` (what started it, recorded in its
+``run`` record) and the id it takes (``run_id``, chosen before it starts so a claim can name it), or a run to
+resume. With ``claim=(kind, key)`` the child holds that claim's lease (``store/claims.py``) for its life: a
+claim whose starter died before the run's journal existed is then recognisably orphaned (on a shared store the
+worker's ``take_claim`` took that lease: ``claim_token`` hands it to the child). With ``slot=(key, limit)`` it
+holds one of the key's concurrency slots (``Store.hold_slot``) for its life, or exits at once without running
+when all are taken; ``queue_slot`` the same for its queue's concurrency. A resume (``resume_run``) holds the
+resumed run's lease for its life and exits at once if another process holds it or a run already resumed it: of
+two engines resuming one suspended run, one does. ``on_change`` is ``nbdurable resume --on-change``; a run the
+runner refuses to start (an ``OptionsError``: changed code under ``fail``, a secret parameter missing) prints
+``nbdurable-refused: <JSON message>`` and exits with ``EXIT_REFUSED``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate",
            # jupyter_client imports these when it looks up a kernelspec (IPython.paths, ipykernel.kernelspec):
@@ -55,6 +56,8 @@ class LaunchSpec:
     resume_run: str | None = None
     claim: tuple[str, str] | None = None
     slot: tuple[str, int] | None = None  # (flow key, limit): the run holds one of the key's slots for its life
+    queue_slot: tuple[str, int] | None = None  # (queue's slot key, its concurrency): held for its life, as ``slot``
+    claim_token: str | None = None  # the claim's lease taken by a shared store's ``take_claim``, handed to the run
     output_path: str | None = None
     cwd: str | None = None
     suspend_after: float | None = None
@@ -138,34 +141,43 @@ def _child_main(spec: LaunchSpec) -> None:
     from nbdurable.store import Store
 
     store = Store.open(spec.store)
-    lease = None
+    held: list[Any] = []  # released before an early exit: a shared store's leases would otherwise wait for expiry
     if spec.claim is not None:
-        lease = store.hold_claim(*spec.claim)
+        lease = store.hold_claim(*spec.claim, token=spec.claim_token)
         if lease is None or (spec.run_id and store.journal_exists(spec.run_id)):
-            os._exit(EXIT_CLAIM_HELD)
+            _exit_early(EXIT_CLAIM_HELD, [lease])
+        held.append(lease)
     if spec.resume_run:
-        lease = _hold_resumed(store, spec.resume_run)
-    slot = store.hold_slot(*spec.slot) if spec.slot is not None else None
-    if spec.slot is not None and slot is None:
-        os._exit(EXIT_NO_SLOT)
+        held.append(_hold_resumed(store, spec.resume_run))
+    for wanted in (spec.slot, spec.queue_slot):
+        if wanted is not None:
+            slot = store.hold_slot(*wanted)
+            if slot is None:
+                _exit_early(EXIT_NO_SLOT, held)
+            held.append(slot)
     if spec.run_id and not spec.resume_run and store.cancel_requested(spec.run_id):
         _end_cancelled_unstarted(store, spec)  # e.g. a child run whose parent was cancelled before it started
-        os._exit(EXIT_CODES["cancelled"])
+        _exit_early(EXIT_CODES["cancelled"], held)
     try:
         result = _execute(spec, store)
     except OptionsError as exc:
         print(REFUSED_PREFIX + json.dumps(str(exc)), file=sys.stderr, flush=True)
-        os._exit(EXIT_REFUSED)
+        _exit_early(EXIT_REFUSED, held)
     print(f"{result.status}: run {result.run_id}: {result.executed} executed, {result.restored} restored"
           + (f": {result.error}" if result.error else ""), file=sys.stderr, flush=True)
     if result.status == "cancelled" and result.run_id and result.cancel:
         compensate_cancelled(store, result.run_id, result.cancel)
-    for held in (slot, lease):
-        if held is not None:
-            held.release()
+    _exit_early(EXIT_CODES.get(result.status, 1), held)
+
+
+def _exit_early(code: int, held: list[Any]) -> NoReturn:
+    """Release what this process holds (newest first) and exit with ``code`` at once."""
+    for lease in reversed(held):
+        if lease is not None:
+            lease.release()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_CODES.get(result.status, 1))
+    os._exit(code)
 
 
 def _hold_resumed(store: Any, run_id: str) -> Any:
@@ -179,7 +191,7 @@ def _hold_resumed(store: Any, run_id: str) -> Any:
         os._exit(EXIT_CLAIM_HELD)
     if any((store.journal_head(other) or {}).get("resumed_from") == run_id
            for other in store.run_ids() if other > run_id):
-        os._exit(EXIT_CLAIM_HELD)
+        _exit_early(EXIT_CLAIM_HELD, [lease])
     return lease
 
 

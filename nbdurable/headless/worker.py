@@ -1,9 +1,11 @@
-"""The worker is the engine: each tick runs its passes (``Worker.passes``) over one store: fire the schedules'
-due slots (claims, ``scheduler.py``), resume the suspended runs that are due, and start the open claims
-(``Dispatcher.tick``). Every run it starts or resumes executes in a process of its own (``launch.py``: its
-own session, so a worker killed with SIGKILL leaves it running), at most ``max_concurrent`` at once. Several
-workers on one store cooperate: claims start one run per key, a resume holds the resumed run's lease.
-Each decision is one structured log line (``worker_log.py``).
+"""The worker is the engine: each tick runs its passes (``Worker.passes``) over one store: fire the schedules' due
+slots (claims, ``scheduler.py``), decide the triggers' events, resume the suspended runs that are due, resume
+the claimed runs whose process died mid-run (``recovery.py``), and start the open claims (``Dispatcher.tick``).
+The same passes run on a directory store and on a shared one (PostgreSQL): the store implements the same
+methods, so workers on several machines share one queue. Every run it starts or resumes executes in a process
+of its own (``launch.py``: its own session, so a worker killed with SIGKILL leaves it running), at most
+``max_concurrent`` at once. Several workers on one store cooperate: claims start one run per key, a resume
+holds the resumed run's lease. Each decision is one structured log line (``worker_log.py``).
 
 Resuming suspended runs:
 
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdurable.errors import LeaseHeldError
-from nbdurable.headless.dispatch import Dispatcher, Log
+from nbdurable.headless.dispatch import Dispatcher, Log, queue_slot
 from nbdurable.headless.launch import (
     EXIT_CLAIM_HELD,
     EXIT_NO_SLOT,
@@ -49,6 +51,7 @@ from nbdurable.headless.launch import (
     Launcher,
     LaunchSpec,
 )
+from nbdurable.headless.recovery import Recovery
 from nbdurable.headless.triggers import TriggerPass
 from nbdurable.runtime.children import child_state
 from nbdurable.runtime.clock import clock
@@ -56,6 +59,7 @@ from nbdurable.runtime.control import was_cancelled
 from nbdurable.runtime.replay import chain_scope
 from nbdurable.runtime.waits import find_event
 from nbdurable.store import Store
+from nbdurable.store.queues import queue_limits
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class Worker:
 
     def __init__(self, store: Store, *, log: Log, max_concurrent: int = 4, suspend_after: float | None = None,
                  on_change: str = "continue", grace: float = 60.0, run_logs: str | None = None,
-                 launcher: Launcher | None = None) -> None:
+                 launcher: Launcher | None = None, queues: list[str] | None = None) -> None:
         self.store, self.log, self.suspend_after, self.on_change = store, log, suspend_after, on_change
         self.max_concurrent, self.grace = max_concurrent, grace
         self.keep_logs = run_logs is not None
@@ -131,18 +135,17 @@ class Worker:
         self.launcher = launcher or Launcher()
         self.dispatcher = Dispatcher(store, log=self._dispatch_log, max_concurrent=max_concurrent,
                                      launcher=self.launcher, log_dir=self.run_logs, suspend_after=suspend_after,
-                                     on_exit=self._run_exited)
+                                     on_exit=self._run_exited, queues=queues)
         self.resuming: dict[str, Launched] = {}
         self.resumed = 0  # resumes that ran (their process did not stand down)
         self.dispatch_deferred = 0  # new runs' processes that stood down (another worker had it, no free slot)
         self.max_runs: int | None = None
         self.wakeups: list[float] = []  # filled by the passes: when something is due next
         self._skipped: set[str] = set()  # runs that cannot be resumed (no notebook file, refused): logged once
+        self.recovery = Recovery(store, log, lambda run_id, why: self.resume(DueRun(run_id, why)))
         self.triggers = TriggerPass(store, log)
-        # A shared store (PostgreSQL) keeps no schedules, triggers or claims yet: its worker only resumes runs.
-        self.orchestrates = all(hasattr(store, name) for name in ("schedules", "triggers", "open_claims"))
-        self.passes: list[Callable[[], object]] = ([self.fire_schedules, self.triggers.tick, self.resume_due,
-                                                    self.dispatch] if self.orchestrates else [self.resume_due])
+        self.passes: list[Callable[[], object]] = [self.fire_schedules, self.triggers.tick, self.resume_due,
+                                                   self.recover, self.dispatch]
 
     # ----- the loop ---------------------------------------------------------------------------------------
 
@@ -152,9 +155,6 @@ class Worker:
         self.max_runs = max_runs
         self.log("worker_started", store=self.store.display, max_concurrent=self.max_concurrent,
                  mode="one pass" if once else f"polling every {poll:g} s")
-        if not self.orchestrates:
-            self.log("worker_limited", why="this store keeps no schedules, triggers or claims yet (a shared "
-                     "store): the worker only resumes suspended runs")
         self.tick(skip=True)
         while not (once or self.limit_reached()):
             time.sleep(poll)
@@ -210,7 +210,7 @@ class Worker:
         if self.running:
             return False
         now = clock().now()
-        for claim in self.store.open_claims() if self.orchestrates else []:
+        for claim in self.store.open_claims():
             not_before = float(claim.get("not_before") or 0)
             if not_before <= now:
                 return False
@@ -235,6 +235,12 @@ class Worker:
         """Start open claims within what is left of ``max_concurrent`` (``Dispatcher.tick``)."""
         self.dispatcher.max_concurrent = len(self.dispatcher.running) + self._capacity()
         self.dispatcher.tick()
+
+    def recover(self) -> None:
+        """Resume the claimed runs whose process died mid-run (``recovery.py``), within the limits."""
+        self._reap_resumes()
+        self.recovery.tick(self._capacity, busy=set(self.resuming) | {
+            str(launched.spec.run_id) for launched in self.dispatcher.running.values()})
 
     def resume_due(self) -> None:
         """Start a resume of each due suspended run, within the limits."""
@@ -276,10 +282,12 @@ class Worker:
                 return self._skip(due.run_id, f"cannot resume it: its notebook {notebook or '(unnamed)'} is gone")
         origin = head.get("origin") or {}
         key, limit = origin.get("flow_key"), origin.get("flow_limit")
+        queue = origin.get("queue") if isinstance(origin.get("queue"), str) else None
         cwd = (head.get("environment") or {}).get("cwd")
         spec = LaunchSpec(
             self.store.location, str(notebook), params=dict(head.get("params") or {}), resume_run=due.run_id,
             slot=(key, limit) if isinstance(key, str) and isinstance(limit, int) else None,
+            queue_slot=queue_slot(queue, queue_limits(self.store.queues()) if queue else {}),
             output_path=head.get("output_path"), cwd=cwd, suspend_after=self.suspend_after, on_change=self.on_change,
             log_path=str(Path(self.run_logs) / f"resume-{due.run_id}-{time.monotonic_ns()}.log"),
         )  # fmt: skip
@@ -298,6 +306,7 @@ class Worker:
                 continue
             del self.resuming[run_id]
             code, output = launched.exitcode, self._read_output(launched)
+            self.recovery.resume_ended(run_id, None if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT) else code)
             if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT, EXIT_REFUSED):
                 if code == EXIT_REFUSED:
                     self._skip(run_id, f"cannot resume it: {output.refused}")

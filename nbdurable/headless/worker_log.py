@@ -3,7 +3,8 @@
 
 Events: ``worker_started`` / ``worker_stopped``; ``slot_claimed`` and ``slots_skipped`` (schedules);
 ``resume_started``, ``resume_skipped``, ``run_resumed`` (suspended runs); ``run_started``, ``run_deferred``,
-``run_exited``, ``run_finished`` (runs started from claims, by the dispatcher); ``run_notice`` (a line a run
+``run_exited``, ``run_finished`` (runs started from claims, by the dispatcher); ``run_recovering``,
+``recovery_given_up`` (claimed runs whose process died mid-run: ``recovery.py``); ``run_notice`` (a line a run
 printed: code changed under it, what ``--on-change`` decided); ``clock_skipped`` (the time-skipping clock).
 """
 
@@ -27,6 +28,8 @@ _TEXT = {
     "run_deferred": "run {run_id}: not started now: {why}",
     "run_exited": "run {run_id}: its process exited with code {exit_code} after {seconds} s",
     "run_finished": "run {run_id}: {outcome} ({executed} executed, {restored} restored)",
+    "run_recovering": "run {run_id}: its process died mid-run ({claim}): resuming it from its last committed cell",
+    "recovery_given_up": "run {run_id}: not resumed again ({claim}): {why}",
     "clock_skipped": "time-skipping clock: nothing due, skipped to {to}",
 }
 

@@ -15,6 +15,7 @@ A store is a directory::
     claims/<kind>/…         claims: "this key starts exactly one run" (store/claims.py)
     triggers/<name>.trigger event triggers' definitions (store/triggers.py)
     schedules/<name>.json   a schedule's definition (`nbdurable schedule add`); <name>.state its cursor
+    queues/<name>.json      a queue's setting (`nbdurable queue set`: its concurrency; store/queues.py)
     catalog.duckdb          derived from the journals; can always be rebuilt
     catalog.lock            queue (flock) of the processes that want the catalog
     gc.json                 runs whose objects `nbdurable gc` collected (check does not call them damaged)
@@ -42,6 +43,7 @@ from .events import EventsMixin
 from .journal import JournalsMixin, JournalWriter, fsync_dir, io_error, read_records
 from .lease import Lease, LeasesMixin
 from .objects import ObjectsMixin
+from .queues import QueuesMixin
 from .schedules import SchedulesMixin
 from .triggers import TriggersMixin
 
@@ -55,7 +57,7 @@ _FORMAT_TMP_PREFIX = ".FORMAT."  # a FORMAT being written by a concurrent Store.
 
 
 class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin, ClaimsMixin, TriggersMixin,
-            SchedulesMixin, metaclass=abc.ABCMeta):
+            SchedulesMixin, QueuesMixin, metaclass=abc.ABCMeta):
     """A store directory. Create or open one with ``Store.open(path)`` (a ``postgresql://`` URL opens a
     ``SharedStore``)."""
 

@@ -21,6 +21,7 @@ import hashlib
 import os
 import pathlib
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import LeaseHeldError, OptionsError
@@ -30,19 +31,45 @@ from .lease import Lease, acquire_lease_file
 CLAIMS_DIR = "claims"
 CLAIM_SUFFIX = ".claim"
 STARTED_SUFFIX = ".started"
+FINISHED_SUFFIX = ".finished"
+DEFAULT_QUEUE = "default"  # the queue of a claim that names none (schedules, triggers, child runs)
 SLOTS_DIR = "_slots"  # concurrency slots of flow-control keys (``hold_slot``), not a kind of claim
 ClaimState = Literal["started", "starting", "orphaned"]
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
+    """``kind`` if it can name a kind of claim, else OptionsError."""
     if not kind or kind.startswith("_") or not kind.replace("-", "").replace("_", "").isalnum():
         raise OptionsError(f"claim kind {kind!r} must be letters, digits, '-' or '_'",
                            hint="use a short word such as 'slot', 'event' or 'child'")
     return kind
 
 
-def _digest(key: str) -> str:
+def claim_digest(key: str) -> str:
+    """A claim key's file name (and row digest on a shared store)."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+
+
+def queue_of(claim: dict[str, Any]) -> str:
+    """The queue a claim waits in (``nbdurable submit --queue``; others are in ``default``)."""
+    queue = claim.get("queue")
+    return queue if isinstance(queue, str) and queue else DEFAULT_QUEUE
+
+
+@dataclass(frozen=True)
+class TakenClaim:
+    """An open claim ``take_claim`` chose to start now. ``token`` names the claim's lease the take holds
+    (a shared store's), to hand to the process that starts the run (``hold_claim(..., token=)``); None on
+    a directory store, where that process takes the lease itself (of two, one stands down)."""
+
+    claim: dict[str, Any]
+    token: str | None
+
+
+def claim_order(claim: dict[str, Any]) -> tuple[int, float, str]:
+    """The queue's order: higher priority first, then older first."""
+    return -int(claim.get("priority") or 0), float(claim.get("claimed_at", 0)), str(claim["key"])
 
 
 class ClaimsMixin:
@@ -54,7 +81,7 @@ class ClaimsMixin:
         def journal_exists(self, run_id: str) -> bool: ...  # JournalsMixin
 
     def _claim_path(self, kind: str, key: str, suffix: str = CLAIM_SUFFIX) -> pathlib.Path:
-        return self.path / CLAIMS_DIR / _check_kind(kind) / (_digest(key) + suffix)
+        return self.path / CLAIMS_DIR / check_kind(kind) / (claim_digest(key) + suffix)
 
     def claim(self, kind: str, key: str, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Record durably that ``key`` (of ``kind``) starts the run ``record["run_id"]``. Returns ``(won,
@@ -91,7 +118,7 @@ class ClaimsMixin:
 
     def claims(self, kind: str) -> list[dict[str, Any]]:
         """Every valid claim of ``kind``, oldest first."""
-        directory = self.path / CLAIMS_DIR / _check_kind(kind)
+        directory = self.path / CLAIMS_DIR / check_kind(kind)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -118,6 +145,47 @@ class ClaimsMixin:
         """Note that the claim's run exists (an empty marker): ``open_claims`` skips it from now on."""
         self._claim_path(kind, key, STARTED_SUFFIX).touch(mode=0o600)
 
+    def mark_finished(self, kind: str, key: str) -> None:
+        """Note that the claim's run (or the last run of its resume chain) ended or suspended (an empty
+        marker): ``unfinished_claims`` skips it from now on."""
+        self.mark_started(kind, key)
+        self._claim_path(kind, key, FINISHED_SUFFIX).touch(mode=0o600)
+
+    def unfinished_claims(self) -> list[dict[str, Any]]:
+        """Claims whose run started and was not seen to end (``mark_finished``), oldest first: the runs a
+        worker checks for a process that died mid-run."""
+        root = self.path / CLAIMS_DIR
+        found: list[dict[str, Any]] = []
+        for kind in sorted(os.listdir(root)) if root.is_dir() else []:
+            directory = root / kind
+            if kind.startswith("_") or not directory.is_dir():
+                continue
+            names = set(os.listdir(directory))
+            found += [c for name in names if name.endswith(STARTED_SUFFIX)
+                      and name[: -len(STARTED_SUFFIX)] + FINISHED_SUFFIX not in names
+                      and (c := _read(directory / (name[: -len(STARTED_SUFFIX)] + CLAIM_SUFFIX), None))]
+        return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
+
+    def take_claim(self, *, now: float, queues: list[str] | None = None, exclude: set[tuple[str, str]] | None = None,
+                   full_flows: set[str] | None = None, full_queues: set[str] | None = None) -> TakenClaim | None:
+        """The next open claim to start now: by ``claim_order``, none before its ``not_before``, only of
+        ``queues`` (None: every queue), none of ``exclude`` (kind, key), of a flow key in ``full_flows`` or of
+        a queue in ``full_queues``, none another live process is starting; a claim whose run exists is
+        marked started on the way. None when there is none."""
+        for claim in sorted(self.open_claims(), key=claim_order):
+            ident = (str(claim["kind"]), str(claim["key"]))
+            queue = queue_of(claim)
+            if (ident in (exclude or ()) or float(claim.get("not_before") or 0) > now
+                    or (queues is not None and queue not in queues) or queue in (full_queues or ())
+                    or claim.get("flow_key") in (full_flows or ())):
+                continue
+            state = self.claim_state(claim)
+            if state == "started":
+                self.mark_started(*ident)
+            elif state == "orphaned":
+                return TakenClaim(claim, None)
+        return None
+
     def hold_slot(self, key: str, limit: int) -> Lease | None:
         """One of the ``limit`` concurrency slots of ``key`` (a flow-control key), held until released or
         this process ends; None when all are held by live processes. A run's process holds its slot, so at
@@ -126,14 +194,29 @@ class ClaimsMixin:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for i in range(max(1, limit)):
             try:
-                return acquire_lease_file(directory / f"{_digest(key)}.{i}.lease", f"slot {i} of {key}")
+                return acquire_lease_file(directory / f"{claim_digest(key)}.{i}.lease", f"slot {i} of {key}")
             except LeaseHeldError:
                 continue
         return None
 
-    def hold_claim(self, kind: str, key: str) -> Lease | None:
+    def slots_busy(self, key: str, limit: int) -> int:
+        """How many of the ``limit`` slots of ``key`` live processes hold now."""
+        directory = self.path / CLAIMS_DIR / SLOTS_DIR
+        busy = 0
+        for i in range(max(1, limit)):
+            path = directory / f"{claim_digest(key)}.{i}.lease"
+            if not path.exists():
+                continue
+            try:
+                acquire_lease_file(path, f"slot {i} of {key}").release()
+            except LeaseHeldError:
+                busy += 1
+        return busy
+
+    def hold_claim(self, kind: str, key: str, token: str | None = None) -> Lease | None:
         """Take the claim's lease (held until released or this process ends), or None if a live process
-        holds it. The starter of the claim's run holds it until the run's journal exists."""
+        holds it. The starter of the claim's run holds it until the run's journal exists. (``token``: a
+        shared store's lease handed on by ``take_claim``; a directory store's take holds none.)"""
         path = self._claim_path(kind, key, ".lease")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         claim = self.read_claim(kind, key) or {}
@@ -162,4 +245,5 @@ def _read(path: pathlib.Path, key: str | None) -> dict[str, Any] | None:
     return claim if key is None or claim["key"] == key else None
 
 
-__all__ = ["CLAIMS_DIR", "ClaimState", "ClaimsMixin"]
+__all__ = ["CLAIMS_DIR", "DEFAULT_QUEUE", "ClaimState", "ClaimsMixin", "TakenClaim", "check_kind", "claim_digest",
+           "claim_order", "queue_of"]

@@ -27,16 +27,21 @@ DEFINITION_SUFFIX = ".json"
 STATE_SUFFIX = ".state"
 
 
+def check_schedule_name(name: str) -> str:
+    """``name`` if it can name a schedule, else OptionsError."""
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise OptionsError(f"{name!r} is not a valid schedule name",
+                           hint="use letters, digits, '.', '_' or '-', e.g. nightly-report")
+    return name
+
+
 class SchedulesMixin:
     """The schedules half of ``Store``."""
 
     path: pathlib.Path
 
     def _schedule_path(self, name: str, suffix: str = DEFINITION_SUFFIX) -> pathlib.Path:
-        if not name or "/" in name or name.startswith(".") or "\0" in name:
-            raise OptionsError(f"{name!r} is not a valid schedule name",
-                               hint="use letters, digits, '.', '_' or '-', e.g. nightly-report")
-        return self.path / SCHEDULES_DIR / (name + suffix)
+        return self.path / SCHEDULES_DIR / (check_schedule_name(name) + suffix)
 
     def _write_line(self, final: pathlib.Path, record: dict[str, Any], *, replace: bool, doing: str) -> bool:
         """Write ``record`` durably at ``final``: renamed over it (``replace``) or linked (False if it exists)."""
@@ -124,4 +129,4 @@ def _read(path: pathlib.Path) -> dict[str, Any] | None:
     return record if record is not None and isinstance(record.get("name"), str) else None
 
 
-__all__ = ["SCHEDULES_DIR", "SchedulesMixin"]
+__all__ = ["SCHEDULES_DIR", "SchedulesMixin", "check_schedule_name"]

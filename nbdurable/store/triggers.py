@@ -154,6 +154,7 @@ class TriggersMixin:
         marker = self._claim_path(kind, key, ".started")
         marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         marker.touch(mode=0o600)
+        self._claim_path(kind, key, ".finished").touch(mode=0o600)  # nor checks it for a run that died
         return self.claim(kind, key, record)
 
 

@@ -5,11 +5,12 @@
 runtime, the runners and the CLI call behaves as on a directory (same records, same tags, same errors).
 By concept:
 
-- ``pg``: URLs and their redaction, the connection pool, versioned migrations (and where issue 17's
-  tables go);
+- ``pg``: URLs and their redaction, the connection pool, versioned migrations;
 - ``pg_journal``: journals as rows, the writer;
 - ``pg_leases``: leases as rows with heartbeat and expiry;
 - ``pg_events``: events and cancel requests as rows;
+- ``pg_claims``: claims, the run queue (``take_claim``: ``FOR UPDATE SKIP LOCKED``) and concurrency slots;
+- ``pg_definitions``: schedules, triggers, queue settings and their cursors as rows;
 - ``fsspec_objects``: content-addressed objects on any fsspec file system;
 - ``maintenance``: check / repair / gc of a shared store; ``migrate``: a directory store copied in.
 
@@ -31,6 +32,8 @@ from ...errors import StoreError, StoreFormatError
 from ..crypto import encryption_key
 from .fsspec_objects import FsspecObjectsMixin, object_filesystem
 from .pg import database_error, is_store_url, pool, redact
+from .pg_claims import PgClaimsMixin
+from .pg_definitions import PgDefinitionsMixin
 from .pg_events import PgEventsMixin
 from .pg_journal import PgJournalsMixin
 from .pg_leases import PgLeasesMixin
@@ -64,6 +67,20 @@ class _Query:
         except psycopg.Error as exc:
             raise database_error(exc, self.url, doing or "querying the store") from None
 
+    def _query_lazy(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]:
+        """``_query`` committed without waiting for the WAL flush (``synchronous_commit = off``): visible to
+        every process at once, durable a moment later. Only for writes whose loss in a server crash costs
+        work, never a decision (a claim's lease taken, a queue marker: taken or marked again)."""
+        import psycopg
+
+        try:
+            with pool(self.url).connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET LOCAL synchronous_commit = off")
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise database_error(exc, self.url, doing or "querying the store") from None
+
     def _many(self, sql: str, rows: list[list[Any]], doing: str) -> None:
         """Run one statement for each of ``rows``, all in one transaction (one commit, one WAL flush)."""
         import psycopg
@@ -75,7 +92,8 @@ class _Query:
             raise database_error(exc, self.url, doing) from None
 
 
-class SharedStore(_Query, PgJournalsMixin, PgLeasesMixin, PgEventsMixin, FsspecObjectsMixin):
+class SharedStore(_Query, PgJournalsMixin, PgLeasesMixin, PgEventsMixin, PgClaimsMixin, PgDefinitionsMixin,
+                  FsspecObjectsMixin):
     """A store in PostgreSQL with objects on fsspec. Open it with ``Store.open(url)``; a virtual subclass of
     ``Store`` (``Store.__subclasshook__``)."""
 

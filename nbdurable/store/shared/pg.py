@@ -6,9 +6,9 @@ package shows (errors, ``repr``, logs) names a store by ``redact(url)``, never w
 
 Migrations are numbered and applied in order, each in its own transaction, under a transaction-level
 advisory lock, and recorded in ``schema_migrations``: any number of processes opening a new database at
-once apply each migration exactly once. The tables the orchestration engine (issue 17) adds — schedules,
-triggers, slot claims and the run queue — go in as further entries of ``MIGRATIONS`` (never by editing an
-applied one): append ``(N, "what", SQL)``.
+once apply each migration exactly once. A change of schema is a further entry of ``MIGRATIONS`` (never an
+edit of an applied one): append ``(N, "what", SQL)``. Migration 2 holds the orchestration engine's tables
+(claims and the run queue, schedules, triggers, queue settings).
 """
 
 from __future__ import annotations
@@ -69,7 +69,33 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             tag text NOT NULL,
             set_aside_at timestamptz NOT NULL DEFAULT now());
     """),
-    # Issue 17's tables (schedules, triggers, slot claims, queue) come next, as migration 2 and on.
+    (2, "claims and the run queue, schedules, triggers, queue settings and their cursors", """
+        -- one row per claim (pg_claims.py): the authenticated line a claim file holds under its key (the
+        -- first claim of a key stands); the plain columns are copies for the queue's order and filters, and
+        -- its state (the marker files of a directory store)
+        CREATE TABLE nbd_claims (
+            kind text NOT NULL,
+            key text NOT NULL,
+            digest text NOT NULL,
+            run_id text,
+            body bytea NOT NULL,
+            tag text NOT NULL,
+            claimed_at double precision NOT NULL,
+            priority integer NOT NULL DEFAULT 0,
+            not_before double precision NOT NULL DEFAULT 0,
+            queue text NOT NULL DEFAULT 'default',
+            flow_digest text,
+            started boolean NOT NULL DEFAULT false,
+            finished boolean NOT NULL DEFAULT false,
+            PRIMARY KEY (kind, key));
+        CREATE INDEX nbd_claims_queue ON nbd_claims (priority DESC, claimed_at, key) WHERE NOT started;
+        CREATE INDEX nbd_claims_unfinished ON nbd_claims (claimed_at, key) WHERE started AND NOT finished;
+        CREATE TABLE nbd_schedules (name text PRIMARY KEY, body bytea NOT NULL, tag text NOT NULL);
+        CREATE TABLE nbd_schedule_cursors (name text PRIMARY KEY, body bytea NOT NULL, tag text NOT NULL);
+        CREATE TABLE nbd_triggers (name text PRIMARY KEY, body bytea NOT NULL, tag text NOT NULL);
+        CREATE TABLE nbd_trigger_cursors (name text PRIMARY KEY, body bytea NOT NULL, tag text NOT NULL);
+        CREATE TABLE nbd_queues (name text PRIMARY KEY, body bytea NOT NULL, tag text NOT NULL);
+    """),
 ]
 
 

@@ -162,25 +162,44 @@ class PgLeasesMixin:
     def acquire_lease(self, run_id: str) -> PgLease:
         """Take the run's lease; LeaseHeldError if a live process (this one included) holds it."""
         check_run_id(run_id)
-        row = self._lease_row(run_id)
+        lease = self.acquire_row_lease(run_id)
+        if lease is None:
+            raise _held_error(run_id, self._lease_row(run_id))
+        return lease
+
+    def acquire_row_lease(self, ident: str) -> PgLease | None:
+        """Take the lease named ``ident`` (a run id, or a claim's or a concurrency slot's name:
+        ``pg_claims.py``); None if a live process holds it. The same row, expiry and heartbeat for all."""
+        row = self._lease_row(ident)
         if row is not None and row[5] and _pid_dead_here(row[1], row[6]):
             # Its holder died on this host: expire it now (only if it is still that holder's).
             self._query("UPDATE nbd_leases SET expires_at = now() - interval '1 second' WHERE run_id = %s "
-                        "AND token = %s", [run_id, row[0]], f"taking over the lease of run {run_id}")
+                        "AND token = %s", [ident, row[0]], f"taking over the lease {ident}")
         token = secrets.token_hex(16)
         now = time.time()
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "acquired": now, "heartbeat": now, "run_id": run_id}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "acquired": now, "heartbeat": now, "run_id": ident}
         won = self._query(
             "INSERT INTO nbd_leases AS l (run_id, token, pid, host, boot_id, acquired, heartbeat, expires_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) "
             "ON CONFLICT (run_id) DO UPDATE SET token = excluded.token, pid = excluded.pid, host = excluded.host, "
             "boot_id = excluded.boot_id, acquired = excluded.acquired, heartbeat = excluded.heartbeat, "
             "expires_at = excluded.expires_at WHERE l.expires_at < now() RETURNING token",
-            [run_id, token, info["pid"], info["host"], _BOOT, now, now, lease_timeout()],
-            f"taking the lease of run {run_id}")
-        if not won:
-            raise _held_error(run_id, self._lease_row(run_id))
-        return PgLease(self, run_id, token, info)
+            [ident, token, info["pid"], info["host"], _BOOT, now, now, lease_timeout()],
+            f"taking the lease {ident}")
+        return PgLease(self, ident, token, info) if won else None
+
+    def adopt_row_lease(self, ident: str, token: str) -> PgLease | None:
+        """Take over the lease ``ident`` that another process took with ``token`` and handed to this one (a
+        worker's take of a claim, handed to the process that starts its run): this process becomes its
+        holder and heartbeats it. None if the lease expired or was taken by someone else meanwhile."""
+        now = time.time()
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "acquired": now, "heartbeat": now, "run_id": ident}
+        won = self._query(
+            "UPDATE nbd_leases SET pid = %s, host = %s, boot_id = %s, heartbeat = %s, "
+            "expires_at = now() + make_interval(secs => %s) WHERE run_id = %s AND token = %s AND expires_at > now() "
+            "RETURNING token", [info["pid"], info["host"], _BOOT, now, lease_timeout(), ident, token],
+            f"taking over the lease {ident}")
+        return PgLease(self, ident, token, info) if won else None
 
     def is_live(self, run_id: str) -> bool:
         """True if a live process holds the run's lease (unexpired, and its pid alive if on this host)."""
