@@ -47,7 +47,7 @@ from nbdurable.store.triggers import check_trigger_name
 LAG = 10.0  # seconds an event file may appear after its id's time (its write and fsync): looked back on
 CURSOR_EVERY = 5.0  # seconds of progress between two writes of a trigger's cursor
 RUN_KINDS = ("event", "idem", "debounce")  # the claims of a trigger that start runs
-DECISION_KIND, RATE_KIND = "dropped", "rate"  # decisions that start none
+DECISION_KIND, RATE_KIND, RATED_KIND = "dropped", "rate", "rated"  # decisions that start none
 
 
 # ----- definitions ------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class TriggerPass:
         value = flow_value if flow_value is not None else flow.key_of(data)
         start_at = None
         if flow.rate is not None:
-            start_at = self._rate(trigger, flow, value, event["id"], now)
+            start_at = self._rated(trigger, flow, value, event["id"], now)
             if start_at is None:
                 self._drop(trigger, event, "rate", key=value)
                 return "dropped"
@@ -300,6 +300,22 @@ class TriggerPass:
                  event_id=event["id"], run_id=run_id, claim=f"{kind}:{key}", flow_key=record.get("flow_key"),
                  priority=flow.priority, not_before=record.get("not_before"), debounced=debounced)
         return "claimed"
+
+    def _rated(self, trigger: dict[str, Any], flow: FlowControl, value: str | None, event_id: str,
+               now: float) -> float | None:
+        """The rate limit's one outcome for the event: when its run may start, or None (dropped). Taking a token
+        and acting on it are separate steps, so two workers could disagree (one took the last token for the
+        event, the other found none left and would drop it): the outcome is recorded first (``RATED_KIND``,
+        the first record stands) and every worker acts on the one that stands. A token taken by a worker that
+        lost is wasted, as one taken by a worker killed before its claim is."""
+        key = f"{trigger['name']}:{event_id}"
+        decided = self.store.read_claim(RATED_KIND, key)
+        if decided is None:
+            start_at = self._rate(trigger, flow, value, event_id, now)
+            _, decided = self.store.record_decision(RATED_KIND, key, {"trigger": trigger["name"], "event_id": event_id,
+                                                                      "start_at": start_at})
+        start = decided.get("start_at")
+        return None if start is None else float(start)
 
     def _rate(self, trigger: dict[str, Any], flow: FlowControl, value: str | None, event_id: str,
               now: float) -> float | None:
