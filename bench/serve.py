@@ -5,7 +5,8 @@ Servers run as processes of their own (``python -m nbdurable serve --no-engine``
 generator here:
 
 - events: ``CLIENTS`` concurrent HTTP/1.1 keep-alive clients (asyncio streams) POST events for ``--seconds``;
-  each reply comes after the event is fsync'ed (file and directory). Figures: events/s, p50 and p99 latency.
+  each reply comes after the event is durable (the server's group commit: one fdatasync of its write-ahead
+  segment for the events that arrived together). Figures: events/s, p50 and p99 latency.
   Baselines in the same run: the bare durable write (``Store.send_event`` in a loop, one thread: what the
   disk allows per writer) and a bare Starlette endpoint on uvicorn answering 202 without storing (what
   HTTP costs), under the same clients. Target: >= 1,000 events/s.
