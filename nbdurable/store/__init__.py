@@ -31,9 +31,10 @@ import abc
 import json
 import os
 import pathlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreFormatError
+from ..errors import StoreError, StoreFormatError
 from . import records
 from .claims import ClaimsMixin
 from .control import ControlMixin
@@ -101,7 +102,11 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
             (root / sub).mkdir(mode=0o700, exist_ok=True)
         store = cls(root)
         store._sweep_tmp()
-        recover_event_log(store)
+        try:
+            recover_event_log(store)
+        except StoreError as exc:  # reading the store must not fail on it; the next open tries again
+            warnings.warn(f"nbdurable: the events of a stopped server could not be recovered yet: {exc}",
+                          stacklevel=2)
         return store
 
     def open_event_writer(self) -> EventLog:
