@@ -129,17 +129,7 @@ class ClaimsMixin:
     def open_claims(self) -> list[dict[str, Any]]:
         """Every claim of every kind not yet marked started (``mark_started``): the engine's queue, oldest
         first."""
-        root = self.path / CLAIMS_DIR
-        found: list[dict[str, Any]] = []
-        for kind in sorted(os.listdir(root)) if root.is_dir() else []:
-            directory = root / kind
-            if kind.startswith("_") or not directory.is_dir():
-                continue
-            names = set(os.listdir(directory))
-            found += [c for name in names if name.endswith(CLAIM_SUFFIX)
-                      and name[: -len(CLAIM_SUFFIX)] + STARTED_SUFFIX not in names
-                      and (c := _read(directory / name, None))]
-        return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
+        return self._claims_marked(CLAIM_SUFFIX, without=STARTED_SUFFIX)
 
     def mark_started(self, kind: str, key: str) -> None:
         """Note that the claim's run exists (an empty marker): ``open_claims`` skips it from now on."""
@@ -154,6 +144,11 @@ class ClaimsMixin:
     def unfinished_claims(self) -> list[dict[str, Any]]:
         """Claims whose run started and was not seen to end (``mark_finished``), oldest first: the runs a
         worker checks for a process that died mid-run."""
+        return self._claims_marked(STARTED_SUFFIX, without=FINISHED_SUFFIX)
+
+    def _claims_marked(self, marker: str, *, without: str) -> list[dict[str, Any]]:
+        """The claims (of every kind) that have the file ``marker`` (``CLAIM_SUFFIX``: each claim has it) and
+        not ``without``, oldest first."""
         root = self.path / CLAIMS_DIR
         found: list[dict[str, Any]] = []
         for kind in sorted(os.listdir(root)) if root.is_dir() else []:
@@ -161,9 +156,9 @@ class ClaimsMixin:
             if kind.startswith("_") or not directory.is_dir():
                 continue
             names = set(os.listdir(directory))
-            found += [c for name in names if name.endswith(STARTED_SUFFIX)
-                      and name[: -len(STARTED_SUFFIX)] + FINISHED_SUFFIX not in names
-                      and (c := _read(directory / (name[: -len(STARTED_SUFFIX)] + CLAIM_SUFFIX), None))]
+            stems = [name[: -len(marker)] for name in names if name.endswith(marker)]
+            found += [c for stem in stems
+                      if stem + without not in names and (c := _read(directory / (stem + CLAIM_SUFFIX), None))]
         return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
 
     def take_claim(self, *, now: float, queues: list[str] | None = None, exclude: set[tuple[str, str]] | None = None,
