@@ -40,7 +40,24 @@ def check_trigger_name(name: str) -> str:
     return name
 
 
-class TriggersMixin:
+class TriggerLookup:
+    """``trigger(name)`` over a store's ``read_trigger`` and ``triggers`` (a directory's or a shared store's)."""
+
+    if TYPE_CHECKING:
+        def read_trigger(self, name: str) -> dict[str, Any] | None: ...
+        def triggers(self) -> list[dict[str, Any]]: ...
+
+    def trigger(self, name: str) -> dict[str, Any]:
+        """The trigger ``name``; OptionsError naming the known ones if there is none."""
+        found = self.read_trigger(name)
+        if found is None:
+            known = ", ".join(t["name"] for t in self.triggers()) or "none"
+            raise OptionsError(f"no trigger named {name!r} (triggers: {known})",
+                               hint="`nbdurable trigger list` shows them; `nbdurable trigger add` makes one")
+        return found
+
+
+class TriggersMixin(TriggerLookup):
     """The triggers half of ``Store``."""
 
     path: pathlib.Path
@@ -91,15 +108,6 @@ class TriggersMixin:
     def read_trigger(self, name: str) -> dict[str, Any] | None:
         """The trigger ``name``, or None (none, or a file that fails its tag)."""
         return _read(self._trigger_path(name))
-
-    def trigger(self, name: str) -> dict[str, Any]:
-        """The trigger ``name``; OptionsError naming the known ones if there is none."""
-        found = self.read_trigger(name)
-        if found is None:
-            known = ", ".join(t["name"] for t in self.triggers()) or "none"
-            raise OptionsError(f"no trigger named {name!r} (triggers: {known})",
-                               hint="`nbdurable trigger list` shows them; `nbdurable trigger add` makes one")
-        return found
 
     def triggers(self) -> list[dict[str, Any]]:
         """Every trigger, by name. A file that fails its tag is skipped with a warning."""

@@ -18,7 +18,7 @@ from ...errors import OptionsError
 from ..journal import encode_line
 from ..queues import check_queue_name, queue_setting
 from ..schedules import check_schedule_name
-from ..triggers import check_trigger_name
+from ..triggers import TriggerLookup, check_trigger_name
 from .pg_events import open_line_row
 from .pg_journal import split_line
 
@@ -26,7 +26,7 @@ _TABLES = {"schedule": "nbd_schedules", "schedule cursor": "nbd_schedule_cursors
            "trigger cursor": "nbd_trigger_cursors", "queue": "nbd_queues"}
 
 
-class PgDefinitionsMixin:
+class PgDefinitionsMixin(TriggerLookup):
     """Schedules, triggers and queues of ``SharedStore``."""
 
     if TYPE_CHECKING:
@@ -121,15 +121,6 @@ class PgDefinitionsMixin:
     def read_trigger(self, name: str) -> dict[str, Any] | None:
         """The trigger ``name``, or None (none, or a row that fails its tag)."""
         return self._get("trigger", check_trigger_name(name))
-
-    def trigger(self, name: str) -> dict[str, Any]:
-        """The trigger ``name``; OptionsError naming the known ones if there is none."""
-        found = self.read_trigger(name)
-        if found is None:
-            known = ", ".join(t["name"] for t in self.triggers()) or "none"
-            raise OptionsError(f"no trigger named {name!r} (triggers: {known})",
-                               hint="`nbdurable trigger list` shows them; `nbdurable trigger add` makes one")
-        return found
 
     def triggers(self) -> list[dict[str, Any]]:
         """Every trigger, by name. A row that fails its tag is skipped with a warning."""
