@@ -98,9 +98,12 @@ def test_slots_schedules_triggers_and_queues_behave_alike_on_both_stores(any_sto
 
 
 _TAKER = """
-import json, sys, time
+import json, os, sys, time
 from nbdurable.store import Store
 store = Store.open(sys.argv[1])
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):  # every taker starts at once: none takes the whole queue alone
+    time.sleep(0.005)
 mine = []
 while True:
     taken = store.take_claim(now=time.time())
@@ -117,8 +120,12 @@ def test_concurrent_takers_take_every_claim_exactly_once(pg_store: str, tmp_path
     for i, key in enumerate(keys):
         store.claim("submit", key, {"run_id": f"20261207T000000{i:03d}-aaaaaa", "notebook": "x", "priority": i % 3})
     env = clean_env({"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "NBDURABLE_LEASE_TIMEOUT": "120"})
-    takers = [subprocess.Popen([sys.executable, "-c", _TAKER, pg_store], env=env, stdout=subprocess.PIPE, text=True)
-              for _ in range(4)]
+    go = tmp_path / "go"
+    takers = [subprocess.Popen([sys.executable, "-c", _TAKER, pg_store, str(go)], env=env, stdout=subprocess.PIPE,
+                               text=True) for _ in range(4)]
+    for taker in takers:
+        assert taker.stdout is not None and taker.stdout.readline().strip() == "ready"
+    go.touch()
     taken = [json.loads(p.communicate(timeout=120)[0]) for p in takers]
     everything = [k for mine in taken for k in mine]
     assert sorted(everything) == keys  # each claim by exactly one taker
