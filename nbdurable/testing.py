@@ -10,10 +10,34 @@ catalog ``runs.time_skipped``, ``nbdurable show``). See ``nbdurable/runtime/cloc
 
 ``now()``, ``monotonic()`` and ``sleep()`` read and wait on that clock: step code that polls or waits can use
 them so that a time-skipped test skips its waits too.
+
+The skipped time stays after a ``time_skipping()`` block (durable time never goes back in a process). A test
+suite that skips time in several tests of one process calls ``reset_clock()`` between them (an autouse
+fixture), or the next test starts with the clock ahead: a worker it drives would start delayed runs early.
 """
 
 from __future__ import annotations
 
-from nbdurable.runtime.clock import ENV_TIME_SKIP, Clock, clock, is_skipping, monotonic, now, sleep, time_skipping
+from nbdurable.runtime.clock import (
+    ENV_TIME_SKIP,
+    Clock,
+    clock,
+    is_skipping,
+    monotonic,
+    now,
+    reset_clock,
+    sleep,
+    time_skipping,
+)
 
-__all__ = ["ENV_TIME_SKIP", "Clock", "clock", "is_skipping", "monotonic", "now", "sleep", "time_skipping"]
+__all__ = [
+    "ENV_TIME_SKIP",
+    "Clock",
+    "clock",
+    "is_skipping",
+    "monotonic",
+    "now",
+    "reset_clock",
+    "sleep",
+    "time_skipping",
+]

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from nbdurable.testing import reset_clock
+
 from browser import browser_context, lab_server, page  # noqa: F401 - test_browser.py's fixtures, requested by name
 from helpers import clean_env
 
@@ -25,6 +27,14 @@ def pytest_configure(config: pytest.Config) -> None:
     temporary config directory, never the user's ``~/.config/nbdurable/key`` (environments given to
     subprocesses drop NBDURABLE_* variables, so the key is placed through XDG_CONFIG_HOME)."""
     os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbd-test-config-")
+
+
+@pytest.fixture(autouse=True)
+def _real_clock() -> Iterator[None]:
+    """Each test starts on the real clock: a test that skipped time in this process leaves its clock ahead
+    (``nbd.testing.reset_clock``), and a dispatcher driven by a later test would start delayed runs early."""
+    yield
+    reset_clock()
 
 
 @dataclass

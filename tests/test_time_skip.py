@@ -77,6 +77,9 @@ def test_time_skipping_outside_a_durable_cell_and_the_block_restores_real_waits(
     began = time.monotonic()
     nbd.sleep(0.3)  # the real clock again: it waits (from the clock's reading, which stays ahead)
     assert time.monotonic() - began >= 0.3
+    assert nbd.testing.now() - time.time() == pytest.approx(7 * DAY, abs=5.0)  # the skipped week stays
+    nbd.testing.reset_clock()  # what a test suite does between tests (conftest's autouse fixture)
+    assert abs(nbd.testing.now() - time.time()) < 1.0 and not nbd.testing.is_skipping()
 
 
 # ----- headless: the acceptance notebook, and backoffs and timeouts in a run ------------------------

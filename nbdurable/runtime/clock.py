@@ -100,7 +100,11 @@ class Clock:
                 self._deadlines.pop(ident, None)
 
 
-_clock = Clock(skipping=os.environ.get(ENV_TIME_SKIP, "").strip().lower() in ("1", "true", "yes", "on"))
+def _skipping_from_env() -> bool:
+    return os.environ.get(ENV_TIME_SKIP, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_clock = Clock(skipping=_skipping_from_env())
 
 
 def clock() -> Clock:
@@ -126,6 +130,16 @@ def sleep(seconds: float) -> None:
 def is_skipping() -> bool:
     """True while durable waits skip time (``NBDURABLE_TIME_SKIP=1`` or inside ``time_skipping()``)."""
     return _clock.skipping
+
+
+def reset_clock() -> None:
+    """Back to the real clock: not skipping, nothing skipped. For a test suite, between tests that skip time in
+    one process (the offset of a ``time_skipping()`` block stays after it, so the next test would start days
+    ahead); never inside a run, whose durable times would go back."""
+    with _clock._lock:
+        _clock.skipping = _skipping_from_env()
+        _clock.offset = 0.0
+        _clock._deadlines.clear()
 
 
 @contextmanager
