@@ -52,6 +52,11 @@ def test_a_run_started_over_http_is_streamed_listed_and_its_events_kept(any_stor
             assert [a.status_code for a in sent] == [202] * 5
             listed = c.get("/api/events", params={"name": "shared.tick"}).json()["events"]
             assert sorted(e["data"]["n"] for e in listed) == list(range(5))
+            keyed = [c.post("/api/events/shared.paid", json={"n": 1}, headers={"Idempotency-Key": "order-17"})
+                     for _ in range(2)]
+            assert [k.status_code for k in keyed] == [202, 200] and keyed[1].json()["duplicate"] is True
+            assert [e["id"] for e in c.get("/api/events", params={"name": "shared.paid"}).json()["events"]] == [
+                keyed[0].json()["id"]]
             answer = c.post("/api/runs", json={"notebook": "hello.ipynb"})
             assert answer.status_code == 202, answer.text
             run_id = answer.json()["run_id"]

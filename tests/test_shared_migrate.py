@@ -67,6 +67,79 @@ def test_migrate_is_idempotent_and_resumes_after_kill(pg_store: str, tmp_path: P
     assert "0 objects (1 already there, verified)" in third.stdout and _contents(target) == _contents(source)
 
 
+def _every_kind_of_decision(store: Store) -> dict[str, object]:
+    """Schedules, triggers, a queue setting, their cursors, claims of several kinds in each state, an event
+    sent with an idempotency key, a flow key's slot (a lease: never copied); returns the event."""
+    store.add_schedule({"name": "nightly", "notebook": "n.ipynb", "cron": "0 3 * * *", "paused": False})
+    store.advance_schedule_cursor("nightly", 1_765_000_000.5)
+    store.add_trigger({"name": "orders", "notebook": "o.ipynb", "on": "order", "created_at": 1.0})
+    store.write_trigger_cursor("orders", {"after": 99.0})
+    store.set_queue("gpu", 2)
+    run = "20261207T000000000-{:06x}".format
+    store.claim("submit", "open", {"run_id": run(1), "notebook": "n.ipynb", "queue": "gpu", "priority": 3,
+                                   "not_before": 5.0, "flow_key": "trigger:orders:c1", "flow_limit": 1})
+    store.claim("slot", "nightly@1", {"run_id": run(2), "notebook": "n.ipynb"})
+    store.mark_started("slot", "nightly@1")  # started, not seen to end
+    store.claim("event", "orders:e1", {"run_id": run(3), "notebook": "o.ipynb"})
+    store.mark_finished("event", "orders:e1")
+    store.record_decision("dropped", "orders:e2", {"reason": "rate"})
+    lease = store.hold_slot("trigger:orders:c1", 1)
+    assert lease is not None
+    lease.release()
+    event, stored = store.send_event_once("order", {"n": 1}, "key-1")
+    assert stored
+    return event
+
+
+def _decisions(store: Store) -> dict[str, object]:
+    ident = lambda claims: sorted((c["kind"], c["key"]) for c in claims)  # noqa: E731
+    return {"schedules": store.schedules(), "cursor": store.schedule_cursor("nightly"), "triggers": store.triggers(),
+            "trigger cursor": store.read_trigger_cursor("orders"), "queues": store.queues(),
+            "claims": {kind: store.claims(kind) for kind in ("submit", "slot", "event", "dropped")},
+            "open": ident(store.open_claims()), "unfinished": ident(store.unfinished_claims())}
+
+
+def test_every_kind_of_decision_is_copied_with_its_state(pg_store: str, tmp_path: Path) -> None:
+    source = Store.open(tmp_path / "local")
+    event = _every_kind_of_decision(source)
+    objects = (tmp_path / "objects").as_uri()
+    args = ("migrate", "--from", str(tmp_path / "local"), "--to", pg_store, "--objects", objects, "--no-progress")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert ("Copied 4 claims (0 already there), 1 idempotency keys, 5 schedules, triggers, queue settings and "
+            "cursors (0 already there, kept)") in first.stdout
+    target = SharedStore.open(pg_store, objects=objects)
+    assert _decisions(target) == _decisions(source)
+    assert _decisions(target)["open"] == [("submit", "open")] and _decisions(target)["unfinished"] == [
+        ("slot", "nightly@1")]
+    assert target.send_event_once("order", {"n": 2}, "key-1") == (event, False)  # the key names the same event
+    assert target.events() == source.events() == [event]
+    # the copied queue claim is served by the shared queue's columns: its queue, its not_before, its flow key
+    assert target.take_claim(now=4.0) is None
+    assert target.take_claim(now=6.0, queues=["default"]) is None
+    assert target.take_claim(now=6.0, full_flows={"trigger:orders:c1"}) is None
+    taken = target.take_claim(now=6.0, queues=["gpu"])
+    assert taken is not None and taken.claim["run_id"] == source.read_claim("submit", "open")["run_id"]
+
+    source.mark_finished("slot", "nightly@1")  # the source moved on; a second migrate brings the state along
+    source.set_queue("gpu", 5)  # a definition already in the target is the target's: kept
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Copied 0 claims (4 already there), 1 idempotency keys" in again.stdout
+    assert "(5 already there, kept)" in again.stdout
+    assert target.unfinished_claims() == [] and target.read_queue("gpu")["concurrency"] == 2
+
+
+def test_a_claim_of_another_store_is_refused(pg_store: str, tmp_path: Path) -> None:
+    source = Store.open(tmp_path / "local")
+    source.claim("slot", "nightly@1", {"run_id": "20261207T000000000-000001", "notebook": "n.ipynb"})
+    target = SharedStore.open(pg_store, objects=(tmp_path / "objects").as_uri())
+    target.claim("slot", "nightly@1", {"run_id": "20261207T000000000-000002", "notebook": "n.ipynb"})
+    result = run_cli("migrate", "--from", str(tmp_path / "local"), "--to", pg_store, "--no-progress", cwd=tmp_path)
+    assert result.returncode != 0 and "already has a different slot claim 'nightly@1'" in result.stderr
+    assert target.read_claim("slot", "nightly@1")["run_id"].endswith("000002")  # the target's stands
+
+
 def test_damaged_records_are_never_copied(pg_store: str, tmp_path: Path) -> None:
     source = Store.open(tmp_path / "local")
     _synthetic(source, 2)

@@ -23,8 +23,10 @@ from nbdurable.store import Store, is_store_url, open_shared
               "default: NBDURABLE_OBJECTS, or the location the store already records.")
 @click.option("--progress/--no-progress", default=True, help="Show progress (default: on).")
 def migrate(source: Path, target: str, objects: str | None, progress: bool) -> None:
-    """Copy a local store's journals, events, cancel requests and the objects its runs need into a shared
-    store, verifying every authentication tag. Idempotent and resumable: run it again after an
+    """Copy a local store into a shared store, verifying every authentication tag: journals and the objects
+    they need, events and their idempotency keys, cancel requests, claims (the run queue, schedule slots,
+    trigger decisions) with their state, and the schedules, triggers, queue settings and cursors. Stop the
+    source's workers first (their leases are not copied). Idempotent and resumable: run it again after an
     interruption (or to copy runs added since) and it finishes the job. Exit code 1 if something was left
     out (damaged or missing in the source: listed)."""
     from nbdurable.store.shared.migrate import migrate_store
@@ -45,6 +47,9 @@ def migrate(source: Path, target: str, objects: str | None, progress: bool) -> N
     report = migrate_store(from_store, to_store, tick)
     click.echo(f"Copied {report.runs} runs ({report.records} records), {report.events} events, {report.cancels} "
                f"cancel requests, {report.objects} objects ({report.objects_present} already there, verified).")
+    click.echo(f"Copied {report.claims} claims ({report.claims_present} already there), {report.keys} idempotency "
+               f"keys, {report.definitions} schedules, triggers, queue settings and cursors "
+               f"({report.definitions_present} already there, kept).")
     for what in report.skipped:
         click.echo(f"left out: {what}", err=True)
     if not report.ok:

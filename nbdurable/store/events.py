@@ -23,7 +23,7 @@ import secrets
 import socket
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OptionsError
 from .journal import _checked_body, encode_line, fsync_dir, io_error
@@ -58,24 +58,21 @@ def event_time(event_id: str) -> float:
     return int(event_id.split("-", 1)[0]) / 1e9
 
 
-class EventsMixin:
-    """The event half of ``Store``."""
+class SendOnce:
+    """``send_event_once`` over a store's ``claim_event_key``, ``read_event`` and ``_write_events`` (the
+    directory store's and the shared store's)."""
 
-    path: pathlib.Path
-
-    def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
-        """Store an event durably (fsync'ed before this returns); returns it with its id."""
-        event = new_event(name, data)
-        self._write_events([event])
-        return event
-
+    if TYPE_CHECKING:
+        def claim_event_key(self, key: str, event_id: str) -> str: ...
+        def read_event(self, event_id: str) -> dict[str, Any] | None: ...
+        def _write_events(self, events: list[dict[str, Any]]) -> None: ...
 
     def send_event_once(self, name: str, data: Any, key: str) -> tuple[dict[str, Any], bool]:
         """Store an event durably unless one was sent with the idempotency ``key``: returns (the event,
         True) when this call stored it, (the first event sent with ``key``, False) when it stored nothing."""
         check_idempotency_key(key)
         event = new_event(name, data, key=key)
-        claimed = self._claim_key(key, event["id"])
+        claimed = self.claim_event_key(key, event["id"])
         if claimed == event["id"]:
             self._write_events([event])
             return event, True
@@ -90,8 +87,22 @@ class EventsMixin:
         self._write_events([event])
         return event, True
 
-    def _claim_key(self, key: str, event_id: str) -> str:
-        """The event id ``key`` names: ``event_id`` if this call claimed it, else the earlier claim's."""
+
+class EventsMixin(SendOnce):
+    """The event half of ``Store``."""
+
+    path: pathlib.Path
+
+    def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
+        """Store an event durably (fsync'ed before this returns); returns it with its id."""
+        event = new_event(name, data)
+        self._write_events([event])
+        return event
+
+
+    def claim_event_key(self, key: str, event_id: str) -> str:
+        """The event id the idempotency ``key`` names: ``event_id`` if this call claimed it, else the earlier
+        claim's."""
         directory = self.path / IDEMPOTENCY_DIR
         final = directory / hashlib.sha256(key.encode("utf-8")).hexdigest()
         tmp = self.path / "tmp" / f"key-{event_id}"

@@ -1,12 +1,19 @@
-"""Copy a directory store into a shared store (``nbdurable migrate``): journals, events, cancel requests and
-the objects the journals refer to, every tag verified.
+"""Copy a directory store into a shared store (``nbdurable migrate``), every tag verified: journals, the
+objects they refer to, events and their idempotency keys, cancel requests, claims with their state (the run
+queue, schedule slots, trigger decisions, rate tokens, child runs), and the definitions of schedules,
+triggers and queues with the schedules' and triggers' cursors. Leases are not copied: they belong to live
+processes (stop the source's workers and kernels first; a run still going is copied as far as it got, and
+the next migrate copies the rest).
 
 Idempotent and resumable: each run's journal goes in one transaction (all its records or none), rows that
 are already there are compared, not rewritten (a different row is an error: two stores mixed up), and
 objects already present under their key are verified, not uploaded again. Killed half-way, the same command
 finishes the job. Nothing that fails its tag is copied: a damaged journal is reported and left out (its
 records before the damage are not copied either: repair it first with ``nbdurable check --repair``).
-Objects no journal refers to are garbage (``nbdurable gc`` deletes them) and are not copied.
+Objects no journal refers to are garbage (``nbdurable gc`` deletes them) and are not copied. A claim
+already in the target keeps its line and only gains state (started, finished); a different claim of the
+same key is an error, as a different journal record is. A definition or cursor already in the target is
+kept (the target's stands: it may have been changed there since).
 """
 
 from __future__ import annotations
@@ -14,18 +21,27 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import StoreError
 from ..auth import object_tag
-from ..events import EVENT_SUFFIX
+from ..claims import CLAIM_SUFFIX, CLAIMS_DIR, FINISHED_SUFFIX, STARTED_SUFFIX, claim_digest
+from ..control import CANCEL_SUFFIX, CONTROL_DIR
+from ..events import EVENT_SUFFIX, IDEMPOTENCY_DIR
 from ..journal import JOURNAL_SUFFIX, _checked_body
 from ..maintenance import object_uses
+from ..queues import QUEUE_SUFFIX, QUEUES_DIR
+from ..schedules import SCHEDULES_DIR
+from ..triggers import CURSOR_SUFFIX, TRIGGER_SUFFIX, TRIGGERS_DIR
 from .pg import database_error, pool
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+# (directory, file suffix, what): the one-line files of definitions and cursors, each named after its name
+_DEFINITIONS = [(SCHEDULES_DIR, ".json", "schedule"), (SCHEDULES_DIR, ".state", "schedule cursor"),
+                (TRIGGERS_DIR, TRIGGER_SUFFIX, "trigger"), (TRIGGERS_DIR, CURSOR_SUFFIX, "trigger cursor"),
+                (QUEUES_DIR, QUEUE_SUFFIX, "queue")]
 
 
 @dataclass
@@ -35,7 +51,12 @@ class MigrationReport:
     runs: int = 0
     records: int = 0
     events: int = 0
+    keys: int = 0  # idempotency keys of events
     cancels: int = 0
+    claims: int = 0
+    claims_present: int = 0  # already in the target (their state brought up to date)
+    definitions: int = 0  # schedules, triggers, queue settings and cursors
+    definitions_present: int = 0  # already in the target, kept
     objects: int = 0
     objects_present: int = 0  # already in the target, verified
     skipped: list[str] = field(default_factory=list)  # what was left out, and why
@@ -73,8 +94,23 @@ def migrate_store(source: Any, target: Any, progress: Progress | None = None) ->
             if use.needs_file and use.tag is not None:
                 uses.setdefault(use.key, use.tag)
         tick("journals", done, len(run_ids))
-    _copy_lines(source, "events", EVENT_SUFFIX, target.put_event_line, report, tick)
-    _copy_lines(source, "control", ".cancel", target.put_cancel_line, report, tick)
+    for ident, data, _ in _listed(source, "events", EVENT_SUFFIX, report, tick):
+        target.put_event_line(ident, data)
+        report.events += 1
+    for _, _, value in _listed(source, IDEMPOTENCY_DIR, "", report, tick):
+        _copy_event_key(target, value, report)
+    for ident, data, _ in _listed(source, CONTROL_DIR, CANCEL_SUFFIX, report, tick):
+        target.put_cancel_line(ident, data)
+        report.cancels += 1
+    _copy_claims(source, target, report, tick)
+    for directory, suffix, what in _DEFINITIONS:
+        for name, data, value in _listed(source, directory, suffix, report, tick, what=what):
+            if value.get("name") != name:
+                report.skipped.append(f"{directory}/{name}{suffix} names another {what}: not copied")
+            elif target.put_definition_line(what, name, data):
+                report.definitions += 1
+            else:
+                report.definitions_present += 1
     for done, (key, tag) in enumerate(sorted(uses.items()), 1):
         _copy_object(source, target, key, tag, report)
         tick("objects", done, len(uses))
@@ -129,26 +165,61 @@ def _copy_journal(source: Any, target: Any, run_id: str, report: MigrationReport
     return records
 
 
-def _copy_lines(source: Any, directory: str, suffix: str, put: Callable[[str, bytes], None],
-                report: MigrationReport, tick: Progress) -> None:
-    """Events or cancel requests: one authenticated line per file, copied under its id (first one stands)."""
+def _listed(source: Any, directory: str, suffix: str, report: MigrationReport, tick: Progress, *,
+            what: str | None = None) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """The one-line authenticated files ``directory/*suffix`` of the source that pass their tag, as (name
+    without the suffix, the file's bytes, its record); the others are reported as left out. Progress is told
+    after each one the caller handled."""
     try:
-        names = sorted(n for n in os.listdir(source.path / directory) if n.endswith(suffix))
+        names = sorted(n for n in os.listdir(source.path / directory) if n.endswith(suffix) and n[0] != ".")
     except FileNotFoundError:
         return
-    for done, name in enumerate(names, 1):
-        ident = name[: -len(suffix)]
+    found = []
+    for name in names:
         data = (source.path / directory / name).read_bytes()
         value = _verified(data[:-1]) if data.endswith(b"\n") else None
         if value is None:
             report.skipped.append(f"{directory}/{name} fails its tag: not copied")
-            continue
-        put(ident, data)
-        if directory == "events":
-            report.events += 1
         else:
-            report.cancels += 1
-        tick(directory, done, len(names))
+            found.append((name[: len(name) - len(suffix)], data, value))
+    for done, item in enumerate(found, 1):
+        yield item
+        tick(what or directory, done, len(found))
+
+
+def _copy_event_key(target: Any, value: dict[str, Any], report: MigrationReport) -> None:
+    """An event's idempotency key: the target names the same event with it, or already named another."""
+    key, event_id = value.get("key"), value.get("event_id")
+    if not isinstance(key, str) or not isinstance(event_id, str):
+        report.skipped.append("an idempotency key file names no key or event: not copied")
+        return
+    standing = target.claim_event_key(key, event_id)
+    if standing != event_id:
+        raise StoreError(f"the target already names event {standing} with the idempotency key {key!r}, "
+                         f"the source {event_id}", hint="the target holds another store's events: migrate into an "
+                         "empty database")
+    report.keys += 1
+
+
+def _copy_claims(source: Any, target: Any, report: MigrationReport, tick: Progress) -> None:
+    """Every claim of every kind (not the flow keys' slots: leases), with its started and finished markers."""
+    root = source.path / CLAIMS_DIR
+    try:
+        kinds = sorted(k for k in os.listdir(root) if not k.startswith("_") and (root / k).is_dir())
+    except FileNotFoundError:
+        return
+    for kind in kinds:
+        directory = f"{CLAIMS_DIR}/{kind}"
+        for stem, data, value in _listed(source, directory, CLAIM_SUFFIX, report, tick, what=f"{kind} claims"):
+            if value.get("kind") != kind or claim_digest(str(value.get("key"))) != stem:
+                report.skipped.append(f"{directory}/{stem}{CLAIM_SUFFIX} is another key's claim: not copied")
+                continue
+            started, finished = ((root / kind / (stem + marker)).exists() for marker in (STARTED_SUFFIX,
+                                                                                           FINISHED_SUFFIX))
+            if target.put_claim_line(data, started=started, finished=finished):
+                report.claims += 1
+            else:
+                report.claims_present += 1
 
 
 def _copy_object(source: Any, target: Any, key: str, tag: str, report: MigrationReport) -> None:

@@ -30,6 +30,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ...errors import StoreError
 from ..claims import ClaimState, TakenClaim, check_kind, claim_digest, queue_of
 from ..journal import encode_line
 from .pg_events import open_line_row
@@ -76,17 +77,44 @@ class PgClaimsMixin:
         if existing is not None:
             return False, existing
         claim = {**record, "kind": kind, "key": key, "claimed_at": record.get("claimed_at", time.time())}
-        body, tag = split_line(encode_line(claim))
-        won = bool(self._query(
+        won = self._insert_claim_row(claim, encode_line(claim), started=decided, finished=decided)
+        standing = self.read_claim(kind, key)
+        return won, standing if standing is not None else claim
+
+    def _insert_claim_row(self, claim: dict[str, Any], line: bytes, *, started: bool, finished: bool) -> bool:
+        """Insert the claim's row unless its key has one (``line``: its authenticated line); True if inserted."""
+        kind, key = str(claim["kind"]), str(claim["key"])
+        body, tag = split_line(line)
+        return bool(self._query(
             "INSERT INTO nbd_claims (kind, key, digest, run_id, body, tag, claimed_at, priority, not_before, queue, "
             "flow_digest, started, finished) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT DO NOTHING RETURNING 1",
             [kind, key, claim_digest(key), claim.get("run_id"), body, tag, float(claim["claimed_at"]),
              int(claim.get("priority") or 0), float(claim.get("not_before") or 0), queue_of(claim),
-             _flow_digest(claim.get("flow_key")), decided, decided],
+             _flow_digest(claim.get("flow_key")), started, finished],
             f"recording the {kind} claim {key!r}"))
-        standing = self.read_claim(kind, key)
-        return won, standing if standing is not None else claim
+
+    def put_claim_line(self, line: bytes, *, started: bool, finished: bool) -> bool:
+        """Copy a claim's verified authenticated line (``nbdurable migrate``) with its state; True if it was
+        not here. A claim already here is kept: its state only moves on (started, finished), and a different
+        claim of the same key is an error (the first claim stands; two stores were mixed up)."""
+        claim = open_line_row(*split_line(line))
+        if claim is None or not isinstance(claim.get("kind"), str) or not isinstance(claim.get("key"), str):
+            raise StoreError("a claim to copy fails its authentication tag or names no kind and key",
+                             hint="run `nbdurable check` on the source store")
+        kind, key = check_kind(claim["kind"]), claim["key"]
+        if self._insert_claim_row(claim, line, started=started, finished=finished):
+            return True
+        rows = self._query("SELECT body, tag FROM nbd_claims WHERE kind = %s AND key = %s", [kind, key],
+                           f"reading the {kind} claim {key!r}")
+        if rows and (bytes(rows[0][0]), str(rows[0][1])) != split_line(line):
+            raise StoreError(f"the target already has a different {kind} claim {key!r}",
+                             hint="the target holds another store's decisions: migrate into an empty database")
+        if started or finished:
+            self._query("UPDATE nbd_claims SET started = started OR %s, finished = finished OR %s "
+                        "WHERE kind = %s AND key = %s", [started or finished, finished, kind, key],
+                        f"marking the {kind} claim {key!r}")
+        return False
 
     def read_claim(self, kind: str, key: str) -> dict[str, Any] | None:
         """The claim of ``key``, or None (none, or one that fails its tag: never used)."""

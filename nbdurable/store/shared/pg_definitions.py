@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ...errors import OptionsError
+from ...errors import OptionsError, StoreError
 from ..journal import encode_line
 from ..queues import check_queue_name, queue_setting
 from ..schedules import check_schedule_name
@@ -37,11 +37,23 @@ class PgDefinitionsMixin(TriggerLookup):
     # ----- rows holding one authenticated line, keyed by name
 
     def _put(self, what: str, name: str, record: dict[str, Any], *, replace: bool) -> bool:
-        body, tag = split_line(encode_line(record))
+        return self._put_line(what, name, encode_line(record), replace=replace)
+
+    def _put_line(self, what: str, name: str, line: bytes, *, replace: bool) -> bool:
+        body, tag = split_line(line)
         conflict = "DO UPDATE SET body = excluded.body, tag = excluded.tag" if replace else "DO NOTHING"
         return bool(self._query(f"INSERT INTO {_TABLES[what]} (name, body, tag) VALUES (%s, %s, %s) "
                                 f"ON CONFLICT (name) {conflict} RETURNING 1", [name, body, tag],
                                 f"recording the {what} {name!r}"))
+
+    def put_definition_line(self, what: str, name: str, line: bytes) -> bool:
+        """Copy a verified authenticated line of ``what`` (``schedule``, ``schedule cursor``, ``trigger``,
+        ``trigger cursor``, ``queue``) under ``name`` (``nbdurable migrate``); True if there was none. One
+        already here is kept: the target's definitions stand."""
+        if what not in _TABLES or _opened(*split_line(line), name) is None:
+            raise StoreError(f"the {what} {name!r} to copy fails its authentication tag or names another {what}",
+                             hint="run `nbdurable check` on the source store")
+        return self._put_line(what, name, line, replace=False)
 
     def _get(self, what: str, name: str) -> dict[str, Any] | None:
         rows = self._query(f"SELECT body, tag FROM {_TABLES[what]} WHERE name = %s", [name],

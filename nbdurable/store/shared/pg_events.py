@@ -1,7 +1,9 @@
 """Events (``nbd_events``) and cancel requests (``nbd_cancels``) in PostgreSQL: one row each, the same
 authenticated line (body and HMAC-SHA256 tag) an event or cancel file holds. A row failing its tag is
 never used: the event is skipped with a warning, the cancel request ignored (``nbdurable check`` reports
-both). The first cancel request of a run stands (``ON CONFLICT DO NOTHING``)."""
+both). The first cancel request of a run stands (``ON CONFLICT DO NOTHING``). An idempotency key
+(``send_event_once``) is a claim of kind ``eventkey`` naming its event's id, taken before the event is
+stored, as a directory store's ``idempotency/`` file is."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ..events import _ID_RE, event_time, new_event
+from ..events import _ID_RE, SendOnce, check_idempotency_key, event_time, new_event
 from ..journal import _checked_body, check_run_id, encode_line
 from .pg_journal import split_line
+
+EVENT_KEY_KIND = "eventkey"  # the claims naming the event sent with an idempotency key
 
 
 def open_line_row(body: bytes, tag: str) -> dict[str, Any] | None:
@@ -31,12 +35,13 @@ def _low_id(after: float | None) -> str:
     return "" if after is None else f"{max(0, int(after * 1e9) - 1_000_000):020d}"
 
 
-class PgEventsMixin:
+class PgEventsMixin(SendOnce):
     """Events and cancel requests of ``SharedStore``."""
 
     if TYPE_CHECKING:
         def _query(self, sql: str, params: Any = None, doing: str = "") -> list[tuple[Any, ...]]: ...
         def _many(self, sql: str, rows: list[list[Any]], doing: str) -> None: ...
+        def record_decision(self, kind: str, key: str, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]: ...
 
     def send_event(self, name: str, data: Any = None) -> dict[str, Any]:
         """Store an event durably (committed with a synchronous WAL flush); returns it with its id."""
@@ -49,6 +54,15 @@ class PgEventsMixin:
         rows = [[event["id"], *split_line(encode_line(event))] for event in events]
         self._many("INSERT INTO nbd_events (id, body, tag) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows,
                    f"storing {len(rows)} events")
+
+    def _write_events(self, events: list[dict[str, Any]]) -> None:
+        self.send_events(events)
+
+    def claim_event_key(self, key: str, event_id: str) -> str:
+        """The event id the idempotency ``key`` names: ``event_id`` if this call claimed it, else the earlier
+        claim's (a claim of kind ``eventkey``: the first one stands)."""
+        _, standing = self.record_decision(EVENT_KEY_KIND, check_idempotency_key(key), {"event_id": event_id})
+        return str(standing["event_id"])
 
     def open_event_writer(self) -> _EventWriter:
         """A writer storing batches of events durably, one transaction each (as ``Store.open_event_writer``)."""
