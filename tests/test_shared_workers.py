@@ -10,6 +10,7 @@ journal's primary key ``(run_id, seq)`` refuses a record written twice), and `nb
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -300,22 +301,35 @@ def test_a_queues_concurrency_holds_across_workers(pg_store: str, tmp_path: Path
     assert max_overlap(spans) == 2, spans  # never more than the queue's 2 (and the limit, not a worker, held them)
 
 
-def test_a_schedule_and_a_trigger_on_a_shared_store_fire_once_each_across_two_workers(
+def test_a_schedule_and_triggers_on_a_shared_store_fire_once_each_and_a_key_limit_holds_across_two_workers(
         pg_store: str, tmp_path: Path) -> None:
     SharedStore.open(pg_store)
     env = {"NBDURABLE_STORE": pg_store, **FAST}
     notebook(tmp_path / "nb.ipynb", work=0.0, cells=1)
+    notebook(tmp_path / "job.ipynb", work=1.5, cells=1)
     added = run_cli("schedule", "add", "tick", "nb.ipynb", "--every", "3s", cwd=tmp_path, env=env)
     assert added.returncode == 0, added.output
-    trigger = run_cli("trigger", "add", "orders", "nb.ipynb", "--on", "order", cwd=tmp_path, env=env)
-    assert trigger.returncode == 0, trigger.output
+    for trigger in (("orders", "nb.ipynb", "--on", "order"),
+                    ("jobs", "job.ipynb", "--on", "job", "--concurrency", "1", "--key", 'event["customer"]')):
+        made = run_cli("trigger", "add", *trigger, cwd=tmp_path, env=env)
+        assert made.returncode == 0, made.output
     command = ["worker", "--poll", "0.3", "--max-concurrent", "2"]
     workers = [start_cli(*command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL) for _ in range(2)]
     store = Store.open(pg_store)
+
+    def origins() -> dict[str, dict[str, Any]]:
+        return {r: (store.journal_head(r) or {}).get("origin") or {} for r in store.run_ids()}
+
     try:
         sent = run_cli("send", "order", "--data", '{"customer": 7}', cwd=tmp_path, env=env)
         assert sent.returncode == 0, sent.output
-        time.sleep(10)
+        for customer in (7, 7, 7, 8):  # three runs of one key, one at a time across both workers; 8 beside them
+            sent = run_cli("send", "job", "--data", json.dumps({"customer": customer}), cwd=tmp_path, env=env)
+            assert sent.returncode == 0, sent.output
+        deadline = time.monotonic() + 240
+        while sum(1 for r, o in origins().items() if o.get("trigger") == "jobs" and end_status(store, r)) < 4:
+            assert time.monotonic() < deadline, "the keyed runs did not end"
+            time.sleep(0.5)
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGINT)
@@ -324,9 +338,16 @@ def test_a_schedule_and_a_trigger_on_a_shared_store_fire_once_each_across_two_wo
     while any(end_status(store, r) is None for r in store.run_ids()):
         assert time.monotonic() < deadline
         time.sleep(0.3)
-    origins = [(store.journal_head(r) or {}).get("origin") or {} for r in store.run_ids()]
-    slots = [o["slot"] for o in origins if o.get("schedule") == "tick"]
-    triggered = [r for r in store.run_ids() if ((store.journal_head(r) or {}).get("origin") or {}).get("trigger")]
+    found = origins()
+    slots = [o["slot"] for o in found.values() if o.get("schedule") == "tick"]
+    triggered = [r for r, o in found.items() if o.get("trigger") == "orders"]
     assert len(slots) >= 2 and len(set(slots)) == len(slots), slots  # each slot once, by one of the two workers
     assert len(triggered) == 1 and (store.journal_head(triggered[0]) or {})["params"]["event"] == {"customer": 7}
     assert {end_status(store, r) for r in store.run_ids()} == {"completed"}
+    frame = store.catalog().query("SELECT run_id, epoch(started_at) AS s, epoch(ended_at) AS e FROM runs")
+    span = {r: (s, e) for r, s, e in zip(frame["run_id"], frame["s"], frame["e"], strict=True)}
+    jobs = {r: (store.journal_head(r) or {})["params"]["event"]["customer"] for r, o in found.items()
+            if o.get("trigger") == "jobs"}
+    assert sorted(jobs.values()) == [7, 7, 7, 8]
+    assert max_overlap([span[r] for r, c in jobs.items() if c == 7]) == 1  # the key's limit, across both workers
+    assert max_overlap([span[r] for r in jobs]) == 2  # the other key's run went beside them

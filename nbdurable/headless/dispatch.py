@@ -23,7 +23,9 @@ therefore the queue, and it survives any crash. ``Dispatcher.tick`` starts open 
 - the store chooses each claim (``Store.take_claim``: the queue's order and these filters); on a shared
   store that is one ``SELECT ... FOR UPDATE SKIP LOCKED`` taking the claim's lease, handed to the run;
 - a claim whose key's slots are all held by this dispatcher's own runs is not started (it would only exit
-  for want of a slot, and a lower-priority claim could take the slot first).
+  for want of a slot, and a lower-priority claim could take the slot first); after a run of a key stood
+  down because other processes hold its slots, the key's claims wait ``NO_SLOT_PAUSE`` while the claims
+  of other keys are started (no key holds up the rest of the queue).
 
 The claim record's launch fields: ``run_id``, ``notebook``, ``params``, ``origin``, and optionally
 ``output_path``, ``cwd``, ``priority``, ``flow_key``, ``flow_limit``, ``not_before``. Each decision is one
@@ -45,6 +47,7 @@ from nbdurable.store.queues import queue_limits, queue_slot_key
 
 Log = Callable[..., None]  # log(event, **fields): one structured line
 MAX_RETRY_DELAY = 300.0  # a claim whose process keeps dying before its run begins is retried at most this rarely
+NO_SLOT_PAUSE = 1.0  # a flow key whose slots another process holds: its claims wait this long before the next try
 
 
 def launch_spec(store: Store, claim: dict[str, Any], *, env: dict[str, str] | None = None,
@@ -91,6 +94,7 @@ class Dispatcher:
     _failures: dict[tuple[str, str], int] = field(default_factory=dict)  # starts that died before their run began
     _retry_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _noted: set[tuple[str, str]] = field(default_factory=set)  # running claims already marked started
+    _busy_flows: dict[str, float] = field(default_factory=dict)  # flow key -> until when others hold its slots
 
     def tick(self) -> int:
         """One pass over the queue; returns how many runs it started. Each claim is taken by the store's
@@ -104,9 +108,11 @@ class Dispatcher:
         limits = queue_limits(self.store.queues())
         full_queues = {queue for queue, limit in limits.items()
                        if self.store.slots_busy(queue_slot_key(queue), limit) >= limit}
+        self._busy_flows = {key: until for key, until in self._busy_flows.items() if until > now}
         while len(self.running) < self.max_concurrent:
-            taken = self.store.take_claim(now=now, queues=self.queues, exclude=exclude,
-                                          full_flows=self._own_full_flows(), full_queues=full_queues)
+            full_flows = self._own_full_flows() | set(self._busy_flows)
+            taken = self.store.take_claim(now=now, queues=self.queues, exclude=exclude, full_flows=full_flows,
+                                          full_queues=full_queues)
             if taken is None:
                 break
             claim = taken.claim
@@ -152,6 +158,10 @@ class Dispatcher:
             self._noted.discard(ident)
             code = launched.exitcode
             if code in (EXIT_CLAIM_HELD, EXIT_NO_SLOT):
+                if code == EXIT_NO_SLOT and launched.spec.slot:
+                    # Other processes (another worker's) hold the key's slots: its next claims wait a moment
+                    # and the claims of other keys go first, instead of this key's standing down again and again.
+                    self._busy_flows[launched.spec.slot[0]] = clock().now() + NO_SLOT_PAUSE
                 self.log("run_deferred", run_id=launched.spec.run_id, claim=f"{ident[0]}:{ident[1]}",
                          why="another process is starting it" if code == EXIT_CLAIM_HELD
                          else f"all {launched.spec.slot[1] if launched.spec.slot else 0} slots of its key are busy")
