@@ -74,6 +74,7 @@ class Store(JournalsMixin, ObjectsMixin, LeasesMixin, EventsMixin, ControlMixin,
     def __init__(self, path: pathlib.Path) -> None:
         """Use ``Store.open``: it checks and creates the layout."""
         self.path = path
+        self._claims_read = {}  # ClaimsMixin._claims_marked's claims already read, by marker
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Store:

@@ -76,6 +76,7 @@ class ClaimsMixin:
     """The claims half of ``Store``."""
 
     path: pathlib.Path
+    _claims_read: dict[str, dict[pathlib.Path, dict[str, Any]]]  # set by Store.__init__
 
     if TYPE_CHECKING:
         def journal_exists(self, run_id: str) -> bool: ...  # JournalsMixin
@@ -150,16 +151,21 @@ class ClaimsMixin:
         """The claims (of every kind) that have the file ``marker`` (``CLAIM_SUFFIX``: each claim has it) and
         not ``without``, oldest first."""
         root = self.path / CLAIMS_DIR
-        found: list[dict[str, Any]] = []
+        # A claim file never changes once linked into place: the claims read by the last call with the same
+        # markers are kept (only those, so the cache stays the size of the queue), and only new ones are read.
+        before = self._claims_read.get(marker, {})
+        now: dict[pathlib.Path, dict[str, Any]] = {}
         for kind in sorted(os.listdir(root)) if root.is_dir() else []:
             directory = root / kind
             if kind.startswith("_") or not directory.is_dir():
                 continue
             names = set(os.listdir(directory))
-            stems = [name[: -len(marker)] for name in names if name.endswith(marker)]
-            found += [c for stem in stems
-                      if stem + without not in names and (c := _read(directory / (stem + CLAIM_SUFFIX), None))]
-        return sorted(found, key=lambda c: (c.get("claimed_at", 0), c["key"]))
+            for stem in (name[: -len(marker)] for name in names if name.endswith(marker)):
+                path = directory / (stem + CLAIM_SUFFIX)
+                if stem + without not in names and (c := before.get(path) or _read(path, None)):
+                    now[path] = c
+        self._claims_read[marker] = now
+        return [dict(c) for c in sorted(now.values(), key=lambda c: (c.get("claimed_at", 0), c["key"]))]
 
     def take_claim(self, *, now: float, queues: list[str] | None = None, exclude: set[tuple[str, str]] | None = None,
                    full_flows: set[str] | None = None, full_queues: set[str] | None = None) -> TakenClaim | None:
