@@ -99,7 +99,6 @@ class EventsMixin(SendOnce):
         self._write_events([event])
         return event
 
-
     def claim_event_key(self, key: str, event_id: str) -> str:
         """The event id the idempotency ``key`` names: ``event_id`` if this call claimed it, else the earlier
         claim's."""
