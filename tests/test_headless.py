@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,9 @@ def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_crashes_and_resumes_quietly_and_removes_its_temporary_directory(tmp_path: Path) -> None:
-    tmp, runtime = tmp_path / "tmp", tmp_path / "runtime"
+    # The runtime directory is short (as ~/.local/share/jupyter/runtime is): an ipc socket's path must fit in
+    # 107 bytes, or the kernels fall back to TCP with a warning (as they would in a deep tmp_path under xdist).
+    tmp, runtime = tmp_path / "tmp", Path(tempfile.mkdtemp(prefix="nbd-rt-"))
     tmp.mkdir()
     demo = run_cli("demo", cwd=tmp_path, timeout=300, env={"TMPDIR": str(tmp), "JUPYTER_RUNTIME_DIR": str(runtime)})
     assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -240,6 +243,7 @@ def test_demo_crashes_and_resumes_quietly_and_removes_its_temporary_directory(tm
     assert store and Path(store[1]).parent.parent == tmp, demo.stdout
     assert list(tmp.iterdir()) == [], "the demo's directory (and nbclient's connection files) are gone"
     assert list(runtime.iterdir()) == [], "the kernels' ipc sockets are removed with them"
+    runtime.rmdir()
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_a_claimed_key_whose_event_never_landed_is_filled_by_the_retry(tmp_path:
     """A sender killed between claiming its key and writing its event acknowledged nothing: the retry stores
     the event under the claimed id (one event per key, never two, never none)."""
     store = Store.open(tmp_path / "s")
-    claimed = store._claim_key("k-1", "00000000000000000001-deadbeef")
+    claimed = store.claim_event_key("k-1", "00000000000000000001-deadbeef")
     assert claimed == "00000000000000000001-deadbeef" and store.events() == []
     event, stored = store.send_event_once("x", {"a": 1}, "k-1")
     assert stored and event["id"] == claimed and [e["id"] for e in store.events()] == [claimed]
