@@ -26,6 +26,8 @@ import pytest
 from nbdurable.capture.ambient import Ambient, Unrestorable
 from nbdurable.errors import NbdurableError, RestoreError
 
+pytestmark = pytest.mark.xdist_group("ambient")  # its tests share a module fixture: one xdist worker
+
 ROOT = Path(__file__).resolve().parent.parent
 HAS_SEABORN = importlib.util.find_spec("seaborn") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

@@ -26,7 +26,8 @@ import pytest
 from browser import LOAD_TIMEOUT, LabNotebook, LabServer, screenshot, subprocess_env  # fixtures: conftest.py
 
 pytestmark = pytest.mark.timeout(240)
-pytestmark = [pytestmark, pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow]  # JupyterLab + Chromium
+pytestmark = [pytestmark, pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow,  # JupyterLab + Chromium
+              pytest.mark.xdist_group("browser")]
 
 OpenNotebook = Callable[[str, list[str]], LabNotebook]
 

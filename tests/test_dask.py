@@ -20,7 +20,7 @@ from kernels import Kernel
 
 distributed = pytest.importorskip("distributed", reason="pip install 'nbdurable[dask]'")
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.xdist_group("dask")]
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from fidelity_harness import (
     side_effect_violations,
 )
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.xdist_group("fidelity")]
 
 SEED = int(os.environ.get("NBDURABLE_FIDELITY_SEED") or 20261206)
 NAMES = notebook_names()

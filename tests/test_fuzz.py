@@ -40,7 +40,7 @@ from nbdurable.store.journal import encode_line
 
 from helpers import CliResult, run_cli
 
-pytestmark = pytest.mark.slow  # fuzzing: hundreds of hypothesis examples
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz")]  # fuzzing: hundreds of hypothesis examples
 
 FAST = settings(deadline=None, max_examples=60)
 _ids = itertools.count()

@@ -27,6 +27,8 @@ from nbdurable.store.catalog import ingest as catalog_ingest  # where the catalo
 
 from conftest import run_session
 
+pytestmark = pytest.mark.xdist_group("history_sql")  # its tests share a module fixture: one xdist worker
+
 ROWS = 1_000_000  # the big DataFrame: 16 MB of int64 columns, a Parquet object file
 
 

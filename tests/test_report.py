@@ -27,7 +27,8 @@ from nbdurable.widgets import GRAPH_SCRIPTS, static_text
 
 from graph_fixture import STATUSES, assert_covers_statuses, sample_graph
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # the module's runs: two headless runs of a notebook
+# the module's runs: two headless runs of a notebook, made once (so its tests stay on one xdist worker)
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.xdist_group("report")]
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "nbdurable" / "widgets" / "static"

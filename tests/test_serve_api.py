@@ -20,7 +20,7 @@ from nbdurable.server import auth
 from nbdurable.server.body import MAX_BODY
 from nbdurable.store import Store
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("serve_api")]
 
 RUN_A = "20240501T120000000-aaaaaa"
 RUN_B = "20240502T120000000-bbbbbb"

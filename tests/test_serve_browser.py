@@ -18,7 +18,8 @@ from nbdurable.store import Store
 from browser import screenshot
 from helpers import write_notebook
 
-pytestmark = [pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(400),
+              pytest.mark.xdist_group("serve_browser")]
 
 RUN_TIMEOUT = 180_000  # ms: a headless run's kernel start on a loaded 2-core machine
 

@@ -17,7 +17,7 @@ from nbdurable.store import Store
 
 from helpers import write_notebook
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(400), pytest.mark.xdist_group("serve_runs")]
 
 
 def wait_status(client: httpx.Client, run_id: str, statuses: tuple[str, ...], timeout: float = 180) -> dict[str, Any]:

@@ -262,8 +262,14 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
         store.claim("submit", run_id, {"run_id": run_id, "notebook": str(tmp_path / "nb.ipynb"), "params": {"n": i},
                                        "origin": {"submitted": True}, "cwd": str(tmp_path)})
         submitted.append(run_id)
-    command = ["worker", "--poll", "0.3", "--max-concurrent", "2"]
-    workers = [start_cli(*command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL) for _ in range(4)]
+    command = ["worker", "--poll", "0.3", "--max-concurrent", "2", "--log-format", "json"]
+    logs = iter(range(1_000_000))
+
+    def start_worker() -> subprocess.Popen[Any]:  # each one's log kept (a worker that exits on its own says why)
+        with open(tmp_path / f"worker{next(logs)}.log", "w") as log_file:
+            return start_cli(*command, cwd=tmp_path, env=env, stderr=log_file)
+
+    workers = [start_worker() for _ in range(4)]
     rng = random.Random(os.environ.get("NBDURABLE_SEED", "19"))
     kills, next_kill = 0, time.monotonic() + rng.uniform(5, 10)
     deadline = time.monotonic() + RUNS * 20  # each kill takes down a worker's runs: 100 runs saw ~105 kills
@@ -272,6 +278,8 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
             ended = sum(1 for chain in chains(store, submitted).values() if end_status(store, chain[-1]) is not None)
             if ended == RUNS:
                 break
+            exited = [i for i, w in enumerate(workers) if w.poll() is not None]
+            assert not exited, [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(next(logs))]
             assert time.monotonic() < deadline, f"{ended} of {RUNS} runs ended after {kills} kills"
             mid_run = _mid_run_worker(store, workers) if kills == 0 else None
             if time.monotonic() >= next_kill and ended < RUNS * 0.9 and (kills > 0 or mid_run is not None):
@@ -281,7 +289,7 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
                     victim = mid_run
                 kill_machine(workers[victim])
                 kills += 1
-                workers[victim] = start_cli(*command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+                workers[victim] = start_worker()
                 next_kill = time.monotonic() + rng.uniform(5, 10)
             time.sleep(0.2 if kills == 0 else 0.5)
     finally:

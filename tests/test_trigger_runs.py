@@ -23,7 +23,7 @@ from nbdurable.store import Store
 
 from helpers import run_cli
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.xdist_group("trigger_runs")]
 BODY = "import time\ntime.sleep(float(event.get('sleep', 0)))\nassert greeting == 'hi', greeting"
 
 
