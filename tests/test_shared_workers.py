@@ -105,6 +105,12 @@ def kill_machine(worker: subprocess.Popen[Any]) -> None:
     worker.wait()
 
 
+def logged_worker(log: Path, *args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[Any]:
+    """``nbdurable worker ARGS`` logging JSON lines to ``log`` (kept: a worker that exits on its own says why)."""
+    with open(log, "w") as log_file:
+        return start_cli("worker", *args, "--log-format", "json", cwd=cwd, env=env, stderr=log_file, text=True)
+
+
 def heads(store: Store) -> dict[str, dict[str, Any]]:
     return {run_id: store.journal_head(run_id) or {} for run_id in store.run_ids()}
 
@@ -211,10 +217,8 @@ def test_a_run_whose_machine_died_is_resumed_by_another_worker_from_its_last_com
     while not (tmp_path / "second.txt").exists():
         assert time.monotonic() < deadline, "the run never reached its second cell"
         time.sleep(0.1)
-    log_path = tmp_path / "second.log"
-    with open(log_path, "w") as log_file:  # a second worker, already polling when the first machine dies
-        second = start_cli("worker", "--poll", "0.2", "--log-format", "json", cwd=tmp_path, env=env,
-                           stderr=log_file, text=True)
+    log_path = tmp_path / "second.log"  # a second worker, already polling when the first machine dies
+    second = logged_worker(log_path, "--poll", "0.2", cwd=tmp_path, env=env)
     while '"event": "worker_started"' not in log_path.read_text():
         assert second.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.1)
@@ -262,12 +266,11 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
         store.claim("submit", run_id, {"run_id": run_id, "notebook": str(tmp_path / "nb.ipynb"), "params": {"n": i},
                                        "origin": {"submitted": True}, "cwd": str(tmp_path)})
         submitted.append(run_id)
-    command = ["worker", "--poll", "0.3", "--max-concurrent", "2", "--log-format", "json"]
-    logs = iter(range(1_000_000))
+    logs: list[Path] = []
 
-    def start_worker() -> subprocess.Popen[Any]:  # each one's log kept (a worker that exits on its own says why)
-        with open(tmp_path / f"worker{next(logs)}.log", "w") as log_file:
-            return start_cli(*command, cwd=tmp_path, env=env, stderr=log_file)
+    def start_worker() -> subprocess.Popen[Any]:
+        logs.append(tmp_path / f"worker{len(logs)}.log")
+        return logged_worker(logs[-1], "--poll", "0.3", "--max-concurrent", "2", cwd=tmp_path, env=env)
 
     workers = [start_worker() for _ in range(4)]
     rng = random.Random(os.environ.get("NBDURABLE_SEED", "19"))
@@ -279,7 +282,7 @@ def test_queued_runs_through_four_workers_one_killed_every_few_seconds_complete_
             if ended == RUNS:
                 break
             exited = [i for i, w in enumerate(workers) if w.poll() is not None]
-            assert not exited, [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(next(logs))]
+            assert not exited, [log.read_text()[-2000:] for log in logs]
             assert time.monotonic() < deadline, f"{ended} of {RUNS} runs ended after {kills} kills"
             mid_run = _mid_run_worker(store, workers) if kills == 0 else None
             if time.monotonic() >= next_kill and ended < RUNS * 0.9 and (kills > 0 or mid_run is not None):
@@ -350,11 +353,8 @@ def test_a_schedule_and_triggers_on_a_shared_store_fire_once_each_and_a_key_limi
                     ("jobs", "job.ipynb", "--on", "job", "--concurrency", "1", "--key", 'event["customer"]')):
         made = run_cli("trigger", "add", *trigger, cwd=tmp_path, env=env)
         assert made.returncode == 0, made.output
-    command = ["worker", "--poll", "0.3", "--max-concurrent", "2", "--log-format", "json"]
-    workers = []
-    for i in range(2):
-        with open(tmp_path / f"worker{i}.log", "w") as log_file:
-            workers.append(start_cli(*command, cwd=tmp_path, env=env, stderr=log_file))
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = [logged_worker(log, "--poll", "0.3", "--max-concurrent", "2", cwd=tmp_path, env=env) for log in logs]
     store = Store.open(pg_store)
 
     def origins() -> dict[str, dict[str, Any]]:
@@ -388,7 +388,6 @@ def test_a_schedule_and_triggers_on_a_shared_store_fire_once_each_and_a_key_limi
     jobs = {r: (store.journal_head(r) or {})["params"]["event"]["customer"] for r, o in found.items()
             if o.get("trigger") == "jobs"}
     assert sorted(jobs.values()) == [7, 7, 7, 8]
-    decisions = [line for i in range(2) for line in (tmp_path / f"worker{i}.log").read_text().splitlines()
-                 if "trigger:jobs" in line]
+    decisions = [line for log in logs for line in log.read_text().splitlines() if "trigger:jobs" in line]
     assert max_overlap([span[r] for r, c in jobs.items() if c == 7]) == 1, decisions  # the key's limit, across both
     assert max_overlap([span[r] for r in jobs]) == 2, decisions  # the other key's run went beside them

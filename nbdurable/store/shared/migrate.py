@@ -33,13 +33,13 @@ from ..events import EVENT_SUFFIX, IDEMPOTENCY_DIR
 from ..journal import JOURNAL_SUFFIX, _checked_body
 from ..maintenance import object_uses
 from ..queues import QUEUE_SUFFIX, QUEUES_DIR
-from ..schedules import SCHEDULES_DIR
+from ..schedules import DEFINITION_SUFFIX, SCHEDULES_DIR, STATE_SUFFIX
 from ..triggers import CURSOR_SUFFIX, TRIGGER_SUFFIX, TRIGGERS_DIR
 from .pg import database_error, pool
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 # (directory, file suffix, what): the one-line files of definitions and cursors, each named after its name
-_DEFINITIONS = [(SCHEDULES_DIR, ".json", "schedule"), (SCHEDULES_DIR, ".state", "schedule cursor"),
+_DEFINITIONS = [(SCHEDULES_DIR, DEFINITION_SUFFIX, "schedule"), (SCHEDULES_DIR, STATE_SUFFIX, "schedule cursor"),
                 (TRIGGERS_DIR, TRIGGER_SUFFIX, "trigger"), (TRIGGERS_DIR, CURSOR_SUFFIX, "trigger cursor"),
                 (QUEUES_DIR, QUEUE_SUFFIX, "queue")]
 
