@@ -1,5 +1,5 @@
 """``python -m nbdurable``: the same as the ``nbdurable`` command."""
 
-from nbdurable.cli import main
+from nbdurable.cli import entry
 
-main()
+entry()

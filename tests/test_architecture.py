@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"capture"},
     {"serialization"},
     {"store"},
-    {"errors", "_version"},
+    {"errors", "_version", "startup"},
 ]
 
 

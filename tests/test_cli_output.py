@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from helpers import run_cli
+from helpers import CLI, clean_env, run_cli, write_notebook
 
 HERE = Path(__file__).parent
 
@@ -118,3 +120,29 @@ def test_parameters_without_a_parameters_cell_are_injected_with_our_warning(tmp_
     assert "Input notebook does not contain" not in result.stderr, "papermill's bare log line"
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert out.cells[0].source.strip() == "# Parameters\nlr = 0.1" and "lr is 0.1" in out.cells[1].outputs[0].text
+
+
+def test_the_command_starts_without_the_notebook_machinery() -> None:
+    """Importing the command line imports neither nbformat nor nbclient nor the data libraries: `nbdurable
+    --help`, `runs` or `status` start in a fraction of a second; commands that run notebooks import them."""
+    heavy = ("nbformat", "nbclient", "jsonschema", "pandas", "duckdb", "pyarrow", "papermill")
+    proc = subprocess.run([sys.executable, "-c", f"import sys, nbdurable.cli\nprint([m for m in {heavy!r} "
+                           "if m in sys.modules])"], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+@pytest.mark.kernel
+def test_a_run_of_the_command_skips_the_slow_iri_checker(tmp_path: Path) -> None:
+    """The `nbdurable` process never imports rfc3987_syntax (over a second of grammar compiling, for a format
+    no notebook schema uses: nbdurable.startup), and nbformat still reads, validates and writes notebooks."""
+    write_notebook(tmp_path / "nb.ipynb", ["x = 1", "print(x + 1)"])
+    proc = subprocess.run([*CLI, "run", "nb.ipynb", "out.ipynb", "--no-progress"], cwd=tmp_path,
+                          env={**clean_env(None), "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "nbformat" in imported and "jsonschema" in imported, "the timing saw the imports"
+    assert "lark" not in imported, "rfc3987_syntax was loaded (it compiles its grammars with lark)"
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    nbformat.validate(out)
+    assert out.cells[1].outputs[0]["text"] == "2\n"

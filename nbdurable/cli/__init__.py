@@ -14,7 +14,7 @@ import click
 from nbdurable.cli.base import EXIT_FAILED, RUNS_LIMIT_MAX, main, open_store, store_option
 from nbdurable.store.records import RUN_STATUSES
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 
 @main.command("install-kernel")
@@ -99,5 +99,15 @@ def _register_commands() -> None:
 
 _register_commands()
 
-if __name__ == "__main__":
+
+def entry() -> None:
+    """The ``nbdurable`` command itself (the console script and ``python -m nbdurable``): ``main`` in a process
+    that skips the slow optional imports first (``nbdurable.startup``)."""
+    from nbdurable.startup import skip_slow_imports
+
+    skip_slow_imports()
     main()
+
+
+if __name__ == "__main__":
+    entry()

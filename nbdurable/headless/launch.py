@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-PRELOAD = ["nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate",
+PRELOAD = ["nbdurable.headless.preload",  # first: skips the slow optional imports (nbdurable.startup)
+           "nbdurable.headless.runner", "nbdurable.headless.params", "nbdurable.headless.compensate",
            # jupyter_client imports these when it looks up a kernelspec (IPython.paths, ipykernel.kernelspec):
            # about a second per run if each forked run imported them again
            "IPython", "ipykernel.kernelspec"]
