@@ -13,8 +13,11 @@ from typing import Any
 import nbformat
 import pytest
 
+from nbdurable.headless.params import load_notebook
+from nbdurable.headless.runner import HeadlessRunner
 from nbdurable.runtime.control import cancel_run
 from nbdurable.runtime.replay import find_resumable, journal_status
+from nbdurable.runtime.run import DurableRun
 from nbdurable.store import Store
 from nbdurable.store.catalog.schema import SCHEMA_VERSION
 
@@ -291,6 +294,24 @@ def test_a_crashed_run_killed_with_sigkill_is_cancelled_where_it_stands(tmp_path
     (tmp_path / "go").touch()
     again = run_cli("run", path.name, "--no-progress", cwd=tmp_path)
     assert again.returncode == 0 and "resumed run" not in again.stdout, again.output
+
+
+@pytest.mark.kernel
+def test_a_run_cancelled_a_moment_before_the_next_run_of_its_notebook_is_not_taken_for_it(tmp_path: Path) -> None:
+    """The runner knows its run by the id it chose before the kernel started, never by the newest journal of
+    its notebook: a cancelled run that began a moment earlier once passed for it, and its cancel request
+    cancelled the new run before its first cell."""
+    path = notebook(tmp_path, "x = 1")
+    store = Store.open(tmp_path / ".nbdurable")
+    old = DurableRun(store, notebook=str(path.resolve()), notebook_path=str(path.resolve()), kind="headless",
+                     params={})
+    old.finish("failed")
+    assert cancel_run(store, old.run_id, reason="gave up", by="ops").status == "cancelled"
+    result = HeadlessRunner(load_notebook(path, {}, None), notebook_path=path, store_path=tmp_path / ".nbdurable",
+                            params={}, output_path=None).execute()
+    assert result.status == "completed", (result.stopped_by, result.error)
+    assert result.run_id not in (None, old.run_id) and journal_status(store, result.run_id)[0] == "completed"
+    assert counted(tmp_path) == ["setup"]
 
 
 @pytest.mark.kernel

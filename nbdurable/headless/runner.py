@@ -50,6 +50,7 @@ from nbdurable.runtime.clock import ENV_TIME_SKIP, is_skipping
 from nbdurable.runtime.control import cancel_grace, end_cancelled
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, params_key
+from nbdurable.runtime.run import new_run_id
 from nbdurable.runtime.session import (
     ENV_KIND,
     ENV_NOTEBOOK,
@@ -145,7 +146,10 @@ class HeadlessRunner:
         self.output_path = output_path
         self.kernel_name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
         self.cwd = cwd or notebook_path.resolve().parent
-        self.fresh, self.resume_run, self.fork, self.run_id, self.origin = fresh, resume_run, fork, run_id, origin
+        self.fresh, self.resume_run, self.fork, self.origin = fresh, resume_run, fork, origin
+        # chosen here, so the runner knows its run exactly (never by looking for a new journal: a run of the
+        # same notebook that began a moment earlier would pass for it)
+        self.run_id = run_id or new_run_id()
         self.reuse = reuse  # also restore matching executions of the notebook's completed runs
         self.autosave_seconds, self.suspend_after, self.start_timeout = autosave_seconds, suspend_after, start_timeout
         # 0: no limit, as in papermill; a whole number of seconds reads "after 2 seconds" in nbclient's error
@@ -204,7 +208,7 @@ class HeadlessRunner:
             ENV_RESUME: self.result.resumed_from or "",
             ENV_REUSE: "1" if self.reuse else "",
             ENV_OUTPUT: str(self.output_path.resolve()) if self.output_path else "",
-            **({ENV_RUN_ID: self.run_id} if self.run_id else {}),
+            ENV_RUN_ID: self.run_id,
             **({ENV_ORIGIN: json.dumps(self.origin, sort_keys=True)} if self.origin else {}),
         }
         if self.suspend_after is not None:
@@ -568,17 +572,8 @@ class HeadlessRunner:
     # ----- results ------------------------------------------------------------------------
 
     def _find_run_id(self) -> str | None:
-        """The run this execution recorded: its chosen id, or the newest journal of this notebook since we started."""
-        if self.run_id:
-            return self.run_id if self.store.journal_exists(self.run_id) else None
-        for run_id in reversed(self.store.run_ids()):
-            head = self.store.journal_head(run_id) or {}
-            if head.get("ts", 0) < self._started_wall - 1.0:  # older than this execution: not ours
-                return None
-            if (head.get("notebook") == self.notebook
-                    and params_key(head.get("params") or {}) == params_key(self.recorded)):
-                return run_id
-        return None
+        """The run this execution recorded (the id chosen for it), once the kernel began it."""
+        return self.run_id if self.store.journal_exists(self.run_id) else None
 
     def _write_output(self) -> None:
         self._last_save = time.monotonic()
