@@ -27,6 +27,19 @@ def pytest_configure(config: pytest.Config) -> None:
     temporary config directory, never the user's ``~/.config/nbdurable/key`` (environments given to
     subprocesses drop NBDURABLE_* variables, so the key is placed through XDG_CONFIG_HOME)."""
     os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbd-test-config-")
+    _compile_package()
+
+
+def _compile_package() -> None:
+    """nbdurable's bytecode, written once before the tests start their processes.
+
+    An installed package has its bytecode (pip compiles it); this source tree has none, and where
+    PYTHONDONTWRITEBYTECODE is set (CI machines, containers) no process writes it: each of the suite's
+    thousands of kernels, shells and commands would compile nbdurable's sources again (about 0.1 s for a
+    kernel). Compiling writes the files even under that setting; the processes only read them."""
+    import compileall
+
+    compileall.compile_dir(str(HERE.parent / "nbdurable"), quiet=1)
 
 
 @pytest.fixture(autouse=True)
