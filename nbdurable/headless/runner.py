@@ -50,7 +50,7 @@ from nbdurable.runtime.clock import ENV_TIME_SKIP, is_skipping
 from nbdurable.runtime.control import cancel_grace, end_cancelled
 from nbdurable.runtime.output_fold import display_id_of, is_pending_update, join_streams
 from nbdurable.runtime.replay import PlannedStep, ReplayPlan, journal_status, params_key
-from nbdurable.runtime.run import new_run_id
+from nbdurable.runtime.run import new_run_id, requested_run_id
 from nbdurable.runtime.session import (
     ENV_KIND,
     ENV_NOTEBOOK,
@@ -147,9 +147,10 @@ class HeadlessRunner:
         self.kernel_name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
         self.cwd = cwd or notebook_path.resolve().parent
         self.fresh, self.resume_run, self.fork, self.origin = fresh, resume_run, fork, origin
-        # chosen here, so the runner knows its run exactly (never by looking for a new journal: a run of the
-        # same notebook that began a moment earlier would pass for it)
-        self.run_id = run_id or new_run_id()
+        # chosen here (or taken from $NBDURABLE_RUN_ID, as the server asks for it), so the runner knows its run
+        # exactly, never by looking for a new journal: a run of the same notebook begun a moment earlier would
+        # pass for it
+        self.run_id = run_id or requested_run_id(self.store) or new_run_id()
         self.reuse = reuse  # also restore matching executions of the notebook's completed runs
         self.autosave_seconds, self.suspend_after, self.start_timeout = autosave_seconds, suspend_after, start_timeout
         # 0: no limit, as in papermill; a whole number of seconds reads "after 2 seconds" in nbclient's error
