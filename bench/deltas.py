@@ -3,9 +3,10 @@
 ``python -m bench.deltas workloads``: the three checkpointing workloads of Chipmink (VLDB 2026), as
 notebooks in ``bench/notebooks/`` (a 1M-row frame changed in 12 cells, one change each; the same frame
 read by 20 cells; 12 cells each creating a 1 MB array), each run headless by nbdurable (``--fresh``, in
-this process, kernel start counted) and by plain nbclient in the same run, and by nbclient with
-``dill.dump_session`` after every cell (dill sessions). Figures: the store's size (every file in it) against
-Chipmink's published total, with dill's total as the measured baseline; nbdurable's time against nbclient's;
+this process, kernel start counted) and by plain nbclient back to back, in alternating order, and once by
+nbclient with ``dill.dump_session`` after every cell (dill sessions). Figures: the store's size (every file in
+it) against Chipmink's published total at its precision (whole MB), with dill's total as the measured
+baseline; nbdurable's time against nbclient's, judged by the median of the paired ratios;
 with a Python that has kishu (``--kishu-python`` or NBDURABLE_BENCH_KISHU_PYTHON), Kishu's store on the same
 cells in a plain IPython shell (its test mode) and its time against that shell without it.
 

@@ -51,7 +51,7 @@ INSTALL_HINT = (
     "never used). Run the README's test command, which installs it:\n"
     "  (test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
     "apt-get install -y -qq chromium)) "
-    "&& python3 -m pip install -e \".[test]\" && python3 -m pytest -q\n"
+    "&& python3 -m pip install -e \".[test]\" && python3 -m pytest -q -n 2 --dist loadgroup\n"
     "(apt-get needs root; elsewhere install the distribution's chromium package, "
     "or point NBDURABLE_CHROMIUM at a Chromium.)"
 )
