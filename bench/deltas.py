@@ -182,25 +182,21 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
 
     figures = []
     for name, (published, ratio_target) in TARGETS.items():
-        plain, ours, sizes, dill_t, dill_b, objects_bytes = [], [], [], [], [], []
-        for _ in range(repeats):
+        plain, ours, sizes, objects_bytes = [], [], [], []
+        dill_seconds, dill_bytes = 0.0, 0
+        for repeat in range(repeats):
             work = Path(tempfile.mkdtemp(prefix=f"nbd-bench-{name}-"))
             path = work / f"{name}.ipynb"
             shutil.copy(NOTEBOOKS / f"{name}.ipynb", path)
-            if len(plain) % 2:  # the order alternates: neither side always runs on the warmer machine
-                ours.append(run_nbdurable(path))
-                plain.append(run_nbclient(path))
-            else:
-                plain.append(run_nbclient(path))
-                ours.append(run_nbdurable(path))
+            sides = [(plain, run_nbclient), (ours, run_nbdurable)]
+            for times, run in sides[:: -1 if repeat % 2 else 1]:  # alternating: neither always on the warmer machine
+                times.append(run(path))
             sizes.append(tree_bytes(path.parent / ".nbdurable"))
             objects_bytes.append(tree_bytes(path.parent / ".nbdurable" / "objects"))
-            if not dill_b:  # once: its size does not vary and its time is only a note
-                t, b = dill_sessions(path, work)
-                dill_t.append(t)
-                dill_b.append(b)
+            if repeat == 0:  # once: its size does not vary and its time is only a note
+                dill_seconds, dill_bytes = dill_sessions(path, work)
             shutil.rmtree(work, ignore_errors=True)
-        size, dill_size = statistics.median(sizes) / 1e6, statistics.median(dill_b) / 1e6
+        size, dill_size = statistics.median(sizes) / 1e6, dill_bytes / 1e6
         objects = statistics.median(objects_bytes)
         o, p = statistics.median(ours), statistics.median(plain)
         ratios = [a / b for a, b in zip(ours, plain, strict=True)]
@@ -208,7 +204,7 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
         figures += [  # Chipmink published whole MB: the store size is compared at that precision
             Figure(f"{name}: store size", size, "dill sessions", dill_size, "MB",
                    f"<= {published:g} MB (Chipmink)", round(size) <= published,
-                   f"dill sessions {statistics.median(dill_t):.2f} s; the objects {objects / 1e6:.3f} MB"),
+                   f"dill sessions {dill_seconds:.2f} s; the objects {objects / 1e6:.3f} MB"),
             Figure(f"{name}: run time", o, "nbclient", p, "s", f"ratio <= {ratio_target:g}", paired <= ratio_target,
                    f"median of the {repeats} paired ratios {paired:.3f} (each run beside its nbclient run, in "
                    f"alternating order), from {min(ratios):.2f} to {max(ratios):.2f}"),
