@@ -54,6 +54,9 @@ must appear exactly once after the ``resume`` line; a cell the clean run does no
 
 ``PYTHONHASHSEED=0``, no ``MPLBACKEND`` (the kernel's inline backend) and no ``PYTEST_CURRENT_TEST`` (under
 pytest ipykernel does not forward ``os.system`` output) in every run's environment (``run_env``).
+ipykernel reads what child processes write to file descriptors 1 and 2 on a thread, and a cell's reply can
+overtake it (nbclient then drops the late output, in papermill's runs as in nbdurable's): ``outputs.ipynb``
+sleeps briefly after its child processes so both runs show their output.
 
 **Hangs.** nbclient (papermill and ``nbdurable run`` alike) sometimes never sees a cell's reply when an
 ipywidgets ``Output`` widget captured in it (jupyter/nbclient#312; ``outputs.ipynb`` sleeps after its captures
