@@ -262,12 +262,12 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
     of its data (so a column keeps its key when it is renamed, moved, or its neighbours change)."""
     h = new_hasher(FORMAT)
     h.update(_describe(frame).encode())
-    column_keys = []
+    column_keys, size = [], 0  # size: the bytes hashed (what memory_usage(deep=False) says, for less)
     for label in frame.columns:  # labels are unique (plan checked)
         values = frame[label]
         hc = new_hasher("parquet-column")
         hc.update(f"{_dtype_desc(values.dtype)}:{len(values)}".encode())
-        _hash_values(hc, values)
+        size += _hash_values(hc, values)
         column_keys.append(str(hc.hexdigest()))
         h.update(column_keys[-1].encode())
     index, index_key = frame.index, None
@@ -276,10 +276,9 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
         hi.update(_describe(pd.DataFrame(index=index)).encode())
         if isinstance(index, pd.MultiIndex):
             for level, codes in zip(index.levels, index.codes, strict=True):
-                _hash_values(hi, level)
-                _hash_ndarray(hi, np.asarray(codes))
+                size += _hash_values(hi, level) + _hash_ndarray(hi, np.asarray(codes))
         else:
-            _hash_values(hi, index)
+            size += _hash_values(hi, index)
         index_key = str(hi.hexdigest())
         h.update(index_key.encode())
     return ParquetSerialized(
@@ -288,7 +287,7 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
         key=h.hexdigest(),
         format=FORMAT,
         type_name=type_name,
-        size=int(frame.memory_usage(index=True, deep=False).sum()),  # an estimate until written
+        size=size,  # an estimate until written
         column_keys=tuple(column_keys),
         index_key=index_key,
     )
@@ -328,34 +327,35 @@ def _dtype_desc(dtype: Any) -> str:
     return f"{type(dtype).__name__}:{dtype}"
 
 
-def _hash_values(h: Any, values: pd.Series | pd.Index) -> None:
-    """Hash a column's (or an index's) data where it lives: numpy memory, Arrow buffers, codes."""
+def _hash_values(h: Any, values: pd.Series | pd.Index) -> int:
+    """Hash a column's (or an index's) data where it lives: numpy memory, Arrow buffers, codes. Returns the
+    bytes hashed."""
     dtype = values.dtype
     if isinstance(dtype, np.dtype):
-        _hash_ndarray(h, values.to_numpy())  # a view for numpy-backed data
-    elif isinstance(dtype, pd.CategoricalDtype):
-        _hash_ndarray(h, values.array.codes)
-        _hash_values(h, dtype.categories)
-    elif isinstance(dtype, pd.DatetimeTZDtype):
-        _hash_ndarray(h, values.array.asi8)  # the UTC int64 view; the tz is in the description
-    else:
-        _hash_arrow(h, values.array.__arrow_array__())  # Arrow-backed: zero copy; masked: data + bitmap
+        return _hash_ndarray(h, values.to_numpy())  # a view for numpy-backed data
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _hash_ndarray(h, values.array.codes) + _hash_values(h, dtype.categories)
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return _hash_ndarray(h, values.array.asi8)  # the UTC int64 view; the tz is in the description
+    return _hash_arrow(h, values.array.__arrow_array__())  # Arrow-backed: zero copy; masked: data + bitmap
 
 
-def _hash_ndarray(h: Any, arr: np.ndarray[Any, Any]) -> None:
+def _hash_ndarray(h: Any, arr: np.ndarray[Any, Any]) -> int:
     h.update(_U64.pack(arr.nbytes))
     if arr.flags.c_contiguous or arr.ndim != 1:
         h.update(raw_memory(arr)[0])
-        return
+        return int(arr.nbytes)
     # A strided column (a DataFrame built from a 2-D C array keeps its columns interleaved): hash it in
     # contiguous pieces, so the copy stays small; the hash is the same as over one contiguous copy.
     step = max(1, _HASH_CHUNK // max(1, arr.itemsize))
     for start in range(0, len(arr), step):
         h.update(raw_memory(np.ascontiguousarray(arr[start : start + step]))[0])
+    return int(arr.nbytes)
 
 
-def _hash_arrow(h: Any, arr: pa.Array | pa.ChunkedArray) -> None:
+def _hash_arrow(h: Any, arr: pa.Array | pa.ChunkedArray) -> int:
     h.update(str(arr.type).encode())
+    size = 0
     for chunk in arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]:
         # A slice shares its parent's buffers: its position in them is part of the content.
         h.update(_U64.pack(chunk.offset) + _U64.pack(len(chunk)) + _U64.pack(chunk.null_count))
@@ -365,6 +365,8 @@ def _hash_arrow(h: Any, arr: pa.Array | pa.ChunkedArray) -> None:
             else:
                 h.update(_U64.pack(buf.size))
                 h.update(buf)
+                size += buf.size
+    return size
 
 
 # ---------------------------------------------------------------- reading
