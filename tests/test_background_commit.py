@@ -56,6 +56,28 @@ def test_change_during_background_write_is_never_stored_torn(tmp_path: Path, cap
     assert "not durable" in capfd.readouterr().err
 
 
+def test_a_small_step_queued_behind_a_big_one_stores_the_value_it_had(tmp_path: Path) -> None:
+    """A step that commits while a big one is still being written waits in line on the background thread;
+    the notebook goes on meanwhile and may change its object in place. What is stored under its key is the
+    value the step produced (regression: the live array was written later, under the old key)."""
+    store = Store.open(tmp_path / "store")
+    run = DurableRun(store, notebook="bg")
+    big = run.begin_step(source="arr = big()", source_hash="a" * 32)
+    run.end_step(big, status="completed", changes=[Change("arr", "set", serialize(np.arange(2**25, dtype="float64")),
+                                                          "i1")])
+    small = np.ones(2**17)  # 1 MiB: out of line, below the background threshold
+    step = run.begin_step(source="small = np.ones(2**17)", source_hash="b" * 32)
+    run.end_step(step, status="completed", changes=[Change("small", "set", serialize(small), "i2")])
+    small[:] = 2.0  # the next cell, while the big write is still going on
+    run.wait_durable()
+    run.finish("completed")
+    ends = [r for r in store.read_journal(run.run_id) if r["t"] == "step_end"]
+    assert [r["status"] for r in ends] == ["completed", "completed"]
+    ref = ends[1]["variables"][0]
+    assert ref["object"] == serialize(np.ones(2**17)).key
+    assert np.array_equal(ObjectLoader(store, {}).load(ref, step_label="test"), np.ones(2**17))
+
+
 @pytest.mark.slow
 def test_kill_right_after_a_big_cell_resumes_correctly(tmp_path: Path) -> None:
     store = tmp_path / "store"

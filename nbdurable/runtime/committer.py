@@ -12,7 +12,10 @@ same as a crash during the cell itself. ``drain`` (called by ``finish``) waits f
 
 Memory is bounded: at most ``MAX_BIG_IN_FLIGHT`` snapshots exist at once (a further big step waits
 for the oldest to be written), and a payload too big to copy comfortably is committed in the
-foreground instead.
+foreground instead. Four, not two: a DataFrame changed in every cell (bench/notebooks/update_by_column)
+made the third cell wait ~75 ms for the first one's write with two; the writer then catches up during the
+cells that compute. A snapshot of a DataFrame is a copy-on-write view: it costs memory only when the
+notebook changes the frame in place before the write ends.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import threading
 from collections.abc import Callable
 
 ASYNC_MIN_BYTES = 16 * 2**20  # payloads at least this big are written in the background
-MAX_BIG_IN_FLIGHT = 2
+MAX_BIG_IN_FLIGHT = 4
 
 
 def available_memory() -> int:
@@ -50,6 +53,13 @@ class Committer:
     def can_defer(self, nbytes: int) -> bool:
         """Whether a snapshot of ``nbytes`` may be taken to commit in the background."""
         return nbytes >= ASYNC_MIN_BYTES and nbytes * 4 <= available_memory()
+
+    @property
+    def busy(self) -> bool:
+        """Whether commits are pending: a job given to ``run`` now would run later, on the background thread
+        (so what it writes must no longer depend on memory the notebook may change: ``Serialized.snapshot``)."""
+        with self._lock:
+            return self._pending > 0
 
     def run(self, job: Callable[[], None]) -> None:
         """Commit now if nothing is pending (keeps order), else queue behind the pending commits."""

@@ -51,6 +51,11 @@ from nbdurable.store.records import (
 )
 
 
+def _snapshots(changes: list[Change]) -> list[Change]:
+    """The changes with payloads that no longer depend on memory the notebook may change next."""
+    return [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c for c in changes]
+
+
 def _variable_summary(v: Change | VarRef) -> dict[str, Any]:
     """What a run graph shows of a variable a step wrote: name, op, type, size, format."""
     if isinstance(v, Change):
@@ -265,6 +270,9 @@ class DurableRun:
         """Commit an explicit step: its result (or error) as a variable reference, in step order."""
         duration, ended = time.perf_counter() - step.t0, now()
 
+        if refs is None and changes and self._committer.busy:  # written later: see end_step
+            changes = _snapshots(changes)
+
         def commit() -> None:
             values = (refs if refs is not None
                       else persist_changes(self.store, changes or [], inline_max=self.inline_max))
@@ -311,9 +319,11 @@ class DurableRun:
             self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended, read=read)
 
         if self._committer.can_defer(big):
-            snapshots = [replace(c, serialized=c.serialized.snapshot()) if c.serialized is not None else c
-                         for c in changes]
+            snapshots = _snapshots(changes)
             self._committer.defer(lambda: commit(snapshots, background=True))
+        elif self._committer.busy:  # queued behind a big commit: written after the notebook went on
+            snapshots = _snapshots(changes)
+            self._committer.run(lambda: commit(snapshots, background=True))
         else:
             self._committer.run(commit)
         self._emit_finished(step, status, duration, ended, changes, error_with_traceback(error, outputs))

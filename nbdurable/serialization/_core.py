@@ -187,12 +187,22 @@ class ChunkedSerialized(Serialized):
         return b"".join(self._chunks)
 
     def snapshot(self) -> Serialized:
-        # Copying live memory into fresh memory is slow where first-touch page faults are (VMs):
-        # the payload is instead written from live memory and verified against the key.
+        # A small payload is copied (a copy of a few MiB costs less than writing them). Copying more live
+        # memory into fresh memory is slow where first-touch page faults are (VMs): the payload is instead
+        # written from live memory and verified against the key.
+        if self.size <= SNAPSHOT_COPY_MAX:
+            copy = ChunkedSerialized(chunks=[bytes(c) for c in self._chunks], hash_prefix=self.hash_prefix,
+                                     hashed=self.hashed, buffers=self.buffers, key=self.key, format=self.format,
+                                     type_name=self.type_name)
+            copy.format_version, copy.module, copy.reason, copy.origin = (self.format_version, self.module,
+                                                                         self.reason, self.origin)
+            copy.refs, copy.member = self.refs, self.member
+            return copy
         return _VerifiedWrite(self) if self.hashed else self
 
 
 BOUNCE_BYTES = 8 * 2**20
+SNAPSHOT_COPY_MAX = 4 * 2**20
 
 
 class _VerifiedWrite(Serialized):
