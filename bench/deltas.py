@@ -3,7 +3,7 @@
 ``python -m bench.deltas workloads``: the three checkpointing workloads of Chipmink (VLDB 2026), as
 notebooks in ``bench/notebooks/`` (a 1M-row frame changed in 12 cells, one change each; the same frame
 read by 20 cells; 12 cells each creating a 1 MB array), each run headless by nbdurable (``--fresh``, in
-this process, kernel start counted) and by plain nbclient back to back, in alternating order, and once by
+this process, kernel start counted, the disk synced first) and by plain nbclient back to back, in alternating order, and once by
 nbclient with ``dill.dump_session`` after every cell (dill sessions). Figures: the store's size (every file in
 it) against Chipmink's published total at its precision (whole MB), with dill's total as the measured
 baseline; nbdurable's time against nbclient's, judged by the median of the paired ratios;
@@ -25,6 +25,7 @@ import io
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import Figure, emit
@@ -53,6 +54,19 @@ WORKLOADS = {
 }
 
 
+@contextlib.contextmanager
+def _removed(path: Path) -> Iterator[None]:
+    """Remove ``path`` afterwards, and have the disk write back what it wrote (over a gigabyte here): the
+    writeback would otherwise go on under the next benchmark and slow its every fsync."""
+    import shutil
+
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.sync()
+
+
 def objects() -> list[Figure]:
     store = Path(tempfile.mkdtemp(prefix="nbd-bench-deltas-"))
     os.environ["NBDURABLE_STORE"] = str(store)
@@ -61,7 +75,8 @@ def objects() -> list[Figure]:
 
     shell = InteractiveShell.instance()
     plain, written, durable = {}, {}, {}
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            _removed(store):
         for name, (setup, change) in WORKLOADS.items():  # the same cells without nbdurable, first
             run(shell, setup)
             plain[name] = run(shell, change)
@@ -180,6 +195,7 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
 
     from bench.headless import run_nbclient, run_nbdurable
 
+    os.sync()  # start on a quiet disk: writeback left by whatever ran before slows only the side that fsyncs
     figures = []
     for name, (published, ratio_target) in TARGETS.items():
         plain, ours, sizes, objects_bytes = [], [], [], []

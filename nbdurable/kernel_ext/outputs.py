@@ -195,6 +195,8 @@ class OutputCapture:
             if any(stream is s for s in seen):
                 continue
             seen.append(stream)
+            if _nothing_to_flush(stream):
+                continue
             try:
                 stream.flush()
             except Exception:  # a closed or odd stream replaced by the cell
@@ -303,6 +305,19 @@ def _open_output_widgets() -> list[str]:
     if not isinstance(instances, dict) or cls is None:
         return []
     return [str(model_id) for model_id, widget in list(instances.items()) if isinstance(widget, cls)]
+
+
+def _nothing_to_flush(stream: Any) -> bool:
+    """Whether an ipykernel ``OutStream`` holds no text to send: no flush pending (every write schedules
+    one, every flush clears it) and no buffered text. Its ``flush`` is a round trip to the IOPub thread,
+    paid twice per cell for nothing when the cell printed nothing. Anything else: False (flush it)."""
+    try:
+        if stream._flush_pending or stream._subprocess_flush_pending:
+            return False
+        with stream._buffer_lock:
+            return not any(buffer.tell() for buffer in stream._buffers.values())
+    except AttributeError:  # not an OutStream, or another ipykernel
+        return False
 
 
 def _drain_fd_pipes(streams: list[Any], timeout: float) -> None:
