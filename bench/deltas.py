@@ -3,10 +3,12 @@
 ``python -m bench.deltas workloads``: the three checkpointing workloads of Chipmink (VLDB 2026), as
 notebooks in ``bench/notebooks/`` (a 1M-row frame changed in 12 cells, one change each; the same frame
 read by 20 cells; 12 cells each creating a 1 MB array), each run headless by nbdurable (``--fresh``, in
-this process, kernel start counted, the disk synced first) and by plain nbclient back to back, in alternating order, and once by
+this process, kernel start counted) and by plain nbclient back to back, in alternating order, and once by
 nbclient with ``dill.dump_session`` after every cell (dill sessions). Figures: the store's size (every file in
 it) against Chipmink's published total at its precision (whole MB), with dill's total as the measured
-baseline; nbdurable's time against nbclient's, judged by the median of the paired ratios;
+baseline; nbdurable's time against nbclient's, judged by the median of the paired ratios (every run starts
+after ``os.sync()``: the gigabytes dill and Kishu write would otherwise still be going to disk under the next
+runs, and only nbdurable's side waits for its own fsyncs);
 with a Python that has kishu (``--kishu-python`` or NBDURABLE_BENCH_KISHU_PYTHON), Kishu's store on the same
 cells in a plain IPython shell (its test mode) and its time against that shell without it.
 
@@ -140,6 +142,7 @@ def kishu_child(name: str) -> None:
     per-cell checkpointing (its test mode, as bench/control_checkout.py runs it); prints JSON: seconds of
     each and the bytes Kishu stored."""
     import json
+    import shutil
 
     import nbformat
 
@@ -168,6 +171,7 @@ def kishu_child(name: str) -> None:
             shell.run_cell(cell).raise_error()
         seconds = time.perf_counter() - start
     stored = sum(f.stat().st_size for f in work.rglob("*") if f.is_file() and f != path)
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"plain": plain, "kishu": seconds, "bytes": stored}))
 
 
@@ -206,6 +210,7 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
             shutil.copy(NOTEBOOKS / f"{name}.ipynb", path)
             sides = [(plain, run_nbclient), (ours, run_nbdurable)]
             for times, run in sides[:: -1 if repeat % 2 else 1]:  # alternating: neither always on the warmer machine
+                os.sync()  # no writeback left by the run before (dill's GB, Kishu's store) under this one
                 times.append(run(path))
             sizes.append(tree_bytes(path.parent / ".nbdurable"))
             objects_bytes.append(tree_bytes(path.parent / ".nbdurable" / "objects"))
@@ -233,7 +238,7 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["objects", "workloads", "kishu-child"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--workload", choices=list(TARGETS))
     parser.add_argument("--kishu-python", default=os.environ.get("NBDURABLE_BENCH_KISHU_PYTHON") or None,
                         help="a Python with kishu installed (a venv made with --system-site-packages)")
