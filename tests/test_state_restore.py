@@ -165,3 +165,38 @@ def test_an_object_whose_pickle_does_not_load_back_is_rebuilt_by_its_cell(store_
     assert again.probes == {"title": "'sales'"}
     assert "variable `fig`" in again.stdout and "does not load back" in again.stdout
     assert executions(counter) == ["make", "other", "make", "make"]  # resume and Run All rebuild it; `other` never
+
+
+def test_the_tracker_finds_a_variables_aliases_by_object_through_every_change_of_its_bindings() -> None:
+    """Another variable recorded for the same object is found by its id (an index kept with the bindings,
+    not a pass over every variable): aliases share their instance label, a rebound or deleted variable
+    leaves the index, and the index never names a variable whose binding is another object."""
+    from nbdurable.capture.names import analyze_code
+    from nbdurable.capture.namespace import NamespaceTracker
+
+    ns: dict = {}
+    tracker = NamespaceTracker(ns)
+
+    def cell(code: str) -> dict[str, str]:
+        names = analyze_code(code)
+        exec(code, ns)
+        changes = tracker.compute_delta(names)
+        tracker.accept(changes)
+        return {c.name: c.instance for c in changes if c.op == "set"}
+
+    first = cell("a = [1, 2]\nothers = [cell for cell in range(3)]")
+    assert cell("b = a") == {"b": first["a"]}, "an alias of a recorded object takes its instance"
+    cell("a = [3]")
+    c = cell("c = b")
+    assert c == {"c": first["a"]}, "b still holds the first list: c is its alias, a is no longer"
+    cell("del b")
+    assert cell("d = c") == {"d": first["a"]}
+    tracker.forget("c")
+    tracker.forget("d")
+    assert cell("e = others")["e"] == first["others"]
+    by_object = tracker.bindings.by_object
+    for name, binding in tracker.bindings.items():
+        assert name in by_object[binding.obj_id]
+    assert sorted(n for names in by_object.values() for n in names) == sorted(tracker.bindings)
+    tracker.reset()
+    assert by_object == {} and cell("f = a")["f"] != first["a"]

@@ -69,6 +69,44 @@ class Binding:
     alt_key: str | None = None  # the restored object's own key, when its stored form keys differently
 
 
+class Bindings(dict[str, Binding]):
+    """The tracker's bindings by variable name, with the names bound to each object id (``by_object``), so
+    that finding another variable recorded for the same object costs a lookup, not a pass over every
+    variable of the notebook (which made each new variable cost more than the last). Change it only with
+    ``[]=``, ``del``, ``pop`` and ``clear``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_object: dict[int, dict[str, None]] = {}  # names in the order they were bound
+
+    def __setitem__(self, name: str, binding: Binding) -> None:
+        old = self.get(name)
+        if old is not None and old.obj_id != binding.obj_id:
+            self._unindex(name, old.obj_id)
+        super().__setitem__(name, binding)
+        self.by_object.setdefault(binding.obj_id, {})[name] = None
+
+    def __delitem__(self, name: str) -> None:
+        self._unindex(name, self[name].obj_id)
+        super().__delitem__(name)
+
+    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
+        if name in self:
+            self._unindex(name, self[name].obj_id)
+        return super().pop(name, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_object.clear()
+
+    def _unindex(self, name: str, obj_id: int) -> None:
+        names = self.by_object.get(obj_id)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del self.by_object[obj_id]
+
+
 @dataclass
 class Change:
     """One entry of a step's state delta."""
@@ -127,7 +165,7 @@ class NamespaceTracker:
         self.namespace = namespace
         self.secrets = secrets or SecretRules()
         self._hidden = hidden
-        self.bindings: dict[str, Binding] = {}
+        self.bindings = Bindings()
         self.instance_prefix = instance_prefix
         self._counter = itertools.count(1)
         self._shared: dict[int, tuple[str, str, Any]] | None = None  # this cell's, see ``_shared_map``
@@ -335,9 +373,9 @@ class NamespaceTracker:
 
     def _alias_instance(self, name: str, obj: Any) -> str:
         """The instance label of another recorded variable bound to this very object, else a new one."""
-        for other, binding in self.bindings.items():
-            if other != name and binding.obj_id == id(obj) and self.namespace.get(other) is obj:
-                return binding.instance
+        for other in self.bindings.by_object.get(id(obj), ()):
+            if other != name and self.namespace.get(other) is obj:
+                return self.bindings[other].instance
         return f"{self.instance_prefix}{next(self._counter)}"
 
     def _propagate_mutation(self, change: Change, changes: dict[str, Change]) -> None:

@@ -57,7 +57,8 @@ class ControlMixin:
 
     def cancel_requested(self, run_id: str) -> bool:
         """True if ``run_id`` was asked to cancel (one ``stat``: cheap enough to poll)."""
-        return self._cancel_path(run_id).exists()
+        # os.path, not pathlib: a quarter of the time, and it runs before every cell
+        return os.path.exists(os.path.join(self.path, CONTROL_DIR, check_run_id(run_id) + CANCEL_SUFFIX))
 
     def cancel_request(self, run_id: str) -> dict[str, Any] | None:
         """The cancel request of ``run_id``, or None (none, or a damaged file: ``nbdurable check`` reports)."""
