@@ -90,7 +90,7 @@ class Bindings(dict[str, Binding]):
         self._unindex(name, self[name].obj_id)
         super().__delitem__(name)
 
-    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, name: str, *default: Any) -> Any:
         if name in self:
             self._unindex(name, self[name].obj_id)
         return super().pop(name, *default)
