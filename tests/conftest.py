@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,8 +27,18 @@ def pytest_configure(config: pytest.Config) -> None:
     """The tests' processes (shells, kernels, the CLI) share an authentication key of their own in a
     temporary config directory, never the user's ``~/.config/nbdurable/key`` (environments given to
     subprocesses drop NBDURABLE_* variables, so the key is placed through XDG_CONFIG_HOME)."""
-    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbd-test-config-")
+    global _CONFIG_HOME
+    _CONFIG_HOME = os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbd-test-config-")
     _compile_package()
+
+
+_CONFIG_HOME: str | None = None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The key's directory goes with the test process that made it (each xdist worker makes its own)."""
+    if _CONFIG_HOME is not None:
+        shutil.rmtree(_CONFIG_HOME, ignore_errors=True)
 
 
 def _compile_package() -> None:
