@@ -132,7 +132,8 @@ def test_timeouts_apply_where_items_run_and_a_broken_pool_is_an_executor_error(k
     reply, _ = k.execute("def spins(i):\n    while True:\n        i += 1\n"
                          "nbd.map(spins, [1], executor=client, timeout=0.3)", timeout=60)
     assert reply["status"] == "error" and reply["ename"] == "StepTimeoutError", reply
-    reply, _ = k.execute("def dies(i):\n    os._exit(3)\nwith ProcessPoolExecutor(1) as dying:\n"
+    reply, _ = k.execute("from concurrent.futures import ProcessPoolExecutor\n"
+                         "def dies(i):\n    os._exit(3)\nwith ProcessPoolExecutor(1) as dying:\n"
                          "    nbd.map(dies, [1, 2], executor=dying)", timeout=60)
     assert reply["status"] == "error" and reply["ename"] == "ExecutorError", reply
     assert "create a new one and run the cell again" in reply["evalue"]
