@@ -30,7 +30,7 @@ from nbdurable.capture.namespace import Change
 from nbdurable.errors import ChangedDuringWriteError, StoreError
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
 from nbdurable.runtime.clock import is_skipping, now
-from nbdurable.runtime.committer import Committer
+from nbdurable.runtime.committer import ASYNC_MIN_BYTES, Committer
 from nbdurable.runtime.control import pending_cancel
 from nbdurable.runtime.events import EventBus, RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep, chain_scope
@@ -321,10 +321,11 @@ class DurableRun:
         if self._committer.can_defer(big):
             snapshots = _snapshots(changes)
             self._committer.defer(lambda: commit(snapshots, background=True))
-        elif self._committer.busy:  # queued behind a big commit: written after the notebook went on
+        elif self._committer.busy and big < ASYNC_MIN_BYTES:  # queued behind a big commit: written later
             snapshots = _snapshots(changes)
             self._committer.run(lambda: commit(snapshots, background=True))
-        else:
+        else:  # (a big payload not deferred lacks the memory for a snapshot: the pending commits end first)
+            self._committer.drain()
             self._committer.run(commit)
         self._emit_finished(step, status, duration, ended, changes, error_with_traceback(error, outputs))
 
