@@ -270,8 +270,8 @@ class DurableRun:
         """Commit an explicit step: its result (or error) as a variable reference, in step order."""
         duration, ended = time.perf_counter() - step.t0, now()
 
-        if refs is None and changes and self._committer.busy:  # written later: see end_step
-            changes = _snapshots(changes)
+        if refs is None and changes:
+            changes, _ = self._for_commit(changes, self._payload_bytes(changes))
 
         def commit() -> None:
             values = (refs if refs is not None
@@ -298,15 +298,14 @@ class DurableRun:
         ``wait_durable`` waits for it. An error of an earlier background commit is raised here."""
         changes = list(changes)
         duration, ended = time.perf_counter() - step.t0, now()
-        big = sum(c.serialized.size for c in changes if c.serialized is not None and c.serialized.has_payload
-                  and c.serialized.size > self.inline_max)
+        big = self._payload_bytes(changes)
         if status == "completed":
             self.stats.executed += 1
         else:
             self.stats.failed += 1
         self.stats.last_status = status
 
-        def commit(changes: list[Change] = changes, background: bool = False) -> None:
+        def commit(changes: list[Change], background: bool) -> None:
             try:
                 refs = persist_changes(self.store, changes, inline_max=self.inline_max)
             except StoreError as exc:
@@ -321,13 +320,27 @@ class DurableRun:
         if self._committer.can_defer(big):
             snapshots = _snapshots(changes)
             self._committer.defer(lambda: commit(snapshots, background=True))
-        elif self._committer.busy and big < ASYNC_MIN_BYTES:  # queued behind a big commit: written later
-            snapshots = _snapshots(changes)
-            self._committer.run(lambda: commit(snapshots, background=True))
-        else:  # (a big payload not deferred lacks the memory for a snapshot: the pending commits end first)
-            self._committer.drain()
-            self._committer.run(commit)
+        else:
+            written, later = self._for_commit(changes, big)
+            self._committer.run(lambda: commit(written, background=later))
         self._emit_finished(step, status, duration, ended, changes, error_with_traceback(error, outputs))
+
+    def _payload_bytes(self, changes: list[Change]) -> int:
+        """The bytes of the changes' payloads stored out of the journal (bigger than ``inline_max``)."""
+        return sum(c.serialized.size for c in changes if c.serialized is not None and c.serialized.has_payload
+                   and c.serialized.size > self.inline_max)
+
+    def _for_commit(self, changes: list[Change], big: int) -> tuple[list[Change], bool]:
+        """What a commit given to ``Committer.run`` now is to write, and whether it runs after the notebook
+        went on. With nothing pending it runs at once, on the live payloads. Else it queues behind the
+        pending commits, on snapshots; a big payload (one the committer declined to snapshot for lack of
+        memory: ``can_defer``) waits for them instead."""
+        if not self._committer.busy:
+            return changes, False
+        if big < ASYNC_MIN_BYTES:
+            return _snapshots(changes), True
+        self._committer.drain()
+        return changes, False
 
     def record_restored(self, step: StepHandle, planned: PlannedStep) -> float:
         """Commit a step restored from an earlier run; returns the time it saved."""
