@@ -75,6 +75,12 @@ class Serialized:
         self.refs: tuple[tuple[str, str], ...] = ()  # other variables' objects referenced: (instance, key)
         self.member: str | None = None  # a group of variables stored together ({name: obj}): this one's name
 
+    def _describe_as(self, other: Serialized) -> None:
+        """Take ``other``'s descriptive fields (what a record says besides key, format, type and size)."""
+        self.format_version, self.module, self.reason, self.origin = (other.format_version, other.module,
+                                                                     other.reason, other.origin)
+        self.refs, self.member = other.refs, other.member
+
     @classmethod
     def unrestorable(cls, obj: object, reason: str) -> Serialized:
         """A marker for an object that is not stored (cannot be pickled, a secret...), with the reason.
@@ -194,9 +200,7 @@ class ChunkedSerialized(Serialized):
             copy = ChunkedSerialized(chunks=[bytes(c) for c in self._chunks], hash_prefix=self.hash_prefix,
                                      hashed=self.hashed, buffers=self.buffers, key=self.key, format=self.format,
                                      type_name=self.type_name)
-            copy.format_version, copy.module, copy.reason, copy.origin = (self.format_version, self.module,
-                                                                         self.reason, self.origin)
-            copy.refs, copy.member = self.refs, self.member
+            copy._describe_as(self)
             return copy
         return _VerifiedWrite(self) if self.hashed else self
 
@@ -214,8 +218,7 @@ class _VerifiedWrite(Serialized):
 
     def __init__(self, inner: ChunkedSerialized) -> None:
         super().__init__(key=inner.key, format=inner.format, type_name=inner.type_name, size=inner.size)
-        self.format_version, self.module, self.reason = inner.format_version, inner.module, inner.reason
-        self.refs, self.member = inner.refs, inner.member
+        self._describe_as(inner)
         self._inner = inner
 
     @property
