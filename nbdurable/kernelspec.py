@@ -8,11 +8,15 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
+from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.manager import AsyncKernelManager, KernelManager
+from traitlets import DottedObjectName, Type
 
 DEFAULT_NAME = "nbdurable"
 DISPLAY_NAME = "Python 3 (nbdurable)"
@@ -20,6 +24,65 @@ IPC_PATH_MAX = 100  # bytes of an ipc socket's path prefix (a Unix socket name h
 
 
 SHUTDOWN_POLL_SECONDS = 0.01
+IOPUB_CONNECT_SECONDS = 0.2  # jupyter_client's wait for IOPub after a kernel_info reply
+
+
+class ReadyKernelClient(AsyncKernelClient):
+    """nbclient's kernel client, minus the 0.2 s of silence jupyter_client waits for on IOPub once the kernel
+    is ready.
+
+    jupyter_client's ``wait_for_ready`` asks for kernel_info until a reply comes and IOPub carries a message,
+    then reads IOPub until nothing arrives for 0.2 s: every kernel start waited 0.2 s for nothing. The kernel
+    publishes its ``idle`` status for a request on IOPub after its reply, and IOPub delivers in order: once
+    the ``idle`` of our kernel_info request is read, IOPub is connected and what the kernel published
+    before it has been read (and dropped, as jupyter_client drops it). If it does not come within 0.2 s (the
+    IOPub subscription was not connected yet when the kernel published it), the request is sent again, as
+    jupyter_client does. Anything published after it stays queued: nbclient reads only the messages whose
+    parent is its own request."""
+
+    async def _ready_wait(self, timeout: float | None = None) -> None:
+        if not isinstance(self.parent, KernelManager):  # not our kernel: jupyter_client's heartbeat wait first
+            await super()._async_wait_for_ready(timeout)
+            return
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        asked: set[str] = set()
+        while True:
+            asked.add(self.kernel_info())
+            reply = await self._reply_to(asked, min(1.0, max(0.0, deadline - time.monotonic())))
+            if reply is not None and await self._idle_after(asked, IOPUB_CONNECT_SECONDS):
+                self._handle_kernel_info_reply(reply)
+                return
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
+
+    wait_for_ready = _ready_wait
+
+    async def _reply_to(self, asked: set[str], wait: float) -> dict[str, Any] | None:
+        """The first kernel_info reply to one of ``asked`` within ``wait`` seconds (other replies dropped)."""
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            try:
+                msg = await self.shell_channel.get_msg(timeout=left)
+            except Empty:
+                return None
+            if msg["msg_type"] == "kernel_info_reply" and msg["parent_header"].get("msg_id") in asked:
+                return dict(msg)
+        return None
+
+    async def _idle_after(self, asked: set[str], wait: float) -> bool:
+        """Whether IOPub carries, within ``wait`` seconds, the ``idle`` status of one of ``asked``."""
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            try:
+                msg = await self.iopub_channel.get_msg(timeout=left)
+            except Empty:
+                return False
+            if (msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+                    and msg["parent_header"].get("msg_id") in asked):
+                return True
+        return False
 
 
 class QuietShutdownKernelManager(AsyncKernelManager):
@@ -34,7 +97,10 @@ class QuietShutdownKernelManager(AsyncKernelManager):
     jupyter_client looks every 0.1 s whether the kernel has exited: a kernel takes 0.2-0.3 s to tear its
     interpreter down, so a run waited on average 50 ms for nothing, and 100 ms whenever the teardown took a
     few milliseconds longer than the last multiple of 0.1 s. Here the wait is checked every 10 ms (a
-    ``waitpid`` without blocking: nothing to measure)."""
+    ``waitpid`` without blocking: nothing to measure). Its clients are ``ReadyKernelClient``s."""
+
+    client_class = DottedObjectName("nbdurable.kernelspec.ReadyKernelClient")
+    client_factory = Type(ReadyKernelClient, klass=AsyncKernelClient)
 
     async def _async_interrupt_kernel(self) -> None:
         if self.shutting_down:

@@ -168,6 +168,29 @@ def test_a_frame_changed_in_one_column_stores_that_column(store_dir: Path) -> No
     assert resumed.stdout.count("nbdurable: restored from step") == len(cells)
 
 
+def test_a_commit_is_scheduled_by_the_frame_columns_it_adds(store_dir: Path) -> None:
+    """A cell that renames, reorders or drops columns of a big frame gives its commit nothing to write:
+    it must not count as a big payload (which waits for a background slot behind the first frame's write)."""
+    import pandas as pd
+
+    from nbdurable.runtime import frames
+
+    store = Store.open(store_dir, create=True)
+    n = 400_000
+    df = pd.DataFrame({"i": np.arange(n), "f": np.linspace(0, 1, n),
+                       "s": pd.Series(np.arange(n) % 999).map("u{}".format)})
+    whole = serialize(df)
+    assert frames.claim(store, whole) == whole.size > frames.MIN_SIZE
+    assert frames.claim(store, whole) == 0  # given to a commit already
+    assert frames.claim(store, serialize(df.rename(columns={"i": "id"})[["s", "id"]])) == 0
+    added = df.assign(g=np.arange(n, dtype="float64") * 2)
+    assert frames.claim(store, serialize(added)) == 8 * n  # only the new column
+    indexed = added.set_index(pd.Index(np.random.default_rng(0).permutation(n), name="t"))
+    assert frames.claim(store, serialize(indexed)) == 8 * n  # only the index
+    small = serialize(df.head(10))
+    assert frames.claim(store, small) == small.size  # a small frame is one object: all of it is written
+
+
 def test_sql_reads_a_frame_stored_by_column(store_dir: Path) -> None:
     cells = [BUILD_FRAME, "df = df.set_index('d')\ndf['twice'] = df['i'] * 2"]
     session = run_session(store_dir, cells, probes={"sum": "int(df['twice'].sum())"})

@@ -1121,9 +1121,10 @@ def test_dataframes_round_trip_exactly_column_by_column(name: str) -> None:
     df = PARQUET_FRAMES[name]
     parts = frame_parts(serialize(df))
     assert parts is not None
-    assert [label for label, _ in parts.columns] == list(df.columns)
-    index = None if parts.index is None else restore("parquet", payload_of(parts.index))
-    columns = [restore("parquet", payload_of(part)) for _, part in parts.columns]
+    assert [label for label, _, _ in parts.columns] == list(df.columns)
+    assert all(part.key == key for _, key, part in parts.columns)
+    index = None if parts.index is None else restore("parquet", payload_of(parts.index[1]))
+    columns = [restore("parquet", payload_of(part)) for _, _, part in parts.columns]
     back = assemble_frame(parts.manifest, index, columns)
     pd.testing.assert_frame_equal(back, df, check_exact=True)
     if isinstance(df.index, pd.DatetimeIndex):
@@ -1131,6 +1132,18 @@ def test_dataframes_round_trip_exactly_column_by_column(name: str) -> None:
     if len(back):
         for j in range(back.shape[1]):
             back.iloc[0, j] = back.iloc[1, j]
+
+
+def test_a_frame_part_stored_already_is_not_made_again() -> None:
+    from nbdurable.serialization import frame_parts
+
+    df = pd.DataFrame({"a": np.arange(1000.0), "b": np.arange(1000)}, index=pd.Index(np.arange(1000) % 7, name="k"))
+    s = serialize(df)
+    first_column = s.column_keys[0]  # type: ignore[attr-defined]
+    parts = frame_parts(s, lambda key: key in (first_column, s.index_key))  # type: ignore[attr-defined]
+    assert [(label, key, part is None) for label, key, part in parts.columns] == \
+        [("a", first_column, True), ("b", s.column_keys[1], False)]  # type: ignore[attr-defined]
+    assert parts.index == (s.index_key, None)  # type: ignore[attr-defined]
 
 
 def test_a_columns_key_survives_rename_reorder_and_a_changed_neighbour() -> None:

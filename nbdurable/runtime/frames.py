@@ -22,6 +22,7 @@ from nbdurable.store.crypto import encryption_key
 MIN_SIZE = 1 * 2**20  # smaller frames stay one Parquet object (often inlined in the journal)
 
 _tags: dict[tuple[str, str], str] = {}  # (store directory, part key) -> its tag, for parts written or read here
+_given: set[tuple[str, str]] = set()  # (store directory, part key) of parts given to a commit (``claim``)
 _lock = threading.Lock()
 
 
@@ -30,23 +31,52 @@ def write(store: Store, s: Serialized) -> dict[str, Any] | None:
     object is not a frame that can be stored by parts (the caller writes it whole)."""
     if s.size < MIN_SIZE or encryption_key() is not None:
         return None
-    parts = frame_parts(s)
+    root, tags = str(store.path), {}
+
+    def stored(key: str) -> bool:  # known here and still in the store (touched: gc spares it)
+        with _lock:
+            known = _tags.get((root, key))
+        if known is None or not store.touch_object(key):
+            return False
+        tags[key] = known
+        return True
+
+    def tag(key: str, part: Serialized | None) -> str:  # (two columns of the same data: written once)
+        if key not in tags:
+            assert part is not None
+            tags[key] = _put(store, part)
+        return tags[key]
+
+    parts = frame_parts(s, stored)
     if parts is None:
         return None
-    columns = [[label, *_put(store, part)] for label, part in parts.columns]
-    index = None if parts.index is None else _put(store, parts.index)
+    columns = [[label, key, tag(key, part)] for label, key, part in parts.columns]
+    index = None if parts.index is None else [parts.index[0], tag(*parts.index)]
     return {"size": s.size, "frame": {**parts.manifest, "columns": columns, "index": index}}
 
 
-def _put(store: Store, part: Serialized) -> list[str]:
-    """A part's [key, tag]: known here and still in the store (touched: gc spares it), or written now."""
+def claim(store: Store, s: Serialized) -> int:
+    """The bytes a commit of ``s`` will write that no commit of this process wrote, read or was given
+    before: a big frame's new parts (a cell that renamed or dropped a column of a 1 GB frame writes
+    nothing but its manifest), ``s.size`` for anything else. The parts count as given from now on. This
+    only schedules the commit (``committer.py``): ``_put`` still writes every part that is not stored."""
+    sizes: dict[str, int] = getattr(s, "part_sizes", None) or {}
+    if not sizes or s.size < MIN_SIZE or encryption_key() is not None:
+        return s.size
+    root = str(store.path)
     with _lock:
-        tag = _tags.get((str(store.path), part.key))
-    if tag is None or not store.touch_object(part.key):
-        _, tag = store.write_object(part.key, part.write)
-        with _lock:
-            _tags[(str(store.path), part.key)] = tag
-    return [part.key, tag]
+        new = {(root, key): size for key, size in sizes.items() if (root, key) not in _tags
+               and (root, key) not in _given}
+        _given.update(new)
+    return sum(new.values())
+
+
+def _put(store: Store, part: Serialized) -> str:
+    """Write a part not stored yet; its tag."""
+    _, tag = store.write_object(part.key, part.write)
+    with _lock:
+        _tags[(str(store.path), part.key)] = tag
+    return tag
 
 
 def load(store: Store, ref: dict[str, Any]) -> object:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from nbdurable._version import __version__
 from nbdurable.capture.namespace import Change
 from nbdurable.errors import ChangedDuringWriteError, StoreError
+from nbdurable.runtime import frames
 from nbdurable.runtime.checkpoint import DEFAULT_INLINE_MAX, persist_changes, persist_outputs
 from nbdurable.runtime.clock import is_skipping, now
 from nbdurable.runtime.committer import ASYNC_MIN_BYTES, Committer
@@ -326,9 +327,11 @@ class DurableRun:
         self._emit_finished(step, status, duration, ended, changes, error_with_traceback(error, outputs))
 
     def _payload_bytes(self, changes: list[Change]) -> int:
-        """The bytes of the changes' payloads stored out of the journal (bigger than ``inline_max``)."""
-        return sum(c.serialized.size for c in changes if c.serialized is not None and c.serialized.has_payload
-                   and c.serialized.size > self.inline_max)
+        """The bytes the changes' payloads stored out of the journal (bigger than ``inline_max``) will write:
+        a big frame's columns that an earlier commit wrote or was given count for nothing (``frames.claim``:
+        called once per commit)."""
+        return sum(frames.claim(self.store, c.serialized) for c in changes if c.serialized is not None
+                   and c.serialized.has_payload and c.serialized.size > self.inline_max)
 
     def _for_commit(self, changes: list[Change], big: int) -> tuple[list[Change], bool]:
         """What a commit given to ``Committer.run`` now is to write, and whether it runs after the notebook

@@ -167,14 +167,16 @@ def deserialize_parts(
     return deserialize_pickle_parts(head, buffers, namespace, resolve)
 
 
-def frame_parts(serialized: Serialized) -> Any:
-    """A big DataFrame's columns and index as Serialized parts of their own (``_frame_parts.FrameParts``),
-    or None for anything else (or a frame whose parts would not round-trip alone)."""
+def frame_parts(serialized: Serialized, stored: Callable[[str], bool] = lambda key: False) -> Any:
+    """A big DataFrame's columns and index as Serialized parts of their own (``_frame_parts.FrameParts``;
+    none is made for a key that ``stored`` says is stored already), or None for anything else (or a frame
+    whose parts would not round-trip alone)."""
     if serialized.format != "parquet" or not hasattr(serialized, "column_keys"):
         return None
     from nbdurable.serialization._frame_parts import FrameParts
 
-    return FrameParts.of(serialized.frame, serialized.column_keys, serialized.index_key)  # type: ignore[attr-defined]
+    return FrameParts.of(serialized.frame, serialized.column_keys, serialized.index_key,  # type: ignore[attr-defined]
+                         stored)
 
 
 def assemble_frame(manifest: dict[str, Any], index: Any, columns: list[Any]) -> Any:

@@ -11,6 +11,7 @@ path, and DuckDB reads the parts side by side (``POSITIONAL JOIN``, ``history.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,41 +27,51 @@ _FRAME_TYPE = "pandas.DataFrame"
 
 @dataclass
 class FrameParts:
-    """A frame as parts to store: ``columns`` (label, Serialized), ``index`` (None for a RangeIndex) and the
-    ``manifest`` that ``assemble`` needs besides them."""
+    """A frame as parts to store: ``columns`` (label, key, Serialized or None for a part stored already),
+    ``index`` (key and Serialized or None; None for a RangeIndex) and the ``manifest`` that ``assemble``
+    needs besides them."""
 
-    columns: list[tuple[str, ParquetSerialized]]
-    index: ParquetSerialized | None
+    columns: list[tuple[str, str, ParquetSerialized | None]]
+    index: tuple[str, ParquetSerialized | None] | None
     manifest: dict[str, Any]
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, column_keys: tuple[str, ...], index_key: str | None) -> FrameParts | None:
-        """The parts of a frame that ``plan`` accepted (None if one of them would not round-trip alone)."""
+    def of(cls, frame: pd.DataFrame, column_keys: tuple[str, ...], index_key: str | None,
+           stored: Callable[[str], bool]) -> FrameParts | None:
+        """The parts of a frame that ``plan`` accepted (None if one of them would not round-trip alone). A
+        part whose key is ``stored`` is not made again: it was made, and round-tripped, when it was stored."""
         if len(column_keys) != frame.shape[1]:
             return None
-        columns = []
+        columns: list[tuple[str, str, ParquetSerialized | None]] = []
         for label, key in zip(frame.columns, column_keys, strict=True):
+            if stored(key):
+                columns.append((label, key, None))
+                continue
             values = frame[label]
             part = values.reset_index(drop=True).to_frame(COLUMN)  # copy-on-write: shares the column's memory
             part_plan = plan(part)
             if part_plan is None or part.dtypes.iloc[0] != values.dtype:
                 return None
             size = int(part.memory_usage(index=False, deep=False).sum())
-            columns.append((label, ParquetSerialized(part, part_plan, key=key, format=FORMAT, type_name=_FRAME_TYPE,
-                                                     size=size)))
+            columns.append((label, key, ParquetSerialized(part, part_plan, key=key, format=FORMAT,
+                                                          type_name=_FRAME_TYPE, size=size)))
         index = frame.index
         manifest: dict[str, Any] = {"labels": [str(c) for c in frame.columns], "rows": len(frame),
                                     "labels_dtype": str(frame.columns.dtype), "labels_name": frame.columns.name}
-        index_part = None
+        index_part: tuple[str, ParquetSerialized | None] | None = None
         if isinstance(index, pd.RangeIndex):
             manifest["range"] = [index.start, index.stop, index.step, index.name]
+        elif index_key is None:
+            return None
+        elif stored(index_key):
+            index_part = (index_key, None)
         else:
             skeleton = pd.DataFrame(index=index)
             skeleton_plan = plan(skeleton, index_only=True)
-            if skeleton_plan is None or index_key is None:
+            if skeleton_plan is None:
                 return None
-            index_part = ParquetSerialized(skeleton, skeleton_plan, key=index_key, format=FORMAT,
-                                           type_name=_FRAME_TYPE, size=int(index.memory_usage(deep=False)))
+            index_part = (index_key, ParquetSerialized(skeleton, skeleton_plan, key=index_key, format=FORMAT,
+                                                       type_name=_FRAME_TYPE, size=int(index.memory_usage(deep=False))))
         return cls(columns, index_part, manifest)
 
 

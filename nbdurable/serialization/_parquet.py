@@ -53,17 +53,19 @@ class ParquetSerialized(Serialized):
     """A DataFrame fingerprinted now, encoded as Parquet when written.
 
     ``column_keys`` (one per column, of its dtype, length and data only: not its label) and ``index_key``
-    (None for a RangeIndex) let a big frame be stored column by column (``frame_parts``)."""
+    (None for a RangeIndex) let a big frame be stored column by column (``frame_parts``); ``part_sizes``
+    gives each of those keys' bytes in memory."""
 
-    __slots__ = ("_frame", "_plan", "column_keys", "index_key")
+    __slots__ = ("_frame", "_plan", "column_keys", "index_key", "part_sizes")
 
     def __init__(self, frame: pd.DataFrame, plan: dict[str, Any], *, column_keys: tuple[str, ...] = (),
-                 index_key: str | None = None, **fields: Any) -> None:
+                 index_key: str | None = None, part_sizes: dict[str, int] | None = None, **fields: Any) -> None:
         super().__init__(**fields)
         self._frame = frame
         self._plan = plan
         self.column_keys = column_keys
         self.index_key = index_key
+        self.part_sizes = part_sizes or {}
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -89,7 +91,7 @@ class ParquetSerialized(Serialized):
         deep = not _copy_on_write()
         copy = ParquetSerialized(self._frame.copy(deep=deep), self._plan, key=self.key, format=self.format,
                                  type_name=self.type_name, size=self.size, column_keys=self.column_keys,
-                                 index_key=self.index_key)
+                                 index_key=self.index_key, part_sizes=self.part_sizes)
         copy.format_version = self.format_version
         return copy
 
@@ -262,24 +264,30 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
     of its data (so a column keeps its key when it is renamed, moved, or its neighbours change)."""
     h = new_hasher(FORMAT)
     h.update(_describe(frame).encode())
-    column_keys, size = [], 0  # size: the bytes hashed (what memory_usage(deep=False) says, for less)
+    # Sizes are the bytes hashed (what memory_usage(deep=False) says, for less): the whole, and each part's.
+    column_keys, part_sizes, size = [], {}, 0
     for label in frame.columns:  # labels are unique (plan checked)
         values = frame[label]
         hc = new_hasher("parquet-column")
         hc.update(f"{_dtype_desc(values.dtype)}:{len(values)}".encode())
-        size += _hash_values(hc, values)
+        column_size = _hash_values(hc, values)
         column_keys.append(str(hc.hexdigest()))
+        part_sizes[column_keys[-1]] = column_size
+        size += column_size
         h.update(column_keys[-1].encode())
     index, index_key = frame.index, None
     if not isinstance(index, pd.RangeIndex):  # a RangeIndex is all in the description
         hi = new_hasher("parquet-index")
         hi.update(_describe(pd.DataFrame(index=index)).encode())
+        index_size = 0
         if isinstance(index, pd.MultiIndex):
             for level, codes in zip(index.levels, index.codes, strict=True):
-                size += _hash_values(hi, level) + _hash_ndarray(hi, np.asarray(codes))
+                index_size += _hash_values(hi, level) + _hash_ndarray(hi, np.asarray(codes))
         else:
-            size += _hash_values(hi, index)
+            index_size = _hash_values(hi, index)
         index_key = str(hi.hexdigest())
+        part_sizes[index_key] = index_size
+        size += index_size
         h.update(index_key.encode())
     return ParquetSerialized(
         frame,
@@ -290,6 +298,7 @@ def serialize_frame(frame: pd.DataFrame, frame_plan: dict[str, Any], type_name: 
         size=size,  # an estimate until written
         column_keys=tuple(column_keys),
         index_key=index_key,
+        part_sizes=part_sizes,
     )
 
 
