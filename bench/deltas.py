@@ -8,7 +8,9 @@ nbclient with ``dill.dump_session`` after every cell (dill sessions). Figures: t
 it) against Chipmink's published total at its precision (whole MB), with dill's total as the measured
 baseline; nbdurable's time against nbclient's, judged by the median of the paired ratios (every run starts
 after ``os.sync()``: the gigabytes dill and Kishu write would otherwise still be going to disk under the next
-runs, and only nbdurable's side waits for its own fsyncs);
+runs, and only nbdurable's side waits for its own fsyncs); the note adds the same ratio for the cells alone
+(kernel start and shutdown left out: from the first cell's start to the last one's end by the kernel's clock,
+for nbdurable to its ``run_end`` record, written once every background commit is durable);
 with a Python that has kishu (``--kishu-python`` or NBDURABLE_BENCH_KISHU_PYTHON), Kishu's store on the same
 cells in a plain IPython shell (its test mode) and its time against that shell without it.
 
@@ -29,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.common import Figure, emit
 
@@ -193,11 +196,44 @@ def kishu_figures(name: str, python: str, ours_size: float) -> list[Figure]:
                    f"the plain shell's {got['plain']:.2f} s")]
 
 
+def _execution_seconds(cells: list[Any], end: float | None = None) -> float:
+    """From the first code cell's start to the last one's end, by the kernel's clock (the timestamps nbclient
+    records in each cell's metadata); ``end`` instead of the last cell's end when given."""
+    from datetime import datetime
+
+    def at(cell: Any, event: str) -> float:
+        return datetime.fromisoformat(cell.metadata["execution"][event]).timestamp()
+
+    code = [c for c in cells if c.cell_type == "code"]
+    return (end if end is not None else at(code[-1], "iopub.status.idle")) - at(code[0], "iopub.status.busy")
+
+
+def run_plain(path: Path) -> tuple[float, float]:
+    """Plain nbclient: (seconds, seconds of execution: ``_execution_seconds``)."""
+    from bench.headless import run_nbclient_notebook
+
+    seconds, nb = run_nbclient_notebook(path)
+    return seconds, _execution_seconds(nb.cells)
+
+
+def run_ours(path: Path) -> tuple[float, float]:
+    """``nbdurable run --fresh``: (seconds, seconds of execution until the run is durable: its ``run_end``
+    record, written once every background commit is)."""
+    import nbformat
+
+    from nbdurable.store import Store
+
+    from bench.headless import run_nbdurable_result
+
+    seconds, result = run_nbdurable_result(path)
+    journal = Store.open(path.parent / ".nbdurable", create=False).read_journal(result.run_id)
+    end = next(r["ts"] for r in reversed(journal) if r.get("t") == "run_end")
+    return seconds, _execution_seconds(nbformat.read(path.with_suffix(".out.ipynb"), as_version=4).cells, end)
+
+
 def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
     import shutil
     import statistics
-
-    from bench.headless import run_nbclient, run_nbdurable
 
     os.sync()  # start on a quiet disk: writeback left by whatever ran before slows only the side that fsyncs
     figures = []
@@ -208,7 +244,7 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
             work = Path(tempfile.mkdtemp(prefix=f"nbd-bench-{name}-"))
             path = work / f"{name}.ipynb"
             shutil.copy(NOTEBOOKS / f"{name}.ipynb", path)
-            sides = [(plain, run_nbclient), (ours, run_nbdurable)]
+            sides = [(plain, run_plain), (ours, run_ours)]
             for times, run in sides[:: -1 if repeat % 2 else 1]:  # alternating: neither always on the warmer machine
                 os.sync()  # no writeback left by the run before (dill's GB, Kishu's store) under this one
                 times.append(run(path))
@@ -219,16 +255,18 @@ def workloads(repeats: int, kishu_python: str | None = None) -> list[Figure]:
             shutil.rmtree(work, ignore_errors=True)
         size, dill_size = statistics.median(sizes) / 1e6, dill_bytes / 1e6
         objects = statistics.median(objects_bytes)
-        o, p = statistics.median(ours), statistics.median(plain)
-        ratios = [a / b for a, b in zip(ours, plain, strict=True)]
+        o, p = statistics.median(t for t, _ in ours), statistics.median(t for t, _ in plain)
+        ratios = [a / b for (a, _), (b, _) in zip(ours, plain, strict=True)]
         paired = statistics.median(ratios)
+        executing = statistics.median(a / b for (_, a), (_, b) in zip(ours, plain, strict=True))
         figures += [  # Chipmink published whole MB: the store size is compared at that precision
             Figure(f"{name}: store size", size, "dill sessions", dill_size, "MB",
                    f"<= {published:g} MB (Chipmink)", round(size) <= published,
                    f"dill sessions {dill_seconds:.2f} s; the objects {objects / 1e6:.3f} MB"),
             Figure(f"{name}: run time", o, "nbclient", p, "s", f"ratio <= {ratio_target:g}", paired <= ratio_target,
                    f"median of the {repeats} paired ratios {paired:.3f} (each run beside its nbclient run, in "
-                   f"alternating order), from {min(ratios):.2f} to {max(ratios):.2f}"),
+                   f"alternating order), from {min(ratios):.2f} to {max(ratios):.2f}; the cells alone (first "
+                   f"start to last end, ours until durable; kernel start and shutdown left out) {executing:.3f}"),
         ]
         if kishu_python:
             figures += kishu_figures(name, kishu_python, size)

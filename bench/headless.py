@@ -14,6 +14,7 @@ import shutil
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
@@ -37,11 +38,16 @@ def sleepy_notebook(path: Path, n: int, kill_at: int) -> None:
 
 
 def run_nbclient(path: Path) -> float:
+    return run_nbclient_notebook(path)[0]
+
+
+def run_nbclient_notebook(path: Path) -> tuple[float, Any]:
+    """Seconds of a plain nbclient run of ``path``, and the executed notebook."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     return timed(lambda: NotebookClient(nb, kernel_name="python3",
-                                        resources={"metadata": {"path": str(path.parent)}}).execute())
+                                        resources={"metadata": {"path": str(path.parent)}}).execute()), nb
 
 
 def run_papermill(path: Path) -> float:
@@ -53,16 +59,25 @@ def run_papermill(path: Path) -> float:
 
 
 def run_nbdurable(path: Path, fresh: bool = True) -> float:
+    return run_nbdurable_result(path, fresh)[0]
+
+
+def run_nbdurable_result(path: Path, fresh: bool = True) -> tuple[float, Any]:
+    """Seconds of an ``nbdurable run`` of ``path`` (its store beside it, its output ``<name>.out.ipynb``), and
+    the runner's ``RunResult``."""
     from nbdurable.headless.params import load_notebook
     from nbdurable.headless.runner import HeadlessRunner
+
+    results = []
 
     def go() -> None:
         nb = load_notebook(path, {}, None)
         result = HeadlessRunner(nb, notebook_path=path, store_path=path.parent / ".nbdurable", params={},
                                 output_path=path.with_suffix(".out.ipynb"), fresh=fresh).execute()
         assert result.status in ("completed", "crashed"), result
+        results.append(result)
 
-    return timed(go)
+    return timed(go), results[0]
 
 
 def bench_trivial(work: Path, repeats: int, cells: int) -> list[Figure]:

@@ -35,10 +35,11 @@ class ReadyKernelClient(AsyncKernelClient):
     then reads IOPub until nothing arrives for 0.2 s: every kernel start waited 0.2 s for nothing. The kernel
     publishes its ``idle`` status for a request on IOPub after its reply, and IOPub delivers in order: once
     the ``idle`` of our kernel_info request is read, IOPub is connected and what the kernel published
-    before it has been read (and dropped, as jupyter_client drops it). If it does not come within 0.2 s (the
+    before it has been read (and dropped, as jupyter_client drops it). If nothing comes within 0.2 s (the
     IOPub subscription was not connected yet when the kernel published it), the request is sent again, as
-    jupyter_client does. Anything published after it stays queued: nbclient reads only the messages whose
-    parent is its own request."""
+    jupyter_client does; other messages but no such status (a kernel that publishes none for kernel_info)
+    also mean connected after those 0.2 s. Anything published after it stays queued: nbclient reads only
+    the messages whose parent is its own request."""
 
     async def _ready_wait(self, timeout: float | None = None) -> None:
         if not isinstance(self.parent, KernelManager):  # not our kernel: jupyter_client's heartbeat wait first
@@ -49,7 +50,7 @@ class ReadyKernelClient(AsyncKernelClient):
         while True:
             asked.add(self.kernel_info())
             reply = await self._reply_to(asked, min(1.0, max(0.0, deadline - time.monotonic())))
-            if reply is not None and await self._idle_after(asked, IOPUB_CONNECT_SECONDS):
+            if reply is not None and await self._iopub_connected(asked, IOPUB_CONNECT_SECONDS):
                 self._handle_kernel_info_reply(reply)
                 return
             if not await self._async_is_alive():
@@ -71,18 +72,21 @@ class ReadyKernelClient(AsyncKernelClient):
                 return dict(msg)
         return None
 
-    async def _idle_after(self, asked: set[str], wait: float) -> bool:
-        """Whether IOPub carries, within ``wait`` seconds, the ``idle`` status of one of ``asked``."""
-        end = time.monotonic() + wait
+    async def _iopub_connected(self, asked: set[str], wait: float) -> bool:
+        """Whether IOPub is connected: it carries the ``idle`` status of one of ``asked`` (at once), or, for
+        a kernel that publishes none for kernel_info, any message within ``wait`` seconds (jupyter_client's
+        own test, without its wait for silence after it)."""
+        end, seen = time.monotonic() + wait, False
         while (left := end - time.monotonic()) > 0:
             try:
                 msg = await self.iopub_channel.get_msg(timeout=left)
             except Empty:
-                return False
+                break
+            seen = True
             if (msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
                     and msg["parent_header"].get("msg_id") in asked):
                 return True
-        return False
+        return seen
 
 
 class QuietShutdownKernelManager(AsyncKernelManager):

@@ -77,7 +77,7 @@ class _MissesTheFirstIdle(ReadyKernelClient):
         type(self).asked += 1
         return str(super().kernel_info())
 
-    async def _idle_after(self, asked: set[str], wait: float) -> bool:
+    async def _iopub_connected(self, asked: set[str], wait: float) -> bool:
         if type(self).asked == 1:
             await asyncio.sleep(wait)
             while True:  # the status went by unseen
@@ -85,7 +85,7 @@ class _MissesTheFirstIdle(ReadyKernelClient):
                     await self.iopub_channel.get_msg(timeout=0.05)
                 except Empty:
                     return False
-        return await super()._idle_after(asked, wait)
+        return await super()._iopub_connected(asked, wait)
 
 
 def test_a_kernel_info_status_missed_on_iopub_is_asked_again(tmp_path: Path) -> None:
@@ -98,6 +98,42 @@ def test_a_kernel_info_status_missed_on_iopub_is_asked_again(tmp_path: Path) -> 
             assert _MissesTheFirstIdle.asked == 2
             got = await _outputs(kc, "1 + 1")
             assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["2"]
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+
+    asyncio.run(go())
+
+
+class _NoIdleForKernelInfo(ReadyKernelClient):
+    """As if the kernel published its busy status for kernel_info but no idle."""
+
+    async def _iopub_connected(self, asked: set[str], wait: float) -> bool:
+        channel = self.iopub_channel
+        real = channel.get_msg
+
+        async def without_idle(timeout: float | None = None) -> dict[str, Any]:
+            while True:
+                msg = await real(timeout=timeout)
+                if not (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"):
+                    return dict(msg)
+
+        channel.get_msg = without_idle
+        try:
+            return await super()._iopub_connected(asked, wait)
+        finally:
+            del channel.get_msg
+
+
+def test_a_kernel_without_an_idle_status_for_kernel_info_is_ready_once_iopub_carries_anything(tmp_path: Path) -> None:
+    async def go() -> None:
+        km = await _started(tmp_path, _NoIdleForKernelInfo)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            got = await _outputs(kc, "2 + 2")
+            assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["4"]
         finally:
             kc.stop_channels()
             await km.shutdown_kernel()

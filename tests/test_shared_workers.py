@@ -390,4 +390,8 @@ def test_a_schedule_and_triggers_on_a_shared_store_fire_once_each_and_a_key_limi
     assert sorted(jobs.values()) == [7, 7, 7, 8]
     decisions = [line for log in logs for line in log.read_text().splitlines() if "trigger:jobs" in line]
     assert max_overlap([span[r] for r, c in jobs.items() if c == 7]) == 1, decisions  # the key's limit, across both
-    assert max_overlap([span[r] for r in jobs]) == 2, decisions  # the other key's run went beside them
+    # The other key's run did not wait for the key's chain. (Not "it overlapped one of them": on a loaded
+    # machine its run can start and end before a kernel of the first key's run is up; a run's span starts
+    # when its kernel records it.)
+    (other,) = [r for r, c in jobs.items() if c == 8]
+    assert span[other][0] < max(span[r][1] for r, c in jobs.items() if c == 7), decisions

@@ -10,11 +10,14 @@ What this means for a crash: a step is durable once its commit record is written
 while a big commit is still in flight has no record for that step, so a resume re-executes it — the
 same as a crash during the cell itself. ``drain`` (called by ``finish``) waits for everything.
 
-Memory is bounded: at most ``MAX_BIG_IN_FLIGHT`` snapshots exist at once (a further big step waits
-for the oldest to be written), and a payload too big to copy comfortably is committed in the
-foreground instead. Four, not two: a DataFrame changed in every cell (bench/notebooks/update_by_column)
-made the third cell wait ~75 ms for the first one's write with two; the writer then catches up during the
-cells that compute. A snapshot of a DataFrame is a copy-on-write view: it costs memory only when the
+Memory is bounded: at most ``MAX_BIG_IN_FLIGHT`` snapshots of big payloads exist at once (a further big
+step waits for the oldest to be written), and a payload too big to copy comfortably is committed in the
+foreground instead. A payload is as big as what its commit will write (``DurableRun._payload_bytes``): a
+DataFrame whose columns an earlier commit was given writes only its new columns, so a cell that renames a
+column of a big frame queues behind the writes like a small step (with a copy-on-write view), instead of
+waiting ~40 ms for a slot (bench/notebooks/update_by_column). Four slots, not two: in that notebook the
+third cell waited ~75 ms for the first one's write with two; the writer then catches up during the cells
+that compute. A snapshot of a DataFrame is a copy-on-write view: it costs memory only when the
 notebook changes the frame in place before the write ends.
 """
 
