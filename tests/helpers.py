@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -251,3 +252,13 @@ def dataflow_violations(records: list[dict[str, Any]]) -> list[str]:
                 continue
             versions[name] = "" if ref.get("op") == "del" else str(ref.get("object") or "?")
     return found
+
+
+def python_kernelspec(root: Path, name: str, code: str) -> Path:
+    """A kernelspec ``name`` under ``root/kernels`` (``JUPYTER_PATH=root`` finds it) whose kernel runs
+    ``python -c code`` (a kernel that dies or never answers); returns ``root/kernels``."""
+    spec = root / "kernels" / name
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-c", code, "{connection_file}"],
+                                                  "display_name": name, "language": "python"}))
+    return spec.parent

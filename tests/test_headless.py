@@ -23,7 +23,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from helpers import clean_env, executions, run_cli, start_cli
+from helpers import clean_env, executions, python_kernelspec, run_cli, start_cli
 
 pytestmark = pytest.mark.kernel  # `nbdurable run`/papermill with real kernels (the --help checks run in process)
 
@@ -190,11 +190,7 @@ def test_sys_exit_in_a_cell(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kernel_dying_during_startup(tmp_path: Path) -> None:
-    spec = tmp_path / "kernels" / "dies"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)", "{connection_file}"],
-        "display_name": "dies", "language": "python"}))
+    python_kernelspec(tmp_path, "dies", "import os; os.kill(os.getpid(), 9)")
     nb = copy_notebook("failing.ipynb", tmp_path)
     (tmp_path / "fixed.flag").touch()
     env = {"JUPYTER_PATH": str(tmp_path)}

@@ -15,7 +15,6 @@ Real kernels, the real ``nbdurable`` and ``papermill`` commands in subprocesses,
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,17 @@ from typing import Any
 import nbformat
 import pytest
 
-from helpers import DIES_ONCE, KILL, clean_env, counting_cell, executions, journal_records, run_cli, start_cli
+from helpers import (
+    DIES_ONCE,
+    KILL,
+    clean_env,
+    counting_cell,
+    executions,
+    journal_records,
+    python_kernelspec,
+    run_cli,
+    start_cli,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # `nbdurable run` and papermill with real kernels
 
@@ -169,11 +178,7 @@ def test_nbdurable_run_execution_timeout(tmp_path: Path) -> None:
 
 def test_start_timeout(tmp_path: Path) -> None:
     """A kernel that never answers fails the run after --start-timeout (both commands)."""
-    spec = tmp_path / "kernels" / "mute"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-c", "import time; time.sleep(120)", "{connection_file}"],
-        "display_name": "mute", "language": "python"}))
+    python_kernelspec(tmp_path, "mute", "import time; time.sleep(120)")
     nb = notebook(tmp_path / "nb.ipynb", "x = 1", "print(x)")
     env = {"JUPYTER_PATH": str(tmp_path)}
     started = time.monotonic()

@@ -4,8 +4,8 @@ carries the idle status of the kernel_info request, not after 0.2 s of silence; 
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -15,18 +15,30 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from nbdurable.kernelspec import QuietShutdownKernelManager, ReadyKernelClient, local_kernel_config
 
-from helpers import clean_env
+from helpers import clean_env, python_kernelspec
 
 pytestmark = pytest.mark.kernel
 
 
-async def _started(tmp_path: Path, client_class: type[ReadyKernelClient] = ReadyKernelClient,
-                   kernel_dirs: list[str] | None = None, kernel_name: str = "python3") -> QuietShutdownKernelManager:
+@contextlib.asynccontextmanager
+async def _client(tmp_path: Path, client_class: type[ReadyKernelClient] = ReadyKernelClient,
+                  kernel_dirs: list[str] | None = None, kernel_name: str = "python3") -> AsyncIterator[Any]:
+    """A kernel started as our runners start one, and a client of ``client_class`` with its channels open."""
     extra = {"kernel_spec_manager": KernelSpecManager(kernel_dirs=kernel_dirs)} if kernel_dirs else {}
     km = QuietShutdownKernelManager(kernel_name=kernel_name, config=local_kernel_config(), **extra)
     km.client_factory = client_class
     await km.start_kernel(env=clean_env({}), cwd=str(tmp_path))
-    return km
+    kc = km.client()
+    assert isinstance(kc, client_class)
+    kc.start_channels()
+    try:
+        yield kc
+    finally:
+        kc.stop_channels()
+        if await km.is_alive():
+            await km.shutdown_kernel()
+        else:
+            await km.cleanup_resources()
 
 
 async def _outputs(kc: ReadyKernelClient, code: str) -> list[dict[str, Any]]:
@@ -42,13 +54,16 @@ async def _outputs(kc: ReadyKernelClient, code: str) -> list[dict[str, Any]]:
         got.append(msg)
 
 
+async def _result(kc: ReadyKernelClient, code: str) -> str:
+    """The text of the one execute_result of ``code``."""
+    got = await _outputs(kc, code)
+    (result,) = [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"]
+    return str(result)
+
+
 def test_a_runner_kernel_is_ready_once_iopub_carries_the_kernel_info_idle(tmp_path: Path) -> None:
     async def go() -> None:
-        km = await _started(tmp_path)
-        kc = km.client()
-        assert isinstance(kc, ReadyKernelClient)
-        kc.start_channels()
-        try:
+        async with _client(tmp_path) as kc:
             await kc.wait_for_ready(timeout=60)
             # What the kernel published for the kernel_info request was read: nothing of it is left.
             left = []
@@ -61,9 +76,6 @@ def test_a_runner_kernel_is_ready_once_iopub_carries_the_kernel_info_idle(tmp_pa
             got = await _outputs(kc, "print('ready', 6 * 7)")
             assert [(m["msg_type"], m["content"].get("text")) for m in got if m["msg_type"] == "stream"] == \
                 [("stream", "ready 42\n")]
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()
 
     asyncio.run(go())
 
@@ -90,17 +102,10 @@ class _MissesTheFirstIdle(ReadyKernelClient):
 
 def test_a_kernel_info_status_missed_on_iopub_is_asked_again(tmp_path: Path) -> None:
     async def go() -> None:
-        km = await _started(tmp_path, _MissesTheFirstIdle)
-        kc = km.client()
-        kc.start_channels()
-        try:
+        async with _client(tmp_path, _MissesTheFirstIdle) as kc:
             await kc.wait_for_ready(timeout=60)
             assert _MissesTheFirstIdle.asked == 2
-            got = await _outputs(kc, "1 + 1")
-            assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["2"]
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()
+            assert await _result(kc, "1 + 1") == "2"
 
     asyncio.run(go())
 
@@ -127,36 +132,19 @@ class _NoIdleForKernelInfo(ReadyKernelClient):
 
 def test_a_kernel_without_an_idle_status_for_kernel_info_is_ready_once_iopub_carries_anything(tmp_path: Path) -> None:
     async def go() -> None:
-        km = await _started(tmp_path, _NoIdleForKernelInfo)
-        kc = km.client()
-        kc.start_channels()
-        try:
+        async with _client(tmp_path, _NoIdleForKernelInfo) as kc:
             await kc.wait_for_ready(timeout=60)
-            got = await _outputs(kc, "2 + 2")
-            assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["4"]
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()
+            assert await _result(kc, "2 + 2") == "4"
 
     asyncio.run(go())
 
 
 def test_a_kernel_that_dies_before_replying_is_reported(tmp_path: Path) -> None:
-    spec = tmp_path / "kernels" / "dies"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"],
-        "display_name": "dies", "language": "python"}))
+    kernels = python_kernelspec(tmp_path, "dies", "import sys; sys.exit(3)")
 
     async def go() -> None:
-        km = await _started(tmp_path, kernel_dirs=[str(tmp_path / "kernels")], kernel_name="dies")
-        kc = km.client()
-        kc.start_channels()
-        try:
+        async with _client(tmp_path, kernel_dirs=[str(kernels)], kernel_name="dies") as kc:
             with pytest.raises(RuntimeError, match="Kernel died before replying to kernel_info"):
                 await kc.wait_for_ready(timeout=60)
-        finally:
-            kc.stop_channels()
-            await km.cleanup_resources()
 
     asyncio.run(go())
