@@ -40,7 +40,9 @@ kills by target, edits by kind and how many came after a commit, records and res
 violations — which must be 0). A kill's moment is drawn from the launch of the run, so that start-up is hit
 too; on a loaded machine most kills then land before the first cell, and most edits change a notebook
 nothing was committed from: ``--late-kills`` draws it from the moment the run's journal appears instead (the
-run's cells and end), which is what exercises edits against restores.
+run's cells and end), which is what exercises edits against restores. The window the moment is drawn from
+is 1.2x the clean run's duration, shrunk to 1.2x a trial's first run that completed before its moment
+(``KillWindow``).
 """
 
 from __future__ import annotations
@@ -292,10 +294,28 @@ def _journals(directory: Path) -> set[str]:
     return {p.name for p in (directory / "store" / "journals").glob("*.jsonl")}
 
 
-def _killed_attempt(directory: Path, rng: random.Random, window: float, *, late: bool = False) -> str | None:
+class KillWindow:
+    """How long after its origin (the launch, or the kernel's start with ``late``) a kill's moment is drawn:
+    1.2x the clean run's, and at most 1.2x the shortest first attempt (a fresh run of the clean notebook, as
+    the clean run was) seen completing before its moment. A clean
+    run measured while the machine was busier than during the trials (the suite's other worker in a heavy
+    test) would otherwise draw most moments after the runs' ends: 4 kills in 12 trials, once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+
+    def completed_after(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds = min(self.seconds, max(0.5, 1.2 * seconds))
+
+
+def _killed_attempt(directory: Path, rng: random.Random, window: KillWindow, *, late: bool = False,
+                    first: bool = False) -> str | None:
     """Start a run, SIGKILL something at a random moment, wait until everything it had is dead.
     Returns what was killed, or None if the run completed before that moment. With ``late``, the moment is
-    drawn from the moment the run's journal appears (its kernel is up) instead of the launch."""
+    drawn from the moment the run's journal appears (its kernel is up) instead of the launch. The ``first``
+    attempt of a trial, completing before its moment, calibrates ``window``."""
     target = rng.choice(TARGETS)
     before = _journals(directory)
     proc = start_cli(*run_args(directory), cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -303,13 +323,15 @@ def _killed_attempt(directory: Path, rng: random.Random, window: float, *, late:
         up = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < up and not _journals(directory) - before:
             time.sleep(0.01)
-    delay = rng.uniform(0.0 if late else 0.2, window)
-    deadline = time.monotonic() + delay
+    origin = time.monotonic()
+    deadline = origin + rng.uniform(0.0 if late else 0.2, window.seconds)
     kernel = _kernel_pid(proc.pid) if late else None
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
         kernel = kernel or _kernel_pid(proc.pid)
     if proc.poll() is not None:
+        if first:
+            window.completed_after(time.monotonic() - origin)
         return None
     if target in ("kernel", "both") and kernel is None:
         target = "runner"  # no kernel yet: the runner is what there is to kill
@@ -327,7 +349,7 @@ def _killed_attempt(directory: Path, rng: random.Random, window: float, *, late:
     return target
 
 
-def run_trial(root: Path, seed: int, expected: Expected, window: float, *, edits: bool = True,
+def run_trial(root: Path, seed: int, expected: Expected, window: KillWindow, *, edits: bool = True,
               late: bool = False, shared: str | None = None) -> TrialResult:
     """One trial in its own directory: 1-3 random kills (the notebook maybe edited after each), then runs until
     one completes; then the checks against a clean run of the final notebook."""
@@ -350,7 +372,7 @@ def run_trial(root: Path, seed: int, expected: Expected, window: float, *, edits
     attempts = rng.randint(1, 3)
     for attempt in range(attempts):
         result.runs += 1
-        killed = _killed_attempt(directory, rng, window, late=late)
+        killed = _killed_attempt(directory, rng, window, late=late, first=attempt == 0)
         if killed is None:  # the run completed before the moment drawn for the kill
             break
         result.kills.append(killed)
@@ -528,9 +550,9 @@ def soak(trials: int, seed: int, workers: int, root: Path | None = None, *, prog
     found, seconds = clean_run(base)
     expected = Expected(base, workers)
     expected.add(list(CELLS), found)
-    window = seconds * 1.2  # kill anywhere in a run's life, start-up included
+    window = KillWindow(seconds * 1.2)  # kill anywhere in a run's life, start-up included
     if late_kills:  # from the run's first record: anywhere in its cells (and its end)
-        window = 1.2 * _span(base / "clean")
+        window = KillWindow(1.2 * _span(base / "clean"))
 
     def trial(s: int) -> TrialResult:
         result = run_trial(base, s, expected, window, edits=edits, late=late_kills, shared=shared)
