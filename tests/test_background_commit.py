@@ -112,3 +112,31 @@ def test_a_session_closed_at_interpreter_exit_still_commits_its_big_step(tmp_pat
     assert [r["status"] for r in ends][-1] == "completed", ends
     big = next(ref for ref in ends[-1]["variables"] if ref["name"] == "big")
     assert ObjectLoader(st, {}).load(big, step_label="the last step").nbytes == 2**27
+
+
+def test_a_frame_step_that_writes_nothing_new_is_not_snapshotted_past_the_memory_available(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step renaming a big frame writes no new column (it takes no background slot), but its snapshot may
+    copy the whole frame (pandas 2 without copy-on-write): behind a pending write, with too little memory for
+    that copy, it waits for the pending writes and commits in the foreground instead of being snapshotted."""
+    import pandas as pd
+
+    from nbdurable.runtime import committer
+
+    store = Store.open(tmp_path / "store")
+    run = DurableRun(store, notebook="bg")
+    df = pd.DataFrame({c: np.arange(2**20, dtype="float64") * i for i, c in enumerate("abc")})  # 24 MiB
+    for name, value in [("arr", np.arange(2**26, dtype="float64")), ("df", df)]:  # 512 MiB: written for a while
+        step = run.begin_step(source=f"{name} = make()", source_hash=name[0] * 32)
+        run.end_step(step, status="completed", changes=[Change(name, "set", serialize(value), f"i-{name}")])
+    assert run._committer.busy
+    monkeypatch.setattr(committer, "available_memory", lambda: 0)
+    step = run.begin_step(source="df = df.rename(columns={'a': 'z'})", source_hash="c" * 32)
+    renamed = serialize(df.rename(columns={"a": "z"}))
+    assert run._new_bytes([Change("df", "set", renamed, "i-df2")]) == 0
+    run.end_step(step, status="completed", changes=[Change("df", "set", renamed, "i-df2")])
+    assert not run._committer.busy  # it waited for the pending writes, then committed
+    run.wait_durable()
+    run.finish("completed")
+    assert [r["status"] for r in store.read_journal(run.run_id) if r["t"] == "step_end"] == ["completed"] * 3
+

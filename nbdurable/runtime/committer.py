@@ -12,10 +12,11 @@ same as a crash during the cell itself. ``drain`` (called by ``finish``) waits f
 
 Memory is bounded: at most ``MAX_BIG_IN_FLIGHT`` snapshots of big payloads exist at once (a further big
 step waits for the oldest to be written), and a payload too big to copy comfortably is committed in the
-foreground instead. A payload is as big as what its commit will write (``DurableRun._payload_bytes``): a
-DataFrame whose columns an earlier commit was given writes only its new columns, so a cell that renames a
-column of a big frame queues behind the writes like a small step (with a copy-on-write view), instead of
-waiting ~40 ms for a slot (bench/notebooks/update_by_column). Four slots, not two: in that notebook the
+foreground instead. A step takes a slot by what its commit will write (``DurableRun._new_bytes``), and a
+snapshot is allowed by the whole size of what it may copy: a DataFrame whose columns an earlier commit was
+given writes only its new columns, so a cell that renames a column of a big frame queues behind the writes
+like a small step (a copy-on-write view, or a copy checked against free memory without copy-on-write),
+instead of waiting ~40 ms for a slot (bench/notebooks/update_by_column). Four slots, not two: in that notebook the
 third cell waited ~75 ms for the first one's write with two; the writer then catches up during the cells
 that compute. A snapshot of a DataFrame is a copy-on-write view: it costs memory only when the
 notebook changes the frame in place before the write ends.
@@ -53,9 +54,15 @@ class Committer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def can_defer(self, nbytes: int) -> bool:
-        """Whether a snapshot of ``nbytes`` may be taken to commit in the background."""
-        return nbytes >= ASYNC_MIN_BYTES and nbytes * 4 <= available_memory()
+    def can_defer(self, written: int, size: int) -> bool:
+        """Whether a commit that will write ``written`` bytes goes to the background, on a snapshot of payloads
+        of ``size`` bytes (``can_copy``)."""
+        return written >= ASYNC_MIN_BYTES and self.can_copy(size)
+
+    @staticmethod
+    def can_copy(size: int) -> bool:
+        """Whether a snapshot of payloads of ``size`` bytes may be taken (it may copy them all)."""
+        return size * 4 <= available_memory()
 
     @property
     def busy(self) -> bool:

@@ -36,6 +36,7 @@ from nbdurable.runtime.control import pending_cancel
 from nbdurable.runtime.events import EventBus, RuntimeEvent
 from nbdurable.runtime.replay import PlannedStep, chain_scope
 from nbdurable.runtime.session import ENV_ORIGIN, ENV_RUN_ID
+from nbdurable.serialization import Serialized
 from nbdurable.store import Store
 from nbdurable.store.records import (
     StepStatus,
@@ -299,7 +300,7 @@ class DurableRun:
         ``wait_durable`` waits for it. An error of an earlier background commit is raised here."""
         changes = list(changes)
         duration, ended = time.perf_counter() - step.t0, now()
-        big = self._payload_bytes(changes)
+        size, written = self._payload_bytes(changes), self._new_bytes(changes)
         if status == "completed":
             self.stats.executed += 1
         else:
@@ -318,29 +319,36 @@ class DurableRun:
                 return
             self._commit(step, status, refs, outputs or [], error, duration=duration, ended=ended, read=read)
 
-        if self._committer.can_defer(big):
+        if self._committer.can_defer(written, size):
             snapshots = _snapshots(changes)
             self._committer.defer(lambda: commit(snapshots, background=True))
         else:
-            written, later = self._for_commit(changes, big)
-            self._committer.run(lambda: commit(written, background=later))
+            committed, later = self._for_commit(changes, size)
+            self._committer.run(lambda: commit(committed, background=later))
         self._emit_finished(step, status, duration, ended, changes, error_with_traceback(error, outputs))
 
-    def _payload_bytes(self, changes: list[Change]) -> int:
-        """The bytes the changes' payloads stored out of the journal (bigger than ``inline_max``) will write:
-        a big frame's columns that an earlier commit wrote or was given count for nothing (``frames.claim``:
-        called once per commit)."""
-        return sum(frames.claim(self.store, c.serialized) for c in changes if c.serialized is not None
-                   and c.serialized.has_payload and c.serialized.size > self.inline_max)
+    def _stored_out(self, changes: list[Change]) -> list[Serialized]:
+        """The changes' payloads stored out of the journal (bigger than ``inline_max``)."""
+        return [c.serialized for c in changes if c.serialized is not None and c.serialized.has_payload
+                and c.serialized.size > self.inline_max]
 
-    def _for_commit(self, changes: list[Change], big: int) -> tuple[list[Change], bool]:
+    def _payload_bytes(self, changes: list[Change]) -> int:
+        """The bytes of the payloads stored out of the journal: what a snapshot of them may copy."""
+        return sum(s.size for s in self._stored_out(changes))
+
+    def _new_bytes(self, changes: list[Change]) -> int:
+        """The bytes committing them will write: a big frame's columns that an earlier commit wrote or was
+        given count for nothing (``frames.claim``: called once per commit)."""
+        return sum(frames.claim(self.store, s) for s in self._stored_out(changes))
+
+    def _for_commit(self, changes: list[Change], size: int) -> tuple[list[Change], bool]:
         """What a commit given to ``Committer.run`` now is to write, and whether it runs after the notebook
         went on. With nothing pending it runs at once, on the live payloads. Else it queues behind the
-        pending commits, on snapshots; a big payload (one the committer declined to snapshot for lack of
-        memory: ``can_defer``) waits for them instead."""
+        pending commits, on snapshots of its payloads (``size`` bytes), unless they are big and too big to
+        copy in the memory available: then it waits for the pending commits instead."""
         if not self._committer.busy:
             return changes, False
-        if big < ASYNC_MIN_BYTES:
+        if size < ASYNC_MIN_BYTES or self._committer.can_copy(size):
             return _snapshots(changes), True
         self._committer.drain()
         return changes, False
